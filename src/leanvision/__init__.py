@@ -1,0 +1,2 @@
+"""leanvision."""
+__version__ = "0.1.0"
