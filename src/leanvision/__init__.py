@@ -1,2 +1,38 @@
-"""leanvision."""
+"""leanvision: make vision networks really smaller and faster, with measured numbers.
+
+The public API::
+
+    import leanvision as lv
+    model = lv.create_model("resnet20_cifar", num_classes=10)
+    data = lv.load_data("cifar10", root="../shared/data/cifar10")
+    res = lv.train(model, data, epochs=30, lr=0.1)
+    small = lv.compress(model, "ghost", data=data, finetune_epochs=10)
+    acc = lv.evaluate(small, data.test)
+    prof = lv.profile(small, input_size=(1, 3, 32, 32))
+    lv.export_onnx(small, "small.onnx", input_size=(1, 3, 32, 32))
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from leanvision.data import DataBundle, list_datasets, load_data
+from leanvision.engine import TrainResult, evaluate, train
+from leanvision.export import export_onnx
+from leanvision.methods import compress, list_methods
+from leanvision.models import create_model, list_models
+from leanvision.profiling import Profile, profile
+
 __version__ = "0.1.0"
+
+__all__ = [
+    "DataBundle", "Profile", "TrainResult", "compress", "create_model", "evaluate", "export_onnx",
+    "list_datasets", "list_methods", "list_models", "load_data", "load_recipe", "profile", "train",
+]
+
+
+def load_recipe(path: Any, overrides: list[str] | None = None) -> Any:
+    """Load a recipe YAML file (see :mod:`leanvision.recipe`)."""
+    from leanvision.recipe import load_recipe as _load
+
+    return _load(path, overrides)

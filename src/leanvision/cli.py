@@ -1,0 +1,210 @@
+"""``leanvision <command>``: quickstart, train, compress, eval, profile, list, report."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+
+from leanvision.errors import LeanVisionError
+
+
+def _add_data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", default="mnist5k", help="dataset name (mnist5k, cifar10, imagefolder)")
+    p.add_argument("--data-dir", default=None, help="dataset root folder (cifar10, imagefolder)")
+    p.add_argument("--batch-size", type=int, default=128)
+
+
+def _recipe_or_args(args: argparse.Namespace, stages: list[dict] | None):
+    from leanvision.recipe import load_recipe, recipe_from_dict
+
+    if args.recipe:
+        return load_recipe(args.recipe, args.set)
+    if not args.model:
+        raise LeanVisionError("give --recipe FILE, or --model NAME (with --data/--epochs/...)")
+    raw = {
+        "name": args.name or args.model,
+        "data": {"name": args.data, "root": args.data_dir, "batch_size": args.batch_size},
+        "model": {"name": args.model},
+        "train": {"epochs": args.epochs, "lr": args.lr},
+        "stages": stages or [],
+    }
+    from leanvision.recipe import _apply_override
+
+    for item in args.set or []:
+        _apply_override(raw, item)
+    return recipe_from_dict(raw)
+
+
+def cmd_quickstart(args: argparse.Namespace) -> None:
+    from leanvision.quickstart import run_quickstart
+
+    run_quickstart(
+        args.out, epochs=args.epochs, threads=args.threads, seed=args.seed, max_steps=args.max_steps
+    )
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from leanvision.runner import run_recipe
+
+    recipe = _recipe_or_args(args, None)
+    recipe.stages = [] if not args.recipe else recipe.stages
+    out = run_recipe(recipe, args.out, command=" ".join(map(shlex.quote, sys.argv)))
+    print(f"results: {out / 'results.json'}\nreport: {out / 'report.html'}")
+
+
+def cmd_compress(args: argparse.Namespace) -> None:
+    from leanvision.runner import run_recipe
+
+    stages = [{"method": args.method}] if args.method else None
+    recipe = _recipe_or_args(args, stages)
+    out = run_recipe(recipe, args.out, command=" ".join(map(shlex.quote, sys.argv)))
+    print(f"results: {out / 'results.json'}\nreport: {out / 'report.html'}")
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    import leanvision as lv
+    from leanvision.engine import load_checkpoint
+
+    data = lv.load_data(args.data, root=args.data_dir, batch_size=args.batch_size)
+    model = lv.create_model(args.model, num_classes=data.num_classes, in_chans=data.input_size[0])
+    if args.checkpoint:
+        state = load_checkpoint(args.checkpoint)
+        model.load_state_dict(state["model"])
+    res = lv.evaluate(model, data.loader(args.split))
+    print(
+        f"{args.model} on {args.data}/{args.split}: top-1 {res['top1']:.2f}%  "
+        f"top-5 {res['top5']:.2f}%  loss {res['loss']:.4f}  (n={res['n']})"
+    )
+
+
+def cmd_profile(args: argparse.Namespace) -> None:
+    import leanvision as lv
+
+    kwargs = {"in_chans": args.input_size[0]}
+    if args.num_classes is not None:
+        kwargs["num_classes"] = args.num_classes
+    model = lv.create_model(args.model, **kwargs)
+    prof = lv.profile(model, input_size=(args.batch, *args.input_size), threads=args.threads)
+    d = prof.as_dict()
+    lat = d.get("latency_ms") or {}
+    print(f"{args.model} @ {tuple(args.input_size)} batch {args.batch}")
+    print(f"  params  {prof.params / 1e6:.3f} M")
+    print(
+        f"  MACs    {prof.macs / args.batch / 1e6:.2f} M per image, {prof.macs / 1e6:.2f} M per "
+        f"batch (multiply-accumulates; FLOPs = 2 x MACs)"
+    )
+    if lat:
+        print(
+            f"  latency {lat.get('median'):.3f} ms median, {lat.get('p90'):.3f} ms p90 "
+            f"({lat.get('threads')} threads, {lat.get('backend')})"
+        )
+    if prof.peak_mem_mb is not None:
+        print(f"  peak memory {prof.peak_mem_mb:.1f} MiB")
+    print(f"  energy  {prof.energy_uj:.1f} uJ (compute only, 45 nm estimate)")
+
+
+def cmd_list(args: argparse.Namespace) -> None:
+    import leanvision as lv
+
+    if args.what == "models":
+        names = lv.list_models(args.pattern or "", include_timm=args.all)
+    elif args.what == "methods":
+        from leanvision.methods import method_specs
+
+        for spec in method_specs():
+            print(f"{spec.name:16s} {spec.family:14s} {spec.paper}")
+        return
+    else:
+        names = lv.list_datasets()
+    print("\n".join(names))
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    from leanvision.report import build_summary
+
+    out = build_summary(args.inputs, args.output)
+    print(f"wrote {out}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="leanvision",
+        description="Make vision networks really smaller and faster, with measured numbers.",
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+
+    q = sub.add_parser("quickstart", help="the main job on the embedded data (a few minutes)")
+    q.add_argument("--out", default="runs/quickstart")
+    q.add_argument("--epochs", type=int, default=3)
+    q.add_argument("--threads", type=int, default=2)
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--max-steps", type=int, default=None, help="cap steps per model (smoke run)")
+    q.set_defaults(fn=cmd_quickstart)
+
+    for name, fn, helptext in (
+        ("train", cmd_train, "train a model (recipe or flags)"),
+        ("compress", cmd_compress, "run a recipe's method stages"),
+    ):
+        s = sub.add_parser(name, help=helptext)
+        s.add_argument("--recipe", default=None, help="recipe YAML file")
+        s.add_argument(
+            "--set",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="override a recipe field, e.g. train.epochs=1",
+        )
+        s.add_argument("--model", default=None)
+        s.add_argument("--name", default=None)
+        _add_data_args(s)
+        s.add_argument("--epochs", type=int, default=30)
+        s.add_argument("--lr", type=float, default=0.1)
+        s.add_argument("--out", default=None, help="run folder (default runs/<name>)")
+        if name == "compress":
+            s.add_argument("--method", default=None, help="method key (see `list methods`)")
+        s.set_defaults(fn=fn)
+
+    e = sub.add_parser("eval", help="evaluate a model (optionally from a checkpoint)")
+    e.add_argument("--model", required=True)
+    e.add_argument("--checkpoint", default=None)
+    e.add_argument("--split", default="test", choices=["train", "val", "test"])
+    _add_data_args(e)
+    e.set_defaults(fn=cmd_eval)
+
+    pr = sub.add_parser("profile", help="params, MACs, latency, memory and energy of a model")
+    pr.add_argument("model")
+    pr.add_argument(
+        "--input-size", type=int, nargs=3, default=[3, 224, 224], metavar=("C", "H", "W")
+    )
+    pr.add_argument("--batch", type=int, default=1)
+    pr.add_argument("--threads", type=int, default=None)
+    pr.add_argument("--num-classes", type=int, default=None)
+    pr.set_defaults(fn=cmd_profile)
+
+    ls = sub.add_parser("list", help="list models, methods or datasets")
+    ls.add_argument("what", choices=["models", "methods", "datasets"])
+    ls.add_argument("pattern", nargs="?", default=None)
+    ls.add_argument("--all", action="store_true", help="models: include all of timm's")
+    ls.set_defaults(fn=cmd_list)
+
+    r = sub.add_parser("report", help="build one markdown summary from results files")
+    r.add_argument("inputs", nargs="+", help="run folders, results.json files or folders of them")
+    r.add_argument("-o", "--output", default="docs/RESULTS.md")
+    r.set_defaults(fn=cmd_report)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``leanvision`` console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        args.fn(args)
+    except LeanVisionError as e:
+        print(f"leanvision {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

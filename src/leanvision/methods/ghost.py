@@ -1,0 +1,163 @@
+"""Ghost: replace the k×k convolutions of any CNN with Ghost modules.
+
+GhostNet: More Features from Cheap Operations, Han et al., CVPR 2020 (arXiv 1911.11907). Each
+k×k convolution becomes a primary convolution with ``ceil(n/s)`` outputs plus a cheap ``d×d``
+depthwise convolution that makes the rest (§3.1), cutting its MACs and parameters by about s.
+The first convolution (the stem) is kept, as in the paper's Ghost-VGG/Ghost-ResNet; 1×1 and
+depthwise convolutions are kept unless ``replace_pointwise=True``. The new model is retrained,
+optionally with KD from the original (``distill=True``).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import nn
+
+from leanvision.errors import UnsupportedModelError
+from leanvision.layers.ghost import GhostConv2d
+from leanvision.methods.common import FinetuneConfig, finetune
+from leanvision.methods.distillation.kd import KDHook
+from leanvision.methods.registry import register_method
+
+__all__ = ["GhostConfig", "ghostify"]
+
+
+@dataclass
+class GhostConfig(FinetuneConfig):
+    """Ghost hyper-parameters (paper defaults s=2, d=3)."""
+
+    ratio: int = 2
+    dw_size: int = 3
+    keep_first: bool = True
+    replace_pointwise: bool = False
+    inner_bn: bool = False
+    exclude: list[str] = field(default_factory=list)
+    distill: bool = False
+    kd_T: float = 4.0
+    kd_alpha: float = 0.9
+
+
+def _first_conv_name(model: nn.Module) -> str | None:
+    cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None) or {}
+    first = cfg.get("first_conv") if isinstance(cfg, dict) else None
+    if isinstance(first, (list, tuple)):
+        first = first[0] if first else None
+    names = dict(model.named_modules())
+    if first in names:
+        return first
+    if first and f"{first}.conv" in names:  # timm's ConvNormAct wraps the conv
+        return f"{first}.conv"
+    return next((n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)), None)
+
+
+def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, new)
+
+
+def ghostify(
+    model: nn.Module,
+    ratio: int = 2,
+    dw_size: int = 3,
+    keep_first: bool = True,
+    replace_pointwise: bool = False,
+    inner_bn: bool = False,
+    exclude: list[str] | None = None,
+) -> tuple[nn.Module, list[str]]:
+    """Return a copy of ``model`` with its convolutions replaced by :class:`GhostConv2d`.
+
+    Args:
+        model: any CNN.
+        ratio, dw_size, inner_bn: Ghost module settings (s, d).
+        keep_first: keep the stem convolution (the model's ``first_conv`` or its first Conv2d).
+        replace_pointwise: also replace 1×1 convolutions.
+        exclude: module names to leave as they are.
+
+    Returns:
+        (new model, names of the replaced convolutions).
+
+    Raises:
+        UnsupportedModelError: a convolution the Ghost module cannot stand in for (grouped but
+            not depthwise, non-zero padding mode, a Conv2d subclass with its own forward, a
+            transposed conv), naming the layer; or no convolution to replace at all.
+    """
+    exclude_set = set(exclude or [])
+    skip = {_first_conv_name(model)} if keep_first else set()
+    new = copy.deepcopy(model)
+    replaced: list[str] = []
+    for name, m in list(new.named_modules()):
+        if name in exclude_set or name in skip:
+            continue
+        if isinstance(m, nn.ConvTranspose2d | nn.Conv3d | nn.Conv1d):
+            if max(m.kernel_size) > 1:
+                raise UnsupportedModelError(
+                    f"ghost: layer {name!r} is a {type(m).__name__}, which the Ghost module "
+                    "does not "
+                    f"replace; pass exclude=[{name!r}] to keep it"
+                )
+            continue
+        if not isinstance(m, nn.Conv2d):
+            continue
+        k = m.kernel_size
+        depthwise = m.groups > 1 and m.groups == m.in_channels
+        if depthwise or (max(k) == 1 and not replace_pointwise):
+            continue
+        problem = None
+        if type(m) is not nn.Conv2d:
+            problem = f"a {type(m).__name__} (a Conv2d subclass with its own forward)"
+        elif m.groups > 1:
+            problem = f"a grouped convolution (groups={m.groups}, not depthwise)"
+        elif m.padding_mode != "zeros":
+            problem = f"a convolution with padding_mode={m.padding_mode!r}"
+        if problem:
+            raise UnsupportedModelError(
+                f"ghost: layer {name!r} is {problem}, which the Ghost module cannot stand in for; "
+                f"pass exclude=[{name!r}] to keep it"
+            )
+        ghost = GhostConv2d(
+            m.in_channels,
+            m.out_channels,
+            m.kernel_size,
+            m.stride,
+            m.padding,
+            m.dilation,
+            bias=m.bias is not None,
+            ratio=ratio,
+            dw_size=dw_size,
+            inner_bn=inner_bn,
+        )
+        ghost.to(device=m.weight.device, dtype=m.weight.dtype)
+        _set_module(new, name, ghost)
+        replaced.append(name)
+    if not replaced:
+        raise UnsupportedModelError(
+            f"ghost: {type(model).__name__} has no k×k convolution to replace (the stem is kept; "
+            "1×1 and depthwise convolutions are kept unless replace_pointwise=True)"
+        )
+    return new, replaced
+
+
+@register_method(
+    "ghost",
+    family="architecture",
+    paper="GhostNet, CVPR 2020, arXiv 1911.11907",
+    config=GhostConfig,
+)
+def apply_ghost(model: nn.Module, data: Any, cfg: GhostConfig) -> nn.Module:
+    """Replace k×k convolutions with Ghost modules, then retrain (optionally with KD)."""
+    new, _ = ghostify(
+        model,
+        cfg.ratio,
+        cfg.dw_size,
+        cfg.keep_first,
+        cfg.replace_pointwise,
+        cfg.inner_bn,
+        cfg.exclude,
+    )
+    hooks = [KDHook(copy.deepcopy(model), cfg.kd_T, cfg.kd_alpha)] if cfg.distill else []
+    finetune(new, data, cfg, hooks, method="ghost")
+    return new.eval()

@@ -1,0 +1,104 @@
+"""The one method registry: ``lv.compress(model, "<key>", ...)`` and recipe stages both land here.
+
+A method registers a config dataclass (its hyper-parameters with the paper's defaults) and an
+``apply(model, data, config) -> nn.Module`` function; torchao's ``quantize_(model, config)`` is the
+model for this shape.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+
+from leanvision.errors import ConfigError, UnknownMethodError
+
+ApplyFn = Callable[[nn.Module, Any, Any], nn.Module]
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """A registered method."""
+
+    name: str
+    family: str
+    paper: str
+    config_cls: type
+    apply: ApplyFn
+    summary: str = ""
+
+    def make_config(self, **hparams: Any) -> Any:
+        """Build the config; an unknown hyper-parameter is an error naming the allowed ones."""
+        allowed = {f.name for f in dataclasses.fields(self.config_cls)}
+        unknown = sorted(set(hparams) - allowed)
+        if unknown:
+            raise ConfigError(
+                f"method {self.name!r} has no hyper-parameter(s) {unknown}; "
+                f"allowed: {', '.join(sorted(allowed))}"
+            )
+        try:
+            return self.config_cls(**hparams)
+        except TypeError as e:  # a required field is missing
+            raise ConfigError(f"method {self.name!r}: {e}") from e
+
+
+_REGISTRY: dict[str, MethodSpec] = {}
+
+
+def register_method(
+    name: str, *, family: str, paper: str, config: type, summary: str = ""
+) -> Callable[[ApplyFn], ApplyFn]:
+    """Decorator registering ``apply(model, data, config) -> nn.Module`` under ``name``."""
+
+    def deco(fn: ApplyFn) -> ApplyFn:
+        if name in _REGISTRY and _REGISTRY[name].apply is not fn:
+            raise ConfigError(f"method {name!r} is registered twice")
+        doc = summary or ((fn.__doc__ or "").strip().splitlines() or [""])[0]
+        _REGISTRY[name] = MethodSpec(name, family, paper, config, fn, doc)
+        return fn
+
+    return deco
+
+
+def get_method(name: str) -> MethodSpec:
+    """The registered method called ``name``; raises UnknownMethodError listing the known ones."""
+    _load_builtin_methods()
+    if name not in _REGISTRY:
+        raise UnknownMethodError(name, _REGISTRY)
+    return _REGISTRY[name]
+
+
+def list_methods() -> list[str]:
+    """Names of all registered methods."""
+    _load_builtin_methods()
+    return sorted(_REGISTRY)
+
+
+def method_specs() -> list[MethodSpec]:
+    """All registered methods, sorted by name."""
+    _load_builtin_methods()
+    return [_REGISTRY[k] for k in sorted(_REGISTRY)]
+
+
+def compress(model: nn.Module, method: str, data: Any = None, **hparams: Any) -> nn.Module:
+    """Apply a registered method to ``model`` and return the resulting model.
+
+    The input model is left unchanged; the result is a new ``nn.Module``.
+
+    Args:
+        model: any ``nn.Module`` the method supports.
+        method: a registry key (see :func:`list_methods`).
+        data: a :class:`~leanvision.data.DataBundle`, needed by methods that train or calibrate.
+        **hparams: the method's config fields (``finetune_epochs``, ``max_steps``, ...).
+    """
+    spec = get_method(method)
+    config = spec.make_config(**hparams)
+    return spec.apply(model, data, config)
+
+
+def _load_builtin_methods() -> None:
+    # Importing the method modules registers them (import here: methods import this module).
+    from leanvision.methods import distillation, ghost  # noqa: F401

@@ -1,0 +1,67 @@
+"""Model zoo: leanvision's own architectures, registered in timm's registry.
+
+``create_model`` is a thin layer over ``timm.create_model``: every timm architecture is
+available, and ours (CIFAR ResNets, VGG-Small, ...) are registered with timm's
+``register_model`` so ``timm.create_model`` finds them too.
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import Any
+
+import timm
+from torch import nn
+
+from leanvision.errors import UnknownModelError
+
+from . import resnet_cifar, vgg_small  # noqa: F401  (registers the models)
+
+__all__ = ["create_model", "list_models", "leanvision_models"]
+
+_OUR_MODULES = ("resnet_cifar", "vgg_small")
+
+
+def leanvision_models() -> list[str]:
+    """Names of the architectures leanvision itself defines."""
+    names: list[str] = []
+    for mod in _OUR_MODULES:
+        names += timm.list_models(module=mod)
+    return sorted(names)
+
+
+def list_models(pattern: str = "", *, include_timm: bool = False) -> list[str]:
+    """List model names.
+
+    Args:
+        pattern: optional wildcard filter, e.g. ``"resnet*"``.
+        include_timm: also list timm's own architectures (there are over a thousand).
+    """
+    ours = leanvision_models()
+    names = set(ours)
+    if include_timm:
+        names |= set(timm.list_models())
+    if pattern:
+        import fnmatch
+
+        names = {n for n in names if fnmatch.fnmatch(n, pattern)}
+    return sorted(names)
+
+
+def create_model(name: str, pretrained: bool = False, **kwargs: Any) -> nn.Module:
+    """Build a model by name from leanvision's or timm's registry.
+
+    Args:
+        name: a registered architecture, e.g. ``"resnet20_cifar"`` or ``"deit_tiny_patch16_224"``.
+        pretrained: load timm's pretrained weights (needs network access; leanvision's own
+            models have none).
+        **kwargs: passed to the architecture (``num_classes``, ``in_chans``, ``width``, ...).
+
+    Raises:
+        UnknownModelError: the name is not registered; the message lists close matches.
+    """
+    if not timm.is_model(name):
+        close = difflib.get_close_matches(name, timm.list_models(), n=8, cutoff=0.6)
+        allowed = sorted(set(leanvision_models()) | set(close))
+        raise UnknownModelError(name, allowed)
+    return timm.create_model(name, pretrained=pretrained, **kwargs)

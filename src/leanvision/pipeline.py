@@ -1,0 +1,105 @@
+"""Measure a set of models side by side and turn them into results rows.
+
+One place for "evaluate + count + time + write": the quickstart, the recipe runner and the
+benchmarks all call :func:`measure_models`, so every report is built the same way.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from leanvision.engine import evaluate
+from leanvision.profiling import compare, count_ops, count_params, energy_uj, peak_memory_mb
+
+
+def measure_models(
+    models: Mapping[str, nn.Module],
+    data: Any,
+    *,
+    baseline: str,
+    method_chains: Mapping[str, Sequence[str]] | None = None,
+    batch: int = 32,
+    threads: int | None = None,
+    repeats: int = 30,
+    split: str = "test",
+    recipe: str | None = None,
+    seed: int | None = None,
+    paper: Mapping[str, Mapping[str, Any]] | None = None,
+    notes: Mapping[str, str] | None = None,
+    extra: Mapping[str, Mapping[str, Any]] | None = None,
+) -> list[dict[str, Any]]:
+    """Evaluate, count and time every model; returns results.json model rows.
+
+    Accuracy is measured on ``split`` (the held-out test set by default); MACs, parameters and
+    energy per image at batch 1; latency at ``batch`` with all models timed interleaved in
+    this process (``leanvision.profiling.compare``), on CPU with ``threads`` threads.
+
+    Args:
+        models: name → model (the baseline among them).
+        data: the DataBundle the models were trained on.
+        baseline: name of the reference model (ratios are relative to it).
+        method_chains: name → method keys applied to get that model.
+        batch: batch size of the latency measurement.
+        threads: CPU threads for timing (default: torch's current setting).
+        repeats: timed runs per model.
+        split: split of the accuracy (``"test"`` or ``"val"``).
+        paper, notes, extra: per-model additions to the rows.
+    """
+    if baseline not in models:
+        raise KeyError(f"baseline {baseline!r} is not among the models {sorted(models)}")
+    c, h, w = data.input_size
+    cpu_models = {n: m.to("cpu").eval() for n, m in models.items()}
+    loader = data.loader(split)
+    rows: list[dict[str, Any]] = []
+    lat = compare(cpu_models, (batch, c, h, w), threads=threads, repeats=repeats)
+    for name, model in cpu_models.items():
+        acc = evaluate(model, loader, device="cpu")
+        ops = count_ops(model, (1, c, h, w))
+        stats = lat[name]
+        row: dict[str, Any] = {
+            "name": name,
+            "recipe": recipe,
+            "method_chain": list((method_chains or {}).get(name, [])),
+            "dataset": data.name,
+            "split": split,
+            "top1": acc["top1"],
+            "top5": acc["top5"],
+            "params": count_params(model),
+            "macs": ops.macs,
+            "adds": ops.adds,
+            "muls": ops.muls,
+            "bitops": ops.bitops,
+            "latency_ms": {
+                "median": stats.median_ms,
+                "p90": stats.p90_ms,
+                "batch": stats.batch,
+                "threads": stats.threads,
+                "backend": stats.backend,
+            },
+            "peak_mem_mb": peak_memory_mb(model, (batch, c, h, w)),
+            "energy_uj": energy_uj(ops),
+            "baseline": baseline,
+            "seed": seed,
+        }
+        if paper and name in paper:
+            row["paper"] = dict(paper[name])
+        if notes and name in notes:
+            row["notes"] = notes[name]
+        if extra and name in extra:
+            row["extra"] = dict(extra[name])
+        rows.append(row)
+    return rows
+
+
+def cpu_info() -> dict[str, Any]:
+    """Threads and cores the measurement ran with."""
+    return {
+        "torch_threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+    }

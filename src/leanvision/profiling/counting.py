@@ -1,0 +1,348 @@
+"""Parameter and operation counting.
+
+MACs come from PyTorch's :class:`torch.utils.flop_counter.FlopCounterMode`, which counts
+convolutions and matrix products (``mm``, ``addmm``, ``bmm``, ``baddbmm``, ...) as FLOPs; one
+multiply-accumulate is two FLOPs, so MACs = FLOPs / 2. Element-wise work (BatchNorm, activations,
+residual adds, softmax) is not counted, as is usual for MAC tables.
+
+Two gaps are filled here:
+
+* CPU attention: ``F.scaled_dot_product_attention`` on CPU runs
+  ``aten._scaled_dot_product_flash_attention_for_cpu``, which the stock counter treats as free.
+  We add a formula counting Q·Kᵀ and A·V (the math fallback decomposes into ``bmm`` and is
+  already counted). Causal masks are not discounted, as in PyTorch's own SDPA formulas.
+* Custom layers (adder, binary, quantized): a layer type registered with
+  :func:`register_module_counter` is counted by its own function *instead of* the aten ops its
+  forward runs: hooks around the module record what the flop counter saw inside it and subtract
+  it, then add the layer's own :class:`OpCounts`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from leanvision.errors import ConfigError
+from leanvision.profiling._common import (
+    check_input_size,
+    eval_mode,
+    guarded_forward,
+    make_input,
+    model_device_dtype,
+)
+
+__all__ = [
+    "OpCounts",
+    "count_ops",
+    "count_params",
+    "register_module_counter",
+    "register_op_handler",
+]
+
+aten = torch.ops.aten
+
+ModuleCounter = Callable[[nn.Module, tuple[Any, ...], Any], "OpCounts"]
+
+
+@dataclass
+class OpCounts:
+    """Operation counts of one forward pass at a given input size.
+
+    Conventions (handlers of custom layers must follow them):
+
+    * ``macs``: every multiply-accumulate, whatever its precision (fp32 and int8 alike).
+    * ``muls`` / ``adds``: every multiplication / addition; a MAC is one of each, so a plain
+      conv or linear layer has ``macs == muls == adds``. An adder layer reports only ``adds``.
+    * ``int8_macs``: the part of ``macs`` (and so of ``muls`` and ``adds``) run by int8 kernels;
+      the energy estimate prices those at int8 rates.
+    * ``bitops``: binary operations (one XNOR + popcount contribution per bit).
+    * ``by_op``: per op kind, in MACs (or the op's own unit: adds, bit-ops), for reports.
+
+    Attributes:
+        macs: Multiply-accumulates.
+        adds: Additions.
+        muls: Multiplications.
+        bitops: Binary (XNOR/popcount) operations.
+        by_op: Count per op kind.
+        int8_macs: MACs done by int8 kernels (a subset of ``macs``).
+    """
+
+    macs: int = 0
+    adds: int = 0
+    muls: int = 0
+    bitops: int = 0
+    by_op: dict[str, int] = field(default_factory=dict)
+    int8_macs: int = 0
+
+    @classmethod
+    def from_macs(cls, n: int, op: str = "mac") -> OpCounts:
+        """``n`` floating-point multiply-accumulates (one mul + one add each)."""
+        return cls(macs=n, adds=n, muls=n, by_op={op: n})
+
+    @classmethod
+    def from_int8_macs(cls, n: int, op: str = "int8_mac") -> OpCounts:
+        """``n`` multiply-accumulates run by an int8 kernel."""
+        return cls(macs=n, adds=n, muls=n, int8_macs=n, by_op={op: n})
+
+    @classmethod
+    def from_adds(cls, n: int, op: str = "add") -> OpCounts:
+        """``n`` additions and no multiplications (e.g. an adder layer)."""
+        return cls(adds=n, by_op={op: n})
+
+    @classmethod
+    def from_bitops(cls, n: int, op: str = "bitop") -> OpCounts:
+        """``n`` binary operations (XNOR + popcount per bit)."""
+        return cls(bitops=n, by_op={op: n})
+
+    def __add__(self, other: OpCounts) -> OpCounts:
+        if not isinstance(other, OpCounts):
+            return NotImplemented
+        by_op = dict(self.by_op)
+        for k, v in other.by_op.items():
+            by_op[k] = by_op.get(k, 0) + v
+        return OpCounts(
+            macs=self.macs + other.macs,
+            adds=self.adds + other.adds,
+            muls=self.muls + other.muls,
+            bitops=self.bitops + other.bitops,
+            by_op=by_op,
+            int8_macs=self.int8_macs + other.int8_macs,
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready dict of the counts."""
+        return asdict(self)
+
+
+# --------------------------------------------------------------------------- registries
+
+_OP_HANDLERS: dict[Any, Callable[..., int]] = {}
+_MODULE_COUNTERS: dict[type[nn.Module], ModuleCounter] = {}
+
+
+def _sdpa_flops(
+    query_shape: Sequence[int],
+    key_shape: Sequence[int],
+    value_shape: Sequence[int],
+    *args: Any,
+    out_shape: Any = None,
+    **kwargs: Any,
+) -> int:
+    """FLOPs of attention: Q·Kᵀ plus A·V, for q (..., L, E), k (..., S, E), v (..., S, Ev).
+
+    Query heads may outnumber key/value heads (grouped-query attention); every query row
+    still meets all S keys, so the count follows the query's leading dimensions.
+    """
+    rows = math.prod(query_shape[:-1])  # batch * heads * L
+    s, e, ev = key_shape[-2], query_shape[-1], value_shape[-1]
+    return 2 * rows * s * (e + ev)
+
+
+# SDPA back-ends that the stock flop counter leaves at zero. The first is what CPU runs.
+_SDPA_OPS = [
+    name
+    for name in (
+        "_scaled_dot_product_flash_attention_for_cpu",
+        "_scaled_dot_product_fused_attention_overrideable",
+        "_scaled_dot_product_attention_math_for_mps",
+    )
+    if hasattr(aten, name)
+]
+_BUILTIN_HANDLERS: dict[Any, Callable[..., int]] = {
+    getattr(aten, n): _sdpa_flops for n in _SDPA_OPS
+}
+
+# Names for by_op; any op not listed is named after its aten packet ("convolution", "addmm").
+_SDPA_NAMES = {
+    "_scaled_dot_product_flash_attention_for_cpu",
+    "_scaled_dot_product_fused_attention_overrideable",
+    "_scaled_dot_product_attention_math_for_mps",
+    "_scaled_dot_product_flash_attention",
+    "_scaled_dot_product_efficient_attention",
+    "_scaled_dot_product_cudnn_attention",
+    "_flash_attention_forward",
+    "_efficient_attention_forward",
+}
+
+
+def register_op_handler(op: Any, handler: Callable[..., int]) -> None:
+    """Count an extra operator with a FLOP formula (``torch.utils.flop_counter`` style).
+
+    Args:
+        op: The operator, e.g. ``torch.ops.mylib.myconv`` (an overload such as
+            ``torch.ops.mylib.myconv.default`` is accepted too and stands for all overloads).
+        handler: ``handler(*arg_shapes, out_shape=..., **kwargs) -> int`` returning **FLOPs**
+            (2 × MACs), called with each tensor argument replaced by its shape, as PyTorch's
+            own flop formulas are. A handler with ``handler._get_raw = True`` gets the raw
+            arguments and ``out_val=`` instead.
+
+    Raises:
+        ConfigError: ``op`` is not a torch operator or ``handler`` is not callable.
+    """
+    if isinstance(op, torch._ops.OpOverload):
+        op = op.overloadpacket
+    if not isinstance(op, (torch._ops.OpOverloadPacket, torch._ops.HigherOrderOperator)):
+        raise ConfigError(
+            f"register_op_handler: op must be a torch operator such as torch.ops.aten.mm, "
+            f"got {op!r} of type {type(op).__name__}"
+        )
+    if not callable(handler):
+        raise ConfigError(f"register_op_handler: handler for {op} must be callable")
+    _OP_HANDLERS[op] = handler
+
+
+def register_module_counter(module_type: type[nn.Module], fn: ModuleCounter) -> None:
+    """Count every module of ``module_type`` (and its subclasses) with ``fn``.
+
+    ``fn(module, inputs, output) -> OpCounts`` is called after the module's forward
+    (``inputs`` is the tuple of positional inputs). Its counts replace everything the flop
+    counter saw inside that module. When such modules nest, only the outermost one is counted.
+    A later registration for the same type replaces the earlier one.
+
+    Raises:
+        ConfigError: ``module_type`` is not an ``nn.Module`` subclass or ``fn`` not callable.
+    """
+    if not (isinstance(module_type, type) and issubclass(module_type, nn.Module)):
+        raise ConfigError(
+            f"register_module_counter: module_type must be an nn.Module subclass, "
+            f"got {module_type!r}"
+        )
+    if not callable(fn):
+        raise ConfigError(
+            f"register_module_counter: counter for {module_type.__name__} must be callable"
+        )
+    _MODULE_COUNTERS[module_type] = fn
+
+
+def _counter_for(module: nn.Module) -> ModuleCounter | None:
+    """The registered counter of the module's most specific registered type."""
+    for cls in type(module).__mro__:
+        fn = _MODULE_COUNTERS.get(cls)
+        if fn is not None:
+            return fn
+    return None
+
+
+# --------------------------------------------------------------------------- counting
+
+
+def count_params(model: nn.Module) -> int:
+    """Number of parameters (shared parameters counted once; buffers not counted)."""
+    seen: set[int] = set()
+    total = 0
+    for p in model.parameters():
+        if id(p) not in seen:
+            seen.add(id(p))
+            total += p.numel()
+    return total
+
+
+def _op_name(packet: Any) -> str:
+    name = str(packet)
+    name = name.removeprefix("aten.")
+    return "scaled_dot_product_attention" if name in _SDPA_NAMES else name
+
+
+class _CustomModuleCounting:
+    """Forward hooks that swap a registered module's aten counts for its own OpCounts."""
+
+    def __init__(self, counter: FlopCounterMode) -> None:
+        self.counter = counter
+        self.depth = 0
+        self.before: dict[Any, int] = {}
+        self.excluded: dict[Any, int] = {}
+        self.custom = OpCounts()
+
+    def _global(self) -> dict[Any, int]:
+        return dict(self.counter.get_flop_counts().get("Global", {}))
+
+    def pre_hook(self, module: nn.Module, inputs: tuple[Any, ...]) -> None:
+        if self.depth == 0:
+            self.before = self._global()
+        self.depth += 1
+
+    def post_hook(self, module: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
+        self.depth -= 1
+        if self.depth > 0:
+            return  # an inner registered module: the outer one's counter covers it
+        fn = _counter_for(module)
+        if fn is None:  # unregistered between hooking and running; count its aten ops
+            return
+        counts = fn(module, inputs, output)  # any tensor ops it runs are excluded below
+        if not isinstance(counts, OpCounts):
+            raise ConfigError(
+                f"the module counter registered for {type(module).__name__} returned "
+                f"{type(counts).__name__}; it must return an OpCounts"
+            )
+        if not counts.by_op:
+            main = counts.macs or counts.adds or counts.bitops or counts.muls
+            counts = counts + OpCounts(by_op={type(module).__name__: main})
+        self.custom = self.custom + counts
+        for op, flops in self._global().items():
+            delta = flops - self.before.get(op, 0)
+            if delta:
+                self.excluded[op] = self.excluded.get(op, 0) + delta
+
+
+def count_ops(
+    model: nn.Module,
+    input_size: Sequence[int] = (1, 3, 224, 224),
+    *,
+    inputs: torch.Tensor | Sequence[torch.Tensor] | None = None,
+) -> OpCounts:
+    """Count the operations of one inference forward.
+
+    Args:
+        model: The model; it runs in eval mode under ``torch.no_grad`` on its own device,
+            and every submodule's training flag is restored afterwards.
+        input_size: Shape of the random input, batch first, e.g. (1, 3, 224, 224).
+        inputs: Optional ready input tensor (or tuple of positional inputs) used instead of a
+            random one; ``input_size`` then only names the input in error messages.
+
+    Returns:
+        OpCounts for the whole batch: MACs of convs, matmuls and attention (``macs == muls ==
+        adds`` for those) plus whatever registered module counters report.
+
+    Raises:
+        ConfigError: ``input_size`` is empty or not positive ints.
+        InputShapeError: The forward failed because of the input's shape.
+    """
+    size = check_input_size(input_size)
+    if inputs is None:
+        device, dtype = model_device_dtype(model)
+        x: torch.Tensor | tuple[Any, ...] = make_input(size, device, dtype)
+    elif isinstance(inputs, torch.Tensor):
+        x = inputs
+    else:
+        x = tuple(inputs)
+
+    mapping = {**_BUILTIN_HANDLERS, **_OP_HANDLERS}
+    counter = FlopCounterMode(display=False, custom_mapping=mapping)
+    tracking = _CustomModuleCounting(counter)
+    handles = []
+    try:
+        for m in model.modules():
+            if _counter_for(m) is not None:
+                handles.append(m.register_forward_pre_hook(tracking.pre_hook))
+                handles.append(m.register_forward_hook(tracking.post_hook))
+        with eval_mode(model), torch.no_grad(), counter:
+            guarded_forward(model, x, size)
+    finally:
+        for h in handles:
+            h.remove()
+
+    by_op: dict[str, int] = {}
+    total = 0
+    for op, flops in counter.get_flop_counts().get("Global", {}).items():
+        macs = (flops - tracking.excluded.get(op, 0)) // 2
+        if macs:
+            name = _op_name(op)
+            by_op[name] = by_op.get(name, 0) + macs
+            total += macs
+    return OpCounts(macs=total, adds=total, muls=total, by_op=by_op) + tracking.custom

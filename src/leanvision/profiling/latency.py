@@ -1,0 +1,276 @@
+"""Wall-clock latency of inference, alone or side by side.
+
+A model (``nn.Module``) runs in eval mode under ``torch.inference_mode`` on its own device,
+with a fixed number of torch threads; each timed call is measured with ``time.perf_counter``
+(CUDA is synchronised around it). Anything else callable is timed as is:
+
+* a callable with no required positional parameter is called as ``fn()`` (e.g.
+  ``lambda: session.run(None, feeds)`` for ONNX Runtime);
+* otherwise it is called as ``fn(x)`` with a float32 CPU tensor of ``input_size``.
+
+``threads`` fixes ``torch.set_num_threads`` only; a runtime with its own thread pool (ONNX
+Runtime) must be configured when its session is built. A callable may name its back-end in a
+``backend`` attribute (e.g. ``"onnxruntime-cpu"``); otherwise it is reported as
+``"python-callable"``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import math
+import statistics
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from leanvision.errors import ConfigError
+from leanvision.profiling._common import (
+    check_input_size,
+    check_positive_int,
+    check_threads,
+    eval_mode,
+    guarded_forward,
+    make_input,
+    model_device_dtype,
+    num_threads,
+)
+
+__all__ = ["LatencyStats", "compare", "measure_latency"]
+
+
+@dataclass
+class LatencyStats:
+    """Latency of one inference call (the whole batch), in milliseconds.
+
+    Attributes:
+        median_ms: Median over the timed runs.
+        p90_ms: 90th percentile (linear interpolation).
+        mean_ms: Mean.
+        batch: Batch size, ``input_size[0]``.
+        threads: Torch threads used.
+        backend: What ran, e.g. ``"torch-eager-cpu"``, ``"onnxruntime-cpu"``.
+        repeats: Number of timed runs.
+    """
+
+    median_ms: float
+    p90_ms: float
+    mean_ms: float
+    batch: int
+    threads: int
+    backend: str
+    repeats: int
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready dict: median, p90, mean (ms), batch, threads, backend, repeats."""
+        return {
+            "median": self.median_ms,
+            "p90": self.p90_ms,
+            "mean": self.mean_ms,
+            "batch": self.batch,
+            "threads": self.threads,
+            "backend": self.backend,
+            "repeats": self.repeats,
+        }
+
+
+def _percentile(sorted_values: Sequence[float], q: float) -> float:
+    pos = (len(sorted_values) - 1) * q
+    lo, hi = math.floor(pos), math.ceil(pos)
+    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
+
+
+def _stats(times_s: Sequence[float], batch: int, threads: int, backend: str) -> LatencyStats:
+    ms = sorted(t * 1e3 for t in times_s)
+    return LatencyStats(
+        median_ms=statistics.median(ms),
+        p90_ms=_percentile(ms, 0.9),
+        mean_ms=statistics.fmean(ms),
+        batch=batch,
+        threads=threads,
+        backend=backend,
+        repeats=len(ms),
+    )
+
+
+def _takes_no_args(fn: Callable[..., Any]) -> bool:
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return False
+    kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    return not any(
+        p.kind in kinds and p.default is inspect.Parameter.empty for p in sig.parameters.values()
+    )
+
+
+def _backend_name(obj: Any, device: torch.device | None) -> str:
+    named = getattr(obj, "backend", None)
+    if isinstance(named, str) and not isinstance(obj, nn.Module):
+        return named
+    if isinstance(obj, torch.jit.ScriptModule):
+        return f"torchscript-{device.type if device else 'cpu'}"
+    if isinstance(obj, nn.Module):
+        return f"torch-eager-{device.type if device else 'cpu'}"
+    return "python-callable"
+
+
+class _Runner:
+    """One thing to time: a zero-argument call plus its synchronisation."""
+
+    def __init__(self, obj: nn.Module | Callable[..., Any], size: tuple[int, ...]) -> None:
+        self.obj = obj
+        self.size = size
+        self.device: torch.device | None = None
+        if isinstance(obj, nn.Module):
+            self.device, dtype = model_device_dtype(obj)
+            x = make_input(size, self.device, dtype)
+            self.call: Callable[[], Any] = lambda: guarded_forward(obj, x, size)
+        elif callable(obj):
+            if _takes_no_args(obj):
+                self.call = obj
+            else:
+                x = make_input(size)
+                self.call = lambda: obj(x)
+        else:
+            raise ConfigError(
+                f"expected an nn.Module or a callable to time, got {type(obj).__name__}"
+            )
+        self.backend = _backend_name(obj, self.device)
+        self.times: list[float] = []
+
+    def _sync(self) -> None:
+        if self.device is not None and self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def run(self, timed: bool) -> None:
+        self._sync()
+        start = time.perf_counter()
+        self.call()
+        self._sync()
+        if timed:
+            self.times.append(time.perf_counter() - start)
+
+    @contextlib.contextmanager
+    def prepared(self) -> Iterator[None]:
+        if isinstance(self.obj, nn.Module):
+            with eval_mode(self.obj):
+                yield
+        else:
+            yield
+
+
+def measure_latency(
+    model_or_callable: nn.Module | Callable[..., Any],
+    input_size: Sequence[int],
+    *,
+    threads: int | None = None,
+    warmup: int = 5,
+    repeats: int = 30,
+    min_time_s: float = 0.0,
+    backend: str | None = None,
+) -> LatencyStats:
+    """Time one model (or callable) on a batch of ``input_size``.
+
+    Args:
+        model_or_callable: An ``nn.Module``, or a callable (see the module docstring for how
+            it is called).
+        input_size: Input shape, batch first, e.g. (1, 3, 224, 224).
+        threads: Torch threads for the measurement (restored afterwards); default: the
+            current ``torch.get_num_threads()``.
+        warmup: Untimed runs first.
+        repeats: Timed runs (at least this many).
+        min_time_s: Keep timing past ``repeats`` until the timed runs add up to this long.
+        backend: Name to report for the back-end; default: inferred.
+
+    Returns:
+        LatencyStats in milliseconds per call.
+
+    Raises:
+        ConfigError: Bad ``input_size``, ``threads``, ``warmup``, ``repeats`` or ``min_time_s``.
+        InputShapeError: A model's forward failed because of the input's shape.
+    """
+    size = check_input_size(input_size)
+    n_threads = check_threads(threads)
+    check_positive_int("warmup", warmup, allow_zero=True)
+    check_positive_int("repeats", repeats)
+    if not isinstance(min_time_s, (int, float)) or min_time_s < 0:
+        raise ConfigError(f"min_time_s must be a non-negative number, got {min_time_s!r}")
+    runner = _Runner(model_or_callable, size)
+    with num_threads(n_threads), runner.prepared(), torch.inference_mode():
+        for _ in range(warmup):
+            runner.run(timed=False)
+        while len(runner.times) < repeats or sum(runner.times) < min_time_s:
+            runner.run(timed=True)
+    return _stats(runner.times, size[0], n_threads, backend or runner.backend)
+
+
+def compare(
+    models: Mapping[str, nn.Module | Callable[..., Any]],
+    input_size: Sequence[int],
+    *,
+    threads: int | None = None,
+    warmup: int = 5,
+    repeats: int = 30,
+    rounds: int | None = None,
+) -> dict[str, LatencyStats]:
+    """Time several models side by side in this process, interleaved.
+
+    The ``repeats`` timed runs of each model are spread over ``rounds`` round-robin rounds;
+    each round runs every model in turn (``ceil(repeats / rounds)`` calls each), starting
+    from a different model every round, so machine noise falls on all of them alike. Warm-up
+    is interleaved the same way.
+
+    Args:
+        models: Name → ``nn.Module`` or callable (called as in :func:`measure_latency`).
+        input_size: Input shape, batch first.
+        threads: Torch threads for the whole comparison (restored afterwards).
+        warmup: Untimed runs per model.
+        repeats: Timed runs per model.
+        rounds: Number of rounds; default ``repeats`` (one call per model per round).
+
+    Returns:
+        Name → LatencyStats, in the order of ``models``.
+
+    Raises:
+        ConfigError: No models, or bad ``input_size``, ``threads``, ``warmup``, ``repeats``
+            or ``rounds``.
+        InputShapeError: A model's forward failed because of the input's shape.
+    """
+    size = check_input_size(input_size)
+    n_threads = check_threads(threads)
+    check_positive_int("warmup", warmup, allow_zero=True)
+    check_positive_int("repeats", repeats)
+    n_rounds = repeats if rounds is None else check_positive_int("rounds", rounds)
+    if not models:
+        raise ConfigError("compare() needs at least one model")
+    names = list(models)
+    runners = {name: _Runner(models[name], size) for name in names}
+    per_round = math.ceil(repeats / n_rounds)
+
+    def rotated(r: int) -> list[str]:
+        k = r % len(names)
+        return names[k:] + names[:k]
+
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(num_threads(n_threads))
+        for runner in runners.values():
+            stack.enter_context(runner.prepared())
+        stack.enter_context(torch.inference_mode())
+        for r in range(warmup):
+            for name in rotated(r):
+                runners[name].run(timed=False)
+        r = 0
+        while any(len(run.times) < repeats for run in runners.values()):
+            for name in rotated(r):
+                runner = runners[name]
+                for _ in range(min(per_round, repeats - len(runner.times))):
+                    runner.run(timed=True)
+            r += 1
+    return {
+        name: _stats(run.times, size[0], n_threads, run.backend) for name, run in runners.items()
+    }

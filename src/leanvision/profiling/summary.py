@@ -1,0 +1,119 @@
+"""One call that measures everything: parameters, operations, latency, memory and energy."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import nn
+
+from leanvision.profiling._common import check_input_size
+from leanvision.profiling.counting import count_ops, count_params
+from leanvision.profiling.energy import energy_uj
+from leanvision.profiling.latency import LatencyStats, measure_latency
+from leanvision.profiling.memory import peak_memory_mb
+
+__all__ = ["Profile", "profile"]
+
+
+@dataclass
+class Profile:
+    """Everything measured about one model at one input size.
+
+    Attributes:
+        params: Parameters.
+        macs: Multiply-accumulates of one forward of the whole batch (FLOPs = 2 × MACs).
+        adds: Additions.
+        muls: Multiplications.
+        bitops: Binary operations.
+        latency: Latency stats in ms, or None when not measured.
+        peak_mem_mb: Peak activation memory in MiB (see ``peak_memory_mb``), or None.
+        energy_uj: Estimated compute energy in µJ (see ``leanvision.profiling.energy``).
+        input_size: Input shape, batch first.
+        by_op: Count per op kind (MACs, or the op's own unit).
+        int8_macs: The part of ``macs`` run by int8 kernels.
+    """
+
+    params: int
+    macs: int
+    adds: int
+    muls: int
+    bitops: int
+    latency: LatencyStats | None
+    peak_mem_mb: float | None
+    energy_uj: float
+    input_size: tuple[int, ...]
+    by_op: dict[str, int] = field(default_factory=dict)
+    int8_macs: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready dict in the ``results.json`` field names.
+
+        ``latency_ms`` holds ``{median, p90, mean, batch, threads, backend, repeats}`` (or
+        None); ``input_size`` is a list.
+        """
+        return {
+            "params": self.params,
+            "macs": self.macs,
+            "adds": self.adds,
+            "muls": self.muls,
+            "bitops": self.bitops,
+            "int8_macs": self.int8_macs,
+            "latency_ms": self.latency.as_dict() if self.latency is not None else None,
+            "peak_mem_mb": self.peak_mem_mb,
+            "energy_uj": self.energy_uj,
+            "input_size": list(self.input_size),
+            "by_op": dict(self.by_op),
+        }
+
+
+def profile(
+    model: nn.Module,
+    input_size: Sequence[int] = (1, 3, 224, 224),
+    *,
+    latency: bool = True,
+    memory: bool = True,
+    threads: int | None = None,
+    warmup: int = 5,
+    repeats: int = 30,
+) -> Profile:
+    """Measure a model: parameters, MACs/adds/muls/bit-ops, latency, peak memory, energy.
+
+    Args:
+        model: The model, on the device to measure on; its training flags are restored.
+        input_size: Input shape, batch first, e.g. (1, 3, 224, 224).
+        latency: Time it (``measure_latency``, torch eager).
+        memory: Measure peak activation memory.
+        threads: Torch threads for timing; default: the current count.
+        warmup: Untimed runs before timing.
+        repeats: Timed runs.
+
+    Returns:
+        Profile of one forward of the whole batch.
+
+    Raises:
+        ConfigError: Bad ``input_size``, ``threads``, ``warmup`` or ``repeats``.
+        InputShapeError: The forward failed because of the input's shape.
+    """
+    size = check_input_size(input_size)
+    counts = count_ops(model, size)
+    stats = (
+        measure_latency(model, size, threads=threads, warmup=warmup, repeats=repeats)
+        if latency
+        else None
+    )
+    peak = peak_memory_mb(model, size) if memory else None
+    return Profile(
+        params=count_params(model),
+        macs=counts.macs,
+        adds=counts.adds,
+        muls=counts.muls,
+        bitops=counts.bitops,
+        latency=stats,
+        peak_mem_mb=peak,
+        energy_uj=energy_uj(counts),
+        input_size=size,
+        by_op=dict(counts.by_op),
+        int8_macs=counts.int8_macs,
+    )

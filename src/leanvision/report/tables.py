@@ -1,0 +1,211 @@
+"""Tables of model results: Markdown for reports, rich for the terminal."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from leanvision.report.schema import ModelResult
+from leanvision.report.writer import compute_ratios
+
+if TYPE_CHECKING:
+    from rich.table import Table
+
+__all__ = [
+    "MISSING",
+    "TableData",
+    "fmt_energy",
+    "fmt_millions",
+    "fmt_percent",
+    "markdown_table",
+    "rich_table",
+    "table_data",
+]
+
+MISSING = "—"
+
+
+def fmt_percent(value: float | None, *, signed: bool = False) -> str:
+    """Accuracy in percent (or points) with 2 decimals; ``—`` when missing."""
+    if value is None:
+        return MISSING
+    return f"{value:+.2f}" if signed else f"{value:.2f}"
+
+
+def fmt_millions(value: float | None, decimals: int) -> str:
+    """A count in millions with ``decimals`` decimals.
+
+    Values too small to show with that many decimals get 3 significant digits instead, so a
+    0.027 M-parameter model does not read as ``0.0``.
+    """
+    if value is None:
+        return MISSING
+    v = value / 1e6
+    if v != 0 and abs(v) < 10.0 ** (1 - decimals):
+        return f"{v:.3g}"
+    return f"{v:.{decimals}f}"
+
+
+def fmt_energy(value: float | None) -> str:
+    """Energy in microjoules, readable from nJ-scale to J-scale values."""
+    if value is None:
+        return MISSING
+    if abs(value) >= 1000:
+        return f"{value:,.0f}"
+    if abs(value) >= 1:
+        return f"{value:.2f}"
+    return f"{value:.3g}"
+
+
+def _fmt_ms(value: float | None) -> str:
+    if value is None:
+        return MISSING
+    return f"{value:.3g}" if abs(value) < 0.1 else f"{value:.2f}"
+
+
+def _fmt_speedup(value: float | None) -> str:
+    return MISSING if value is None else f"{value:.2f}×"
+
+
+@dataclass
+class TableData:
+    """Headers and formatted cells shared by the Markdown, rich and HTML tables.
+
+    Attributes:
+        headers: Column titles.
+        rows: One list of formatted cells per model.
+        numeric: For each column, whether it holds numbers (right-aligned).
+        baselines: Names of models other models are compared to.
+    """
+
+    headers: list[str]
+    rows: list[list[str]]
+    numeric: list[bool]
+    baselines: set[str]
+
+
+def _latency_columns(models: Sequence[ModelResult]) -> tuple[str, list[str]]:
+    """Header and cells for latency; settings go in the header when all rows share them."""
+    measured = [m.latency_ms for m in models if m.latency_ms]
+    settings = {(lat.get("batch"), lat.get("threads")) for lat in measured}
+    backends = {lat.get("backend") for lat in measured}
+    header = "Latency ms (median"
+    if len(settings) == 1:
+        batch, threads = next(iter(settings))
+        header += f", batch {batch}, {threads} thread{'s' if threads != 1 else ''}"
+    if len(backends) == 1 and None not in backends:
+        header += f", {next(iter(backends))}"
+    header += ")"
+    cells = []
+    for m in models:
+        lat = m.latency_ms
+        if not lat:
+            cells.append(MISSING)
+            continue
+        cell = _fmt_ms(lat["median"])
+        if len(settings) > 1:
+            cell += f" (batch {lat.get('batch')}, {lat.get('threads')} thr)"
+        if len(backends) > 1 and lat.get("backend"):
+            cell += f" [{lat['backend']}]"
+        cells.append(cell)
+    return header, cells
+
+
+def table_data(models: Sequence[ModelResult | Mapping[str, Any]]) -> TableData:
+    """Format the results of one run as table cells (ratios recomputed from the baselines).
+
+    Args:
+        models: Results of one run.
+
+    Returns:
+        Headers, formatted rows and column alignment.
+    """
+    results = compute_ratios(models)
+    baselines = {m.baseline for m in results if m.baseline is not None}
+    lat_header, lat_cells = _latency_columns(results)
+    with_paper = any(m.paper for m in results)
+    headers = [
+        "Model", "Method chain", "Dataset", "Top-1 %", "Δ top-1 vs baseline (pts)",
+        "Params (M)", "MACs (M)", lat_header, "Speed-up ×", "Energy µJ",
+    ]
+    numeric = [False, False, False] + [True] * 7
+    if with_paper:
+        headers += ["Paper top-1 %", "Paper MACs (M)"]
+        numeric += [True, True]
+    rows = []
+    for m, lat_cell in zip(results, lat_cells):
+        is_ref = m.name in baselines and m.baseline in (None, m.name)
+        delta = "baseline" if is_ref else fmt_percent(m.ratios.get("top1_delta"), signed=True)
+        speedup = m.ratios.get("speedup")
+        if is_ref and m.latency_ms:
+            speedup = 1.0
+        row = [
+            m.name,
+            " → ".join(m.method_chain) if m.method_chain else MISSING,
+            f"{m.dataset} ({m.split})",
+            fmt_percent(m.top1),
+            delta,
+            fmt_millions(m.params, 2),
+            fmt_millions(m.macs, 1),
+            lat_cell,
+            _fmt_speedup(speedup),
+            fmt_energy(m.energy_uj),
+        ]
+        if with_paper:
+            paper = m.paper or {}
+            row += [fmt_percent(paper.get("top1")), fmt_millions(paper.get("macs"), 1)]
+        rows.append(row)
+    return TableData(headers=headers, rows=rows, numeric=numeric, baselines=baselines)
+
+
+def _md_cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def markdown_table(models: Sequence[ModelResult | Mapping[str, Any]]) -> str:
+    """A GitHub-flavoured Markdown table of one run's results.
+
+    Columns: model, method chain, dataset, top-1 %, Δ top-1 vs baseline, params (M),
+    MACs (M; multiply-accumulates), median latency (batch/threads in the header), speed-up,
+    energy, and paper top-1 / paper MACs when any model carries ``paper`` numbers.
+
+    Args:
+        models: Results of one run.
+
+    Returns:
+        The table, ending with a newline.
+    """
+    data = table_data(models)
+    lines = [
+        "| " + " | ".join(_md_cell(h) for h in data.headers) + " |",
+        "|" + "|".join("---:" if num else ":---" for num in data.numeric) + "|",
+    ]
+    lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in data.rows]
+    return "\n".join(lines) + "\n"
+
+
+def rich_table(
+    models: Sequence[ModelResult | Mapping[str, Any]], title: str | None = None
+) -> Table:
+    """The same table as :func:`markdown_table`, as a ``rich.table.Table`` for the CLI.
+
+    Args:
+        models: Results of one run.
+        title: Optional table title.
+
+    Returns:
+        A table ready for ``rich.console.Console().print``.
+    """
+    from rich.table import Table
+    from rich.text import Text
+
+    data = table_data(models)
+    table = Table(title=title, header_style="bold")
+    for header, num in zip(data.headers, data.numeric):
+        table.add_column(header, justify="right" if num else "left", overflow="fold")
+    for row in data.rows:
+        style = "bold" if row[0] in data.baselines else None
+        # Text, not str: cells such as "1.60 [onnxruntime]" must not be read as rich markup.
+        table.add_row(*(Text(cell) for cell in row), style=style)
+    return table

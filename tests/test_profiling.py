@@ -1,0 +1,376 @@
+"""Tests of leanvision.profiling: counts, energy, latency, memory, errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import timm
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from leanvision.errors import ConfigError, InputShapeError
+from leanvision.profiling import (
+    ENERGY_PJ,
+    LatencyStats,
+    OpCounts,
+    compare,
+    count_ops,
+    count_params,
+    energy_uj,
+    measure_latency,
+    peak_memory_mb,
+    profile,
+    register_module_counter,
+    register_op_handler,
+)
+
+# --------------------------------------------------------------------------- toy modules
+
+
+class ConvLinear(nn.Module):
+    """conv 3→4 (3×3, pad 1) on 8×8, then linear 256→10."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.bn = nn.BatchNorm2d(4)
+        self.fc = nn.Linear(4 * 8 * 8, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.relu(self.bn(self.conv(x))).flatten(1))
+
+
+class SelfAttention(nn.Module):
+    """Parameter-free attention on x of shape (B, H, L, E); v keeps ``v_dim`` features."""
+
+    def __init__(self, v_dim: int | None = None) -> None:
+        super().__init__()
+        self.v_dim = v_dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        v = x if self.v_dim is None else x[..., : self.v_dim].contiguous()
+        return F.scaled_dot_product_attention(x, x, v)
+
+
+class AdderLike(nn.Module):
+    """Stands for an adder layer: computes with a matmul, but its counter reports adds only."""
+
+    def __init__(self, cin: int, cout: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(cout, cin))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (B, cin)
+        return x @ self.weight.t()
+
+
+def _adder_like_counter(module: AdderLike, inputs: tuple, output: torch.Tensor) -> OpCounts:
+    batch = inputs[0].shape[0]
+    cout, cin = module.weight.shape
+    # |x - w| then accumulate: two additions per term; the abs() below is deliberately a
+    # tensor op, to check that a counter's own ops are not counted.
+    _ = (inputs[0][:, None, :] - module.weight[None]).abs().sum()
+    return OpCounts.from_adds(2 * batch * cin * cout, op="adder")
+
+
+register_module_counter(AdderLike, _adder_like_counter)
+
+
+def _heavy_model() -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(3, 64, 3, padding=1),
+        nn.Conv2d(64, 64, 3, padding=1),
+        nn.Conv2d(64, 64, 3, padding=1),
+        nn.Conv2d(64, 64, 3, padding=1),
+    )
+
+
+# --------------------------------------------------------------------------- counting
+
+
+def test_resnet18_reference_macs_and_params():
+    model = timm.create_model("resnet18", pretrained=False)
+    counts = count_ops(model, (1, 3, 224, 224))
+    assert counts.macs == pytest.approx(1.82e9, rel=0.01)
+    assert counts.muls == counts.adds == counts.macs
+    assert counts.bitops == 0 and counts.int8_macs == 0
+    assert sum(counts.by_op.values()) == counts.macs
+    assert count_params(model) == 11_689_512
+
+
+def test_deit_tiny_counts_attention():
+    model = timm.create_model("deit_tiny_patch16_224", pretrained=False).eval()
+    counts = count_ops(model, (1, 3, 224, 224))
+    assert counts.macs == pytest.approx(1.26e9, rel=0.02)
+    # 12 blocks × 3 heads × (197·197·64 for QKᵀ + the same for AV)
+    assert counts.by_op["scaled_dot_product_attention"] == 12 * 3 * 197 * 197 * 64 * 2
+    with torch.no_grad(), FlopCounterMode(display=False) as plain:
+        model(torch.randn(1, 3, 224, 224))
+    plain_macs = plain.get_total_flops() // 2
+    assert plain_macs < 0.9 * counts.macs  # the stock counter misses CPU attention
+    assert counts.macs - plain_macs == counts.by_op["scaled_dot_product_attention"]
+
+
+def test_conv_linear_exact_macs():
+    counts = count_ops(ConvLinear(), (1, 3, 8, 8))
+    conv = 4 * 8 * 8 * (3 * 3 * 3)  # outputs × (cin · k · k)
+    fc = 4 * 8 * 8 * 10
+    assert counts.by_op == {"convolution": conv, "addmm": fc}
+    assert counts.macs == counts.muls == counts.adds == conv + fc == 9472
+    # batch scales linearly; a ready input tensor is accepted too
+    assert count_ops(ConvLinear(), inputs=torch.randn(3, 3, 8, 8)).macs == 3 * 9472
+
+
+@pytest.mark.parametrize("v_dim", [None, 6])  # None: CPU flash kernel; 6: math fallback
+def test_attention_exact_macs(v_dim):
+    b, h, seq, e = 2, 3, 5, 8
+    ev = e if v_dim is None else v_dim
+    counts = count_ops(SelfAttention(v_dim), (b, h, seq, e))
+    assert counts.macs == b * h * seq * seq * e + b * h * seq * seq * ev
+    assert counts.by_op == {
+        ("scaled_dot_product_attention" if v_dim is None else "bmm"): counts.macs
+    }
+    if v_dim is None:  # the CPU flash kernel: the stock flop counter sees nothing
+        with torch.no_grad(), FlopCounterMode(display=False) as plain:
+            SelfAttention()(torch.randn(b, h, seq, e))
+        assert plain.get_total_flops() == 0
+
+
+def test_module_counter_replaces_inner_ops():
+    counts = count_ops(AdderLike(16, 4), (2, 16))
+    assert counts.macs == 0 and counts.muls == 0
+    assert counts.adds == 2 * 2 * 16 * 4
+    assert counts.by_op == {"adder": 2 * 2 * 16 * 4}
+
+    model = nn.Sequential(nn.Linear(8, 16), AdderLike(16, 4))
+    counts = count_ops(model, (2, 8))
+    linear = 2 * 8 * 16
+    assert counts.macs == counts.muls == linear
+    assert counts.adds == linear + 2 * 2 * 16 * 4
+    assert counts.by_op == {"addmm": linear, "adder": 2 * 2 * 16 * 4}
+    # the counting hooks are gone afterwards
+    assert not model[1]._forward_hooks and not model[1]._forward_pre_hooks
+
+
+def test_nested_registered_modules_count_outermost_only():
+    class Block(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = AdderLike(4, 4)
+            self.fc = nn.Linear(4, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(self.inner(x))
+
+    register_module_counter(Block, lambda m, i, o: OpCounts.from_adds(7, op="block"))
+    model = nn.Sequential(Block(), nn.Linear(4, 2))
+    counts = count_ops(model, (1, 4))
+    assert (counts.macs, counts.adds) == (8, 8 + 7)
+    assert counts.by_op == {"block": 7, "addmm": 8}
+
+
+def test_module_counter_must_return_opcounts():
+    class Bad(nn.Linear):
+        pass
+
+    register_module_counter(Bad, lambda m, i, o: 5)
+    with pytest.raises(ConfigError, match="OpCounts"):
+        count_ops(Bad(4, 4), (1, 4))
+    with pytest.raises(ConfigError):
+        register_module_counter(int, lambda m, i, o: OpCounts())
+
+
+@torch.library.custom_op("lvtest::opaque_mm", mutates_args=())
+def _opaque_mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return a @ b
+
+
+@_opaque_mm.register_fake
+def _(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return a.new_empty(a.shape[0], b.shape[1])
+
+
+def test_register_op_handler_counts_custom_op():
+    class Opaque(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = nn.Parameter(torch.randn(6, 5))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.ops.lvtest.opaque_mm(x, self.w)
+
+    assert count_ops(Opaque(), (4, 6)).macs == 0  # unknown to the flop counter
+    register_op_handler(
+        torch.ops.lvtest.opaque_mm.default,
+        lambda a, b, *, out_shape=None, **kw: 2 * a[0] * a[1] * b[1],
+    )
+    counts = count_ops(Opaque(), (4, 6))
+    assert counts.macs == 4 * 6 * 5
+    assert counts.by_op == {"lvtest.opaque_mm": 120}
+    with pytest.raises(ConfigError):
+        register_op_handler("mm", lambda *a, **k: 0)
+
+
+# --------------------------------------------------------------------------- energy
+
+
+def test_energy_hand_computed():
+    counts = OpCounts(macs=1000, adds=1500, muls=1000, bitops=6400, int8_macs=200)
+    # fp32: 800 muls, 1300 adds; int8 MACs: 200 × (0.2 + 0.1); bit-ops: 6400 × 0.2/64
+    expected_pj = 800 * 3.7 + 1300 * 0.9 + 200 * (0.2 + 0.1) + 6400 * (0.2 / 64)
+    assert energy_uj(counts) == pytest.approx(expected_pj / 1e6, rel=1e-12)
+    assert expected_pj == pytest.approx(4210.0)
+    assert energy_uj(OpCounts.from_macs(10**6)) == pytest.approx(4.6)  # 3.7 + 0.9 pJ per MAC
+    fp16 = energy_uj(OpCounts.from_macs(10**6), float_dtype="fp16")
+    assert fp16 == pytest.approx(1.5)
+    assert ENERGY_PJ["int8_add"] == 0.03 and ENERGY_PJ["int32_mul"] == 3.1
+    with pytest.raises(ConfigError, match="int8_macs"):
+        energy_uj(OpCounts(macs=10, int8_macs=10))  # int8 MACs not counted in muls/adds
+    with pytest.raises(ConfigError):
+        energy_uj(counts, float_dtype="bf16")
+
+
+# --------------------------------------------------------------------------- latency
+
+
+def test_latency_stats_sane_and_threads_restored():
+    model = ConvLinear().train()
+    before = torch.get_num_threads()
+    stats = measure_latency(model, (2, 3, 8, 8), threads=1, warmup=1, repeats=7)
+    assert isinstance(stats, LatencyStats)
+    assert 0 < stats.median_ms <= stats.p90_ms
+    assert stats.mean_ms > 0
+    assert (stats.batch, stats.threads, stats.repeats) == (2, 1, 7)
+    assert stats.backend == "torch-eager-cpu"
+    assert torch.get_num_threads() == before
+    assert model.training and model.bn.training
+
+
+def test_latency_of_callables():
+    calls: list[tuple] = []
+
+    def zero_arg() -> None:
+        calls.append(())
+
+    def one_arg(x: torch.Tensor) -> None:
+        calls.append(tuple(x.shape))
+
+    zero_arg.backend = "onnxruntime-cpu"
+    s = measure_latency(zero_arg, (1, 3, 4, 4), warmup=2, repeats=3)
+    assert calls == [()] * 5 and s.backend == "onnxruntime-cpu" and s.repeats == 3
+    calls.clear()
+    s = measure_latency(one_arg, (1, 3, 4, 4), warmup=0, repeats=2)
+    assert calls == [(1, 3, 4, 4)] * 2 and s.backend == "python-callable"
+
+
+def test_compare_heavier_model_is_slower():
+    light = nn.Conv2d(3, 4, 1)
+    res = compare(
+        {"light": light, "heavy": _heavy_model()}, (1, 3, 32, 32), threads=1, warmup=1, repeats=5
+    )
+    assert list(res) == ["light", "heavy"]
+    assert res["heavy"].median_ms > 5 * res["light"].median_ms
+    assert all(s.repeats == 5 and s.threads == 1 for s in res.values())
+
+
+def test_compare_interleaves_in_rotating_order():
+    order: list[str] = []
+
+    def make(name: str):
+        return lambda: order.append(name)
+
+    compare({n: make(n) for n in "abc"}, (1, 3), warmup=0, repeats=3)
+    assert order == list("abcbcacab")
+
+
+# --------------------------------------------------------------------------- memory
+
+
+def test_peak_memory_exact_for_elementwise_chain():
+    nbytes = 1 * 3 * 16 * 16 * 4
+    two_relus = nn.Sequential(nn.ReLU(), nn.ReLU())
+    assert peak_memory_mb(two_relus, (1, 3, 16, 16)) == pytest.approx(2 * nbytes / 2**20)
+    # in-place ops and views allocate nothing
+    inplace = nn.Sequential(nn.ReLU(inplace=True), nn.Flatten())
+    assert peak_memory_mb(inplace, (1, 3, 16, 16)) == 0.0
+
+
+def test_peak_memory_grows_with_input():
+    model = _heavy_model()
+    small = peak_memory_mb(model, (1, 3, 16, 16))
+    big = peak_memory_mb(model, (1, 3, 32, 32))
+    assert 0 < small < big
+    assert peak_memory_mb(model, (1, 3, 16, 16)) == small  # deterministic
+
+
+# --------------------------------------------------------------------------- errors and modes
+
+
+def test_wrong_channels_raise_input_shape_error():
+    model = ConvLinear()
+    model.pretrained_cfg = {"input_size": (3, 8, 8)}
+    for fn in (
+        lambda: count_ops(model, (1, 1, 8, 8)),
+        lambda: measure_latency(model, (1, 1, 8, 8), warmup=0, repeats=1),
+        lambda: peak_memory_mb(model, (1, 1, 8, 8)),
+    ):
+        with pytest.raises(InputShapeError) as info:
+            fn()
+        msg = str(info.value)
+        assert "(1, 1, 8, 8)" in msg and "in_channels=3" in msg and "(3, 8, 8)" in msg
+        assert isinstance(info.value.__cause__, RuntimeError)
+
+
+def test_timm_model_wrong_channels():
+    model = timm.create_model("resnet18", pretrained=False, num_classes=10)
+    with pytest.raises(InputShapeError, match=r"input_size is \(3, 224, 224\)"):
+        count_ops(model, (1, 4, 32, 32))
+
+
+def test_other_errors_pass_through():
+    class Broken(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="^boom$"):
+        count_ops(Broken(), (1, 3))
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda m: count_ops(m, ()),
+        lambda m: count_ops(m, (1, 0, 8, 8)),
+        lambda m: measure_latency(m, (1, 3, 8, 8), repeats=0),
+        lambda m: measure_latency(m, (1, 3, 8, 8), warmup=-1),
+        lambda m: measure_latency(m, (1, 3, 8, 8), threads=0),
+        lambda m: compare({"m": m}, (1, 3, 8, 8), rounds=0),
+        lambda m: compare({}, (1, 3, 8, 8)),
+        lambda m: profile(m, (1, 3, 8, 8), repeats=-2),
+    ],
+)
+def test_bad_arguments_raise_config_error(call):
+    with pytest.raises(ConfigError):
+        call(ConvLinear())
+
+
+def test_profile_restores_modes_and_is_json_ready():
+    model = ConvLinear().train()
+    model.bn.eval()  # mixed flags must come back as they were
+    before = torch.get_num_threads()
+    prof = profile(model, (1, 3, 8, 8), threads=1, warmup=1, repeats=3)
+    assert model.training and model.conv.training and not model.bn.training
+    assert torch.get_num_threads() == before
+    assert prof.macs == prof.muls == prof.adds == 9472
+    assert prof.params == count_params(model) == 4 * 27 + 4 + 8 + 2560 + 10
+    assert prof.energy_uj == pytest.approx(9472 * 4.6 / 1e6)
+    assert prof.peak_mem_mb is not None and prof.peak_mem_mb > 0
+    d = json.loads(json.dumps(prof.as_dict()))
+    assert d["latency_ms"]["threads"] == 1 and d["latency_ms"]["batch"] == 1
+    assert d["latency_ms"]["median"] <= d["latency_ms"]["p90"]
+    assert d["input_size"] == [1, 3, 8, 8] and d["by_op"]["convolution"] == 4 * 64 * 27
+    quick = profile(model, (1, 3, 8, 8), latency=False, memory=False)
+    assert quick.latency is None and quick.peak_mem_mb is None
+    assert quick.as_dict()["latency_ms"] is None
