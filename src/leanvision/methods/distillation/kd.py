@@ -78,9 +78,15 @@ class KDHook(TeacherHook):
 
 @dataclass
 class KDConfig(FinetuneConfig):
-    """Hinton KD: ``teacher`` is required; ``T`` temperature, ``alpha`` weight of the KD term."""
+    """Hinton KD: ``teacher`` is required; ``T`` temperature, ``alpha`` weight of the KD term.
+
+    ``student``: a model spec ``{"name": ..., **kwargs}`` to build a new student (e.g. a
+    narrower one) instead of training a copy of the input model; ``num_classes`` and
+    ``in_chans`` default to the data's.
+    """
 
     teacher: nn.Module | None = None
+    student: dict[str, Any] | None = None
     T: float = 4.0
     alpha: float = 0.9
     finetune_epochs: int = 30
@@ -93,6 +99,17 @@ def apply_kd(model: nn.Module, data: Any, cfg: KDConfig) -> nn.Module:
     """Train a copy of ``model`` with logit distillation from ``cfg.teacher``."""
     if cfg.teacher is None:
         raise ConfigError("method 'kd' needs teacher=<a trained nn.Module>")
-    student = copy.deepcopy(model)
+    if cfg.student is not None:
+        from leanvision.models import create_model
+
+        spec = dict(cfg.student)
+        if "name" not in spec:
+            raise ConfigError(f"kd: student must be a model spec with a 'name', got {spec!r}")
+        if data is not None:
+            spec.setdefault("num_classes", data.num_classes)
+            spec.setdefault("in_chans", data.input_size[0])
+        student = create_model(spec.pop("name"), **spec)
+    else:
+        student = copy.deepcopy(model)
     finetune(student, data, cfg, hooks=[KDHook(cfg.teacher, cfg.T, cfg.alpha)], method="kd")
     return student.eval()
