@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from leanvision.shapes import guarded_forward
+
 
 def _model_device(model: nn.Module) -> torch.device:
     p = next(model.parameters(), None)
@@ -26,6 +28,9 @@ def evaluate(
 
     Returns:
         ``{"top1": %, "top5": %, "loss": mean CE, "n": samples}``.
+
+    Raises:
+        InputShapeError: the loader's images do not fit the model (named, with what it expects).
     """
     device = torch.device(device) if device is not None else _model_device(model)
     was_training = model.training
@@ -39,7 +44,7 @@ def evaluate(
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             if channels_last and x.dim() == 4:
                 x = x.contiguous(memory_format=torch.channels_last)
-            out = model(x)
+            out = guarded_forward(model, x, tuple(x.shape)) if i == 0 else model(x)
             logits = out if isinstance(out, torch.Tensor) else out[0]
             logits = logits.float()
             loss_sum += F.cross_entropy(logits, y, reduction="sum").item()

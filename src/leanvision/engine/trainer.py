@@ -28,6 +28,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DistributedSampler
 
 from leanvision.errors import CheckpointError, ConfigError
+from leanvision.shapes import guarded_forward
 
 from .checkpoint import load_checkpoint, save_checkpoint
 from .distributed import DistInfo, all_reduce_sum, barrier, init_distributed
@@ -148,6 +149,7 @@ class Trainer:
         self.optimizer: torch.optim.Optimizer | None = None
         self.scheduler: Any = None
         self.train_model: nn.Module = model  # DDP wrapper when distributed
+        self._input_checked = False
         cl = config.channels_last
         self.channels_last = (self.device.type == "cpu") if cl is None else cl
         amp = config.amp
@@ -372,7 +374,11 @@ class Trainer:
         ctx = StepContext(inputs=x, targets=y)
         self._call("before_forward", ctx)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
-            ctx.outputs = self.train_model(ctx.inputs)
+            if self._input_checked:
+                ctx.outputs = self.train_model(ctx.inputs)
+            else:  # first step: a wrong-shaped input becomes a clear InputShapeError
+                ctx.outputs = guarded_forward(self.train_model, ctx.inputs, tuple(x.shape))
+                self._input_checked = True
             ctx.losses["task"] = F.cross_entropy(
                 ctx.logits.float(), ctx.targets, label_smoothing=cfg.label_smoothing
             )
