@@ -111,5 +111,7 @@ def apply_kd(model: nn.Module, data: Any, cfg: KDConfig) -> nn.Module:
         student = create_model(spec.pop("name"), **spec)
     else:
         student = copy.deepcopy(model)
-    finetune(student, data, cfg, hooks=[KDHook(cfg.teacher, cfg.T, cfg.alpha)], method="kd")
+    # The hook freezes its teacher (eval, no grad): give it a copy, never the caller's model.
+    teacher = copy.deepcopy(cfg.teacher)
+    finetune(student, data, cfg, hooks=[KDHook(teacher, cfg.T, cfg.alpha)], method="kd")
     return student.eval()
