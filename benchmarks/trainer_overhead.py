@@ -52,8 +52,17 @@ def trainer_loop(data, steps: int, batch: int) -> float:
     """The same work through ``lv.train`` (one epoch capped at ``steps``). Returns img/s."""
     torch.manual_seed(0)
     model = lv.create_model("resnet20_cifar")
-    res = lv.train(model, data, epochs=1, max_steps=steps, lr=0.1, batch_size=batch,
-                   progress=False, log=False, eval_every=10**9)
+    res = lv.train(
+        model,
+        data,
+        epochs=1,
+        max_steps=steps,
+        lr=0.1,
+        batch_size=batch,
+        progress=False,
+        log=False,
+        eval_every=10**9,
+    )
     return res.history[-1]["img_per_s"]
 
 
@@ -94,7 +103,7 @@ def main() -> None:
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "cpu": cpu_info(),
         "command": f"python benchmarks/trainer_overhead.py --steps {a.steps} --rounds {a.rounds} "
-                   f"--threads {a.threads}",
+        f"--threads {a.threads}",
     }
     atomic_write_text(OUT, json.dumps(result, indent=2) + "\n")
     print(f"trainer / bare = {o / b:.3f} (median img/s {o:.0f} vs {b:.0f}); wrote {OUT}")

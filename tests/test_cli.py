@@ -65,19 +65,32 @@ def test_profile_resnet20(capsys):
 
 def _row(name: str, chain: list[str], top1: float, macs: int, median: float) -> dict:
     return dict(
-        name=name, method_chain=chain, dataset="mnist5k", split="test", top1=top1,
-        params=272_474 if not chain else 140_000, macs=macs,
-        latency_ms={"median": median, "p90": median * 1.1, "batch": 1, "threads": 1,
-                    "backend": "torch-eager-cpu"},
-        baseline="resnet20", seed=0,
+        name=name,
+        method_chain=chain,
+        dataset="mnist5k",
+        split="test",
+        top1=top1,
+        params=272_474 if not chain else 140_000,
+        macs=macs,
+        latency_ms={
+            "median": median,
+            "p90": median * 1.1,
+            "batch": 1,
+            "threads": 1,
+            "backend": "torch-eager-cpu",
+        },
+        baseline="resnet20",
+        seed=0,
     )
 
 
 def test_report_writes_markdown(tmp_path, capsys):
     """`report RUN_DIR -o R.md` writes one markdown file holding the models' rows."""
     run = tmp_path / "run"
-    rows = [_row("resnet20", [], 98.5, 40_813_184, 2.0),
-            _row("ghost_resnet20", ["ghost"], 97.9, 21_270_000, 1.5)]
+    rows = [
+        _row("resnet20", [], 98.5, 40_813_184, 2.0),
+        _row("ghost_resnet20", ["ghost"], 97.9, 21_270_000, 1.5),
+    ]
     write_results(run, rows, run_info={"name": "handmade", "command": "pytest"})
     assert [m.name for m in load_results(run)] == ["resnet20", "ghost_resnet20"]
     out_md = tmp_path / "R.md"
@@ -137,7 +150,10 @@ def test_console_script_runs():
     """The installed `leanvision` console script runs `list methods`."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
-        [_console_script(), "list", "methods"], capture_output=True, text=True, env=env,
+        [_console_script(), "list", "methods"],
+        capture_output=True,
+        text=True,
+        env=env,
         timeout=120,
     )
     assert proc.returncode == 0, proc.stderr

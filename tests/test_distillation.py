@@ -113,6 +113,7 @@ def test_kd_hook_loss_terms(alpha):
 
 def test_kd_hook_uses_first_output_of_tuple():
     """A model returning a tuple: the logits are its first item (student and teacher)."""
+
     class TupleNet(torch.nn.Module):
         def forward(self, x):
             return x * 2.0, torch.zeros(1)
@@ -151,8 +152,14 @@ def test_compress_kd_trains_student_not_teacher(mnist_small):
     student = lv.create_model("resnet20_cifar", in_chans=1, width=0.25)
     t0, s0 = _params(teacher), _params(student)
     out = lv.compress(
-        student, "kd", data=mnist_small, teacher=teacher, finetune_epochs=1, max_steps=3,
-        progress=False, log=False,
+        student,
+        "kd",
+        data=mnist_small,
+        teacher=teacher,
+        finetune_epochs=1,
+        max_steps=3,
+        progress=False,
+        log=False,
     )
     assert out is not student and not out.training
     s1 = out.state_dict()
@@ -167,8 +174,16 @@ def test_compress_kd_does_not_freeze_callers_teacher(mnist_small):
     """The caller's teacher keeps requires_grad and its train mode, so it can be trained later."""
     teacher = lv.create_model("resnet20_cifar", in_chans=1, width=0.25).train()
     student = lv.create_model("resnet20_cifar", in_chans=1, width=0.25)
-    lv.compress(student, "kd", data=mnist_small, teacher=teacher, finetune_epochs=1,
-                max_steps=1, progress=False, log=False)
+    lv.compress(
+        student,
+        "kd",
+        data=mnist_small,
+        teacher=teacher,
+        finetune_epochs=1,
+        max_steps=1,
+        progress=False,
+        log=False,
+    )
     assert all(p.requires_grad for p in teacher.parameters())
     assert teacher.training
     res = lv.train(teacher, mnist_small, epochs=1, max_steps=1, progress=False, log=False)

@@ -132,7 +132,8 @@ def test_ghostify_resnet56(resnet56):
     new, replaced = ghostify(resnet56)
     assert type(new.conv1) is nn.Conv2d
     block_convs = [
-        n for n, m in resnet56.named_modules()
+        n
+        for n, m in resnet56.named_modules()
         if isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3) and n != "conv1"
     ]
     assert len(block_convs) == 54
@@ -191,9 +192,7 @@ def test_ghostify_user_sequential():
 
 
 def _with(bad: nn.Module) -> nn.Sequential:
-    return nn.Sequential(
-        OrderedDict(stem=nn.Conv2d(3, 8, 3, padding=1), bad=bad, act=nn.ReLU())
-    )
+    return nn.Sequential(OrderedDict(stem=nn.Conv2d(3, 8, 3, padding=1), bad=bad, act=nn.ReLU()))
 
 
 class _ScaledConv(nn.Conv2d):
@@ -240,8 +239,9 @@ def test_ghostify_depthwise_and_1x1_transpose_are_kept():
 @pytest.mark.parametrize(
     "model",
     [
-        nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                      nn.Linear(8, 2)),
+        nn.Sequential(
+            nn.Conv2d(3, 8, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 2)
+        ),
         nn.Sequential(nn.Flatten(), nn.Linear(12, 8), nn.ReLU(), nn.Linear(8, 2)),
     ],
     ids=["stem-only", "mlp"],
@@ -278,16 +278,21 @@ def test_compress_ghost_finetunes_with_distillation(mnist_small):
     init = lv.compress(model, "ghost")  # the untrained ghostified model
     torch.manual_seed(123)  # same RNG state → same Ghost init before fine-tuning
     tuned = lv.compress(
-        model, "ghost", data=mnist_small, finetune_epochs=1, max_steps=3, distill=True,
-        progress=False, log=False,
+        model,
+        "ghost",
+        data=mnist_small,
+        finetune_epochs=1,
+        max_steps=3,
+        distill=True,
+        progress=False,
+        log=False,
     )
     assert not tuned.training
     assert all(not m.training for m in tuned.modules())
     s0, s1 = init.state_dict(), tuned.state_dict()
     assert s0.keys() == s1.keys()
     # The Ghost layers start identical, then training moves them.
-    assert not torch.equal(s0["layer1.0.conv1.primary.weight"],
-                           s1["layer1.0.conv1.primary.weight"])
+    assert not torch.equal(s0["layer1.0.conv1.primary.weight"], s1["layer1.0.conv1.primary.weight"])
     assert not torch.equal(s0["layer1.0.conv1.cheap.weight"], s1["layer1.0.conv1.cheap.weight"])
     assert not torch.equal(s0["fc.weight"], s1["fc.weight"])
     assert s1["layer1.0.bn1.num_batches_tracked"].item() == 3  # max_steps honoured

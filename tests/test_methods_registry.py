@@ -65,6 +65,7 @@ def test_spec_has_paper_and_family(spec):
 
 def test_register_twice_is_an_error():
     """Registering a different function under a taken name is refused."""
+
     def other(model, data, cfg):
         return model
 

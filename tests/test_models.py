@@ -11,8 +11,14 @@ import leanvision as lv
 from leanvision.errors import InputShapeError, UnknownModelError
 from leanvision.profiling import count_ops, count_params
 
-OUR_MODELS = ["resnet20_cifar", "resnet32_cifar", "resnet44_cifar", "resnet56_cifar",
-              "resnet110_cifar", "vgg_small"]
+OUR_MODELS = [
+    "resnet20_cifar",
+    "resnet32_cifar",
+    "resnet44_cifar",
+    "resnet56_cifar",
+    "resnet110_cifar",
+    "vgg_small",
+]
 ALL = lv.list_models()
 
 

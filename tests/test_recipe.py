@@ -154,12 +154,18 @@ def test_run_recipe_end_to_end(tmp_path):
     """A tiny recipe writes results.json (baseline + ghost with fewer MACs) and report.html."""
     raw = {
         "name": "tiny_e2e",
-        "data": {"name": "mnist5k", "batch_size": 32, "max_train": 128, "max_val": 32,
-                 "max_test": 32},
+        "data": {
+            "name": "mnist5k",
+            "batch_size": 32,
+            "max_train": 128,
+            "max_val": 32,
+            "max_test": 32,
+        },
         "model": {"name": "resnet20_cifar", "kwargs": {"width": 0.25}},
         "train": {"epochs": 1, "max_steps": 2, "log": False},
-        "stages": [{"method": "ghost", "finetune_epochs": 1, "max_steps": 2, "distill": True,
-                    "log": False}],
+        "stages": [
+            {"method": "ghost", "finetune_epochs": 1, "max_steps": 2, "distill": True, "log": False}
+        ],
         "measure": {"batch": 4, "repeats": 3, "threads": 1},
     }
     recipe = load_recipe(_write(tmp_path, raw))

@@ -26,21 +26,46 @@ from leanvision.report import (
 
 
 def _latency(median: float, threads: int = 2) -> dict:
-    return {"median": median, "p90": median * 1.1, "batch": 1, "threads": threads,
-            "backend": "pytorch"}
+    return {
+        "median": median,
+        "p90": median * 1.1,
+        "batch": 1,
+        "threads": threads,
+        "backend": "pytorch",
+    }
 
 
 def _models(suffix: str = "") -> list[dict]:
     base = f"resnet20{suffix}"
     return [
-        dict(name=base, method_chain=[], dataset="cifar10", split="test", top1=91.50,
-             top5=99.7, params=272_474, macs=40_810_000, latency_ms=_latency(4.0),
-             energy_uj=1234.5, seed=0),
-        dict(name=f"resnet20-scop{suffix}", method_chain=["scop", "kd"], dataset="cifar10",
-             split="test", top1=90.75, params=150_000, macs=20_405_000,
-             latency_ms=_latency(2.5), energy_uj=600.0, baseline=base, seed=0,
-             paper={"top1": 90.83, "macs": 21_300_000, "source": "SCOP, NeurIPS 2020, Tab. 1"},
-             notes="finetuned 10 epochs"),
+        dict(
+            name=base,
+            method_chain=[],
+            dataset="cifar10",
+            split="test",
+            top1=91.50,
+            top5=99.7,
+            params=272_474,
+            macs=40_810_000,
+            latency_ms=_latency(4.0),
+            energy_uj=1234.5,
+            seed=0,
+        ),
+        dict(
+            name=f"resnet20-scop{suffix}",
+            method_chain=["scop", "kd"],
+            dataset="cifar10",
+            split="test",
+            top1=90.75,
+            params=150_000,
+            macs=20_405_000,
+            latency_ms=_latency(2.5),
+            energy_uj=600.0,
+            baseline=base,
+            seed=0,
+            paper={"top1": 90.83, "macs": 21_300_000, "source": "SCOP, NeurIPS 2020, Tab. 1"},
+            notes="finetuned 10 epochs",
+        ),
     ]
 
 
@@ -187,8 +212,18 @@ def test_markdown_table_formats_numbers_and_paper_columns():
     assert "Paper top-1 %" in header and "Paper MACs (M)" in header
     assert "batch 1, 2 threads" in header
     small = lines[3]
-    for cell in ("90.75", "-0.75", "0.15", "20.4", "2.50", "1.60×", "600.00", "90.83", "21.3",
-                 "scop → kd"):
+    for cell in (
+        "90.75",
+        "-0.75",
+        "0.15",
+        "20.4",
+        "2.50",
+        "1.60×",
+        "600.00",
+        "90.83",
+        "21.3",
+        "scop → kd",
+    ):
         assert f" {cell} " in small, cell
     base = lines[2]
     for cell in ("91.50", "0.27", "40.8", "4.00", "1,234", "baseline"):
@@ -242,9 +277,15 @@ def test_write_report_writes_md_html_and_plots(tmp_path):
 
 def test_build_summary_over_two_results_files(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    write_results("runs/a", _models(), run_info={
-        "name": "SCOP on CIFAR-10", "command": "leanvision bench scop",
-        "description": "Pruning ResNet-20."})
+    write_results(
+        "runs/a",
+        _models(),
+        run_info={
+            "name": "SCOP on CIFAR-10",
+            "command": "leanvision bench scop",
+            "description": "Pruning ResNet-20.",
+        },
+    )
     results = Path("benchmarks/results")
     results.mkdir(parents=True)
     write_results("tmp_b", _models("-b"), run_info={"name": "Second run"})
@@ -257,7 +298,7 @@ def test_build_summary_over_two_results_files(tmp_path, monkeypatch):
     assert "## SCOP on CIFAR-10" in text and "## Second run" in text
     assert "Pruning ResNet-20." in text and "leanvision bench scop" in text
     assert "| resnet20-scop-b |" in text
-    links = [line[line.index("](") + 2:-1] for line in text.splitlines() if line.startswith("![")]
+    links = [line[line.index("](") + 2 : -1] for line in text.splitlines() if line.startswith("![")]
     assert links and all(link.startswith("RESULTS_plots/") for link in links)
     for link in links:
         assert (out.parent / link).is_file(), link

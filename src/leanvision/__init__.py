@@ -26,8 +26,20 @@ from leanvision.profiling import Profile, profile
 __version__ = "0.1.0"
 
 __all__ = [
-    "DataBundle", "Profile", "TrainResult", "compress", "create_model", "evaluate", "export_onnx",
-    "list_datasets", "list_methods", "list_models", "load_data", "load_recipe", "profile", "train",
+    "DataBundle",
+    "Profile",
+    "TrainResult",
+    "compress",
+    "create_model",
+    "evaluate",
+    "export_onnx",
+    "list_datasets",
+    "list_methods",
+    "list_models",
+    "load_data",
+    "load_recipe",
+    "profile",
+    "train",
 ]
 
 

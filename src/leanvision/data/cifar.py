@@ -73,8 +73,9 @@ def _read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
         data = np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
         labels = np.asarray(batch[b"labels"], dtype=np.int64)
     except (KeyError, ValueError, TypeError) as e:
-        raise DataError(f"{path} is not a CIFAR-10 batch (needs b'data' (N, 3072) uint8 and "
-                        f"b'labels'): {e}") from e
+        raise DataError(
+            f"{path} is not a CIFAR-10 batch (needs b'data' (N, 3072) uint8 and b'labels'): {e}"
+        ) from e
     if len(data) != len(labels):
         raise DataError(f"{path}: {len(data)} images but {len(labels)} labels")
     return data, labels
@@ -86,8 +87,10 @@ def _load_pickled(folder: Path) -> tuple[np.ndarray, ...]:
     test_images, test_labels = _read_batch(folder / "test_batch")
     meta_path = folder / "batches.meta"
     try:
-        names = [n.decode() if isinstance(n, bytes) else str(n)
-                 for n in _unpickle(meta_path)[b"label_names"]]
+        names = [
+            n.decode() if isinstance(n, bytes) else str(n)
+            for n in _unpickle(meta_path)[b"label_names"]
+        ]
     except (KeyError, TypeError) as e:
         raise DataError(f"{meta_path} lacks b'label_names': {e}") from e
     images = np.concatenate([d for d, _ in train])
@@ -137,8 +140,12 @@ def _decode_zip(path: Path, split: str) -> tuple[np.ndarray, np.ndarray, list[st
             members = []
             for name in zf.namelist():
                 parts = name.split("/")
-                if (len(parts) == 3 and parts[0] == split and parts[1]
-                        and parts[2].lower().endswith(_IMAGE_EXTS)):
+                if (
+                    len(parts) == 3
+                    and parts[0] == split
+                    and parts[1]
+                    and parts[2].lower().endswith(_IMAGE_EXTS)
+                ):
                     members.append((parts[1], parts[2], name))
             if not members:
                 raise DataError(f"{path} holds no images under {split}/<class>/; {LAYOUTS}")
@@ -147,15 +154,21 @@ def _decode_zip(path: Path, split: str) -> tuple[np.ndarray, np.ndarray, list[st
             index = {cls: i for i, cls in enumerate(class_names)}
             images = np.empty((len(members), 32, 32, 3), dtype=np.uint8)
             labels = np.array([index[cls] for cls, _, _ in members], dtype=np.int64)
-            columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                       TimeElapsedColumn())
+            columns = (
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+            )
             with Progress(*columns, console=Console(stderr=True)) as progress:
                 task = progress.add_task(f"decoding {path.name}", total=len(members))
                 for i, (_, _, name) in enumerate(members):
                     img = _decode_member(path, zf, name)
                     if img.shape != (32, 32, 3):
-                        raise DataError(f"{path}:{name} is {img.shape[1]}x{img.shape[0]}, "
-                                        "CIFAR-10 images are 32x32")
+                        raise DataError(
+                            f"{path}:{name} is {img.shape[1]}x{img.shape[0]}, "
+                            "CIFAR-10 images are 32x32"
+                        )
                     images[i] = img
                     if i % 1000 == 999:
                         progress.advance(task, 1000)
@@ -187,8 +200,10 @@ def _load_zip_split(path: Path, split: str, cache_dir: Path) -> tuple[np.ndarray
         meta = {"count": len(labels), "class_names": class_names, "source": str(path)}
         _atomic_write(meta_path, lambda f: f.write(json.dumps(meta).encode()))
     except OSError as e:
-        raise DataError(f"cannot write the CIFAR-10 cache under {folder}: {e}; pass a "
-                        "writable cache_dir= or set LEANVISION_CACHE") from e
+        raise DataError(
+            f"cannot write the CIFAR-10 cache under {folder}: {e}; pass a "
+            "writable cache_dir= or set LEANVISION_CACHE"
+        ) from e
     return images, labels, class_names
 
 
@@ -209,9 +224,11 @@ def _to_chw(images: np.ndarray) -> np.ndarray:
 
 def _find_layout(root: str | os.PathLike | None) -> tuple[str, Path]:
     if root is None:
-        raise DataError("dataset 'cifar10' needs root= (no download): the folder holding "
-                        "CIFAR-10; the project's CI copy lives at ../shared/data/cifar10 "
-                        f"relative to the repository; {LAYOUTS}")
+        raise DataError(
+            "dataset 'cifar10' needs root= (no download): the folder holding "
+            "CIFAR-10; the project's CI copy lives at ../shared/data/cifar10 "
+            f"relative to the repository; {LAYOUTS}"
+        )
     root = Path(root).expanduser()
     if not root.is_dir():
         raise DataError(f"CIFAR-10 root {root} does not exist or is not a folder; {LAYOUTS}")
@@ -226,8 +243,14 @@ def _find_layout(root: str | os.PathLike | None) -> tuple[str, Path]:
 
 
 def build_cifar10(
-    root: str | os.PathLike | None, *, val_fraction: float, seed: int, augment: bool,
-    image_size: int | None, cache_dir: str | os.PathLike | None = None, **_: object,
+    root: str | os.PathLike | None,
+    *,
+    val_fraction: float,
+    seed: int,
+    augment: bool,
+    image_size: int | None,
+    cache_dir: str | os.PathLike | None = None,
+    **_: object,
 ) -> dict:
     """CIFAR-10: 50k train split into train/val (stratified, from ``seed``), 10k test.
 
@@ -248,20 +271,25 @@ def build_cifar10(
     for labels in (train_labels, test_labels):
         if len(labels) and (labels.min() < 0 or labels.max() >= len(names)):
             raise DataError(f"{folder}: labels outside 0..{len(names) - 1} ({len(names)} classes)")
-    val_idx, train_idx = stratified_split(train_labels, [round(val_fraction * len(train_labels))],
-                                          seed)
+    val_idx, train_idx = stratified_split(
+        train_labels, [round(val_fraction * len(train_labels))], seed
+    )
     # The test set is fixed; only its order is class-interleaved (so max_test stays balanced).
     (test_idx,) = stratified_split(test_labels, [], seed=0)
     size = image_size or 32
     eval_tf = TensorImageTransform(CIFAR10_MEAN, CIFAR10_STD, size=size)
-    train_tf = (TensorImageTransform(CIFAR10_MEAN, CIFAR10_STD, pad=4, hflip=True, size=size)
-                if augment else eval_tf)
+    train_tf = (
+        TensorImageTransform(CIFAR10_MEAN, CIFAR10_STD, pad=4, hflip=True, size=size)
+        if augment
+        else eval_tf
+    )
     train_tensor = torch.from_numpy(train_images)
     return {
         "train_set": TensorImageDataset(train_tensor, train_labels, train_idx, train_tf),
         "val_set": TensorImageDataset(train_tensor, train_labels, val_idx, eval_tf),
-        "test_set": TensorImageDataset(torch.from_numpy(test_images), test_labels, test_idx,
-                                       eval_tf),
+        "test_set": TensorImageDataset(
+            torch.from_numpy(test_images), test_labels, test_idx, eval_tf
+        ),
         "num_classes": len(names),
         "input_size": (3, size, size),
         "mean": CIFAR10_MEAN,

@@ -54,8 +54,13 @@ class SplitDataset(Dataset):
 class TensorImageDataset(SplitDataset):
     """Split of in-memory uint8 images ``images`` (N, C, H, W)."""
 
-    def __init__(self, images: torch.Tensor, labels: np.ndarray, indices: np.ndarray,
-                 transform: Callable[[torch.Tensor], torch.Tensor]) -> None:
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: np.ndarray,
+        indices: np.ndarray,
+        transform: Callable[[torch.Tensor], torch.Tensor],
+    ) -> None:
         super().__init__(labels, indices, transform)
         self.images = images
 
@@ -66,8 +71,9 @@ class TensorImageDataset(SplitDataset):
 class FileImageDataset(SplitDataset):
     """Split of image files ``paths``, read as RGB PIL images."""
 
-    def __init__(self, paths: Sequence[str], labels: np.ndarray, indices: np.ndarray,
-                 transform: Callable) -> None:
+    def __init__(
+        self, paths: Sequence[str], labels: np.ndarray, indices: np.ndarray, transform: Callable
+    ) -> None:
         super().__init__(labels, indices, transform)
         self.paths = list(paths)
 

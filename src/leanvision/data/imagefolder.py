@@ -43,11 +43,13 @@ def _scan(
     if not is_train:
         unknown = sorted(set(_find_classes(folder)[0]) - set(class_to_idx))
         if unknown:
-            raise DataError(f"{folder} has classes {unknown} that the training folder lacks; "
-                            f"{LAYOUT}")
+            raise DataError(
+                f"{folder} has classes {unknown} that the training folder lacks; {LAYOUT}"
+            )
     try:
-        samples = make_dataset(folder, class_to_idx, extensions=IMG_EXTENSIONS,
-                               allow_empty=not is_train)
+        samples = make_dataset(
+            folder, class_to_idx, extensions=IMG_EXTENSIONS, allow_empty=not is_train
+        )
     except (FileNotFoundError, NotADirectoryError) as e:
         raise DataError(f"no usable images in {folder}: {e}; {LAYOUT}") from e
     if not samples:
@@ -56,8 +58,13 @@ def _scan(
 
 
 def build_imagefolder(
-    root: str | os.PathLike | None, *, val_fraction: float, seed: int, augment: bool,
-    image_size: int | None, **_: object,
+    root: str | os.PathLike | None,
+    *,
+    val_fraction: float,
+    seed: int,
+    augment: bool,
+    image_size: int | None,
+    **_: object,
 ) -> dict:
     """Train/val/test from an image folder.
 
@@ -90,8 +97,10 @@ def build_imagefolder(
         given = {"test": given["val"]}
     carve = [s for s in ("val", "test") if s not in given]
     if len(carve) * val_fraction >= 1:
-        raise ConfigError(f"val_fraction={val_fraction} leaves no training images when "
-                          f"carving {' and '.join(carve)} from {train_dir}; use < {1 / len(carve)}")
+        raise ConfigError(
+            f"val_fraction={val_fraction} leaves no training images when "
+            f"carving {' and '.join(carve)} from {train_dir}; use < {1 / len(carve)}"
+        )
     parts = stratified_split(labels, [round(val_fraction * len(labels))] * len(carve), seed)
     size = image_size or 224
     eval_tf = folder_transform(size, train=False)
@@ -111,4 +120,3 @@ def build_imagefolder(
         "std": IMAGENET_STD,
         "class_names": classes,
     }
-

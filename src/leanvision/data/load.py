@@ -29,8 +29,9 @@ def _check_int(name: str, value: object, minimum: int, optional: bool = False) -
     if optional and value is None:
         return
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(f"{name} must be an int >= {minimum}"
-                          f"{' or None' if optional else ''}, got {value!r}")
+        raise ConfigError(
+            f"{name} must be an int >= {minimum}{' or None' if optional else ''}, got {value!r}"
+        )
 
 
 def load_data(
@@ -90,16 +91,27 @@ def load_data(
     _check_int("image_size", image_size, 1, optional=True)
     for key, value in (("max_train", max_train), ("max_val", max_val), ("max_test", max_test)):
         _check_int(key, value, 0, optional=True)
-    if isinstance(val_fraction, bool) or not isinstance(val_fraction, int | float) \
-            or not 0 <= val_fraction < 1:
+    if (
+        isinstance(val_fraction, bool)
+        or not isinstance(val_fraction, int | float)
+        or not 0 <= val_fraction < 1
+    ):
         raise ConfigError(f"val_fraction must be a number in [0, 1), got {val_fraction!r}")
     parts = _BUILDERS[name](
-        root, val_fraction=float(val_fraction), seed=seed, augment=augment,
-        image_size=image_size, cache_dir=cache_dir,
+        root,
+        val_fraction=float(val_fraction),
+        seed=seed,
+        augment=augment,
+        image_size=image_size,
+        cache_dir=cache_dir,
     )
     for split, limit in (("train_set", max_train), ("val_set", max_val), ("test_set", max_test)):
         parts[split] = parts[split].head(limit)
     return DataBundle(
-        name=name, batch_size=batch_size, eval_batch_size=eval_batch_size,
-        num_workers=num_workers, seed=seed, **parts,
+        name=name,
+        batch_size=batch_size,
+        eval_batch_size=eval_batch_size,
+        num_workers=num_workers,
+        seed=seed,
+        **parts,
     )

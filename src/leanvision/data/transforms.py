@@ -56,14 +56,19 @@ class TensorImageTransform:
         x = img.float().div_(255.0)
         if self.size is not None and (h, w) != (self.size, self.size):
             x = F.interpolate(
-                x[None], size=(self.size, self.size), mode="bilinear", align_corners=False,
+                x[None],
+                size=(self.size, self.size),
+                mode="bilinear",
+                align_corners=False,
                 antialias=True,
             )[0]
         return (x - self.mean) / self.std
 
     def __repr__(self) -> str:
-        return (f"{type(self).__name__}(pad={self.pad}, hflip={self.hflip}, size={self.size}, "
-                f"mean={self.mean.flatten().tolist()}, std={self.std.flatten().tolist()})")
+        return (
+            f"{type(self).__name__}(pad={self.pad}, hflip={self.hflip}, size={self.size}, "
+            f"mean={self.mean.flatten().tolist()}, std={self.std.flatten().tolist()})"
+        )
 
 
 def folder_transform(

@@ -123,8 +123,7 @@ def _markdown_body(
 
 def _plot_links(plots: Iterable[Path], base: Path) -> list[tuple[str, str]]:
     return [
-        (_PLOT_TITLES.get(p.stem, p.stem), Path(os.path.relpath(p, base)).as_posix())
-        for p in plots
+        (_PLOT_TITLES.get(p.stem, p.stem), Path(os.path.relpath(p, base)).as_posix()) for p in plots
     ]
 
 
@@ -161,8 +160,11 @@ def _html_table(models: Sequence[ModelResult]) -> str:
         )
         body.append(f"<tr{cls}>{cells}</tr>")
     return (
-        '<table class="results"><thead><tr>' + head + "</tr></thead><tbody>"
-        + "".join(body) + "</tbody></table>"
+        '<table class="results"><thead><tr>'
+        + head
+        + "</tr></thead><tbody>"
+        + "".join(body)
+        + "</tbody></table>"
     )
 
 
@@ -186,9 +188,7 @@ def _render_html(
     meta = _meta(run, models)
     if meta:
         parts.append('<dl class="meta">')
-        parts += [
-            f"<dt>{html.escape(k)}</dt><dd>{html.escape(v)}</dd>" for k, v in meta
-        ]
+        parts += [f"<dt>{html.escape(k)}</dt><dd>{html.escape(v)}</dd>" for k, v in meta]
         parts.append("</dl>")
     if run.get("command"):
         parts.append(
@@ -304,9 +304,7 @@ def _display_path(p: Path) -> str:
         return p.resolve().as_posix()
 
 
-def build_summary(
-    inputs: Sequence[str | os.PathLike[str]], out: str | os.PathLike[str]
-) -> Path:
+def build_summary(inputs: Sequence[str | os.PathLike[str]], out: str | os.PathLike[str]) -> Path:
     """Write one Markdown document summarising several results files.
 
     Backs ``leanvision report RUN_DIR... -o docs/RESULTS.md``. The document starts with a
@@ -367,9 +365,7 @@ def build_summary(
         used.add(candidate)
         labels.append(rf.name if candidate == slug else f"{rf.name} ({_display_path(rf.path)})")
         plots = plot_tradeoffs(rf.models, plots_dir / candidate)
-        body = _markdown_body(
-            rf.run, rf.models, _plot_links(plots, base), _display_path(rf.path)
-        )
+        body = _markdown_body(rf.run, rf.models, _plot_links(plots, base), _display_path(rf.path))
         sections.append([f"## {_run_title(rf.run, rf.name)}", ""] + body)
 
     # Runs on the same dataset share one plot (one colour and marker per run).

@@ -81,19 +81,26 @@ def _draw(
         ours = [(m, x_of(m)) for m in ms if x_of(m) is not None and m.top1 is not None]
         if ours:
             ax.scatter(
-                [x for _, x in ours], [m.top1 for m, _ in ours],
-                color=colour, marker=marker, s=40, zorder=3,
+                [x for _, x in ours],
+                [m.top1 for m, _ in ours],
+                color=colour,
+                marker=marker,
+                s=40,
+                zorder=3,
                 label=label if several else "measured",
             )
         for m, x in ours:
             xs.append(x)
-            ax.annotate(
-                m.name, (x, m.top1), textcoords="offset points", xytext=(5, 4), fontsize=8
-            )
+            ax.annotate(m.name, (x, m.top1), textcoords="offset points", xytext=(5, 4), fontsize=8)
             if m.name in baselines:
                 ax.scatter(
-                    [x], [m.top1], s=180, facecolors="none", edgecolors="black",
-                    linewidths=1.5, zorder=4,
+                    [x],
+                    [m.top1],
+                    s=180,
+                    facecolors="none",
+                    edgecolors="black",
+                    linewidths=1.5,
+                    zorder=4,
                 )
         paper = [
             (m, paper_x_of(m), (m.paper or {}).get("top1"))
@@ -102,15 +109,24 @@ def _draw(
         ]
         if paper:
             ax.scatter(
-                [x for _, x, _ in paper], [y for _, _, y in paper],
-                facecolors="none", edgecolors=colour, marker=marker, s=50, zorder=3,
+                [x for _, x, _ in paper],
+                [y for _, _, y in paper],
+                facecolors="none",
+                edgecolors=colour,
+                marker=marker,
+                s=50,
+                zorder=3,
                 label=f"{label} (paper)" if several else "paper",
             )
         for m, x, y in paper:
             xs.append(x)
             ax.annotate(
-                f"{m.name} (paper)", (x, y), textcoords="offset points", xytext=(5, -10),
-                fontsize=7, color="dimgray",
+                f"{m.name} (paper)",
+                (x, y),
+                textcoords="offset points",
+                xytext=(5, -10),
+                fontsize=7,
+                color="dimgray",
             )
     if any(m.name in {n.baseline for n in ms} for ms in runs.values() for m in ms):
         ax.scatter([], [], s=180, facecolors="none", edgecolors="black", label="baseline")
@@ -149,14 +165,22 @@ def plot_tradeoffs(
     out = Path(out_dir)
     written = []
     path = _draw(
-        runs, _macs_m, _paper_macs_m, "MACs (M, multiply-accumulates per sample)",
-        "Top-1 accuracy vs MACs", out / PLOT_FILES[0],
+        runs,
+        _macs_m,
+        _paper_macs_m,
+        "MACs (M, multiply-accumulates per sample)",
+        "Top-1 accuracy vs MACs",
+        out / PLOT_FILES[0],
     )
     if path is not None:
         written.append(path)
     path = _draw(
-        runs, _latency, _paper_latency, _latency_label(runs),
-        "Top-1 accuracy vs latency", out / PLOT_FILES[1],
+        runs,
+        _latency,
+        _paper_latency,
+        _latency_label(runs),
+        "Top-1 accuracy vs latency",
+        out / PLOT_FILES[1],
     )
     if path is not None:
         written.append(path)

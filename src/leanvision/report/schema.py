@@ -39,8 +39,18 @@ SCHEMA_ID = "leanvision.results/1"
 # thread count cannot be compared with another one.
 LATENCY_REQUIRED = ("median", "batch", "threads")
 LATENCY_KEYS = (
-    "median", "p90", "batch", "threads", "backend",
-    "mean", "min", "max", "std", "runs", "warmup", "device",
+    "median",
+    "p90",
+    "batch",
+    "threads",
+    "backend",
+    "mean",
+    "min",
+    "max",
+    "std",
+    "runs",
+    "warmup",
+    "device",
 )
 RATIO_KEYS = ("params", "macs", "latency", "speedup", "top1_delta")
 
@@ -255,9 +265,7 @@ class ModelResult:
         if not isinstance(self.ratios, Mapping):
             raise ConfigError(f"'ratios'{_where(where)} must be a dict")
         _check_keys(self.ratios, RATIO_KEYS, (), f"'ratios'{_where(where)}")
-        self.ratios = {
-            k: _number(v, f"ratios.{k}", where) for k, v in self.ratios.items()
-        }
+        self.ratios = {k: _number(v, f"ratios.{k}", where) for k, v in self.ratios.items()}
 
     # -- conversion -------------------------------------------------------------------------
 

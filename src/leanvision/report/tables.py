@@ -126,8 +126,16 @@ def table_data(models: Sequence[ModelResult | Mapping[str, Any]]) -> TableData:
     lat_header, lat_cells = _latency_columns(results)
     with_paper = any(m.paper for m in results)
     headers = [
-        "Model", "Method chain", "Dataset", "Top-1 %", "Δ top-1 vs baseline (pts)",
-        "Params (M)", "MACs (M)", lat_header, "Speed-up ×", "Energy µJ",
+        "Model",
+        "Method chain",
+        "Dataset",
+        "Top-1 %",
+        "Δ top-1 vs baseline (pts)",
+        "Params (M)",
+        "MACs (M)",
+        lat_header,
+        "Speed-up ×",
+        "Energy µJ",
     ]
     numeric = [False, False, False] + [True] * 7
     if with_paper:

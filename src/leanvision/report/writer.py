@@ -300,19 +300,15 @@ def load_results_file(path: str | os.PathLike[str]) -> ResultsFile:
         raise DataError(f"results file {p} is not valid JSON: {err}") from None
     if not isinstance(doc, dict) or "schema" not in doc:
         raise DataError(
-            f"{p} is not a leanvision results file (no \"schema\": {SCHEMA_ID!r} key); "
+            f'{p} is not a leanvision results file (no "schema": {SCHEMA_ID!r} key); '
             "results files are written by leanvision.report.write_results"
         )
     if doc["schema"] != SCHEMA_ID:
-        raise DataError(
-            f"{p} has schema {doc['schema']!r}; this leanvision reads {SCHEMA_ID!r}"
-        )
+        raise DataError(f"{p} has schema {doc['schema']!r}; this leanvision reads {SCHEMA_ID!r}")
     run = doc.get("run", {})
     models = doc.get("models")
     if not isinstance(run, dict) or not isinstance(models, list):
-        raise DataError(
-            f"{p} is malformed: \"run\" must be an object and \"models\" a list"
-        )
+        raise DataError(f'{p} is malformed: "run" must be an object and "models" a list')
     unknown = sorted(set(doc) - {"schema", "run", "models"})
     if unknown:
         raise ConfigError(
