@@ -197,3 +197,30 @@ def test_compress_kd_needs_teacher():
         lv.compress(student, "kd", finetune_epochs=0)
     with pytest.raises(ConfigError, match="teacher"):
         lv.compress(student, "kd")
+
+
+def test_teacher_hook_collects_features_of_both_models_by_name(mnist_small):
+    """Student features keep their graph (a loss on them trains the student); teacher's don't."""
+    import leanvision as lv
+    from leanvision.methods.distillation import TeacherHook
+
+    seen: dict[str, tuple] = {}
+
+    class FeatureMSE(TeacherHook):
+        name = "feature_mse"
+
+        def on_loss(self, trainer, ctx):
+            s = ctx.extras["student_features"]["layer3"]
+            t = ctx.extras["teacher_features"]["layer2"]
+            seen["shapes"] = (tuple(s.shape), tuple(t.shape))
+            seen["grads"] = (s.requires_grad, t.requires_grad)
+            ctx.losses["feat"] = (s.mean() - t.mean()) ** 2
+
+    teacher = lv.create_model("resnet20_cifar", in_chans=1, width=0.5)
+    student = lv.create_model("resnet20_cifar", in_chans=1, width=0.25)
+    hook = FeatureMSE(teacher, student_features=["layer3"], teacher_features=["layer2"])
+    lv.train(student, mnist_small, epochs=1, max_steps=2, hooks=[hook], progress=False, log=False)
+    assert seen["shapes"] == ((32, 16, 7, 7), (32, 16, 14, 14))
+    assert seen["grads"] == (True, False)
+    # recorders are detached from both models after training
+    assert not student.layer3._forward_hooks and not teacher.layer2._forward_hooks

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from leanvision.engine import Hook, StepContext
+from leanvision.engine import FeatureRecorder, Hook, StepContext
 from leanvision.errors import ConfigError
 from leanvision.methods.common import FinetuneConfig, finetune
 from leanvision.methods.registry import register_method
@@ -32,16 +32,32 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, T: float
 
 
 class TeacherHook(Hook):
-    """Runs a frozen teacher on each batch under ``no_grad``; its output lands in
-    ``ctx.extras["teacher_outputs"]`` (and its logits in ``"teacher_logits"``).
+    """Runs a frozen teacher on each batch under ``no_grad`` and collects features by name.
 
-    Feature losses attach a :class:`~leanvision.engine.FeatureRecorder` to ``self.teacher``.
+    Per step, ``ctx.extras`` gets ``"teacher_outputs"``, ``"teacher_logits"``, and — when
+    module names are given — ``"teacher_features"`` (detached) and ``"student_features"`` (with
+    their autograd graph, filled during the student's forward): dicts name → output. Feature
+    losses subclass this hook and read them in ``on_loss``.
+
+    Args:
+        teacher: the teacher model (frozen and put in eval mode by the hook).
+        student_features: module names of the student to record.
+        teacher_features: module names of the teacher to record.
     """
 
     name = "teacher"
 
-    def __init__(self, teacher: nn.Module) -> None:
+    def __init__(
+        self,
+        teacher: nn.Module,
+        student_features: list[str] | tuple[str, ...] = (),
+        teacher_features: list[str] | tuple[str, ...] = (),
+    ) -> None:
         self.teacher = teacher
+        self.student_feature_names = list(student_features)
+        self.teacher_feature_names = list(teacher_features)
+        self._student_rec: FeatureRecorder | None = None
+        self._teacher_rec: FeatureRecorder | None = None
 
     def on_train_start(self, trainer: Any) -> None:
         self.teacher.to(trainer.device)
@@ -50,12 +66,31 @@ class TeacherHook(Hook):
         self.teacher.eval()
         for p in self.teacher.parameters():
             p.requires_grad_(False)
+        if self.student_feature_names:
+            self._student_rec = FeatureRecorder(trainer.model, self.student_feature_names)
+        if self.teacher_feature_names:
+            self._teacher_rec = FeatureRecorder(
+                self.teacher, self.teacher_feature_names, detach=True
+            )
 
     def before_forward(self, trainer: Any, ctx: StepContext) -> None:
+        if self._teacher_rec is not None:
+            self._teacher_rec.clear()
         with torch.no_grad():
             out = self.teacher(ctx.inputs)
         ctx.extras["teacher_outputs"] = out
         ctx.extras["teacher_logits"] = out if isinstance(out, torch.Tensor) else out[0]
+        if self._teacher_rec is not None:
+            ctx.extras["teacher_features"] = self._teacher_rec.features
+        if self._student_rec is not None:
+            self._student_rec.clear()  # the student's forward fills this dict next
+            ctx.extras["student_features"] = self._student_rec.features
+
+    def on_train_end(self, trainer: Any) -> None:
+        for rec in (self._student_rec, self._teacher_rec):
+            if rec is not None:
+                rec.remove()
+        self._student_rec = self._teacher_rec = None
 
 
 class KDHook(TeacherHook):
