@@ -17,6 +17,16 @@ from leanvision.engine import evaluate
 from leanvision.profiling import compare, count_ops, count_params, energy_uj, peak_memory_mb
 
 
+class _Runner:
+    """A zero-argument callable running ``model`` on a fixed input, for interleaved timing."""
+
+    def __init__(self, model: nn.Module, x: torch.Tensor, backend: str) -> None:
+        self.model, self.x, self.backend = model, x, backend
+
+    def __call__(self) -> torch.Tensor:
+        return self.model(self.x)
+
+
 def measure_models(
     models: Mapping[str, nn.Module],
     data: Any,
@@ -29,6 +39,7 @@ def measure_models(
     split: str = "test",
     recipe: str | None = None,
     seed: int | None = None,
+    channels_last: bool = True,
     paper: Mapping[str, Mapping[str, Any]] | None = None,
     notes: Mapping[str, str] | None = None,
     extra: Mapping[str, Mapping[str, Any]] | None = None,
@@ -48,6 +59,8 @@ def measure_models(
         threads: CPU threads for timing (default: torch's current setting).
         repeats: timed runs per model.
         split: split of the accuracy (``"test"`` or ``"val"``).
+        channels_last: time every model in channels_last memory format (weights and input),
+            the faster layout for convolutions on CPU (the trainer trains in it too).
         paper, notes, extra: per-model additions to the rows.
     """
     if baseline not in models:
@@ -56,7 +69,15 @@ def measure_models(
     cpu_models = {n: m.to("cpu").eval() for n, m in models.items()}
     loader = data.loader(split)
     rows: list[dict[str, Any]] = []
-    lat = compare(cpu_models, (batch, c, h, w), threads=threads, repeats=repeats)
+    x = torch.randn(batch, c, h, w, generator=torch.Generator().manual_seed(0))
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    backend = "torch-eager-cpu" + ("-channels_last" if channels_last else "")
+    runners = {
+        n: _Runner(m.to(memory_format=fmt), x.contiguous(memory_format=fmt), backend)
+        for n, m in cpu_models.items()
+    }
+    with torch.inference_mode():
+        lat = compare(runners, (batch, c, h, w), threads=threads, repeats=repeats)
     for name, model in cpu_models.items():
         acc = evaluate(model, loader, device="cpu")
         ops = count_ops(model, (1, c, h, w))
