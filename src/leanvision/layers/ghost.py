@@ -75,7 +75,12 @@ class GhostConv2d(nn.Module):
         """(B, in_channels, H, W) → (B, out_channels, H', W')."""
         x1 = self.primary_bn(self.primary(x))
         if self.cheap is not None:
-            x1 = torch.cat([x1, self.cheap(x1)], dim=1)[:, : self.out_channels]
+            x2 = self.cheap(x1)
+            extra = self.out_channels - self.init_channels
+            if x2.shape[1] > extra:  # ceil(n/s)·s > n: drop the surplus ghost maps
+                x2 = x2[:, :extra]
+            # cat after the cut: the output stays contiguous in the caller's memory format
+            x1 = torch.cat([x1, x2], dim=1)
         if self.bias is not None:
             x1 = x1 + self.bias.view(1, -1, 1, 1)
         return x1
