@@ -12,12 +12,9 @@ import io
 import json
 import os
 import pickle
-import secrets
 import zipfile
 import zlib
-from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -28,6 +25,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from leanvision.data.datasets import TensorImageDataset, stratified_split
 from leanvision.data.transforms import TensorImageTransform
 from leanvision.errors import DataError
+from leanvision.fileio import atomic_write
 
 __all__ = ["CIFAR10_MEAN", "CIFAR10_STD", "build_cifar10", "default_cache_dir"]
 
@@ -112,18 +110,6 @@ def _zip_key(path: Path) -> str:
     return h.hexdigest()[:16]
 
 
-def _atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
-    """Write ``path`` through a temporary file beside it and ``os.replace``."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
-        with open(tmp, "xb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def _decode_member(path: Path, zf: zipfile.ZipFile, name: str) -> np.ndarray:
     data = zf.read(name)  # a bad zip member raises here, reported by the caller
     try:
@@ -195,10 +181,10 @@ def _load_zip_split(path: Path, split: str, cache_dir: Path) -> tuple[np.ndarray
     images, labels, class_names = _decode_zip(path, split)
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        _atomic_write(img_path, lambda f: np.save(f, images))
-        _atomic_write(lab_path, lambda f: np.save(f, labels))
+        atomic_write(img_path, lambda f: np.save(f, images))
+        atomic_write(lab_path, lambda f: np.save(f, labels))
         meta = {"count": len(labels), "class_names": class_names, "source": str(path)}
-        _atomic_write(meta_path, lambda f: f.write(json.dumps(meta).encode()))
+        atomic_write(meta_path, lambda f: f.write(json.dumps(meta).encode()))
     except OSError as e:
         raise DataError(
             f"cannot write the CIFAR-10 cache under {folder}: {e}; pass a "
