@@ -10,6 +10,7 @@ The public API::
     acc = lv.evaluate(small, data.test)
     prof = lv.profile(small, input_size=(1, 3, 32, 32))
     lv.export_onnx(small, "small.onnx", input_size=(1, 3, 32, 32))
+    lv.save(small, "small.pt"); small = lv.load("small.pt")  # rebuilds the architecture
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from leanvision.data import DataBundle, list_datasets, load_data
 from leanvision.engine import TrainResult, evaluate, train
 from leanvision.export import export_onnx
 from leanvision.methods import compress, list_methods
+from leanvision.methods.saving import load, save
 from leanvision.models import create_model, list_models
 from leanvision.profiling import Profile, profile
 
@@ -36,9 +38,11 @@ __all__ = [
     "list_datasets",
     "list_methods",
     "list_models",
+    "load",
     "load_data",
     "load_recipe",
     "profile",
+    "save",
     "train",
 ]
 

@@ -67,13 +67,23 @@ def cmd_eval(args: argparse.Namespace) -> None:
     from leanvision.engine import load_checkpoint
 
     data = lv.load_data(args.data, root=args.data_dir, batch_size=args.batch_size)
-    model = lv.create_model(args.model, num_classes=data.num_classes, in_chans=data.input_size[0])
-    if args.checkpoint:
-        state = load_checkpoint(args.checkpoint)
-        model.load_state_dict(state["model"])
+    state = load_checkpoint(args.checkpoint) if args.checkpoint else None
+    if state is not None and state.get("kind") == "model":  # written by lv.save: self-describing
+        model = lv.load(args.checkpoint)
+        name = state["arch"]["spec"]["name"]
+    else:
+        if not args.model:
+            raise LeanVisionError(
+                "give --model NAME (the checkpoint holds only weights), or a --checkpoint "
+                "written by leanvision.save"
+            )
+        name = args.model
+        model = lv.create_model(name, num_classes=data.num_classes, in_chans=data.input_size[0])
+        if state is not None:
+            model.load_state_dict(state["model"])
     res = lv.evaluate(model, data.loader(args.split))
     print(
-        f"{args.model} on {args.data}/{args.split}: top-1 {res['top1']:.2f}%  "
+        f"{name} on {args.data}/{args.split}: top-1 {res['top1']:.2f}%  "
         f"top-5 {res['top5']:.2f}%  loss {res['loss']:.4f}  (n={res['n']})"
     )
 
@@ -166,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
         s.set_defaults(fn=fn)
 
     e = sub.add_parser("eval", help="evaluate a model (optionally from a checkpoint)")
-    e.add_argument("--model", required=True)
+    e.add_argument("--model", default=None, help="needed unless --checkpoint is a saved model")
     e.add_argument("--checkpoint", default=None)
     e.add_argument("--split", default="test", choices=["train", "val", "test"])
     _add_data_args(e)

@@ -18,6 +18,7 @@ from rich.console import Console
 from leanvision.data import load_data
 from leanvision.engine import train
 from leanvision.methods import compress
+from leanvision.methods.saving import save
 from leanvision.models import create_model
 from leanvision.pipeline import cpu_info, measure_models
 from leanvision.report import rich_table, write_report, write_results
@@ -84,6 +85,8 @@ def run_quickstart(
 
     console.print("[bold]4/4[/] measuring all three side by side (test split, batch 32)")
     models = {"resnet20": base, "ghost_resnet20_kd": ghost, "resnet20_w0.5_kd": half}
+    for name, model in models.items():  # reloadable with lv.load / `leanvision eval --checkpoint`
+        save(model, out / "models" / f"{name}.pt")
     rows = measure_models(
         models,
         data,

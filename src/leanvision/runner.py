@@ -11,6 +11,7 @@ from torch import nn
 from leanvision.data import load_data
 from leanvision.engine import train
 from leanvision.methods import compress, get_method
+from leanvision.methods.saving import save
 from leanvision.models import create_model
 from leanvision.pipeline import cpu_info, measure_models
 from leanvision.recipe import Recipe
@@ -72,6 +73,8 @@ def run_recipe(
         chain = [*chain, st.method]
         name = f"{base_name}+{'+'.join(chain)}"
         models[name], chains[name] = current, list(chain)
+    for name, model in models.items():  # reloadable with lv.load / `leanvision eval --checkpoint`
+        save(model, run_dir / "models" / f"{name.replace('+', '_')}.pt")
     m = recipe.measure
     rows = measure_models(
         models,

@@ -20,7 +20,7 @@ from leanvision.errors import UnsupportedModelError
 from leanvision.layers.ghost import GhostConv2d
 from leanvision.methods.common import FinetuneConfig, finetune
 from leanvision.methods.distillation.kd import KDHook
-from leanvision.methods.registry import register_method
+from leanvision.methods.registry import record_transform, register_method
 
 __all__ = ["GhostConfig", "ghostify"]
 
@@ -141,23 +141,29 @@ def ghostify(
     return new, replaced
 
 
+def _rebuild(model: nn.Module, arch: dict[str, Any]) -> nn.Module:
+    return ghostify(model, **arch)[0]
+
+
 @register_method(
     "ghost",
     family="architecture",
     paper="GhostNet, CVPR 2020, arXiv 1911.11907",
     config=GhostConfig,
+    rebuild=_rebuild,
 )
 def apply_ghost(model: nn.Module, data: Any, cfg: GhostConfig) -> nn.Module:
     """Replace k×k convolutions with Ghost modules, then retrain (optionally with KD)."""
-    new, _ = ghostify(
-        model,
-        cfg.ratio,
-        cfg.dw_size,
-        cfg.keep_first,
-        cfg.replace_pointwise,
-        cfg.inner_bn,
-        cfg.exclude,
+    arch = dict(
+        ratio=cfg.ratio,
+        dw_size=cfg.dw_size,
+        keep_first=cfg.keep_first,
+        replace_pointwise=cfg.replace_pointwise,
+        inner_bn=cfg.inner_bn,
+        exclude=list(cfg.exclude),
     )
+    new, _ = ghostify(model, **arch)
+    record_transform(new, model, "ghost", arch)
     hooks = [KDHook(copy.deepcopy(model), cfg.kd_T, cfg.kd_alpha)] if cfg.distill else []
     finetune(new, data, cfg, hooks, method="ghost")
     return new.eval()

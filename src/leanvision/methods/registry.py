@@ -17,6 +17,8 @@ from torch import nn
 from leanvision.errors import ConfigError, UnknownMethodError
 
 ApplyFn = Callable[[nn.Module, Any, Any], nn.Module]
+RebuildFn = Callable[[nn.Module, dict[str, Any]], nn.Module]
+HISTORY_ATTR = "lv_history"
 
 
 @dataclass(frozen=True)
@@ -29,6 +31,7 @@ class MethodSpec:
     config_cls: type
     apply: ApplyFn
     summary: str = ""
+    rebuild: RebuildFn | None = None
 
     def make_config(self, **hparams: Any) -> Any:
         """Build the config; an unknown hyper-parameter is an error naming the allowed ones."""
@@ -49,18 +52,45 @@ _REGISTRY: dict[str, MethodSpec] = {}
 
 
 def register_method(
-    name: str, *, family: str, paper: str, config: type, summary: str = ""
+    name: str,
+    *,
+    family: str,
+    paper: str,
+    config: type,
+    summary: str = "",
+    rebuild: RebuildFn | None = None,
 ) -> Callable[[ApplyFn], ApplyFn]:
-    """Decorator registering ``apply(model, data, config) -> nn.Module`` under ``name``."""
+    """Decorator registering ``apply(model, data, config) -> nn.Module`` under ``name``.
+
+    ``rebuild(model, arch)`` redoes the method's change of architecture (no training) from
+    the ``arch`` dict the method recorded with :func:`record_transform`; ``leanvision.load``
+    uses it to rebuild a compressed model before loading its weights. Methods that do not
+    change the architecture need none.
+    """
 
     def deco(fn: ApplyFn) -> ApplyFn:
         if name in _REGISTRY and _REGISTRY[name].apply is not fn:
             raise ConfigError(f"method {name!r} is registered twice")
         doc = summary or ((fn.__doc__ or "").strip().splitlines() or [""])[0]
-        _REGISTRY[name] = MethodSpec(name, family, paper, config, fn, doc)
+        _REGISTRY[name] = MethodSpec(name, family, paper, config, fn, doc, rebuild)
         return fn
 
     return deco
+
+
+def record_transform(
+    new: nn.Module, source: nn.Module | None, method: str, arch: dict[str, Any] | None = None
+) -> nn.Module:
+    """Record on ``new`` that ``method`` made it from ``source`` (with architecture ``arch``).
+
+    The record (a list of ``{"method", "arch"}`` in ``new.lv_history``) lets ``leanvision.save``
+    store a compressed model as weights plus the recipe of its architecture, so loading never
+    unpickles a module (ModelOpt's save/restore idea).
+    """
+    history = list(getattr(source, HISTORY_ATTR, [])) if source is not None else []
+    history.append({"method": method, "arch": dict(arch or {})})
+    setattr(new, HISTORY_ATTR, history)
+    return new
 
 
 def get_method(name: str) -> MethodSpec:

@@ -64,4 +64,7 @@ def create_model(name: str, pretrained: bool = False, **kwargs: Any) -> nn.Modul
         close = difflib.get_close_matches(name, timm.list_models(), n=8, cutoff=0.6)
         allowed = sorted(set(leanvision_models()) | set(close))
         raise UnknownModelError(name, allowed)
-    return timm.create_model(name, pretrained=pretrained, **kwargs)
+    model = timm.create_model(name, pretrained=pretrained, **kwargs)
+    # How to build this architecture again (leanvision.save/load rebuild before loading weights).
+    model.lv_spec = {"name": name, "kwargs": dict(kwargs)}
+    return model

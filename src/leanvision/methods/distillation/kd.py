@@ -19,7 +19,7 @@ from torch import nn
 from leanvision.engine import FeatureRecorder, Hook, StepContext
 from leanvision.errors import ConfigError
 from leanvision.methods.common import FinetuneConfig, finetune
-from leanvision.methods.registry import register_method
+from leanvision.methods.registry import record_transform, register_method
 
 __all__ = ["KDConfig", "KDHook", "kd_loss", "TeacherHook"]
 
@@ -144,8 +144,10 @@ def apply_kd(model: nn.Module, data: Any, cfg: KDConfig) -> nn.Module:
             spec.setdefault("num_classes", data.num_classes)
             spec.setdefault("in_chans", data.input_size[0])
         student = create_model(spec.pop("name"), **spec)
+        record_transform(student, None, "kd")  # a new architecture, described by its own spec
     else:
         student = copy.deepcopy(model)
+        record_transform(student, model, "kd")
     # The hook freezes its teacher (eval, no grad): give it a copy, never the caller's model.
     teacher = copy.deepcopy(cfg.teacher)
     finetune(student, data, cfg, hooks=[KDHook(teacher, cfg.T, cfg.alpha)], method="kd")
