@@ -146,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     q = sub.add_parser("quickstart", help="the main job on the embedded data (a few minutes)")
     q.add_argument("--out", default="runs/quickstart")
-    q.add_argument("--epochs", type=int, default=3)
+    q.add_argument("--epochs", type=int, default=5)
     q.add_argument("--threads", type=int, default=2)
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--max-steps", type=int, default=None, help="cap steps per model (smoke run)")

@@ -157,7 +157,7 @@ def _cfg(**kwargs: object) -> dict:
     }
 
 
-default_cfgs = {f"resnet{d}_cifar": _cfg() for d in (20, 32, 44, 56, 110)}
+default_cfgs = {f"resnet{d}_cifar": _cfg() for d in (8, 14, 20, 32, 44, 56, 110)}
 
 
 def _create(variant: str, depth: int, pretrained: bool = False, **kwargs: object) -> ResNetCifar:
@@ -169,6 +169,18 @@ def _create(variant: str, depth: int, pretrained: bool = False, **kwargs: object
         feature_cfg=dict(flatten_sequential=True),
         **kwargs,
     )
+
+
+@register_model
+def resnet8_cifar(pretrained: bool = False, **kwargs: object) -> ResNetCifar:
+    """ResNet-8 for CIFAR (one block per stage): a depth-reduced student."""
+    return _create("resnet8_cifar", 8, pretrained, **kwargs)
+
+
+@register_model
+def resnet14_cifar(pretrained: bool = False, **kwargs: object) -> ResNetCifar:
+    """ResNet-14 for CIFAR (two blocks per stage)."""
+    return _create("resnet14_cifar", 14, pretrained, **kwargs)
 
 
 @register_model
