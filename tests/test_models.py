@@ -12,6 +12,8 @@ from leanvision.errors import InputShapeError, UnknownModelError
 from leanvision.profiling import count_ops, count_params
 
 OUR_MODELS = [
+    "resnet8_cifar",
+    "resnet14_cifar",
     "resnet20_cifar",
     "resnet32_cifar",
     "resnet44_cifar",
