@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import abc
 import copy
 from collections.abc import Callable, Sequence
 
@@ -13,7 +14,7 @@ from torchvision.datasets.folder import pil_loader
 __all__ = ["FileImageDataset", "SplitDataset", "TensorImageDataset", "stratified_split"]
 
 
-class SplitDataset(Dataset):
+class SplitDataset(Dataset, abc.ABC):
     """One split of a source: an ordered index list into it, plus a per-sample transform.
 
     Attributes:
@@ -34,8 +35,9 @@ class SplitDataset(Dataset):
         j = int(self.indices[i])
         return self.transform(self._load(j)), int(self.labels[j])
 
+    @abc.abstractmethod
     def _load(self, j: int) -> object:
-        raise NotImplementedError
+        """The raw image at source position ``j`` (subclasses read memory or files)."""
 
     @property
     def targets(self) -> list[int]:
