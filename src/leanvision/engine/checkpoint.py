@@ -46,7 +46,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         raise CheckpointError(
             f"{str(path)!r} is not a leanvision checkpoint (format {found!r}, "
             f"expected {FORMAT!r}). "
-            "To load plain weights into a model use model.load_state_dict(torch.load(path, "
-            "weights_only=True))."
+            "For plain weights use leanvision.load (files from leanvision.save) or "
+            "model.load_state_dict(torch.load(path, weights_only=True))."
         )
     return state

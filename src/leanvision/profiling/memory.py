@@ -41,7 +41,7 @@ def _storage_key(t: torch.Tensor) -> tuple[str, int] | None:
         return None
     try:
         storage = t.untyped_storage()
-    except (RuntimeError, NotImplementedError):
+    except (RuntimeError, NotImplementedError):  # tensor subclasses with no real storage
         return None
     return (str(t.device), storage.data_ptr())
 
