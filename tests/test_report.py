@@ -345,3 +345,59 @@ def test_report_package_does_not_import_torch(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "ok"
+
+
+# -- extra columns and run tables -----------------------------------------------------------------
+
+
+def test_throughput_peak_memory_and_paper_params_columns():
+    models = _models()
+    models[0]["peak_mem_mb"] = 12.5
+    models[1]["paper"] = dict(models[1]["paper"], params=160_000)
+    lines = markdown_table(models).strip().splitlines()
+    header = lines[0]
+    assert "Throughput img/s" in header and "Peak mem MiB" in header
+    assert "Paper params (M)" in header
+    # batch 1 at 4.0 ms is 250 img/s; at 2.5 ms 400 img/s
+    assert " 250.0 " in lines[2] and " 400.0 " in lines[3]
+    assert " 12.5 " in lines[2] and " 0.16 " in lines[3]
+
+
+def _scaling_table() -> dict:
+    return {
+        "title": "Peak memory against tokens",
+        "columns": ["tokens", "dense MiB", "long-short MiB"],
+        "rows": [[196, 10.25, 3.5], [784, 150.0, 13.0], [3136, None, 52.0]],
+        "notes": "dense ran out of memory at 3136 tokens",
+    }
+
+
+def test_run_tables_round_trip_and_render(tmp_path):
+    """A run with only tables (no models) writes, loads and renders them."""
+    run = tmp_path / "scaling"
+    write_results(run, [], run_info={"name": "Scaling", "tables": [_scaling_table()]})
+    out = write_report(run)
+    md = out["markdown"].read_text()
+    assert "**Peak memory against tokens**" in md
+    assert "| 784 | 150.0 | 13.0 |" in md and "| 3136 | — | 52.0 |" in md
+    assert "dense ran out of memory" in md
+    assert "Top-1 %" not in md  # no model table for a run without models
+    assert "<h2>Peak memory against tokens</h2>" in out["html"].read_text()
+    summary = build_summary([run], tmp_path / "RESULTS.md").read_text()
+    assert "| 196 | 10.2 | 3.5 |" in summary
+
+
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        ({"rows": [[1, 2]]}, "3 cells"),
+        ({"columns": []}, "columns"),
+        ({"rows": [[1, {"a": 1}, 2]]}, "number, string or null"),
+        ({"title": ""}, "title"),
+        ({"colour": "red"}, "unknown key 'colour'"),
+    ],
+)
+def test_bad_run_tables_raise_config_error(tmp_path, change, match):
+    table = dict(_scaling_table(), **change)
+    with pytest.raises(ConfigError, match=match):
+        write_results(tmp_path / "bad", [], run_info={"tables": [table]})

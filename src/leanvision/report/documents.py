@@ -14,7 +14,7 @@ from typing import Any
 from leanvision.errors import ConfigError, DataError
 from leanvision.report.plots import PLOT_FILES, plot_tradeoffs
 from leanvision.report.schema import ModelResult
-from leanvision.report.tables import markdown_table, table_data
+from leanvision.report.tables import fmt_cell, markdown_table, run_table_markdown, table_data
 from leanvision.report.writer import (
     RESULTS_FILENAME,
     ResultsFile,
@@ -112,10 +112,15 @@ def _markdown_body(
         lines.append(f"- **{label}:** `{value}`" if label != "Host" else f"- **{label}:** {value}")
     if meta:
         lines.append("")
-    lines += [markdown_table(models).rstrip("\n"), "", f"<sub>{_LEGEND}</sub>", ""]
+    if models:
+        lines += [markdown_table(models).rstrip("\n"), "", f"<sub>{_LEGEND}</sub>", ""]
     notes = _notes(run, models)
     if notes:
         lines += ["Notes:", ""] + [f"- {n}" for n in notes] + [""]
+    for table in run.get("tables") or []:
+        lines += [f"**{table['title']}**", "", run_table_markdown(table).rstrip("\n"), ""]
+        if table.get("notes"):
+            lines += [str(table["notes"]), ""]
     for alt, link in plot_links:
         lines += [f"![{alt}]({link})", ""]
     return lines
@@ -168,6 +173,22 @@ def _html_table(models: Sequence[ModelResult]) -> str:
     )
 
 
+def _html_run_table(table: Mapping[str, Any]) -> str:
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in table["columns"])
+    body = "".join(
+        "<tr>"
+        + "".join(
+            f'<td class="num">{html.escape(fmt_cell(c))}</td>'
+            if isinstance(c, (int, float))
+            else f"<td>{html.escape(fmt_cell(c))}</td>"
+            for c in row
+        )
+        + "</tr>"
+        for row in table["rows"]
+    )
+    return f'<table class="results"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+
+
 def _html_inline(text: str) -> str:
     """Escape text, keeping the ``**bold**`` used in notes."""
     return re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", html.escape(text))
@@ -194,13 +215,19 @@ def _render_html(
         parts.append(
             f"<p>Reproduce with:</p><pre><code>{html.escape(str(run['command']))}</code></pre>"
         )
-    parts.append(_html_table(models))
-    parts.append(f'<p class="legend">{html.escape(_LEGEND)}</p>')
+    if models:
+        parts.append(_html_table(models))
+        parts.append(f'<p class="legend">{html.escape(_LEGEND)}</p>')
     notes = _notes(run, models)
     if notes:
         parts.append("<h2>Notes</h2><ul>")
         parts += [f"<li>{_html_inline(n)}</li>" for n in notes]
         parts.append("</ul>")
+    for table in run.get("tables") or []:
+        parts.append(f"<h2>{html.escape(table['title'])}</h2>")
+        parts.append(_html_run_table(table))
+        if table.get("notes"):
+            parts.append(f"<p>{_html_inline(str(table['notes']))}</p>")
     if plots:
         parts.append('<div class="plots">')
         for p in plots:

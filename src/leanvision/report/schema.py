@@ -29,8 +29,10 @@ __all__ = [
     "LATENCY_KEYS",
     "LATENCY_REQUIRED",
     "RATIO_KEYS",
+    "RUN_TABLE_KEYS",
     "SCHEMA_ID",
     "ModelResult",
+    "check_run_tables",
 ]
 
 SCHEMA_ID = "leanvision.results/1"
@@ -323,3 +325,70 @@ class ModelResult:
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-ready dict with every schema key, in schema order."""
         return dataclasses.asdict(self)
+
+
+# -- extra tables of a run ----------------------------------------------------------------------
+
+RUN_TABLE_KEYS = ("title", "columns", "rows", "notes")
+
+
+def check_run_tables(tables: Any, where: str = "") -> list[dict[str, Any]]:
+    """Validate the ``run["tables"]`` list: measurements that are not one row per model.
+
+    Some claims are curves, not models (peak memory against input size, feature diversity per
+    layer). A run stores them as tables::
+
+        {"title": str, "columns": [str, ...], "rows": [[cell, ...], ...], "notes": str}
+
+    Cells are numbers, strings or None (shown as a dash); every row has one cell per column.
+
+    Args:
+        tables: The value of ``run["tables"]`` (None means no tables).
+        where: File or object named in error messages.
+
+    Returns:
+        The tables as plain dicts.
+
+    Raises:
+        ConfigError: The tables are not of that shape.
+    """
+    if tables is None:
+        return []
+    if not isinstance(tables, list):
+        raise ConfigError(
+            f"run 'tables'{_where(where)} must be a list, got {type(tables).__name__}"
+        )
+    out = []
+    for i, table in enumerate(tables):
+        what = f"run tables[{i}]{_where(where)}"
+        if not isinstance(table, Mapping):
+            raise ConfigError(f"{what} must be an object, got {type(table).__name__}")
+        _check_keys(table, RUN_TABLE_KEYS, ("title", "columns", "rows"), what)
+        columns = table["columns"]
+        if not isinstance(table["title"], str) or not table["title"]:
+            raise ConfigError(f"'title' of {what} must be a non-empty string")
+        if not (isinstance(columns, list) and columns and all(isinstance(c, str) for c in columns)):
+            raise ConfigError(f"'columns' of {what} must be a non-empty list of strings")
+        rows = table["rows"]
+        if not isinstance(rows, list):
+            raise ConfigError(f"'rows' of {what} must be a list of lists")
+        for j, row in enumerate(rows):
+            if not isinstance(row, list) or len(row) != len(columns):
+                raise ConfigError(
+                    f"row {j} of {what} must be a list of {len(columns)} cells "
+                    f"(one per column), got {row!r}"
+                )
+            for cell in row:
+                if cell is not None and not isinstance(cell, (str, int, float)):
+                    raise ConfigError(
+                        f"cell {cell!r} in row {j} of {what} must be a number, string or null"
+                    )
+                if isinstance(cell, float) and not math.isfinite(cell):
+                    raise ConfigError(f"cell {cell!r} in row {j} of {what} must be finite")
+        notes = table.get("notes", "")
+        if not isinstance(notes, str):
+            raise ConfigError(f"'notes' of {what} must be a string")
+        out.append(
+            {"title": table["title"], "columns": list(columns), "rows": rows, "notes": notes}
+        )
+    return out

@@ -15,11 +15,13 @@ if TYPE_CHECKING:
 __all__ = [
     "MISSING",
     "TableData",
+    "fmt_cell",
     "fmt_energy",
     "fmt_millions",
     "fmt_percent",
     "markdown_table",
     "rich_table",
+    "run_table_markdown",
     "table_data",
 ]
 
@@ -66,6 +68,45 @@ def _fmt_ms(value: float | None) -> str:
 
 def _fmt_speedup(value: float | None) -> str:
     return MISSING if value is None else f"{value:.2f}×"
+
+
+def _fmt_throughput(latency: Mapping[str, Any] | None) -> str:
+    """Images per second of a batch latency."""
+    if not latency or not latency.get("median"):
+        return MISSING
+    return fmt_cell(latency["batch"] * 1000.0 / latency["median"])
+
+
+def fmt_cell(value: Any) -> str:
+    """A free-form table cell: whole numbers as they are, floats to a readable precision."""
+    if value is None:
+        return MISSING
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return str(value)
+    if isinstance(value, int):
+        return str(value)
+    if abs(value) >= 1000:
+        return f"{value:.0f}"
+    if abs(value) >= 10:
+        return f"{value:.1f}"
+    return f"{value:.3g}"
+
+
+def run_table_markdown(table: Mapping[str, Any]) -> str:
+    """A run's extra table (``run["tables"]`` entry) as Markdown, ending with a newline."""
+    columns = list(table["columns"])
+    cells = [[fmt_cell(c) for c in row] for row in table["rows"]]
+    numeric = [
+        all(isinstance(row[i], (int, float)) or row[i] is None for row in table["rows"])
+        and any(row[i] is not None for row in table["rows"])
+        for i in range(len(columns))
+    ]
+    lines = [
+        "| " + " | ".join(_md_cell(h) for h in columns) + " |",
+        "|" + "|".join("---:" if num else ":---" for num in numeric) + "|",
+    ]
+    lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in cells]
+    return "\n".join(lines) + "\n"
 
 
 @dataclass
@@ -138,9 +179,21 @@ def table_data(models: Sequence[ModelResult | Mapping[str, Any]]) -> TableData:
         "Energy µJ",
     ]
     numeric = [False, False, False] + [True] * 7
+    with_mem = any(m.peak_mem_mb is not None for m in results)
+    with_throughput = any(m.latency_ms for m in results)
+    paper_params = with_paper and any((m.paper or {}).get("params") for m in results)
+    if with_throughput:
+        headers.insert(8, "Throughput img/s")
+        numeric.insert(8, True)
+    if with_mem:
+        headers.append("Peak mem MiB")
+        numeric.append(True)
     if with_paper:
         headers += ["Paper top-1 %", "Paper MACs (M)"]
         numeric += [True, True]
+        if paper_params:
+            headers.append("Paper params (M)")
+            numeric.append(True)
     rows = []
     for m, lat_cell in zip(results, lat_cells):
         is_ref = m.name in baselines and m.baseline in (None, m.name)
@@ -160,9 +213,15 @@ def table_data(models: Sequence[ModelResult | Mapping[str, Any]]) -> TableData:
             _fmt_speedup(speedup),
             fmt_energy(m.energy_uj),
         ]
+        if with_throughput:
+            row.insert(8, _fmt_throughput(m.latency_ms))
+        if with_mem:
+            row.append(fmt_cell(m.peak_mem_mb))
         if with_paper:
             paper = m.paper or {}
             row += [fmt_percent(paper.get("top1")), fmt_millions(paper.get("macs"), 1)]
+            if paper_params:
+                row.append(fmt_millions(paper.get("params"), 2))
         rows.append(row)
     return TableData(headers=headers, rows=rows, numeric=numeric, baselines=baselines)
 

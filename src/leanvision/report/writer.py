@@ -17,7 +17,7 @@ from typing import Any
 
 from leanvision.errors import ConfigError, DataError
 from leanvision.fileio import atomic_write_text
-from leanvision.report.schema import SCHEMA_ID, ModelResult
+from leanvision.report.schema import SCHEMA_ID, ModelResult, check_run_tables
 
 __all__ = [
     "RESULTS_FILENAME",
@@ -201,7 +201,9 @@ def write_results(
     Args:
         run_dir: Folder of the run; created if needed.
         models: Results of the run (``ModelResult`` objects or dicts).
-        run_info: Extra run metadata, e.g. ``{"command": "leanvision bench ghostnet"}``.
+        run_info: Extra run metadata, e.g. ``{"command": "leanvision bench ghostnet"}``;
+            ``tables`` holds measurements that are not one row per model (see
+            :func:`leanvision.report.schema.check_run_tables`).
 
     Returns:
         Path of the written file.
@@ -227,6 +229,8 @@ def write_results(
         "host": _host_info(),
     }
     run.update(run_info or {})
+    if "tables" in run:
+        run["tables"] = check_run_tables(run["tables"], str(run_dir))
     doc = {"schema": SCHEMA_ID, "run": run, "models": [m.to_dict() for m in results]}
     try:
         text = json.dumps(doc, indent=2, ensure_ascii=False, allow_nan=False)
@@ -295,6 +299,8 @@ def load_results_file(path: str | os.PathLike[str]) -> ResultsFile:
             f"unknown top-level key {unknown[0]!r} in {p}; allowed keys: schema, run, models"
         )
     parsed = [ModelResult.from_dict(m, where=f"{p} models[{i}]") for i, m in enumerate(models)]
+    if "tables" in run:
+        run["tables"] = check_run_tables(run["tables"], str(p))
     return ResultsFile(path=p, run=run, models=parsed)
 
 
