@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from leanvision import analysis
 from leanvision.data import DataBundle, list_datasets, load_data
 from leanvision.engine import TrainResult, evaluate, train
 from leanvision.export import export_onnx
@@ -31,6 +32,7 @@ __all__ = [
     "DataBundle",
     "Profile",
     "TrainResult",
+    "analysis",
     "compress",
     "create_model",
     "evaluate",

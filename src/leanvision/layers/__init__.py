@@ -1,5 +1,14 @@
 """Reusable layers (no training or method code here)."""
 
+from .circulant import CirculantLinear
 from .ghost import GhostConv2d
+from .issa import InterlacedSparseAttention, NonLocal2d
+from .long_short_attention import LongShortAttention
 
-__all__ = ["GhostConv2d"]
+__all__ = [
+    "CirculantLinear",
+    "GhostConv2d",
+    "InterlacedSparseAttention",
+    "LongShortAttention",
+    "NonLocal2d",
+]

@@ -15,11 +15,38 @@ from torch import nn
 
 from leanvision.errors import UnknownModelError
 
-from . import resnet_cifar, vgg_small  # noqa: F401  (registers the models)
+from . import (  # noqa: F401  (importing a family registers its models in timm)
+    augvit,
+    cmt,
+    ghost_resnet,
+    pyramid_tnt,
+    resnet_cifar,
+    tinynet,
+    vgg_small,
+    vil_ls,
+    vit_resnas,
+)
+from .reference import PAPER_NUMBERS, TIMM_VERIFIED
 
-__all__ = ["create_model", "list_models", "leanvision_models"]
+__all__ = [
+    "PAPER_NUMBERS",
+    "TIMM_VERIFIED",
+    "create_model",
+    "leanvision_models",
+    "list_models",
+]
 
-_OUR_MODULES = ("resnet_cifar", "vgg_small")
+_OUR_MODULES = (
+    "resnet_cifar",
+    "vgg_small",
+    "cmt",
+    "pyramid_tnt",
+    "augvit",
+    "vit_resnas",
+    "vil_ls",
+    "ghost_resnet",
+    "tinynet",
+)
 
 
 def leanvision_models() -> list[str]:
@@ -33,12 +60,15 @@ def leanvision_models() -> list[str]:
 def list_models(pattern: str = "", *, include_timm: bool = False) -> list[str]:
     """List model names.
 
+    By default: leanvision's own architectures plus the timm architectures of the papers that
+    leanvision verifies against their published sizes (GhostNet, TNT, TinyNet, DeiT;
+    ``TIMM_VERIFIED``).
+
     Args:
         pattern: optional wildcard filter, e.g. ``"resnet*"``.
-        include_timm: also list timm's own architectures (there are over a thousand).
+        include_timm: also list every other timm architecture (there are over a thousand).
     """
-    ours = leanvision_models()
-    names = set(ours)
+    names = set(leanvision_models()) | set(TIMM_VERIFIED)
     if include_timm:
         names |= set(timm.list_models())
     if pattern:

@@ -1,0 +1,214 @@
+"""Sizes and CPU speed of every architecture in the backbone zoo, beside the published numbers.
+
+For each model of ``lv.list_models()`` except the CIFAR baselines (our families and the timm
+architectures leanvision verifies), at its default ImageNet input size: parameters, MACs
+(ours beside the paper's/official numbers of ``leanvision.models.reference``), CPU throughput
+(img/s at batch 8, 2 threads, eager PyTorch, NCHW) and peak activation memory of one forward at
+batch 8. A second table gives the CIFAR adaptation (``img_size=32``) of our families.
+
+    python benchmarks/zoo_sizes.py measure            # resumable: one JSON per model
+    python benchmarks/zoo_sizes.py report             # -> benchmarks/results/zoo_sizes/
+
+Throughput is only meaningful when nothing else runs on the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+
+import leanvision as lv
+from leanvision.fileio import atomic_write_text
+from leanvision.models import PAPER_NUMBERS, TIMM_VERIFIED
+from leanvision.pipeline import cpu_info
+from leanvision.profiling import count_ops, count_params, measure_latency, peak_memory_mb
+from leanvision.report import write_results
+
+ROOT = Path(__file__).resolve().parents[1]
+RUNS = ROOT / "runs" / "bench_zoo_sizes"
+OUT = ROOT / "benchmarks" / "results" / "zoo_sizes"
+CIFAR_BASELINES = ("_cifar", "vgg_small")
+
+
+def zoo_models() -> list[str]:
+    """Our families first (alphabetical), then the verified timm architectures."""
+    ours = [
+        n
+        for n in lv.list_models()
+        if n not in TIMM_VERIFIED and not any(t in n for t in CIFAR_BASELINES)
+    ]
+    return sorted(ours) + list(TIMM_VERIFIED)
+
+
+def measure_one(name: str, batch: int, threads: int) -> dict:
+    """Params, MACs, throughput and peak memory at the default size; sizes at 32x32."""
+    torch.manual_seed(0)
+    model = lv.create_model(name).eval()
+    size = tuple(model.pretrained_cfg["input_size"])
+    row: dict = {"name": name, "input_size": list(size)}
+    row["params"] = count_params(model)
+    row["macs"] = count_ops(model, (1, *size)).macs
+    row["peak_mem_mb"] = peak_memory_mb(model, (batch, *size))
+    lat = measure_latency(model, (batch, *size), threads=threads, warmup=2, repeats=5, min_time_s=3)
+    stats = lat.as_dict()
+    stats["runs"] = stats.pop("repeats")
+    row["latency_ms"] = stats
+    if name not in TIMM_VERIFIED:
+        small = lv.create_model(name, img_size=32, num_classes=10).eval()
+        row["cifar"] = {
+            "params": count_params(small),
+            "macs": count_ops(small, (1, 3, 32, 32)).macs,
+        }
+    return row
+
+
+def cmd_measure(args: argparse.Namespace) -> None:
+    torch.set_num_threads(args.threads)
+    RUNS.mkdir(parents=True, exist_ok=True)
+    names = args.only or zoo_models()
+    for name in names:
+        path = RUNS / f"{name}.json"
+        if path.exists() and not args.force:
+            continue
+        start = time.perf_counter()
+        row = measure_one(name, args.batch, args.threads)
+        atomic_write_text(path, json.dumps(row, indent=1))
+        thr = args.batch * 1000 / row["latency_ms"]["median"]
+        took = time.perf_counter() - start
+        print(
+            f"{name:28s} {row['params'] / 1e6:7.2f} M  {row['macs'] / 1e9:7.3f} GMACs  "
+            f"{thr:8.1f} img/s  {row['peak_mem_mb']:8.1f} MiB  ({took:.0f} s)",
+            flush=True,
+        )
+
+
+def _pct(ours: float, theirs: float | None) -> float | None:
+    return None if not theirs else round(100.0 * (ours - theirs) / theirs, 2)
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    rows, cifar_rows, size_rows, missing = [], [], [], []
+    for name in zoo_models():
+        path = RUNS / f"{name}.json"
+        if not path.exists():
+            missing.append(name)
+            continue
+        m = json.loads(path.read_text())
+        ref = PAPER_NUMBERS.get(name)
+        paper = None
+        if ref is not None:
+            paper = {
+                "params": ref.params,
+                "macs": ref.macs,
+                "top1": ref.top1,
+                "source": f"{ref.source} [{ref.tag}]",
+            }
+            paper = {k: v for k, v in paper.items() if v is not None}
+        rows.append(
+            {
+                "name": name,
+                "dataset": f"random input {m['input_size'][1]}x{m['input_size'][2]}",
+                "split": "-",
+                "params": m["params"],
+                "macs": m["macs"],
+                "latency_ms": m["latency_ms"],
+                "peak_mem_mb": m["peak_mem_mb"],
+                "paper": paper,
+                "extra": {"input_size": m["input_size"]},
+            }
+        )
+        if ref is not None:
+            within = None
+            if ref.binding:
+                ok_p = ref.params is None or math.isclose(m["params"], ref.params, rel_tol=0.01)
+                ok_m = ref.macs is None or math.isclose(m["macs"], ref.macs, rel_tol=0.03)
+                within = "yes" if ok_p and ok_m else "NO"
+            size_rows.append(
+                [
+                    name,
+                    m["input_size"][1],
+                    round(m["params"] / 1e6, 2),
+                    None if ref.params is None else round(ref.params / 1e6, 2),
+                    _pct(m["params"], ref.params),
+                    round(m["macs"] / 1e9, 3),
+                    None if ref.macs is None else round(ref.macs / 1e9, 3),
+                    _pct(m["macs"], ref.macs),
+                    ref.tag,
+                    within or "recorded",
+                ]
+            )
+        if "cifar" in m:
+            cifar_rows.append(
+                [name, round(m["cifar"]["params"] / 1e6, 3), round(m["cifar"]["macs"] / 1e6, 1)]
+            )
+    if missing:
+        print(f"not measured yet (run `measure`): {', '.join(missing)}")
+    batch = rows[0]["latency_ms"]["batch"] if rows else args.batch
+    threads = rows[0]["latency_ms"]["threads"] if rows else args.threads
+    tables = [
+        {
+            "title": "Published vs measured sizes",
+            "columns": [
+                "model",
+                "input",
+                "params (M)",
+                "paper params (M)",
+                "Δ params %",
+                "GMACs",
+                "paper GMACs",
+                "Δ MACs %",
+                "source tag",
+                "within 1 % / 3 %",
+            ],
+            "rows": size_rows,
+            "notes": "Tags: C official code, R official README, P paper table, M recalled from "
+            "the paper (not verified). The 1 % params / 3 % MACs rule binds C/R numbers only.",
+        },
+        {
+            "title": "CIFAR adaptation (img_size=32, 10 classes)",
+            "columns": ["model", "params (M)", "MACs (M) at 32x32"],
+            "rows": cifar_rows,
+            "notes": "Each model file's docstring says how it adapts to 32x32 inputs.",
+        },
+    ]
+    path = write_results(
+        OUT,
+        rows,
+        run_info={
+            "name": "Backbone zoo: sizes, throughput and memory",
+            "description": "Every zoo architecture at its default ImageNet input size: params "
+            "and MACs beside the published numbers, CPU throughput (eager PyTorch, NCHW, "
+            f"batch {batch}, {threads} threads, nothing else running) and peak activation "
+            f"memory of one forward at batch {batch}. Random weights and inputs (no ImageNet "
+            "here), so there is no accuracy.",
+            "command": "python benchmarks/zoo_sizes.py measure && "
+            "python benchmarks/zoo_sizes.py report",
+            "cpu": cpu_info(),
+            "tables": tables,
+        },
+    )
+    print(f"wrote {path}")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    m = sub.add_parser("measure")
+    m.add_argument("--only", nargs="*", help="model names (default: the whole zoo)")
+    m.add_argument("--force", action="store_true", help="re-measure models already measured")
+    m.add_argument("--batch", type=int, default=8)
+    m.add_argument("--threads", type=int, default=2)
+    r = sub.add_parser("report")
+    r.add_argument("--batch", type=int, default=8)
+    r.add_argument("--threads", type=int, default=2)
+    args = p.parse_args()
+    {"measure": cmd_measure, "report": cmd_report}[args.cmd](args)
+
+
+if __name__ == "__main__":
+    main()
