@@ -401,3 +401,14 @@ def test_bad_run_tables_raise_config_error(tmp_path, change, match):
     table = dict(_scaling_table(), **change)
     with pytest.raises(ConfigError, match=match):
         write_results(tmp_path / "bad", [], run_info={"tables": [table]})
+
+
+def test_columns_nobody_filled_are_left_out():
+    """A size-only run (no accuracy, no baseline, no energy) shows no empty columns."""
+    models = [
+        dict(name=n, dataset="random input", split="-", params=p, macs=m)
+        for n, p, m in (("a", 1_000_000, 2_000_000), ("b", 3_000_000, 4_000_000))
+    ]
+    header = markdown_table(models).splitlines()[0]
+    assert "Top-1" not in header and "Energy" not in header and "Speed-up" not in header
+    assert "Params (M)" in header and "MACs (M)" in header

@@ -26,6 +26,7 @@ __all__ = [
 ]
 
 MISSING = "—"
+_ALWAYS_SHOWN = {"Model", "Dataset", "Params (M)", "MACs (M)"}
 
 
 def fmt_percent(value: float | None, *, signed: bool = False) -> str:
@@ -223,7 +224,18 @@ def table_data(models: Sequence[ModelResult | Mapping[str, Any]]) -> TableData:
             if paper_params:
                 row.append(fmt_millions(paper.get("params"), 2))
         rows.append(row)
-    return TableData(headers=headers, rows=rows, numeric=numeric, baselines=baselines)
+    # Optional columns nobody filled in (no accuracy in a size table, no baseline, ...) go.
+    keep = [
+        i
+        for i, h in enumerate(headers)
+        if h in _ALWAYS_SHOWN or any(row[i] != MISSING for row in rows)
+    ]
+    return TableData(
+        headers=[headers[i] for i in keep],
+        rows=[[row[i] for i in keep] for row in rows],
+        numeric=[numeric[i] for i in keep],
+        baselines=baselines,
+    )
 
 
 def _md_cell(text: str) -> str:
