@@ -71,6 +71,27 @@ class GhostConv2d(nn.Module):
         )
         self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
 
+    @classmethod
+    def like(
+        cls, conv: nn.Conv2d, ratio: int = 2, dw_size: int = 3, inner_bn: bool = False
+    ) -> GhostConv2d:
+        """A Ghost module with ``conv``'s channels, kernel, stride, padding, dilation and bias.
+
+        The caller checks that ``conv`` is a dense (ungrouped) convolution.
+        """
+        return cls(
+            conv.in_channels,
+            conv.out_channels,
+            conv.kernel_size,
+            conv.stride,
+            conv.padding,
+            conv.dilation,
+            bias=conv.bias is not None,
+            ratio=ratio,
+            dw_size=dw_size,
+            inner_bn=inner_bn,
+        )
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, in_channels, H, W) → (B, out_channels, H', W')."""
         x1 = self.primary_bn(self.primary(x))

@@ -118,18 +118,7 @@ def ghostify(
                 f"ghost: layer {name!r} is {problem}, which the Ghost module cannot stand in for; "
                 f"pass exclude=[{name!r}] to keep it"
             )
-        ghost = GhostConv2d(
-            m.in_channels,
-            m.out_channels,
-            m.kernel_size,
-            m.stride,
-            m.padding,
-            m.dilation,
-            bias=m.bias is not None,
-            ratio=ratio,
-            dw_size=dw_size,
-            inner_bn=inner_bn,
-        )
+        ghost = GhostConv2d.like(m, ratio=ratio, dw_size=dw_size, inner_bn=inner_bn)
         ghost.to(device=m.weight.device, dtype=m.weight.dtype)
         _set_module(new, name, ghost)
         replaced.append(name)

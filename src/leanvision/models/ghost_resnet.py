@@ -67,17 +67,7 @@ def ghost_conv_like(conv: nn.Conv2d, s: int, d: int) -> GhostConv2d:
     """
     if conv.groups != 1:
         raise ValueError(f"Ghost modules replace dense convolutions, got groups={conv.groups}")
-    return GhostConv2d(
-        conv.in_channels,
-        conv.out_channels,
-        conv.kernel_size,
-        conv.stride,
-        conv.padding,
-        conv.dilation,
-        bias=conv.bias is not None,
-        ratio=s,
-        dw_size=d,
-    )
+    return GhostConv2d.like(conv, ratio=s, dw_size=d)
 
 
 class GhostResNet(ResNet):
