@@ -193,3 +193,12 @@ def test_bad_depth_width_raise_value_error(name, kwargs):
     if key != "depth":  # the same check through the registry
         with pytest.raises(ValueError):
             lv.create_model(name, **kwargs)
+
+
+def test_img_size_is_recorded_for_timm_models():
+    """A timm model built with img_size= says so in pretrained_cfg (data and profilers read it)."""
+    model = lv.create_model("deit_tiny_patch16_224", img_size=32, patch_size=4, in_chans=1)
+    assert tuple(model.pretrained_cfg["input_size"]) == (1, 32, 32)
+    assert model(torch.randn(1, 1, 32, 32)).shape == (1, 1000)
+    default = lv.create_model("deit_tiny_patch16_224")
+    assert tuple(default.pretrained_cfg["input_size"]) == (3, 224, 224)

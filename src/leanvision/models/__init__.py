@@ -84,6 +84,23 @@ def list_models(pattern: str = "", *, include_timm: bool = False) -> list[str]:
     return sorted(names)
 
 
+def _record_input_size(model: nn.Module, kwargs: dict[str, Any]) -> None:
+    """Make ``pretrained_cfg["input_size"]`` say what an ``img_size=`` build expects.
+
+    timm keeps its registry's input size (e.g. 224 for ``deit_tiny_patch16_224`` built with
+    ``img_size=32``); data pipelines and profilers read the size from there.
+    """
+    size = kwargs.get("img_size")
+    cfg = getattr(model, "pretrained_cfg", None)
+    if size is None or not isinstance(cfg, dict) or "input_size" not in cfg:
+        return
+    h, w = (size, size) if isinstance(size, int) else tuple(size)
+    chans = kwargs.get("in_chans", cfg["input_size"][0])
+    if tuple(cfg["input_size"]) != (chans, h, w):
+        cfg = {**cfg, "input_size": (chans, h, w)}
+        model.pretrained_cfg = model.default_cfg = cfg
+
+
 def create_model(name: str, pretrained: bool = False, **kwargs: Any) -> nn.Module:
     """Build a model by name from leanvision's or timm's registry.
 
@@ -101,6 +118,7 @@ def create_model(name: str, pretrained: bool = False, **kwargs: Any) -> nn.Modul
         allowed = sorted(set(leanvision_models()) | set(close))
         raise UnknownModelError(name, allowed)
     model = timm.create_model(name, pretrained=pretrained, **kwargs)
+    _record_input_size(model, kwargs)
     # How to build this architecture again (leanvision.save/load rebuild before loading weights).
     model.lv_spec = {"name": name, "kwargs": dict(kwargs)}
     return model
