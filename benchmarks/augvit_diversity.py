@@ -101,6 +101,20 @@ def main() -> None:
         ]
         for i in range(depth)
     ]
+    aug_higher = sum(a > d for _, _, _, d, a in table)
+    verdict = (
+        f"After training, Aug-ViT-Ti is more diverse than DeiT-Ti at {aug_higher} of {depth} "
+        "blocks"
+        + (
+            ": the paper's claim holds at this scale."
+            if aug_higher > depth // 2
+            else ": the paper's claim does not reproduce at this scale. A likely cause (not "
+            "verified): each circulant2 path ends in a GELU, whose output has a positive mean "
+            "shared by all tokens; that common component is a rank-one term, which raises "
+            "||Z|| but not ||Z - 1 z̄ᵀ||. The paper measures ImageNet-trained models (300 "
+            "epochs); these trained 2 epochs on 8000 CIFAR images."
+        )
+    )
     path = write_results(
         OUT,
         rows,
@@ -112,6 +126,7 @@ def main() -> None:
             "Tiny models in the CIFAR adaptation (patch 4), same seed; diversity averaged "
             f"over {args.images} CIFAR-10 test images.",
             "command": "python benchmarks/augvit_diversity.py",
+            "notes": verdict,
             "cpu": cpu_info(),
             "tables": [
                 {
