@@ -24,6 +24,7 @@ class FinetuneConfig:
     lr: float = 0.05
     opt: str = "sgd"
     weight_decay: float = 5e-4
+    warmup_epochs: int = 0
     batch_size: int | None = None
     max_steps: int | None = None
     seed: int = 0

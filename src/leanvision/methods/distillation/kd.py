@@ -21,7 +21,7 @@ from leanvision.errors import ConfigError
 from leanvision.methods.common import FinetuneConfig, finetune
 from leanvision.methods.registry import record_transform, register_method
 
-__all__ = ["KDConfig", "KDHook", "kd_loss", "TeacherHook"]
+__all__ = ["DeiTConfig", "KDConfig", "KDHook", "TeacherHook", "kd_loss", "make_student"]
 
 
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, T: float) -> torch.Tensor:
@@ -94,27 +94,90 @@ class TeacherHook(Hook):
 
 
 class KDHook(TeacherHook):
-    """Hinton KD as a trainer hook: scales the task loss by (1 − α) and adds α·T²·KL."""
+    """Logit distillation as a trainer hook (Hinton KD, and DeiT's distillation token).
+
+    The task loss (cross-entropy on the class head) is scaled by (1 − α) and
+    ``α·T²·KL(teacher/T ‖ student/T)`` (``kind="soft"``) or ``α·CE(student, argmax teacher)``
+    (``kind="hard"``, DeiT's hard distillation) is added. With ``distillation_token=True`` the
+    student must return ``(class_logits, distillation_logits)`` in training (a DeiT-style
+    student, e.g. timm's ``deit_tiny_distilled_patch16_224`` or ``vit_resnas_*(distilled=True)``)
+    and the distillation term is put on the distillation head, as in DeiT (Touvron et al.,
+    ICML 2021, arXiv 2012.12877); at evaluation such students average the two heads.
+    """
 
     name = "kd"
 
-    def __init__(self, teacher: nn.Module, T: float = 4.0, alpha: float = 0.9) -> None:
-        super().__init__(teacher)
+    def __init__(
+        self,
+        teacher: nn.Module,
+        T: float = 4.0,
+        alpha: float = 0.9,
+        kind: str = "soft",
+        distillation_token: bool = False,
+        student_features: list[str] | tuple[str, ...] = (),
+        teacher_features: list[str] | tuple[str, ...] = (),
+    ) -> None:
+        super().__init__(teacher, student_features, teacher_features)
         if T <= 0:
             raise ConfigError(f"KD temperature T must be > 0, got {T}")
         if not 0.0 <= alpha <= 1.0:
             raise ConfigError(f"KD alpha must be in [0, 1], got {alpha}")
-        self.T, self.alpha = T, alpha
+        if kind not in ("soft", "hard"):
+            raise ConfigError(f"KD kind must be 'soft' or 'hard', got {kind!r}")
+        self.T, self.alpha, self.kind = T, alpha, kind
+        self.distillation_token = distillation_token
+
+    def on_train_start(self, trainer: Any) -> None:
+        super().on_train_start(trainer)
+        if self.distillation_token:
+            _set_distilled_training(trainer.model, True)
+
+    def on_train_end(self, trainer: Any) -> None:
+        super().on_train_end(trainer)
+        if self.distillation_token:
+            _set_distilled_training(trainer.model, False)
+
+    def student_kd_logits(self, ctx: StepContext) -> torch.Tensor:
+        """Logits the distillation term acts on: the distillation head's, else the class head's."""
+        if not self.distillation_token:
+            return ctx.logits
+        out = ctx.outputs
+        if isinstance(out, torch.Tensor) or len(out) < 2:
+            raise ConfigError(
+                "distillation_token=True needs a student that returns (class_logits, "
+                "distillation_logits) in training, e.g. deit_tiny_distilled_patch16_224 or "
+                "vit_resnas_*(distilled=True); this one returned a single tensor"
+            )
+        return out[1]
 
     def on_loss(self, trainer: Any, ctx: StepContext) -> None:
         ctx.losses["task"] = ctx.losses["task"] * (1.0 - self.alpha)
-        ctx.losses["kd"] = self.alpha * kd_loss(ctx.logits, ctx.extras["teacher_logits"], self.T)
+        student = self.student_kd_logits(ctx)
+        teacher = ctx.extras["teacher_logits"]
+        if self.kind == "soft":
+            term = kd_loss(student, teacher, self.T)
+        else:
+            term = F.cross_entropy(student.float(), teacher.argmax(dim=1))
+        ctx.losses["kd"] = self.alpha * term
+
+
+def _set_distilled_training(model: nn.Module, enable: bool) -> None:
+    fn = getattr(model, "set_distilled_training", None)
+    if fn is None:
+        raise ConfigError(
+            f"distillation_token=True needs a student with a distillation token; "
+            f"{type(model).__name__} has none (no set_distilled_training). Build e.g. "
+            "deit_tiny_distilled_patch16_224 or vit_resnas_*(distilled=True)"
+        )
+    fn(enable)
 
 
 @dataclass
 class KDConfig(FinetuneConfig):
-    """Hinton KD: ``teacher`` is required; ``T`` temperature, ``alpha`` weight of the KD term.
+    """Logit distillation: ``teacher`` is required; ``T`` temperature, ``alpha`` KD weight.
 
+    ``kind``: ``"soft"`` (KL on softened logits) or ``"hard"`` (CE on the teacher's argmax).
+    ``distillation_token``: put the term on a DeiT distillation head (the student must have one).
     ``student``: a model spec ``{"name": ..., **kwargs}`` to build a new student (e.g. a
     narrower one) instead of training a copy of the input model; ``num_classes`` and
     ``in_chans`` default to the data's.
@@ -124,7 +187,49 @@ class KDConfig(FinetuneConfig):
     student: dict[str, Any] | None = None
     T: float = 4.0
     alpha: float = 0.9
+    kind: str = "soft"
+    distillation_token: bool = False
     finetune_epochs: int = 30
+
+
+@dataclass
+class DeiTConfig(KDConfig):
+    """DeiT distillation through a distillation token; defaults of DeiT (arXiv 2012.12877).
+
+    Hard distillation with α = 0.5 (½·CE on the class head + ½·CE(teacher argmax) on the
+    distillation head); ``kind="soft"`` with ``T`` gives the soft variant.
+    """
+
+    T: float = 1.0
+    alpha: float = 0.5
+    kind: str = "hard"
+    distillation_token: bool = True
+
+
+def make_student(model: nn.Module, data: Any, cfg: KDConfig, method: str) -> nn.Module:
+    """The model a distillation method trains: a copy of ``model``, or one from cfg.student."""
+    if cfg.teacher is None:
+        raise ConfigError(f"method {method!r} needs teacher=<a trained nn.Module>")
+    if cfg.student is None:
+        student = copy.deepcopy(model)
+        record_transform(student, model, method)
+        return student
+    from leanvision.models import create_model
+
+    spec = dict(cfg.student)
+    if "name" not in spec:
+        raise ConfigError(f"{method}: student must be a model spec with a 'name', got {spec!r}")
+    if data is not None:
+        spec.setdefault("num_classes", data.num_classes)
+        spec.setdefault("in_chans", data.input_size[0])
+    student = create_model(spec.pop("name"), **spec)
+    record_transform(student, None, method)  # a new architecture, described by its own spec
+    return student
+
+
+def frozen_teacher(cfg: KDConfig) -> nn.Module:
+    """A private copy of the teacher (the hook freezes it; never touch the caller's model)."""
+    return copy.deepcopy(cfg.teacher)
 
 
 @register_method(
@@ -132,23 +237,21 @@ class KDConfig(FinetuneConfig):
 )
 def apply_kd(model: nn.Module, data: Any, cfg: KDConfig) -> nn.Module:
     """Train a copy of ``model`` with logit distillation from ``cfg.teacher``."""
-    if cfg.teacher is None:
-        raise ConfigError("method 'kd' needs teacher=<a trained nn.Module>")
-    if cfg.student is not None:
-        from leanvision.models import create_model
+    student = make_student(model, data, cfg, "kd")
+    hook = KDHook(frozen_teacher(cfg), cfg.T, cfg.alpha, cfg.kind, cfg.distillation_token)
+    finetune(student, data, cfg, hooks=[hook], method="kd")
+    return student.eval()
 
-        spec = dict(cfg.student)
-        if "name" not in spec:
-            raise ConfigError(f"kd: student must be a model spec with a 'name', got {spec!r}")
-        if data is not None:
-            spec.setdefault("num_classes", data.num_classes)
-            spec.setdefault("in_chans", data.input_size[0])
-        student = create_model(spec.pop("name"), **spec)
-        record_transform(student, None, "kd")  # a new architecture, described by its own spec
-    else:
-        student = copy.deepcopy(model)
-        record_transform(student, model, "kd")
-    # The hook freezes its teacher (eval, no grad): give it a copy, never the caller's model.
-    teacher = copy.deepcopy(cfg.teacher)
-    finetune(student, data, cfg, hooks=[KDHook(teacher, cfg.T, cfg.alpha)], method="kd")
+
+@register_method(
+    "deit_kd",
+    family="distillation",
+    paper="Touvron et al. 2021 (DeiT), arXiv 2012.12877",
+    config=DeiTConfig,
+)
+def apply_deit_kd(model: nn.Module, data: Any, cfg: DeiTConfig) -> nn.Module:
+    """Train a ViT with a distillation token against ``cfg.teacher`` (hard or soft)."""
+    student = make_student(model, data, cfg, "deit_kd")
+    hook = KDHook(frozen_teacher(cfg), cfg.T, cfg.alpha, cfg.kind, cfg.distillation_token)
+    finetune(student, data, cfg, hooks=[hook], method="deit_kd")
     return student.eval()

@@ -15,7 +15,7 @@ from torch import nn
 from leanvision.engine.features import resolve_module
 from leanvision.errors import ConfigError
 
-__all__ = ["block_names", "pair_layers"]
+__all__ = ["block_names", "default_pairs", "pair_layers"]
 
 LayerRefs = Sequence[int | str]
 
@@ -87,3 +87,32 @@ def pair_layers(
     s = _resolve(student, student_layers, student_container, "student")
     t = _resolve(teacher, teacher_layers, teacher_container, "teacher")
     return list(zip(s, t))
+
+
+def default_pairs(
+    student: nn.Module,
+    teacher: nn.Module,
+    *,
+    first: int = 4,
+    last: int = 4,
+    student_container: str = "blocks",
+    teacher_container: str = "blocks",
+) -> list[tuple[str, str]]:
+    """The first ``first`` and last ``last`` blocks of each model, paired in order.
+
+    This generalises manifold distillation's choice (DeiT-Tiny blocks 0 1 2 3 8 9 10 11 ↔
+    CaiT-S24 blocks 0 1 2 3 20 21 22 23). When a model has fewer than ``first + last`` blocks,
+    all blocks of the shallower model are paired with blocks of the deeper one at the same
+    relative depth.
+
+    Raises:
+        ConfigError: a model has no block list (name the layers instead).
+    """
+    s, t = block_names(student, student_container), block_names(teacher, teacher_container)
+    k = first + last
+    if len(s) >= k and len(t) >= k:
+        idx = list(range(first)) + list(range(-last, 0))
+        return [(s[i], t[i]) for i in idx]
+    short, long_ = (s, t) if len(s) <= len(t) else (t, s)
+    picked = [long_[round((i + 1) * len(long_) / len(short)) - 1] for i in range(len(short))]
+    return list(zip(short, picked)) if short is s else list(zip(picked, short))
