@@ -386,3 +386,27 @@ def test_compress_feature_kd_between_cnns_of_different_widths(mnist32):
     assert set(out.state_dict()) == set(student.state_dict())  # adapters are not in the model
     with pytest.raises(ConfigError, match="no block list"):
         lv.compress(student, "feature_kd", mnist32, teacher=teacher, finetune_epochs=1)
+
+
+def test_distilled_student_saves_and_loads(mnist32, tmp_path):
+    """A student built from a spec (with a distillation token) round-trips through lv.save/load."""
+    torch.manual_seed(0)
+    teacher = lv.create_model("resnet20_cifar", in_chans=1, width=0.25)
+    spec = {"name": "deit_tiny_distilled_patch16_224", "img_size": 32, "patch_size": 4}
+    spec.update(depth=2, embed_dim=32, num_heads=2)
+    student = lv.compress(
+        teacher,
+        "deit_kd",
+        mnist32,
+        teacher=teacher,
+        student=spec,
+        finetune_epochs=1,
+        max_steps=1,
+        progress=False,
+        log=False,
+    )
+    path = lv.save(student, tmp_path / "student.pt")
+    back = lv.load(path)
+    x = torch.randn(2, 1, 32, 32)
+    torch.testing.assert_close(back(x), student(x))
+    assert type(back).__name__ == type(student).__name__
