@@ -1,0 +1,14 @@
+"""Channel and token pruning methods (they end in smaller, measured-faster models)."""
+
+from . import l1_filter
+from .channels import ScoreImportance, mask_channels, prune_channels, replay
+from .common import ChannelPruneConfig
+
+__all__ = [
+    "ChannelPruneConfig",
+    "ScoreImportance",
+    "l1_filter",
+    "mask_channels",
+    "prune_channels",
+    "replay",
+]

@@ -1,0 +1,87 @@
+"""What the channel-pruning methods share: the target options, removal, record, fine-tuning."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from leanvision.errors import ConfigError
+from leanvision.methods.common import FinetuneConfig, finetune
+from leanvision.methods.distillation.kd import KDHook
+from leanvision.methods.registry import record_transform
+
+from .channels import prune_channels, replay
+
+__all__ = ["ChannelPruneConfig", "finish_channel_pruning", "input_size_of", "rebuild_pruned"]
+
+
+@dataclass
+class ChannelPruneConfig(FinetuneConfig):
+    """The pruning target (one of three) and the fine-tuning after removal.
+
+    ``target_macs_ratio``: fraction of MACs kept (default 0.5 when no target is given);
+    ``pruning_ratio``: fraction of channels removed from every prunable layer;
+    ``layer_ratios``: ``{module name: ratio}``. ``round_to``: keep widths multiples of it.
+    ``input_size``: (C, H, W); default the data's, else the model's ``pretrained_cfg``.
+    ``distill``: fine-tune with KD from the unpruned model (``kd_T``, ``kd_alpha``).
+    """
+
+    target_macs_ratio: float | None = None
+    pruning_ratio: float | None = None
+    layer_ratios: dict[str, float] | None = None
+    round_to: int | None = None
+    input_size: list[int] | None = None
+    distill: bool = False
+    kd_T: float = 4.0
+    kd_alpha: float = 0.9
+
+
+def input_size_of(model: nn.Module, data: Any, cfg: ChannelPruneConfig) -> tuple[int, ...]:
+    """(C, H, W) for tracing: the config's, the data's, or the model's recorded input size."""
+    if cfg.input_size is not None:
+        return tuple(int(v) for v in cfg.input_size)
+    if data is not None:
+        return tuple(int(v) for v in data.input_size)
+    pcfg = getattr(model, "pretrained_cfg", None) or {}
+    if isinstance(pcfg, dict) and pcfg.get("input_size"):
+        return tuple(int(v) for v in pcfg["input_size"])
+    raise ConfigError("pass input_size=(C, H, W) or data=: the pruner traces one forward")
+
+
+def finish_channel_pruning(
+    model: nn.Module,
+    data: Any,
+    cfg: ChannelPruneConfig,
+    scores: Mapping[str, torch.Tensor],
+    method: str,
+) -> nn.Module:
+    """Remove channels by ``scores`` to the configured target, record, fine-tune, return."""
+    targets = {
+        "target_macs_ratio": cfg.target_macs_ratio,
+        "pruning_ratio": cfg.pruning_ratio,
+        "layer_ratios": cfg.layer_ratios,
+    }
+    given = {k: v for k, v in targets.items() if v is not None}
+    if len(given) > 1:
+        raise ConfigError(f"{method}: give one pruning target, got {sorted(given)}")
+    if not given:
+        given = {"target_macs_ratio": 0.5}
+    was_training = model.training
+    pruned, arch = prune_channels(
+        model, scores, input_size_of(model, data, cfg), round_to=cfg.round_to, **given
+    )
+    model.train(was_training)
+    record_transform(pruned, model, method, arch)
+    hooks = [KDHook(copy.deepcopy(model), cfg.kd_T, cfg.kd_alpha)] if cfg.distill else []
+    finetune(pruned, data, cfg, hooks, method=method)
+    return pruned.eval()
+
+
+def rebuild_pruned(model: nn.Module, arch: dict[str, Any]) -> nn.Module:
+    """``leanvision.load``'s rebuild step for every channel-pruning method."""
+    return replay(model, arch)
