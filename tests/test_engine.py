@@ -222,3 +222,44 @@ def test_ddp_two_processes_match_one_process_with_double_batch(tmp_path):
     assert any(v.abs().sum() > 0 for v in init["state"].values())
     for k in a:
         torch.testing.assert_close(b[k], a[k], rtol=0, atol=1e-5)
+
+
+def test_frozen_model_trains_only_hook_parameters_with_opt_kwargs(mnist_small):
+    """A hook's parameters train alone when the model is frozen; opt_kwargs reach the optimizer."""
+    from leanvision.engine import Hook, TrainConfig, Trainer
+
+    model = lv.create_model("resnet20_cifar", in_chans=1, width=0.25)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    before = {k: v.clone() for k, v in model.named_parameters()}
+
+    class Scale(Hook):
+        name = "scale"
+
+        def __init__(self) -> None:
+            self.s = torch.nn.Parameter(torch.ones(()))
+
+        def on_loss(self, trainer, ctx) -> None:
+            ctx.losses["task"] = torch.nn.functional.cross_entropy(ctx.logits * self.s, ctx.targets)
+
+        def parameters(self):
+            return [self.s]
+
+    hook = Scale()
+    cfg = TrainConfig(
+        epochs=1,
+        max_steps=3,
+        opt="adam",
+        lr=0.01,
+        opt_kwargs={"betas": (0.5, 0.9)},
+        progress=False,
+        log=False,
+    )
+    trainer = Trainer(model, mnist_small, cfg, [hook])
+    trainer.fit()
+    assert trainer.optimizer.param_groups[0]["betas"] == (0.5, 0.9)
+    assert hook.s.item() != 1.0
+    after = dict(model.named_parameters())
+    assert all(torch.equal(v, after[k]) for k, v in before.items())
+    with pytest.raises(ConfigError, match="nothing to train"):
+        lv.train(model, mnist_small, epochs=1, max_steps=1, progress=False, log=False)

@@ -51,6 +51,7 @@ class TrainConfig:
     lr: float = 0.1
     opt: str = "sgd"
     momentum: float = 0.9
+    opt_kwargs: dict[str, Any] | None = None
     weight_decay: float = 5e-4
     sched: str = "cosine"
     warmup_epochs: int = 0
@@ -192,12 +193,20 @@ class Trainer:
         opt_kwargs: dict[str, Any] = {}
         if cfg.opt.lower() in ("sgd", "momentum", "nesterov"):
             opt_kwargs["momentum"] = cfg.momentum
+        opt_kwargs.update(cfg.opt_kwargs or {})
         extra = self._hook_params()
-        self.optimizer = create_optimizer_v2(
-            self.model, opt=cfg.opt, lr=cfg.lr, weight_decay=cfg.weight_decay, **opt_kwargs
-        )
-        if extra:
-            self.optimizer.add_param_group({"params": extra, "weight_decay": 0.0})
+        if any(p.requires_grad for p in self.model.parameters()):
+            self.optimizer = create_optimizer_v2(
+                self.model, opt=cfg.opt, lr=cfg.lr, weight_decay=cfg.weight_decay, **opt_kwargs
+            )
+            if extra:
+                self.optimizer.add_param_group({"params": extra, "weight_decay": 0.0})
+        elif extra:  # a frozen model: only the hooks' parameters train (e.g. SCOP's factors)
+            self.optimizer = create_optimizer_v2(
+                extra, opt=cfg.opt, lr=cfg.lr, weight_decay=0.0, **opt_kwargs
+            )
+        else:
+            raise ConfigError("nothing to train: the model has no trainable parameters")
         self.scheduler = None
         if cfg.sched and cfg.sched != "none" and cfg.epochs > 0:
             self.scheduler, _ = create_scheduler_v2(
@@ -210,7 +219,7 @@ class Trainer:
                 step_on_epochs=False,
                 updates_per_epoch=self.steps_per_epoch,
             )
-        if self.dist.enabled:
+        if self.dist.enabled and any(p.requires_grad for p in self.model.parameters()):
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.train_model = DistributedDataParallel(self.model, device_ids=ids)
         else:
