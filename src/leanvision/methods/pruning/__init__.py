@@ -1,6 +1,6 @@
 """Channel and token pruning methods (they end in smaller, measured-faster models)."""
 
-from . import l1_filter
+from . import l1_filter, scop
 from .channels import ScoreImportance, mask_channels, prune_channels, replay
 from .common import ChannelPruneConfig
 
@@ -11,4 +11,5 @@ __all__ = [
     "mask_channels",
     "prune_channels",
     "replay",
+    "scop",
 ]

@@ -17,7 +17,13 @@ from leanvision.methods.registry import record_transform
 
 from .channels import prune_channels, replay
 
-__all__ = ["ChannelPruneConfig", "finish_channel_pruning", "input_size_of", "rebuild_pruned"]
+__all__ = [
+    "ChannelPruneConfig",
+    "finish_channel_pruning",
+    "input_size_of",
+    "rebuild_pruned",
+    "recalibrate_bn",
+]
 
 
 @dataclass
@@ -29,6 +35,8 @@ class ChannelPruneConfig(FinetuneConfig):
     ``layer_ratios``: ``{module name: ratio}``. ``round_to``: keep widths multiples of it.
     ``input_size``: (C, H, W); default the data's, else the model's ``pretrained_cfg``.
     ``distill``: fine-tune with KD from the unpruned model (``kd_T``, ``kd_alpha``).
+    ``recalibrate_batches``: training batches used to re-estimate BatchNorm statistics of the
+    pruned model before fine-tuning (0: keep the old ones; needs ``data``).
     """
 
     target_macs_ratio: float | None = None
@@ -39,6 +47,7 @@ class ChannelPruneConfig(FinetuneConfig):
     distill: bool = False
     kd_T: float = 4.0
     kd_alpha: float = 0.9
+    recalibrate_batches: int = 20
 
 
 def input_size_of(model: nn.Module, data: Any, cfg: ChannelPruneConfig) -> tuple[int, ...]:
@@ -77,9 +86,32 @@ def finish_channel_pruning(
     )
     model.train(was_training)
     record_transform(pruned, model, method, arch)
+    if data is not None and cfg.recalibrate_batches > 0:
+        recalibrate_bn(pruned, data.loader("train", shuffle=True), cfg.recalibrate_batches)
     hooks = [KDHook(copy.deepcopy(model), cfg.kd_T, cfg.kd_alpha)] if cfg.distill else []
     finetune(pruned, data, cfg, hooks, method=method)
     return pruned.eval()
+
+
+@torch.no_grad()
+def recalibrate_bn(model: nn.Module, loader: Any, batches: int) -> nn.Module:
+    """Re-estimate every BatchNorm's running statistics as the average over ``batches``."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms or batches <= 0:
+        return model
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the batches
+    device = next(model.parameters()).device
+    model.train()
+    for i, (x, _) in enumerate(loader):
+        if i >= batches:
+            break
+        model(x.to(device))
+    for m, mom in zip(norms, momenta):
+        m.momentum = mom
+    return model.eval()
 
 
 def rebuild_pruned(model: nn.Module, arch: dict[str, Any]) -> nn.Module:
