@@ -263,3 +263,24 @@ def test_frozen_model_trains_only_hook_parameters_with_opt_kwargs(mnist_small):
     assert all(torch.equal(v, after[k]) for k, v in before.items())
     with pytest.raises(ConfigError, match="nothing to train"):
         lv.train(model, mnist_small, epochs=1, max_steps=1, progress=False, log=False)
+
+
+def test_lr_scales_give_modules_their_own_learning_rate(mnist_small):
+    """lr_scales={"layer1": 0.01}: layer1's groups follow the schedule at 1/100 of the rest."""
+    from leanvision.engine import TrainConfig, Trainer
+
+    model = lv.create_model("resnet20_cifar", in_chans=1, width=0.25)
+    cfg = TrainConfig(
+        epochs=3, max_steps=3, lr=0.1, lr_scales={"layer1": 0.01}, progress=False, log=False
+    )
+    trainer = Trainer(model, mnist_small, cfg)
+    trainer.fit()
+    groups = trainer.optimizer.param_groups
+    layer1 = {id(p) for p in model.layer1.parameters()}
+    for g in groups:
+        ids = {id(p) for p in g["params"]}
+        assert ids <= layer1 or not ids & layer1  # no group mixes scaled and unscaled params
+    lrs = {bool({id(p) for p in g["params"]} & layer1): g["lr"] for g in groups}
+    assert lrs[True] == pytest.approx(0.01 * lrs[False]) and lrs[False] > 0
+    with pytest.raises(ConfigError, match="lr_scales"):
+        lv.train(model, mnist_small, epochs=1, max_steps=1, lr_scales={"nope": 0.1}, log=False)

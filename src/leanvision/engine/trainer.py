@@ -52,6 +52,7 @@ class TrainConfig:
     opt: str = "sgd"
     momentum: float = 0.9
     opt_kwargs: dict[str, Any] | None = None
+    lr_scales: dict[str, float] | None = None
     weight_decay: float = 5e-4
     sched: str = "cosine"
     warmup_epochs: int = 0
@@ -196,8 +197,9 @@ class Trainer:
         opt_kwargs.update(cfg.opt_kwargs or {})
         extra = self._hook_params()
         if any(p.requires_grad for p in self.model.parameters()):
+            target = _scaled_groups(self.model, cfg) if cfg.lr_scales else self.model
             self.optimizer = create_optimizer_v2(
-                self.model, opt=cfg.opt, lr=cfg.lr, weight_decay=cfg.weight_decay, **opt_kwargs
+                target, opt=cfg.opt, lr=cfg.lr, weight_decay=cfg.weight_decay, **opt_kwargs
             )
             if extra:
                 self.optimizer.add_param_group({"params": extra, "weight_decay": 0.0})
@@ -419,6 +421,37 @@ class Trainer:
             if p.grad is not None:
                 all_reduce_sum(p.grad, self.dist)
                 p.grad /= self.dist.world_size
+
+
+def _scaled_groups(model: nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]:
+    """Parameter groups with per-module learning-rate scales (longest name prefix wins).
+
+    Biases, 1-d parameters and the model's ``no_weight_decay()`` names get no weight decay,
+    as in timm's default groups.
+    """
+    scales = dict(cfg.lr_scales or {})
+    names = {n for n, _ in model.named_modules()}
+    unknown = sorted(k for k in scales if k not in names)
+    if unknown:
+        raise ConfigError(f"lr_scales names module(s) the model does not have: {unknown}")
+    nwd = getattr(model, "no_weight_decay", None)
+    skip = set(nwd()) if callable(nwd) else set()
+    groups: dict[tuple[float, bool], list[nn.Parameter]] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        hits = [k for k in scales if name == k or name.startswith(k + ".")]
+        scale = scales[max(hits, key=len)] if hits else 1.0
+        decay = p.ndim > 1 and not name.endswith(".bias") and name not in skip
+        groups.setdefault((scale, decay), []).append(p)
+    return [
+        {
+            "params": ps,
+            "lr": cfg.lr * scale,  # the scheduler scales each group from its own initial lr
+            "weight_decay": cfg.weight_decay if decay else 0.0,
+        }
+        for (scale, decay), ps in groups.items()
+    ]
 
 
 def train(
