@@ -40,8 +40,13 @@ def finetune(
     cfg: FinetuneConfig,
     hooks: list[Hook] | None = None,
     method: str = "",
+    **train_options: Any,
 ) -> TrainResult | None:
-    """Train ``model`` for ``cfg.finetune_epochs`` with the one trainer (None when 0 epochs)."""
+    """Train ``model`` for ``cfg.finetune_epochs`` with the one trainer (None when 0 epochs).
+
+    ``train_options`` are further :class:`~leanvision.engine.TrainConfig` fields a method sets
+    itself (e.g. ``lr_scales``).
+    """
     if cfg.finetune_epochs <= 0:
         return None
     if data is None:
@@ -51,4 +56,4 @@ def finetune(
         )
     names = {f.name for f in dataclasses.fields(FinetuneConfig)} - {"finetune_epochs"}
     kwargs = {n: getattr(cfg, n) for n in names}
-    return train(model, data, hooks=hooks, epochs=cfg.finetune_epochs, **kwargs)
+    return train(model, data, hooks=hooks, epochs=cfg.finetune_epochs, **kwargs, **train_options)

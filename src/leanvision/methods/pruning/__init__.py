@@ -1,12 +1,13 @@
 """Channel and token pruning methods (they end in smaller, measured-faster models)."""
 
-from . import l1_filter, scop
+from . import dynamicvit, l1_filter, scop
 from .channels import ScoreImportance, mask_channels, prune_channels, replay
 from .common import ChannelPruneConfig
 
 __all__ = [
     "ChannelPruneConfig",
     "ScoreImportance",
+    "dynamicvit",
     "l1_filter",
     "mask_channels",
     "prune_channels",
