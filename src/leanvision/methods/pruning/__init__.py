@@ -1,6 +1,6 @@
 """Channel and token pruning methods (they end in smaller, measured-faster models)."""
 
-from . import dynamicvit, l1_filter, scop
+from . import dynamicvit, l1_filter, patch_slimming, scop
 from .channels import ScoreImportance, mask_channels, prune_channels, replay
 from .common import ChannelPruneConfig
 
@@ -10,6 +10,7 @@ __all__ = [
     "dynamicvit",
     "l1_filter",
     "mask_channels",
+    "patch_slimming",
     "prune_channels",
     "replay",
     "scop",
