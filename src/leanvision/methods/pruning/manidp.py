@@ -1,0 +1,387 @@
+"""``manidp``: manifold-regularised dynamic (per-sample) channel pruning.
+
+Manifold Regularized Dynamic Network Pruning, Tang et al., CVPR 2021 (arXiv 2103.05861). Every
+residual block gets two SE-like gates (``MaskBlock`` in the official code): from the block's
+input, a gate predicts one saliency per output channel of the first conv; from the gated first
+output, another for the second conv. Channels whose saliency is below a layer-wise threshold
+are switched off *for that sample*; kept channels are scaled by their saliency. Thresholds are
+re-estimated after every epoch so that, on the dataset mean, a ``remain_rate`` share of each
+layer's channels stays; the rate anneals by cosine from 1 to ``target_remain_rate``.
+
+Losses (official code): ``CE + λ_lasso · Σ_gates mean_i(w_i · mean_c s_ic)`` with the
+complexity weight ``w_i = 1[ℓ_i < θ·ℓ̄] · ((θ·ℓ̄ − ℓ_i)/(θ·ℓ̄))^γ`` (easy samples, whose loss is
+below θ = 0.5 of the last epoch's mean, are pushed to sparser sub-networks), plus
+``λ_graph · Σ_gates ‖G(S) − G(F)‖² / B²``, G(Z) = Z Zᵀ of row-normalised saliencies S and
+pooled features F (samples alike in features get alike sub-networks).
+
+Inference really skips channels: at batch 1 each gated conv runs with only the kept filters
+(and the kept input channels of the second conv), with batch norm folded in; larger batches
+run the masked dense network, which computes the same outputs. Works on residual networks of
+basic blocks: our ``resnet*_cifar`` and timm's ``resnet18/34``-style models.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from leanvision.engine import Hook, StepContext
+from leanvision.errors import ConfigError, UnsupportedModelError
+from leanvision.methods.common import FinetuneConfig, finetune
+from leanvision.methods.registry import record_transform, register_method
+
+__all__ = [
+    "ChannelGate",
+    "GatedBasicBlock",
+    "ManiDPConfig",
+    "ManiDPHook",
+    "complexity_weights",
+    "gate_model",
+    "remain_rate",
+    "sample_macs",
+    "similarity_loss",
+]
+
+
+class ChannelGate(nn.Module):
+    """Per-sample channel saliency: avg-pool → FC → ReLU → FC (bias 1) → ReLU, clamped.
+
+    Buffers: ``thre`` (the layer's threshold), ``saliency_sum`` / ``seen`` (dataset mean).
+    """
+
+    def __init__(self, in_ch: int, out_ch: int, squeeze: int = 2, clamp_max: float = 1000.0):
+        super().__init__()
+        rate = max(1, squeeze // 2) if out_ch < 80 else squeeze
+        hidden = max(1, out_ch // rate)
+        self.fc1 = nn.Linear(in_ch, hidden, bias=False)
+        self.fc2 = nn.Linear(hidden, out_ch, bias=True)
+        nn.init.kaiming_normal_(self.fc1.weight)
+        # The official code also draws fc2 from Kaiming; on a trained ResNet-56 that makes the
+        # saliencies (which scale the channels) grow block after block until the logits are
+        # NaN. Starting fc2 at zero makes every saliency exactly 1: the gated network starts
+        # as the network it was given, and the gates learn from there.
+        nn.init.zeros_(self.fc2.weight)
+        nn.init.constant_(self.fc2.bias, 1.0)
+        self.clamp_max = clamp_max
+        self.register_buffer("thre", torch.tensor(-1e4))
+        self.register_buffer("saliency_sum", torch.zeros(out_ch))
+        self.register_buffer("seen", torch.zeros(()))
+
+    def saliency(self, pooled: torch.Tensor) -> torch.Tensor:
+        """(B, C_in) pooled input → (B, C_out) saliency."""
+        y = self.fc2(F.relu(self.fc1(pooled)))
+        return F.relu(y).clamp(max=self.clamp_max)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        s = self.saliency(x.mean(dim=(2, 3)))
+        if self.training:
+            self.saliency_sum += s.detach().sum(0)
+            self.seen += s.shape[0]
+        return s * (s.detach() >= self.thre).to(s.dtype), s
+
+
+def _check_block(block: nn.Module) -> None:
+    for attr in ("conv1", "bn1", "act1", "conv2", "bn2", "act2"):
+        if not hasattr(block, attr):
+            raise UnsupportedModelError(f"manidp: {type(block).__name__} has no {attr!r}")
+    for attr in ("drop_block", "aa", "se", "drop_path"):
+        m = getattr(block, attr, None)
+        if m is not None and not isinstance(m, nn.Identity):
+            raise UnsupportedModelError(f"manidp: blocks with {attr} are not supported")
+    if block.conv1.groups != 1 or block.conv2.groups != 1:
+        raise UnsupportedModelError(
+            "manidp: grouped convolutions in basic blocks are not supported"
+        )
+
+
+def _fold(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    w = conv.weight * scale.view(-1, 1, 1, 1)
+    b = bn.bias - bn.running_mean * scale
+    if conv.bias is not None:
+        b = b + conv.bias * scale
+    return w.detach(), b.detach()
+
+
+class GatedBasicBlock(nn.Module):
+    """A basic residual block with ManiDP gates on both convolutions (see module docstring).
+
+    Attributes:
+        records: in training, ``[(saliency, pooled feature)]`` of both gates (for the losses).
+        last_macs: at batch-1 inference, the MACs the two convolutions really ran.
+    """
+
+    def __init__(self, block: nn.Module, squeeze: int = 2, clamp_max: float = 1000.0) -> None:
+        super().__init__()
+        _check_block(block)
+        self.block = block
+        self.gate1 = ChannelGate(
+            block.conv1.in_channels, block.conv1.out_channels, squeeze, clamp_max
+        )
+        self.gate2 = ChannelGate(
+            block.conv1.out_channels, block.conv2.out_channels, squeeze, clamp_max
+        )
+        self.records: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.last_macs = 0
+        self._folded: tuple[torch.Tensor, ...] | None = None
+
+    def train(self, mode: bool = True) -> GatedBasicBlock:
+        self._folded = None  # weights may change: fold again at the next inference
+        return super().train(mode)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training and x.shape[0] == 1:
+            return self._forward_sparse(x)
+        b = self.block
+        shortcut = x if b.downsample is None else b.downsample(x)
+        m1, s1 = self.gate1(x)
+        h = b.act1(b.bn1(b.conv1(x)))
+        f1 = h.mean(dim=(2, 3))
+        h = h * m1[:, :, None, None]
+        m2, s2 = self.gate2(h)
+        h = b.bn2(b.conv2(h))
+        f2 = h.mean(dim=(2, 3))
+        h = h * m2[:, :, None, None]
+        if self.training:
+            self.records = [(s1, f1), (s2, f2)]
+        return b.act2(h + shortcut)
+
+    @torch.no_grad()
+    def _forward_sparse(self, x: torch.Tensor) -> torch.Tensor:
+        """Batch 1: run only the kept channels' filters (BN folded into the convs)."""
+        b = self.block
+        if self._folded is None:
+            self._folded = (*_fold(b.conv1, b.bn1), *_fold(b.conv2, b.bn2))
+        w1, b1, w2, b2 = self._folded
+        shortcut = x if b.downsample is None else b.downsample(x)
+        m1, _ = self.gate1(x)
+        k1 = m1[0].nonzero().flatten()
+        out = shortcut.clone()
+        c1, c2 = b.conv1, b.conv2
+        if k1.numel() == 0:
+            self.last_macs = 0
+            return b.act2(out)
+        h = F.conv2d(x, w1[k1], b1[k1], c1.stride, c1.padding, c1.dilation)
+        h = b.act1(h) * m1[0, k1].view(1, -1, 1, 1)
+        pooled = h.mean(dim=(2, 3))  # the gate's input: kept channels only (others are zero)
+        s2 = self.gate2.fc2(F.relu(F.linear(pooled, self.gate2.fc1.weight[:, k1])))
+        s2 = F.relu(s2).clamp(max=self.gate2.clamp_max)
+        m2 = s2 * (s2 >= self.gate2.thre).to(s2.dtype)
+        k2 = m2[0].nonzero().flatten()
+        macs = (
+            k1.numel()
+            * c1.in_channels
+            * c1.kernel_size[0]
+            * c1.kernel_size[1]
+            * h.shape[2]
+            * h.shape[3]
+        )
+        if k2.numel() > 0:
+            y = F.conv2d(h, w2[k2][:, k1], b2[k2], c2.stride, c2.padding, c2.dilation)
+            out[:, k2] += y * m2[0, k2].view(1, -1, 1, 1)
+            macs += (
+                k2.numel()
+                * k1.numel()
+                * c2.kernel_size[0]
+                * c2.kernel_size[1]
+                * y.shape[2]
+                * y.shape[3]
+            )
+        self.last_macs = int(macs)
+        return b.act2(out)
+
+
+def _is_basic_block(m: nn.Module) -> bool:
+    return all(hasattr(m, a) for a in ("conv1", "bn1", "conv2", "bn2")) and not hasattr(m, "conv3")
+
+
+def gate_model(model: nn.Module, squeeze: int = 2, clamp_max: float = 1000.0) -> nn.Module:
+    """Wrap every basic residual block of ``model`` (in place) in a :class:`GatedBasicBlock`."""
+    targets = [
+        (name, m)
+        for name, m in model.named_modules()
+        if _is_basic_block(m) and not isinstance(m, GatedBasicBlock) and not name.endswith(".block")
+    ]
+    if not targets:
+        raise UnsupportedModelError(
+            f"manidp: {type(model).__name__} has no basic residual blocks (conv1/bn1/conv2/bn2); "
+            "supported: resnet*_cifar and timm's resnet18/34-style models"
+        )
+    for name, m in targets:
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, child, GatedBasicBlock(m, squeeze, clamp_max))
+    return model
+
+
+def gated_blocks(model: nn.Module) -> list[GatedBasicBlock]:
+    return [m for m in model.modules() if isinstance(m, GatedBasicBlock)]
+
+
+def remain_rate(epoch: int, epochs: int, target: float) -> float:
+    """Cosine annealing of the kept share from 1 to ``target`` (epoch counted from 1)."""
+    return (1.0 - target) / 2.0 * math.cos(math.pi * epoch / epochs) + (1.0 + target) / 2.0
+
+
+def complexity_weights(
+    losses: torch.Tensor, mean_loss: float, thre_cls: float = 0.5, gamma: float = 1.0
+) -> torch.Tensor:
+    """``1[ℓ_i < θ·ℓ̄] · ((θ·ℓ̄ − ℓ_i)/(θ·ℓ̄))^γ``: easy samples get pushed to sparser nets."""
+    bar = thre_cls * mean_loss
+    if bar <= 0:
+        return torch.zeros_like(losses)
+    return (losses < bar).float() * ((bar - losses) / bar).clamp(min=1e-10).pow(gamma)
+
+
+def similarity_loss(s: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+    """‖G(F) − G(S)‖² / B², G(Z) = Z Zᵀ over row-normalised samples (the manifold loss)."""
+    b = s.shape[0]
+    s, f = F.normalize(s.reshape(b, -1), dim=1), F.normalize(f.reshape(b, -1), dim=1)
+    return (f @ f.T - s @ s.T).pow(2).sum() / (b * b)
+
+
+class ManiDPHook(Hook):
+    """ManiDP's losses, per-epoch thresholds and remain-rate schedule (see module docstring)."""
+
+    name = "manidp"
+
+    def __init__(
+        self,
+        target_remain_rate: float = 0.6,
+        lambda_lasso: float = 5e-3,
+        lambda_graph: float = 1.0,
+        thre_cls: float = 0.5,
+        gamma: float = 1.0,
+        init_batches: int = 50,
+    ) -> None:
+        if not 0.0 < target_remain_rate <= 1.0:
+            raise ConfigError(f"target_remain_rate must be in (0, 1], got {target_remain_rate}")
+        self.target, self.lambda_lasso, self.lambda_graph = (
+            target_remain_rate,
+            lambda_lasso,
+            lambda_graph,
+        )
+        self.thre_cls, self.gamma, self.init_batches = thre_cls, gamma, init_batches
+        self.mean_loss: float | None = None
+        self._epoch_losses: list[torch.Tensor] = []
+
+    @torch.no_grad()
+    def on_train_start(self, trainer: Any) -> None:
+        self.blocks = gated_blocks(trainer.model)
+        if not self.blocks:
+            raise ConfigError("manidp: the model has no gated blocks (use gate_model first)")
+        if self.mean_loss is None:  # the initial ℓ̄: the per-sample loss on training batches
+            model, total, n = trainer.model, 0.0, 0
+            was = model.training
+            model.eval()
+            for i, (x, y) in enumerate(trainer.train_loader):
+                if i >= self.init_batches:
+                    break
+                out = model(x.to(trainer.device))
+                logits = out if isinstance(out, torch.Tensor) else out[0]
+                total += F.cross_entropy(logits, y.to(trainer.device), reduction="sum").item()
+                n += y.shape[0]
+            model.train(was)
+            self.mean_loss = total / max(1, n)
+
+    def on_epoch_start(self, trainer: Any, epoch: int) -> None:
+        self._epoch_losses = []
+        for blk in self.blocks:
+            for g in (blk.gate1, blk.gate2):
+                g.saliency_sum.zero_()
+                g.seen.zero_()
+
+    def on_loss(self, trainer: Any, ctx: StepContext) -> None:
+        ce = F.cross_entropy(ctx.logits.float(), ctx.targets, reduction="none")
+        self._epoch_losses.append(ce.detach().cpu())
+        w = complexity_weights(ce.detach(), float(self.mean_loss), self.thre_cls, self.gamma)
+        lasso, graph = 0.0, 0.0
+        for blk in self.blocks:
+            for s, f in blk.records:
+                lasso = lasso + (s.mean(dim=1) * w).mean()
+                graph = graph + similarity_loss(s, f)
+        ctx.losses["sparsity"] = self.lambda_lasso * lasso
+        ctx.losses["manifold"] = self.lambda_graph * graph
+
+    @torch.no_grad()
+    def on_epoch_end(self, trainer: Any, epoch: int, metrics: dict[str, float]) -> None:
+        if self._epoch_losses:
+            self.mean_loss = float(torch.cat(self._epoch_losses).mean())
+        rate = remain_rate(epoch, trainer.config.epochs, self.target)
+        metrics["remain_rate"] = rate
+        if epoch < 2:  # the official code sets thresholds from its second epoch on
+            return
+        for blk in self.blocks:
+            for g in (blk.gate1, blk.gate2):
+                mean = g.saliency_sum / g.seen.clamp_min(1)
+                k = math.ceil(rate * mean.numel())
+                g.thre.fill_(torch.topk(mean, k).values[-1].item())
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"mean_loss": self.mean_loss}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.mean_loss = state.get("mean_loss")
+
+
+@torch.no_grad()
+def sample_macs(model: nn.Module, images: torch.Tensor) -> list[int]:
+    """MACs each image really costs on the batch-1 path (gated convs as run, the rest dense)."""
+    from leanvision.profiling import count_ops
+
+    model = model.eval()
+    blocks = gated_blocks(model)
+    size = (1, *images.shape[1:])
+    total = int(count_ops(model, size, inputs=images[:1]).macs)
+    # count_ops runs a batch-1 forward: its gated convs are the sparse ones of images[0]
+    static = total - sum(b.last_macs for b in blocks)
+    out = []
+    for x in images:
+        model(x.unsqueeze(0))
+        out.append(static + sum(b.last_macs for b in blocks))
+    return out
+
+
+@dataclass
+class ManiDPConfig(FinetuneConfig):
+    """ManiDP with the README's CIFAR example (dyresnet56): target remain rate 0.6,
+    λ_lasso 5e-3, λ_graph 1.0, θ 0.5, γ 1, squeeze 2; SGD lr 0.05 cosine, wd 5e-4."""
+
+    target_remain_rate: float = 0.6
+    lambda_lasso: float = 5e-3
+    lambda_graph: float = 1.0
+    thre_cls: float = 0.5
+    gamma: float = 1.0
+    squeeze: int = 2
+    clamp_max: float = 1000.0
+    finetune_epochs: int = 30
+
+
+def _rebuild(model: nn.Module, arch: dict[str, Any]) -> nn.Module:
+    return gate_model(model, arch["squeeze"], arch["clamp_max"])
+
+
+@register_method(
+    "manidp",
+    family="pruning",
+    paper="Tang et al., CVPR 2021, arXiv 2103.05861",
+    config=ManiDPConfig,
+    rebuild=_rebuild,
+)
+def apply_manidp(model: nn.Module, data: Any, cfg: ManiDPConfig) -> nn.Module:
+    """Add gates to every basic block and train them with the network (dynamic pruning)."""
+    gated = gate_model(copy.deepcopy(model), cfg.squeeze, cfg.clamp_max)
+    record_transform(gated, model, "manidp", {"squeeze": cfg.squeeze, "clamp_max": cfg.clamp_max})
+    if getattr(model, "lv_spec", None) is not None:
+        gated.lv_spec = model.lv_spec
+    hook = ManiDPHook(
+        cfg.target_remain_rate, cfg.lambda_lasso, cfg.lambda_graph, cfg.thre_cls, cfg.gamma
+    )
+    finetune(gated, data, cfg, [hook], method="manidp")
+    return gated.eval()

@@ -1,0 +1,142 @@
+"""ManiDP (CVPR 2021): gates, the batch-1 path that skips channels, losses, thresholds."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import leanvision as lv
+from leanvision.errors import UnsupportedModelError
+from leanvision.methods.pruning.manidp import (
+    GatedBasicBlock,
+    complexity_weights,
+    gate_model,
+    remain_rate,
+    sample_macs,
+    similarity_loss,
+)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread(_threads):
+    torch.set_num_threads(1)
+
+
+def _gated(name: str = "resnet20_cifar", thre: float = 0.9, **kw) -> nn.Module:
+    torch.manual_seed(0)
+    model = gate_model(lv.create_model(name, num_classes=10, **kw))
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.3, 0.3)
+            m.running_var.uniform_(0.5, 1.5)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.2, 0.2)
+    for blk in model.modules():
+        if isinstance(blk, GatedBasicBlock):  # "trained" gates: saliencies around 1
+            for g in (blk.gate1, blk.gate2):
+                g.fc2.weight.data.normal_(0.0, 0.05)
+                g.thre.fill_(thre)
+    return model.eval()
+
+
+@pytest.mark.parametrize(
+    "name,size,kw", [("resnet20_cifar", 32, {}), ("resnet18", 64, {"in_chans": 3})]
+)
+def test_batch1_path_skips_channels_and_equals_the_masked_network(name, size, kw):
+    """Per sample, running only the kept filters gives the masked dense network's output."""
+    model = _gated(name, **kw)
+    x = torch.randn(4, 3, size, size)
+    with torch.no_grad():
+        dense = model(x)  # batch > 1: masked dense path
+        for i in range(4):
+            scale = dense[i].abs().max().item()
+            torch.testing.assert_close(
+                model(x[i : i + 1]), dense[i : i + 1], atol=1e-5 * scale, rtol=1e-4
+            )
+    blocks = [b for b in model.modules() if isinstance(b, GatedBasicBlock)]
+    pruned = sum(b.last_macs for b in blocks)
+    for b in blocks:  # the same image with every gate open
+        b.gate1.thre.fill_(-1.0)
+        b.gate2.thre.fill_(-1.0)
+    with torch.no_grad():
+        model(x[3:4])
+    full = sum(b.last_macs for b in blocks)
+    assert 0 < pruned < 0.9 * full
+
+
+def test_sample_macs_vary_per_image_and_fall_below_dense():
+    from leanvision.profiling import count_ops
+
+    model = _gated(thre=1.0)
+    images = torch.randn(6, 3, 32, 32)
+    macs = sample_macs(model, images)
+    assert len(macs) == 6 and len(set(macs)) > 1
+    dense = gate_model(lv.create_model("resnet20_cifar", num_classes=10)).eval()
+    for blk in dense.modules():
+        if isinstance(blk, GatedBasicBlock):
+            blk.gate1.thre.fill_(-1.0)
+            blk.gate2.thre.fill_(-1.0)
+    full = count_ops(dense, (2, 3, 32, 32)).macs / 2  # batch 2: the dense path
+    assert max(macs) < full
+
+
+def test_complexity_weights_and_similarity_loss():
+    w = complexity_weights(torch.tensor([0.0, 0.25, 0.5, 2.0]), mean_loss=1.0, thre_cls=0.5)
+    torch.testing.assert_close(w, torch.tensor([1.0, 0.5, 0.0, 0.0]))
+    w2 = complexity_weights(torch.tensor([0.25]), mean_loss=1.0, gamma=2.0)
+    torch.testing.assert_close(w2, torch.tensor([0.25]))
+    torch.manual_seed(0)
+    f = torch.randn(5, 8)
+    assert similarity_loss(f * 3.0, f).item() == pytest.approx(0.0, abs=1e-6)
+    assert similarity_loss(torch.randn(5, 4), f).item() > 1e-3
+
+
+def test_remain_rate_anneals_from_one_to_target():
+    assert remain_rate(0, 10, 0.6) == pytest.approx(1.0)
+    assert remain_rate(10, 10, 0.6) == pytest.approx(0.6)
+    rates = [remain_rate(e, 10, 0.6) for e in range(11)]
+    assert all(a >= b for a, b in zip(rates, rates[1:]))
+
+
+def test_compress_manidp_trains_sets_thresholds_and_round_trips(mnist_small, tmp_path):
+    model = lv.create_model("resnet20_cifar", in_chans=1, width=0.5)
+    from leanvision.engine import Hook
+
+    seen: list[set[str]] = []
+
+    class Rec(Hook):
+        def on_loss(self, trainer, ctx):
+            seen.append(set(ctx.losses))
+
+    from leanvision.methods.pruning.manidp import ManiDPHook
+
+    gated = gate_model(lv.create_model("resnet20_cifar", in_chans=1, width=0.5))
+    lv.train(
+        gated,
+        mnist_small,
+        hooks=[ManiDPHook(target_remain_rate=0.5), Rec()],
+        epochs=3,
+        lr=0.05,
+        progress=False,
+        log=False,
+    )
+    assert seen[0] == {"task", "sparsity", "manifold"}
+    for blk in [b for b in gated.modules() if isinstance(b, GatedBasicBlock)]:
+        for g in (blk.gate1, blk.gate2):
+            mean = g.saliency_sum / g.seen
+            k = math.ceil(0.5 * mean.numel())  # the last epoch's rate is the target
+            assert g.thre.item() == pytest.approx(torch.topk(mean, k).values[-1].item())
+            assert (mean >= g.thre).sum().item() >= k
+    out = lv.compress(
+        model, "manidp", mnist_small, finetune_epochs=1, max_steps=2, progress=False, log=False
+    )
+    back = lv.load(lv.save(out, tmp_path / "manidp.pt"))
+    x = torch.randn(3, 1, 28, 28)
+    with torch.no_grad():
+        torch.testing.assert_close(back(x), out(x))
+        torch.testing.assert_close(back(x[:1]), out(x[:1]), atol=1e-5, rtol=1e-4)
+    with pytest.raises(UnsupportedModelError):
+        lv.compress(nn.Sequential(nn.Conv2d(1, 2, 3)), "manidp", mnist_small)
