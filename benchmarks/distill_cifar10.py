@@ -172,6 +172,8 @@ def cmd_train(args: argparse.Namespace) -> None:
             **common,
             **spec,
         )
+    pred, labels = predictions(student, data.test)
+    torch.save({"pred": pred, "labels": labels}, out / "test_predictions.pt")
     summary = {
         "variant": args.variant,
         "epochs": args.epochs,
@@ -210,9 +212,15 @@ def cmd_report(args: argparse.Namespace) -> None:
         for run in runs:
             state = load_checkpoint(run / "last.pt")
             summary = json.loads((run / "summary.json").read_text())
-            student = build_student(spec.get("distilled", False))
-            student.load_state_dict(state["model"])
-            pred, _ = predictions(student, data.test)
+            cached = run / "test_predictions.pt"
+            if cached.exists():
+                saved = torch.load(cached, weights_only=True)
+                assert torch.equal(saved["labels"], labels), "test labels changed"
+                pred = saved["pred"]
+            else:
+                student = build_student(spec.get("distilled", False))
+                student.load_state_dict(state["model"])
+                pred, _ = predictions(student, data.test)
             tops.append(100.0 * (pred == labels).float().mean().item())
             agree.append(100.0 * (pred == t_pred).float().mean().item())
             vals.append(state["history"][-1]["val_top1"])
