@@ -90,6 +90,9 @@ def record_transform(
     history = list(getattr(source, HISTORY_ATTR, [])) if source is not None else []
     history.append({"method": method, "arch": dict(arch or {})})
     setattr(new, HISTORY_ATTR, history)
+    spec = getattr(source, "lv_spec", None)
+    if spec is not None and getattr(new, "lv_spec", None) is None:
+        new.lv_spec = spec  # a wrapper (e.g. a token-pruned ViT) is rebuilt from its source's spec
     return new
 
 

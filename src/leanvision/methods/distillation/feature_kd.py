@@ -24,8 +24,8 @@ from leanvision.errors import ConfigError
 from leanvision.methods.common import finetune
 from leanvision.methods.registry import register_method
 
-from .kd import KDConfig, KDHook, frozen_teacher, make_student
-from .manifold_kd import resolve_pairs
+from .kd import KDConfig, KDHook
+from .manifold_kd import feature_setup
 from .tokens import align_tokens
 
 __all__ = ["FeatureKDConfig", "FeatureKDHook", "build_adapters"]
@@ -162,16 +162,7 @@ class FeatureKDConfig(KDConfig):
 )
 def apply_feature_kd(model: nn.Module, data: Any, cfg: FeatureKDConfig) -> nn.Module:
     """Train a student to match the teacher's features at paired layers through adapters."""
-    student = make_student(model, data, cfg, "feature_kd")
-    teacher = frozen_teacher(cfg)
-    pairs = resolve_pairs(
-        student,
-        teacher,
-        cfg.student_layers,
-        cfg.teacher_layers,
-        cfg.student_container,
-        cfg.teacher_container,
-    )
+    student, teacher, pairs = feature_setup(model, data, cfg, "feature_kd")
     if data is None:  # nothing to train: no adapters needed (finetune() rejects epochs > 0)
         finetune(student, data, cfg, method="feature_kd")
         return student.eval()

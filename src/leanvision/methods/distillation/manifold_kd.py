@@ -158,15 +158,11 @@ def resolve_pairs(
     return pair_layers(student, teacher, student_layers, teacher_layers, **containers)
 
 
-@register_method(
-    "manifold_kd",
-    family="distillation",
-    paper="Hao et al., NeurIPS 2022, arXiv 2107.01378",
-    config=ManifoldKDConfig,
-)
-def apply_manifold_kd(model: nn.Module, data: Any, cfg: ManifoldKDConfig) -> nn.Module:
-    """Train a ViT student with manifold relation losses and logit KD from ``cfg.teacher``."""
-    student = make_student(model, data, cfg, "manifold_kd")
+def feature_setup(
+    model: nn.Module, data: Any, cfg: Any, method: str
+) -> tuple[nn.Module, nn.Module, list[tuple[str, str]]]:
+    """The student, a frozen copy of the teacher and their layer pairs, from a feature config."""
+    student = make_student(model, data, cfg, method)
     teacher = frozen_teacher(cfg)
     pairs = resolve_pairs(
         student,
@@ -176,6 +172,18 @@ def apply_manifold_kd(model: nn.Module, data: Any, cfg: ManifoldKDConfig) -> nn.
         cfg.student_container,
         cfg.teacher_container,
     )
+    return student, teacher, pairs
+
+
+@register_method(
+    "manifold_kd",
+    family="distillation",
+    paper="Hao et al., NeurIPS 2022, arXiv 2107.01378",
+    config=ManifoldKDConfig,
+)
+def apply_manifold_kd(model: nn.Module, data: Any, cfg: ManifoldKDConfig) -> nn.Module:
+    """Train a ViT student with manifold relation losses and logit KD from ``cfg.teacher``."""
+    student, teacher, pairs = feature_setup(model, data, cfg, "manifold_kd")
     hook = ManifoldKDHook(
         teacher,
         pairs,

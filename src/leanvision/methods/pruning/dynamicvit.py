@@ -32,7 +32,7 @@ from torch import nn
 from leanvision.engine import StepContext
 from leanvision.errors import ConfigError, UnsupportedModelError
 from leanvision.methods.common import FinetuneConfig, finetune
-from leanvision.methods.distillation.kd import TeacherHook
+from leanvision.methods.distillation.kd import TeacherHook, kd_loss
 from leanvision.methods.registry import record_transform, register_method
 
 __all__ = [
@@ -228,25 +228,12 @@ class DynamicViTHook(TeacherHook):
         ]
         ctx.losses["keep_ratio"] = self.ratio_weight * sum(ratios) / len(ratios)
         t_logits = ctx.extras["teacher_logits"]
-        ctx.losses["kd"] = self.distill_weight * F.kl_div(
-            F.log_softmax(ctx.logits.float(), -1),
-            F.log_softmax(t_logits.float(), -1),
-            reduction="batchmean",
-            log_target=True,
-        )
+        ctx.losses["kd"] = self.distill_weight * kd_loss(ctx.logits, t_logits, 1.0)
         t_tokens = ctx.extras["teacher_features"]["norm"][:, model.num_prefix :]
         s_tokens, keep = aux["tokens"], aux["policy"].squeeze(-1) > 0.5
         if keep.any():
             s, t = s_tokens[keep].float(), t_tokens[keep].float()
-            if self.token_loss == "mse":
-                tok = (s - t).pow(2).mean()
-            else:
-                tok = F.kl_div(
-                    F.log_softmax(s, -1),
-                    F.log_softmax(t, -1),
-                    reduction="batchmean",
-                    log_target=True,
-                )
+            tok = (s - t).pow(2).mean() if self.token_loss == "mse" else kd_loss(s, t, 1.0)
         else:
             tok = s_tokens.sum() * 0.0
         ctx.losses["token_kd"] = self.distill_weight * tok
@@ -289,8 +276,6 @@ def apply_dynamicvit(model: nn.Module, data: Any, cfg: DynamicViTConfig) -> nn.M
     record_transform(
         dyn, model, "dynamicvit", {"keep_ratio": dyn.keep_ratio, "prune_locs": dyn.prune_locs}
     )
-    if getattr(model, "lv_spec", None) is not None:
-        dyn.lv_spec = model.lv_spec
     hook = DynamicViTHook(
         copy.deepcopy(model), cfg.ratio_weight, cfg.distill_weight, cfg.token_loss
     )

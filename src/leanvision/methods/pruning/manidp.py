@@ -378,8 +378,6 @@ def apply_manidp(model: nn.Module, data: Any, cfg: ManiDPConfig) -> nn.Module:
     """Add gates to every basic block and train them with the network (dynamic pruning)."""
     gated = gate_model(copy.deepcopy(model), cfg.squeeze, cfg.clamp_max)
     record_transform(gated, model, "manidp", {"squeeze": cfg.squeeze, "clamp_max": cfg.clamp_max})
-    if getattr(model, "lv_spec", None) is not None:
-        gated.lv_spec = model.lv_spec
     hook = ManiDPHook(
         cfg.target_remain_rate, cfg.lambda_lasso, cfg.lambda_graph, cfg.thre_cls, cfg.gamma
     )

@@ -225,8 +225,6 @@ def apply_patch_slimming(model: nn.Module, data: Any, cfg: PatchSlimConfig) -> n
         keep = _search_tolerance(model, attn, prefix, cfg.target_macs_ratio, input_size)
     slim = SlimmedViT(copy.deepcopy(model), keep)
     record_transform(slim, model, "patch_slimming", {"keep": keep})
-    if getattr(model, "lv_spec", None) is not None:
-        slim.lv_spec = model.lv_spec
     hooks = [KDHook(copy.deepcopy(model), cfg.kd_T, cfg.kd_alpha)] if cfg.kd_alpha > 0 else []
     finetune(slim, data, cfg, hooks, method="patch_slimming")
     return slim.eval()
