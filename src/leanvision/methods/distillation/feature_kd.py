@@ -24,8 +24,8 @@ from leanvision.errors import ConfigError
 from leanvision.methods.common import finetune
 from leanvision.methods.registry import register_method
 
-from .kd import KDConfig, KDHook
-from .manifold_kd import feature_setup
+from .kd import KDHook
+from .manifold_kd import LayerPairConfig, feature_setup
 from .tokens import align_tokens
 
 __all__ = ["FeatureKDConfig", "FeatureKDHook", "build_adapters"]
@@ -137,21 +137,12 @@ class FeatureKDHook(KDHook):
 
 
 @dataclass
-class FeatureKDConfig(KDConfig):
-    """FitNets hints (arXiv 1412.6550): ``beta`` weight of the hint loss.
-
-    ``student_layers`` / ``teacher_layers``: block indices or module names, paired in order
-    (None: the first 4 and last 4 blocks of each model). ``alpha`` > 0 adds logit KD at ``T``.
-    """
+class FeatureKDConfig(LayerPairConfig):
+    """FitNets hints (arXiv 1412.6550): ``beta`` weight of the hint loss; ``alpha`` > 0 adds
+    logit KD at ``T``; the layer options of :class:`LayerPairConfig`."""
 
     beta: float = 1.0
     alpha: float = 0.0
-    student_layers: list[int | str] | None = None
-    teacher_layers: list[int | str] | None = None
-    student_container: str = "blocks"
-    teacher_container: str = "blocks"
-    student_extra_tokens: int | None = None
-    teacher_extra_tokens: int | None = None
 
 
 @register_method(

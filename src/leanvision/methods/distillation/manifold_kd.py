@@ -31,7 +31,13 @@ from .manifold import manifold_terms
 from .pairing import LayerRefs, default_pairs, pair_layers
 from .tokens import align_tokens
 
-__all__ = ["ManifoldKDConfig", "ManifoldKDHook", "resolve_pairs"]
+__all__ = [
+    "LayerPairConfig",
+    "ManifoldKDConfig",
+    "ManifoldKDHook",
+    "feature_setup",
+    "resolve_pairs",
+]
 
 TERMS = ("patch", "sample", "rand")
 
@@ -118,13 +124,26 @@ class ManifoldKDHook(KDHook):
 
 
 @dataclass
-class ManifoldKDConfig(KDConfig):
-    """Manifold distillation (arXiv 2107.01378); defaults from the paper's command.
+class LayerPairConfig(KDConfig):
+    """Which layers a feature method pairs (see :func:`resolve_pairs`) and their extra tokens.
 
     ``student_layers`` / ``teacher_layers``: block indices or module names, paired in order
     (None: the first 4 and last 4 blocks of each model, see :func:`default_pairs`).
     ``student_container`` / ``teacher_container``: the block lists indices refer to.
+    ``student_extra_tokens`` / ``teacher_extra_tokens``: leading non-patch tokens (None: inferred).
     """
+
+    student_layers: list[int | str] | None = None
+    teacher_layers: list[int | str] | None = None
+    student_container: str = "blocks"
+    teacher_container: str = "blocks"
+    student_extra_tokens: int | None = None
+    teacher_extra_tokens: int | None = None
+
+
+@dataclass
+class ManifoldKDConfig(LayerPairConfig):
+    """Manifold distillation (arXiv 2107.01378); defaults from the paper's command."""
 
     T: float = 1.0
     alpha: float = 1.0
@@ -133,12 +152,6 @@ class ManifoldKDConfig(KDConfig):
     w_sample: float = 0.1
     w_rand: float = 0.2
     num_samples: int = 192
-    student_layers: list[int | str] | None = None
-    teacher_layers: list[int | str] | None = None
-    student_container: str = "blocks"
-    teacher_container: str = "blocks"
-    student_extra_tokens: int | None = None
-    teacher_extra_tokens: int | None = None
 
 
 def resolve_pairs(
