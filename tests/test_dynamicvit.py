@@ -48,6 +48,32 @@ def test_block_with_full_policy_is_the_timm_block():
         )
 
 
+def test_our_augvit_trains_with_policy_attention_through_its_own_block():
+    """Aug-ViT's augmented shortcuts stay in the masked forward (its block's forward runs)."""
+    torch.manual_seed(0)
+    aug = lv.create_model(
+        "augvit_tiny",
+        img_size=32,
+        patch_size=4,
+        num_classes=10,
+        depth=4,
+        embed_dim=32,
+        num_heads=2,
+    ).eval()
+    x = torch.randn(2, 65, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            _block(aug.blocks[1], x, torch.ones(2, 65, 1)), aug.blocks[1](x), atol=1e-5, rtol=0
+        )
+    assert "forward" not in vars(aug.blocks[1].attn)  # the patch is removed after the call
+    dyn = DynamicViT(aug, keep_ratio=0.7).train()
+    dyn(torch.randn(2, 3, 32, 32)).sum().backward()
+    dyn.eval()
+    with torch.no_grad():
+        dyn(torch.randn(1, 3, 32, 32))
+    assert dyn.last_tokens_per_block == [65, 46, 33, 23]
+
+
 def test_inference_runs_fewer_tokens_and_keeps_the_top_scored():
     """ρ = 0.7 on 64 patches: 45, 32, 22 tokens (+ class token) after the three stages."""
     dyn = DynamicViT(_vit(depth=12), keep_ratio=0.7).eval()

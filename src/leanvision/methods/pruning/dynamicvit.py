@@ -15,7 +15,8 @@ token is always kept.
   + 0.5 · KL(student ‖ teacher logits) + 0.5 · KL over kept tokens (teacher's final tokens)``,
   the teacher being the dense model. The backbone trains at 0.01 × the learning rate.
 
-Works on timm ``VisionTransformer`` models (DeiT, ViT) with class-token pooling.
+Works on timm ``VisionTransformer`` models (DeiT, ViT) with class-token pooling, and on our
+ViTs built on them (``augvit_*``: the block's own forward runs, with the policy attention).
 """
 
 from __future__ import annotations
@@ -95,13 +96,18 @@ def _attention(attn: nn.Module, x: torch.Tensor, policy: torch.Tensor) -> torch.
     a = (q * attn.scale) @ k.transpose(-2, -1)
     a = attn.attn_drop(softmax_with_policy(a, policy))
     x = (a @ v).transpose(1, 2).reshape(b, n, -1)
-    x = attn.norm(x)
+    x = getattr(attn, "norm", nn.Identity())(x)
     return attn.proj_drop(attn.proj(x))
 
 
 def _block(blk: nn.Module, x: torch.Tensor, policy: torch.Tensor) -> torch.Tensor:
-    x = x + blk.drop_path1(blk.ls1(_attention(blk.attn, blk.norm1(x), policy)))
-    return x + blk.drop_path2(blk.ls2(blk.mlp(blk.norm2(x))))
+    """Run ``blk`` (a timm ``Block`` or a subclass, e.g. Aug-ViT's) with policy attention."""
+    attn = blk.attn
+    attn.forward = lambda y, *args, **kwargs: _attention(attn, y, policy)  # this call only
+    try:
+        return blk(x)
+    finally:
+        del attn.forward
 
 
 class DynamicViT(nn.Module):
