@@ -199,7 +199,13 @@ def predictions(model: torch.nn.Module, loader: Any) -> tuple[torch.Tensor, torc
 def cmd_report(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     data = load(args, batch_size=256)
-    t_pred, labels = predictions(trained_teacher(), data.test)
+    teacher_cache = RUNS / "teacher" / "test_predictions.pt"
+    if teacher_cache.exists():
+        saved = torch.load(teacher_cache, weights_only=True)
+        t_pred, labels = saved["pred"], saved["labels"]
+    else:
+        t_pred, labels = predictions(trained_teacher(), data.test)
+        torch.save({"pred": t_pred, "labels": labels}, teacher_cache)
     t_top1 = 100.0 * (t_pred == labels).float().mean().item()
     rows, epochs = [], set()
     for variant, spec in VARIANTS.items():
@@ -221,6 +227,7 @@ def cmd_report(args: argparse.Namespace) -> None:
                 student = build_student(spec.get("distilled", False))
                 student.load_state_dict(state["model"])
                 pred, _ = predictions(student, data.test)
+                torch.save({"pred": pred, "labels": labels}, cached)
             tops.append(100.0 * (pred == labels).float().mean().item())
             agree.append(100.0 * (pred == t_pred).float().mean().item())
             vals.append(state["history"][-1]["val_top1"])
