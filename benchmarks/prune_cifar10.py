@@ -45,8 +45,9 @@ OUT = ROOT / "benchmarks" / "results" / "prune_cifar10"
 VIT = {"img_size": 32, "patch_size": 4, "num_classes": 10}
 
 CHANNEL = {
-    "l1_filter": {"target_macs_ratio": 0.5},
-    "scop": {"target_macs_ratio": 0.5, "control_epochs": 2},
+    # widths rounded to 8: odd widths (11 of 16) made the pruned net barely faster on CPU
+    "l1_filter": {"target_macs_ratio": 0.5, "round_to": 8},
+    "scop": {"target_macs_ratio": 0.5, "round_to": 8, "control_epochs": 2},
     "manidp": {"target_remain_rate": 0.6},
 }
 TOKEN = {
