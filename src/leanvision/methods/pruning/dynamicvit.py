@@ -31,10 +31,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from leanvision.engine import StepContext
-from leanvision.errors import ConfigError, UnsupportedModelError
+from leanvision.errors import ConfigError
 from leanvision.methods.common import FinetuneConfig, finetune
 from leanvision.methods.distillation.kd import TeacherHook, kd_loss
 from leanvision.methods.registry import record_transform, register_method
+
+from .vit import embed_tokens, require_token_vit
 
 __all__ = [
     "DynamicViT",
@@ -127,19 +129,7 @@ class DynamicViT(nn.Module):
         self, vit: nn.Module, keep_ratio: float = 0.7, prune_locs: list[int] | None = None
     ) -> None:
         super().__init__()
-        for attr in ("patch_embed", "_pos_embed", "blocks", "norm", "forward_head"):
-            if not hasattr(vit, attr):
-                raise UnsupportedModelError(
-                    f"dynamicvit needs a timm VisionTransformer; {type(vit).__name__} has no "
-                    f"{attr!r}"
-                )
-        if (
-            getattr(vit, "global_pool", "token") != "token"
-            or getattr(vit, "cls_token", None) is None
-        ):
-            raise UnsupportedModelError(
-                "dynamicvit needs class-token pooling (global_pool='token')"
-            )
+        require_token_vit(vit, "dynamicvit")
         if not 0.0 < keep_ratio <= 1.0:
             raise ConfigError(f"keep_ratio must be in (0, 1], got {keep_ratio}")
         depth = len(vit.blocks)
@@ -159,13 +149,8 @@ class DynamicViT(nn.Module):
         self.last_tokens_per_block: list[int] = []
         self.pretrained_cfg = getattr(vit, "pretrained_cfg", {})
 
-    def _embed(self, x: torch.Tensor) -> torch.Tensor:
-        vit = self.backbone
-        x = vit._pos_embed(vit.patch_embed(x))
-        return vit.norm_pre(vit.patch_drop(x))
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self._embed(x)
+        x = embed_tokens(self.backbone, x)
         p = self.num_prefix
         b, n = x.shape[0], x.shape[1] - p
         stage = {loc: s for s, loc in enumerate(self.prune_locs)}

@@ -25,26 +25,19 @@ from typing import Any
 import torch
 from torch import nn
 
-from leanvision.errors import ConfigError, UnsupportedModelError
+from leanvision.errors import ConfigError
 from leanvision.methods.common import FinetuneConfig, finetune
 from leanvision.methods.distillation.kd import KDHook
 from leanvision.methods.registry import record_transform, register_method
 from leanvision.profiling import count_ops
 
+from .vit import embed_tokens, require_token_vit
+
 __all__ = ["PatchSlimConfig", "SlimmedViT", "attention_maps", "slim_keep_sets"]
 
 
 def _check_vit(vit: nn.Module) -> None:
-    for attr in ("patch_embed", "_pos_embed", "blocks", "norm", "forward_head"):
-        if not hasattr(vit, attr):
-            raise UnsupportedModelError(
-                f"patch_slimming needs a timm VisionTransformer; {type(vit).__name__} has "
-                f"no {attr!r}"
-            )
-    if getattr(vit, "global_pool", "token") != "token":
-        raise UnsupportedModelError(
-            "patch_slimming needs class-token pooling (global_pool='token')"
-        )
+    require_token_vit(vit, "patch_slimming")
 
 
 class SlimmedViT(nn.Module):
@@ -86,7 +79,7 @@ class SlimmedViT(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         vit = self.backbone
-        x = vit.norm_pre(vit.patch_drop(vit._pos_embed(vit.patch_embed(x))))
+        x = embed_tokens(vit, x)
         counts = []
         for blk, idx in zip(vit.blocks, self._gathers):
             if idx is not None:
