@@ -43,7 +43,12 @@ def _gated(name: str = "resnet20_cifar", thre: float = 0.9, **kw) -> nn.Module:
 
 
 @pytest.mark.parametrize(
-    "name,size,kw", [("resnet20_cifar", 32, {}), ("resnet18", 64, {"in_chans": 3})]
+    "name,size,kw",
+    [
+        ("resnet20_cifar", 32, {}),
+        ("resnet18", 64, {"in_chans": 3}),
+        ("resnet18", 64, {"act_layer": "silu"}),  # saliency not folded into the filters
+    ],
 )
 def test_batch1_path_skips_channels_and_equals_the_masked_network(name, size, kw):
     """Per sample, running only the kept filters gives the masked dense network's output."""

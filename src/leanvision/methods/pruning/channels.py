@@ -81,6 +81,13 @@ def _example(model: nn.Module, input_size: tuple[int, ...]) -> torch.Tensor:
     return torch.zeros(1, *input_size, device=p.device, dtype=p.dtype)
 
 
+def _graph(model: nn.Module, input_size: tuple[int, ...]) -> Any:
+    """torch-pruning's dependency graph of ``model``; it traces with autograd, so grad is on
+    even when the caller runs under ``torch.no_grad()`` / ``inference_mode``."""
+    with torch.enable_grad(), torch.inference_mode(False):
+        return tp.DependencyGraph().build_dependency(model, _example(model, input_size))
+
+
 def _prune_once(
     model: nn.Module,
     scores: Mapping[str, torch.Tensor],
@@ -101,16 +108,24 @@ def _prune_once(
         if bad:
             raise ConfigError(f"layer_ratios name module(s) the model does not have: {bad[:5]}")
         ratio_dict = {modules[n]: float(r) for n, r in layer_ratios.items()}
-    pruner = tp.pruner.MetaPruner(
-        pruned,
-        _example(pruned, input_size),
-        importance=importance,
-        pruning_ratio=ratio,
-        pruning_ratio_dict=ratio_dict,
-        ignored_layers=_classifier(pruned),
-        round_to=round_to,
-    )
-    pruner.step()
+    with torch.enable_grad(), torch.inference_mode(False):  # the graph is traced by autograd
+        pruner = tp.pruner.MetaPruner(
+            pruned,
+            _example(pruned, input_size),
+            importance=importance,
+            pruning_ratio=ratio,
+            pruning_ratio_dict=ratio_dict,
+            ignored_layers=_classifier(pruned),
+            round_to=round_to,
+        )
+        try:
+            pruner.step()
+        except (IndexError, RuntimeError) as e:  # a graph torch-pruning mis-traces
+            raise ConfigError(
+                f"torch-pruning cannot remove channels of {type(model).__name__} "
+                f"({type(e).__name__}: {e}); prune it with layer_ratios= on layers outside "
+                "the unsupported blocks, or use another model"
+            ) from e
     history = [
         [name, bool(out), [int(i) for i in idxs]] for name, out, idxs in pruner.pruning_history()
     ]
@@ -226,7 +241,7 @@ def _search_ratio(
 
 def replay(model: nn.Module, arch: Mapping[str, Any]) -> nn.Module:
     """Redo a recorded pruning on a freshly built ``model`` (in place) and return it."""
-    dg = tp.DependencyGraph().build_dependency(model, _example(model, tuple(arch["input_size"])))
+    dg = _graph(model, tuple(arch["input_size"]))
     dg.load_pruning_history([[n, bool(o), list(i)] for n, o, i in arch["history"]])
     return model
 
@@ -239,7 +254,7 @@ def mask_channels(model: nn.Module, arch: Mapping[str, Any]) -> nn.Module:
     one computes. For tests and for methods that fine-tune with masks before removal.
     """
     masked = copy.deepcopy(model).eval()
-    dg = tp.DependencyGraph().build_dependency(masked, _example(masked, tuple(arch["input_size"])))
+    dg = _graph(masked, tuple(arch["input_size"]))
     modules = dict(masked.named_modules())
     for name, is_out, idxs in arch["history"]:
         module = modules[name]

@@ -154,47 +154,50 @@ class GatedBasicBlock(nn.Module):
 
     @torch.no_grad()
     def _forward_sparse(self, x: torch.Tensor) -> torch.Tensor:
-        """Batch 1: run only the kept channels' filters (BN folded into the convs)."""
-        b = self.block
+        """Batch 1: run only the kept channels' filters (BN and saliencies folded in)."""
+        b, g1, g2 = self.block, self.gate1, self.gate2
         if self._folded is None:
             self._folded = (*_fold(b.conv1, b.bn1), *_fold(b.conv2, b.bn2))
         w1, b1, w2, b2 = self._folded
-        shortcut = x if b.downsample is None else b.downsample(x)
-        m1, _ = self.gate1(x)
-        k1 = m1[0].nonzero().flatten()
-        out = shortcut.clone()
         c1, c2 = b.conv1, b.conv2
-        if k1.numel() == 0:
-            self.last_macs = 0
-            return b.act2(out)
-        h = F.conv2d(x, w1[k1], b1[k1], c1.stride, c1.padding, c1.dilation)
-        h = b.act1(h) * m1[0, k1].view(1, -1, 1, 1)
-        pooled = h.mean(dim=(2, 3))  # the gate's input: kept channels only (others are zero)
-        s2 = self.gate2.fc2(F.relu(F.linear(pooled, self.gate2.fc1.weight[:, k1])))
-        s2 = F.relu(s2).clamp(max=self.gate2.clamp_max)
-        m2 = s2 * (s2 >= self.gate2.thre).to(s2.dtype)
-        k2 = m2[0].nonzero().flatten()
-        macs = (
-            k1.numel()
-            * c1.in_channels
-            * c1.kernel_size[0]
-            * c1.kernel_size[1]
-            * h.shape[2]
-            * h.shape[3]
-        )
-        if k2.numel() > 0:
-            y = F.conv2d(h, w2[k2][:, k1], b2[k2], c2.stride, c2.padding, c2.dilation)
-            out[:, k2] += y * m2[0, k2].view(1, -1, 1, 1)
-            macs += (
-                k2.numel()
-                * k1.numel()
-                * c2.kernel_size[0]
-                * c2.kernel_size[1]
-                * y.shape[2]
-                * y.shape[3]
-            )
-        self.last_macs = int(macs)
-        return b.act2(out)
+        shortcut = x if b.downsample is None else b.downsample(x)
+        s1 = g1.saliency(x.mean(dim=(2, 3)))[0]
+        k1 = _kept(s1, g1.thre)
+        n1 = k1.numel()
+        self.last_macs = 0
+        if n1 == 0:
+            return b.act2(shortcut.clone())
+        sc1 = s1.index_select(0, k1)
+        w, bias = w1.index_select(0, k1), b1.index_select(0, k1)
+        relu = isinstance(b.act1, nn.ReLU)
+        if relu:  # ReLU(z)·s = ReLU(s·z) for s > 0: the saliency folds into the filters
+            w, bias = w * sc1.view(-1, 1, 1, 1), bias * sc1
+        h = b.act1(F.conv2d(x, w, bias, c1.stride, c1.padding, c1.dilation))
+        if not relu:
+            h = h * sc1.view(1, -1, 1, 1)
+        self.last_macs = _conv_macs(c1, n1, c1.in_channels, h)
+        # gate 2 sees the gated activation; its zeroed channels drop out of fc1
+        pooled = F.linear(h.mean(dim=(2, 3)), g2.fc1.weight.index_select(1, k1))
+        s2 = g2.fc2(pooled.relu_()).clamp_(0.0, g2.clamp_max)[0]
+        k2 = _kept(s2, g2.thre)
+        if k2.numel() == 0:
+            return b.act2(shortcut.clone())
+        sc2 = s2.index_select(0, k2)
+        w = w2.index_select(0, k2).index_select(1, k1) * sc2.view(-1, 1, 1, 1)
+        y = F.conv2d(h, w, b2.index_select(0, k2) * sc2, c2.stride, c2.padding, c2.dilation)
+        self.last_macs += _conv_macs(c2, k2.numel(), n1, y)
+        return b.act2(shortcut.index_add(1, k2, y))
+
+
+def _kept(saliency: torch.Tensor, thre: torch.Tensor) -> torch.Tensor:
+    """Indices of the channels the hard mask keeps with a non-zero scale."""
+    t = float(thre)
+    return (saliency > 0 if t <= 0 else saliency >= t).nonzero().squeeze(1)
+
+
+def _conv_macs(conv: nn.Conv2d, c_out: int, c_in: int, out: torch.Tensor) -> int:
+    k = conv.kernel_size[0] * conv.kernel_size[1]
+    return int(c_out * c_in * k * out.shape[2] * out.shape[3])
 
 
 def _is_basic_block(m: nn.Module) -> bool:
