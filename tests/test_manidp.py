@@ -145,3 +145,28 @@ def test_compress_manidp_trains_sets_thresholds_and_round_trips(mnist_small, tmp
         torch.testing.assert_close(back(x[:1]), out(x[:1]), atol=1e-5, rtol=1e-4)
     with pytest.raises(UnsupportedModelError):
         lv.compress(nn.Sequential(nn.Conv2d(1, 2, 3)), "manidp", mnist_small)
+
+
+def test_calibrate_thresholds_sets_the_remain_rate_and_trades_macs():
+    """After calibration a gate keeps about remain_rate of its channels on the mean; a lower
+    rate gives every image fewer MACs on the batch-1 path."""
+    from leanvision.methods.pruning.manidp import calibrate_thresholds
+
+    model = _gated(thre=-1.0)
+    images = torch.randn(16, 3, 32, 32)
+    calibrate_thresholds(model, images, remain_rate=0.75)
+    gate = [b for b in model.modules() if isinstance(b, GatedBasicBlock)][0].gate1
+    seen = []
+    handle = gate.register_forward_hook(lambda m, i, out: seen.append(out[0]))
+    with torch.no_grad():
+        model(images)  # batch > 1: the masked path runs the gates
+    handle.remove()
+    kept = (seen[0] > 0).float().mean().item()
+    assert 0.5 < kept < 0.95
+    high = sample_macs(model, images[:4])
+    calibrate_thresholds(model, images, remain_rate=0.4)
+    low = sample_macs(model, images[:4])
+    assert all(lo < hi for lo, hi in zip(low, high))
+    assert not model.training
+    with pytest.raises(Exception, match="at least 2"):
+        calibrate_thresholds(model, images[:1], remain_rate=0.5)

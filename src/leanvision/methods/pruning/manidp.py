@@ -38,6 +38,7 @@ from leanvision.methods.registry import record_transform, register_method
 
 __all__ = [
     "ChannelGate",
+    "calibrate_thresholds",
     "GatedBasicBlock",
     "ManiDPConfig",
     "ManiDPHook",
@@ -45,6 +46,7 @@ __all__ = [
     "gate_model",
     "remain_rate",
     "sample_macs",
+    "set_thresholds",
     "similarity_loss",
 ]
 
@@ -76,7 +78,7 @@ class ChannelGate(nn.Module):
     def saliency(self, pooled: torch.Tensor) -> torch.Tensor:
         """(B, C_in) pooled input → (B, C_out) saliency."""
         y = self.fc2(F.relu(self.fc1(pooled)))
-        return F.relu(y).clamp(max=self.clamp_max)
+        return y.clamp(0.0, self.clamp_max)  # ReLU, then the cap, in one op
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         s = self.saliency(x.mean(dim=(2, 3)))
@@ -154,7 +156,10 @@ class GatedBasicBlock(nn.Module):
 
     @torch.no_grad()
     def _forward_sparse(self, x: torch.Tensor) -> torch.Tensor:
-        """Batch 1: run only the kept channels' filters (BN and saliencies folded in)."""
+        """Batch 1: run only the kept channels' filters (BN folded in).
+
+        Each kept channel's saliency scales either its filter or its output map, whichever
+        has fewer values (filters early in a 224 net, maps late in it and in CIFAR nets)."""
         b, g1, g2 = self.block, self.gate1, self.gate2
         if self._folded is None:
             self._folded = (*_fold(b.conv1, b.bn1), *_fold(b.conv2, b.bn2))
@@ -169,11 +174,13 @@ class GatedBasicBlock(nn.Module):
             return b.act2(shortcut.clone())
         sc1 = s1.index_select(0, k1)
         w, bias = w1.index_select(0, k1), b1.index_select(0, k1)
-        relu = isinstance(b.act1, nn.ReLU)
-        if relu:  # ReLU(z)·s = ReLU(s·z) for s > 0: the saliency folds into the filters
+        out_hw = x.shape[2] * x.shape[3] // (c1.stride[0] * c1.stride[1])
+        # ReLU(z)·s = ReLU(s·z) for s > 0, so with ReLU the saliency may scale the filter
+        fold = isinstance(b.act1, nn.ReLU) and w[0].numel() < out_hw
+        if fold:
             w, bias = w * sc1.view(-1, 1, 1, 1), bias * sc1
         h = b.act1(F.conv2d(x, w, bias, c1.stride, c1.padding, c1.dilation))
-        if not relu:
+        if not fold:
             h = h * sc1.view(1, -1, 1, 1)
         self.last_macs = _conv_macs(c1, n1, c1.in_channels, h)
         # gate 2 sees the gated activation; its zeroed channels drop out of fc1
@@ -183,8 +190,20 @@ class GatedBasicBlock(nn.Module):
         if k2.numel() == 0:
             return b.act2(shortcut.clone())
         sc2 = s2.index_select(0, k2)
-        w = w2.index_select(0, k2).index_select(1, k1) * sc2.view(-1, 1, 1, 1)
-        y = F.conv2d(h, w, b2.index_select(0, k2) * sc2, c2.stride, c2.padding, c2.dilation)
+        w = w2.index_select(0, k2).index_select(1, k1)
+        fold = w[0].numel() < h.shape[2] * h.shape[3] // (c2.stride[0] * c2.stride[1])
+        if fold:
+            y = F.conv2d(
+                h,
+                w * sc2.view(-1, 1, 1, 1),
+                b2.index_select(0, k2) * sc2,
+                c2.stride,
+                c2.padding,
+                c2.dilation,
+            )
+        else:
+            y = F.conv2d(h, w, b2.index_select(0, k2), c2.stride, c2.padding, c2.dilation)
+            y = y * sc2.view(1, -1, 1, 1)
         self.last_macs += _conv_macs(c2, k2.numel(), n1, y)
         return b.act2(shortcut.index_add(1, k2, y))
 
@@ -320,17 +339,56 @@ class ManiDPHook(Hook):
         metrics["remain_rate"] = rate
         if epoch < 2:  # the official code sets thresholds from its second epoch on
             return
-        for blk in self.blocks:
-            for g in (blk.gate1, blk.gate2):
-                mean = g.saliency_sum / g.seen.clamp_min(1)
-                k = math.ceil(rate * mean.numel())
-                g.thre.fill_(torch.topk(mean, k).values[-1].item())
+        set_thresholds(self.blocks, rate)
 
     def state_dict(self) -> dict[str, Any]:
         return {"mean_loss": self.mean_loss}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.mean_loss = state.get("mean_loss")
+
+
+@torch.no_grad()
+def set_thresholds(blocks: list[GatedBasicBlock], rate: float) -> None:
+    """Each gate's threshold := the k-th largest dataset-mean saliency, k = ⌈rate · C⌉, so a
+    ``rate`` share of its channels stays on average (the means the gates gathered in training
+    mode, ``saliency_sum / seen``)."""
+    for blk in blocks:
+        for g in (blk.gate1, blk.gate2):
+            mean = g.saliency_sum / g.seen.clamp_min(1)
+            k = max(1, math.ceil(rate * mean.numel()))
+            g.thre.fill_(torch.topk(mean, k).values[-1].item())
+
+
+@torch.no_grad()
+def calibrate_thresholds(
+    model: nn.Module, images: torch.Tensor, remain_rate: float, rounds: int = 3
+) -> nn.Module:
+    """Re-set a gated model's thresholds on ``images`` for a new ``remain_rate`` (in place).
+
+    Trades accuracy for speed after training without retraining the gates. Earlier thresholds
+    change what later gates see, so the means are gathered again ``rounds`` times."""
+    if not 0.0 < remain_rate <= 1.0:
+        raise ConfigError(f"remain_rate must be in (0, 1], got {remain_rate}")
+    blocks = gated_blocks(model)
+    if not blocks:
+        raise ConfigError("calibrate_thresholds: the model has no gated blocks")
+    if images.shape[0] < 2:
+        raise ConfigError("calibrate_thresholds needs a batch of at least 2 images")
+    was = model.training
+    model.eval()
+    gates = [g for blk in blocks for g in (blk.gate1, blk.gate2)]
+    for _ in range(rounds):
+        for g in gates:
+            g.saliency_sum.zero_()
+            g.seen.zero_()
+            g.train()  # gates gather means in training mode; the rest stays in eval
+        model(images)
+        for g in gates:
+            g.eval()
+        set_thresholds(blocks, remain_rate)
+    model.train(was)
+    return model
 
 
 @torch.no_grad()
