@@ -106,6 +106,18 @@ def test_remain_rate_anneals_from_one_to_target():
     assert all(a >= b for a, b in zip(rates, rates[1:]))
 
 
+def test_last_epoch_trains_with_the_final_thresholds():
+    from leanvision.methods.pruning.manidp import ManiDPHook
+
+    hook = ManiDPHook(target_remain_rate=0.6)
+    rates = [hook.next_rate(e, 3) for e in (1, 2, 3)]
+    assert rates[0] == pytest.approx(0.8) and rates[1:] == pytest.approx([0.6, 0.6])
+    assert hook.next_rate(1, 1) == pytest.approx(0.6)
+    assert [hook.next_rate(e, 5) for e in range(1, 5)] == sorted(
+        [hook.next_rate(e, 5) for e in range(1, 5)], reverse=True
+    )
+
+
 def test_compress_manidp_trains_sets_thresholds_and_round_trips(mnist_small, tmp_path):
     model = lv.create_model("resnet20_cifar", in_chans=1, width=0.5)
     from leanvision.engine import Hook
