@@ -46,9 +46,10 @@ OUT = ROOT / "benchmarks" / "results" / "prune_cifar10"
 VIT = {"img_size": 32, "patch_size": 4, "num_classes": 10}
 
 CHANNEL = {
-    # widths rounded to 8: odd widths (11 of 16) made the pruned net barely faster on CPU
-    "l1_filter": {"target_macs_ratio": 0.5, "round_to": 8},
-    "scop": {"target_macs_ratio": 0.5, "round_to": 8, "control_epochs": 2},
+    # widths rounded to 16, one AVX-512 fp32 vector: with warm allocators, widths 8/24/56
+    # (round_to=8) ran 1.36x faster at 1.92x fewer MACs, widths 16/16/32 1.66x at 1.96x
+    "l1_filter": {"target_macs_ratio": 0.5, "round_to": 16},
+    "scop": {"target_macs_ratio": 0.5, "round_to": 16, "control_epochs": 2},
     "manidp": {"target_remain_rate": 0.6},
 }
 TOKEN = {
@@ -400,6 +401,40 @@ def _deit_small_speed(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def _repeated_speedups(
+    models: dict[str, torch.nn.Module], baseline: str, batch: int, threads: list[int]
+) -> dict[str, Any]:
+    """Speed-ups over ``baseline`` in 5 separate side-by-side sessions per thread count.
+
+    On this shared 2-core machine one session's ratio moves by ±10%; the median of five is
+    what the acceptance check reads, and the range is shown."""
+    cl = torch.channels_last
+    x = torch.randn(batch, 3, 32, 32).contiguous(memory_format=cl)
+
+    def runner(m: torch.nn.Module) -> Any:
+        m = copy.deepcopy(m).to(memory_format=cl)
+        return lambda: m(x)
+
+    runners = {k: runner(m) for k, m in models.items()}
+    rows = []
+    for t in threads:
+        gains: dict[str, list[float]] = {k: [] for k in models if k != baseline}
+        for _ in range(5):
+            with torch.inference_mode():
+                lat = compare(runners, tuple(x.shape), threads=t, repeats=10)
+            for k in gains:
+                gains[k].append(lat[baseline].median_ms / lat[k].median_ms)
+        for k, g in gains.items():
+            rows.append([k, t, round(statistics.median(g), 2), round(min(g), 2), round(max(g), 2)])
+    return {
+        "title": f"Channel pruning: speed-up at batch {batch} over 5 sessions (channels_last)",
+        "columns": ["model", "threads", "median speed-up ×", "min", "max"],
+        "rows": rows,
+        "notes": "Each session times all models side by side (10 runs each, median); the "
+        "acceptance check reads the median over sessions.",
+    }
+
+
 def _acceptance(rows: list[dict[str, Any]], tables: list[dict[str, Any]]) -> list[str]:
     """The issue's latency acceptance checks, stated from the measured numbers."""
     notes = []
@@ -408,18 +443,18 @@ def _acceptance(rows: list[dict[str, Any]], tables: list[dict[str, Any]]) -> lis
     def verdict(ok: bool) -> str:
         return "**met**" if ok else "**not met**"
 
-    for m in ("l1_filter", "scop"):
-        r, base = by_name.get(f"resnet56_{m}"), by_name.get("resnet56")
-        if r is None or base is None:
-            continue
-        gain = base["macs"] / r["macs"]
-        speed = base["latency_ms"]["median"] / r["latency_ms"]["median"]
-        notes.append(
-            f"Acceptance, {m}: {speed:.2f}× faster at batch 32 for {gain:.2f}× fewer MACs = "
-            f"{speed / gain:.2f} of the MACs gain (needs ≥ 0.85): {verdict(speed / gain >= 0.85)}."
-        )
     for t in tables:
         title, cols = t["title"], t["columns"]
+        if title.startswith("Channel pruning: speed-up"):
+            base = by_name["resnet56"]
+            for name, threads, speed, *_ in t["rows"]:
+                gain = base["macs"] / by_name[name]["macs"]
+                notes.append(
+                    f"Acceptance, {name.split('_', 1)[1]} ({threads} thread(s)): {speed:.2f}× "
+                    f"faster at batch 32 (median of 5 sessions) for {gain:.2f}× fewer MACs = "
+                    f"{speed / gain:.2f} of the MACs gain (needs ≥ 0.85): "
+                    f"{verdict(speed / gain >= 0.85)}."
+                )
         if title.startswith("ManiDP ResNet-56: batch-1") or title.startswith("ManiDP batch-1"):
             for row in t["rows"]:
                 ratio = row[cols.index("gain ÷ MACs gain")]
@@ -438,8 +473,21 @@ def _acceptance(rows: list[dict[str, Any]], tables: list[dict[str, Any]]) -> lis
     return notes
 
 
+def _warm_allocator() -> None:
+    """Run and free one large batch before any timing.
+
+    glibc serves large blocks with mmap until a large block has been freed; until then every
+    activation of a timed forward is fresh, page-faulting memory. That cost grows with the
+    activations, so a cold process flatters the pruned model (measured: dense/ℓ1 1.85x cold,
+    1.38x warm). One large forward raises the thresholds, and every model is timed warm."""
+    with torch.inference_mode():
+        dense_resnet()(torch.randn(256, 3, 32, 32))
+        dense_vit()(torch.randn(256, 3, 32, 32))
+
+
 def cmd_report(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
+    _warm_allocator()
     data = load(args, 128)
     runs = Path(args.runs)
     rows = []
@@ -458,6 +506,8 @@ def cmd_report(args: argparse.Namespace) -> None:
         paper={f"resnet56_{k}": v for k, v in PAPER.items()},
     )
     tables = []
+    if len(static) > 1:
+        tables.append(_repeated_speedups(static, "resnet56", args.batch, sorted({1, args.threads})))
     if (runs / "manidp" / "model.pt").exists():
         gated = lv.load(runs / "manidp" / "model.pt")
         manidp_rows, manidp_tables = _manidp(args, data, gated)
@@ -485,9 +535,20 @@ def cmd_report(args: argparse.Namespace) -> None:
     tables.append(_deit_small_speed(args))
     run = {
         "name": "Pruning with real speed-up on CIFAR-10",
-        "description": "Dense models trained by us; pruned models fine-tuned "
-        f"{args.epochs} epochs on {args.max_train} images. Latency side by side in one process.",
-        "command": "see benchmarks/prune_cifar10.py",
+        "description": "Dense models trained by us (the distillation benchmark's ResNet-56, "
+        "10 epochs on 45k images, and its DeiT-Tiny-like ViT at 32x32 / patch 4 trained alone, 5 "
+        f"epochs on 6k images). Each pruned model is fine-tuned {args.epochs} epochs on "
+        f"{args.max_train} training images (channel methods SGD lr 0.05; token methods AdamW "
+        "lr 5e-4 with KD from the dense ViT) and scored on all 10,000 test images. Latency: "
+        f"models side by side in one process, median, {args.threads} threads, batch "
+        f"{args.batch} (ManiDP at batch 1). Papers train hundreds of epochs at full scale: "
+        "compare directions and speed-ups, not accuracy levels.",
+        "command": "\n".join(
+            [f"python benchmarks/prune_cifar10.py channels --method {m}" for m in CHANNEL]
+            + [f"python benchmarks/prune_cifar10.py tokens --method {m}" for m in TOKEN]
+            + [f"python benchmarks/prune_cifar10.py dense --arch {a}" for a in ("resnet56", "vit")]
+            + [f"python benchmarks/prune_cifar10.py --threads {args.threads} report"]
+        ),
         "cpu": cpu_info(),
         "tables": tables,
         "notes": _acceptance(rows, tables) + list(args.note or []),

@@ -118,15 +118,45 @@ def test_last_epoch_trains_with_the_final_thresholds():
     )
 
 
+def test_thresholds_after_the_last_epoch_are_the_ones_it_trained_with():
+    from types import SimpleNamespace
+
+    from leanvision.methods.pruning.manidp import ManiDPHook, gated_blocks
+
+    model = _gated(thre=0.9)
+    hook = ManiDPHook(target_remain_rate=0.6)
+    hook.blocks = gated_blocks(model)
+    for blk in hook.blocks:
+        for g in (blk.gate1, blk.gate2):
+            g.saliency_sum.uniform_(0.0, 2.0)
+            g.seen.fill_(1.0)
+    trainer = SimpleNamespace(config=SimpleNamespace(epochs=3))
+    hook.on_epoch_end(trainer, 3, {})
+    assert all(float(b.gate1.thre) == pytest.approx(0.9) for b in hook.blocks)
+    hook.on_epoch_end(trainer, 2, {})  # between epochs: re-estimated
+    assert any(float(b.gate1.thre) != pytest.approx(0.9) for b in hook.blocks)
+
+
 def test_compress_manidp_trains_sets_thresholds_and_round_trips(mnist_small, tmp_path):
     model = lv.create_model("resnet20_cifar", in_chans=1, width=0.5)
     from leanvision.engine import Hook
 
     seen: list[set[str]] = []
 
+    at_epoch2: list[tuple[float, float]] = []  # (threshold, the value the rule gives)
+
     class Rec(Hook):
         def on_loss(self, trainer, ctx):
             seen.append(set(ctx.losses))
+
+        def on_epoch_end(self, trainer, epoch, metrics):
+            if epoch != 2:
+                return
+            for blk in [b for b in trainer.model.modules() if isinstance(b, GatedBasicBlock)]:
+                for g in (blk.gate1, blk.gate2):
+                    mean = g.saliency_sum / g.seen
+                    k = math.ceil(0.5 * mean.numel())  # the anneal reaches the target here
+                    at_epoch2.append((g.thre.item(), torch.topk(mean, k).values[-1].item()))
 
     from leanvision.methods.pruning.manidp import ManiDPHook
 
@@ -141,12 +171,14 @@ def test_compress_manidp_trains_sets_thresholds_and_round_trips(mnist_small, tmp
         log=False,
     )
     assert seen[0] == {"task", "sparsity", "manifold"}
-    for blk in [b for b in gated.modules() if isinstance(b, GatedBasicBlock)]:
-        for g in (blk.gate1, blk.gate2):
-            mean = g.saliency_sum / g.seen
-            k = math.ceil(0.5 * mean.numel())  # the last epoch's rate is the target
-            assert g.thre.item() == pytest.approx(torch.topk(mean, k).values[-1].item())
-            assert (mean >= g.thre).sum().item() >= k
+    final = [
+        g.thre.item()
+        for blk in gated.modules()
+        if isinstance(blk, GatedBasicBlock)
+        for g in (blk.gate1, blk.gate2)
+    ]
+    assert at_epoch2 and [t for t, _ in at_epoch2] == pytest.approx([r for _, r in at_epoch2])
+    assert final == pytest.approx([t for t, _ in at_epoch2])  # epoch 3 trained with these
     out = lv.compress(
         model, "manidp", mnist_small, finetune_epochs=1, max_steps=2, progress=False, log=False
     )

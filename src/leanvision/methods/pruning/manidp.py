@@ -335,16 +335,21 @@ class ManiDPHook(Hook):
     def on_epoch_end(self, trainer: Any, epoch: int, metrics: dict[str, float]) -> None:
         if self._epoch_losses:
             self.mean_loss = float(torch.cat(self._epoch_losses).mean())
-        set_thresholds(self.blocks, self.next_rate(epoch, trainer.config.epochs))
-        metrics["remain_rate"] = self.next_rate(epoch, trainer.config.epochs)
+        epochs = trainer.config.epochs
+        if epoch >= epochs > 1:  # keep the thresholds the last epoch trained with
+            return
+        set_thresholds(self.blocks, self.next_rate(epoch, epochs))
+        metrics["remain_rate"] = self.next_rate(epoch, epochs)
 
     def next_rate(self, epoch: int, epochs: int) -> float:
         """The remain rate the thresholds set after ``epoch`` give the next epoch.
 
         The cosine anneal ends one epoch early, so the last epoch trains with the final
-        thresholds (and they are re-estimated after it). The official code anneals over all
-        epochs and first sets thresholds after epoch 2: over 400 epochs that is the same; in a
-        3-epoch fine-tuning it left the final thresholds untrained, 10 points lower on test.
+        thresholds, which are then kept as they are. The official code anneals over all
+        epochs, first sets thresholds after epoch 2 and re-estimates them after the last one:
+        over 400 epochs that is the same; in a 3-epoch fine-tuning the network had never run
+        with its final thresholds (measured: 57 % on test against 68 % on validation with the
+        thresholds it trained with).
         """
         if epochs <= 1:
             return self.target
