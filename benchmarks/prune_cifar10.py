@@ -89,22 +89,32 @@ def dense_vit() -> torch.nn.Module:
     return model.eval()
 
 
-def _run(args: argparse.Namespace, method: str, dense: torch.nn.Module, hp: dict, data: Any):
-    out = Path(args.runs) / method
+# the fine-tuning recipe of each family: dense model, batch size, optimizer options
+RECIPE = {
+    "resnet56": (dense_resnet, 128, {"lr": 0.05, "weight_decay": 5e-4}),
+    "vit": (dense_vit, 64, {"lr": 5e-4, "opt": "adamw", "weight_decay": 0.05}),
+}
+
+
+def _train_options(args: argparse.Namespace, out: Path) -> dict[str, Any]:
+    """What every run here shares: epochs, seed, resumable output folder."""
     out.mkdir(parents=True, exist_ok=True)
+    return {
+        "finetune_epochs": args.epochs,
+        "max_steps": args.max_steps,
+        "seed": 0,
+        "out_dir": str(out / "train"),
+        "resume": True,
+        "progress": sys.stderr.isatty(),
+    }
+
+
+def _run(args: argparse.Namespace, method: str, arch: str, hp: dict) -> None:
+    out = Path(args.runs) / method
+    build, batch, opt = RECIPE[arch]
+    hp = {**hp, **opt}
     t0 = time.perf_counter()
-    model = lv.compress(
-        dense,
-        method,
-        data,
-        finetune_epochs=args.epochs,
-        max_steps=args.max_steps,
-        seed=0,
-        out_dir=str(out / "train"),
-        resume=True,
-        progress=sys.stderr.isatty(),
-        **hp,
-    )
+    model = lv.compress(build(), method, load(args, batch), **_train_options(args, out), **hp)
     lv.save(model, out / "model.pt")
     summary = {"method": method, "epochs": args.epochs, "max_train": args.max_train}
     summary["wall_s"] = time.perf_counter() - t0
@@ -114,14 +124,12 @@ def _run(args: argparse.Namespace, method: str, dense: torch.nn.Module, hp: dict
 
 def cmd_channels(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
-    hp = dict(CHANNEL[args.method], lr=0.05, weight_decay=5e-4)
-    _run(args, args.method, dense_resnet(), hp, load(args, 128))
+    _run(args, args.method, "resnet56", CHANNEL[args.method])
 
 
 def cmd_tokens(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
-    hp = dict(TOKEN[args.method], lr=5e-4, opt="adamw", weight_decay=0.05)
-    _run(args, args.method, dense_vit(), hp, load(args, 64))
+    _run(args, args.method, "vit", TOKEN[args.method])
 
 
 def cmd_dense(args: argparse.Namespace) -> None:
@@ -129,23 +137,11 @@ def cmd_dense(args: argparse.Namespace) -> None:
     from leanvision.methods.common import FinetuneConfig, finetune
 
     torch.set_num_threads(args.threads)
-    if args.arch == "resnet56":
-        model, data, hp = dense_resnet(), load(args, 128), {"lr": 0.05, "weight_decay": 5e-4}
-    else:
-        model, data = dense_vit(), load(args, 64)
-        hp = {"lr": 5e-4, "opt": "adamw", "weight_decay": 0.05}
+    build, batch, opt = RECIPE[args.arch]
+    model = build()
     out = Path(args.runs) / f"{args.arch}_dense_ft"
-    out.mkdir(parents=True, exist_ok=True)
-    cfg = FinetuneConfig(
-        finetune_epochs=args.epochs,
-        max_steps=args.max_steps,
-        seed=0,
-        out_dir=str(out / "train"),
-        resume=True,
-        progress=sys.stderr.isatty(),
-        **hp,
-    )
-    finetune(model.train(), data, cfg, method="dense fine-tuning")
+    cfg = FinetuneConfig(**_train_options(args, out), **opt)
+    finetune(model.train(), load(args, batch), cfg, method="dense fine-tuning")
     lv.save(model.eval(), out / "model.pt")
 
 
