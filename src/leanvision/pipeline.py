@@ -40,6 +40,7 @@ def measure_models(
     recipe: str | None = None,
     seed: int | None = None,
     channels_last: bool = True,
+    fold_bn: bool = False,
     paper: Mapping[str, Mapping[str, Any]] | None = None,
     notes: Mapping[str, str] | None = None,
     extra: Mapping[str, Mapping[str, Any]] | None = None,
@@ -61,6 +62,9 @@ def measure_models(
         split: split of the accuracy (``"test"`` or ``"val"``).
         channels_last: time every model in channels_last memory format (weights and input),
             the faster layout for convolutions on CPU (the trainer trains in it too).
+        fold_bn: time every model with batch norms folded into the preceding convolutions
+            (:func:`fold_batchnorm`), as deployed; a model fx cannot trace is timed as is, and
+            its backend says so.
         paper, notes, extra: per-model additions to the rows.
     """
     if baseline not in models:
@@ -72,10 +76,15 @@ def measure_models(
     x = torch.randn(batch, c, h, w, generator=torch.Generator().manual_seed(0))
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     backend = "torch-eager-cpu" + ("-channels_last" if channels_last else "")
-    runners = {
-        n: _Runner(m.to(memory_format=fmt), x.contiguous(memory_format=fmt), backend)
-        for n, m in cpu_models.items()
-    }
+    runners = {}
+    for n, m in cpu_models.items():
+        timed, suffix = m, ""
+        if fold_bn:
+            timed, folded = fold_batchnorm(m)
+            suffix = "-bn-folded" if folded else "-bn-not-folded"
+        runners[n] = _Runner(
+            timed.to(memory_format=fmt), x.contiguous(memory_format=fmt), backend + suffix
+        )
     with torch.inference_mode():
         lat = compare(runners, (batch, c, h, w), threads=threads, repeats=repeats)
     for name, model in cpu_models.items():
@@ -115,6 +124,17 @@ def measure_models(
             row["extra"] = dict(extra[name])
         rows.append(row)
     return rows
+
+
+def fold_batchnorm(model: nn.Module) -> tuple[nn.Module, bool]:
+    """An eval-mode copy with every conv → batch-norm pair fused into one conv, and whether
+    that worked (torch.fx's fuser; models fx cannot trace come back unchanged)."""
+    from torch.fx.experimental.optimization import fuse
+
+    try:
+        return fuse(model.eval()), True
+    except Exception:  # noqa: BLE001 - any tracing failure: time the model as it is
+        return model, False
 
 
 def cpu_info() -> dict[str, Any]:
