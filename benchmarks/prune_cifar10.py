@@ -452,7 +452,8 @@ FINDINGS = [
     "~45 small ops (gate MLPs, thresholds, index gathers) at 2–5 µs each, and ATen's batch-1 "
     "convolution (im2col + GEMM) barely gets faster with fewer output channels. On resnet34 "
     "at 224, where convolutions dominate, the same path is 1.96× faster for 2.66× fewer MACs "
-    "(0.74 against a BN-folded dense net; 0.77 unfolded; the bar is 0.8). Closing the gap needs a fused kernel for the gated block.",
+    "(0.74 against a BN-folded dense net; 0.77 unfolded; the bar is 0.8). Closing the gap "
+    "needs a fused kernel for the gated block.",
     "Timing is taken with a warmed allocator: in a cold process glibc page-faults fresh "
     "memory for every large activation, which flattered the pruned ResNet (1.85× cold vs "
     "1.38× warm for the same pair).",
