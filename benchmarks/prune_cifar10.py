@@ -510,6 +510,31 @@ def _warm_allocator() -> None:
         dense_vit()(torch.randn(256, 3, 32, 32))
 
 
+def _family(
+    args: argparse.Namespace, data: Any, base: str, dense: torch.nn.Module, methods: tuple
+) -> tuple[dict[str, torch.nn.Module], list[dict[str, Any]]]:
+    """The dense model and its pruned versions that were trained, measured side by side
+    (BN folded for timing where there is BN)."""
+    runs = Path(args.runs)
+    models = {base: dense}
+    for m in methods:
+        if (runs / m / "model.pt").exists():
+            models[f"{base}_{m}"] = lv.load(runs / m / "model.pt")
+    if len(models) == 1:
+        return models, []
+    rows = measure_models(
+        models,
+        data,
+        baseline=base,
+        method_chains={k: [k.split("_", 1)[1]] for k in models if k != base},
+        batch=args.batch,
+        threads=args.threads,
+        fold_bn=any(isinstance(x, torch.nn.BatchNorm2d) for x in dense.modules()),
+        paper={f"{base}_{k}": v for k, v in PAPER.items()},
+    )
+    return models, rows
+
+
 def cmd_report(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     _warm_allocator()
@@ -517,20 +542,8 @@ def cmd_report(args: argparse.Namespace) -> None:
     runs = Path(args.runs)
     rows = []
     # channel methods: batch-32 latency side by side with the dense ResNet-56
-    static = {"resnet56": dense_resnet()}
-    for m in ("l1_filter", "scop"):
-        if (runs / m / "model.pt").exists():
-            static[f"resnet56_{m}"] = lv.load(runs / m / "model.pt")
-    rows += measure_models(
-        static,
-        data,
-        baseline="resnet56",
-        method_chains={k: [k.split("_", 1)[1]] for k in static if k != "resnet56"},
-        batch=args.batch,
-        threads=args.threads,
-        fold_bn=True,
-        paper={f"resnet56_{k}": v for k, v in PAPER.items()},
-    )
+    static, family = _family(args, data, "resnet56", dense_resnet(), ("l1_filter", "scop"))
+    rows += family
     tables = []
     if len(static) > 1:
         tables.append(_repeated_speedups(static, "resnet56", args.batch, sorted({1, args.threads})))
@@ -539,20 +552,7 @@ def cmd_report(args: argparse.Namespace) -> None:
         manidp_rows, manidp_tables = _manidp(args, data, gated)
         rows += manidp_rows
         tables += manidp_tables
-    token = {"vit": dense_vit()}
-    for m in ("dynamicvit", "patch_slimming"):
-        if (runs / m / "model.pt").exists():
-            token[f"vit_{m}"] = lv.load(runs / m / "model.pt")
-    if len(token) > 1:
-        rows += measure_models(
-            token,
-            data,
-            baseline="vit",
-            method_chains={k: [k.split("_", 1)[1]] for k in token if k != "vit"},
-            batch=args.batch,
-            threads=args.threads,
-            paper={f"vit_{k}": v for k, v in PAPER.items()},
-        )
+    rows += _family(args, data, "vit", dense_vit(), ("dynamicvit", "patch_slimming"))[1]
     tables.insert(0, _claims(rows))
     control = _controls(args, data, rows)
     if control:

@@ -22,3 +22,24 @@ def mnist_small():
     import leanvision as lv
 
     return lv.load_data("mnist5k", batch_size=32, max_train=256, max_val=64, max_test=64)
+
+
+@pytest.fixture
+def tiny_augvit():
+    """A 4-block, width-32 Aug-ViT at 32x32 / patch 4 (our plain-ViT family), seeded, eval."""
+
+    def build():
+        import leanvision as lv
+
+        torch.manual_seed(0)
+        return lv.create_model(
+            "augvit_tiny",
+            img_size=32,
+            patch_size=4,
+            num_classes=10,
+            depth=4,
+            embed_dim=32,
+            num_heads=2,
+        ).eval()
+
+    return build

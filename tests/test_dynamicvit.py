@@ -48,18 +48,9 @@ def test_block_with_full_policy_is_the_timm_block():
         )
 
 
-def test_our_augvit_trains_with_policy_attention_through_its_own_block():
+def test_our_augvit_trains_with_policy_attention_through_its_own_block(tiny_augvit):
     """Aug-ViT's augmented shortcuts stay in the masked forward (its block's forward runs)."""
-    torch.manual_seed(0)
-    aug = lv.create_model(
-        "augvit_tiny",
-        img_size=32,
-        patch_size=4,
-        num_classes=10,
-        depth=4,
-        embed_dim=32,
-        num_heads=2,
-    ).eval()
+    aug = tiny_augvit()
     x = torch.randn(2, 65, 32)
     with torch.no_grad():
         torch.testing.assert_close(

@@ -99,17 +99,8 @@ def test_compress_patch_slimming_hits_the_macs_target_and_round_trips(tmp_path):
         lv.compress(vit, "patch_slimming", data)
 
 
-def test_patch_slimming_on_our_augvit():
-    torch.manual_seed(0)
-    aug = lv.create_model(
-        "augvit_tiny",
-        img_size=32,
-        patch_size=4,
-        num_classes=10,
-        depth=4,
-        embed_dim=32,
-        num_heads=2,
-    ).eval()
+def test_patch_slimming_on_our_augvit(tiny_augvit):
+    aug = tiny_augvit()
     attn = attention_maps(aug, torch.randn(4, 3, 32, 32))
     keep = slim_keep_sets(attn, 1, 0.3)
     slim = SlimmedViT(aug, keep)
