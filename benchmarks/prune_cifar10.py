@@ -194,31 +194,62 @@ def _batch1_latency(models: dict[str, torch.nn.Module], images: list[torch.Tenso
 
 
 def _layouts(dense: torch.nn.Module, gated: torch.nn.Module) -> dict[str, torch.nn.Module]:
-    """Both models in both memory formats (``_cl``: channels_last); each keeps its best."""
+    """Both models in both memory formats (``_cl``: channels_last; each keeps its best), and
+    the gated model with every channel kept: the same kernels without the pruning."""
+    from leanvision.methods.pruning.manidp import gated_blocks
+
     cl = torch.channels_last
     dense, _ = fold_batchnorm(dense)  # as deployed; ManiDP's batch-1 path folds BN itself
+    open_ = copy.deepcopy(gated)
+    for blk in gated_blocks(open_):
+        blk.gate1.thre.fill_(-1e4)
+        blk.gate2.thre.fill_(-1e4)
     return {
         "dense": dense,
         "dense_cl": copy.deepcopy(dense).to(memory_format=cl),
         "manidp": gated,
         "manidp_cl": copy.deepcopy(gated).to(memory_format=cl),
+        "manidp_all_kept": open_,
     }
 
 
 def _batch1_rows(
     models: dict[str, torch.nn.Module], images: list[torch.Tensor], threads: list[int]
-) -> tuple[list[list[Any]], list[float]]:
-    """Per thread count: the four latencies, the best of each model, and the gain."""
-    rows, gains = [], []
+) -> tuple[list[list[Any]], list[float], list[float]]:
+    """Per thread count: the latencies, the gain of ManiDP (best layout) over the dense
+    model (best layout) and over its own kernels with every channel kept."""
+    rows, gains, kept_gains = [], [], []
     for t in threads:
         lat = _batch1_latency(models, images, t)
         dense, gated = min(lat["dense"], lat["dense_cl"]), min(lat["manidp"], lat["manidp_cl"])
         gains.append(dense / gated)
-        rows.append([t] + [round(lat[k], 3) for k in models] + [round(dense / gated, 2)])
-    return rows, gains
+        kept_gains.append(lat["manidp_all_kept"] / gated)
+        rows.append(
+            [t]
+            + [round(lat[k], 3) for k in models]
+            + [round(dense / gated, 2), round(kept_gains[-1], 2)]
+        )
+    return rows, gains, kept_gains
 
 
-_B1_COLUMNS = ["threads", "dense ms", "dense ms (cl)", "manidp ms", "manidp ms (cl)", "gain ×"]
+_B1_NOTES = (
+    "Mean latency over the images, the models interleaved image by image in one process; "
+    "the gain compares each model in its faster memory format (cl: channels_last); BN "
+    "folded in both. ManiDP runs its fused batch-1 kernel (kernels/csrc/gated_block.cpp) "
+    "where it beats ATen. 'All kept': the same gated model and kernel with every threshold "
+    "off, so 'gain over all kept' is what the pruning alone buys, without the kernel's own "
+    "advantage over ATen. Acceptance: gain ≥ 0.8 × MACs gain."
+)
+_B1_COLUMNS = [
+    "threads",
+    "dense ms",
+    "dense ms (cl)",
+    "manidp ms",
+    "manidp ms (cl)",
+    "all kept ms",
+    "gain ×",
+    "gain over all kept ×",
+]
 
 
 def _manidp(args: argparse.Namespace, data: Any, gated: torch.nn.Module):
@@ -230,7 +261,7 @@ def _manidp(args: argparse.Namespace, data: Any, gated: torch.nn.Module):
     dense = dense_resnet()
     dense_macs = count_ops(dense, (1, 3, 32, 32)).macs
     threads = sorted({1, args.threads})
-    lat_rows, gains = _batch1_rows(_layouts(dense, gated), images, threads)
+    lat_rows, gains, kept_gains = _batch1_rows(_layouts(dense, gated), images, threads)
     rows = measure_models(
         {"resnet56_batch1": dense, "resnet56_manidp": gated},
         data,
@@ -258,11 +289,12 @@ def _manidp(args: argparse.Namespace, data: Any, gated: torch.nn.Module):
         },
         {
             "title": "ManiDP ResNet-56: batch-1 latency on the same test images",
-            "columns": _B1_COLUMNS + ["gain ÷ MACs gain"],
-            "rows": [r + [round(g / mean_gain, 2)] for r, g in zip(lat_rows, gains)],
-            "notes": "Mean latency over real test images, the four models interleaved image "
-            "by image in one process; the gain compares each model in its faster memory "
-            "format (cl: channels_last); BN folded in both. Acceptance: gain ≥ 0.8 × MACs gain.",
+            "columns": _B1_COLUMNS + ["gain ÷ MACs gain", "over all kept ÷ MACs gain"],
+            "rows": [
+                r + [round(g / mean_gain, 2), round(k / mean_gain, 2)]
+                for r, g, k in zip(lat_rows, gains, kept_gains)
+            ],
+            "notes": _B1_NOTES,
         },
     ]
     return rows, tables
@@ -286,28 +318,31 @@ def _manidp_224_speed(args: argparse.Namespace) -> dict[str, Any]:
     for m in dense.modules():  # BN statistics of a trained net's scale, not the identity
         if isinstance(m, torch.nn.BatchNorm2d):
             m.running_var.uniform_(0.5, 1.5)
-            m.weight.data.uniform_(0.5, 1.5)
+            m.weight.data.uniform_(0.2, 0.5)  # larger scales overflow to inf within 16 blocks
             m.bias.data.uniform_(-0.2, 0.2)
     gated = gate_model(copy.deepcopy(dense)).eval()
     for blk in gated_blocks(gated):
         for g in (blk.gate1, blk.gate2):
-            torch.nn.init.normal_(g.fc2.weight, std=0.05)
+            torch.nn.init.normal_(g.fc2.weight, std=0.01)
     calibrate_thresholds(gated, torch.randn(16, 3, 224, 224), remain_rate=0.6)
     images = list(torch.randn(args.speed_images, 1, 3, 224, 224))
+    with torch.inference_mode():
+        if not torch.isfinite(gated(images[0])).all():
+            raise RuntimeError("the random resnet34 overflowed; timings would be meaningless")
     macs = statistics.mean(sample_macs(gated, torch.cat(images)))
     dense_macs = count_ops(dense, (1, 3, 224, 224)).macs
-    lat_rows, gains = _batch1_rows(_layouts(dense, gated), images, [1])
+    lat_rows, gains, kept_gains = _batch1_rows(_layouts(dense, gated), images, [1])
     return {
         "title": "ManiDP batch-1 path on resnet34 at 224×224 (random init, remain rate 0.6)",
         "columns": ["dense GMACs", "manidp mean GMACs", "MACs gain ×"]
         + _B1_COLUMNS
-        + ["gain ÷ MACs gain"],
+        + ["gain ÷ MACs gain", "over all kept ÷ MACs gain"],
         "rows": [
             [round(dense_macs / 1e9, 2), round(macs / 1e9, 2), round(dense_macs / macs, 2)]
             + lat_rows[0]
-            + [round(gains[0] / (dense_macs / macs), 2)]
+            + [round(g / (dense_macs / macs), 2) for g in (gains[0], kept_gains[0])]
         ],
-        "notes": f"{len(images)} random images, models interleaved image by image.",
+        "notes": f"{len(images)} random images. " + _B1_NOTES,
     }
 
 
@@ -448,12 +483,15 @@ FINDINGS = [
     "points; an earlier run with round_to=8 (widths 8/24/56) gave 1.37× (BN not folded) at "
     "−3.5 points: on AVX-512 an 8-channel layer costs about what a 16-channel one does. "
     "Folding BN lifts the ratio for both models alike (unfolded: 0.849 at 1 thread).",
-    "ManiDP's batch-1 path is slower than the dense net on 32×32 CIFAR maps: each block runs "
-    "~45 small ops (gate MLPs, thresholds, index gathers) at 2–5 µs each, and ATen's batch-1 "
-    "convolution (im2col + GEMM) barely gets faster with fewer output channels. On resnet34 "
-    "at 224, where convolutions dominate, the same path is 1.96× faster for 2.66× fewer MACs "
-    "(0.74 against a BN-folded dense net; 0.77 unfolded; the bar is 0.8). Closing the gap "
-    "needs a fused kernel for the gated block.",
+    "ManiDP's batch-1 path through ATen ops was slower than the dense net on 32×32 CIFAR "
+    "maps (0.62×): each block ran ~45 small ops at 2–5 µs each, and ATen's batch-1 "
+    "convolution there is im2col + GEMM, which barely speeds up with fewer channels. The "
+    "fused kernel (one op per block: gate MLPs, thresholds, direct register-tiled "
+    "convolutions reading only the kept filters) runs the same blocks about 3× faster. Part "
+    "of its gain over the dense net is the kernel itself: with every channel kept it is "
+    "already faster than the ATen dense net, so the 'gain over all kept' column is what "
+    "the pruning alone buys. At 2 threads the per-block work (tens of µs) is too small to "
+    "split, and the kernel gains nothing from the second core.",
     "Timing is taken with a warmed allocator: in a cold process glibc page-faults fresh "
     "memory for every large activation, which flattered the pruned ResNet (1.85× cold vs "
     "1.38× warm for the same pair).",
@@ -483,11 +521,14 @@ def _acceptance(rows: list[dict[str, Any]], tables: list[dict[str, Any]]) -> lis
         if title.startswith("ManiDP ResNet-56: batch-1") or title.startswith("ManiDP batch-1"):
             for row in t["rows"]:
                 ratio = row[cols.index("gain ÷ MACs gain")]
+                kept = row[cols.index("over all kept ÷ MACs gain")]
                 where = "ResNet-56 CIFAR" if "ResNet-56" in title else "resnet34 at 224"
                 notes.append(
                     f"Acceptance, manidp ({where}, {row[cols.index('threads')]} thread(s)): "
                     f"batch-1 latency gain {row[cols.index('gain ×')]}× = {ratio:.2f} of the MACs "
-                    f"gain (needs ≥ 0.8): {verdict(ratio >= 0.8)}."
+                    f"gain (needs ≥ 0.8): {verdict(ratio >= 0.8)}. Against its own kernel "
+                    f"with every channel kept: {row[cols.index('gain over all kept ×')]}× = "
+                    f"{kept:.2f} of the MACs gain."
                 )
         if title.startswith("DynamicViT"):
             gain = t["rows"][0][cols.index("throughput gain ×")]

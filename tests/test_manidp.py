@@ -42,26 +42,51 @@ def _gated(name: str = "resnet20_cifar", thre: float = 0.9, **kw) -> nn.Module:
     return model.eval()
 
 
+def _blocks(model: nn.Module) -> list[GatedBasicBlock]:
+    return [b for b in model.modules() if isinstance(b, GatedBasicBlock)]
+
+
+def _use_native(model: nn.Module, native: bool) -> nn.Module:
+    for b in _blocks(model):
+        b.use_native = native
+        b._folded = b._native = None
+    return model
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["kernel", "aten"])
 @pytest.mark.parametrize(
     "name,size,kw",
     [
         ("resnet20_cifar", 32, {}),
-        ("resnet18", 64, {"in_chans": 3}),
-        ("resnet18", 64, {"act_layer": "silu"}),  # saliency not folded into the filters
+        ("resnet18", 64, {"in_chans": 3}),  # 1x1-conv downsample, stride-2 3x3 convs
+        ("resnet18", 64, {"act_layer": "silu"}),  # saliency not folded; no kernel (not ReLU)
     ],
 )
-def test_batch1_path_skips_channels_and_equals_the_masked_network(name, size, kw):
-    """Per sample, running only the kept filters gives the masked dense network's output."""
-    model = _gated(name, **kw)
+def test_batch1_path_skips_channels_and_equals_the_masked_network(name, size, kw, native):
+    """Per sample, running only the kept filters gives the masked dense network's output,
+    through the fused native kernel and through the ATen ops."""
+    model = _use_native(_gated(name, **kw), native)
     x = torch.randn(4, 3, size, size)
+    inputs = {}
+    hooks = [b.register_forward_pre_hook(lambda m, a: inputs.update({m: a[0]})) for b in
+             _blocks(model)]  # fmt: skip
     with torch.no_grad():
         dense = model(x)  # batch > 1: masked dense path
-        for i in range(4):
+        for h in hooks:
+            h.remove()
+        for b, xb in inputs.items():  # each block alone: only summation order differs
+            for i in range(4):
+                ref = b(xb)[i : i + 1]
+                atol = 1e-5 * ref.abs().max().item()
+                torch.testing.assert_close(b(xb[i : i + 1]), ref, atol=atol, rtol=1e-5)
+        for i in range(4):  # whole network: activations reach 1e10 here and logits cancel
             scale = dense[i].abs().max().item()
             torch.testing.assert_close(
-                model(x[i : i + 1]), dense[i : i + 1], atol=1e-5 * scale, rtol=1e-4
+                model(x[i : i + 1]), dense[i : i + 1], atol=1e-4 * scale, rtol=1e-4
             )
-    blocks = [b for b in model.modules() if isinstance(b, GatedBasicBlock)]
+    blocks = _blocks(model)
+    relu = "act_layer" not in kw
+    assert all((b._native is not None) == (native and relu) for b in blocks)
     pruned = sum(b.last_macs for b in blocks)
     for b in blocks:  # the same image with every gate open
         b.gate1.thre.fill_(-1.0)
@@ -214,3 +239,87 @@ def test_calibrate_thresholds_sets_the_remain_rate_and_trades_macs():
     assert not model.training
     with pytest.raises(Exception, match="at least 2"):
         calibrate_thresholds(model, images[:1], remain_rate=0.5)
+
+
+def test_native_kernel_builds_here():
+    """CI has a compiler: the kernel must build, or the fast path silently never runs."""
+    from leanvision import kernels
+
+    assert kernels.load("gated_block")
+    assert kernels.available("gated_block")
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["kernel", "aten"])
+@pytest.mark.parametrize("closed", ["gate1", "gate2"])
+def test_batch1_path_with_every_channel_gated_off(closed, native):
+    """No kept channel in a gate: the same output as the masked network (with gate 1 off,
+    gate 2 sees zeros and the second conv adds its folded BN bias alone)."""
+    model = _use_native(_gated(), native)
+    for b in _blocks(model):
+        getattr(b, closed).thre.fill_(1e6)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        dense = model(x)
+        torch.testing.assert_close(model(x[:1]), dense[:1], atol=1e-5, rtol=1e-4)
+    assert all((b._native is not None) == native for b in _blocks(model))
+    if not native:
+        return
+    macs = [b.last_macs for b in _blocks(model)]
+    if closed == "gate1":  # only gate 1's MLP ran
+        gates = [(b.gate1.fc1, b.gate1.fc2, b.gate2.fc2) for b in _blocks(model)]
+        assert macs == [sum(fc.weight.numel() for fc in g) for g in gates]
+    else:
+        assert all(m > 0 for m in macs)
+
+
+def test_kernel_and_aten_paths_count_the_same_macs():
+    """The profiler counts the fused op from the channels it really kept."""
+    from leanvision.profiling import count_ops
+
+    x = torch.randn(1, 3, 32, 32)
+    counts = {}
+    for native in (True, False):
+        model = _use_native(_gated(), native)
+        counts[native] = (count_ops(model, (1, 3, 32, 32), inputs=x).macs,
+                          sample_macs(model, x)[0])  # fmt: skip
+    assert counts[True] == counts[False]
+    dense = count_ops(lv.create_model("resnet20_cifar", num_classes=10), (1, 3, 32, 32)).macs
+    assert counts[True][0] < 0.9 * dense
+
+
+def test_kernels_can_be_switched_off(monkeypatch):
+    """LEANVISION_NO_KERNELS=1: no build, and the gated model runs its ATen path."""
+    from leanvision import kernels
+
+    monkeypatch.setattr(kernels, "_state", {})
+    monkeypatch.setenv("LEANVISION_NO_KERNELS", "1")
+    assert not kernels.load("gated_block")
+    model = _use_native(_gated(), True)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x[:1]), model(x)[:1], atol=1e-5, rtol=1e-4)
+    assert all(b._native is None for b in _blocks(model))
+    with pytest.raises(FileNotFoundError):
+        kernels.load("no_such_kernel")
+
+
+def test_fresh_process_counts_the_kernel_from_the_first_forward():
+    """eval() sets the kernel up, so a profiler built before the first forward counts it
+    (it once counted nothing: the op's handler was registered during that forward)."""
+    import subprocess
+    import sys
+
+    from leanvision.profiling import count_ops
+
+    code = (
+        "import torch, leanvision as lv\n"
+        "from leanvision.methods.pruning.manidp import gate_model, sample_macs\n"
+        "torch.manual_seed(0)\n"
+        "m = gate_model(lv.create_model('resnet20_cifar', num_classes=10))\n"
+        "for g in [g for b in m.modules() for g in (getattr(b, 'gate1', None),) if g]:\n"
+        "    g.thre.fill_(0.5)\n"
+        "print(min(sample_macs(m, torch.randn(3, 3, 32, 32))))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    dense = count_ops(lv.create_model("resnet20_cifar", num_classes=10), (1, 3, 32, 32)).macs
+    assert 0.9 * dense < int(out.stdout.split()[-1]) < 1.1 * dense  # all kept, plus the gates
