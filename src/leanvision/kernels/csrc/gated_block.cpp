@@ -57,8 +57,8 @@ Index kept(const std::vector<float>& s, double thre) {
 // The convolutions are direct and register-tiled. An input is stored zero-padded and split
 // into stride x stride phases, so that every tap (kh, kw) of a strided convolution reads a
 // contiguous run of one phase plane. Output positions run over "wide" rows of the phase
-// width wq (the last columns of each row are junk and dropped by the epilogue); a tile of T
-// positions times OB output channels accumulates in registers over every input and tap.
+// width wq (the last columns of each row are junk and dropped by the epilogue); a tile of VL or
+// 2 VL positions times OB output channels accumulates in registers over every input and tap.
 // GCC/Clang vector extensions: the accumulators stay in vector registers on any target.
 #if defined(__AVX512F__)
 constexpr int64_t VL = 16;
