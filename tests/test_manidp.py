@@ -12,6 +12,7 @@ import leanvision as lv
 from leanvision.errors import UnsupportedModelError
 from leanvision.methods.pruning.manidp import (
     GatedBasicBlock,
+    GatedStage,
     complexity_weights,
     gate_model,
     remain_rate,
@@ -323,3 +324,49 @@ def test_fresh_process_counts_the_kernel_from_the_first_forward():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     dense = count_ops(lv.create_model("resnet20_cifar", num_classes=10), (1, 3, 32, 32)).macs
     assert 0.9 * dense < int(out.stdout.split()[-1]) < 1.1 * dense  # all kept, plus the gates
+
+
+def _op_calls(fn) -> dict[str, int]:
+    """How often each leanvision op ran inside ``fn()``."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        fn()
+    return {e.key: e.count for e in prof.key_averages() if e.key.startswith("leanvision::")}
+
+
+def test_identity_blocks_of_a_stage_run_as_one_chain_op():
+    """A stage's identity-shortcut blocks run in one ``gated_block_chain`` call, with the
+    outputs, kept counts and MACs of one ``gated_basic_block`` call per block."""
+    model = _gated()
+    stages = [m for m in model.modules() if isinstance(m, GatedStage)]
+    assert [type(m).__name__ for m in (model.layer1, model.layer2, model.layer3)] == [
+        "GatedStage"
+    ] * 3
+    assert "layer1.0.gate1.fc1.weight" in model.state_dict()  # keys as without stages
+    x = torch.randn(1, 3, 32, 32)
+    inputs = {}
+    hooks = [s.register_forward_pre_hook(lambda m, a: inputs.update({m: a[0]})) for s in stages]
+    with torch.no_grad():
+        calls = _op_calls(lambda: model(x))
+        for h in hooks:
+            h.remove()
+        # resnet20: stage 1 = one chain of 3; stages 2, 3 = a downsample block + a chain of 2
+        assert calls == {"leanvision::gated_block_chain": 3, "leanvision::gated_basic_block": 2}
+        chained = [b.last_macs for b in _blocks(model)]
+        for stage in stages:  # block by block, one op each
+            ref = nn.Sequential.forward(stage, inputs[stage])
+            torch.testing.assert_close(stage(inputs[stage]), ref, atol=0, rtol=0)
+        single = _op_calls(lambda: [nn.Sequential.forward(s, inputs[s]) for s in stages])
+        assert single == {"leanvision::gated_basic_block": 9}
+    assert [b.last_macs for b in _blocks(model)] == chained
+    assert len(set(chained)) > 1
+
+
+def test_chain_op_rejects_blocks_that_change_the_shape():
+    model = _gated()
+    block = model.layer2[0]  # stride 2, 16 -> 32 channels
+    x = torch.randn(1, 16, 32, 32)
+    params, meta = list(block._native[:12]), [int(v) for v in block._native[13:17]]
+    with pytest.raises(RuntimeError, match="changes the shape"):
+        torch.ops.leanvision.gated_block_chain(x, params, meta, 1000.0)
+    with pytest.raises(RuntimeError, match="12 tensors and 4 ints"):
+        torch.ops.leanvision.gated_block_chain(x, params[:5], meta, 1000.0)
