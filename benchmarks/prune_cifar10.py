@@ -486,12 +486,20 @@ FINDINGS = [
     "ManiDP's batch-1 path through ATen ops was slower than the dense net on 32×32 CIFAR "
     "maps (0.62×): each block ran ~45 small ops at 2–5 µs each, and ATen's batch-1 "
     "convolution there is im2col + GEMM, which barely speeds up with fewer channels. The "
-    "fused kernel (one op per block: gate MLPs, thresholds, direct register-tiled "
-    "convolutions reading only the kept filters) runs the same blocks about 3× faster. Part "
-    "of its gain over the dense net is the kernel itself: with every channel kept it is "
-    "already faster than the ATen dense net, so the 'gain over all kept' column is what "
-    "the pruning alone buys. At 2 threads the per-block work (tens of µs) is too small to "
-    "split, and the kernel gains nothing from the second core.",
+    "fused kernel (gate MLPs, thresholds, direct register-tiled convolutions reading only the "
+    "kept filters) runs the same blocks about 3× faster; one op call per run of "
+    "identity-shortcut blocks (not per block) and balanced output-channel groups (9 kept "
+    "channels tiled 5 + 4, not 8 + 1) took another ~30 % off (random-init ResNet-56 at 0.6 "
+    "remain: 2.10 → 1.43 ms, 1 thread). Part of its gain over the dense net is the kernel "
+    "itself: with every channel kept it is already faster than the ATen dense net, so the "
+    "'gain over all kept' column is what the pruning alone buys.",
+    "At 2 threads the kernel runs on one core. Splitting its convolutions over torch's "
+    "OpenMP threads (one parallel region per op call, spinning barriers between the phases "
+    "of a block) made a stage 15–20 % slower: with the default OMP_WAIT_POLICY the second "
+    "thread parks between regions and waking it costs ~100 µs on this VM, as much as a "
+    "stage's work. With OMP_WAIT_POLICY=active the same code ran a stage 1.35× faster than "
+    "1 thread. Helper threads of our own (woken per op call, spinning only inside it) "
+    "competed with torch's OpenMP threads for the two cores and slowed both models.",
     "Timing is taken with a warmed allocator: in a cold process glibc page-faults fresh "
     "memory for every large activation, which flattered the pruned ResNet (1.85× cold vs "
     "1.38× warm for the same pair).",

@@ -83,9 +83,52 @@ std::vector<float>& scratch(int slot) {
   return buffers[slot];
 }
 
-// `n` planes (h, w) of `src`, zero-padded by `pad` and split into stride x stride phases.
+// Room for `n` planes (h, w) zero-padded by `pad` at stride 1, with only the borders (and the
+// slack past the end, read by the last tile) zeroed: the caller writes every interior value.
+Planes padded(int64_t n, int64_t h, int64_t w, int64_t pad, int slot) {
+  Planes p{scratch(slot), 1, h + 2 * pad, w + 2 * pad, 0};
+  p.plane = p.hq * p.wq;
+  const int64_t slack = 2 * VL + p.wq + 8;
+  p.data.resize(n * p.plane + slack);
+  float* d = p.data.data();
+  for (int64_t c = 0; c < n; ++c) {
+    float* base = d + c * p.plane;
+    std::fill(base, base + pad * p.wq + pad, 0.f);  // top rows, left of the first row
+    for (int64_t y = 0; y + 1 < h; ++y)  // right of row y and left of row y + 1
+      std::fill(base + (y + pad) * p.wq + pad + w, base + (y + 1 + pad) * p.wq + pad, 0.f);
+    std::fill(base + (h - 1 + pad) * p.wq + pad + w, base + p.plane, 0.f);  // and the bottom
+  }
+  std::fill(d + n * p.plane, d + n * p.plane + slack, 0.f);
+  return p;
+}
+
+// Row y of plane c's interior in `padded` planes.
+inline float* interior(Planes& p, int64_t c, int64_t y, int64_t pad) {
+  return p.data.data() + c * p.plane + (y + pad) * p.wq + pad;
+}
+
+// `n` planes (h, w) of `src`, zero-padded by `pad` and split into stride x stride phases. With
+// `sums`, also each plane's sum (for the gate), in the same pass.
 Planes prepare(const float* src, int64_t n, int64_t h, int64_t w, int64_t pad, int64_t s,
-               int slot) {
+               int slot, float* sums = nullptr) {
+  if (sums != nullptr)
+    for (int64_t c = 0; c < n; ++c) sums[c] = 0.f;
+  if (s == 1) {
+    Planes p = padded(n, h, w, pad, slot);
+    for (int64_t c = 0; c < n; ++c) {
+      float sum = 0.f;
+      for (int64_t y = 0; y < h; ++y) {
+        const float* row = src + (c * h + y) * w;
+        float* dst = interior(p, c, y, pad);
+        for (int64_t x = 0; x < w; ++x) {
+          dst[x] = row[x];
+          sum += row[x];
+        }
+      }
+      if (sums != nullptr) sums[c] = sum;
+    }
+    return p;
+  }
   const int64_t hp = h + 2 * pad, wp = w + 2 * pad;
   Planes p{scratch(slot), s, (hp + s - 1) / s, (wp + s - 1) / s, 0};
   p.plane = p.hq * p.wq;
@@ -95,13 +138,10 @@ Planes prepare(const float* src, int64_t n, int64_t h, int64_t w, int64_t pad, i
       const int64_t yy = y + pad;
       const float* row = src + (c * h + y) * w;
       float* base = p.data.data() + ((c * s + yy % s) * s) * p.plane + (yy / s) * p.wq;
-      if (s == 1) {
-        std::copy(row, row + w, base + pad);
-      } else {
-        for (int64_t x = 0; x < w; ++x) {
-          const int64_t xx = x + pad;
-          base[(xx % s) * p.plane + xx / s] = row[x];
-        }
+      for (int64_t x = 0; x < w; ++x) {
+        const int64_t xx = x + pad;
+        base[(xx % s) * p.plane + xx / s] = row[x];
+        if (sums != nullptr) sums[c] += row[x];
       }
     }
   return p;
@@ -243,13 +283,12 @@ void run_block(const float* px, int64_t c, int64_t h, int64_t w, const float* sc
   const int64_t wo2 = (wo1 + 2 * b.pad - k2) / b.stride + 1;
   const int64_t plane2 = ho2 * wo2;
 
-  // gate 1 on the block input
+  // conv 1's input planes and, in the same pass, gate 1's pooled input
   std::vector<float> pooled1(c);
+  const Planes xin = prepare(px, c, h, w, a.pad, a.stride, 0, pooled1.data());
   Index all_in(c);
   for (int64_t i = 0; i < c; ++i) {
-    float sum = 0.f;
-    for (int64_t j = 0; j < h * w; ++j) sum += px[i * h * w + j];
-    pooled1[i] = sum / static_cast<float>(h * w);
+    pooled1[i] /= static_cast<float>(h * w);
     all_in[i] = i;
   }
   const auto s1 = gate(pooled1.data(), all_in, p[4], p[5], p[6], cap);
@@ -259,11 +298,13 @@ void run_block(const float* px, int64_t c, int64_t h, int64_t w, const float* sc
 
   // conv 1 over the kept filters; bias, relu and saliency, pooled for gate 2 on the way
   int64_t ldo = 0;
-  const Planes xin = prepare(px, c, h, w, a.pad, a.stride, 0);
   const std::vector<float>& wide1 = direct_conv(xin, c, w1.data_ptr<float>(), c, k1, keep1,
                                                 all_in, ho1, ldo);
+  // conv 2 reads h from padded planes: at stride 1 the epilogue writes them directly
+  const bool direct = b.stride == 1;
+  Planes hpad = direct ? padded(n1, ho1, wo1, b.pad, 1) : Planes{scratch(1), 1, 0, 0, 0};
   std::vector<float>& hbuf = scratch(4);
-  hbuf.resize(n1 * ho1 * wo1);
+  if (!direct) hbuf.resize(n1 * ho1 * wo1);
   std::vector<float> pooled2(n1);
   const float* pb1 = b1.data_ptr<float>();
   for (int64_t o = 0; o < n1; ++o) {
@@ -271,7 +312,7 @@ void run_block(const float* px, int64_t c, int64_t h, int64_t w, const float* sc
     float sum = 0.f;
     for (int64_t y = 0; y < ho1; ++y) {
       const float* src = wide1.data() + o * ldo + y * xin.wq;
-      float* dst = hbuf.data() + (o * ho1 + y) * wo1;
+      float* dst = direct ? interior(hpad, o, y, b.pad) : hbuf.data() + (o * ho1 + y) * wo1;
       for (int64_t j = 0; j < wo1; ++j) {
         const float v = src[j] + bias;
         dst[j] = v > 0.f ? v * sal : 0.f;
@@ -285,11 +326,15 @@ void run_block(const float* px, int64_t c, int64_t h, int64_t w, const float* sc
   const Index keep2 = kept(s2, *p[11].data_ptr<float>());
   const int64_t n2 = static_cast<int64_t>(keep2.size());
   pc[1] = n2;
-  for (int64_t i = 0; i < o2 * plane2; ++i) po[i] = sc[i] > 0.f ? sc[i] : 0.f;
+  std::vector<char> written(o2, 0);
+  for (int64_t ch : keep2) written[ch] = 1;
+  for (int64_t ch = 0; ch < o2; ++ch)  // channels conv 2 does not write: relu(shortcut)
+    if (!written[ch])
+      for (int64_t i = ch * plane2; i < (ch + 1) * plane2; ++i) po[i] = sc[i] > 0.f ? sc[i] : 0.f;
   if (n2 == 0) return;
 
   // conv 2: kept inputs (keep1) to kept outputs (keep2), added into the shortcut, relu
-  const Planes hin = prepare(hbuf.data(), n1, ho1, wo1, b.pad, b.stride, 1);
+  const Planes hin = direct ? hpad : prepare(hbuf.data(), n1, ho1, wo1, b.pad, b.stride, 1);
   const std::vector<float>& wide2 = direct_conv(hin, n1, w2.data_ptr<float>(), o1, k2, keep2,
                                                 keep1, ho2, ldo);
   const float* pb2 = b2.data_ptr<float>();
