@@ -137,6 +137,7 @@ class GatedBasicBlock(nn.Module):
         self._last_macs = 0
         self._last_native: tuple[Any, ...] | None = None
         self._folded: tuple[torch.Tensor, ...] | None = None
+        self._shortcut_conv: tuple[Any, ...] | None = None  # a conv + BN shortcut, folded
         self._native: tuple[Any, ...] | None = None
         self.use_native = True  # False: always the ATen batch-1 path (for comparisons)
 
@@ -152,7 +153,25 @@ class GatedBasicBlock(nn.Module):
         """Fold BN into the convs and, where it applies, set up the fused kernel."""
         b = self.block
         self._folded = (*_fold(b.conv1, b.bn1), *_fold(b.conv2, b.bn2))
+        ds, self._shortcut_conv = b.downsample, None
+        if (
+            isinstance(ds, nn.Sequential)
+            and len(ds) == 2
+            and type(ds[0]) is nn.Conv2d
+            and type(ds[1]) is nn.BatchNorm2d
+        ):
+            conv = ds[0]
+            self._shortcut_conv = (
+                *_fold(conv, ds[1]), conv.stride, conv.padding, conv.dilation, conv.groups
+            )  # fmt: skip
         self._native = self._native_args() if self.use_native else None
+
+    def _shortcut(self, x: torch.Tensor) -> torch.Tensor:
+        """The block's shortcut at batch-1 inference (a conv + BN projection folded)."""
+        if self._shortcut_conv is not None:
+            return F.conv2d(x, *self._shortcut_conv)
+        downsample = self.block.downsample
+        return x if downsample is None else downsample(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training and x.shape[0] == 1:
@@ -221,9 +240,7 @@ class GatedBasicBlock(nn.Module):
         )  # fmt: skip
 
     def _forward_native(self, x: torch.Tensor) -> torch.Tensor:
-        downsample = self.block.downsample
-        shortcut = x if downsample is None else downsample(x)
-        call = (x.contiguous(), shortcut.contiguous(), *self._native)
+        call = (x.contiguous(), self._shortcut(x).contiguous(), *self._native)
         if torch.is_grad_enabled():  # the kernel has no backward: run it as inference
             with torch.no_grad():
                 out, counts = torch.ops.leanvision.gated_basic_block(*call)
@@ -248,7 +265,7 @@ class GatedBasicBlock(nn.Module):
                 return self._forward_native(x)
         w1, b1, w2, b2 = self._folded
         c1, c2 = b.conv1, b.conv2
-        shortcut = x if b.downsample is None else b.downsample(x)
+        shortcut = self._shortcut(x)
         s1 = g1.saliency(x.mean(dim=(2, 3)))[0]
         k1 = _kept(s1, g1.thre)
         n1 = k1.numel()
