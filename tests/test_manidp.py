@@ -370,3 +370,18 @@ def test_chain_op_rejects_blocks_that_change_the_shape():
         torch.ops.leanvision.gated_block_chain(x, params, meta, 1000.0)
     with pytest.raises(RuntimeError, match="12 tensors and 4 ints"):
         torch.ops.leanvision.gated_block_chain(x, params[:5], meta, 1000.0)
+
+
+def test_blocks_with_different_gate_clamps_are_not_chained_together():
+    """The chain op takes one clamp for all its blocks: a block with another clamp starts a
+    new run, and the outputs still equal the masked network."""
+    model = _gated()
+    model.layer1[1].gate1.clamp_max = model.layer1[1].gate2.clamp_max = 500.0
+    model.eval()  # prepare again with the new clamp
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        dense = model(x)
+        torch.testing.assert_close(model(x[:1]), dense[:1], atol=1e-4 * dense.abs().max().item(),
+                                   rtol=1e-4)  # fmt: skip
+    plan = model.layer1._plan
+    assert [type(s).__name__ for s in plan] == ["GatedBasicBlock"] * 3
