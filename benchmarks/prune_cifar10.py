@@ -346,6 +346,20 @@ def _manidp_224_speed(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def untrained_l1(dense: torch.nn.Module, size: int, **target: Any) -> torch.nn.Module:
+    """A pruned copy of ``dense`` by ℓ1-filter, without fine-tuning: for latency studies
+    (latency depends on the widths, not on trained weights)."""
+    return lv.compress(
+        copy.deepcopy(dense),
+        "l1_filter",
+        data=None,
+        input_size=[3, size, size],
+        finetune_epochs=0,
+        recalibrate_batches=0,
+        **target,
+    ).eval()
+
+
 def _timm_l1_speed(args: argparse.Namespace) -> dict[str, Any]:
     """ℓ1-filter pruning of timm resnet18 at 224, batch 8: the setting in which
     ``perf-notes.md`` measured Torch-Pruning 1.6.1 (0.92 of the MACs gain), for comparison
@@ -353,15 +367,7 @@ def _timm_l1_speed(args: argparse.Namespace) -> dict[str, Any]:
     init, no fine-tuning."""
     torch.manual_seed(0)
     dense = lv.create_model("resnet18").eval()
-    pruned = lv.compress(
-        copy.deepcopy(dense),
-        "l1_filter",
-        data=None,
-        input_size=[3, 224, 224],
-        target_macs_ratio=0.5,
-        finetune_epochs=0,
-        recalibrate_batches=0,
-    ).eval()
+    pruned = untrained_l1(dense, 224, target_macs_ratio=0.5)
     size = (1, 3, 224, 224)
     gain = count_ops(dense, size).macs / count_ops(pruned, size).macs
     rows = []
@@ -529,14 +535,13 @@ FINDINGS = [
     "−3.5 points: on AVX-512 an 8-channel layer costs about what a 16-channel one does. The "
     "same widths measured 1.70× (0.865 of the MACs gain) in the previous session's report "
     "and 1.61× (0.82) in this one, on the same code: the ratio moves by about 5 % between "
-    "machines/sessions. Alternatives timed here (untrained, same MACs): pruning only the "
-    "blocks' inner convs by half 0.74, inner convs of stages 2-3 by 3/4 (round_to 8) 0.77; "
-    "round_to 32 cannot reach 50 %. Stage 1 stays at 16 channels: it holds a third of the "
-    "dense MACs and two thirds of the pruned net's, at the same latency in both (13.9 / "
-    "13.5 ms at 1 thread, while stages 2-3 fall 2.8× and 3.2× for 4× fewer MACs). Timed "
-    "alone in a loop (torch.profiler) the pair is 1.70× (0.86); interleaved, as reported, "
-    "1.61×. torch.compile (inductor, freezing) and torch.jit.freeze + "
-    "optimize_for_inference speed both models up but keep the ratio (0.83 / 0.80).",
+    "machines. `python benchmarks/prune_channel_diag.py` shows where it goes (1 thread, "
+    "this machine): stage 1 keeps its 16 channels and costs the same in both nets (14.7 / "
+    "15.7 ms) while stages 2-3 fall 2.6× and 3.3× for 4× fewer MACs; timed alone in a loop "
+    "the pair gives the same 0.81 as interleaved; torch.compile (inductor, freezing) and "
+    "torch.jit.freeze + optimize_for_inference give 0.83 and 0.82; other stage widths at "
+    "about 50 % MACs (untrained) give 0.80–0.84 (0.77–0.81 in an earlier run), "
+    "round_to 32 cannot reach 50 %.",
     "ManiDP's batch-1 path through ATen ops was slower than the dense net on 32×32 CIFAR "
     "maps (0.62×): each block ran ~45 small ops at 2–5 µs each, and ATen's batch-1 "
     "convolution there is im2col + GEMM, which barely speeds up with fewer channels. The "
@@ -544,10 +549,12 @@ FINDINGS = [
     "kept filters) runs the same blocks about 3× faster; one op call per run of "
     "identity-shortcut blocks (not per block) and balanced output-channel groups (9 kept "
     "channels tiled 5 + 4, not 8 + 1) took another ~30 % off (random-init ResNet-56 at 0.6 "
-    "remain: 2.10 → 1.43 ms, 1 thread). Part of its gain over the dense net is the kernel "
-    "itself: with every channel kept it is already faster than the ATen dense net, so the "
-    "'gain over all kept' column is what the pruning alone buys.",
-    "At 2 threads the kernel runs on one core. Splitting its convolutions over torch's "
+    "remain: 2.10 → 1.43 ms, 1 thread, measured across kernel versions while developing). "
+    "Part of its gain over the dense net is the kernel itself: with every channel kept it "
+    "is already faster than the ATen dense net, so the 'gain over all kept' column is what "
+    "the pruning alone buys.",
+    "At 2 threads the kernel runs on one core. Tried while developing (not kept in the "
+    "code): splitting its convolutions over torch's "
     "OpenMP threads (one parallel region per op call, spinning barriers between the phases "
     "of a block) made a stage 15–20 % slower: with the default OMP_WAIT_POLICY the second "
     "thread parks between regions and waking it costs ~100 µs on this VM, as much as a "
