@@ -21,6 +21,7 @@ from leanvision import analysis
 from leanvision.data import DataBundle, list_datasets, load_data
 from leanvision.engine import TrainResult, evaluate, train
 from leanvision.export import export_onnx
+from leanvision.kernels.conv3x3 import optimize_for_cpu
 from leanvision.methods import compress, list_methods
 from leanvision.methods.saving import load, save
 from leanvision.models import create_model, list_models
@@ -43,6 +44,7 @@ __all__ = [
     "load",
     "load_data",
     "load_recipe",
+    "optimize_for_cpu",
     "profile",
     "save",
     "train",

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["available", "load"]
+__all__ = ["available", "capability", "load"]
 
 _CSRC = Path(__file__).parent / "csrc"
 _state: dict[str, bool] = {}
@@ -27,6 +27,9 @@ _FLAGS = {
     "AVX512": ["-mavx2", "-mfma", "-mavx512f", "-mavx512dq", "-mavx512bw", "-mavx512vl"],
     "AVX2": ["-mavx2", "-mfma"],
 }
+# kernels that split their work over torch's OpenMP threads (at::parallel_for runs serially
+# in a translation unit built without OpenMP)
+_OPENMP = {"conv3x3"}
 
 
 def _capability() -> str:
@@ -60,12 +63,14 @@ def load(name: str) -> bool:
         log.setLevel(level)
 
     cap = _capability()
+    openmp = ["-fopenmp"] if name in _OPENMP else []
     print(f"leanvision: loading native kernel {name!r} (built once, ~20 s)", file=sys.stderr)
     try:
         cpp_extension.load(
             name=f"leanvision_{name}_{cap.lower()}",
             sources=[str(source)],
-            extra_cflags=["-O3", *_FLAGS.get(cap, [])],
+            extra_cflags=["-O3", *_FLAGS.get(cap, []), *openmp],
+            extra_ldflags=openmp,
             is_python_module=False,
             verbose=False,
         )
@@ -79,6 +84,12 @@ def load(name: str) -> bool:
         )
         _state[name] = False
     return _state[name]
+
+
+def capability() -> str:
+    """The vector instruction set the kernels are built for here: "AVX512", "AVX2" or
+    "DEFAULT" (torch's own dispatch level)."""
+    return _capability()
 
 
 def available(name: str) -> bool:

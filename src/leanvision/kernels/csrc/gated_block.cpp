@@ -418,7 +418,7 @@ std::tuple<at::Tensor, at::Tensor> gated_block_chain(const at::Tensor& x,
 
 }  // namespace
 
-TORCH_LIBRARY(leanvision, m) {
+TORCH_LIBRARY_FRAGMENT(leanvision, m) {
   m.def(
       "gated_basic_block(Tensor x, Tensor shortcut, Tensor w1, Tensor b1, Tensor w2, Tensor b2, "
       "Tensor g1_fc1, Tensor g1_fc2_w, Tensor g1_fc2_b, Tensor thre1, Tensor g2_fc1, "
