@@ -4,7 +4,9 @@ Prints, for the pruned ℓ1 model of ``prune_cifar10.py`` (batch 32, channels_la
 per-stage latency of the dense and pruned nets; the speed-up timed alone in a loop against
 interleaved (as the report times it); the same pair under ``torch.compile`` (inductor,
 freezing) and ``torch.jit.freeze`` + ``optimize_for_inference``; and other stage widths at
-about 50 % MACs (untrained: latency does not depend on weights).
+about 50 % MACs (untrained: latency does not depend on weights); the GMAC/s of single 3×3
+convolutions of the net's shapes in ATen and in leanvision's kernel; and the pair through
+``lv.optimize_for_cpu``.
 
     python benchmarks/prune_cifar10.py channels --method l1_filter   # first
     python benchmarks/prune_channel_diag.py --threads 1
@@ -25,6 +27,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 import leanvision as lv  # noqa: E402
 import prune_cifar10 as pc  # noqa: E402
+from leanvision.kernels.conv3x3 import FusedConv3x3  # noqa: E402
 from leanvision.pipeline import fold_batchnorm  # noqa: E402
 from leanvision.profiling import compare, count_ops  # noqa: E402
 
@@ -98,10 +101,26 @@ def main() -> None:
             c = torch.compile(copy.deepcopy(m).to(memory_format=CL))
             c(x)
             runners[f"{k}_compiled"] = lambda c=c: c(x)
+
+    with torch.inference_mode():  # one conv per shape: ATen's rate against the kernel's
+        for hw, cin, cout in ((32, 16, 16), (16, 16, 16), (16, 32, 32), (8, 32, 32), (8, 64, 64)):
+            conv = torch.nn.Conv2d(cin, cout, 3, padding=1).eval().to(memory_format=CL)
+            fused = FusedConv3x3(conv)
+            h = torch.randn(32, cin, hw, hw).contiguous(memory_format=CL)
+            giga = 32 * hw * hw * cin * cout * 9 / 1e6  # GMAC/s = giga / ms
+            aten = _alone_ms(lambda c=conv, h=h: c(h))
+            ours = _alone_ms(lambda f=fused, h=h: f(h))
+            print(f"conv {cin}->{cout} at {hw}x{hw}, batch 32: ATen {giga / aten:.0f} GMAC/s, "
+                  f"kernel {giga / ours:.0f} GMAC/s")  # fmt: skip
+    for k, m in (("dense", dense), ("l1", pruned)):
+        opt = lv.optimize_for_cpu(m, tuple(x.shape))[0]
+        runners[f"{k}_lv"] = lambda opt=opt: opt(x)
     lat = _interleaved(runners, args.threads)
-    for tag in ("", "_jit", "_compiled"):
+    for tag in ("", "_jit", "_compiled", "_lv"):
         ratio = lat[f"dense{tag}"] / lat[f"l1{tag}"] / gain
         print(f"interleaved{tag or ' (eager)'}: {ratio:.3f} of the MACs gain")
+    for k in ("dense", "l1"):
+        print(f"{k}: lv.optimize_for_cpu {lat[k] / lat[k + '_lv']:.2f}× faster than ATen (folded)")
 
     models, gains = {"dense": dense}, {}
     for r2, i2, r3, i3 in itertools.product((16, 32), (16, 32), (16, 32, 48, 64), (16, 32, 48, 64)):
