@@ -1,11 +1,14 @@
 """Reusable layers (no training or method code here)."""
 
+from .adder import AdderConv2d, adder2d
 from .circulant import CirculantLinear
 from .ghost import GhostConv2d
 from .issa import InterlacedSparseAttention, NonLocal2d
 from .long_short_attention import LongShortAttention
 
 __all__ = [
+    "AdderConv2d",
+    "adder2d",
     "CirculantLinear",
     "GhostConv2d",
     "InterlacedSparseAttention",

@@ -134,4 +134,4 @@ def compress(model: nn.Module, method: str, data: Any = None, **hparams: Any) ->
 
 def _load_builtin_methods() -> None:
     # Importing the method modules registers them (import here: methods import this module).
-    from leanvision.methods import distillation, ghost, pruning  # noqa: F401
+    from leanvision.methods import distillation, ghost, lowbit, pruning  # noqa: F401

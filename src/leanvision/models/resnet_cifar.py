@@ -211,3 +211,13 @@ def resnet56_cifar(pretrained: bool = False, **kwargs: object) -> ResNetCifar:
 def resnet110_cifar(pretrained: bool = False, **kwargs: object) -> ResNetCifar:
     """ResNet-110 for CIFAR."""
     return _create("resnet110_cifar", 110, pretrained, **kwargs)
+
+
+@register_model
+def resnet20_adder(pretrained: bool = False, **kwargs: object) -> ResNetCifar:
+    """ResNet-20 AdderNet (Chen et al., CVPR 2020): every conv but the stem is an adder layer
+    (3×3 blocks and 1×1 shortcuts, each followed by BN); the stem and the classifier stay real.
+    Train it with :class:`leanvision.methods.lowbit.AdderLRHook` (the adaptive learning rate)."""
+    from leanvision.methods.lowbit.adder import adderize  # methods import models: import late
+
+    return adderize(_create("resnet20_cifar", 20, pretrained, **kwargs))[0]

@@ -1,0 +1,303 @@
+// AdderNet layer kernels (Chen et al., "AdderNet: Do we really need multiplications in deep
+// learning?", CVPR 2020), on channels-last (NHWC) fp32 maps, AVX-512.
+//
+// Forward:  y[p, o] = -sum_{ky,kx,c} |xpad[p*s + k, c] - w[k, c, o]|.
+// Written as -|a - b| = 2 min(a, b) - a - b, the sum is 2 sum min(x, w) - sum x - sum w: the
+// inner loop is one min and one add per term (a conv's is one FMA), the window sums of x are
+// shared by every output channel and the sums of w are per output channel. Zero padding takes
+// part as x = 0, as in the official unfold implementation. No (B, C*k*k, L) x O temporary:
+// each thread pads the rows it reads into a buffer of one image.
+//
+// Backward to the input (the paper's HardTanh gradient):
+//   gx[q, c] = sum_{ky,kx,o} e[q + (k-1) - k_yx, o] * clamp(w[k, c, o] - x[q, c], -1, 1)
+// where e is the output gradient dilated by the stride and padded so that every stride and
+// padding becomes this one stride-1 full correlation (the caller builds it). The weight
+// gradient, sum_p gy (x - w), is a convolution weight gradient minus w * sum_p gy: ATen's.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+#ifdef __AVX512F__
+#include <immintrin.h>
+#endif
+
+namespace {
+
+#ifdef __AVX512F__
+inline __mmask16 tail_mask(int64_t left) {
+  return left >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << left) - 1);
+}
+
+struct FwdRow {
+  const float* xp;  // padded input, first row of this output row's window
+  int64_t rs;       // floats per padded row
+  int64_t c, k, s;  // input channels, kernel size, stride
+  const float* w;   // packed (k*k*c, op) as [ky][kx][c][o]
+  int64_t op, o;    // padded and real output channels
+  const float* sw;  // (op) per-output-channel sums of w
+  const float* sx;  // this row's window sums of x, one per output pixel
+  float* y;         // output row, o floats per pixel
+};
+
+// P output pixels x CB 16-wide output-channel vectors; stride 1 and k == 3 reuse each input
+// broadcast for the three horizontal taps.
+template <int P, int CB, bool S1K3>
+inline void fwd_tile(const FwdRow& r, int64_t px, int64_t o0) {
+  __m512 acc[P][CB];
+#pragma GCC unroll 16
+  for (int p = 0; p < P; ++p)
+#pragma GCC unroll 4
+    for (int b = 0; b < CB; ++b) acc[p][b] = _mm512_setzero_ps();
+  for (int64_t ky = 0; ky < r.k; ++ky) {
+    const float* xr = r.xp + ky * r.rs;
+    if constexpr (S1K3) {
+      const float* wr = r.w + ky * 3 * r.c * r.op + o0;
+      const float* xx = xr + px * r.c;
+      for (int64_t ci = 0; ci < r.c; ++ci) {
+        __m512 w[3][CB];
+#pragma GCC unroll 3
+        for (int kx = 0; kx < 3; ++kx)
+#pragma GCC unroll 4
+          for (int b = 0; b < CB; ++b) w[kx][b] = _mm512_loadu_ps(wr + (kx * r.c + ci) * r.op + 16 * b);
+#pragma GCC unroll 32
+        for (int j = 0; j < P + 2; ++j) {
+          const __m512 xv = _mm512_set1_ps(xx[j * r.c + ci]);
+#pragma GCC unroll 3
+          for (int kx = 0; kx < 3; ++kx) {
+            const int p = j - kx;
+            if (p >= 0 && p < P) {
+#pragma GCC unroll 4
+              for (int b = 0; b < CB; ++b)
+                acc[p][b] = _mm512_add_ps(acc[p][b], _mm512_min_ps(xv, w[kx][b]));
+            }
+          }
+        }
+      }
+    } else {
+      for (int64_t kx = 0; kx < r.k; ++kx) {
+        const float* wr = r.w + (ky * r.k + kx) * r.c * r.op + o0;
+        const float* xx = xr + (px * r.s + kx) * r.c;
+        for (int64_t ci = 0; ci < r.c; ++ci) {
+          __m512 w[CB];
+#pragma GCC unroll 4
+          for (int b = 0; b < CB; ++b) w[b] = _mm512_loadu_ps(wr + ci * r.op + 16 * b);
+#pragma GCC unroll 16
+          for (int p = 0; p < P; ++p) {
+            const __m512 xv = _mm512_set1_ps(xx[p * r.s * r.c + ci]);
+#pragma GCC unroll 4
+            for (int b = 0; b < CB; ++b)
+              acc[p][b] = _mm512_add_ps(acc[p][b], _mm512_min_ps(xv, w[b]));
+          }
+        }
+      }
+    }
+  }
+  const __m512 two = _mm512_set1_ps(2.f);
+#pragma GCC unroll 4
+  for (int b = 0; b < CB; ++b) {
+    const int64_t oc = o0 + 16 * b;
+    if (oc >= r.o) break;
+    const __mmask16 m = tail_mask(r.o - oc);
+    const __m512 swv = _mm512_loadu_ps(r.sw + oc);
+#pragma GCC unroll 16
+    for (int p = 0; p < P; ++p) {
+      const __m512 v = _mm512_sub_ps(
+          _mm512_fmsub_ps(two, acc[p][b], _mm512_set1_ps(r.sx[px + p])), swv);
+      _mm512_mask_storeu_ps(r.y + (px + p) * r.o + oc, m, v);
+    }
+  }
+}
+
+template <int CB, bool S1K3, int P>
+inline void fwd_span(const FwdRow& r, int64_t width, int64_t o0, int64_t& px) {
+  for (; px + P <= width; px += P) fwd_tile<P, CB, S1K3>(r, px, o0);
+}
+
+template <int CB, bool S1K3>
+void fwd_row(const FwdRow& r, int64_t width) {
+  for (int64_t o0 = 0; o0 < r.op; o0 += 16 * CB) {
+    int64_t px = 0;
+    if constexpr (CB == 1) fwd_span<CB, S1K3, 16>(r, width, o0, px);
+    if constexpr (CB == 2) fwd_span<CB, S1K3, 12>(r, width, o0, px);
+    fwd_span<CB, S1K3, 8>(r, width, o0, px);
+    fwd_span<CB, S1K3, 4>(r, width, o0, px);
+    fwd_span<CB, S1K3, 2>(r, width, o0, px);
+    fwd_span<CB, S1K3, 1>(r, width, o0, px);
+  }
+}
+
+// Pads rows [r0, r1) of padded image `img` (zeros outside the input) into `pad`, and sums
+// each padded pixel's channels into `csum`.
+void pad_rows(const float* x, int64_t h, int64_t w, int64_t c, int64_t pad_hw, int64_t wp,
+              int64_t r0, int64_t r1, float* pad, float* csum) {
+  for (int64_t pr = r0; pr < r1; ++pr) {
+    float* dst = pad + pr * wp * c;
+    const int64_t src = pr - pad_hw;
+    std::memset(dst, 0, sizeof(float) * wp * c);
+    if (src >= 0 && src < h)
+      std::memcpy(dst + pad_hw * c, x + src * w * c, sizeof(float) * w * c);
+    for (int64_t q = 0; q < wp; ++q) {
+      float t = 0.f;
+      for (int64_t ci = 0; ci < c; ++ci) t += dst[q * c + ci];
+      csum[pr * wp + q] = t;
+    }
+  }
+}
+#endif
+
+#ifndef __AVX512F__
+[[noreturn]] void no_avx512(const char* op) {
+  TORCH_CHECK(false, op, ": this build has no AVX-512 (use the PyTorch path)");
+}
+#endif
+
+at::Tensor adder_forward(const at::Tensor& x_in, const at::Tensor& w_packed,
+                         const at::Tensor& w_sum, int64_t out_channels, int64_t kernel,
+                         int64_t stride, int64_t padding) {
+#ifndef __AVX512F__
+  no_avx512("adder_forward");
+#else
+  TORCH_CHECK(x_in.dim() == 4 && x_in.scalar_type() == at::kFloat && x_in.device().is_cpu(),
+              "adder_forward: x must be a 4-D float32 CPU tensor, got ", x_in.sizes());
+  TORCH_CHECK(kernel >= 1 && stride >= 1 && padding >= 0,
+              "adder_forward: kernel and stride must be >= 1 and padding >= 0");
+  const int64_t n = x_in.size(0), c = x_in.size(1), h = x_in.size(2), wd = x_in.size(3);
+  const int64_t o = out_channels, op = (o + 15) / 16 * 16;
+  TORCH_CHECK(w_packed.dim() == 2 && w_packed.size(0) == kernel * kernel * c &&
+                  w_packed.size(1) == op && w_packed.scalar_type() == at::kFloat,
+              "adder_forward: packed weight must be float32 (k*k*C, O rounded up to 16) = (",
+              kernel * kernel * c, ", ", op, "), got ", w_packed.sizes());
+  TORCH_CHECK(w_sum.numel() == op && w_sum.scalar_type() == at::kFloat,
+              "adder_forward: w_sum must hold ", op, " float32 values");
+  const int64_t hp = h + 2 * padding, wp = wd + 2 * padding;
+  TORCH_CHECK(hp >= kernel && wp >= kernel, "adder_forward: input smaller than the kernel");
+  const int64_t ho = (hp - kernel) / stride + 1, wo = (wp - kernel) / stride + 1;
+  const auto cl = at::MemoryFormat::ChannelsLast;
+  const at::Tensor x = x_in.contiguous(cl), w = w_packed.contiguous(), sw = w_sum.contiguous();
+  at::Tensor y = at::empty({n, o, ho, wo}, x.options().memory_format(cl));
+  if (y.numel() == 0) return y;
+  const float* xd = x.data_ptr<float>();
+  float* yd = y.data_ptr<float>();
+  const bool s1k3 = stride == 1 && kernel == 3;
+  at::parallel_for(0, n * ho, std::max<int64_t>(1, ho / 4), [&](int64_t r0, int64_t r1) {
+    std::vector<float> pad(static_cast<size_t>(hp * wp * c)), csum(static_cast<size_t>(hp * wp));
+    std::vector<float> sx(static_cast<size_t>(wo));
+    for (int64_t r = r0; r < r1;) {
+      const int64_t img = r / ho, oh0 = r % ho, oh1 = std::min<int64_t>(ho, oh0 + (r1 - r));
+      pad_rows(xd + img * h * wd * c, h, wd, c, padding, wp, oh0 * stride,
+               (oh1 - 1) * stride + kernel, pad.data(), csum.data());
+      for (int64_t oh = oh0; oh < oh1; ++oh) {
+        for (int64_t q = 0; q < wo; ++q) {
+          float t = 0.f;
+          for (int64_t ky = 0; ky < kernel; ++ky)
+            for (int64_t kx = 0; kx < kernel; ++kx)
+              t += csum[(oh * stride + ky) * wp + q * stride + kx];
+          sx[q] = t;
+        }
+        const FwdRow row{pad.data() + oh * stride * wp * c, wp * c, c, kernel, stride,
+                         w.data_ptr<float>(), op, o, sw.data_ptr<float>(), sx.data(),
+                         yd + (img * ho + oh) * wo * o};
+        if (op % 32 == 0) {
+          s1k3 ? fwd_row<2, true>(row, wo) : fwd_row<2, false>(row, wo);
+        } else {
+          s1k3 ? fwd_row<1, true>(row, wo) : fwd_row<1, false>(row, wo);
+        }
+      }
+      r += oh1 - oh0;
+    }
+  });
+  return y;
+#endif
+}
+
+at::Tensor adder_backward_input(const at::Tensor& e_in, const at::Tensor& x_in,
+                                const at::Tensor& wt_packed, int64_t kernel) {
+#ifndef __AVX512F__
+  no_avx512("adder_backward_input");
+#else
+  TORCH_CHECK(e_in.dim() == 4 && x_in.dim() == 4 && e_in.scalar_type() == at::kFloat &&
+                  x_in.scalar_type() == at::kFloat,
+              "adder_backward_input: float32 4-D tensors expected");
+  const int64_t n = x_in.size(0), c = x_in.size(1), h = x_in.size(2), wd = x_in.size(3);
+  const int64_t o = e_in.size(1), cp = (c + 15) / 16 * 16;
+  TORCH_CHECK(e_in.size(0) == n && e_in.size(2) == h + kernel - 1 &&
+                  e_in.size(3) == wd + kernel - 1,
+              "adder_backward_input: e must be (N, O, H + k - 1, W + k - 1), got ", e_in.sizes());
+  TORCH_CHECK(wt_packed.dim() == 2 && wt_packed.size(0) == kernel * kernel * o &&
+                  wt_packed.size(1) == cp,
+              "adder_backward_input: packed weight must be (k*k*O, C rounded up to 16)");
+  const auto cl = at::MemoryFormat::ChannelsLast;
+  const at::Tensor e = e_in.contiguous(cl), x = x_in.contiguous(cl), wt = wt_packed.contiguous();
+  at::Tensor gx = at::empty({n, c, h, wd}, x.options().memory_format(cl));
+  if (gx.numel() == 0) return gx;
+  const float* ed = e.data_ptr<float>();
+  const float* xd = x.data_ptr<float>();
+  const float* wtd = wt.data_ptr<float>();
+  float* gd = gx.data_ptr<float>();
+  const int64_t he = h + kernel - 1, we = wd + kernel - 1;
+  at::parallel_for(0, n * h, std::max<int64_t>(1, h / 4), [&](int64_t r0, int64_t r1) {
+    const __m512 lo = _mm512_set1_ps(-1.f), hi = _mm512_set1_ps(1.f);
+    constexpr int P = 6;
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t img = r / h, qy = r % h;
+      const float* xrow = xd + (img * h + qy) * wd * c;
+      float* grow = gd + (img * h + qy) * wd * c;
+      for (int64_t c0 = 0; c0 < c; c0 += 32) {
+        const __mmask16 m0 = tail_mask(c - c0), m1 = c0 + 16 < c ? tail_mask(c - c0 - 16) : 0;
+        for (int64_t q0 = 0; q0 < wd; q0 += P) {
+          const int np = static_cast<int>(std::min<int64_t>(P, wd - q0));
+          __m512 xv[P][2], acc[P][2];
+          for (int p = 0; p < P; ++p) {
+            const float* xq = xrow + (q0 + std::min(p, np - 1)) * c + c0;
+            xv[p][0] = _mm512_maskz_loadu_ps(m0, xq);
+            xv[p][1] = _mm512_maskz_loadu_ps(m1, xq + 16);
+            acc[p][0] = acc[p][1] = _mm512_setzero_ps();
+          }
+          for (int64_t ky = 0; ky < kernel; ++ky) {
+            const float* erow = ed + (img * he + qy + kernel - 1 - ky) * we * o;
+            for (int64_t kx = 0; kx < kernel; ++kx) {
+              const float* wk = wtd + (ky * kernel + kx) * o * cp + c0;
+              const float* ecol = erow + (q0 + kernel - 1 - kx) * o;
+              for (int64_t oc = 0; oc < o; ++oc) {
+                const __m512 w0 = _mm512_loadu_ps(wk + oc * cp);
+                const __m512 w1 = m1 ? _mm512_loadu_ps(wk + oc * cp + 16) : _mm512_setzero_ps();
+#pragma GCC unroll 8
+                for (int p = 0; p < P; ++p) {
+                  if (p >= np) break;
+                  const __m512 g = _mm512_set1_ps(ecol[p * o + oc]);
+                  const __m512 d0 = _mm512_min_ps(_mm512_max_ps(_mm512_sub_ps(w0, xv[p][0]), lo), hi);
+                  acc[p][0] = _mm512_fmadd_ps(g, d0, acc[p][0]);
+                  if (m1) {
+                    const __m512 d1 =
+                        _mm512_min_ps(_mm512_max_ps(_mm512_sub_ps(w1, xv[p][1]), lo), hi);
+                    acc[p][1] = _mm512_fmadd_ps(g, d1, acc[p][1]);
+                  }
+                }
+              }
+            }
+          }
+          for (int p = 0; p < np; ++p) {
+            _mm512_mask_storeu_ps(grow + (q0 + p) * c + c0, m0, acc[p][0]);
+            if (m1) _mm512_mask_storeu_ps(grow + (q0 + p) * c + c0 + 16, m1, acc[p][1]);
+          }
+        }
+      }
+    }
+  });
+  return gx;
+#endif
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(leanvision, m) {
+  m.def("adder_forward(Tensor x, Tensor w_packed, Tensor w_sum, int out_channels, int kernel, "
+        "int stride, int padding) -> Tensor");
+  m.def("adder_backward_input(Tensor e, Tensor x, Tensor wt_packed, int kernel) -> Tensor");
+  m.impl("adder_forward", c10::DispatchKey::CPU, &adder_forward);
+  m.impl("adder_backward_input", c10::DispatchKey::CPU, &adder_backward_input);
+}

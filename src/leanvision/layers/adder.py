@@ -1,0 +1,229 @@
+"""AdderNet's adder convolution (Chen et al., CVPR 2020, arXiv 1912.13200).
+
+``Y[n, o, p] = −Σ_{c, k} |X[n, c, p·s + k] − F[o, c, k]|``: the ℓ1 distance between each
+input patch and each filter replaces the cross-correlation, so the layer has no
+multiplications. Gradients follow the paper: the weight gets the full-precision ``X − F``
+(not its sign), the input the HardTanh-clipped ``HT(F − X)``. Every adder layer should be
+followed by batch norm (its outputs are all ≤ 0). The adaptive learning rate of the paper
+(``η = 0.2``) is :class:`leanvision.methods.lowbit.adder.AdderLRHook`, a trainer hook.
+
+On AVX-512 CPUs the forward and the input gradient run the native kernel
+``kernels/csrc/adder.cpp`` (no ``(B, C·k·k, L) × O`` temporary); elsewhere (GPU, float64, no
+compiler) a chunked PyTorch path with a bounded working set computes the same values.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from leanvision import kernels
+from leanvision.errors import ConfigError
+
+__all__ = ["AdderConv2d", "adder2d", "adder2d_reference"]
+
+# working-set cap of the PyTorch path, in float elements (256 MiB of fp32)
+_CHUNK_ELEMENTS = 64 * 2**20
+
+
+def _native(x: torch.Tensor) -> bool:
+    return (
+        x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and kernels.capability() == "AVX512"
+        and kernels.load("adder")
+    )
+
+
+def adder2d_reference(x: torch.Tensor, weight: torch.Tensor, stride: int = 1, padding: int = 0):
+    """Brute force ``−Σ|X − F|`` by broadcasting, for tests on small shapes."""
+    o, c, k, _ = weight.shape
+    cols = F.unfold(x, k, padding=padding, stride=stride)  # (N, C·k·k, L)
+    diff = (cols.unsqueeze(1) - weight.reshape(1, o, -1, 1)).abs().sum(2)  # (N, O, L)
+    h = (x.shape[2] + 2 * padding - k) // stride + 1
+    w = (x.shape[3] + 2 * padding - k) // stride + 1
+    return -diff.reshape(x.shape[0], o, h, w)
+
+
+def _out_hw(x: torch.Tensor, k: int, stride: int, padding: int) -> tuple[int, int]:
+    return (
+        (x.shape[2] + 2 * padding - k) // stride + 1,
+        (x.shape[3] + 2 * padding - k) // stride + 1,
+    )
+
+
+def _forward_torch(x: torch.Tensor, w: torch.Tensor, stride: int, padding: int) -> torch.Tensor:
+    o, c, k, _ = w.shape
+    ho, wo = _out_hw(x, k, stride, padding)
+    cols = F.unfold(x, k, padding=padding, stride=stride).transpose(1, 2)  # (N, L, C·k·k)
+    flat = w.reshape(o, -1)
+    per_image = cols.shape[1] * cols.shape[2] * 2
+    step = max(1, _CHUNK_ELEMENTS // max(1, per_image))
+    out = [
+        -torch.cdist(cols[i : i + step], flat.expand(min(step, len(cols) - i), -1, -1), p=1)
+        for i in range(0, len(cols), step)
+    ]
+    return torch.cat(out).transpose(1, 2).reshape(x.shape[0], o, ho, wo)
+
+
+def _grad_input_torch(
+    gy: torch.Tensor, x: torch.Tensor, w: torch.Tensor, stride: int, padding: int
+) -> torch.Tensor:
+    o, c, k, _ = w.shape
+    cols = F.unfold(x, k, padding=padding, stride=stride)  # (N, C·k·k, L)
+    g = gy.reshape(gy.shape[0], o, -1)  # (N, O, L)
+    flat = w.reshape(o, -1, 1)
+    ob = max(1, _CHUNK_ELEMENTS // max(1, cols[0].numel()))
+    gcols = torch.zeros_like(cols)
+    for n in range(len(cols)):
+        for o0 in range(0, o, ob):
+            t = (flat[o0 : o0 + ob] - cols[n].unsqueeze(0)).clamp_(-1, 1)  # (ob, Ck², L)
+            gcols[n] += (t * g[n, o0 : o0 + ob].unsqueeze(1)).sum(0)
+    return F.fold(gcols, x.shape[2:], k, padding=padding, stride=stride)
+
+
+def _dilated_grad(gy: torch.Tensor, x: torch.Tensor, k: int, stride: int, padding: int):
+    """The output gradient spread by the stride and padded so that the input gradient is one
+    stride-1 full correlation: ``e[q + k − 1 − j] = gy[(q + padding − j) / stride]``."""
+    n, o, ho, wo = gy.shape
+    if stride > 1:
+        d = gy.new_zeros(n, o, (ho - 1) * stride + 1, (wo - 1) * stride + 1)
+        d[:, :, ::stride, ::stride] = gy
+    else:
+        d = gy
+    left = k - 1 - padding
+    right_h = x.shape[2] + k - 1 - left - d.shape[2]
+    right_w = x.shape[3] + k - 1 - left - d.shape[3]
+    return F.pad(d, (left, right_w, left, right_h))
+
+
+class _Adder2d(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, stride: int, padding: int):  # type: ignore[override]
+        ctx.save_for_backward(x, weight)
+        ctx.stride, ctx.padding = stride, padding
+        o, c, k, _ = weight.shape
+        if not _native(x):
+            return _forward_torch(x, weight, stride, padding)
+        op = -(-o // 16) * 16
+        packed = weight.permute(2, 3, 1, 0).reshape(k * k * c, o)
+        wsum = weight.sum((1, 2, 3))
+        if op != o:
+            packed = F.pad(packed, (0, op - o))
+            wsum = F.pad(wsum, (0, op - o))
+        return torch.ops.leanvision.adder_forward(
+            x, packed.contiguous(), wsum.contiguous(), o, k, stride, padding
+        )
+
+    @staticmethod
+    def backward(ctx, gy):  # type: ignore[override]
+        x, weight = ctx.saved_tensors
+        s, p = ctx.stride, ctx.padding
+        o, c, k, _ = weight.shape
+        gx = gw = None
+        if ctx.needs_input_grad[1]:  # Σ gy (X − F): a conv weight gradient minus F·Σ gy
+            gw = torch.nn.grad.conv2d_weight(x, weight.shape, gy, stride=s, padding=p)
+            gw = gw - weight * gy.sum((0, 2, 3)).reshape(o, 1, 1, 1)
+        if ctx.needs_input_grad[0]:
+            if _native(x):
+                cp = -(-c // 16) * 16
+                wt = weight.permute(2, 3, 0, 1).reshape(k * k * o, c)
+                wt = F.pad(wt, (0, cp - c)) if cp != c else wt
+                e = _dilated_grad(gy, x, k, s, p)
+                gx = torch.ops.leanvision.adder_backward_input(e, x, wt.contiguous(), k)
+                if not x.is_contiguous(memory_format=torch.channels_last):
+                    gx = gx.contiguous()
+            else:
+                gx = _grad_input_torch(gy, x, weight, s, p)
+        return gx, gw, None, None
+
+
+def adder2d(x: torch.Tensor, weight: torch.Tensor, stride: int = 1, padding: int = 0):
+    """The adder "convolution" ``−Σ|X − F|`` of ``x`` (N, C, H, W) with ``weight``
+    (O, C, k, k), with AdderNet's gradients."""
+    if x.dim() != 4 or weight.dim() != 4 or weight.shape[2] != weight.shape[3]:
+        raise ConfigError(
+            f"adder2d needs x (N, C, H, W) and a square weight (O, C, k, k); got "
+            f"{tuple(x.shape)} and {tuple(weight.shape)}"
+        )
+    if x.shape[1] != weight.shape[1]:
+        raise ConfigError(
+            f"adder2d: input has {x.shape[1]} channels, weight expects {weight.shape[1]}"
+        )
+    return _Adder2d.apply(x, weight, int(stride), int(padding))
+
+
+class AdderConv2d(nn.Module):
+    """Drop-in for a square ``nn.Conv2d`` (groups 1, zero padding) computing ``−Σ|X − F|``.
+
+    Weights start N(0, 1) as in the official code; ``bias`` is off by default."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        stride: int = 1,
+        padding: int = 0,
+        bias: bool = False,
+    ) -> None:
+        super().__init__()
+        if min(in_channels, out_channels, kernel_size, stride) < 1 or padding < 0:
+            raise ConfigError(
+                f"AdderConv2d({in_channels}, {out_channels}, {kernel_size}, stride={stride}, "
+                f"padding={padding}): sizes and stride must be ≥ 1, padding ≥ 0"
+            )
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
+        self.weight = nn.Parameter(torch.randn(out_channels, in_channels, kernel_size, kernel_size))
+        self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
+
+    @classmethod
+    def from_conv(cls, conv: nn.Conv2d) -> AdderConv2d:
+        """An adder layer of ``conv``'s shape (fresh N(0, 1) weights: a conv's weights mean
+        nothing to an ℓ1 layer)."""
+        k, s, p = conv.kernel_size, conv.stride, conv.padding
+        if (
+            conv.groups != 1
+            or conv.dilation != (1, 1)
+            or k[0] != k[1]
+            or s[0] != s[1]
+            or isinstance(p, str)
+            or p[0] != p[1]
+            or conv.padding_mode != "zeros"
+        ):
+            raise ConfigError(
+                f"AdderConv2d cannot replace {conv}: needs a square kernel, equal strides and "
+                "paddings, zero padding, no groups or dilation"
+            )
+        layer = cls(conv.in_channels, conv.out_channels, k[0], s[0], p[0], conv.bias is not None)
+        return layer.to(conv.weight.device)
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+            f"stride={self.stride}, padding={self.padding}, bias={self.bias is not None}"
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = adder2d(x, self.weight, self.stride, self.padding)
+        return y + self.bias.view(1, -1, 1, 1) if self.bias is not None else y
+
+
+def _count_adder(module: AdderConv2d, inputs: tuple, output: torch.Tensor):
+    """Each term |x − f| is a subtraction and an accumulation: 2 additions, no multiplication
+    (the paper's count; the absolute value is a sign-bit mask)."""
+    from leanvision.profiling.counting import OpCounts
+
+    terms = output.numel() * module.in_channels * module.kernel_size**2
+    return OpCounts.from_adds(2 * terms, op="adder2d")
+
+
+def _register() -> None:
+    from leanvision.profiling.counting import register_module_counter
+
+    register_module_counter(AdderConv2d, _count_adder)
+
+
+_register()
