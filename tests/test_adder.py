@@ -160,3 +160,76 @@ def test_compress_adder_trains_with_the_hook(mnist_small):
     assert any(isinstance(m, AdderConv2d) for m in small.modules())
     out = small(torch.randn(2, 1, 28, 28))
     assert out.shape == (2, 10) and torch.isfinite(out).all()
+
+
+# ----------------------------------------------------------------------- integer adder
+
+
+def _pack_u8(wq: torch.Tensor) -> torch.Tensor:
+    flat = wq.permute(0, 2, 3, 1).reshape(wq.shape[0], -1) + 128
+    kp = -(-flat.shape[1] // 64) * 64
+    return F.pad(flat, (0, kp - flat.shape[1]), value=128).to(torch.uint8).contiguous()
+
+
+@pytest.mark.skipif(kernels.capability() != "AVX512", reason="the int8 kernel is AVX-512 only")
+@pytest.mark.parametrize("shape", SHAPES)
+def test_int8_kernel_is_exact(shape):
+    n, c, o, h, w, k, s, p = shape
+    assert kernels.load("adder_int8")
+    torch.manual_seed(0)
+    xq, wq = torch.randint(-127, 128, (n, c, h, w)), torch.randint(-127, 128, (o, c, k, k))
+    bias = torch.randn(o)
+    xu = (xq + 128).to(torch.uint8).contiguous(memory_format=torch.channels_last)
+    y = torch.ops.leanvision.adder_int8_forward(xu, _pack_u8(wq), bias, 0.25, k, s, p)
+    ref = la.adder2d_reference(xq.double(), wq.double(), s, p) * 0.25 + bias.double()[:, None, None]
+    torch.testing.assert_close(y.double(), ref, rtol=0, atol=1e-3)
+    with pytest.raises(RuntimeError, match="uint8"):
+        torch.ops.leanvision.adder_int8_forward(xq.float(), _pack_u8(wq), None, 1.0, k, s, p)
+
+
+def test_quant_adder_layer_paths_agree_and_approximate_float(monkeypatch):
+    torch.manual_seed(0)
+    layer = AdderConv2d(16, 32, 3, padding=1)
+    x = torch.randn(2, 16, 9, 9)
+    scale = max(x.abs().max().item(), layer.weight.abs().max().item()) / 127
+    q = la.QuantAdderConv2d(layer, scale, bits=8)
+    assert q.weight_q.dtype == torch.int8 and set(q.state_dict()) == {"weight_q", "scale"}
+    y = q(x)
+    monkeypatch.setattr(la, "_int8_kernel", lambda: False)
+    torch.testing.assert_close(q(x), y, rtol=1e-5, atol=1e-3)  # same integers, float path
+    exact = layer(x)
+    assert ((y - exact).norm() / exact.norm()).item() < 0.01
+    q16 = la.QuantAdderConv2d(layer, scale / 256, bits=16)
+    assert q16.weight_q.dtype == torch.int16
+    assert ((q16(x) - exact).norm() / exact.norm()).item() < 1e-4
+    with pytest.raises(ConfigError, match="bits"):
+        la.QuantAdderConv2d(layer, scale, bits=1)
+
+
+def test_adder_quant_method_counts_energy_and_saves(mnist_small, tmp_path):
+    torch.manual_seed(0)
+    model = lv.compress(lv.create_model("resnet8_cifar", num_classes=10, in_chans=1), "adder")
+    model.train()
+    with torch.no_grad():  # settle BN statistics so the float net has sane outputs
+        for i, (x, _) in enumerate(mnist_small.train):
+            model(x)
+            if i == 3:
+                break
+    model.eval()
+    with pytest.raises(ConfigError, match="data"):
+        lv.compress(model, "adder_quant")
+    q = lv.compress(model, "adder_quant", data=mnist_small, calib_batches=2)
+    assert not any(type(m) is AdderConv2d for m in q.modules())
+    x = next(iter(mnist_small.test))[0]
+    with torch.no_grad():
+        ref, out = model(x), q(x)
+    assert (out.argmax(1) == ref.argmax(1)).float().mean() >= 0.9
+    size = (1, 1, 28, 28)
+    fp, iq = lv.profile(model, size, latency=False), lv.profile(q, size, latency=False)
+    assert iq.int_adds == iq.adds - count_ops(q, size).muls and fp.int_adds == 0
+    assert iq.energy_uj < 0.3 * fp.energy_uj
+    lv.save(q, tmp_path / "q.pt")
+    with torch.no_grad():
+        torch.testing.assert_close(lv.load(tmp_path / "q.pt").eval()(x), out)
+    with pytest.raises(UnsupportedModelError, match="no AdderConv2d"):
+        lv.compress(lv.create_model("resnet8_cifar"), "adder_quant", data=mnist_small)

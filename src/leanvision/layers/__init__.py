@@ -1,6 +1,6 @@
 """Reusable layers (no training or method code here)."""
 
-from .adder import AdderConv2d, adder2d
+from .adder import AdderConv2d, QuantAdderConv2d, adder2d
 from .circulant import CirculantLinear
 from .ghost import GhostConv2d
 from .issa import InterlacedSparseAttention, NonLocal2d
@@ -8,6 +8,7 @@ from .long_short_attention import LongShortAttention
 
 __all__ = [
     "AdderConv2d",
+    "QuantAdderConv2d",
     "adder2d",
     "CirculantLinear",
     "GhostConv2d",

@@ -21,7 +21,7 @@ from torch import nn
 from leanvision import kernels
 from leanvision.errors import ConfigError
 
-__all__ = ["AdderConv2d", "adder2d", "adder2d_reference"]
+__all__ = ["AdderConv2d", "QuantAdderConv2d", "adder2d", "adder2d_reference"]
 
 # working-set cap of the PyTorch path, in float elements (256 MiB of fp32)
 _CHUNK_ELEMENTS = 64 * 2**20
@@ -220,10 +220,91 @@ def _count_adder(module: AdderConv2d, inputs: tuple, output: torch.Tensor):
     return OpCounts.from_adds(2 * terms, op="adder2d")
 
 
+class QuantAdderConv2d(nn.Module):
+    """An adder layer run on integers with one scale ``s`` shared by inputs and weights
+    (Wang et al., "AdderNet and its Minimalist Hardware Design", 2021):
+    ``y = −s·Σ|round(x/s) − round(w/s)|``, values clipped to ±(2^(bits−1) − 1).
+
+    With ``bits ≤ 8`` on AVX-512BW CPUs the sum runs in the integer kernel
+    ``kernels/csrc/adder_int8.cpp`` (VPSADBW: 64 byte differences per instruction); wider
+    values, or other machines, compute the same integers through the float adder path (exact
+    while ``Σ|Δ|`` stays below 2^24, i.e. for int8; int16 sums are rounded to fp32)."""
+
+    def __init__(self, layer: AdderConv2d, scale: float, bits: int = 8) -> None:
+        super().__init__()
+        if not 2 <= bits <= 16:
+            raise ConfigError(f"QuantAdderConv2d: bits must be in 2..16, got {bits}")
+        if not scale > 0:
+            raise ConfigError(f"QuantAdderConv2d: scale must be > 0, got {scale}")
+        self.in_channels, self.out_channels = layer.in_channels, layer.out_channels
+        self.kernel_size, self.stride, self.padding = (
+            layer.kernel_size,
+            layer.stride,
+            layer.padding,
+        )
+        self.bits = bits
+        self.qmax = 2 ** (bits - 1) - 1
+        w = layer.weight.detach()
+        dtype = torch.int8 if bits <= 8 else torch.int16
+        wq = (w / scale).round().clamp(-self.qmax, self.qmax).to(dtype)
+        self.register_buffer("weight_q", wq)
+        self.register_buffer("scale", torch.tensor(float(scale)))
+        b = layer.bias.detach().clone() if layer.bias is not None else None
+        self.register_buffer("bias", b)
+        self._packed: torch.Tensor | None = None
+
+    def _load_from_state_dict(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        self._packed = None  # new weights: repack on the next call
+        return super()._load_from_state_dict(*args, **kwargs)
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+            f"stride={self.stride}, padding={self.padding}, bits={self.bits}, "
+            f"scale={self.scale.item():.4g}"
+        )
+
+    def _pack(self) -> torch.Tensor:
+        if self._packed is None:
+            flat = self.weight_q.permute(0, 2, 3, 1).reshape(self.out_channels, -1).to(torch.int16)
+            kp = -(-flat.shape[1] // 64) * 64
+            flat = F.pad(flat + 128, (0, kp - flat.shape[1]), value=128)
+            self._packed = flat.to(torch.uint8).contiguous()
+        return self._packed
+
+    def quantize_input(self, x: torch.Tensor) -> torch.Tensor:
+        """``round(x / s)`` clipped to the layer's range (float tensor of integers)."""
+        return (x / self.scale).round_().clamp_(-self.qmax, self.qmax)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xq = self.quantize_input(x)
+        s = float(self.scale)
+        if self.bits <= 8 and x.device.type == "cpu" and _int8_kernel():
+            xu = (xq + 128).to(torch.uint8).contiguous(memory_format=torch.channels_last)
+            return torch.ops.leanvision.adder_int8_forward(
+                xu, self._pack(), self.bias, s, self.kernel_size, self.stride, self.padding
+            )
+        y = adder2d(xq, self.weight_q.to(xq.dtype), self.stride, self.padding) * s
+        return y + self.bias.view(1, -1, 1, 1) if self.bias is not None else y
+
+
+def _int8_kernel() -> bool:
+    return kernels.capability() == "AVX512" and kernels.load("adder_int8")
+
+
+def _count_quant_adder(module: QuantAdderConv2d, inputs: tuple, output: torch.Tensor):
+    """As :func:`_count_adder`, in integer arithmetic."""
+    from leanvision.profiling.counting import OpCounts
+
+    terms = output.numel() * module.in_channels * module.kernel_size**2
+    return OpCounts.from_int_adds(2 * terms, op=f"adder2d_int{module.bits}")
+
+
 def _register() -> None:
     from leanvision.profiling.counting import register_module_counter
 
     register_module_counter(AdderConv2d, _count_adder)
+    register_module_counter(QuantAdderConv2d, _count_quant_adder)
 
 
 _register()

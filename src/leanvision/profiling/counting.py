@@ -61,6 +61,8 @@ class OpCounts:
       conv or linear layer has ``macs == muls == adds``. An adder layer reports only ``adds``.
     * ``int8_macs``: the part of ``macs`` (and so of ``muls`` and ``adds``) run by int8 kernels;
       the energy estimate prices those at int8 rates.
+    * ``int_adds``: the part of ``adds`` run in integer arithmetic outside int8 MACs (the
+      subtract-and-accumulate of an int8/int16 adder layer).
     * ``bitops``: binary operations (one XNOR + popcount contribution per bit).
     * ``by_op``: per op kind, in MACs (or the op's own unit: adds, bit-ops), for reports.
 
@@ -71,6 +73,7 @@ class OpCounts:
         bitops: Binary (XNOR/popcount) operations.
         by_op: Count per op kind.
         int8_macs: MACs done by int8 kernels (a subset of ``macs``).
+        int_adds: Integer additions that are not part of int8 MACs (a subset of ``adds``).
     """
 
     macs: int = 0
@@ -79,6 +82,7 @@ class OpCounts:
     bitops: int = 0
     by_op: dict[str, int] = field(default_factory=dict)
     int8_macs: int = 0
+    int_adds: int = 0
 
     @classmethod
     def from_macs(cls, n: int, op: str = "mac") -> OpCounts:
@@ -94,6 +98,11 @@ class OpCounts:
     def from_adds(cls, n: int, op: str = "add") -> OpCounts:
         """``n`` additions and no multiplications (e.g. an adder layer)."""
         return cls(adds=n, by_op={op: n})
+
+    @classmethod
+    def from_int_adds(cls, n: int, op: str = "int_add") -> OpCounts:
+        """``n`` integer additions and no multiplications (e.g. an int8 adder layer)."""
+        return cls(adds=n, int_adds=n, by_op={op: n})
 
     @classmethod
     def from_bitops(cls, n: int, op: str = "bitop") -> OpCounts:
@@ -113,6 +122,7 @@ class OpCounts:
             bitops=self.bitops + other.bitops,
             by_op=by_op,
             int8_macs=self.int8_macs + other.int8_macs,
+            int_adds=self.int_adds + other.int_adds,
         )
 
     def as_dict(self) -> dict[str, Any]:

@@ -24,6 +24,9 @@ How counts are priced:
 * floating-point multiplications and additions (``muls`` and ``adds`` minus the int8 part) at
   fp32 rates (or fp16 with ``float_dtype="fp16"``);
 * int8 MACs as an int8 multiply plus an int32 accumulate (0.2 + 0.1 = 0.3 pJ);
+* other integer additions (``int_adds``: an integer adder layer's subtractions and
+  accumulations) at the int32 add rate, 0.1 pJ (an upper bound for the int8 subtractions,
+  which Horowitz prices at 0.03 pJ);
 * bit-ops at 0.003125 pJ.
 
 Only arithmetic is counted: no memory access (DRAM, SRAM, caches, registers), no data
@@ -75,7 +78,7 @@ def energy_uj(counts: OpCounts, *, float_dtype: str = "fp32") -> float:
     """
     if float_dtype not in ("fp32", "fp16"):
         raise ConfigError(f"float_dtype must be 'fp32' or 'fp16', got {float_dtype!r}")
-    for name in ("macs", "adds", "muls", "bitops", "int8_macs"):
+    for name in ("macs", "adds", "muls", "bitops", "int8_macs", "int_adds"):
         if getattr(counts, name) < 0:
             raise ConfigError(f"OpCounts.{name} is negative ({getattr(counts, name)})")
     int8 = counts.int8_macs
@@ -85,10 +88,16 @@ def energy_uj(counts: OpCounts, *, float_dtype: str = "fp32") -> float:
             f"int8 MACs must also be counted in macs, muls and adds "
             f"(use OpCounts.from_int8_macs in a module counter)"
         )
+    if int8 + counts.int_adds > counts.adds:
+        raise ConfigError(
+            f"OpCounts.int_adds ({counts.int_adds}) + int8_macs ({int8}) exceed adds "
+            f"({counts.adds}); integer additions must also be counted in adds"
+        )
     e = ENERGY_PJ
     pj = (
         (counts.muls - int8) * e[f"{float_dtype}_mul"]
-        + (counts.adds - int8) * e[f"{float_dtype}_add"]
+        + (counts.adds - int8 - counts.int_adds) * e[f"{float_dtype}_add"]
+        + counts.int_adds * e["int32_add"]
         + int8 * (e["int8_mul"] + e["int32_add"])
         + counts.bitops * e["bitop"]
     )

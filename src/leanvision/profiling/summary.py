@@ -33,6 +33,7 @@ class Profile:
         input_size: Input shape, batch first.
         by_op: Count per op kind (MACs, or the op's own unit).
         int8_macs: The part of ``macs`` run by int8 kernels.
+        int_adds: The part of ``adds`` run in integer arithmetic outside int8 MACs.
     """
 
     params: int
@@ -46,6 +47,7 @@ class Profile:
     input_size: tuple[int, ...]
     by_op: dict[str, int] = field(default_factory=dict)
     int8_macs: int = 0
+    int_adds: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready dict in the ``results.json`` field names.
@@ -60,6 +62,7 @@ class Profile:
             "muls": self.muls,
             "bitops": self.bitops,
             "int8_macs": self.int8_macs,
+            "int_adds": self.int_adds,
             "latency_ms": self.latency.as_dict() if self.latency is not None else None,
             "peak_mem_mb": self.peak_mem_mb,
             "energy_uj": self.energy_uj,
@@ -116,4 +119,5 @@ def profile(
         input_size=size,
         by_op=dict(counts.by_op),
         int8_macs=counts.int8_macs,
+        int_adds=counts.int_adds,
     )

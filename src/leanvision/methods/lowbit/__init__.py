@@ -1,6 +1,16 @@
 """Low-bit and multiplication-free networks: AdderNet (more to come: binary, PTQ)."""
 
-from . import adder
+from . import adder, adder_quant
 from .adder import AdderConfig, AdderLRHook, adderize
+from .adder_quant import AdderQuantConfig, calibrate_adder_inputs, quantize_adders
 
-__all__ = ["AdderConfig", "AdderLRHook", "adder", "adderize"]
+__all__ = [
+    "AdderConfig",
+    "AdderLRHook",
+    "AdderQuantConfig",
+    "adder",
+    "adder_quant",
+    "adderize",
+    "calibrate_adder_inputs",
+    "quantize_adders",
+]

@@ -1,0 +1,147 @@
+// Integer AdderNet inference ("AdderNet and its Minimalist Hardware Design", Wang et al. 2021):
+// with one scale s shared by a layer's inputs and weights, |x - w| ~= s |round(x/s) - round(w/s)|,
+// so the layer is y = -s * sum |xq - wq| over int8 values, an integer sum of absolute
+// differences. x86 has that instruction: VPSADBW sums |a - b| over 8 unsigned bytes into a
+// 64-bit lane, 64 byte pairs per instruction (AVX-512BW). Values are stored offset by 128
+// (uint8 = int8 + 128), which leaves every difference unchanged.
+//
+// Layout: xq (N, C, H, W) uint8 in channels-last memory (already offset); wq (O, Kp) uint8
+// with the reduction ordered [ky][kx][c] and padded with 128 up to Kp (a multiple of
+// 64); the input's padding and the K padding are 128 too, so they add |128 - 128| = 0 where
+// both are padding and |wq| where only the input is (as zero padding does in float).
+// Each thread builds the im2col rows of a few output pixels (uint8, P x Kp) and runs a
+// register-blocked SAD "GEMM" against all output channels: 4 pixels x 4 channels per block.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#ifdef __AVX512BW__
+#include <immintrin.h>
+#endif
+
+namespace {
+
+#ifdef __AVX512BW__
+inline int64_t hsum(__m512i v) { return _mm512_reduce_add_epi64(v); }
+
+// out[p * o + q] = -scale * sum_k |a[p][k] - b[q][k]| for P pixels, Q channels (P, Q <= 4).
+template <int P, int Q>
+inline void sad_block(const uint8_t* a, const uint8_t* b, int64_t kp, float scale, float* out,
+                      int64_t ostride, const float* bias) {
+  __m512i acc[P][Q];
+#pragma GCC unroll 4
+  for (int p = 0; p < P; ++p)
+#pragma GCC unroll 4
+    for (int q = 0; q < Q; ++q) acc[p][q] = _mm512_setzero_si512();
+  for (int64_t k = 0; k < kp; k += 64) {
+    __m512i av[P], bv[Q];
+#pragma GCC unroll 4
+    for (int p = 0; p < P; ++p) av[p] = _mm512_loadu_si512(a + p * kp + k);
+#pragma GCC unroll 4
+    for (int q = 0; q < Q; ++q) bv[q] = _mm512_loadu_si512(b + q * kp + k);
+#pragma GCC unroll 4
+    for (int p = 0; p < P; ++p)
+#pragma GCC unroll 4
+      for (int q = 0; q < Q; ++q)
+        acc[p][q] = _mm512_add_epi64(acc[p][q], _mm512_sad_epu8(av[p], bv[q]));
+  }
+#pragma GCC unroll 4
+  for (int p = 0; p < P; ++p)
+#pragma GCC unroll 4
+    for (int q = 0; q < Q; ++q)
+      out[p * ostride + q] = -scale * static_cast<float>(hsum(acc[p][q])) + (bias ? bias[q] : 0.f);
+}
+
+template <int P>
+inline void sad_row(const uint8_t* a, const uint8_t* b, int64_t kp, int64_t o, float scale,
+                    float* out, int64_t ostride, const float* bias) {
+  int64_t q = 0;
+  for (; q + 4 <= o; q += 4)
+    sad_block<P, 4>(a, b + q * kp, kp, scale, out + q, ostride, bias ? bias + q : nullptr);
+  for (; q < o; ++q)
+    sad_block<P, 1>(a, b + q * kp, kp, scale, out + q, ostride, bias ? bias + q : nullptr);
+}
+#endif
+
+at::Tensor adder_int8_forward(const at::Tensor& xq_in, const at::Tensor& wq_in,
+                              const c10::optional<at::Tensor>& bias_in, double scale,
+                              int64_t kernel, int64_t stride, int64_t padding) {
+#ifndef __AVX512BW__
+  TORCH_CHECK(false, "adder_int8_forward: this build has no AVX-512BW");
+#else
+  TORCH_CHECK(xq_in.dim() == 4 && xq_in.scalar_type() == at::kByte,
+              "adder_int8_forward: xq must be a 4-D uint8 tensor (int8 + 128), got ",
+              xq_in.sizes(), " ", xq_in.scalar_type());
+  const int64_t n = xq_in.size(0), c = xq_in.size(1), h = xq_in.size(2), wd = xq_in.size(3);
+  const int64_t kk = kernel * kernel * c, kp = (kk + 63) / 64 * 64;
+  TORCH_CHECK(wq_in.dim() == 2 && wq_in.scalar_type() == at::kByte && wq_in.size(1) == kp,
+              "adder_int8_forward: wq must be uint8 (O, k*k*C rounded up to 64) = (O, ", kp,
+              "), got ", wq_in.sizes());
+  const int64_t o = wq_in.size(0);
+  const int64_t hp = h + 2 * padding, wp = wd + 2 * padding;
+  TORCH_CHECK(kernel >= 1 && stride >= 1 && padding >= 0 && hp >= kernel && wp >= kernel,
+              "adder_int8_forward: bad kernel / stride / padding for this input");
+  at::Tensor bias;
+  if (bias_in.has_value()) {
+    bias = bias_in->contiguous();
+    TORCH_CHECK(bias.numel() == o && bias.scalar_type() == at::kFloat,
+                "adder_int8_forward: bias must hold ", o, " float32 values");
+  }
+  const int64_t ho = (hp - kernel) / stride + 1, wo = (wp - kernel) / stride + 1;
+  const auto cl = at::MemoryFormat::ChannelsLast;
+  const at::Tensor xq = xq_in.contiguous(cl), wq = wq_in.contiguous();
+  at::Tensor y = at::empty({n, o, ho, wo}, at::TensorOptions().dtype(at::kFloat).memory_format(cl));
+  if (y.numel() == 0) return y;
+  const uint8_t* xd = xq.data_ptr<uint8_t>();
+  const uint8_t* wdp = wq.data_ptr<uint8_t>();
+  const float* bd = bias.defined() ? bias.data_ptr<float>() : nullptr;
+  float* yd = y.data_ptr<float>();
+  const float sc = static_cast<float>(scale);
+  at::parallel_for(0, n * ho, std::max<int64_t>(1, ho / 4), [&](int64_t r0, int64_t r1) {
+    constexpr int P = 4;
+    std::vector<uint8_t> cols(static_cast<size_t>(P * kp));
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t img = r / ho, oh = r % ho;
+      const uint8_t* xn = xd + img * h * wd * c;
+      float* yrow = yd + r * wo * o;
+      for (int64_t ow0 = 0; ow0 < wo; ow0 += P) {
+        const int np = static_cast<int>(std::min<int64_t>(P, wo - ow0));
+        std::memset(cols.data(), 128, cols.size());
+        for (int p = 0; p < np; ++p) {  // im2col of pixel (oh, ow0 + p), [ky][kx][c]
+          uint8_t* dst = cols.data() + p * kp;
+          for (int64_t ky = 0; ky < kernel; ++ky) {
+            const int64_t iy = oh * stride + ky - padding;
+            if (iy < 0 || iy >= h) continue;
+            for (int64_t kx = 0; kx < kernel; ++kx) {
+              const int64_t ix = (ow0 + p) * stride + kx - padding;
+              if (ix < 0 || ix >= wd) continue;
+              std::memcpy(dst + (ky * kernel + kx) * c, xn + (iy * wd + ix) * c, c);
+            }
+          }
+        }
+        float* out = yrow + ow0 * o;
+        switch (np) {
+          case 4: sad_row<4>(cols.data(), wdp, kp, o, sc, out, o, bd); break;
+          case 3: sad_row<3>(cols.data(), wdp, kp, o, sc, out, o, bd); break;
+          case 2: sad_row<2>(cols.data(), wdp, kp, o, sc, out, o, bd); break;
+          default: sad_row<1>(cols.data(), wdp, kp, o, sc, out, o, bd); break;
+        }
+      }
+    }
+  });
+  return y;
+#endif
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(leanvision, m) {
+  m.def("adder_int8_forward(Tensor xq, Tensor wq, Tensor? bias, float scale, int kernel, "
+        "int stride, int padding) -> Tensor");
+  m.impl("adder_int8_forward", c10::DispatchKey::CPU, &adder_int8_forward);
+}
