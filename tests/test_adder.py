@@ -233,3 +233,60 @@ def test_adder_quant_method_counts_energy_and_saves(mnist_small, tmp_path):
         torch.testing.assert_close(lv.load(tmp_path / "q.pt").eval()(x), out)
     with pytest.raises(UnsupportedModelError, match="no AdderConv2d"):
         lv.compress(lv.create_model("resnet8_cifar"), "adder_quant", data=mnist_small)
+
+
+# ----------------------------------------------------------------------- PKKD
+
+
+def test_pkkd_kernels_match_brute_force():
+    from leanvision.methods.lowbit.pkkd import gauss_kernel, laplace_kernel
+
+    torch.manual_seed(0)
+    conv = nn.Conv2d(3, 4, 3, padding=1, stride=2)
+    x = torch.randn(2, 3, 7, 7)
+    cols = F.unfold(x, 3, padding=1, stride=2)  # (N, 27, L)
+    d2 = ((cols.unsqueeze(1) - conv.weight.reshape(1, 4, -1, 1)) ** 2).sum(2)  # (N, O, L)
+    want = torch.exp(-d2 / d2.mean()).reshape(2, 4, 4, 4)
+    torch.testing.assert_close(gauss_kernel(conv, x, conv(x)), want, rtol=1e-4, atol=1e-5)
+    y = adder2d(x, conv.weight, 2, 1)
+    torch.testing.assert_close(laplace_kernel(y), torch.exp(y / (-y).mean()))
+
+
+def test_pkkd_trains_teacher_and_student_together(mnist_small, tmp_path):
+    from leanvision.methods.lowbit.pkkd import default_pkkd_layers
+
+    torch.manual_seed(0)
+    model = lv.create_model("resnet8_cifar", num_classes=10, in_chans=1)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    seen = {}
+
+    class Spy(lv.engine.hooks.Hook):
+        def on_loss(self, trainer, ctx):
+            seen.update({k: float(v.detach()) for k, v in ctx.losses.items()})
+
+    import leanvision.methods.lowbit.pkkd as pk
+
+    real = pk.finetune
+    pk.finetune = lambda m, d, c, hooks, method: real(m, d, c, [*hooks, Spy()], method=method)
+    try:
+        small = lv.compress(
+            model, "pkkd", data=mnist_small, finetune_epochs=1, max_steps=3, progress=False,
+            log=False,
+        )  # fmt: skip
+    finally:
+        pk.finetune = real
+    assert {"task", "teacher_ce", "kd", "pkkd_features"} <= set(seen)
+    teacher = small.pkkd_teacher
+    assert "pkkd_teacher" not in dict(small.named_modules())
+    moved = [k for k, v in teacher.state_dict().items() if v.is_floating_point()
+             and not torch.equal(v, before[k])]  # fmt: skip
+    assert any(k.endswith("conv1.weight") for k in moved)  # the CNN trained too
+    assert default_pkkd_layers(small, (1, 28, 28)) == [
+        "layer1.0.conv2", "layer2.0.conv2", "layer3.0.conv2",
+    ]  # fmt: skip
+    lv.save(small, tmp_path / "s.pt")
+    x = torch.randn(2, 1, 28, 28)
+    with torch.no_grad():
+        torch.testing.assert_close(lv.load(tmp_path / "s.pt").eval()(x), small(x))
+    with pytest.raises(ConfigError, match="not adder layers"):
+        lv.compress(model, "pkkd", data=mnist_small, finetune_epochs=1, layers=["fc"])

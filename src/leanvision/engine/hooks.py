@@ -47,6 +47,9 @@ class Hook:
     """Base class: override what you need. Calls happen on every process under DDP."""
 
     name: str = "hook"
+    #: weight decay of this hook's :meth:`parameters` in the model's optimizer (0 by default:
+    #: gates and factors; a co-trained network sets its own)
+    weight_decay: float = 0.0
 
     def on_train_start(self, trainer: Trainer) -> None:
         """Before the first epoch (after a resume has restored state)."""

@@ -201,8 +201,12 @@ class Trainer:
             self.optimizer = create_optimizer_v2(
                 target, opt=cfg.opt, lr=cfg.lr, weight_decay=cfg.weight_decay, **opt_kwargs
             )
-            if extra:
-                self.optimizer.add_param_group({"params": extra, "weight_decay": 0.0})
+            for h in self.hooks:
+                params = h.parameters()
+                if params:
+                    self.optimizer.add_param_group(
+                        {"params": params, "weight_decay": h.weight_decay}
+                    )
         elif extra:  # a frozen model: only the hooks' parameters train (e.g. SCOP's factors)
             self.optimizer = create_optimizer_v2(
                 extra, opt=cfg.opt, lr=cfg.lr, weight_decay=0.0, **opt_kwargs
