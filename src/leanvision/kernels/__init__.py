@@ -29,7 +29,7 @@ _FLAGS = {
 }
 # kernels that split their work over torch's OpenMP threads (at::parallel_for runs serially
 # in a translation unit built without OpenMP)
-_OPENMP = {"adder", "adder_int8", "conv3x3"}
+_OPENMP = {"adder", "adder_int8", "binary", "conv3x3"}
 
 
 def _capability() -> str:

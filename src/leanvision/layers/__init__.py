@@ -1,6 +1,12 @@
 """Reusable layers (no training or method code here)."""
 
 from .adder import AdderConv2d, QuantAdderConv2d, adder2d
+from .binary import (
+    BinaryConv2d,
+    BinaryLinear,
+    PackedBinaryConv2d,
+    PackedBinaryLinear,
+)
 from .circulant import CirculantLinear
 from .ghost import GhostConv2d
 from .issa import InterlacedSparseAttention, NonLocal2d
@@ -8,6 +14,10 @@ from .long_short_attention import LongShortAttention
 
 __all__ = [
     "AdderConv2d",
+    "BinaryConv2d",
+    "BinaryLinear",
+    "PackedBinaryConv2d",
+    "PackedBinaryLinear",
     "QuantAdderConv2d",
     "adder2d",
     "CirculantLinear",

@@ -1,0 +1,289 @@
+// Bit-packed binary convolution and linear layers: XNOR-popcount inference for 1-bit weights
+// and 1-bit activations (XNOR-Net, Rastegari et al., ECCV 2016).
+//
+// A value t is the bit (t < 0): +1 is 0, -1 is 1 (0 counts as +1, as in training). For
+// C channels in one word group, sum_c a_c * w_c = C - 2 * popcount(a XOR w) over the used
+// bits; unused bits are 0 in both operands. Zero padding contributes 0 in the float layer,
+// so taps outside the input are skipped and only valid taps count.
+//
+// Layouts: activations packed per pixel, (N, H, W, CW) uint64 with CW = ceil(C / 64);
+// conv weights (k, k, CW, Op) uint64 with Op = O rounded up to 8 (output channel fastest,
+// so 8 of them fill one 512-bit vector); linear weights (CW, Op).
+// The vector path needs AVX-512 VPOPCNTDQ and is chosen at run time; otherwise a scalar
+// __builtin_popcountll path computes the same integers.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
+#include <vector>
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
+namespace {
+
+bool has_vpopcnt() {
+#if defined(__x86_64__)
+  static const bool ok = __builtin_cpu_supports("avx512f") &&
+                         __builtin_cpu_supports("avx512vpopcntdq");
+  return ok;
+#else
+  return false;
+#endif
+}
+
+// acc[o] += popcount(x[w] ^ wt[w][o]) for o < op (multiple of 8), w < cw.
+void popxor_scalar(const uint64_t* x, const uint64_t* wt, int64_t cw, int64_t op, int64_t* acc) {
+  for (int64_t w = 0; w < cw; ++w) {
+    const uint64_t xv = x[w];
+    const uint64_t* row = wt + w * op;
+    for (int64_t o = 0; o < op; ++o) acc[o] += __builtin_popcountll(xv ^ row[o]);
+  }
+}
+
+#if defined(__x86_64__)
+__attribute__((target("avx512f,avx512vpopcntdq"))) void popxor_avx512(
+    const uint64_t* x, const uint64_t* wt, int64_t cw, int64_t op, int64_t* acc) {
+  for (int64_t o0 = 0; o0 < op; o0 += 64) {
+    const int nv = static_cast<int>(std::min<int64_t>(8, (op - o0) / 8));
+    __m512i a[8];
+    for (int v = 0; v < nv; ++v) a[v] = _mm512_loadu_si512(acc + o0 + 8 * v);
+    for (int64_t w = 0; w < cw; ++w) {
+      const __m512i xv = _mm512_set1_epi64(static_cast<long long>(x[w]));
+      const uint64_t* row = wt + w * op + o0;
+      for (int v = 0; v < nv; ++v) {
+        const __m512i wv = _mm512_loadu_si512(row + 8 * v);
+        a[v] = _mm512_add_epi64(a[v], _mm512_popcnt_epi64(_mm512_xor_si512(xv, wv)));
+      }
+    }
+    for (int v = 0; v < nv; ++v) _mm512_storeu_si512(acc + o0 + 8 * v, a[v]);
+  }
+}
+#endif
+
+#if defined(__x86_64__)
+// P output pixels x (up to) 64 output channels of one output row, all taps valid for all P
+// pixels (interior) when `interior`, else one pixel with per-tap bounds checks (P must be 1).
+template <int P, int NV>
+__attribute__((target("avx512f,avx512dq,avx512vpopcntdq"))) void conv_tile_avx512(
+    const uint64_t* xd, const uint64_t* wt, int64_t h, int64_t wd, int64_t cw, int64_t op,
+    int64_t o0, int64_t img, int64_t oy, int64_t ox, int64_t kernel, int64_t stride,
+    int64_t padding, int64_t channels, int64_t o, const float* sd, const float* bd, float* out) {
+  __m512i acc[P][NV];
+#pragma GCC unroll 4
+  for (int p = 0; p < P; ++p)
+#pragma GCC unroll 8
+    for (int v = 0; v < NV; ++v) acc[p][v] = _mm512_setzero_si512();
+  int64_t valid = 0;
+  for (int64_t ky = 0; ky < kernel; ++ky) {
+    const int64_t iy = oy * stride + ky - padding;
+    if (iy < 0 || iy >= h) continue;
+    for (int64_t kx = 0; kx < kernel; ++kx) {
+      const int64_t ix0 = ox * stride + kx - padding;
+      if (P == 1 && (ix0 < 0 || ix0 >= wd)) continue;
+      ++valid;
+      const uint64_t* xrow = xd + ((img * h + iy) * wd + ix0) * cw;
+      const uint64_t* wrow = wt + (ky * kernel + kx) * cw * op + o0;
+      for (int64_t w = 0; w < cw; ++w) {
+        __m512i xv[P];
+#pragma GCC unroll 4
+        for (int p = 0; p < P; ++p)
+          xv[p] = _mm512_set1_epi64(static_cast<long long>(xrow[p * stride * cw + w]));
+#pragma GCC unroll 8
+        for (int v = 0; v < NV; ++v) {
+          const __m512i wv = _mm512_loadu_si512(wrow + w * op + 8 * v);
+#pragma GCC unroll 4
+          for (int p = 0; p < P; ++p)
+            acc[p][v] = _mm512_add_epi64(acc[p][v], _mm512_popcnt_epi64(_mm512_xor_si512(xv[p], wv)));
+        }
+      }
+    }
+  }
+  const __m512i full = _mm512_set1_epi64(valid * channels);
+#pragma GCC unroll 8
+  for (int v = 0; v < NV; ++v) {
+    const int64_t q0 = o0 + 8 * v;
+    const int64_t left = std::min<int64_t>(8, o - q0);
+    if (left <= 0) break;
+    const __mmask8 m = static_cast<__mmask8>((1u << left) - 1);
+    const __m256 sc = _mm256_maskz_loadu_ps(m, sd + q0);
+    const __m256 bi = bd ? _mm256_maskz_loadu_ps(m, bd + q0) : _mm256_setzero_ps();
+#pragma GCC unroll 4
+    for (int p = 0; p < P; ++p) {
+      const __m512i dot = _mm512_sub_epi64(full, _mm512_slli_epi64(acc[p][v], 1));
+      const __m256 f = _mm256_fmadd_ps(_mm512_cvtepi64_ps(dot), sc, bi);
+      _mm256_mask_storeu_ps(out + p * o + q0, m, f);
+    }
+  }
+}
+#endif
+
+inline void popxor(const uint64_t* x, const uint64_t* wt, int64_t cw, int64_t op, int64_t* acc,
+                   bool vec) {
+#if defined(__x86_64__)
+  if (vec) return popxor_avx512(x, wt, cw, op, acc);
+#endif
+  popxor_scalar(x, wt, cw, op, acc);
+}
+
+at::Tensor binary_pack(const at::Tensor& x_in) {
+  TORCH_CHECK(x_in.scalar_type() == at::kFloat && (x_in.dim() == 4 || x_in.dim() == 2),
+              "binary_pack: x must be a float32 (N, C, H, W) or (N, C) tensor, got ",
+              x_in.sizes(), " ", x_in.scalar_type());
+  const bool conv = x_in.dim() == 4;
+  const at::Tensor x = conv ? x_in.contiguous(at::MemoryFormat::ChannelsLast) : x_in.contiguous();
+  const int64_t c = x.size(1), cw = (c + 63) / 64;
+  const int64_t pixels = conv ? x.size(0) * x.size(2) * x.size(3) : x.size(0);
+  at::Tensor out = conv ? at::empty({x.size(0), x.size(2), x.size(3), cw}, at::kLong)
+                        : at::empty({x.size(0), cw}, at::kLong);
+  const float* xd = x.data_ptr<float>();
+  auto* od = reinterpret_cast<uint64_t*>(out.data_ptr<int64_t>());
+  at::parallel_for(0, pixels, 256, [&](int64_t p0, int64_t p1) {
+    for (int64_t p = p0; p < p1; ++p) {
+      const float* src = xd + p * c;
+      for (int64_t w = 0; w < cw; ++w) {
+        uint64_t bits = 0;
+        const int64_t n = std::min<int64_t>(64, c - 64 * w);
+        for (int64_t j = 0; j < n; ++j) bits |= static_cast<uint64_t>(src[64 * w + j] < 0.f) << j;
+        od[p * cw + w] = bits;
+      }
+    }
+  });
+  return out;
+}
+
+at::Tensor binary_conv2d(const at::Tensor& xp_in, const at::Tensor& wp_in, const at::Tensor& scale,
+                         const c10::optional<at::Tensor>& bias_in, int64_t channels,
+                         int64_t out_channels, int64_t kernel, int64_t stride, int64_t padding) {
+  TORCH_CHECK(xp_in.dim() == 4 && xp_in.scalar_type() == at::kLong,
+              "binary_conv2d: packed input must be int64 (N, H, W, CW), got ", xp_in.sizes());
+  const int64_t n = xp_in.size(0), h = xp_in.size(1), wd = xp_in.size(2), cw = xp_in.size(3);
+  const int64_t o = out_channels, op = (o + 7) / 8 * 8;
+  TORCH_CHECK(cw == (channels + 63) / 64, "binary_conv2d: ", channels, " channels need ",
+              (channels + 63) / 64, " words per pixel, input has ", cw);
+  TORCH_CHECK(wp_in.dim() == 4 && wp_in.scalar_type() == at::kLong && wp_in.size(0) == kernel &&
+                  wp_in.size(1) == kernel && wp_in.size(2) == cw && wp_in.size(3) == op,
+              "binary_conv2d: packed weight must be int64 (k, k, CW, O rounded up to 8) = (",
+              kernel, ", ", kernel, ", ", cw, ", ", op, "), got ", wp_in.sizes());
+  TORCH_CHECK(scale.numel() == o && scale.scalar_type() == at::kFloat,
+              "binary_conv2d: scale must hold ", o, " float32 values");
+  const int64_t ho = (h + 2 * padding - kernel) / stride + 1;
+  const int64_t wo = (wd + 2 * padding - kernel) / stride + 1;
+  TORCH_CHECK(ho > 0 && wo > 0 && stride > 0, "binary_conv2d: empty output");
+  at::Tensor bias;
+  if (bias_in.has_value()) bias = bias_in->contiguous();
+  const at::Tensor xp = xp_in.contiguous(), wp = wp_in.contiguous(), sc = scale.contiguous();
+  at::Tensor y = at::empty({n, o, ho, wo},
+                           at::TensorOptions().dtype(at::kFloat).memory_format(at::MemoryFormat::ChannelsLast));
+  const auto* xd = reinterpret_cast<const uint64_t*>(xp.data_ptr<int64_t>());
+  const auto* wdp = reinterpret_cast<const uint64_t*>(wp.data_ptr<int64_t>());
+  const float* sd = sc.data_ptr<float>();
+  const float* bd = bias.defined() ? bias.data_ptr<float>() : nullptr;
+  float* yd = y.data_ptr<float>();
+  const bool vec = has_vpopcnt();
+  at::parallel_for(0, n * ho, 1, [&](int64_t r0, int64_t r1) {
+    std::vector<int64_t> acc(static_cast<size_t>(op));
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t img = r / ho, oy = r % ho;
+#if defined(__x86_64__)
+      if (vec) {
+        // output columns whose taps all fall inside the input: tiles of 3; the rest one by one
+        const int64_t lo = std::min<int64_t>(wo, (padding + stride - 1) / stride);
+        const int64_t hi = std::max<int64_t>(lo, std::min<int64_t>(wo, (wd + padding - kernel) / stride + 1));
+        for (int64_t o0 = 0; o0 < op; o0 += 64) {
+          const int nv = static_cast<int>(std::min<int64_t>(8, (op - o0) / 8));
+          auto tile = [&](auto p_tag, int64_t ox) {
+            constexpr int P = decltype(p_tag)::value;
+            float* out = yd + (r * wo + ox) * o;
+            switch (nv) {
+#define LV_NV(K) case K: conv_tile_avx512<P, K>(xd, wdp, h, wd, cw, op, o0, img, oy, ox, kernel, \
+                                                stride, padding, channels, o, sd, bd, out); break;
+              LV_NV(1) LV_NV(2) LV_NV(3) LV_NV(4) LV_NV(5) LV_NV(6) LV_NV(7) LV_NV(8)
+#undef LV_NV
+            }
+          };
+          using one_t = std::integral_constant<int, 1>;
+          using three_t = std::integral_constant<int, 3>;
+          int64_t ox = 0;
+          for (; ox < lo; ++ox) tile(one_t{}, ox);
+          for (; ox + 3 <= hi; ox += 3) tile(three_t{}, ox);
+          for (; ox < wo; ++ox) tile(one_t{}, ox);
+        }
+        continue;
+      }
+#endif
+      for (int64_t ox = 0; ox < wo; ++ox) {
+        std::fill(acc.begin(), acc.end(), 0);
+        int64_t valid = 0;
+        for (int64_t ky = 0; ky < kernel; ++ky) {
+          const int64_t iy = oy * stride + ky - padding;
+          if (iy < 0 || iy >= h) continue;
+          for (int64_t kx = 0; kx < kernel; ++kx) {
+            const int64_t ix = ox * stride + kx - padding;
+            if (ix < 0 || ix >= wd) continue;
+            ++valid;
+            popxor(xd + ((img * h + iy) * wd + ix) * cw, wdp + (ky * kernel + kx) * cw * op, cw,
+                   op, acc.data(), vec);
+          }
+        }
+        float* out = yd + (r * wo + ox) * o;
+        const int64_t full = valid * channels;
+        for (int64_t q = 0; q < o; ++q)
+          out[q] = sd[q] * static_cast<float>(full - 2 * acc[q]) + (bd ? bd[q] : 0.f);
+      }
+    }
+  });
+  return y;
+}
+
+at::Tensor binary_linear(const at::Tensor& xp_in, const at::Tensor& wp_in, const at::Tensor& scale,
+                         const c10::optional<at::Tensor>& bias_in, int64_t features,
+                         int64_t out_features) {
+  TORCH_CHECK(xp_in.dim() == 2 && xp_in.scalar_type() == at::kLong,
+              "binary_linear: packed input must be int64 (N, CW), got ", xp_in.sizes());
+  const int64_t n = xp_in.size(0), cw = xp_in.size(1), o = out_features, op = (o + 7) / 8 * 8;
+  TORCH_CHECK(cw == (features + 63) / 64 && wp_in.dim() == 2 && wp_in.size(0) == cw &&
+                  wp_in.size(1) == op && wp_in.scalar_type() == at::kLong,
+              "binary_linear: packed weight must be int64 (CW, O rounded up to 8) = (", cw, ", ",
+              op, "), got ", wp_in.sizes());
+  TORCH_CHECK(scale.numel() == o && scale.scalar_type() == at::kFloat,
+              "binary_linear: scale must hold ", o, " float32 values");
+  at::Tensor bias;
+  if (bias_in.has_value()) bias = bias_in->contiguous();
+  const at::Tensor xp = xp_in.contiguous(), wp = wp_in.contiguous(), sc = scale.contiguous();
+  at::Tensor y = at::empty({n, o}, at::kFloat);
+  const auto* xd = reinterpret_cast<const uint64_t*>(xp.data_ptr<int64_t>());
+  const auto* wdp = reinterpret_cast<const uint64_t*>(wp.data_ptr<int64_t>());
+  const float* sd = sc.data_ptr<float>();
+  const float* bd = bias.defined() ? bias.data_ptr<float>() : nullptr;
+  float* yd = y.data_ptr<float>();
+  const bool vec = has_vpopcnt();
+  at::parallel_for(0, n, 1, [&](int64_t i0, int64_t i1) {
+    std::vector<int64_t> acc(static_cast<size_t>(op));
+    for (int64_t i = i0; i < i1; ++i) {
+      std::fill(acc.begin(), acc.end(), 0);
+      popxor(xd + i * cw, wdp, cw, op, acc.data(), vec);
+      for (int64_t q = 0; q < o; ++q)
+        yd[i * o + q] = sd[q] * static_cast<float>(features - 2 * acc[q]) + (bd ? bd[q] : 0.f);
+    }
+  });
+  return y;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(leanvision, m) {
+  m.def("binary_pack(Tensor x) -> Tensor");
+  m.def("binary_conv2d(Tensor xp, Tensor wp, Tensor scale, Tensor? bias, int channels, "
+        "int out_channels, int kernel, int stride, int padding) -> Tensor");
+  m.def("binary_linear(Tensor xp, Tensor wp, Tensor scale, Tensor? bias, int features, "
+        "int out_features) -> Tensor");
+  m.impl("binary_pack", c10::DispatchKey::CPU, &binary_pack);
+  m.impl("binary_conv2d", c10::DispatchKey::CPU, &binary_conv2d);
+  m.impl("binary_linear", c10::DispatchKey::CPU, &binary_linear);
+}

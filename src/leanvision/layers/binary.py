@@ -1,0 +1,317 @@
+"""Binary (1-bit weight, 1-bit activation) convolution and linear layers for training.
+
+Forward: ``b(t) = +1 if t ≥ 0 else −1`` for weights and activations; weights carry a
+per-output-channel scale ``mean|W|`` (XNOR-Net, detached). The backward of ``sign`` is the
+choice of the method:
+
+* ``"ste"``: the straight-through estimator, gradient 1 where |t| ≤ 1 (BinaryConnect / XNOR);
+* ``"fda"``: FDA (Xu et al., "Learning Frequency Domain Approximation for Binary Neural
+  Networks", NeurIPS 2021, arXiv 2103.00841): the derivative of the square wave's truncated
+  Fourier series ``(4/π) Σ_{i<n} sin((2i+1)ωt)/(2i+1)``, i.e. ``(4ω/π) Σ_{i<n} cos((2i+1)ωt)``,
+  zero where |t| > 1; ω = 0.1 and n grows 9 → 18 over training (:class:`FDAScheduleHook`
+  in ``methods.lowbit.binary``). Its noise adaptation module adds ``α·e(t)``, a small learned
+  residual of the approximation error, with α annealed to 0, so inference is pure sign.
+
+Deployment packs the binary weights to 1 bit and runs XNOR-popcount (``packed.py``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from leanvision.errors import ConfigError
+
+__all__ = [
+    "BinaryConv2d",
+    "BinaryLinear",
+    "NoiseAdaptation",
+    "PackedBinaryConv2d",
+    "PackedBinaryLinear",
+    "binarize",
+    "fda_grad",
+    "sign_pm1",
+]
+
+
+def sign_pm1(t: torch.Tensor) -> torch.Tensor:
+    """±1 with 0 ↦ +1 (``torch.sign`` would give 0, which a bit cannot hold)."""
+    return torch.where(t >= 0, torch.ones_like(t), -torch.ones_like(t))
+
+
+def fda_grad(t: torch.Tensor, terms: int, omega: float = 0.1) -> torch.Tensor:
+    """``(4ω/π) Σ_{i<terms} cos((2i+1)ωt)`` where |t| ≤ 1, else 0: FDA's d sign / dt."""
+    g = torch.zeros_like(t)
+    for i in range(terms):
+        g += torch.cos((2 * i + 1) * omega * t)
+    return torch.where(t.abs() <= 1, g * (4 * omega / math.pi), torch.zeros_like(t))
+
+
+class _Sign(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, t, mode: str, terms: int, omega: float):  # type: ignore[override]
+        ctx.save_for_backward(t)
+        ctx.mode, ctx.terms, ctx.omega = mode, terms, omega
+        return sign_pm1(t)
+
+    @staticmethod
+    def backward(ctx, g):  # type: ignore[override]
+        (t,) = ctx.saved_tensors
+        if ctx.mode == "fda":
+            return g * fda_grad(t, ctx.terms, ctx.omega), None, None, None
+        return g * (t.abs() <= 1).to(g.dtype), None, None, None
+
+
+def binarize(t: torch.Tensor, mode: str = "ste", terms: int = 9, omega: float = 0.1):
+    """``sign_pm1(t)`` with the ``mode``'s backward ("ste" or "fda")."""
+    if mode not in ("ste", "fda"):
+        raise ConfigError(f"binarize: mode must be 'ste' or 'fda', got {mode!r}")
+    return _Sign.apply(t, mode, int(terms), float(omega))
+
+
+class NoiseAdaptation(nn.Module):
+    """FDA's noise adaptation module: ``e(t) = FC₂(ReLU(FC₁(t))) + 0.1·sin(t)`` over the last
+    dimension ``d`` (bottleneck d/64, or d/4 when d < 64; no biases). FC₂ starts at zero."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        hidden = max(1, dim // 64 if dim >= 64 else dim // 4)
+        self.fc1 = nn.Linear(dim, hidden, bias=False)
+        self.fc2 = nn.Linear(hidden, dim, bias=False)
+        nn.init.zeros_(self.fc2.weight)
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.relu(self.fc1(t))) + 0.1 * torch.sin(t)
+
+
+class _BinaryMixin:
+    """Shared state: backward ``mode``, FDA ``terms``/``omega``, noise adaptation weight
+    ``alpha`` (0 at inference, set by the schedule hook)."""
+
+    mode: str
+    terms: int
+    omega: float
+    alpha: float
+
+    def _setup_binary(self, mode: str, noise: bool, w_dim: int, a_dim: int) -> None:
+        if mode not in ("ste", "fda"):
+            raise ConfigError(f"binary layer: mode must be 'ste' or 'fda', got {mode!r}")
+        self.mode, self.terms, self.omega, self.alpha = mode, 9, 0.1, 0.0
+        self.noise_w = NoiseAdaptation(w_dim) if noise else None
+        self.noise_a = NoiseAdaptation(a_dim) if noise else None
+
+    def _bin(self, t: torch.Tensor, noise: NoiseAdaptation | None, flat: torch.Tensor):
+        b = binarize(t, self.mode, self.terms, self.omega)
+        if noise is not None and self.training and self.alpha > 0:
+            b = b + self.alpha * noise(flat).reshape_as(t)
+        return b
+
+    def binary_weight(self) -> torch.Tensor:
+        """``mean|W|`` per output channel × binarized W (what the packed path stores)."""
+        w = self.weight  # type: ignore[attr-defined]
+        scale = w.detach().abs().reshape(w.shape[0], -1).mean(1)
+        b = self._bin(w, self.noise_w, w.reshape(w.shape[0], -1))
+        return b * scale.view(-1, *([1] * (w.dim() - 1)))
+
+
+class BinaryConv2d(_BinaryMixin, nn.Conv2d):
+    """A conv with binary weights (scaled per output channel) and binary inputs."""
+
+    def __init__(self, *args, mode: str = "ste", noise: bool = False, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(*args, **kwargs)
+        k = self.kernel_size[0] * self.kernel_size[1]
+        self._setup_binary(mode, noise, self.in_channels // self.groups * k, self.in_channels)
+
+    @classmethod
+    def from_conv(cls, conv: nn.Conv2d, mode: str = "ste", noise: bool = False) -> BinaryConv2d:
+        """Same shape and weights as ``conv`` (binary training starts from real weights)."""
+        new = cls(
+            conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+            conv.dilation, conv.groups, conv.bias is not None, conv.padding_mode, mode=mode,
+            noise=noise,
+        )  # fmt: skip
+        new.to(conv.weight.device)
+        with torch.no_grad():
+            new.weight.copy_(conv.weight)
+            if conv.bias is not None:
+                new.bias.copy_(conv.bias)
+        return new
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._conv_forward(self._act(x), self.binary_weight(), self.bias)
+
+    def _act(self, x: torch.Tensor) -> torch.Tensor:
+        """Binary activations; the noise term works per position over channels."""
+        b = binarize(x, self.mode, self.terms, self.omega)
+        if self.noise_a is not None and self.training and self.alpha > 0:
+            b = b + self.alpha * self.noise_a(x.movedim(1, -1)).movedim(-1, 1)
+        return b
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", binary={self.mode}"
+
+
+class BinaryLinear(_BinaryMixin, nn.Linear):
+    """A linear layer with binary weights (scaled per output) and binary inputs."""
+
+    def __init__(self, *args, mode: str = "ste", noise: bool = False, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(*args, **kwargs)
+        self._setup_binary(mode, noise, self.in_features, self.in_features)
+
+    @classmethod
+    def from_linear(cls, lin: nn.Linear, mode: str = "ste", noise: bool = False) -> BinaryLinear:
+        new = cls(lin.in_features, lin.out_features, lin.bias is not None, mode=mode, noise=noise)
+        new.to(lin.weight.device)
+        with torch.no_grad():
+            new.weight.copy_(lin.weight)
+            if lin.bias is not None:
+                new.bias.copy_(lin.bias)
+        return new
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(self._bin(x, self.noise_a, x), self.binary_weight(), self.bias)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", binary={self.mode}"
+
+
+# ------------------------------------------------------------------------ deployment
+
+
+def _pack_bits(signs_last: torch.Tensor) -> torch.Tensor:
+    """Pack the last dim (values ±1, or any: bit = value < 0) into int64 words of 64 bits."""
+    *lead, c = signs_last.shape
+    cw = -(-c // 64)
+    bits = F.pad((signs_last < 0).to(torch.int64), (0, cw * 64 - c)).reshape(*lead, cw, 64)
+    weights = torch.ones(64, dtype=torch.int64) << torch.arange(64, dtype=torch.int64)
+    # bit 63 overflows int64 to its two's-complement value: the same 64-bit pattern
+    return (bits * weights).sum(-1)
+
+
+def _unpack_bits(words: torch.Tensor, c: int) -> torch.Tensor:
+    """Inverse of :func:`_pack_bits`: ±1 float values of the first ``c`` bits."""
+    shifts = torch.arange(64, dtype=torch.int64)
+    bits = (words.unsqueeze(-1) >> shifts) & 1
+    flat = bits.reshape(*words.shape[:-1], -1)[..., :c]
+    return 1.0 - 2.0 * flat.to(torch.float32)
+
+
+def _binary_kernel() -> bool:
+    from leanvision import kernels
+
+    return kernels.load("binary")
+
+
+class PackedBinaryConv2d(nn.Module):
+    """Inference form of :class:`BinaryConv2d`: weights stored at 1 bit (``weight_bits``,
+    int64 words: (k, k, ⌈C/64⌉, O rounded up to 8)), activations packed per pixel at run time,
+    ``scale_o · Σ_valid taps (C − 2·popcount(a XOR w))`` by the native kernel (AVX-512
+    VPOPCNTDQ where the CPU has it). Equal to the float binary layer in eval mode."""
+
+    def __init__(self, layer: BinaryConv2d) -> None:
+        super().__init__()
+        k, s, p = layer.kernel_size, layer.stride, layer.padding
+        if (
+            layer.groups != 1 or layer.dilation != (1, 1) or k[0] != k[1] or s[0] != s[1]
+            or isinstance(p, str) or p[0] != p[1] or layer.padding_mode != "zeros"
+        ):  # fmt: skip
+            raise ConfigError(
+                f"PackedBinaryConv2d cannot pack {layer}: needs a square kernel, equal strides "
+                "and paddings, zero padding, no groups or dilation"
+            )
+        self.in_channels, self.out_channels = layer.in_channels, layer.out_channels
+        self.kernel_size, self.stride, self.padding = k[0], s[0], p[0]
+        w = layer.weight.detach()
+        o, c = w.shape[:2]
+        op = -(-o // 8) * 8
+        bits = _pack_bits(F.pad(w, (0, 0, 0, 0, 0, 0, 0, op - o), value=1.0).permute(2, 3, 0, 1))
+        self.register_buffer("weight_bits", bits.permute(0, 1, 3, 2).contiguous())  # k,k,CW,Op
+        self.register_buffer("scale", w.abs().reshape(o, -1).mean(1).float())
+        self.register_buffer("bias", None if layer.bias is None else layer.bias.detach().clone())
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+            f"stride={self.stride}, padding={self.padding}, 1-bit"
+        )
+
+    def float_weight(self) -> torch.Tensor:
+        """The ±1·scale weights the bits stand for, (O, C, k, k)."""
+        signs = _unpack_bits(self.weight_bits.permute(0, 1, 3, 2), self.in_channels)
+        w = signs[:, :, : self.out_channels].permute(2, 3, 0, 1)
+        return w * self.scale.view(-1, 1, 1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type == "cpu" and x.dtype == torch.float32 and _binary_kernel():
+            xp = torch.ops.leanvision.binary_pack(x)
+            return torch.ops.leanvision.binary_conv2d(
+                xp, self.weight_bits, self.scale, self.bias, self.in_channels,
+                self.out_channels, self.kernel_size, self.stride, self.padding,
+            )  # fmt: skip
+        return F.conv2d(sign_pm1(x), self.float_weight().to(x), self.bias, self.stride,
+                        self.padding)  # fmt: skip
+
+
+class PackedBinaryLinear(nn.Module):
+    """Inference form of :class:`BinaryLinear` (weights at 1 bit, XNOR-popcount)."""
+
+    def __init__(self, layer: BinaryLinear) -> None:
+        super().__init__()
+        self.in_features, self.out_features = layer.in_features, layer.out_features
+        w = layer.weight.detach()
+        o = w.shape[0]
+        op = -(-o // 8) * 8
+        bits = _pack_bits(F.pad(w, (0, 0, 0, op - o), value=1.0))  # (Op, CW)
+        self.register_buffer("weight_bits", bits.t().contiguous())  # (CW, Op)
+        self.register_buffer("scale", w.abs().mean(1).float())
+        self.register_buffer("bias", None if layer.bias is None else layer.bias.detach().clone())
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, 1-bit"
+
+    def float_weight(self) -> torch.Tensor:
+        signs = _unpack_bits(self.weight_bits.t(), self.in_features)[: self.out_features]
+        return signs * self.scale.view(-1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lead = x.shape[:-1]
+        x2 = x.reshape(-1, self.in_features)
+        if x.device.type == "cpu" and x.dtype == torch.float32 and _binary_kernel():
+            xp = torch.ops.leanvision.binary_pack(x2)
+            y = torch.ops.leanvision.binary_linear(
+                xp, self.weight_bits, self.scale, self.bias, self.in_features, self.out_features
+            )
+        else:
+            y = F.linear(sign_pm1(x2), self.float_weight().to(x), self.bias)
+        return y.reshape(*lead, self.out_features)
+
+
+def _count_binary_conv(module: nn.Module, inputs: tuple, output: torch.Tensor):
+    """One bit-op per binary multiply-accumulate (XNOR + popcount contribution of one bit)."""
+    from leanvision.profiling.counting import OpCounts
+
+    c = module.in_channels // getattr(module, "groups", 1)
+    ks = module.kernel_size
+    k2 = ks * ks if isinstance(ks, int) else math.prod(ks)
+    return OpCounts.from_bitops(output.numel() * c * k2, op="binary_conv")
+
+
+def _count_binary_linear(module: nn.Module, inputs: tuple, output: torch.Tensor):
+    from leanvision.profiling.counting import OpCounts
+
+    return OpCounts.from_bitops(output.numel() * module.in_features, op="binary_linear")
+
+
+def _register() -> None:
+    from leanvision.profiling.counting import register_module_counter
+
+    register_module_counter(BinaryConv2d, _count_binary_conv)
+    register_module_counter(PackedBinaryConv2d, _count_binary_conv)
+    register_module_counter(BinaryLinear, _count_binary_linear)
+    register_module_counter(PackedBinaryLinear, _count_binary_linear)
+
+
+_register()
