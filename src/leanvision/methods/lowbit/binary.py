@@ -1,0 +1,200 @@
+"""Binary networks (1-bit weights and activations): the STE baseline and FDA.
+
+``lv.compress(model, "fda")`` (Xu et al., "Learning Frequency Domain Approximation for Binary
+Neural Networks", NeurIPS 2021, arXiv 2103.00841) replaces every inner convolution and linear
+layer (not the stem, not the classifier) by a binary one, trains it with the Fourier-series
+gradient of sign (ω = 0.1, 9 → 18 terms over training) and the noise adaptation module (α
+cosine-annealed 0.1 → 0), then packs the weights to 1 bit: the returned model runs
+XNOR-popcount kernels. ``"bnn_ste"`` is the same with the straight-through estimator and no
+noise module, the usual baseline.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import nn
+
+from leanvision.engine.hooks import Hook
+from leanvision.errors import UnsupportedModelError
+from leanvision.layers.binary import (
+    BinaryConv2d,
+    BinaryLinear,
+    PackedBinaryConv2d,
+    PackedBinaryLinear,
+)
+from leanvision.methods.common import FinetuneConfig, finetune
+from leanvision.methods.ghost import _first_conv_name, _set_module
+from leanvision.methods.registry import record_transform, register_method
+
+__all__ = ["BinaryConfig", "FDAConfig", "FDAScheduleHook", "binarize_model", "pack_binary"]
+
+
+def _classifier_name(model: nn.Module) -> str | None:
+    """The final classifier's module name (timm's ``default_cfg['classifier']``, else the
+    last Linear)."""
+    cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None) or {}
+    names = dict(model.named_modules())
+    head = cfg.get("classifier") if isinstance(cfg, dict) else None
+    if isinstance(head, str) and isinstance(names.get(head), nn.Linear | nn.Conv2d):
+        return head
+    linears = [n for n, m in names.items() if isinstance(m, nn.Linear)]
+    return linears[-1] if linears else None
+
+
+def binarize_model(
+    model: nn.Module,
+    mode: str = "ste",
+    noise: bool = False,
+    keep_first: bool = True,
+    keep_last: bool = True,
+    exclude: list[str] | None = None,
+) -> tuple[nn.Module, list[str]]:
+    """A copy of ``model`` whose convolutions and linear layers become binary ones (weights
+    copied), except the stem (``keep_first``), the classifier (``keep_last``) and ``exclude``.
+
+    Raises:
+        UnsupportedModelError: nothing to binarize.
+    """
+    skip = set(exclude or [])
+    if keep_first:
+        skip.add(_first_conv_name(model))
+    if keep_last:
+        skip.add(_classifier_name(model))
+    new = copy.deepcopy(model)
+    done = []
+    for name, m in list(new.named_modules()):
+        if name in skip:
+            continue
+        if type(m) is nn.Conv2d:
+            _set_module(new, name, BinaryConv2d.from_conv(m, mode=mode, noise=noise))
+        elif type(m) is nn.Linear:
+            _set_module(new, name, BinaryLinear.from_linear(m, mode=mode, noise=noise))
+        else:
+            continue
+        done.append(name)
+    if not done:
+        raise UnsupportedModelError(
+            f"binary: {type(model).__name__} has no convolution or linear layer to binarize "
+            "(the stem and the classifier stay real)"
+        )
+    return new, done
+
+
+def pack_binary(model: nn.Module) -> nn.Module:
+    """Replace every binary layer by its packed 1-bit inference form, in place; returns
+    ``model`` (in eval mode: the noise module is a training-only term)."""
+    for name, m in list(model.named_modules()):
+        if isinstance(m, BinaryConv2d):
+            try:
+                _set_module(model, name, PackedBinaryConv2d(m))
+            except Exception:  # noqa: BLE001 - grouped/dilated convs stay in the float form
+                continue
+        elif isinstance(m, BinaryLinear):
+            _set_module(model, name, PackedBinaryLinear(m))
+    return model.eval()
+
+
+class FDAScheduleHook(Hook):
+    """Per epoch e of E: FDA's number of series terms ``n = n0 + int((n1 − n0)·e/E)`` and the
+    noise weight ``α = (α0/2)·(1 + cos(π·(e+1)/E))`` on every binary layer; α = 0 at the end."""
+
+    name = "fda_schedule"
+
+    def __init__(self, model: nn.Module, n0: int = 9, n1: int = 18, alpha0: float = 0.1):
+        self.layers = [m for m in model.modules() if isinstance(m, BinaryConv2d | BinaryLinear)]
+        self.n0, self.n1, self.alpha0 = n0, n1, alpha0
+
+    def on_epoch_start(self, trainer: Any, epoch: int) -> None:
+        total = max(1, trainer.config.epochs)
+        terms = self.n0 + int((self.n1 - self.n0) * epoch / total)
+        alpha = 0.5 * self.alpha0 * (1 + math.cos(math.pi * (epoch + 1) / total))
+        for m in self.layers:
+            m.terms, m.alpha = terms, alpha
+
+    def on_train_end(self, trainer: Any) -> None:
+        for m in self.layers:
+            m.alpha = 0.0
+
+
+@dataclass
+class BinaryConfig(FinetuneConfig):
+    """Binary training (STE). Paper-style recipes train binary nets with Adam."""
+
+    keep_first: bool = True
+    keep_last: bool = True
+    exclude: list[str] = field(default_factory=list)
+    pack: bool = True
+    lr: float = 1e-3
+    opt: str = "adam"
+    weight_decay: float = 0.0
+
+
+@dataclass
+class FDAConfig(BinaryConfig):
+    """FDA: ω, series terms n0 → n1, and the noise adaptation module (α0 → 0)."""
+
+    omega: float = 0.1
+    terms_start: int = 9
+    terms_end: int = 18
+    noise: bool = True
+    alpha0: float = 0.1
+
+
+def _rebuild(model: nn.Module, arch: dict[str, Any]) -> nn.Module:
+    new, _ = binarize_model(
+        model, arch["mode"], arch["noise"], arch["keep_first"], arch["keep_last"],
+        arch["exclude"],
+    )  # fmt: skip
+    return pack_binary(new) if arch["pack"] else new
+
+
+def _apply(model: nn.Module, data: Any, cfg: BinaryConfig, mode: str, method: str) -> nn.Module:
+    noise = bool(getattr(cfg, "noise", False))
+    arch = {
+        "mode": mode,
+        "noise": noise,
+        "keep_first": cfg.keep_first,
+        "keep_last": cfg.keep_last,
+        "exclude": list(cfg.exclude),
+        "pack": cfg.pack,
+    }
+    new, _ = binarize_model(model, mode, noise, cfg.keep_first, cfg.keep_last, cfg.exclude)
+    hooks: list[Hook] = []
+    if isinstance(cfg, FDAConfig):
+        for m in new.modules():
+            if isinstance(m, BinaryConv2d | BinaryLinear):
+                m.omega, m.terms = cfg.omega, cfg.terms_start
+        hooks.append(FDAScheduleHook(new, cfg.terms_start, cfg.terms_end, cfg.alpha0))
+    finetune(new, data, cfg, hooks, method=method)
+    if cfg.pack:
+        new = pack_binary(new)
+    record_transform(new, model, method, arch)
+    return new.eval()
+
+
+@register_method(
+    "bnn_ste",
+    family="lowbit",
+    paper="BinaryConnect/XNOR-Net STE baseline (Rastegari et al., ECCV 2016)",
+    config=BinaryConfig,
+    rebuild=_rebuild,
+)
+def apply_bnn_ste(model: nn.Module, data: Any, cfg: BinaryConfig) -> nn.Module:
+    """Binarize inner convs and linears, train with the straight-through estimator, pack."""
+    return _apply(model, data, cfg, "ste", "bnn_ste")
+
+
+@register_method(
+    "fda",
+    family="lowbit",
+    paper="FDA, NeurIPS 2021, arXiv 2103.00841",
+    config=FDAConfig,
+    rebuild=_rebuild,
+)
+def apply_fda(model: nn.Module, data: Any, cfg: FDAConfig) -> nn.Module:
+    """Binarize inner convs and linears, train with FDA's gradient and noise module, pack."""
+    return _apply(model, data, cfg, "fda", "fda")

@@ -1,0 +1,160 @@
+"""Binary layers: FDA gradient, packing exactness, bit-op counts, the fda / bnn_ste methods."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import leanvision as lv
+from leanvision.errors import ConfigError, UnsupportedModelError
+from leanvision.layers import binary as lb
+from leanvision.layers.binary import (
+    BinaryConv2d,
+    BinaryLinear,
+    NoiseAdaptation,
+    PackedBinaryConv2d,
+    PackedBinaryLinear,
+    binarize,
+    fda_grad,
+    sign_pm1,
+)
+from leanvision.methods.lowbit import FDAScheduleHook, binarize_model, pack_binary
+from leanvision.profiling import count_ops
+
+
+def test_sign_maps_zero_to_plus_one_and_ste_clips():
+    t = torch.tensor([-2.0, -0.5, 0.0, -0.0, 0.5, 2.0], requires_grad=True)
+    assert sign_pm1(t).tolist() == [-1, -1, 1, 1, 1, 1]
+    binarize(t, "ste").sum().backward()
+    assert t.grad.tolist() == [0, 1, 1, 1, 1, 0]
+    with pytest.raises(ConfigError, match="mode"):
+        binarize(t, "tanh")
+
+
+@pytest.mark.parametrize("terms", [1, 9, 18])
+def test_fda_gradient_is_the_fourier_series_derivative(terms):
+    """d/dt of (4/π) Σ sin((2i+1)ωt)/(2i+1) by autograd equals the backward of binarize."""
+    t = torch.linspace(-1.5, 1.5, 61, dtype=torch.float64, requires_grad=True)
+    omega = 0.1
+    series = sum(torch.sin((2 * i + 1) * omega * t) / (2 * i + 1) for i in range(terms))
+    (analytic,) = torch.autograd.grad((4 / math.pi) * series.sum(), t)
+    analytic = torch.where(t.abs() <= 1, analytic, torch.zeros_like(analytic))
+    x = t.detach().clone().requires_grad_()
+    binarize(x, "fda", terms, omega).sum().backward()
+    torch.testing.assert_close(x.grad, analytic)
+    torch.testing.assert_close(fda_grad(t.detach(), terms, omega), analytic)
+
+
+def test_noise_adaptation_starts_as_the_sine_term():
+    m = NoiseAdaptation(128)
+    assert m.fc1.out_features == 2  # d/64
+    t = torch.randn(3, 128)
+    torch.testing.assert_close(m(t), 0.1 * torch.sin(t))
+    assert NoiseAdaptation(16).fc1.out_features == 4  # d/4 below 64
+
+
+def test_binary_conv_uses_scaled_signs():
+    torch.manual_seed(0)
+    layer = BinaryConv2d(4, 8, 3, padding=1, bias=False).eval()
+    x = torch.randn(2, 4, 5, 5)
+    w = layer.weight
+    wb = sign_pm1(w) * w.abs().mean((1, 2, 3), keepdim=True)
+    want = torch.nn.functional.conv2d(sign_pm1(x), wb, padding=1)
+    torch.testing.assert_close(layer(x), want)
+
+
+SHAPES = [  # n, c, o, h, w, k, stride, padding
+    (2, 16, 16, 8, 8, 3, 1, 1),
+    (2, 16, 32, 9, 7, 3, 2, 1),
+    (1, 70, 20, 6, 6, 1, 2, 0),
+    (2, 64, 64, 8, 8, 3, 1, 1),
+    (1, 3, 17, 5, 9, 3, 1, 0),
+    (2, 130, 72, 5, 11, 3, 1, 1),
+]
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_packed_conv_equals_float_binary_conv(shape, monkeypatch):
+    n, c, o, h, w, k, s, p = shape
+    torch.manual_seed(0)
+    layer = BinaryConv2d(c, o, k, s, p, bias=True).eval()
+    x = torch.randn(n, c, h, w)
+    x[0, 0, 0, 0] = 0.0  # zero is +1 in both
+    with torch.no_grad():
+        ref = layer(x)
+        packed = PackedBinaryConv2d(layer)
+        out = packed(x)
+        torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+        monkeypatch.setattr(lb, "_binary_kernel", lambda: False)  # the unpacking path
+        torch.testing.assert_close(packed(x), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_packed_linear_equals_float_and_storage_is_one_bit():
+    torch.manual_seed(0)
+    layer = BinaryLinear(200, 30).eval()
+    x = torch.randn(5, 3, 200)
+    packed = PackedBinaryLinear(layer)
+    with torch.no_grad():
+        torch.testing.assert_close(packed(x), layer(x), rtol=1e-5, atol=1e-5)
+    assert packed.weight_bits.numel() * 64 == 4 * 32 * 64  # ⌈200/64⌉ words × 32 outputs
+    conv = PackedBinaryConv2d(BinaryConv2d(64, 64, 3, padding=1))
+    assert conv.weight_bits.numel() * 8 * 32 == 64 * 64 * 9 * 4  # 1/32 of the fp32 bytes
+
+
+def test_bitop_counts():
+    layer = BinaryConv2d(16, 32, 3, padding=1)
+    counts = count_ops(layer, (2, 16, 8, 8))
+    assert counts.bitops == 2 * 32 * 8 * 8 * 16 * 9 and counts.macs == 0
+    assert count_ops(PackedBinaryConv2d(layer), (2, 16, 8, 8)).bitops == counts.bitops
+    assert count_ops(BinaryLinear(10, 4), (3, 10)).bitops == 120
+
+
+def test_binarize_model_keeps_stem_and_classifier():
+    model = lv.create_model("resnet20_cifar", num_classes=10)
+    new, done = binarize_model(model)
+    assert type(new.conv1) is nn.Conv2d and type(new.fc) is nn.Linear
+    assert len(done) == 20 and all(isinstance(new.get_submodule(n), BinaryConv2d) for n in done)
+    with pytest.raises(UnsupportedModelError, match="nothing|no convolution"):
+        binarize_model(nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(4, 2)))
+    packed = pack_binary(new)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert packed(x).shape == (2, 10)
+    assert sum(isinstance(m, PackedBinaryConv2d) for m in packed.modules()) == 20
+
+
+def test_fda_schedule_hook():
+    model, _ = binarize_model(lv.create_model("resnet8_cifar"), mode="fda", noise=True)
+    hook = FDAScheduleHook(model)
+
+    class T:
+        class config:  # noqa: N801 - a stand-in for the trainer's config
+            epochs = 10
+
+    hook.on_epoch_start(T, 0)
+    layer = model.layer1[0].conv1
+    assert layer.terms == 9 and math.isclose(layer.alpha, 0.05 * (1 + math.cos(math.pi / 10)))
+    hook.on_epoch_start(T, 9)
+    assert layer.terms == 17 and layer.alpha == pytest.approx(0.0, abs=1e-12)
+    hook.on_train_end(T)
+    assert layer.alpha == 0.0
+
+
+@pytest.mark.parametrize("method", ["fda", "bnn_ste"])
+def test_binary_methods_train_pack_and_save(method, mnist_small, tmp_path):
+    torch.manual_seed(0)
+    model = lv.create_model("resnet8_cifar", num_classes=10, in_chans=1)
+    small = lv.compress(
+        model, method, data=mnist_small, finetune_epochs=1, max_steps=2, progress=False,
+        log=False,
+    )  # fmt: skip
+    assert any(isinstance(m, PackedBinaryConv2d) for m in small.modules())
+    assert not any(isinstance(m, BinaryConv2d) for m in small.modules())
+    x = torch.randn(2, 1, 28, 28)
+    lv.save(small, tmp_path / "b.pt")
+    with torch.no_grad():
+        torch.testing.assert_close(lv.load(tmp_path / "b.pt").eval()(x), small(x))
+    assert count_ops(small, (1, 1, 28, 28)).bitops > 0
