@@ -29,7 +29,12 @@ import torch
 
 import leanvision as lv
 from leanvision.engine import load_checkpoint
-from leanvision.layers import AdderConv2d, QuantAdderConv2d
+from leanvision.layers import (
+    AdderConv2d,
+    BinaryConv2d,
+    PackedBinaryConv2d,
+    QuantAdderConv2d,
+)
 from leanvision.pipeline import cpu_info
 from leanvision.profiling import compare, count_ops, profile
 from leanvision.profiling.memory import peak_memory_mb
@@ -42,15 +47,22 @@ OUT = ROOT / "benchmarks" / "results" / "lowbit_cifar10"
 SMOKE = False  # tests set it: tiny layer shapes
 
 TRAIN = {"lr": 0.1, "weight_decay": 5e-4, "opt": "sgd"}
+BINARY = {"lr": 1e-3, "opt": "adam", "weight_decay": 0.0}
 VARIANTS: dict[str, dict[str, Any]] = {
     "cnn": {},
     "adder": {"method": "adder", "eta": 0.2},
     "adder_pkkd": {"method": "pkkd", "eta": 0.2},
+    # 1W1A ResNet-20 from the trained CNN's weights (binary nets are usually fine-tuned from a
+    # real net), Adam lr 1e-3 as FDA's recipe; weights packed to 1 bit at the end
+    "bnn_ste": {"method": "bnn_ste", "from_cnn": True, **BINARY},
+    "fda_no_na": {"method": "fda", "noise": False, "from_cnn": True, **BINARY},
+    "fda": {"method": "fda", "from_cnn": True, **BINARY},
 }
 PAPER = {
     "cnn": {"top1": 92.25, "source": "AdderNet README, ResNet-20 CNN, CIFAR-10, 400 epochs"},
     "adder": {"top1": 91.84, "source": "AdderNet paper Table 2, ResNet-20 ANN, CIFAR-10"},
     "adder_pkkd": {"top1": 92.96, "source": "AdderNet README, ResNet-20 PKKD ANN, CIFAR-10"},
+    "fda": {"top1": 86.2, "source": "FDA paper, ResNet-20 1W1A CIFAR-10 (MindSpore ckpt 86.61)"},
 }
 
 
@@ -61,9 +73,16 @@ def load(args: argparse.Namespace, batch_size: int = 128) -> Any:
 
 
 def build(variant: str) -> torch.nn.Module:
-    """The untrained network of a variant (same seed, so the same stem and classifier init)."""
+    """The untrained network of a variant as it trains (same seed, so the same stem and
+    classifier init; binary variants before packing)."""
     torch.manual_seed(0)
     model = lv.create_model("resnet20_cifar", num_classes=10)
+    spec = VARIANTS[variant]
+    if spec.get("from_cnn"):
+        from leanvision.methods.lowbit import binarize_model
+
+        fda = spec["method"] == "fda"
+        return binarize_model(model, "fda" if fda else "ste", spec.get("noise", fda))[0]
     if variant != "cnn":
         from leanvision.methods.lowbit import adderize
 
@@ -86,12 +105,19 @@ def cmd_train(args: argparse.Namespace) -> None:
     }
     torch.manual_seed(0)
     model = lv.create_model("resnet20_cifar", num_classes=10)
+    if spec.pop("from_cnn", False):
+        if not (RUNS / "cnn" / "summary.json").exists():
+            sys.exit("train the cnn variant first: binary variants start from its weights")
+        model.load_state_dict(load_checkpoint(RUNS / "cnn" / "last.pt")["model"])
+        opts = {}
+    else:
+        opts = dict(TRAIN)
     t0 = time.perf_counter()
     if method is None:
-        lv.train(model, data, epochs=args.epochs, num_threads=args.threads, **TRAIN, **common)
+        lv.train(model, data, epochs=args.epochs, num_threads=args.threads, **opts, **common)
     else:
         model = lv.compress(
-            model, method, data, finetune_epochs=args.epochs, **TRAIN, **common, **spec
+            model, method, data, finetune_epochs=args.epochs, **opts, **common, **spec
         )
     summary = {
         "variant": args.variant,
@@ -111,18 +137,22 @@ def _layer_speed(threads: list[int]) -> tuple[dict[str, Any], dict[str, float]]:
     adder = AdderConv2d(64, 64, 3, padding=1)
     scale = max(x.abs().max().item(), adder.weight.abs().max().item()) / 127
     int8 = QuantAdderConv2d(adder, scale, bits=8)
+    binary = PackedBinaryConv2d(BinaryConv2d.from_conv(conv))
     rows = []
     for t in threads:
-        ratios: dict[str, list[float]] = {"adder": [], "int8": []}
+        ratios: dict[str, list[float]] = {"adder": [], "int8": [], "binary": []}
         train_ratios = []
         for _ in range(5):
             with torch.inference_mode():
                 lat = compare(
-                    {"conv": conv, "adder": adder, "int8": int8}, shape, threads=t, repeats=10
+                    {"conv": conv, "adder": adder, "int8": int8, "binary": binary},
+                    shape,
+                    threads=t,
+                    repeats=10,
                 )
             for k in ratios:
                 ratios[k].append(lat[k].median_ms / lat["conv"].median_ms)
-        base = [lat[k].median_ms for k in ("conv", "adder", "int8")]
+        base = [lat[k].median_ms for k in ("conv", "adder", "int8", "binary")]
         torch.set_num_threads(t)
         xg = x.clone().requires_grad_()
         for _ in range(3):  # forward + backward (input and weight gradients), interleaved
@@ -136,11 +166,11 @@ def _layer_speed(threads: list[int]) -> tuple[dict[str, Any], dict[str, float]]:
                         runs.append(time.perf_counter() - t0)
                 times[name] = statistics.median(runs)
             train_ratios.append(times["adder"] / times["conv"])
-        fp, i8 = ratios["adder"], ratios["int8"]
+        fp, i8, b1 = ratios["adder"], ratios["int8"], ratios["binary"]
         rows.append(
             [t, *(round(b, 2) for b in base), round(statistics.median(fp), 2), round(min(fp), 2),
              round(max(fp), 2), round(statistics.median(i8), 2),
-             round(statistics.median(train_ratios), 2)]
+             round(1 / statistics.median(b1), 2), round(statistics.median(train_ratios), 2)]
         )  # fmt: skip
     conv_mb = peak_memory_mb(conv, shape)
     adder_mb = peak_memory_mb(adder, shape)
@@ -149,16 +179,18 @@ def _layer_speed(threads: list[int]) -> tuple[dict[str, Any], dict[str, float]]:
     h = shape[2] + 2
     scratch_mb = max(threads) * (h * h * 65 + shape[3]) * 4 / 2**20
     return {
-        "title": "AdderConv2d vs nn.Conv2d: batch 32, 64→64, 3×3, 32×32 (channels-last fp32)",
+        "title": "Adder, int8 adder and 1-bit layers vs nn.Conv2d: batch 32, 64→64, 3×3, 32×32",
         "columns": [
             "threads",
             "conv ms",
             "adder ms",
             "int8 adder ms",
+            "binary ms",
             "adder ÷ conv (median of 5 sessions)",
             "min",
             "max",
             "int8 adder ÷ conv",
+            "binary speed-up over conv ×",
             "train step (fwd+bwd) adder ÷ conv",
         ],
         "rows": rows,
@@ -170,7 +202,10 @@ def _layer_speed(threads: list[int]) -> tuple[dict[str, Any], dict[str, float]]:
             "the conv's time at batch 8, 900× at batch 32 with a 4.6 GiB temporary "
             "(perf-notes). Acceptance: ≤ 3× the time, ≤ 2× the memory. The int8 adder "
             "(adder_quant, one shared scale) is timed end to end: quantizing its float input, "
-            "the VPSADBW kernel, the rescaled float output."
+            "the VPSADBW kernel, the rescaled float output. The binary layer (PackedBinaryConv2d,"
+            " 1-bit weights: "
+            f"{binary.weight_bits.numel() * 8} bytes against {conv.weight.numel() * 4} in fp32) "
+            "is timed end to end too: packing the float input's signs, XNOR-popcount, scaling."
         ),
     }, {"conv_mb": conv_mb, "adder_mb": adder_mb, "scratch_mb": scratch_mb}
 
@@ -188,7 +223,7 @@ def _top1(model: torch.nn.Module, loader: Any) -> float:
 def _acceptance(table: dict[str, Any], mem: dict[str, float]) -> list[str]:
     notes = []
     ratio_mem = (mem["adder_mb"] + mem["scratch_mb"]) / mem["conv_mb"]
-    for t, _, _, _, ratio, *_ in table["rows"]:
+    for t, _, _, _, _, ratio, *_ in table["rows"]:
         ok = ratio <= 3.0 and ratio_mem <= 2.0
         notes.append(
             f"Acceptance, AdderConv2d ({t} thread(s)): {ratio:.2f}× the conv's time (≤ 3×) and "
@@ -239,6 +274,10 @@ def cmd_report(args: argparse.Namespace) -> None:
         state = load_checkpoint(RUNS / variant / "last.pt")
         model = build(variant)
         model.load_state_dict(state["model"])
+        if VARIANTS[variant].get("from_cnn"):
+            from leanvision.methods.lowbit import pack_binary
+
+            model = pack_binary(model)  # as lv.compress returns it: 1-bit XNOR-popcount layers
         summary = json.loads((RUNS / variant / "summary.json").read_text())
         chain = [] if variant == "cnn" else [variant]
         trained = (
