@@ -57,6 +57,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "bnn_ste": {"method": "bnn_ste", "from_cnn": True, **BINARY},
     "fda_no_na": {"method": "fda", "noise": False, "from_cnn": True, **BINARY},
     "fda": {"method": "fda", "from_cnn": True, **BINARY},
+    "lns": {"method": "lns", "from_cnn": True, **BINARY},
 }
 PAPER = {
     "cnn": {"top1": 92.25, "source": "AdderNet README, ResNet-20 CNN, CIFAR-10, 400 epochs"},
@@ -82,7 +83,8 @@ def build(variant: str) -> torch.nn.Module:
         from leanvision.methods.lowbit import binarize_model
 
         fda = spec["method"] == "fda"
-        return binarize_model(model, "fda" if fda else "ste", spec.get("noise", fda))[0]
+        mode, noise, lns = "fda" if fda else "ste", spec.get("noise", fda), spec["method"] == "lns"
+        return binarize_model(model, mode, noise, lns=lns)[0]
     if variant != "cnn":
         from leanvision.methods.lowbit import adderize
 

@@ -158,3 +158,60 @@ def test_binary_methods_train_pack_and_save(method, mnist_small, tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(lv.load(tmp_path / "b.pt").eval()(x), small(x))
     assert count_ops(small, (1, 1, 28, 28)).bitops > 0
+
+
+# ----------------------------------------------------------------------- LNS
+
+
+def test_noisy_label_loss_is_unbiased():
+    from leanvision.methods.lowbit.binary import noisy_label_loss
+
+    z, y = torch.randn(50, dtype=torch.float64), torch.randint(0, 2, (50,)).double() * 2 - 1
+    clean = torch.nn.functional.softplus(-y * z)
+    torch.testing.assert_close(noisy_label_loss(z, y, 0.0), clean)
+    for rho in (0.1, 0.3):  # the expectation over label flips at rate rho is the clean loss
+        expect = (1 - rho) * noisy_label_loss(z, y, rho) + rho * noisy_label_loss(z, -y, rho)
+        torch.testing.assert_close(expect, clean)
+
+
+def test_lns_layer_starts_as_sign_and_packs_exactly():
+    from leanvision.layers.binary import LNSBinaryConv2d
+
+    torch.manual_seed(0)
+    conv = nn.Conv2d(16, 32, 3, padding=1)
+    lns = LNSBinaryConv2d.from_conv(conv).eval()
+    plain = BinaryConv2d.from_conv(conv).eval()
+    x = torch.randn(2, 16, 6, 6)
+    with torch.no_grad():
+        torch.testing.assert_close(lns(x), plain(x))  # zero-initialised mapping
+        torch.nn.init.normal_(lns.mapper.fc2.weight, std=0.5)
+        torch.testing.assert_close(PackedBinaryConv2d(lns)(x), lns(x), rtol=1e-5, atol=1e-5)
+        assert not torch.allclose(lns(x), plain(x))
+
+
+def test_lns_method_trains_the_mapping(mnist_small, tmp_path):
+    from leanvision.layers.binary import LNSBinaryConv2d
+    from leanvision.methods.lowbit import LNSHook, binarize_model
+
+    torch.manual_seed(0)
+    model, _ = binarize_model(lv.create_model("resnet8_cifar", in_chans=1), lns=True)
+    layer = next(m for m in model.modules() if isinstance(m, LNSBinaryConv2d))
+    out = model(torch.randn(4, 1, 28, 28))
+
+    class Ctx:
+        losses = {"task": out.square().mean()}
+
+    LNSHook(model, rho=0.2).on_loss(None, Ctx)
+    sum(Ctx.losses.values()).backward()
+    assert layer.mapper.fc2.weight.grad.abs().sum() > 0  # task and noisy-label terms reach it
+    with pytest.raises(ConfigError, match="rho"):
+        LNSHook(model, rho=0.5)
+    small = lv.compress(
+        lv.create_model("resnet8_cifar", num_classes=10, in_chans=1), "lns", data=mnist_small,
+        finetune_epochs=1, max_steps=2, progress=False, log=False,
+    )  # fmt: skip
+    assert any(isinstance(m, PackedBinaryConv2d) for m in small.modules())
+    lv.save(small, tmp_path / "l.pt")
+    x = torch.randn(2, 1, 28, 28)
+    with torch.no_grad():
+        torch.testing.assert_close(lv.load(tmp_path / "l.pt").eval()(x), small(x))

@@ -28,6 +28,9 @@ from leanvision.errors import ConfigError
 __all__ = [
     "BinaryConv2d",
     "BinaryLinear",
+    "FilterMapper",
+    "LNSBinaryConv2d",
+    "LNSBinaryLinear",
     "NoiseAdaptation",
     "PackedBinaryConv2d",
     "PackedBinaryLinear",
@@ -108,6 +111,11 @@ class _BinaryMixin:
         if noise is not None and self.training and self.alpha > 0:
             b = b + self.alpha * noise(flat).reshape_as(t)
         return b
+
+    def packable(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(tensor whose signs are the binary weights, per-output scale) for packing."""
+        w = self.weight.detach()  # type: ignore[attr-defined]
+        return w, w.abs().reshape(w.shape[0], -1).mean(1)
 
     def binary_weight(self) -> torch.Tensor:
         """``mean|W|`` per output channel × binarized W (what the packed path stores)."""
@@ -224,12 +232,12 @@ class PackedBinaryConv2d(nn.Module):
             )
         self.in_channels, self.out_channels = layer.in_channels, layer.out_channels
         self.kernel_size, self.stride, self.padding = k[0], s[0], p[0]
-        w = layer.weight.detach()
+        w, scale = layer.packable()
         o, c = w.shape[:2]
         op = -(-o // 8) * 8
         bits = _pack_bits(F.pad(w, (0, 0, 0, 0, 0, 0, 0, op - o), value=1.0).permute(2, 3, 0, 1))
         self.register_buffer("weight_bits", bits.permute(0, 1, 3, 2).contiguous())  # k,k,CW,Op
-        self.register_buffer("scale", w.abs().reshape(o, -1).mean(1).float())
+        self.register_buffer("scale", scale.float())
         self.register_buffer("bias", None if layer.bias is None else layer.bias.detach().clone())
 
     def extra_repr(self) -> str:
@@ -261,12 +269,12 @@ class PackedBinaryLinear(nn.Module):
     def __init__(self, layer: BinaryLinear) -> None:
         super().__init__()
         self.in_features, self.out_features = layer.in_features, layer.out_features
-        w = layer.weight.detach()
+        w, scale = layer.packable()
         o = w.shape[0]
         op = -(-o // 8) * 8
         bits = _pack_bits(F.pad(w, (0, 0, 0, op - o), value=1.0))  # (Op, CW)
         self.register_buffer("weight_bits", bits.t().contiguous())  # (CW, Op)
-        self.register_buffer("scale", w.abs().mean(1).float())
+        self.register_buffer("scale", scale.float())
         self.register_buffer("bias", None if layer.bias is None else layer.bias.detach().clone())
 
     def extra_repr(self) -> str:
@@ -315,3 +323,63 @@ def _register() -> None:
 
 
 _register()
+
+
+class FilterMapper(nn.Module):
+    """LNS's mapping from a whole full-precision filter to the logits of its binary weights:
+    ``z = w + FC₂(ReLU(FC₁(w)))`` over the filter's d = C·k·k values (hidden d/4, at least 4).
+    FC₂ starts at zero, so the mapping starts as sign(w)."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        hidden = max(4, dim // 4)
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+        nn.init.zeros_(self.fc2.weight)
+        nn.init.zeros_(self.fc2.bias)
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        return w + self.fc2(F.relu(self.fc1(w)))
+
+
+class _LNSMixin:
+    """Binary weights ``sign(M(w))`` from a learned filter mapping (LNS); the logits of the last
+    forward are kept in ``last_logits`` for the noisy-supervision loss."""
+
+    mapper: FilterMapper
+    last_logits: torch.Tensor | None
+
+    def binary_weight(self) -> torch.Tensor:
+        w = self.weight  # type: ignore[attr-defined]
+        flat = w.reshape(w.shape[0], -1)
+        z = self.mapper(flat)
+        self.last_logits = z
+        scale = flat.detach().abs().mean(1)
+        b = binarize(z, "ste").reshape_as(w)
+        return b * scale.view(-1, *([1] * (w.dim() - 1)))
+
+    def packable(self) -> tuple[torch.Tensor, torch.Tensor]:
+        w = self.weight.detach()  # type: ignore[attr-defined]
+        flat = w.reshape(w.shape[0], -1)
+        with torch.no_grad():
+            z = self.mapper(flat).reshape_as(w)
+        return z, flat.abs().mean(1)
+
+
+class LNSBinaryConv2d(_LNSMixin, BinaryConv2d):
+    """:class:`BinaryConv2d` whose binary weights come from :class:`FilterMapper` (LNS)."""
+
+    def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(*args, **kwargs)
+        k = self.kernel_size[0] * self.kernel_size[1]
+        self.mapper = FilterMapper(self.in_channels // self.groups * k)
+        self.last_logits = None
+
+
+class LNSBinaryLinear(_LNSMixin, BinaryLinear):
+    """:class:`BinaryLinear` whose binary weights come from :class:`FilterMapper` (LNS)."""
+
+    def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(*args, **kwargs)
+        self.mapper = FilterMapper(self.in_features)
+        self.last_logits = None

@@ -3,7 +3,15 @@
 from . import adder, adder_quant, binary, pkkd
 from .adder import AdderConfig, AdderLRHook, adderize
 from .adder_quant import AdderQuantConfig, calibrate_adder_inputs, quantize_adders
-from .binary import BinaryConfig, FDAConfig, FDAScheduleHook, binarize_model, pack_binary
+from .binary import (
+    BinaryConfig,
+    FDAConfig,
+    FDAScheduleHook,
+    LNSConfig,
+    LNSHook,
+    binarize_model,
+    pack_binary,
+)
 from .pkkd import PKKDConfig, PKKDHook
 
 __all__ = [
@@ -13,6 +21,8 @@ __all__ = [
     "BinaryConfig",
     "FDAConfig",
     "FDAScheduleHook",
+    "LNSConfig",
+    "LNSHook",
     "PKKDConfig",
     "PKKDHook",
     "adder",

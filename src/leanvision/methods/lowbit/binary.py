@@ -6,7 +6,8 @@ layer (not the stem, not the classifier) by a binary one, trains it with the Fou
 gradient of sign (ω = 0.1, 9 → 18 terms over training) and the noise adaptation module (α
 cosine-annealed 0.1 → 0), then packs the weights to 1 bit: the returned model runs
 XNOR-popcount kernels. ``"bnn_ste"`` is the same with the straight-through estimator and no
-noise module, the usual baseline.
+noise module, the usual baseline. ``"lns"`` learns each layer's binary weights with a mapping
+from whole filters, supervised by sign(w) as noisy labels (:class:`LNSHook`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
+import torch.nn.functional as F
 from torch import nn
 
 from leanvision.engine.hooks import Hook
@@ -23,6 +26,8 @@ from leanvision.errors import UnsupportedModelError
 from leanvision.layers.binary import (
     BinaryConv2d,
     BinaryLinear,
+    LNSBinaryConv2d,
+    LNSBinaryLinear,
     PackedBinaryConv2d,
     PackedBinaryLinear,
 )
@@ -30,7 +35,16 @@ from leanvision.methods.common import FinetuneConfig, finetune
 from leanvision.methods.ghost import _first_conv_name, _set_module
 from leanvision.methods.registry import record_transform, register_method
 
-__all__ = ["BinaryConfig", "FDAConfig", "FDAScheduleHook", "binarize_model", "pack_binary"]
+__all__ = [
+    "BinaryConfig",
+    "FDAConfig",
+    "FDAScheduleHook",
+    "LNSConfig",
+    "LNSHook",
+    "binarize_model",
+    "noisy_label_loss",
+    "pack_binary",
+]
 
 
 def _classifier_name(model: nn.Module) -> str | None:
@@ -52,9 +66,11 @@ def binarize_model(
     keep_first: bool = True,
     keep_last: bool = True,
     exclude: list[str] | None = None,
+    lns: bool = False,
 ) -> tuple[nn.Module, list[str]]:
     """A copy of ``model`` whose convolutions and linear layers become binary ones (weights
-    copied), except the stem (``keep_first``), the classifier (``keep_last``) and ``exclude``.
+    copied), except the stem (``keep_first``), the classifier (``keep_last``) and ``exclude``;
+    ``lns=True`` makes them LNS layers (binary weights from a learned filter mapping).
 
     Raises:
         UnsupportedModelError: nothing to binarize.
@@ -64,15 +80,16 @@ def binarize_model(
         skip.add(_first_conv_name(model))
     if keep_last:
         skip.add(_classifier_name(model))
+    conv_cls, lin_cls = (LNSBinaryConv2d, LNSBinaryLinear) if lns else (BinaryConv2d, BinaryLinear)
     new = copy.deepcopy(model)
     done = []
     for name, m in list(new.named_modules()):
         if name in skip:
             continue
         if type(m) is nn.Conv2d:
-            _set_module(new, name, BinaryConv2d.from_conv(m, mode=mode, noise=noise))
+            _set_module(new, name, conv_cls.from_conv(m, mode=mode, noise=noise))
         elif type(m) is nn.Linear:
-            _set_module(new, name, BinaryLinear.from_linear(m, mode=mode, noise=noise))
+            _set_module(new, name, lin_cls.from_linear(m, mode=mode, noise=noise))
         else:
             continue
         done.append(name)
@@ -144,17 +161,63 @@ class FDAConfig(BinaryConfig):
     alpha0: float = 0.1
 
 
+class LNSHook(Hook):
+    """LNS's noisy supervision (Han et al., "Training Binary Neural Networks through Learning
+    with Noisy Supervision", ICML 2020): sign(w) labels the mapping's logits z of every LNS
+    layer, with the unbiased estimator for labels flipped at rate ρ (Natarajan et al., 2013):
+    ``ℓ̃(z, ŷ) = ((1 − ρ)·ℓ(z, ŷ) − ρ·ℓ(z, −ŷ)) / (1 − 2ρ)``, ℓ the logistic loss."""
+
+    name = "lns"
+
+    def __init__(self, model: nn.Module, rho: float = 0.1, weight: float = 1.0) -> None:
+        if not 0 <= rho < 0.5:
+            from leanvision.errors import ConfigError
+
+            raise ConfigError(f"lns: the noise rate rho must be in [0, 0.5), got {rho}")
+        self.layers = [
+            m for m in model.modules() if isinstance(m, LNSBinaryConv2d | LNSBinaryLinear)
+        ]
+        self.rho, self.weight = rho, weight
+
+    def on_loss(self, trainer: Any, ctx: Any) -> None:
+        terms = []
+        for m in self.layers:
+            z = m.last_logits
+            if z is None:
+                continue
+            y = torch.where(m.weight.detach() >= 0, 1.0, -1.0).reshape_as(z)
+            terms.append(noisy_label_loss(z, y, self.rho).mean())
+        if terms:
+            ctx.losses["lns"] = self.weight * torch.stack(terms).mean()
+
+
+def noisy_label_loss(z: torch.Tensor, y: torch.Tensor, rho: float) -> torch.Tensor:
+    """The unbiased logistic loss of logits ``z`` for ±1 labels ``y`` flipped at rate ``rho``
+    (elementwise)."""
+    return ((1 - rho) * F.softplus(-y * z) - rho * F.softplus(y * z)) / (1 - 2 * rho)
+
+
+@dataclass
+class LNSConfig(BinaryConfig):
+    """LNS: label noise rate ρ of sign(w) and the weight of the noisy-supervision loss."""
+
+    rho: float = 0.1
+    lns_weight: float = 1.0
+
+
 def _rebuild(model: nn.Module, arch: dict[str, Any]) -> nn.Module:
     new, _ = binarize_model(
         model, arch["mode"], arch["noise"], arch["keep_first"], arch["keep_last"],
-        arch["exclude"],
+        arch["exclude"], arch.get("lns", False),
     )  # fmt: skip
     return pack_binary(new) if arch["pack"] else new
 
 
 def _apply(model: nn.Module, data: Any, cfg: BinaryConfig, mode: str, method: str) -> nn.Module:
     noise = bool(getattr(cfg, "noise", False))
+    lns = isinstance(cfg, LNSConfig)
     arch = {
+        "lns": lns,
         "mode": mode,
         "noise": noise,
         "keep_first": cfg.keep_first,
@@ -162,8 +225,10 @@ def _apply(model: nn.Module, data: Any, cfg: BinaryConfig, mode: str, method: st
         "exclude": list(cfg.exclude),
         "pack": cfg.pack,
     }
-    new, _ = binarize_model(model, mode, noise, cfg.keep_first, cfg.keep_last, cfg.exclude)
+    new, _ = binarize_model(model, mode, noise, cfg.keep_first, cfg.keep_last, cfg.exclude, lns)
     hooks: list[Hook] = []
+    if isinstance(cfg, LNSConfig):
+        hooks.append(LNSHook(new, cfg.rho, cfg.lns_weight))
     if isinstance(cfg, FDAConfig):
         for m in new.modules():
             if isinstance(m, BinaryConv2d | BinaryLinear):
@@ -198,3 +263,15 @@ def apply_bnn_ste(model: nn.Module, data: Any, cfg: BinaryConfig) -> nn.Module:
 def apply_fda(model: nn.Module, data: Any, cfg: FDAConfig) -> nn.Module:
     """Binarize inner convs and linears, train with FDA's gradient and noise module, pack."""
     return _apply(model, data, cfg, "fda", "fda")
+
+
+@register_method(
+    "lns",
+    family="lowbit",
+    paper="LNS, Training BNNs through Learning with Noisy Supervision, ICML 2020",
+    config=LNSConfig,
+    rebuild=_rebuild,
+)
+def apply_lns(model: nn.Module, data: Any, cfg: LNSConfig) -> nn.Module:
+    """Binary weights from a learned filter mapping supervised by sign(w) as noisy labels."""
+    return _apply(model, data, cfg, "ste", "lns")
