@@ -187,6 +187,23 @@ def test_int8_kernel_is_exact(shape):
         torch.ops.leanvision.adder_int8_forward(xq.float(), _pack_u8(wq), None, 1.0, k, s, p)
 
 
+@pytest.mark.skipif(kernels.capability() != "AVX512", reason="the int16 kernel is AVX-512 only")
+@pytest.mark.parametrize("shape", SHAPES)
+def test_int16_kernel_is_exact(shape):
+    n, c, o, h, w, k, s, p = shape
+    assert kernels.load("adder_int8")
+    torch.manual_seed(0)
+    xq = torch.randint(-32767, 32768, (n, c, h, w))
+    wq = torch.randint(-32767, 32768, (o, c, k, k))
+    flat = wq.permute(0, 2, 3, 1).reshape(o, -1)
+    kp = -(-flat.shape[1] // 32) * 32
+    packed = F.pad(flat, (0, kp - flat.shape[1])).to(torch.int16).contiguous()
+    x16 = xq.to(torch.int16).contiguous(memory_format=torch.channels_last)
+    y = torch.ops.leanvision.adder_int16_forward(x16, packed, None, 1.0, k, s, p)
+    ref = la.adder2d_reference(xq.double(), wq.double(), s, p)  # integers below 2^31
+    torch.testing.assert_close(y.double(), ref, rtol=1e-7, atol=0)  # fp32 rounding of the sum
+
+
 def test_quant_adder_layer_paths_agree_and_approximate_float(monkeypatch):
     torch.manual_seed(0)
     layer = AdderConv2d(16, 32, 3, padding=1)
@@ -201,7 +218,11 @@ def test_quant_adder_layer_paths_agree_and_approximate_float(monkeypatch):
     assert ((y - exact).norm() / exact.norm()).item() < 0.01
     q16 = la.QuantAdderConv2d(layer, scale / 256, bits=16)
     assert q16.weight_q.dtype == torch.int16
-    assert ((q16(x) - exact).norm() / exact.norm()).item() < 1e-4
+    monkeypatch.undo()
+    y16 = q16(x)  # the int16 kernel where there is one
+    assert ((y16 - exact).norm() / exact.norm()).item() < 1e-4
+    monkeypatch.setattr(la, "_int8_kernel", lambda: False)
+    torch.testing.assert_close(q16(x), y16, rtol=1e-5, atol=1e-2)
     with pytest.raises(ConfigError, match="bits"):
         la.QuantAdderConv2d(layer, scale, bits=1)
 

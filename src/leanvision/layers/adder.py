@@ -225,10 +225,11 @@ class QuantAdderConv2d(nn.Module):
     (Wang et al., "AdderNet and its Minimalist Hardware Design", 2021):
     ``y = −s·Σ|round(x/s) − round(w/s)|``, values clipped to ±(2^(bits−1) − 1).
 
-    With ``bits ≤ 8`` on AVX-512BW CPUs the sum runs in the integer kernel
-    ``kernels/csrc/adder_int8.cpp`` (VPSADBW: 64 byte differences per instruction); wider
-    values, or other machines, compute the same integers through the float adder path (exact
-    while ``Σ|Δ|`` stays below 2^24, i.e. for int8; int16 sums are rounded to fp32)."""
+    On AVX-512 CPUs the sum runs in the integer kernels of ``kernels/csrc/adder_int8.cpp``:
+    ``bits ≤ 8`` with VPSADBW (64 byte differences per instruction), up to 16 bits with
+    ``−|a − b| = 2·min(a, b) − a − b`` (VPMINSW + VPMADDWD, int32 sums). Other machines compute
+    the same integers through the float adder path (exact for int8; int16 sums above 2^24 are
+    rounded to fp32)."""
 
     def __init__(self, layer: AdderConv2d, scale: float, bits: int = 8) -> None:
         super().__init__()
@@ -252,9 +253,10 @@ class QuantAdderConv2d(nn.Module):
         b = layer.bias.detach().clone() if layer.bias is not None else None
         self.register_buffer("bias", b)
         self._packed: torch.Tensor | None = None
+        self._packed16: torch.Tensor | None = None
 
     def _load_from_state_dict(self, *args, **kwargs):  # type: ignore[no-untyped-def]
-        self._packed = None  # new weights: repack on the next call
+        self._packed = self._packed16 = None  # new weights: repack on the next call
         return super()._load_from_state_dict(*args, **kwargs)
 
     def extra_repr(self) -> str:
@@ -272,6 +274,13 @@ class QuantAdderConv2d(nn.Module):
             self._packed = flat.to(torch.uint8).contiguous()
         return self._packed
 
+    def _pack16(self) -> torch.Tensor:
+        if self._packed16 is None:
+            flat = self.weight_q.permute(0, 2, 3, 1).reshape(self.out_channels, -1)
+            kp = -(-flat.shape[1] // 32) * 32
+            self._packed16 = F.pad(flat.to(torch.int16), (0, kp - flat.shape[1])).contiguous()
+        return self._packed16
+
     def quantize_input(self, x: torch.Tensor) -> torch.Tensor:
         """``round(x / s)`` clipped to the layer's range (float tensor of integers)."""
         return (x / self.scale).round_().clamp_(-self.qmax, self.qmax)
@@ -279,11 +288,14 @@ class QuantAdderConv2d(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         xq = self.quantize_input(x)
         s = float(self.scale)
-        if self.bits <= 8 and x.device.type == "cpu" and _int8_kernel():
-            xu = (xq + 128).to(torch.uint8).contiguous(memory_format=torch.channels_last)
-            return torch.ops.leanvision.adder_int8_forward(
-                xu, self._pack(), self.bias, s, self.kernel_size, self.stride, self.padding
-            )
+        if x.device.type == "cpu" and _int8_kernel():
+            args = (self.bias, s, self.kernel_size, self.stride, self.padding)
+            cl = torch.channels_last
+            if self.bits <= 8:
+                xu = (xq + 128).to(torch.uint8).contiguous(memory_format=cl)
+                return torch.ops.leanvision.adder_int8_forward(xu, self._pack(), *args)
+            x16 = xq.to(torch.int16).contiguous(memory_format=cl)
+            return torch.ops.leanvision.adder_int16_forward(x16, self._pack16(), *args)
         y = adder2d(xq, self.weight_q.to(xq.dtype), self.stride, self.padding) * s
         return y + self.bias.view(1, -1, 1, 1) if self.bias is not None else y
 

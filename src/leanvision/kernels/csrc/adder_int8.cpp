@@ -138,10 +138,143 @@ at::Tensor adder_int8_forward(const at::Tensor& xq_in, const at::Tensor& wq_in,
 #endif
 }
 
+#ifdef __AVX512BW__
+// int16: -|a - b| = 2 min(a, b) - a - b, so the sum needs only sum min(x, w) (VPMINSW, then
+// VPMADDWD with ones adds neighbouring pairs into int32 lanes) plus the patch sums of x and
+// the filter sums of w. Values are signed int16 (no offset); padding is 0 in both operands.
+template <int P, int Q>
+inline void min_block(const int16_t* a, const int16_t* b, int64_t kp, const int64_t* sx,
+                      const int64_t* sw, float scale, float* out, int64_t ostride,
+                      const float* bias) {
+  __m512i acc[P][Q];
+  const __m512i ones = _mm512_set1_epi16(1);
+#pragma GCC unroll 4
+  for (int p = 0; p < P; ++p)
+#pragma GCC unroll 4
+    for (int q = 0; q < Q; ++q) acc[p][q] = _mm512_setzero_si512();
+  for (int64_t k = 0; k < kp; k += 32) {
+    __m512i av[P], bv[Q];
+#pragma GCC unroll 4
+    for (int p = 0; p < P; ++p) av[p] = _mm512_loadu_si512(a + p * kp + k);
+#pragma GCC unroll 4
+    for (int q = 0; q < Q; ++q) bv[q] = _mm512_loadu_si512(b + q * kp + k);
+#pragma GCC unroll 4
+    for (int p = 0; p < P; ++p)
+#pragma GCC unroll 4
+      for (int q = 0; q < Q; ++q)
+        acc[p][q] = _mm512_add_epi32(acc[p][q],
+                                     _mm512_madd_epi16(_mm512_min_epi16(av[p], bv[q]), ones));
+  }
+#pragma GCC unroll 4
+  for (int p = 0; p < P; ++p)
+#pragma GCC unroll 4
+    for (int q = 0; q < Q; ++q) {
+      const int64_t mins = _mm512_reduce_add_epi32(acc[p][q]);
+      const int64_t neg_l1 = 2 * mins - sx[p] - sw[q];
+      out[p * ostride + q] = scale * static_cast<float>(neg_l1) + (bias ? bias[q] : 0.f);
+    }
+}
+
+template <int P>
+inline void min_row(const int16_t* a, const int16_t* b, int64_t kp, int64_t o, const int64_t* sx,
+                    const int64_t* sw, float scale, float* out, int64_t ostride,
+                    const float* bias) {
+  int64_t q = 0;
+  for (; q + 4 <= o; q += 4)
+    min_block<P, 4>(a, b + q * kp, kp, sx, sw + q, scale, out + q, ostride, bias ? bias + q : nullptr);
+  for (; q < o; ++q)
+    min_block<P, 1>(a, b + q * kp, kp, sx, sw + q, scale, out + q, ostride, bias ? bias + q : nullptr);
+}
+#endif
+
+at::Tensor adder_int16_forward(const at::Tensor& xq_in, const at::Tensor& wq_in,
+                               const c10::optional<at::Tensor>& bias_in, double scale,
+                               int64_t kernel, int64_t stride, int64_t padding) {
+#ifndef __AVX512BW__
+  TORCH_CHECK(false, "adder_int16_forward: this build has no AVX-512BW");
+#else
+  TORCH_CHECK(xq_in.dim() == 4 && xq_in.scalar_type() == at::kShort,
+              "adder_int16_forward: xq must be a 4-D int16 tensor, got ", xq_in.sizes(), " ",
+              xq_in.scalar_type());
+  const int64_t n = xq_in.size(0), c = xq_in.size(1), h = xq_in.size(2), wd = xq_in.size(3);
+  const int64_t kk = kernel * kernel * c, kp = (kk + 31) / 32 * 32;
+  TORCH_CHECK(wq_in.dim() == 2 && wq_in.scalar_type() == at::kShort && wq_in.size(1) == kp,
+              "adder_int16_forward: wq must be int16 (O, k*k*C rounded up to 32) = (O, ", kp,
+              "), got ", wq_in.sizes());
+  const int64_t o = wq_in.size(0);
+  const int64_t hp = h + 2 * padding, wp = wd + 2 * padding;
+  TORCH_CHECK(kernel >= 1 && stride >= 1 && padding >= 0 && hp >= kernel && wp >= kernel,
+              "adder_int16_forward: bad kernel / stride / padding for this input");
+  at::Tensor bias;
+  if (bias_in.has_value()) {
+    bias = bias_in->contiguous();
+    TORCH_CHECK(bias.numel() == o && bias.scalar_type() == at::kFloat,
+                "adder_int16_forward: bias must hold ", o, " float32 values");
+  }
+  const int64_t ho = (hp - kernel) / stride + 1, wo = (wp - kernel) / stride + 1;
+  const auto cl = at::MemoryFormat::ChannelsLast;
+  const at::Tensor xq = xq_in.contiguous(cl), wq = wq_in.contiguous();
+  at::Tensor y = at::empty({n, o, ho, wo}, at::TensorOptions().dtype(at::kFloat).memory_format(cl));
+  if (y.numel() == 0) return y;
+  const int16_t* xd = xq.data_ptr<int16_t>();
+  const int16_t* wdp = wq.data_ptr<int16_t>();
+  std::vector<int64_t> sw(static_cast<size_t>(o));
+  for (int64_t q = 0; q < o; ++q) {
+    int64_t t = 0;
+    for (int64_t k = 0; k < kp; ++k) t += wdp[q * kp + k];
+    sw[q] = t;
+  }
+  const float* bd = bias.defined() ? bias.data_ptr<float>() : nullptr;
+  float* yd = y.data_ptr<float>();
+  const float sc = static_cast<float>(scale);
+  at::parallel_for(0, n * ho, std::max<int64_t>(1, ho / 4), [&](int64_t r0, int64_t r1) {
+    constexpr int P = 4;
+    std::vector<int16_t> cols(static_cast<size_t>(P * kp));
+    int64_t sx[P];
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t img = r / ho, oh = r % ho;
+      const int16_t* xn = xd + img * h * wd * c;
+      float* yrow = yd + r * wo * o;
+      for (int64_t ow0 = 0; ow0 < wo; ow0 += P) {
+        const int np = static_cast<int>(std::min<int64_t>(P, wo - ow0));
+        std::memset(cols.data(), 0, cols.size() * sizeof(int16_t));
+        for (int p = 0; p < np; ++p) {
+          int16_t* dst = cols.data() + p * kp;
+          for (int64_t ky = 0; ky < kernel; ++ky) {
+            const int64_t iy = oh * stride + ky - padding;
+            if (iy < 0 || iy >= h) continue;
+            for (int64_t kx = 0; kx < kernel; ++kx) {
+              const int64_t ix = (ow0 + p) * stride + kx - padding;
+              if (ix < 0 || ix >= wd) continue;
+              std::memcpy(dst + (ky * kernel + kx) * c, xn + (iy * wd + ix) * c,
+                          sizeof(int16_t) * c);
+            }
+          }
+          int64_t t = 0;
+          for (int64_t k = 0; k < kp; ++k) t += dst[k];
+          sx[p] = t;
+        }
+        float* out = yrow + ow0 * o;
+        switch (np) {
+          case 4: min_row<4>(cols.data(), wdp, kp, o, sx, sw.data(), sc, out, o, bd); break;
+          case 3: min_row<3>(cols.data(), wdp, kp, o, sx, sw.data(), sc, out, o, bd); break;
+          case 2: min_row<2>(cols.data(), wdp, kp, o, sx, sw.data(), sc, out, o, bd); break;
+          default: min_row<1>(cols.data(), wdp, kp, o, sx, sw.data(), sc, out, o, bd); break;
+        }
+      }
+    }
+  });
+  return y;
+#endif
+}
+
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(leanvision, m) {
   m.def("adder_int8_forward(Tensor xq, Tensor wq, Tensor? bias, float scale, int kernel, "
         "int stride, int padding) -> Tensor");
+  m.def("adder_int16_forward(Tensor xq, Tensor wq, Tensor? bias, float scale, int kernel, "
+        "int stride, int padding) -> Tensor");
   m.impl("adder_int8_forward", c10::DispatchKey::CPU, &adder_int8_forward);
+  m.impl("adder_int16_forward", c10::DispatchKey::CPU, &adder_int16_forward);
 }
