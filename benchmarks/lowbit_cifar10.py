@@ -296,7 +296,7 @@ def cmd_report(args: argparse.Namespace) -> None:
                 note = (
                     f"adder_quant of resnet20_adder: int{bits}, one scale per layer shared by "
                     "inputs and weights, max |X| over 1,024 training images, no retraining"
-                    + ("; VPSADBW kernel" if bits == 8 else "; VPMINSW kernel (−|a−b| = 2min − a − b)")
+                    + ("; VPSADBW kernel" if bits == 8 else "; VPMINSW kernel")
                 )  # fmt: skip
                 rows.append(row(f"resnet20_adder_int{bits}", q, [*chain, "adder_quant"], note))
     run = {
