@@ -67,10 +67,14 @@ def binarize_model(
     keep_last: bool = True,
     exclude: list[str] | None = None,
     lns: bool = False,
+    hardtanh: bool = True,
 ) -> tuple[nn.Module, list[str]]:
     """A copy of ``model`` whose convolutions and linear layers become binary ones (weights
     copied), except the stem (``keep_first``), the classifier (``keep_last``) and ``exclude``;
     ``lns=True`` makes them LNS layers (binary weights from a learned filter mapping).
+    ``hardtanh=True`` also turns every ``nn.ReLU`` module into ``nn.Hardtanh``: sign() of a
+    ReLU output is +1 everywhere, so binary activations need signed inputs (IR-Net / FDA's
+    ResNet-20 use Hardtanh after the residual add); functional ReLUs are not seen.
 
     Raises:
         UnsupportedModelError: nothing to binarize.
@@ -90,6 +94,9 @@ def binarize_model(
             _set_module(new, name, conv_cls.from_conv(m, mode=mode, noise=noise))
         elif type(m) is nn.Linear:
             _set_module(new, name, lin_cls.from_linear(m, mode=mode, noise=noise))
+        elif hardtanh and type(m) is nn.ReLU:
+            _set_module(new, name, nn.Hardtanh())
+            continue
         else:
             continue
         done.append(name)
