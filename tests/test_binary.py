@@ -117,6 +117,9 @@ def test_binarize_model_keeps_stem_and_classifier():
     new, done = binarize_model(model)
     assert type(new.conv1) is nn.Conv2d and type(new.fc) is nn.Linear
     assert len(done) == 20 and all(isinstance(new.get_submodule(n), BinaryConv2d) for n in done)
+    # sign() of a ReLU output is constant: binary inputs need Hardtanh instead
+    assert not any(type(m) is nn.ReLU for m in new.modules())
+    assert any(type(m) is nn.Hardtanh for m in new.modules())
     with pytest.raises(UnsupportedModelError, match="nothing|no convolution"):
         binarize_model(nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(4, 2)))
     packed = pack_binary(new)
