@@ -78,3 +78,57 @@ def test_nuclear_norm_and_bias_correction():
     ref = torch.randn(10, 6)
     corr = bias_correction(ref, ref + torch.arange(6.0))
     torch.testing.assert_close(corr, torch.arange(6.0))
+
+
+# ----------------------------------------------------------------------- ViT quantization
+
+
+def _tiny_vit():
+    import leanvision as lv
+
+    torch.manual_seed(0)
+    return lv.create_model(
+        "deit_tiny_patch16_224", img_size=32, patch_size=8, num_classes=10, depth=2,
+        embed_dim=64, num_heads=2,
+    ).eval()  # fmt: skip
+
+
+def _cos(a, b):
+    return F.cosine_similarity(a.flatten(), b.flatten(), dim=0).item()
+
+
+def test_quantize_vit_runs_full_precision_until_calibrated_then_tracks_it():
+    from leanvision.methods.lowbit.ptq_vit import PTQViTConfig, QuantMatMul, calibrate, quantize_vit
+
+    model = _tiny_vit()
+    x = torch.randn(16, 3, 32, 32)
+    q = quantize_vit(model)
+    assert sum(isinstance(m, QuantMatMul) for m in q.modules()) == 4  # Q·Kᵀ and A·V per block
+    with torch.no_grad():
+        ref = model(x)
+        torch.testing.assert_close(q(x), ref, rtol=1e-4, atol=1e-4)  # explicit = fused SDPA
+    sims = {}
+    for bits in (8, 4):
+        qb = quantize_vit(model)
+        record = calibrate(qb, x, PTQViTConfig(bits=bits, search_images=16))
+        assert {r["bits"] for r in record.values()} == {bits}
+        with torch.no_grad():
+            sims[bits] = _cos(qb(x), ref)
+    assert sims[8] > 0.99 and sims[8] > sims[4]
+
+
+def test_mixed_precision_respects_the_budget():
+    from leanvision.methods.lowbit.ptq_vit import PTQViTConfig, calibrate, quantize_vit
+
+    q = quantize_vit(_tiny_vit())
+    record = calibrate(q, torch.randn(8, 3, 32, 32), PTQViTConfig(bit_budget=6.0, search_images=8))
+    bits = [r["bits"] for r in record.values()]
+    assert set(bits) <= {4, 6, 8} and len(set(bits)) > 1
+
+
+def test_quantize_vit_rejects_other_models():
+    from leanvision.errors import UnsupportedModelError
+    from leanvision.methods.lowbit.ptq_vit import quantize_vit
+
+    with pytest.raises(UnsupportedModelError, match="blocks"):
+        quantize_vit(torch.nn.Linear(3, 4))
