@@ -46,11 +46,16 @@ def sign_pm1(t: torch.Tensor) -> torch.Tensor:
 
 
 def fda_grad(t: torch.Tensor, terms: int, omega: float = 0.1) -> torch.Tensor:
-    """``(4ω/π) Σ_{i<terms} cos((2i+1)ωt)`` where |t| ≤ 1, else 0: FDA's d sign / dt."""
-    g = torch.zeros_like(t)
-    for i in range(terms):
-        g += torch.cos((2 * i + 1) * omega * t)
-    return torch.where(t.abs() <= 1, g * (4 * omega / math.pi), torch.zeros_like(t))
+    """``(4ω/π) Σ_{i<terms} cos((2i+1)ωt)`` where |t| ≤ 1, else 0: FDA's d sign / dt.
+
+    The sum has the closed form ``sin(2nx) / (2 sin x)`` (x = ωt; n at x = 0), one sine ratio
+    instead of n cosines per element."""
+    x = omega * t
+    s = torch.sin(x)
+    small = s.abs() < 1e-6
+    ratio = torch.sin(2 * terms * x) / (2 * torch.where(small, torch.ones_like(s), s))
+    series = torch.where(small, torch.full_like(t, float(terms)), ratio)
+    return torch.where(t.abs() <= 1, series * (4 * omega / math.pi), torch.zeros_like(t))
 
 
 class _Sign(torch.autograd.Function):
