@@ -68,73 +68,93 @@ inline void sad_row(const uint8_t* a, const uint8_t* b, int64_t kp, int64_t o, f
 }
 #endif
 
-at::Tensor adder_int8_forward(const at::Tensor& xq_in, const at::Tensor& wq_in,
-                              const c10::optional<at::Tensor>& bias_in, double scale,
-                              int64_t kernel, int64_t stride, int64_t padding) {
-#ifndef __AVX512BW__
-  TORCH_CHECK(false, "adder_int8_forward: this build has no AVX-512BW");
-#else
-  TORCH_CHECK(xq_in.dim() == 4 && xq_in.scalar_type() == at::kByte,
-              "adder_int8_forward: xq must be a 4-D uint8 tensor (int8 + 128), got ",
-              xq_in.sizes(), " ", xq_in.scalar_type());
+#ifdef __AVX512BW__
+// The part both forwards share: argument checks, the output, and per thread the im2col rows of
+// P = 4 output pixels ([ky][kx][c], K padded to `align` with `fill`, the input's padding
+// filled with `fill` too), handed to `block(cols, np, kp, out)` for all output channels.
+template <typename T, typename Block>
+at::Tensor im2col_forward(const char* op, at::ScalarType dtype, const char* tname,
+                          const at::Tensor& xq_in,
+                          const at::Tensor& wq_in, const c10::optional<at::Tensor>& bias_in,
+                          int64_t kernel, int64_t stride, int64_t padding, int64_t align, T fill,
+                          at::Tensor& bias, const Block& block) {
+  TORCH_CHECK(xq_in.dim() == 4 && xq_in.scalar_type() == dtype, op, ": xq must be a 4-D ",
+              tname, " tensor, got ", xq_in.sizes(), " ", xq_in.scalar_type());
   const int64_t n = xq_in.size(0), c = xq_in.size(1), h = xq_in.size(2), wd = xq_in.size(3);
-  const int64_t kk = kernel * kernel * c, kp = (kk + 63) / 64 * 64;
-  TORCH_CHECK(wq_in.dim() == 2 && wq_in.scalar_type() == at::kByte && wq_in.size(1) == kp,
-              "adder_int8_forward: wq must be uint8 (O, k*k*C rounded up to 64) = (O, ", kp,
+  const int64_t kk = kernel * kernel * c, kp = (kk + align - 1) / align * align;
+  TORCH_CHECK(wq_in.dim() == 2 && wq_in.scalar_type() == dtype && wq_in.size(1) == kp, op,
+              ": wq must be ", tname, " (O, k*k*C rounded up to ", align, ") = (O, ", kp,
               "), got ", wq_in.sizes());
   const int64_t o = wq_in.size(0);
   const int64_t hp = h + 2 * padding, wp = wd + 2 * padding;
-  TORCH_CHECK(kernel >= 1 && stride >= 1 && padding >= 0 && hp >= kernel && wp >= kernel,
-              "adder_int8_forward: bad kernel / stride / padding for this input");
-  at::Tensor bias;
+  TORCH_CHECK(kernel >= 1 && stride >= 1 && padding >= 0 && hp >= kernel && wp >= kernel, op,
+              ": bad kernel / stride / padding for this input");
   if (bias_in.has_value()) {
     bias = bias_in->contiguous();
-    TORCH_CHECK(bias.numel() == o && bias.scalar_type() == at::kFloat,
-                "adder_int8_forward: bias must hold ", o, " float32 values");
+    TORCH_CHECK(bias.numel() == o && bias.scalar_type() == at::kFloat, op, ": bias must hold ",
+                o, " float32 values");
   }
   const int64_t ho = (hp - kernel) / stride + 1, wo = (wp - kernel) / stride + 1;
   const auto cl = at::MemoryFormat::ChannelsLast;
-  const at::Tensor xq = xq_in.contiguous(cl), wq = wq_in.contiguous();
+  const at::Tensor xq = xq_in.contiguous(cl);
   at::Tensor y = at::empty({n, o, ho, wo}, at::TensorOptions().dtype(at::kFloat).memory_format(cl));
   if (y.numel() == 0) return y;
-  const uint8_t* xd = xq.data_ptr<uint8_t>();
-  const uint8_t* wdp = wq.data_ptr<uint8_t>();
-  const float* bd = bias.defined() ? bias.data_ptr<float>() : nullptr;
+  const T* xd = xq.data_ptr<T>();
   float* yd = y.data_ptr<float>();
-  const float sc = static_cast<float>(scale);
   at::parallel_for(0, n * ho, std::max<int64_t>(1, ho / 4), [&](int64_t r0, int64_t r1) {
     constexpr int P = 4;
-    std::vector<uint8_t> cols(static_cast<size_t>(P * kp));
+    std::vector<T> cols(static_cast<size_t>(P * kp));
     for (int64_t r = r0; r < r1; ++r) {
       const int64_t img = r / ho, oh = r % ho;
-      const uint8_t* xn = xd + img * h * wd * c;
-      float* yrow = yd + r * wo * o;
+      const T* xn = xd + img * h * wd * c;
       for (int64_t ow0 = 0; ow0 < wo; ow0 += P) {
         const int np = static_cast<int>(std::min<int64_t>(P, wo - ow0));
-        std::memset(cols.data(), 128, cols.size());
-        for (int p = 0; p < np; ++p) {  // im2col of pixel (oh, ow0 + p), [ky][kx][c]
-          uint8_t* dst = cols.data() + p * kp;
+        std::fill(cols.begin(), cols.end(), fill);
+        for (int p = 0; p < np; ++p) {  // im2col of pixel (oh, ow0 + p)
+          T* dst = cols.data() + p * kp;
           for (int64_t ky = 0; ky < kernel; ++ky) {
             const int64_t iy = oh * stride + ky - padding;
             if (iy < 0 || iy >= h) continue;
             for (int64_t kx = 0; kx < kernel; ++kx) {
               const int64_t ix = (ow0 + p) * stride + kx - padding;
               if (ix < 0 || ix >= wd) continue;
-              std::memcpy(dst + (ky * kernel + kx) * c, xn + (iy * wd + ix) * c, c);
+              std::memcpy(dst + (ky * kernel + kx) * c, xn + (iy * wd + ix) * c, sizeof(T) * c);
             }
           }
         }
-        float* out = yrow + ow0 * o;
-        switch (np) {
-          case 4: sad_row<4>(cols.data(), wdp, kp, o, sc, out, o, bd); break;
-          case 3: sad_row<3>(cols.data(), wdp, kp, o, sc, out, o, bd); break;
-          case 2: sad_row<2>(cols.data(), wdp, kp, o, sc, out, o, bd); break;
-          default: sad_row<1>(cols.data(), wdp, kp, o, sc, out, o, bd); break;
-        }
+        block(cols.data(), np, kp, yd + (r * wo + ow0) * o);
       }
     }
   });
   return y;
+}
+#endif
+
+at::Tensor adder_int8_forward(const at::Tensor& xq_in, const at::Tensor& wq_in,
+                              const c10::optional<at::Tensor>& bias_in, double scale,
+                              int64_t kernel, int64_t stride, int64_t padding) {
+#ifndef __AVX512BW__
+  TORCH_CHECK(false, "adder_int8_forward: this build has no AVX-512BW");
+#else
+  const at::Tensor wq = wq_in.contiguous();
+  TORCH_CHECK(wq.dim() == 2 && wq.scalar_type() == at::kByte,
+              "adder_int8_forward: wq must be a 2-D uint8 tensor, got ", wq.sizes());
+  const uint8_t* w = wq.data_ptr<uint8_t>();
+  const int64_t o = wq.size(0);
+  const float sc = static_cast<float>(scale);
+  at::Tensor bias;
+  // values are int8 + 128 (uint8), padding 128 = the value 0
+  return im2col_forward<uint8_t>(
+      "adder_int8_forward", at::kByte, "uint8 (int8 + 128)", xq_in, wq_in, bias_in, kernel, stride, padding, 64,
+      uint8_t{128}, bias, [&](const uint8_t* cols, int np, int64_t kp, float* out) {
+        const float* bd = bias.defined() ? bias.data_ptr<float>() : nullptr;
+        switch (np) {
+          case 4: sad_row<4>(cols, w, kp, o, sc, out, o, bd); break;
+          case 3: sad_row<3>(cols, w, kp, o, sc, out, o, bd); break;
+          case 2: sad_row<2>(cols, w, kp, o, sc, out, o, bd); break;
+          default: sad_row<1>(cols, w, kp, o, sc, out, o, bd); break;
+        }
+      });
 #endif
 }
 
@@ -193,78 +213,33 @@ at::Tensor adder_int16_forward(const at::Tensor& xq_in, const at::Tensor& wq_in,
 #ifndef __AVX512BW__
   TORCH_CHECK(false, "adder_int16_forward: this build has no AVX-512BW");
 #else
-  TORCH_CHECK(xq_in.dim() == 4 && xq_in.scalar_type() == at::kShort,
-              "adder_int16_forward: xq must be a 4-D int16 tensor, got ", xq_in.sizes(), " ",
-              xq_in.scalar_type());
-  const int64_t n = xq_in.size(0), c = xq_in.size(1), h = xq_in.size(2), wd = xq_in.size(3);
-  const int64_t kk = kernel * kernel * c, kp = (kk + 31) / 32 * 32;
-  TORCH_CHECK(wq_in.dim() == 2 && wq_in.scalar_type() == at::kShort && wq_in.size(1) == kp,
-              "adder_int16_forward: wq must be int16 (O, k*k*C rounded up to 32) = (O, ", kp,
-              "), got ", wq_in.sizes());
-  const int64_t o = wq_in.size(0);
-  const int64_t hp = h + 2 * padding, wp = wd + 2 * padding;
-  TORCH_CHECK(kernel >= 1 && stride >= 1 && padding >= 0 && hp >= kernel && wp >= kernel,
-              "adder_int16_forward: bad kernel / stride / padding for this input");
-  at::Tensor bias;
-  if (bias_in.has_value()) {
-    bias = bias_in->contiguous();
-    TORCH_CHECK(bias.numel() == o && bias.scalar_type() == at::kFloat,
-                "adder_int16_forward: bias must hold ", o, " float32 values");
-  }
-  const int64_t ho = (hp - kernel) / stride + 1, wo = (wp - kernel) / stride + 1;
-  const auto cl = at::MemoryFormat::ChannelsLast;
-  const at::Tensor xq = xq_in.contiguous(cl), wq = wq_in.contiguous();
-  at::Tensor y = at::empty({n, o, ho, wo}, at::TensorOptions().dtype(at::kFloat).memory_format(cl));
-  if (y.numel() == 0) return y;
-  const int16_t* xd = xq.data_ptr<int16_t>();
-  const int16_t* wdp = wq.data_ptr<int16_t>();
-  std::vector<int64_t> sw(static_cast<size_t>(o));
-  for (int64_t q = 0; q < o; ++q) {
-    int64_t t = 0;
-    for (int64_t k = 0; k < kp; ++k) t += wdp[q * kp + k];
-    sw[q] = t;
-  }
-  const float* bd = bias.defined() ? bias.data_ptr<float>() : nullptr;
-  float* yd = y.data_ptr<float>();
+  const at::Tensor wq = wq_in.contiguous();
+  TORCH_CHECK(wq.dim() == 2 && wq.scalar_type() == at::kShort,
+              "adder_int16_forward: wq must be a 2-D int16 tensor, got ", wq.sizes());
+  const int16_t* w = wq.data_ptr<int16_t>();
+  const int64_t o = wq.size(0);
+  std::vector<int64_t> sw(static_cast<size_t>(o));  // per-filter sums (padding is 0)
+  for (int64_t q = 0; q < o; ++q)
+    for (int64_t k = 0; k < wq.size(1); ++k) sw[q] += w[q * wq.size(1) + k];
   const float sc = static_cast<float>(scale);
-  at::parallel_for(0, n * ho, std::max<int64_t>(1, ho / 4), [&](int64_t r0, int64_t r1) {
-    constexpr int P = 4;
-    std::vector<int16_t> cols(static_cast<size_t>(P * kp));
-    int64_t sx[P];
-    for (int64_t r = r0; r < r1; ++r) {
-      const int64_t img = r / ho, oh = r % ho;
-      const int16_t* xn = xd + img * h * wd * c;
-      float* yrow = yd + r * wo * o;
-      for (int64_t ow0 = 0; ow0 < wo; ow0 += P) {
-        const int np = static_cast<int>(std::min<int64_t>(P, wo - ow0));
-        std::memset(cols.data(), 0, cols.size() * sizeof(int16_t));
+  at::Tensor bias;
+  return im2col_forward<int16_t>(
+      "adder_int16_forward", at::kShort, "int16", xq_in, wq_in, bias_in, kernel, stride, padding, 32,
+      int16_t{0}, bias, [&](const int16_t* cols, int np, int64_t kp, float* out) {
+        const float* bd = bias.defined() ? bias.data_ptr<float>() : nullptr;
+        int64_t sx[4];
         for (int p = 0; p < np; ++p) {
-          int16_t* dst = cols.data() + p * kp;
-          for (int64_t ky = 0; ky < kernel; ++ky) {
-            const int64_t iy = oh * stride + ky - padding;
-            if (iy < 0 || iy >= h) continue;
-            for (int64_t kx = 0; kx < kernel; ++kx) {
-              const int64_t ix = (ow0 + p) * stride + kx - padding;
-              if (ix < 0 || ix >= wd) continue;
-              std::memcpy(dst + (ky * kernel + kx) * c, xn + (iy * wd + ix) * c,
-                          sizeof(int16_t) * c);
-            }
-          }
           int64_t t = 0;
-          for (int64_t k = 0; k < kp; ++k) t += dst[k];
+          for (int64_t k = 0; k < kp; ++k) t += cols[p * kp + k];
           sx[p] = t;
         }
-        float* out = yrow + ow0 * o;
         switch (np) {
-          case 4: min_row<4>(cols.data(), wdp, kp, o, sx, sw.data(), sc, out, o, bd); break;
-          case 3: min_row<3>(cols.data(), wdp, kp, o, sx, sw.data(), sc, out, o, bd); break;
-          case 2: min_row<2>(cols.data(), wdp, kp, o, sx, sw.data(), sc, out, o, bd); break;
-          default: min_row<1>(cols.data(), wdp, kp, o, sx, sw.data(), sc, out, o, bd); break;
+          case 4: min_row<4>(cols, w, kp, o, sx, sw.data(), sc, out, o, bd); break;
+          case 3: min_row<3>(cols, w, kp, o, sx, sw.data(), sc, out, o, bd); break;
+          case 2: min_row<2>(cols, w, kp, o, sx, sw.data(), sc, out, o, bd); break;
+          default: min_row<1>(cols, w, kp, o, sx, sw.data(), sc, out, o, bd); break;
         }
-      }
-    }
-  });
-  return y;
+      });
 #endif
 }
 
