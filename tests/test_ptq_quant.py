@@ -110,7 +110,7 @@ def test_quantize_vit_runs_full_precision_until_calibrated_then_tracks_it():
     sims = {}
     for bits in (8, 4):
         qb = quantize_vit(model)
-        record = calibrate(qb, x, PTQViTConfig(bits=bits, search_images=16))
+        record = calibrate(qb, x, PTQViTConfig(bits=bits, num_images=16, rows_per_image=8))
         assert {r["bits"] for r in record.values()} == {bits}
         with torch.no_grad():
             sims[bits] = _cos(qb(x), ref)
@@ -118,12 +118,17 @@ def test_quantize_vit_runs_full_precision_until_calibrated_then_tracks_it():
 
 
 def test_mixed_precision_respects_the_budget():
-    from leanvision.methods.lowbit.ptq_vit import PTQViTConfig, calibrate, quantize_vit
+    from leanvision.methods.lowbit.ptq_vit import PTQViTConfig, QuantLinear, calibrate, quantize_vit
 
     q = quantize_vit(_tiny_vit())
-    record = calibrate(q, torch.randn(8, 3, 32, 32), PTQViTConfig(bit_budget=6.0, search_images=8))
-    bits = [r["bits"] for r in record.values()]
-    assert set(bits) <= {4, 6, 8} and len(set(bits)) > 1
+    cfg = PTQViTConfig(bit_budget=6.0, num_images=8, nuclear_images=8)
+    record = calibrate(q, torch.randn(8, 3, 32, 32), cfg)
+    linear = {n: m for n, m in q.named_modules() if isinstance(m, QuantLinear)}
+    bits = {n: record[n]["bits"] for n in linear}
+    assert set(bits.values()) <= {4, 6, 8} and len(set(bits.values())) > 1
+    sizes = {n: m.weight.numel() for n, m in linear.items()}
+    assert sum(bits[n] * sizes[n] for n in bits) / sum(sizes.values()) <= 6.0
+    assert all(r["bits"] == 8 for n, r in record.items() if n not in linear)  # matmuls: bits
 
 
 def test_quantize_vit_rejects_other_models():

@@ -9,15 +9,25 @@ the attention scores subtracted for Q·Kᵀ; linear layers then get bias correct
 precision gives more bits to ops whose outputs have larger nuclear norms, under an average
 budget. The patch embedding and the head stay in float, as usual.
 
-This module decides the quantization. Not yet here (so not yet registered as a method):
-streaming calibration over the default 1,024 images (the search holds each op's inputs for
-``search_images`` images in memory) and the deployment on int8 kernels (QDQ ONNX for
-onnxruntime).
+Calibration streams (:func:`calibrate`): the images pass in chunks, block by block. Each
+block's input is held for every calibration image (N × tokens × dim floats, the only tensor
+that grows with N); while the block runs, each of its ops keeps ``rows_per_image`` random rows
+of its first operand per image (tokens of a linear layer's input, query rows of Q and of the
+attention probabilities, with the whole second operand K or V) and the running max of |x| over
+every row. The searches run on those rows, then the quantized block produces the next block's
+input, so later blocks are calibrated on the inputs they will see when deployed.
+
+Deployment: exported with :func:`leanvision.export_onnx`, every quantizer becomes an int8
+QuantizeLinear → DequantizeLinear pair (fewer bits clip first), which onnxruntime fuses into
+integer matmuls (``MatMulIntegerToFloat``, ``QLinearMatMul``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from leanvision.errors import UnsupportedModelError
+from leanvision.errors import ConfigError, UnsupportedModelError
 from leanvision.methods.lowbit.quant import (
     allocate_bits,
     bias_correction,
@@ -34,8 +44,18 @@ from leanvision.methods.lowbit.quant import (
     ranking_loss,
     search_intervals,
 )
+from leanvision.methods.registry import record_transform, register_method
 
-__all__ = ["PTQViTConfig", "QuantAttention", "QuantLinear", "QuantMatMul", "quantize_vit"]
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "PTQViTConfig",
+    "QuantAttention",
+    "QuantLinear",
+    "QuantMatMul",
+    "calibrate",
+    "quantize_vit",
+]
 
 
 class QuantLinear(nn.Module):
@@ -49,14 +69,14 @@ class QuantLinear(nn.Module):
         self.bits_w, self.bits_x = bits_w, bits_x
         self.register_buffer("delta_w", torch.tensor(0.0))
         self.register_buffer("delta_x", torch.tensor(0.0))
-        self.record: list[torch.Tensor] | None = None  # calibration: inputs seen
+        self.record: Callable[..., None] | None = None  # calibration: sees every input
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.record is not None:
-            self.record.append(x.detach())
+            self.record(x.detach(), self.weight)
         if float(self.delta_w) <= 0:  # not calibrated yet: full precision
             return F.linear(x, self.weight, self.bias)
-        xq = fake_quant(x, self.delta_x, self.bits_x)
+        xq = fake_quant(x, self.delta_x, self.bits_x, activation=True)
         return F.linear(xq, fake_quant(self.weight, self.delta_w, self.bits_w), self.bias)
 
 
@@ -68,14 +88,15 @@ class QuantMatMul(nn.Module):
         self.bits_w, self.bits_x = bits_b, bits_a
         self.register_buffer("delta_w", torch.tensor(0.0))
         self.register_buffer("delta_x", torch.tensor(0.0))
-        self.record: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+        self.record: Callable[..., None] | None = None
 
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         if self.record is not None:
-            self.record.append((a.detach(), b.detach()))
+            self.record(a.detach(), b.detach())
         if float(self.delta_w) <= 0:
             return a @ b
-        return fake_quant(a, self.delta_x, self.bits_x) @ fake_quant(b, self.delta_w, self.bits_w)
+        aq = fake_quant(a, self.delta_x, self.bits_x, activation=True)
+        return aq @ fake_quant(b, self.delta_w, self.bits_w)
 
 
 class QuantAttention(nn.Module):
@@ -108,97 +129,300 @@ class QuantAttention(nn.Module):
         return self.proj(out)
 
 
+def _macs(n: int, op: nn.Module, name: str) -> Any:
+    """int8 MACs once calibrated at ≤ 8 bits (the deployed kernels), else float MACs."""
+    from leanvision.profiling.counting import OpCounts
+
+    if float(op.delta_w) > 0 and op.bits_w <= 8 and op.bits_x <= 8:
+        return OpCounts.from_int8_macs(n, op=f"int8_{name}")
+    return OpCounts.from_macs(n, op=name)
+
+
+def _count_linear(module: nn.Module, inputs: tuple, output: torch.Tensor) -> Any:
+    return _macs(output.numel() * module.weight.shape[1], module, "linear")
+
+
+def _count_matmul(module: nn.Module, inputs: tuple, output: torch.Tensor) -> Any:
+    return _macs(output.numel() * inputs[0].shape[-1], module, "matmul")
+
+
+def _register() -> None:
+    from leanvision.profiling.counting import register_module_counter
+
+    register_module_counter(QuantLinear, _count_linear)
+    register_module_counter(QuantMatMul, _count_matmul)
+
+
+_register()
+
+
 @dataclass
 class PTQViTConfig:
-    """Bits, the number of calibration images the search holds (``search_images``), the
-    ranking loss weight γ and margin θ, mixed precision (an average bit budget over
-    ``bit_choices``; None = uniform ``bits``), bias correction."""
+    """Calibration: ``num_images`` images of ``calib_split`` (never test), pushed in chunks of
+    ``batch_size``, ``rows_per_image`` random rows kept per op and image for the searches.
+    Search: ``rounds`` alternations; the ranking loss (weight γ, margin θ, on up to
+    ``ranking_rows`` rows of attention scores) is subtracted for Q·Kᵀ. Mixed precision: an
+    average bit budget per weight over ``bit_choices`` for the linear layers, sensitivity =
+    nuclear norm of each op's output on ``nuclear_images`` images (None = uniform ``bits``;
+    attention matmuls keep ``bits``). Bias correction on the linear layers."""
 
     bits: int = 8
-    search_images: int = 32
+    num_images: int = 1024
+    calib_split: str = "val"
+    batch_size: int = 64
+    rows_per_image: int = 16
     ranking_weight: float = 0.1
     ranking_theta: float = 0.0
+    ranking_rows: int = 2048
     bit_budget: float | None = None
     bit_choices: tuple[int, ...] = (4, 6, 8)
+    nuclear_images: int = 32
     bias_correction: bool = True
     rounds: int = 2
+    seed: int = 0
 
 
 def _quant_ops(model: nn.Module) -> dict[str, nn.Module]:
     return {n: m for n, m in model.named_modules() if isinstance(m, QuantLinear | QuantMatMul)}
 
 
-def quantize_vit(model: nn.Module, bits: int = 8) -> nn.Module:
+def quantize_vit(model: nn.Module, bits: int | dict[str, int] = 8) -> nn.Module:
     """A copy of a timm ViT with quantizable attention and MLP layers (steps still 0: it runs
-    in full precision until :func:`calibrate` sets them)."""
+    in full precision until :func:`calibrate` sets them). ``bits``: one width, or one per op
+    name (as :func:`calibrate` records them)."""
     blocks = getattr(model, "blocks", None)
     if blocks is None:
         raise UnsupportedModelError(
             f"ptq_vit: {type(model).__name__} has no .blocks (timm ViT / DeiT expected)"
         )
     new = copy.deepcopy(model).eval()
+    uniform = bits if isinstance(bits, int) else 8
     for blk in new.blocks:
         if not hasattr(blk, "attn") or not hasattr(blk, "mlp"):
             raise UnsupportedModelError("ptq_vit: each block needs .attn and .mlp (timm ViT)")
-        blk.attn = QuantAttention(blk.attn, bits)
+        blk.attn = QuantAttention(blk.attn, uniform)
         for name in ("fc1", "fc2"):
             lin = getattr(blk.mlp, name, None)
             if not isinstance(lin, nn.Linear):
                 raise UnsupportedModelError(f"ptq_vit: mlp.{name} is not a Linear")
-            setattr(blk.mlp, name, QuantLinear(lin, bits, bits))
+            setattr(blk.mlp, name, QuantLinear(lin, uniform, uniform))
+    if isinstance(bits, dict):
+        for n, m in _quant_ops(new).items():
+            m.bits_w = m.bits_x = int(bits.get(n, uniform))
     return new
 
 
+class _Stop(Exception):
+    """Raised by the capture hook: nothing after the first block needs to run."""
+
+
 @torch.no_grad()
-def calibrate(model: nn.Module, images: torch.Tensor, cfg: PTQViTConfig) -> dict[str, Any]:
-    """Search every op's steps on ``images`` (full-precision inputs of each op), with the
-    ranking penalty for Q·Kᵀ, optional mixed precision and bias correction. Returns a record
-    (bits, steps, similarity per op)."""
+def _block_inputs(model: nn.Module, images: Any, cfg: PTQViTConfig) -> torch.Tensor:
+    """The input of ``model.blocks[0]`` for up to ``cfg.num_images`` images (a tensor, or an
+    iterable of tensors / (image, label) batches), computed in chunks."""
+    seen: list[torch.Tensor] = []
+
+    def hook(_m: nn.Module, args: tuple) -> None:
+        seen.append(args[0].detach())
+        raise _Stop
+
+    if isinstance(images, torch.Tensor):
+        images = images[: cfg.num_images].split(cfg.batch_size)
+    handle = model.blocks[0].register_forward_pre_hook(hook)
+    count = 0
+    try:
+        for batch in images:
+            x = batch[0] if isinstance(batch, list | tuple) else batch
+            x = x[: cfg.num_images - count]
+            with contextlib.suppress(_Stop):
+                model(x)
+            count += x.shape[0]
+            if count >= cfg.num_images:
+                break
+    finally:
+        handle.remove()
+    if not seen:
+        raise ConfigError("ptq_vit: no calibration images")
+    return torch.cat(seen)
+
+
+def _run(block: nn.Module, x: torch.Tensor, batch: int) -> torch.Tensor:
+    return torch.cat([block(c) for c in x.split(batch)])
+
+
+def _fn(op: nn.Module) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    if isinstance(op, QuantLinear):
+        return lambda x, w: F.linear(x, w)
+    return lambda a, b: a @ b
+
+
+class _Rows:
+    """Calibration record of one op: ``rows`` random rows (dim −2) of its first operand per
+    image, the whole second operand of a matmul (a linear layer's is its weight), and the max
+    of |first operand| over every row."""
+
+    def __init__(self, rows: int, matmul: bool, gen: torch.Generator) -> None:
+        self.rows, self.matmul, self.gen = rows, matmul, gen
+        self.a: list[torch.Tensor] = []
+        self.b: list[torch.Tensor] = []
+        self.a_max = 0.0
+
+    def __call__(self, a: torch.Tensor, b: torch.Tensor) -> None:
+        self.a_max = max(self.a_max, float(a.abs().max()))
+        if a.dim() >= 3 and a.shape[-2] > self.rows:
+            n, t = a.shape[0], a.shape[-2]
+            idx = torch.rand(n, t, generator=self.gen).argsort(-1)[:, : self.rows]
+            shape = (n,) + (1,) * (a.dim() - 3) + (self.rows, 1)
+            idx = idx.view(shape).expand(*a.shape[:-2], self.rows, a.shape[-1])
+            a = a.gather(-2, idx)
+        self.a.append(a)
+        if self.matmul:
+            self.b.append(b)
+
+    def operands(self, op: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+        a = torch.cat(self.a)
+        return a, (torch.cat(self.b) if self.matmul else op.weight)
+
+
+class _Nuclear:
+    """Mean nuclear norm of an op's output matrices (tokens × channels, or queries × keys per
+    head) over the first ``limit`` images."""
+
+    def __init__(self, fn: Callable, matmul: bool, limit: int) -> None:
+        self.fn, self.matmul, self.limit = fn, matmul, limit
+        self.total, self.matrices, self.images = 0.0, 0, 0
+
+    def __call__(self, a: torch.Tensor, b: torch.Tensor) -> None:
+        take = min(a.shape[0], self.limit - self.images)
+        if take <= 0:
+            return
+        out = self.fn(a[:take], b[:take] if self.matmul else b)
+        mats = out.reshape(-1, out.shape[-2], out.shape[-1])
+        self.total += nuclear_norm(mats) * mats.shape[0]
+        self.matrices += mats.shape[0]
+        self.images += take
+
+
+@torch.no_grad()
+def _allocate(
+    model: nn.Module, x0: torch.Tensor, ops: dict[str, nn.Module], cfg: PTQViTConfig
+) -> dict[str, int]:
+    """Nuclear-norm bit allocation of the linear layers under ``cfg.bit_budget`` bits per
+    weight (full-precision pass over ``cfg.nuclear_images`` images)."""
+    linear = {n: m for n, m in ops.items() if isinstance(m, QuantLinear)}
+    recs = {n: _Nuclear(_fn(m), False, cfg.nuclear_images) for n, m in linear.items()}
+    for n, m in linear.items():
+        m.record = recs[n]
+    try:
+        x = x0[: cfg.nuclear_images]
+        for blk in model.blocks:
+            x = _run(blk, x, cfg.batch_size)
+    finally:
+        for m in linear.values():
+            m.record = None
+    sens = {n: r.total / max(1, r.matrices) for n, r in recs.items()}
+    sizes = {n: m.weight.numel() for n, m in linear.items()}
+    return allocate_bits(sens, sizes, cfg.bit_budget, cfg.bit_choices)
+
+
+def _ranking_penalty(cfg: PTQViTConfig) -> Callable[[torch.Tensor, torch.Tensor], float]:
+    """γ × the ranking loss per pair of scores, on the first ``ranking_rows`` score rows."""
+
+    def penalty(ref: torch.Tensor, out: torch.Tensor) -> float:
+        t = ref.shape[-1]
+        r, o = ref.reshape(-1, t)[: cfg.ranking_rows], out.reshape(-1, t)[: cfg.ranking_rows]
+        per_pair = ranking_loss(r, o, cfg.ranking_theta) / max(1, t * (t - 1) // 2)
+        return cfg.ranking_weight * float(per_pair)
+
+    return penalty
+
+
+@torch.no_grad()
+def calibrate(model: nn.Module, images: Any, cfg: PTQViTConfig) -> dict[str, Any]:
+    """Search every op's steps on calibration ``images`` (a tensor, or an iterable of batches)
+    block by block: bits (uniform or nuclear-norm mixed precision), interval search with the
+    ranking penalty for Q·Kᵀ, bias correction. Returns a record per op (bits, steps, objective)."""
     ops = _quant_ops(model)
-    search = images[: cfg.search_images]
-    for m in ops.values():
-        m.record = []
+    if not ops:
+        raise ConfigError("ptq_vit.calibrate: no quantized ops (run quantize_vit first)")
+    was = model.training
+    model.eval()
+    for m in ops.values():  # full precision until searched
         m.delta_w.zero_()
-    model(search)  # full precision: record each op's inputs
-    inputs = {n: m.record for n, m in ops.items()}
-    for m in ops.values():
-        m.record = None
-
-    def operands(name: str) -> tuple[torch.Tensor, torch.Tensor, Any]:
-        m = ops[name]
-        if isinstance(m, QuantLinear):
-            return torch.cat(inputs[name]), m.weight, lambda x, w: F.linear(x, w)
-        a = torch.cat([p[0] for p in inputs[name]])
-        b = torch.cat([p[1] for p in inputs[name]])
-        return a, b, lambda x, w: x @ w
-
+        m.delta_x.zero_()
+    x = _block_inputs(model, images, cfg)
     bits = {n: cfg.bits for n in ops}
     if cfg.bit_budget is not None:
-        sens, sizes = {}, {}
-        for n in ops:
-            x, w, fn = operands(n)
-            out = fn(x, w)
-            sens[n] = nuclear_norm(out.reshape(-1, out.shape[-2], out.shape[-1])[:64])
-            sizes[n] = w.numel() if isinstance(ops[n], QuantLinear) else out[0].numel()
-        bits = allocate_bits(sens, sizes, cfg.bit_budget, cfg.bit_choices)
+        bits.update(_allocate(model, x, ops, cfg))
+    gen = torch.Generator().manual_seed(cfg.seed)
     record: dict[str, Any] = {}
-    for n, m in ops.items():
-        m.bits_w = m.bits_x = bits[n]
-        x, w, fn = operands(n)
-        penalty = None
-        if n.endswith(".qk") and cfg.ranking_weight > 0:
-            scale = 1.0 / max(1, x[0].numel())
-
-            def penalty(ref, out, s=scale):
-                return cfg.ranking_weight * s * float(ranking_loss(ref, out, cfg.ranking_theta))
-
-        dw, dx, best = search_intervals(fn, x, w, bits[n], bits[n], rounds=cfg.rounds,
-                                        penalty=penalty)  # fmt: skip
-        m.delta_w.fill_(dw)
-        m.delta_x.fill_(dx)
-        if cfg.bias_correction and isinstance(m, QuantLinear) and m.bias is not None:
-            ref = fn(x, w)
-            out = fn(fake_quant(x, dx, bits[n]), fake_quant(w, dw, bits[n]))
-            m.bias.sub_(bias_correction(ref, out))
-        record[n] = {"bits": bits[n], "delta_w": dw, "delta_x": dx, "objective": best}
+    try:
+        for i, blk in enumerate(model.blocks):
+            mine = {n: m for n, m in ops.items() if n.startswith(f"blocks.{i}.")}
+            recs = {
+                n: _Rows(cfg.rows_per_image, isinstance(m, QuantMatMul), gen)
+                for n, m in mine.items()
+            }
+            for n, m in mine.items():
+                m.record = recs[n]
+            try:
+                _run(blk, x, cfg.batch_size)  # full precision: record operands
+            finally:
+                for m in mine.values():
+                    m.record = None
+            for n, m in mine.items():
+                record[n] = _search_op(n, m, recs.pop(n), bits[n], cfg)
+            x = _run(blk, x, cfg.batch_size)  # quantized: the next block's input
+            log.info("ptq_vit: block %d/%d calibrated", i + 1, len(model.blocks))
+    finally:
+        model.train(was)
     return record
+
+
+def _search_op(
+    name: str, op: nn.Module, rec: _Rows, bits: int, cfg: PTQViTConfig
+) -> dict[str, Any]:
+    """Interval search of one op on its recorded rows, then bias correction."""
+    op.bits_w = op.bits_x = bits
+    fn = _fn(op)
+    x, w = rec.operands(op)
+    penalty = _ranking_penalty(cfg) if name.endswith(".qk") and cfg.ranking_weight > 0 else None
+    dw, dx, best = search_intervals(
+        fn, x, w, bits, bits, rounds=cfg.rounds, penalty=penalty, x_max=rec.a_max
+    )
+    op.delta_w.fill_(dw)
+    op.delta_x.fill_(dx)
+    if cfg.bias_correction and isinstance(op, QuantLinear) and op.bias is not None:
+        quant = fn(fake_quant(x, dx, bits), fake_quant(w, dw, bits))
+        op.bias.sub_(bias_correction(fn(x, w), quant))
+    return {"bits": bits, "delta_w": dw, "delta_x": dx, "objective": best}
+
+
+def _rebuild(model: nn.Module, arch: dict[str, Any]) -> nn.Module:
+    return quantize_vit(model, {n: int(b) for n, b in arch["bits"].items()})
+
+
+@register_method(
+    "ptq_vit",
+    family="lowbit",
+    paper="Post-Training Quantization for Vision Transformer, NeurIPS 2021, arXiv 2106.14156",
+    config=PTQViTConfig,
+    rebuild=_rebuild,
+)
+def apply_ptq_vit(model: nn.Module, data: Any, cfg: PTQViTConfig) -> nn.Module:
+    """Quantize a ViT's linear layers and attention matmuls after training (no retraining)."""
+    if data is None:
+        raise ConfigError("ptq_vit calibrates on training or validation images: pass data=")
+    if cfg.calib_split not in ("train", "val"):
+        raise ConfigError(f"ptq_vit: calib_split must be 'train' or 'val', got {cfg.calib_split!r}")
+    split = cfg.calib_split
+    if split == "val" and len(data.val_set) == 0:
+        split = "train"
+    new = quantize_vit(model, cfg.bits)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    loader = data.loader(split, batch_size=cfg.batch_size, shuffle=True, generator=gen)
+    record = calibrate(new, loader, cfg)
+    new.ptq_record = record
+    bits = {n: r["bits"] for n, r in record.items()}
+    record_transform(new, model, "ptq_vit", {"bits": bits})
+    return new.eval()

@@ -32,11 +32,25 @@ __all__ = [
 ]
 
 
-def fake_quant(x: torch.Tensor, delta: float | torch.Tensor, bits: int) -> torch.Tensor:
-    """``clamp(round(x/Δ), −2^(b−1), 2^(b−1) − 1)·Δ`` (symmetric, signed)."""
+def fake_quant(
+    x: torch.Tensor, delta: float | torch.Tensor, bits: int, activation: bool = False
+) -> torch.Tensor:
+    """``clamp(round(x/Δ), −2^(b−1), 2^(b−1) − 1)·Δ`` (symmetric, signed).
+
+    In ONNX export it becomes QuantizeLinear → DequantizeLinear: int8 for weights, and for
+    ``activation=True`` uint8 with zero point 128, the same grid (x86 int8 GEMMs take
+    unsigned activations: VNNI multiplies u8 by s8)."""
     if bits < 2:
         raise ConfigError(f"fake_quant: bits must be ≥ 2, got {bits}")
     q = 2 ** (bits - 1)
+    if torch.onnx.is_in_onnx_export() and bits <= 8:
+        # QuantizeLinear → DequantizeLinear (int8) in the ONNX graph; fewer bits clip first
+        d = float(delta)
+        if bits < 8:
+            x = torch.clamp(x, -q * d, (q - 1) * d)
+        if activation:
+            return torch.fake_quantize_per_tensor_affine(x, d, 128, 0, 255)
+        return torch.fake_quantize_per_tensor_affine(x, d, 0, -128, 127)
     return torch.clamp(torch.round(x / delta), -q, q - 1) * delta
 
 
@@ -54,6 +68,7 @@ def search_intervals(
     grid: Sequence[float] = tuple(0.5 + 0.05 * i for i in range(15)),
     rounds: int = 2,
     penalty: Callable[[torch.Tensor, torch.Tensor], float] | None = None,
+    x_max: float | None = None,
 ) -> tuple[float, float, float]:
     """Steps (Δ_W, Δ_X) maximising ``cos(fn(x, w), fn(q(x), q(w))) − penalty``.
 
@@ -66,13 +81,15 @@ def search_intervals(
         rounds: alternations of the weight search and the input search.
         penalty: extra term subtracted from the similarity (e.g. γ × the ranking loss of the
             attention scores), called with (full-precision output, quantized output).
+        x_max: max |x| over all the calibration data when ``x`` is a sample of it (Δ₀ of x).
 
     Returns:
         (Δ_W, Δ_X, best objective).
     """
     ref = fn(x, w)
     base_w = float(w.abs().max()) / (2 ** (bits_w - 1) - 1) or 1e-8
-    base_x = float(x.abs().max()) / (2 ** (bits_x - 1) - 1) or 1e-8
+    x_max = float(x.abs().max()) if x_max is None else x_max
+    base_x = x_max / (2 ** (bits_x - 1) - 1) or 1e-8
 
     def score(dw: float, dx: float) -> float:
         out = fn(fake_quant(x, dx, bits_x), fake_quant(w, dw, bits_w))

@@ -1,0 +1,49 @@
+"""Smoke test of benchmarks/ptq_vit_cifar10.py: a tiny random ViT is calibrated in three
+variants, deployed on onnxruntime and timed; the results file has every row and the table."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "benchmarks" / "ptq_vit_cifar10.py"
+
+
+@pytest.fixture()
+def bench(tmp_path, monkeypatch):
+    pytest.importorskip("onnxruntime")
+    spec = importlib.util.spec_from_file_location("bench_ptq_vit_cifar10", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    if not (mod.DATA / "train.zip").exists():
+        pytest.skip(f"CIFAR-10 not found at {mod.DATA}")
+    monkeypatch.setattr(mod, "RUNS", tmp_path / "runs")
+    monkeypatch.setattr(mod, "OUT", tmp_path / "out")
+    monkeypatch.setattr(mod, "SMOKE", True)
+    keep = ("w8a8", "w6a6_max", "mixed6")
+    monkeypatch.setattr(mod, "VARIANTS", {k: mod.VARIANTS[k] for k in keep})
+    yield mod
+    torch.set_num_threads(1)
+
+
+def test_ptq_vit_benchmark_smoke(bench):
+    bench.main(["calibrate"])
+    for v in bench.VARIANTS:
+        summary = json.loads((bench.RUNS / v / "summary.json").read_text())
+        assert summary["config"]["num_images"] == 32
+    bench.main(["calibrate"])  # resumable: done variants are skipped
+    bench.main(["report"])
+    res = json.loads((bench.OUT / "results.json").read_text())
+    names = {r["name"] for r in res["models"]}
+    assert names == {"vit_fp32", "vit_w8a8_onnxruntime"} | {f"vit_{v}" for v in bench.VARIANTS}
+    rows = {r["name"]: r for r in res["models"]}
+    assert rows["vit_fp32"]["extra"]["int8_macs"] == 0
+    assert rows["vit_w8a8"]["extra"]["int8_macs"] > 0
+    (table,) = res["run"]["tables"]
+    assert {r[1] for r in table["rows"]} == {1, 8} and all(r[5] > 0 for r in table["rows"])
+    assert any("Acceptance, W8A8" in n for n in res["run"]["notes"])
