@@ -1,7 +1,7 @@
 """Conventions every architecture of the backbone zoo follows, checked over the whole registry.
 
 For each of leanvision's own families (CMT, PyramidTNT, Aug-ViT, ViT-ResNAS, ViL-LS,
-Ghost-ResNet-50, TinyNet-custom): the default configuration is consistent with its
+Ghost-ResNet-50, TinyNet-custom, BiMLP): the default configuration is consistent with its
 ``default_cfg``; forward and backward work at the ImageNet size and at CIFAR's 32x32; the timm
 interface holds; ``torch.export`` works (or the model file says why not). Published sizes are
 checked for every architecture with numbers from official code or README (``models.reference``).
@@ -22,7 +22,9 @@ import leanvision as lv
 from leanvision.models import PAPER_NUMBERS, TIMM_VERIFIED
 from leanvision.profiling import count_ops, count_params
 
-ZOO_MODULES = ("cmt", "pyramid_tnt", "augvit", "vit_resnas", "vil_ls", "ghost_resnet", "tinynet")
+ZOO_MODULES = (
+    "cmt", "pyramid_tnt", "augvit", "vit_resnas", "vil_ls", "ghost_resnet", "tinynet", "bimlp",
+)  # fmt: skip
 FAMILY = {n: mod for mod in ZOO_MODULES for n in timm.list_models(module=mod)}
 ZOO = sorted(FAMILY)
 
@@ -56,6 +58,7 @@ def test_zoo_is_complete():
         "vit_resnas_tiny", "vit_resnas_small", "vit_resnas_medium",
         "vil_ls_medium", "vil_ls_base",
         "ghost_resnet50", "tinynet_custom",
+        "bimlp_s", "bimlp_m", "bimlp_plain_s", "bimlp_plain_m",
     }  # fmt: skip
     assert expected <= set(ZOO), sorted(expected - set(ZOO))
     assert set(ZOO) <= set(lv.list_models())

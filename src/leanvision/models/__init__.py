@@ -2,7 +2,7 @@
 
 ``create_model`` is a thin layer over ``timm.create_model``: every timm architecture is
 available, and ours (the backbone zoo: CMT, PyramidTNT, Aug-ViT, ViT-ResNAS, ViL-LS,
-Ghost-ResNet-50, TinyNet-custom; the CIFAR ResNets and VGG-Small) are registered with timm's
+Ghost-ResNet-50, TinyNet-custom, BiMLP; the CIFAR ResNets and VGG-Small) are registered with timm's
 ``register_model`` so ``timm.create_model`` finds them too. ``PAPER_NUMBERS`` holds the
 published sizes the tests check; ``tiny_formula`` is TinyNet's scaling rule.
 """
@@ -19,6 +19,7 @@ from leanvision.errors import UnknownModelError
 
 from . import (  # noqa: F401  (importing a family registers its models in timm)
     augvit,
+    bimlp,
     cmt,
     ghost_resnet,
     pyramid_tnt,
@@ -52,6 +53,7 @@ _OUR_MODULES = (
     "vil_ls",
     "ghost_resnet",
     "tinynet",
+    "bimlp",
 )
 
 
