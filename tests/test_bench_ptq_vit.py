@@ -36,11 +36,12 @@ def test_ptq_vit_benchmark_smoke(bench):
     for v in bench.VARIANTS:
         summary = json.loads((bench.RUNS / v / "summary.json").read_text())
         assert summary["config"]["num_images"] == 32
+        assert abs(summary["top1_onnxruntime"] - summary["top1_fake_quant"]) <= 5.0  # 64 images
     bench.main(["calibrate"])  # resumable: done variants are skipped
     bench.main(["report"])
     res = json.loads((bench.OUT / "results.json").read_text())
     names = {r["name"] for r in res["models"]}
-    assert names == {"vit_fp32", "vit_w8a8_onnxruntime"} | {f"vit_{v}" for v in bench.VARIANTS}
+    assert names == {"vit_fp32"} | {f"vit_{v}" for v in bench.VARIANTS}
     rows = {r["name"]: r for r in res["models"]}
     assert rows["vit_fp32"]["extra"]["int8_macs"] == 0
     assert rows["vit_w8a8"]["extra"]["int8_macs"] > 0

@@ -91,20 +91,22 @@ def search_intervals(
     x_max = float(x.abs().max()) if x_max is None else x_max
     base_x = x_max / (2 ** (bits_x - 1) - 1) or 1e-8
 
-    def score(dw: float, dx: float) -> float:
-        out = fn(fake_quant(x, dx, bits_x), fake_quant(w, dw, bits_w))
+    def score(xq: torch.Tensor, wq: torch.Tensor) -> float:
+        out = fn(xq, wq)
         s = _cosine(ref, out)
         return s - penalty(ref, out) if penalty is not None else s
 
     dw, dx = base_w, base_x
-    best = score(dw, dx)
+    best = score(fake_quant(x, dx, bits_x), fake_quant(w, dw, bits_w))
     for _ in range(rounds):
+        xq = fake_quant(x, dx, bits_x)  # fixed while the weight step is searched
         for a in grid:
-            s = score(a * base_w, dx)
+            s = score(xq, fake_quant(w, a * base_w, bits_w))
             if s > best:
                 best, dw = s, a * base_w
+        wq = fake_quant(w, dw, bits_w)
         for a in grid:
-            s = score(dw, a * base_x)
+            s = score(fake_quant(x, a * base_x, bits_x), wq)
             if s > best:
                 best, dx = s, a * base_x
     return dw, dx, best
