@@ -51,11 +51,15 @@ def fake_quant(
         if activation:
             return torch.fake_quantize_per_tensor_affine(x, d, 128, 0, 255)
         return torch.fake_quantize_per_tensor_affine(x, d, 0, -128, 127)
-    return torch.clamp(torch.round(x / delta), -q, q - 1) * delta
+    if isinstance(delta, torch.Tensor):
+        delta = float(delta)
+    return torch.fake_quantize_per_tensor_affine(x, delta, 0, -q, q - 1)  # one fused pass
 
 
-def _cosine(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float(torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0))
+def _cosine(a: torch.Tensor, b: torch.Tensor, a_norm: float | None = None) -> float:
+    a, b = a.reshape(-1), b.reshape(-1)
+    a_norm = float(a.norm()) if a_norm is None else a_norm
+    return float(torch.dot(a, b)) / max(a_norm * float(b.norm()), 1e-12)
 
 
 @torch.no_grad()
@@ -87,13 +91,14 @@ def search_intervals(
         (Δ_W, Δ_X, best objective).
     """
     ref = fn(x, w)
+    ref_norm = float(ref.norm())
     base_w = float(w.abs().max()) / (2 ** (bits_w - 1) - 1) or 1e-8
     x_max = float(x.abs().max()) if x_max is None else x_max
     base_x = x_max / (2 ** (bits_x - 1) - 1) or 1e-8
 
     def score(xq: torch.Tensor, wq: torch.Tensor) -> float:
         out = fn(xq, wq)
-        s = _cosine(ref, out)
+        s = _cosine(ref, out, ref_norm)
         return s - penalty(ref, out) if penalty is not None else s
 
     dw, dx = base_w, base_x
