@@ -77,7 +77,8 @@ class QuantLinear(nn.Module):
         if float(self.delta_w) <= 0:  # not calibrated yet: full precision
             return F.linear(x, self.weight, self.bias)
         xq = fake_quant(x, self.delta_x, self.bits_x, activation=True)
-        return F.linear(xq, fake_quant(self.weight, self.delta_w, self.bits_w), self.bias)
+        y = F.linear(xq, fake_quant(self.weight, self.delta_w, self.bits_w))
+        return y if self.bias is None else y + self.bias  # MatMul → Add: ORT fuses the bias
 
 
 class QuantMatMul(nn.Module):
@@ -96,7 +97,7 @@ class QuantMatMul(nn.Module):
         if float(self.delta_w) <= 0:
             return a @ b
         aq = fake_quant(a, self.delta_x, self.bits_x, activation=True)
-        return aq @ fake_quant(b, self.delta_w, self.bits_w)
+        return aq @ fake_quant(b, self.delta_w, self.bits_w, activation=True)
 
 
 class QuantAttention(nn.Module):
