@@ -14,7 +14,7 @@ import torch
 from leanvision.cli import main
 from leanvision.report import load_results, write_results
 
-SUBCOMMANDS = ["quickstart", "train", "compress", "eval", "profile", "list", "report"]
+SUBCOMMANDS = ["quickstart", "train", "compress", "eval", "profile", "export", "list", "report"]
 
 
 @pytest.fixture(autouse=True)
@@ -82,6 +82,31 @@ def _row(name: str, chain: list[str], top1: float, macs: int, median: float) -> 
         baseline="resnet20",
         seed=0,
     )
+
+
+def test_export_writes_onnx_of_a_saved_quantized_vit(mnist_small, tmp_path, capsys):
+    """`export` turns a model saved by leanvision.save (here a ptq_vit model) into ONNX that
+    onnxruntime runs with the same outputs."""
+    ort = pytest.importorskip("onnxruntime")
+    import leanvision as lv
+
+    torch.manual_seed(0)
+    vit = lv.create_model(
+        "deit_tiny_patch16_224", img_size=28, patch_size=7, in_chans=1, num_classes=10,
+        depth=1, embed_dim=32, num_heads=2,
+    ).eval()  # fmt: skip
+    q = lv.compress(vit, "ptq_vit", mnist_small, num_images=16)
+    lv.save(q, tmp_path / "q.pt")
+    assert main(["export", str(tmp_path / "q.pt"), str(tmp_path / "q.onnx"),
+                 "--input-size", "1", "28", "28"]) == 0  # fmt: skip
+    assert "q.onnx" in capsys.readouterr().out
+    sess = ort.InferenceSession(str(tmp_path / "q.onnx"), providers=["CPUExecutionProvider"])
+    x = next(iter(mnist_small.test))[0]
+    with torch.no_grad():
+        ref = q(x)
+    got = torch.from_numpy(sess.run(None, {"input": x.numpy()})[0])
+    torch.testing.assert_close(got, ref, rtol=0.05, atol=0.05)
+    assert (got.argmax(1) == ref.argmax(1)).float().mean() >= 0.95
 
 
 def test_report_writes_markdown(tmp_path, capsys):

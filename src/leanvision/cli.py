@@ -114,6 +114,14 @@ def cmd_profile(args: argparse.Namespace) -> None:
     print(f"  energy  {prof.energy_uj:.1f} uJ (compute only, 45 nm estimate)")
 
 
+def cmd_export(args: argparse.Namespace) -> None:
+    import leanvision as lv
+
+    model = lv.load(args.checkpoint).eval()
+    path = lv.export_onnx(model, args.output, input_size=(args.batch, *args.input_size))
+    print(f"wrote {path} (ONNX opset 17; quantized models as QuantizeLinear/DequantizeLinear)")
+
+
 def cmd_list(args: argparse.Namespace) -> None:
     import leanvision as lv
 
@@ -191,6 +199,15 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--threads", type=int, default=None)
     pr.add_argument("--num-classes", type=int, default=None)
     pr.set_defaults(fn=cmd_profile)
+
+    ex = sub.add_parser("export", help="write a saved model (leanvision.save) as ONNX")
+    ex.add_argument("checkpoint", help="a model written by leanvision.save (e.g. a run's models/)")
+    ex.add_argument("output", help="the .onnx file to write")
+    ex.add_argument(
+        "--input-size", type=int, nargs=3, default=[3, 224, 224], metavar=("C", "H", "W")
+    )
+    ex.add_argument("--batch", type=int, default=1, help="example batch (the batch is dynamic)")
+    ex.set_defaults(fn=cmd_export)
 
     ls = sub.add_parser("list", help="list models, methods or datasets")
     ls.add_argument("what", choices=["models", "methods", "datasets"])
