@@ -280,6 +280,14 @@ def cmd_report(args: argparse.Namespace) -> None:
                 ),
             }
         )
+        by_name = {r["name"]: r for r in rows}
+        for t, b, px, f_ms, q_ms, *_ in speed:  # the rows' latency: ORT, batch 8, 32 px
+            if px == size and b == 8 and t == args.threads:
+                for name, ms in (("vit_fp32", f_ms), ("vit_w8a8", q_ms)):
+                    by_name[name]["latency_ms"] = {
+                        "median": ms, "p90": None, "batch": b, "threads": t,
+                        "backend": "onnxruntime-cpu",
+                    }  # fmt: skip
         drop = fp_top1 - deployed
         best = {r[2]: max(x[5] for x in speed if x[2] == r[2]) for r in speed}
         notes.append(
