@@ -53,7 +53,10 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "w6a6_max": {"bits": 6, "rounds": 0, "bias_correction": False, **NO_RANK},
     "mixed6": {"bits": 6, "bit_budget": 6.0},
     "mixed6_no_rank": {"bits": 6, "bit_budget": 6.0, **NO_RANK},
+    # 4 bits: where the choices should start to matter
     "w4a4": {"bits": 4},
+    "w4a4_no_rank": {"bits": 4, **NO_RANK},
+    "w4a4_max": {"bits": 4, "rounds": 0, "bias_correction": False, **NO_RANK},
 }
 PAPER = {
     "w8a8": {"top1": 81.29, "source": "paper Table 1: DeiT-B, 8-bit mixed, ImageNet (fp32 81.8)"},
