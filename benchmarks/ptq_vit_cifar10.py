@@ -203,12 +203,13 @@ def _ort_speed(
 
 
 def _deit_small_224() -> tuple[torch.nn.Module, torch.nn.Module]:
-    """DeiT-Small at 224 with random weights, W8A8 through the same pipeline (calibrated on 16
-    random images: only the speed is measured)."""
+    """DeiT-Small at 224 with random weights, W8A8 through the same pipeline (steps from the
+    max over 16 random images, no search: only the speed is measured)."""
     torch.manual_seed(0)
     fp = lv.create_model("deit_small_patch16_224").eval()
     q = quantize_vit(fp, 8)
-    calibrate(q, torch.randn(16, 3, 224, 224), PTQViTConfig(num_images=16, batch_size=8))
+    cfg = PTQViTConfig(num_images=16, batch_size=8, rounds=0, ranking_weight=0.0)
+    calibrate(q, torch.randn(16, 3, 224, 224), cfg)  # steps from the max: no search needed
     return fp, q
 
 
@@ -324,7 +325,27 @@ def cmd_report(args: argparse.Namespace) -> None:
     print(f"wrote {write_results(OUT, rows, run_info=run)}")
 
 
-FINDINGS: list[str] = []
+# What the committed run showed (interpretation; re-check after re-running the benchmark).
+FINDINGS = [
+    "At 8 and 6 bits every variant stays within 0.4 pt of the fp32 ViT (40.80 %): W8A8 40.97, "
+    "W6A6 40.90, mixed 6-bit 41.03, and steps from the max without any search 41.20 %. This "
+    "short-trained ViT (40.8 % top-1) lacks the activation outliers of ImageNet-trained ViTs, "
+    "so 6 bits already suffice and the paper's refinements have nothing to recover at these "
+    "widths; the differences are below what one 10k-image test set separates.",
+    "At 4 bits the search matters: W4A4 with the interval search and bias correction reaches "
+    "31.89 % against 25.68 % for steps from the max (+6.2 pt). The ranking loss adds 0.09 pt "
+    "(31.89 vs 31.80 %), inside the noise; the paper's gain from it (a few tenths on DeiT at "
+    "6 bits) can be neither confirmed nor refuted at this scale.",
+    "Mixed precision by nuclear norm at a 6-bit average (linear layers: 22 at 4 bits, 1 at 6, "
+    "25 at 8; attention matmuls at 6) gives 41.03 % against 40.90 % for uniform W6A6: no "
+    "measurable difference on this model.",
+    "Deployment: the W8A8 model runs on onnxruntime as QDQ ONNX (MatMulIntegerToFloat / "
+    "QLinearMatMul for all linear layers and both attention matmuls) at 40.97 %, the same as "
+    "the simulated model (40.96 %); every row's top-1 is the deployed model's.",
+    "Speed: int8 is 2.0-2.2× fp32 at 1 thread on our 65-token ViT and 2.3-2.5× on DeiT-Small "
+    "at 224. LayerNorm, GELU, softmax and the residual adds stay fp32 and take about a third "
+    "of the int8 model's time at 32 px (ORT profile), which caps the gain of the small model.",
+]
 
 
 def main(argv: list[str] | None = None) -> None:
