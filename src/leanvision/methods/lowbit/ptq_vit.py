@@ -165,7 +165,11 @@ class PTQViTConfig:
     ``ranking_rows`` rows of attention scores) is subtracted for Q·Kᵀ. Mixed precision: an
     average bit budget per weight over ``bit_choices`` for the linear layers, sensitivity =
     nuclear norm of each op's output on ``nuclear_images`` images (None = uniform ``bits``;
-    attention matmuls keep ``bits``). Bias correction on the linear layers."""
+    attention matmuls keep ``bits``). Bias correction on the linear layers.
+
+    Cost: each search evaluates 1 + 2·``rounds``·15 candidates on ``num_images`` ×
+    ``rows_per_image`` rows per op; the ranking term grows as ``ranking_rows`` × tokens² (at
+    224 px, 197 tokens, lower ``ranking_rows`` to a few hundred to keep it bounded)."""
 
     bits: int = 8
     num_images: int = 1024
