@@ -213,6 +213,26 @@ def _deit_small_224() -> tuple[torch.nn.Module, torch.nn.Module]:
     return fp, q
 
 
+def _acceptance(drop: float, speed: list[list[Any]]) -> str:
+    """The issue's bar: ≤ 0.5 pt drop at W8A8 and ≥ 2× fp32 on the same runtime, per setting."""
+    groups: dict[tuple[int, int], list[float]] = {}
+    for t, _b, px, _f, _q, ratio, _min in speed:
+        groups.setdefault((px, t), []).append(ratio)
+    parts, met, missed = [], [], []
+    for (px, t), r in groups.items():
+        parts.append(f"{px} px at {t} thread(s) {min(r):.2f}-{max(r):.2f}×")
+        (met if min(r) >= 2.0 else missed).append(f"{px} px / {t} thread(s)")
+    verdict = "; ".join(
+        [f"**met** at every batch for {', '.join(met)}"] * bool(met)
+        + [f"**below 2×** at some batch for {', '.join(missed)}"] * bool(missed)
+    )
+    return (
+        f"Acceptance, W8A8: {drop:+.2f} pt top-1 drop deployed on onnxruntime (≤ 0.5): "
+        f"{'**met**' if drop <= 0.5 else '**not met**'}. Speed-up over fp32 on onnxruntime "
+        f"(≥ 2×), over the batches timed: {'; '.join(parts)}: {verdict}."
+    )
+
+
 def cmd_report(args: argparse.Namespace) -> None:
     # ORT timing first, with torch at 1 thread: after torch's multi-threaded work in this
     # process, 2-thread ORT sessions ran 1.5× slower (measured), so nothing heavy runs before
@@ -304,13 +324,7 @@ def cmd_report(args: argparse.Namespace) -> None:
                         "backend": "onnxruntime-cpu",
                     }  # fmt: skip
         drop = fp_top1 - deployed
-        best = {r[2]: max(x[5] for x in speed if x[2] == r[2]) for r in speed}
-        notes.append(
-            f"Acceptance, W8A8: {drop:+.2f} pt top-1 drop deployed on onnxruntime (≤ 0.5): "
-            f"{'**met**' if drop <= 0.5 else '**not met**'}; speed-up over fp32 on the same "
-            + ", ".join(f"{k} px {v:.2f}×" for k, v in best.items())
-            + " (best batch/threads; ≥ 2×)."
-        )
+        notes.append(_acceptance(drop, speed))
     run = {
         "name": "PTQ for ViT on CIFAR-10, and int8 on onnxruntime",
         "description": __doc__.split("\n\n")[1].replace("\n", " "),
@@ -342,9 +356,12 @@ FINDINGS = [
     "Deployment: the W8A8 model runs on onnxruntime as QDQ ONNX (MatMulIntegerToFloat / "
     "QLinearMatMul for all linear layers and both attention matmuls) at 40.97 %, the same as "
     "the simulated model (40.96 %); every row's top-1 is the deployed model's.",
-    "Speed: int8 is 2.0-2.2× fp32 at 1 thread on our 65-token ViT and 2.3-2.5× on DeiT-Small "
-    "at 224. LayerNorm, GELU, softmax and the residual adds stay fp32 and take about a third "
-    "of the int8 model's time at 32 px (ORT profile), which caps the gain of the small model.",
+    "Speed on onnxruntime: int8 is 2.0-2.25× fp32 at 1 thread on our 65-token ViT (1.6-1.95× "
+    "at 2 threads) and 2.3-2.5× on DeiT-Small at 224 (1.95-2.2× at 2 threads). The integer "
+    "matmuls themselves run about 2.5× faster than fp32's; LayerNorm, GELU, softmax, residual "
+    "adds and the quantize steps stay fp32 and took about 40 % of the int8 model's time at "
+    "32 px in an ORT profile (batch 8, 1 thread), which caps the whole model's gain. At batch "
+    "1 on 2 threads the small model's int8 graph is too small to split well (1.6×).",
 ]
 
 
