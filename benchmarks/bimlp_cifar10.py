@@ -136,16 +136,6 @@ def cmd_train(args: argparse.Namespace) -> None:
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
 
 
-@torch.no_grad()
-def _top1(model: torch.nn.Module, loader: Any) -> float:
-    model.eval()
-    hit = n = 0
-    for x, y in loader:
-        hit += (model(x).argmax(1) == y).sum().item()
-        n += len(y)
-    return 100.0 * hit / n
-
-
 def cmd_report(args: argparse.Namespace) -> None:
     from leanvision.methods.lowbit import pack_binary
 
@@ -165,7 +155,7 @@ def cmd_report(args: argparse.Namespace) -> None:
         model.load_state_dict(state["model"])
         n_params = count_params(model)
         model = pack_binary(model)
-        top1 = _top1(model, data.test)
+        top1 = lv.evaluate(model.eval(), data.test)["top1"]
         prof = profile(
             model, input_size=(1, 3, 32, 32), threads=args.threads,
             repeats=3 if SMOKE else 30, warmup=1 if SMOKE else 5,

@@ -11,6 +11,28 @@ ROOT = Path(__file__).resolve().parents[1]
 CIFAR_ROOT = ROOT.parent / "shared" / "data" / "cifar10"
 
 
+@pytest.fixture()
+def smoke_benchmark(tmp_path, monkeypatch):
+    """``load(name)``: ``benchmarks/<name>.py`` as a module in SMOKE mode, writing its runs and
+    results under ``tmp_path`` (skips when CIFAR-10 is not in the shared folder)."""
+    import importlib.util
+
+    def load(name: str):
+        path = ROOT / "benchmarks" / f"{name}.py"
+        spec = importlib.util.spec_from_file_location(f"bench_{name}", path)
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        if not (mod.DATA / "train.zip").exists():
+            pytest.skip(f"CIFAR-10 not found at {mod.DATA}")
+        monkeypatch.setattr(mod, "RUNS", tmp_path / "runs")
+        monkeypatch.setattr(mod, "OUT", tmp_path / "out")
+        monkeypatch.setattr(mod, "SMOKE", True)
+        return mod
+
+    yield load
+    torch.set_num_threads(1)
+
+
 @pytest.fixture(autouse=True)
 def _threads():
     torch.set_num_threads(2)

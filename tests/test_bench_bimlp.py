@@ -3,29 +3,14 @@ writes a results file with OPs-matched rows (seconds; the real runs are hours)."
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
-import torch
-
-ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "benchmarks" / "bimlp_cifar10.py"
 
 
 @pytest.fixture()
-def bench(tmp_path, monkeypatch):
-    spec = importlib.util.spec_from_file_location("bench_bimlp_cifar10", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    if not (mod.DATA / "train.zip").exists():
-        pytest.skip(f"CIFAR-10 not found at {mod.DATA}")
-    monkeypatch.setattr(mod, "RUNS", tmp_path / "runs")
-    monkeypatch.setattr(mod, "OUT", tmp_path / "out")
-    monkeypatch.setattr(mod, "SMOKE", True)
-    yield mod
-    torch.set_num_threads(1)
+def bench(smoke_benchmark):
+    return smoke_benchmark("bimlp_cifar10")
 
 
 def test_bimlp_benchmark_smoke(bench):

@@ -3,32 +3,18 @@ variants, deployed on onnxruntime and timed; the results file has every row and 
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
-import torch
-
-ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "benchmarks" / "ptq_vit_cifar10.py"
 
 
 @pytest.fixture()
-def bench(tmp_path, monkeypatch):
+def bench(smoke_benchmark, monkeypatch):
     pytest.importorskip("onnxruntime")
-    spec = importlib.util.spec_from_file_location("bench_ptq_vit_cifar10", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    if not (mod.DATA / "train.zip").exists():
-        pytest.skip(f"CIFAR-10 not found at {mod.DATA}")
-    monkeypatch.setattr(mod, "RUNS", tmp_path / "runs")
-    monkeypatch.setattr(mod, "OUT", tmp_path / "out")
-    monkeypatch.setattr(mod, "SMOKE", True)
+    mod = smoke_benchmark("ptq_vit_cifar10")
     keep = ("w8a8", "w6a6_max", "mixed6")
     monkeypatch.setattr(mod, "VARIANTS", {k: mod.VARIANTS[k] for k in keep})
-    yield mod
-    torch.set_num_threads(1)
+    return mod
 
 
 def test_ptq_vit_benchmark_smoke(bench):
