@@ -130,3 +130,18 @@ def test_qdq_onnx_runs_integer_matmuls_and_matches_fake_quant(bits, tmp_path):
     ops = {n.op_type for n in onnx.load(str(tmp_path / "opt.onnx")).graph.node}
     assert {"MatMulIntegerToFloat", "QLinearMatMul"} & ops, ops
     assert "MatMul" not in ops  # no float matmul left in the blocks (head is a Gemm)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"bits": 1},
+        {"num_images": 0},
+        {"rows_per_image": 0},
+        {"rounds": -1},
+        {"calib_split": "test"},
+    ],
+)
+def test_config_rejects_bad_values_by_name(bad):
+    with pytest.raises(ConfigError, match=next(iter(bad))):
+        PTQViTConfig(**bad)

@@ -186,6 +186,21 @@ class PTQViTConfig:
     rounds: int = 2
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        if not 2 <= self.bits <= 16:
+            raise ConfigError(f"ptq_vit: bits must be in 2..16, got {self.bits}")
+        for name in ("num_images", "batch_size", "rows_per_image", "ranking_rows",
+                     "nuclear_images"):  # fmt: skip
+            if getattr(self, name) < 1:
+                raise ConfigError(f"ptq_vit: {name} must be ≥ 1, got {getattr(self, name)}")
+        if self.rounds < 0:
+            raise ConfigError(f"ptq_vit: rounds must be ≥ 0, got {self.rounds}")
+        if self.calib_split not in ("train", "val"):
+            raise ConfigError(
+                f"ptq_vit: calib_split must be 'train' or 'val' (never test), got "
+                f"{self.calib_split!r}"
+            )
+
 
 def _quant_ops(model: nn.Module) -> dict[str, nn.Module]:
     return {n: m for n, m in model.named_modules() if isinstance(m, QuantLinear | QuantMatMul)}
@@ -418,8 +433,6 @@ def apply_ptq_vit(model: nn.Module, data: Any, cfg: PTQViTConfig) -> nn.Module:
     """Quantize a ViT's linear layers and attention matmuls after training (no retraining)."""
     if data is None:
         raise ConfigError("ptq_vit calibrates on training or validation images: pass data=")
-    if cfg.calib_split not in ("train", "val"):
-        raise ConfigError(f"ptq_vit: calib_split must be 'train' or 'val', got {cfg.calib_split!r}")
     split = cfg.calib_split
     if split == "val" and len(data.val_set) == 0:
         split = "train"
