@@ -77,23 +77,41 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "manifold_no_sample": {"method": "manifold_kd", **MANIFOLD, "w_sample": 0.0},
     "manifold_no_rand": {"method": "manifold_kd", **MANIFOLD, "w_rand": 0.0},
 }
-# What the table shows, written after reading the numbers (see docs/RESULTS.md).
-NOTES = (
-    "The paper's direction holds, and the effect is larger here. Averaged over 2 seeds, "
-    "manifold KD gains 11.4 points over the student trained alone and 9.9 over logit KD with "
-    "the same soft-logit term (paper, ImageNet: +4.2 over the student alone). The intra-image "
-    "(patch) term carries the gain: without it, manifold KD gains only 3.2, about what logit KD "
-    "gains. Removing the inter-image term (+0.7) or the random-sampled term (-0.2) changes "
-    "little: both are inside the seed spread, which was 0.25, 1.1 and 0.4 point for the two "
-    "seeds of scratch, logit KD and manifold KD; the ablations have one seed. The DeiT "
-    "distillation token (hard distillation, alpha 0.5, one seed) did not help at this length "
-    "(-0.8; paper +2.3 after 300 epochs). A possible reason, not verified: with 5 epochs, the "
-    "class head and the distillation head each get half the supervision. Another hypothesis, "
-    "also untested (a ViT teacher would separate the two), is why the manifold gain is so "
-    "large: the CNN teacher's patch relations, 64x64 targets at 8 layers, hand a short-trained "
-    "ViT the locality structure it would otherwise need many epochs to learn. 'Agrees with "
-    "teacher' is the share of test images where the student predicts the teacher's class."
+# Interpretation, not measured by the run (labelled so in the notes); the numbers in the
+# notes are computed by _findings() from the same run's table.
+INTERPRETATION = (
+    "Interpretation (hypotheses, not tested here): with few epochs, the DeiT token's class "
+    "head and distillation head each get half the supervision; the CNN teacher's patch "
+    "relations, dense targets at several layers, may hand a short-trained ViT the locality "
+    "structure it would otherwise need many epochs to learn (a ViT teacher would separate "
+    "the two). 'Agrees with teacher' is the share of test images where the student predicts "
+    "the teacher's class."
 )
+
+
+def _findings(rows: list[dict[str, Any]]) -> str:
+    """Sentences built from the table's rows (no typed numbers)."""
+    by = {r["variant"]: r for r in rows}
+    key, delta = "test top-1 % (mean)", "Δ vs scratch (pts)"
+    out = []
+    for v in rows:
+        if v["variant"] == "scratch" or v[delta] is None:
+            continue
+        out.append(f"{v['variant']} {v[delta]:+.2f} pts ({v['seeds']} seed(s))")
+    text = ("Against the student trained alone: " + ", ".join(out) + ".") if out else ""
+    if "manifold" in by and "kd" in by:
+        gap = by["manifold"][key] - by["kd"][key]
+        text += f" Manifold KD over logit KD: {gap:+.2f} pts."
+    spreads = [
+        f"{r['variant']} {max(vals) - min(vals):.2f}"
+        for r in rows
+        if r["seeds"] > 1 and (vals := [float(v) for v in r["per seed"].split(" / ")])
+    ]
+    if spreads:
+        text += " Seed spread (max − min, pts): " + ", ".join(spreads) + "."
+    return text.strip()
+
+
 TRAIN = {"opt": "adamw", "lr": 1e-3, "weight_decay": 0.05, "warmup_epochs": 1}
 PAPER = {
     "scratch": {
@@ -296,7 +314,7 @@ def cmd_report(args: argparse.Namespace) -> None:
                 "title": "Student test top-1 by distillation variant (equal epochs)",
                 "columns": list(rows[0]) if rows else [],
                 "rows": [list(r.values()) for r in rows],
-                "notes": NOTES,
+                "notes": " ".join(filter(None, [_findings(rows), INTERPRETATION])),
             }
         ],
     }

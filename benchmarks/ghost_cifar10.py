@@ -97,9 +97,9 @@ def cmd_report(args: argparse.Namespace) -> None:
         + (
             "the MAC cut turns into speed."
             if lat_ratio < 1
-            else "the MAC cut does not turn into speed here — the cheap depthwise 3×3 convs and "
-            "the concat move as much memory as the MACs they save, and the 16/32-channel "
-            "primary convs underfill the CPU's vector lanes."
+            else "the MAC cut does not turn into speed here. Interpretation (not measured "
+            "here): the cheap depthwise 3×3 convs and the concat move as much memory as the "
+            "MACs they save, and the narrow primary convs underfill the CPU's vector lanes."
         )
     )
     for row, name in zip(rows, ("resnet56", "ghost_resnet56_s2d3")):

@@ -19,6 +19,7 @@ import json
 import math
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -34,20 +35,35 @@ RUNS = ROOT / "runs" / "bench_zoo_sizes"
 OUT = ROOT / "benchmarks" / "results" / "zoo_sizes"
 CIFAR_BASELINES = ("_cifar", "vgg_small")
 # Where our count differs from the published one, why.
+# Interpretation of a row's distance from the paper (the distance itself is computed per run)
 NOTES = {
-    "augvit_small": "MACs +30 %: the default forward materialises the block-circulant weights "
-    "and runs a dense product (as the official code does); the paper's ~4.6G assumes the FFT "
-    "product (`CirculantLinear(use_fft=True)`, about 4.72 GMACs by its `fft_macs()` estimate).",
-    "augvit_base": "MACs +31 % for the same reason as augvit_small (FFT estimate ~17.8 GMACs).",
-    "cmt_s": "params +4.6 %: the official cmt.py builds 26.26 M parameters for CMT-S (ours "
-    "match it tensor for tensor); no counting convention gives the paper's 25.1 M while "
-    "keeping the Ti/XS/B matches.",
-    "cmt_ti": "MACs +6.5 % of the paper's 0.6 G, which has one significant digit.",
-    "ghost_resnet50": "the official ghost_resnet.py also allocates 11.9 M parameters its "
-    "forward never uses (not reproduced); the paper's Table 5 says 13.0 M / 2.2 GFLOPs.",
-    "vit_res_tiny": "the hand-designed ViT-Res-Tiny reference of the official scripts; its "
+    "augvit_small": "Interpretation: the default forward materialises the block-circulant "
+    "weights and runs a dense product (as the official code does); the paper's MACs assume "
+    "the FFT product (`CirculantLinear(use_fft=True)`, see its `fft_macs()` estimate).",
+    "augvit_base": "Interpretation: as augvit_small, the dense circulant product against the "
+    "paper's FFT count.",
+    "cmt_s": "Interpretation: the official cmt.py builds the same parameter count as ours, "
+    "tensor for tensor; no counting convention gives the paper's while keeping the Ti/XS/B "
+    "matches.",
+    "cmt_ti": "Interpretation: the paper's MACs have one significant digit.",
+    "ghost_resnet50": "Interpretation: the official ghost_resnet.py also allocates parameters "
+    "its forward never uses (not reproduced here).",
+    "vit_res_tiny": "The hand-designed ViT-Res-Tiny reference of the official scripts; its "
     "MACs equal the MAC budget of the official tiny search.",
 }
+
+
+def _row_note(name: str, m: dict[str, Any], ref: Any) -> str:
+    """The row's measured distance from the paper's counts, then its interpretation."""
+    parts = []
+    if ref is not None:
+        for key, theirs in (("params", ref.params), ("MACs", ref.macs)):
+            ours = m["params" if key == "params" else "macs"]
+            pct = _pct(ours, theirs)
+            if pct is not None and abs(pct) >= 1.0:
+                parts.append(f"{key} {pct:+.1f} % against the paper")
+    text = "; ".join(parts)
+    return " ".join(x for x in (f"{text}." if text else "", NOTES.get(name, "")) if x)
 
 
 def zoo_models() -> list[str]:
@@ -136,7 +152,7 @@ def cmd_report(args: argparse.Namespace) -> None:
                 "latency_ms": m["latency_ms"],
                 "peak_mem_mb": m["peak_mem_mb"],
                 "paper": paper,
-                "notes": NOTES.get(name, ""),
+                "notes": _row_note(name, m, ref),
                 "extra": {"input_size": m["input_size"]},
             }
         )
@@ -207,9 +223,9 @@ def cmd_report(args: argparse.Namespace) -> None:
             "command": "python benchmarks/zoo_sizes.py measure && "
             "python benchmarks/zoo_sizes.py report",
             "cpu": cpu_info(),
-            "notes": "Throughput varies by about ±10-20 % between runs on this shared 2-core "
-            "machine: augvit_base and its alias augvit_base_circulant2 (the same network) "
-            "measured 3.0 and 3.6 img/s in one run.",
+            "notes": "Interpretation: throughput on this shared 2-core machine varies between "
+            "runs; compare aliases of one network (augvit_base and augvit_base_circulant2) "
+            "to see how much.",
             "tables": tables,
         },
     )
