@@ -179,8 +179,10 @@ class PTQViTConfig:
     ``ranking_theta``) is subtracted for Q·Kᵀ. Bias correction on the linear layers.
 
     ``softmax_grid``: ``"unsigned"`` (default) quantizes the post-softmax probabilities with all
-    2^b levels on [0, max] (uint8, zero point 0, in ONNX); ``"signed"`` uses the symmetric grid
-    of the other operands, whose negative half probabilities never use (before issue 17).
+    2^b levels on [0, max] (uint8, zero point 0, in ONNX): one more bit of resolution at the same
+    width; ``"signed"`` uses the symmetric grid of the other operands (the paper's Eq. 8 as
+    written for every input, and this toolkit before issue 17), whose negative half
+    probabilities never use.
 
     ``rank_norm``: ``"sum"`` (default) is the paper's Eq. 13, the hinge summed over every pair of
     scores in a row, over rows and heads, per image (averaged over images, as the similarity),
