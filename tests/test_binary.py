@@ -34,18 +34,42 @@ def test_sign_maps_zero_to_plus_one_and_ste_clips():
         binarize(t, "tanh")
 
 
-@pytest.mark.parametrize("terms", [1, 9, 18])
-def test_fda_gradient_is_the_fourier_series_derivative(terms):
-    """d/dt of (4/π) Σ sin((2i+1)ωt)/(2i+1) by autograd equals the backward of binarize."""
+@pytest.mark.parametrize("n", [0, 1, 9, 18])
+def test_fda_gradient_is_the_fourier_series_derivative(n):
+    """d/dt of (4/π) Σ_{i=0}^{n} sin((2i+1)ωt)/(2i+1) (n + 1 terms, as FDA's reference code's
+    ``range(n + 1)``) by autograd equals the backward of binarize; ``inclusive=False`` is the
+    n-term series i < n."""
     t = torch.linspace(-1.5, 1.5, 61, dtype=torch.float64, requires_grad=True)
     omega = 0.1
-    series = sum(torch.sin((2 * i + 1) * omega * t) / (2 * i + 1) for i in range(terms))
-    (analytic,) = torch.autograd.grad((4 / math.pi) * series.sum(), t)
-    analytic = torch.where(t.abs() <= 1, analytic, torch.zeros_like(analytic))
+
+    def analytic(count: int) -> torch.Tensor:
+        series = sum(torch.sin((2 * i + 1) * omega * t) / (2 * i + 1) for i in range(count))
+        (g,) = torch.autograd.grad((4 / math.pi) * (series + 0 * t).sum(), t)
+        return torch.where(t.abs() <= 1, g, torch.zeros_like(g))
+
     x = t.detach().clone().requires_grad_()
-    binarize(x, "fda", terms, omega).sum().backward()
-    torch.testing.assert_close(x.grad, analytic)
-    torch.testing.assert_close(fda_grad(t.detach(), terms, omega), analytic)
+    binarize(x, "fda", n, omega).sum().backward()
+    torch.testing.assert_close(x.grad, analytic(n + 1))
+    torch.testing.assert_close(fda_grad(t.detach(), n, omega), analytic(n + 1))
+    torch.testing.assert_close(fda_grad(t.detach(), n, omega, inclusive=False), analytic(n))
+    y = t.detach().clone().requires_grad_()
+    binarize(y, "fda", n, omega, inclusive=False).sum().backward()
+    torch.testing.assert_close(y.grad, analytic(n))
+
+
+def test_fda_terms_inclusive_reaches_the_layers():
+    """n = 0: one cosine with the reference's n + 1 terms, none (zero gradient) with n terms."""
+    from leanvision.methods.lowbit import FDAConfig
+
+    assert FDAConfig().terms_inclusive is True
+    for inclusive, nonzero in ((True, True), (False, False)):
+        layer = BinaryLinear(8, 4, mode="fda")
+        FDAScheduleHook(nn.Sequential(layer), n0=0, n1=0, inclusive=inclusive)
+        assert layer.terms_inclusive is inclusive
+        layer.terms = 0
+        x = (torch.rand(3, 8) - 0.5).requires_grad_()
+        layer(x).sum().backward()
+        assert bool(x.grad.abs().sum() > 0) is nonzero
 
 
 def test_noise_adaptation_starts_as_the_sine_term():

@@ -146,6 +146,51 @@ def test_distillation_token_puts_the_term_on_the_distillation_head(kind):
     assert not torch.allclose(ctx2.losses["kd"], ctx.losses["kd"])
 
 
+def _kl_sum(student, teacher, T):
+    """Σ over the batch and classes of softmax(t/T)·(log softmax(t/T) − log softmax(s/T))."""
+    p_t = torch.softmax(teacher / T, 1)
+    return (p_t * (torch.log_softmax(teacher / T, 1) - torch.log_softmax(student / T, 1))).sum()
+
+
+def test_kd_reduction_batchmean_or_numel():
+    """batchmean: ΣKL·T²/B (Hinton; official ManifoldKD / DynamicViT); numel: ΣKL·T²/(B·K)
+    (DeiT's losses.py soft distillation), i.e. K times smaller."""
+    from leanvision.methods.distillation import kd as kd_mod
+
+    torch.manual_seed(0)
+    s, t = torch.randn(4, 7), torch.randn(4, 7)
+    total = _kl_sum(s, t, 2.0) * 4.0
+    torch.testing.assert_close(kd_mod.kd_loss(s, t, 2.0), total / 4)
+    torch.testing.assert_close(kd_mod.kd_loss(s, t, 2.0, "batchmean"), total / 4)
+    torch.testing.assert_close(kd_mod.kd_loss(s, t, 2.0, "numel"), total / 28)
+    with pytest.raises(ConfigError, match="reduction"):
+        kd_mod.kd_loss(s, t, 2.0, "mean")
+    with pytest.raises(ConfigError, match="reduction"):
+        KDHook(torch.nn.Identity(), reduction="sum")
+    assert kd_mod.KDConfig().kd_reduction == "batchmean"
+    assert kd_mod.DeiTConfig().kd_reduction == "numel"  # DeiT's own normalisation
+
+
+@pytest.mark.parametrize("reduction", ["batchmean", "numel"])
+def test_manifold_hook_logit_term_uses_the_official_normalisation(reduction):
+    """manifold_kd's logit term: α·ΣKL·τ²/B by default (ManifoldKD's losses.py,
+    reduction='batchmean'); kd_reduction="numel" divides by B·K as DeiT's code."""
+    from leanvision.methods.distillation import ManifoldKDConfig
+
+    assert ManifoldKDConfig().kd_reduction == "batchmean"
+    torch.manual_seed(0)
+    student, teacher = torch.randn(2, 5), torch.randn(2, 5)
+    hook = ManifoldKDHook(torch.nn.Identity(), [("s", "t")], T=2.0, alpha=0.5, reduction=reduction)
+    ctx = _kd_ctx(student, teacher)
+    hook.before_forward(None, ctx)
+    ctx.extras["student_features"] = {"s": torch.randn(2, 5, 8)}
+    ctx.extras["teacher_features"] = {"t": torch.randn(2, 4, 8)}
+    hook.on_loss(None, ctx)
+    count = 2 if reduction == "batchmean" else 10
+    torch.testing.assert_close(ctx.losses["kd"], 0.5 * 4.0 * _kl_sum(student, teacher, 2.0) / count)
+    assert {"mf_patch", "mf_sample", "mf_rand"} <= set(ctx.losses)
+
+
 def test_distillation_token_needs_a_student_with_one(mnist32):
     hook = KDHook(torch.nn.Identity(), distillation_token=True)
     ctx = _kd_ctx(torch.randn(2, 5), torch.randn(2, 5))

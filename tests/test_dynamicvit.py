@@ -62,18 +62,19 @@ def test_our_augvit_trains_with_policy_attention_through_its_own_block(tiny_augv
     dyn.eval()
     with torch.no_grad():
         dyn(torch.randn(1, 3, 32, 32))
-    assert dyn.last_tokens_per_block == [65, 46, 33, 23]
+    assert dyn.last_tokens_per_block == [65, 45, 32, 22]
 
 
 def test_inference_runs_fewer_tokens_and_keeps_the_top_scored():
-    """ρ = 0.7 on 64 patches: 45, 32, 22 tokens (+ class token) after the three stages."""
+    """ρ = 0.7 on 64 patches: ⌊44.8⌋, ⌊31.36⌋, ⌊21.95⌋ = 44, 31, 21 tokens (+ class token)
+    after the three stages, as the official ``int(init_n * token_ratio)``."""
     dyn = DynamicViT(_vit(depth=12), keep_ratio=0.7).eval()
     assert dyn.prune_locs == [3, 6, 9]
     with torch.no_grad():
         out = dyn(torch.randn(3, 3, 32, 32))
     assert out.shape == (3, 10)
-    kept = [math.ceil(64 * 0.7**s) + 1 for s in (1, 2, 3)]
-    assert kept == [46, 33, 23]
+    kept = [math.floor(64 * 0.7**s) + 1 for s in (1, 2, 3)]
+    assert kept == [45, 32, 22]
     assert dyn.last_tokens_per_block == [65] * 3 + [kept[0]] * 3 + [kept[1]] * 3 + [kept[2]] * 3
     # the gathered tokens are the highest-scored ones: score = minus the token's position
     seen = {}
@@ -92,7 +93,27 @@ def test_inference_runs_fewer_tokens_and_keeps_the_top_scored():
     dyn.backbone.blocks[3].register_forward_pre_hook(lambda m, a: captured.setdefault("x", a[0]))
     with torch.no_grad():
         dyn(torch.randn(1, 3, 32, 32))
-    torch.testing.assert_close(captured["x"][:, 1:], seen["in"][:, :45])
+    torch.testing.assert_close(captured["x"][:, 1:], seen["in"][:, :44])
+
+
+def test_keep_rounding_ceil_keeps_the_old_counts_and_old_saves_load_as_they_ran():
+    """keep_rounding="ceil": ⌈ρ_s·N⌉ (46, 33, 23 with the class token); a model saved before
+    the option existed (no keep_rounding in its record) rebuilds with ceil."""
+    from leanvision.methods.pruning.dynamicvit import _rebuild
+
+    dyn = DynamicViT(_vit(depth=12), keep_ratio=0.7, keep_rounding="ceil").eval()
+    with torch.no_grad():
+        dyn(torch.randn(1, 3, 32, 32))
+    assert dyn.last_tokens_per_block == [65] * 3 + [46] * 3 + [33] * 3 + [23] * 3
+    assert [dyn.num_keep(64, s) for s in range(3)] == [45, 32, 22]
+    floor = DynamicViT(_vit(depth=12), keep_ratio=0.7)
+    assert floor.keep_rounding == "floor"
+    assert [floor.num_keep(64, s) for s in range(3)] == [44, 31, 21]
+    assert [floor.num_keep(196, s) for s in range(3)] == [137, 96, 67]  # DeiT-S at 224, ρ 0.7
+    old = _rebuild(_vit(depth=12), {"keep_ratio": 0.7, "prune_locs": [3, 6, 9]})
+    assert old.keep_rounding == "ceil"
+    with pytest.raises(ConfigError, match="keep_rounding"):
+        DynamicViT(_vit(), keep_rounding="round")
 
 
 def test_training_masks_instead_of_dropping():

@@ -25,6 +25,18 @@ def test_fake_quant_grid_and_clipping():
         fake_quant(x, 0.5, bits=1)
 
 
+def test_fake_quant_unsigned_grid_uses_every_level_on_zero_to_max():
+    """Probabilities on 4 bits: 16 levels 0..15·Δ (a signed grid has 8 non-negative ones)."""
+    x = torch.linspace(0, 1, 1001)
+    out = fake_quant(x, 1 / 15, bits=4, unsigned=True)
+    levels = torch.unique(out)
+    assert levels.numel() == 16 and levels.min() == 0
+    torch.testing.assert_close(levels, torch.arange(16.0) / 15)
+    assert torch.unique(fake_quant(x, 1 / 7, bits=4)).numel() == 8  # signed: 0..7 only
+    clipped = fake_quant(torch.tensor([-0.3, 2.0]), 0.1, bits=3, unsigned=True)
+    torch.testing.assert_close(clipped, torch.tensor([0.0, 0.7]))
+
+
 def test_ranking_loss_zero_exactly_when_order_kept():
     torch.manual_seed(0)
     a = torch.randn(2, 3, 5, 7)  # (batch, heads, queries, keys)
@@ -58,6 +70,39 @@ def test_search_beats_the_max_interval_and_stays_on_the_grid():
     )  # fmt: skip
     assert best > naive.item()
     assert any(abs(dx - a * base_x) < 1e-9 for a in (0.5 + 0.05 * i for i in range(15)))
+
+
+def test_ranking_loss_is_the_papers_sum_over_pairs():
+    """Eq. 13: Σ_heads Σ_rows Σ_{i<j} (θ − (â_i − â_j)·sign(a_i − a_j))₊ per image, averaged
+    over images; written out as explicit loops."""
+    torch.manual_seed(0)
+    a = torch.randn(2, 2, 4, 5)
+    a_hat = a + 0.3 * torch.randn_like(a)
+    theta = 0.2
+    total = 0.0
+    for img in range(2):
+        for h in range(2):
+            for r in range(4):
+                for i in range(5):
+                    for j in range(i + 1, 5):
+                        sign = float(torch.sign(a[img, h, r, i] - a[img, h, r, j]))
+                        p = float(a_hat[img, h, r, i] - a_hat[img, h, r, j]) * sign
+                        total += max(0.0, theta - p)
+    assert ranking_loss(a, a_hat, theta).item() == pytest.approx(total / 2, rel=1e-5)
+
+
+def test_allocate_bits_walks_omega_with_perturbation():
+    """Equal sensitivity and size: the unit whose perturbation drops more gets the bits."""
+    sens, sizes = {"a": 1.0, "b": 1.0}, {"a": 10, "b": 10}
+    pert = {"a": {4: 1.0, 8: 0.0}, "b": {4: 5.0, 8: 0.5}}
+    assert allocate_bits(sens, sizes, budget=6.0, choices=(4, 8), perturbation=pert) == {
+        "a": 4,
+        "b": 8,
+    }
+    sens["a"] = 10.0  # σ·Δe: 10 × 1 > 1 × 4.5
+    assert allocate_bits(sens, sizes, 6.0, (4, 8), perturbation=pert) == {"a": 8, "b": 4}
+    with pytest.raises(ConfigError, match="same units"):
+        allocate_bits(sens, sizes, 6.0, (4, 8), perturbation={"a": pert["a"]})
 
 
 def test_allocate_bits_follows_sensitivity_under_budget():
@@ -118,17 +163,72 @@ def test_quantize_vit_runs_full_precision_until_calibrated_then_tracks_it():
 
 
 def test_mixed_precision_respects_the_budget():
+    """bit_groups="module" (the paper): one width per MSA (qkv, Q·Kᵀ, A·V, proj) and per MLP;
+    "linear" (before issue 17): one per linear layer, the attention matmuls at ``bits``."""
     from leanvision.methods.lowbit.ptq_vit import PTQViTConfig, QuantLinear, calibrate, quantize_vit
 
-    q = quantize_vit(_tiny_vit())
-    cfg = PTQViTConfig(bit_budget=6.0, num_images=8, nuclear_images=8)
-    record = calibrate(q, torch.randn(8, 3, 32, 32), cfg)
-    linear = {n: m for n, m in q.named_modules() if isinstance(m, QuantLinear)}
-    bits = {n: record[n]["bits"] for n in linear}
-    assert set(bits.values()) <= {4, 6, 8} and len(set(bits.values())) > 1
-    sizes = {n: m.weight.numel() for n, m in linear.items()}
-    assert sum(bits[n] * sizes[n] for n in bits) / sum(sizes.values()) <= 6.0
-    assert all(r["bits"] == 8 for n, r in record.items() if n not in linear)  # matmuls: bits
+    x = torch.randn(8, 3, 32, 32)
+    for groups in ("module", "linear"):
+        q = quantize_vit(_tiny_vit())
+        cfg = PTQViTConfig(
+            bit_budget=6.0, num_images=8, nuclear_images=8, bit_groups=groups, rounds=0
+        )
+        record = calibrate(q, x, cfg)
+        linear = {n: m for n, m in q.named_modules() if isinstance(m, QuantLinear)}
+        bits = {n: record[n]["bits"] for n in linear}
+        assert set(bits.values()) <= {4, 6, 8} and len(set(bits.values())) > 1
+        sizes = {n: m.weight.numel() for n, m in linear.items()}
+        assert sum(bits[n] * sizes[n] for n in bits) / sum(sizes.values()) <= 6.0
+        matmuls = {n: r["bits"] for n, r in record.items() if n not in linear}
+        if groups == "linear":
+            assert set(matmuls.values()) == {8}  # the attention matmuls keep bits
+            continue
+        for i in range(2):
+            for mod, ops in (("attn", ("qkv", "qk", "av", "proj")), ("mlp", ("fc1", "fc2"))):
+                widths = {record[f"blocks.{i}.{mod}.{op}"]["bits"] for op in ops}
+                assert len(widths) == 1, (i, mod, widths)
+
+
+def test_mixed_precision_follows_the_attention_maps_nuclear_norm(monkeypatch):
+    """Block 0 with uniform attention (zero queries and keys: every map is 𝟙𝟙ᵀ/N, nuclear norm
+    exactly 1, nothing to perturb) leaves the one MSA upgrade the budget allows to block 1;
+    with peaked, diverse maps block 0's MSA, matmuls included, gets it."""
+    from leanvision.methods.lowbit import ptq_vit
+    from leanvision.methods.lowbit.ptq_vit import PTQViTConfig, calibrate, quantize_vit
+
+    seen = {}
+
+    def spy(sens, sizes, budget, choices, perturbation=None):
+        seen.update(sens)
+        return allocate_bits(sens, sizes, budget, choices, perturbation)
+
+    monkeypatch.setattr(ptq_vit, "allocate_bits", spy)
+    x = torch.randn(8, 3, 32, 32)
+    qk_bits = {}
+    for diversity in ("uniform", "peaked"):
+        model = _tiny_vit()
+        qkv = model.blocks[0].attn.qkv
+        with torch.no_grad():
+            if diversity == "uniform":
+                qkv.weight[:128].zero_()  # the query and key rows (embed 64)
+                qkv.bias[:128].zero_()
+            else:
+                qkv.weight[:128].mul_(4.0)
+        # choices 4/8 at 5 bits per weight: one MSA (a third of a block's weights) fits 8
+        cfg = PTQViTConfig(
+            bit_budget=5.0, bit_choices=(4, 8), num_images=8, nuclear_images=8, rounds=0
+        )
+        record = calibrate(quantize_vit(model), x, cfg)
+        if diversity == "uniform":
+            assert seen["blocks.0.attn"] == pytest.approx(1.0, abs=1e-4)
+        else:
+            assert seen["blocks.0.attn"] > 1.5
+        qk_bits[diversity] = (
+            record["blocks.0.attn.qk"]["bits"],
+            record["blocks.1.attn.qk"]["bits"],
+        )
+        assert record["blocks.0.attn.av"]["bits"] == qk_bits[diversity][0]
+    assert qk_bits == {"uniform": (4, 8), "peaked": (8, 4)}
 
 
 def test_quantize_vit_rejects_other_models():

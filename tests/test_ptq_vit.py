@@ -11,10 +11,13 @@ from leanvision.methods.lowbit.ptq_vit import (
     PTQViTConfig,
     QuantLinear,
     QuantMatMul,
+    _ranking_penalty,
+    _rebuild,
     _Rows,
     calibrate,
     quantize_vit,
 )
+from leanvision.methods.lowbit.quant import ranking_loss
 from leanvision.profiling import count_ops
 
 
@@ -78,6 +81,80 @@ def test_ranking_term_changes_only_attention_scores_search():
     assert with_rank[qk]["objective"] <= without[qk]["objective"]  # penalty subtracted
 
 
+def _hinge_sum(ref: torch.Tensor, out: torch.Tensor, theta: float) -> float:
+    """Σ over every row of Σ_{i<j} (θ − (o_i − o_j)·sign(r_i − r_j))₊, as explicit loops."""
+    total = 0.0
+    r2, o2 = ref.reshape(-1, ref.shape[-1]).tolist(), out.reshape(-1, out.shape[-1]).tolist()
+    for r, o in zip(r2, o2):
+        for i in range(len(r)):
+            for j in range(i + 1, len(r)):
+                sign = (r[i] > r[j]) - (r[i] < r[j])
+                total += max(0.0, theta - (o[i] - o[j]) * sign)
+    return total
+
+
+def test_ranking_penalty_is_gamma_times_the_papers_sum():
+    """rank_norm="sum": γ × Σ_heads Σ_rows Σ_{i<j} Φ per image (Eq. 12-13), averaged over
+    images; "per_pair": the old per-pair mean on the first ranking_rows rows."""
+    torch.manual_seed(0)
+    ref = torch.randn(3, 2, 6, 6)  # images, heads, every query row, keys
+    out = ref + 0.4 * torch.randn_like(ref)
+    cfg = PTQViTConfig(ranking_weight=0.1, ranking_theta=0.2)
+    assert cfg.rank_norm == "sum"
+    want = 0.1 * _hinge_sum(ref, out, 0.2) / 3
+    assert _ranking_penalty(cfg)(ref, out) == pytest.approx(want, rel=1e-5)
+    old = PTQViTConfig(ranking_weight=0.1, ranking_theta=0.2, rank_norm="per_pair", ranking_rows=5)
+    rows = ref.reshape(-1, 6)[:5], out.reshape(-1, 6)[:5]
+    per_pair = 0.1 * float(ranking_loss(*rows, 0.2)) / 15
+    assert _ranking_penalty(old)(ref, out) == pytest.approx(per_pair, rel=1e-5)
+    with pytest.raises(ConfigError, match="rank_norm"):
+        _ranking_penalty(PTQViTConfig(rank_norm="mean"))
+
+
+def test_ranking_penalty_row_sample_is_unbiased_for_the_sum():
+    """With recorded rows a sample of each image's query rows (4 of 9) and ranking_rows = 5 of
+    the 24 recorded: each estimate is heads × tokens × the mean pair-sum of the drawn rows, and
+    over seeds it averages to heads × tokens × the mean over all recorded rows."""
+    torch.manual_seed(1)
+    ref = torch.randn(3, 2, 4, 9)
+    out = ref + 0.5 * torch.randn_like(ref)
+    target = 2 * 9 * _hinge_sum(ref, out, 0.0) / 24  # per image, γ = 1
+    draws = []
+    for seed in range(300):
+        pen = _ranking_penalty(PTQViTConfig(ranking_weight=1.0, ranking_rows=5, seed=seed))
+        draws.append(pen(ref, out))
+        assert pen(ref, out) == draws[-1]  # the same rows for every candidate step
+    assert len(set(draws)) > 10
+    assert sum(draws) / len(draws) == pytest.approx(target, rel=0.05)
+
+
+def test_probabilities_use_the_unsigned_grid_after_calibration():
+    """At 4 bits the post-softmax probabilities get codes 0..15 (Δ ≈ max/15): the largest
+    probabilities land above code 7, the signed grid's top; softmax_grid="signed" keeps them
+    at ≤ 7, and a model saved before the option rebuilds with the signed grid."""
+    model = _vit(depth=1)
+    x = torch.randn(8, 3, 32, 32)
+    codes = {}
+    for grid in ("unsigned", "signed"):
+        q = quantize_vit(model, 4)
+        calibrate(q, x, PTQViTConfig(bits=4, num_images=8, rounds=0, softmax_grid=grid))
+        av = q.blocks[0].attn.av
+        assert av.unsigned_a is (grid == "unsigned")
+        assert not q.blocks[0].attn.qk.unsigned_a
+        probs = []
+        av.record = lambda a, b, probs=probs: probs.append(a)
+        with torch.no_grad():
+            q(x)
+        av.record = None
+        c = av.quantize_a(torch.cat(probs)) / float(av.delta_x)
+        torch.testing.assert_close(c, c.round())
+        codes[grid] = (int(c.min().round()), int(c.max().round()))
+    assert codes["unsigned"][0] >= 0 and 7 < codes["unsigned"][1] <= 15
+    assert codes["signed"][1] <= 7
+    assert not _rebuild(model, {"bits": {}}).blocks[0].attn.av.unsigned_a
+    assert _rebuild(model, {"bits": {}, "softmax_grid": "unsigned"}).blocks[0].attn.av.unsigned_a
+
+
 def test_quantized_vit_counts_int8_macs_and_survives_save_load(mnist_small, tmp_path):
     model = lv.create_model(
         "deit_tiny_patch16_224", img_size=28, patch_size=7, in_chans=1, num_classes=10,
@@ -130,6 +207,25 @@ def test_qdq_onnx_runs_integer_matmuls_and_matches_fake_quant(bits, tmp_path):
     ops = {n.op_type for n in onnx.load(str(tmp_path / "opt.onnx")).graph.node}
     assert {"MatMulIntegerToFloat", "QLinearMatMul"} & ops, ops
     assert "MatMul" not in ops  # no float matmul left in the blocks (head is a Gemm)
+    # the probabilities are quantized to uint8 with zero point 0 (the unsigned grid)
+    graph = onnx.load(str(path)).graph
+    consts = {n.output[0]: n.attribute[0].t for n in graph.node if n.op_type == "Constant"}
+    consts.update({i.name: i for i in graph.initializer})
+    producer = {o: n for n in graph.node for o in n.output}
+
+    def from_softmax(name: str) -> bool:  # directly, or through the clip of fewer bits
+        node = producer.get(name)
+        while node is not None and node.op_type in ("Clip", "Min", "Max"):
+            node = producer.get(node.input[0])
+        return node is not None and node.op_type == "Softmax"
+
+    zero_points = [
+        onnx.numpy_helper.to_array(consts[n.input[2]])
+        for n in graph.node
+        if n.op_type == "QuantizeLinear" and from_softmax(n.input[0])
+    ]
+    assert len(zero_points) == 2  # one A·V per block
+    assert all(z.dtype == "uint8" and int(z) == 0 for z in zero_points)
 
 
 @pytest.mark.parametrize(
@@ -145,3 +241,11 @@ def test_qdq_onnx_runs_integer_matmuls_and_matches_fake_quant(bits, tmp_path):
 def test_config_rejects_bad_values_by_name(bad):
     with pytest.raises(ConfigError, match=next(iter(bad))):
         PTQViTConfig(**bad)
+
+
+@pytest.mark.parametrize(
+    "bad", [{"softmax_grid": "int"}, {"rank_norm": "mean"}, {"bit_groups": "layer"}]
+)
+def test_calibrate_rejects_unknown_options_by_name(bad):
+    with pytest.raises(ConfigError, match=next(iter(bad))):
+        calibrate(quantize_vit(_vit(depth=1)), torch.randn(2, 3, 32, 32), PTQViTConfig(**bad))

@@ -7,8 +7,9 @@ choice of the method:
 * ``"ste"``: the straight-through estimator, gradient 1 where |t| ≤ 1 (BinaryConnect / XNOR);
 * ``"fda"``: FDA (Xu et al., "Learning Frequency Domain Approximation for Binary Neural
   Networks", NeurIPS 2021, arXiv 2103.00841): the derivative of the square wave's truncated
-  Fourier series ``(4/π) Σ_{i<n} sin((2i+1)ωt)/(2i+1)``, i.e. ``(4ω/π) Σ_{i<n} cos((2i+1)ωt)``,
-  zero where |t| > 1; ω = 0.1 and n grows 9 → 18 over training (:class:`FDAScheduleHook`
+  Fourier series ``(4/π) Σ_{i=0}^{n} sin((2i+1)ωt)/(2i+1)``, i.e.
+  ``(4ω/π) Σ_{i=0}^{n} cos((2i+1)ωt)`` (n + 1 terms, as the reference code), zero where
+  |t| > 1; ω = 0.1 and n grows 9 → 18 over training (:class:`FDAScheduleHook`
   in ``methods.lowbit.binary``). Its noise adaptation module adds ``α·e(t)``, a small learned
   residual of the approximation error, with α annealed to 0, so inference is pure sign.
 
@@ -45,39 +46,50 @@ def sign_pm1(t: torch.Tensor) -> torch.Tensor:
     return torch.where(t >= 0, torch.ones_like(t), -torch.ones_like(t))
 
 
-def fda_grad(t: torch.Tensor, terms: int, omega: float = 0.1) -> torch.Tensor:
-    """``(4ω/π) Σ_{i<terms} cos((2i+1)ωt)`` where |t| ≤ 1, else 0: FDA's d sign / dt.
+def fda_grad(
+    t: torch.Tensor, terms: int, omega: float = 0.1, inclusive: bool = True
+) -> torch.Tensor:
+    """FDA's d sign / dt: ``(4ω/π) Σ_{i=0}^{n} cos((2i+1)ωt)`` where |t| ≤ 1, else 0 (n = terms).
 
-    The sum has the closed form ``sin(2nx) / (2 sin x)`` (x = ωt; n at x = 0), one sine ratio
-    instead of n cosines per element."""
+    ``inclusive=True`` (default) sums the n + 1 terms i = 0..n, as FDA's reference PyTorch code
+    (``FDA_BinaryQuantize.backward``: ``sum(cos((2i+1)·ω·x) for i in range(n + 1))``) and the
+    paper's series up to index n; ``inclusive=False`` sums the n terms i < n (this toolkit's
+    behaviour before issue 17). The sum has the closed form ``sin(2mx) / (2 sin x)`` (x = ωt,
+    m terms; m at x = 0), one sine ratio instead of m cosines per element."""
+    m = terms + 1 if inclusive else terms
     x = omega * t
     s = torch.sin(x)
     small = s.abs() < 1e-6
-    ratio = torch.sin(2 * terms * x) / (2 * torch.where(small, torch.ones_like(s), s))
-    series = torch.where(small, torch.full_like(t, float(terms)), ratio)
+    ratio = torch.sin(2 * m * x) / (2 * torch.where(small, torch.ones_like(s), s))
+    series = torch.where(small, torch.full_like(t, float(m)), ratio)
     return torch.where(t.abs() <= 1, series * (4 * omega / math.pi), torch.zeros_like(t))
 
 
 class _Sign(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, t, mode: str, terms: int, omega: float):  # type: ignore[override]
+    def forward(  # type: ignore[override]
+        ctx, t, mode: str, terms: int, omega: float, inclusive: bool = True
+    ):
         ctx.save_for_backward(t)
-        ctx.mode, ctx.terms, ctx.omega = mode, terms, omega
+        ctx.mode, ctx.terms, ctx.omega, ctx.inclusive = mode, terms, omega, inclusive
         return sign_pm1(t)
 
     @staticmethod
     def backward(ctx, g):  # type: ignore[override]
         (t,) = ctx.saved_tensors
         if ctx.mode == "fda":
-            return g * fda_grad(t, ctx.terms, ctx.omega), None, None, None
-        return g * (t.abs() <= 1).to(g.dtype), None, None, None
+            return g * fda_grad(t, ctx.terms, ctx.omega, ctx.inclusive), None, None, None, None
+        return g * (t.abs() <= 1).to(g.dtype), None, None, None, None
 
 
-def binarize(t: torch.Tensor, mode: str = "ste", terms: int = 9, omega: float = 0.1):
-    """``sign_pm1(t)`` with the ``mode``'s backward ("ste" or "fda")."""
+def binarize(
+    t: torch.Tensor, mode: str = "ste", terms: int = 9, omega: float = 0.1, inclusive: bool = True
+):
+    """``sign_pm1(t)`` with the ``mode``'s backward ("ste" or "fda"; see :func:`fda_grad` for
+    ``terms`` = n and ``inclusive``)."""
     if mode not in ("ste", "fda"):
         raise ConfigError(f"binarize: mode must be 'ste' or 'fda', got {mode!r}")
-    return _Sign.apply(t, mode, int(terms), float(omega))
+    return _Sign.apply(t, mode, int(terms), float(omega), bool(inclusive))
 
 
 class NoiseAdaptation(nn.Module):
@@ -108,11 +120,12 @@ class _BinaryMixin:
         if mode not in ("ste", "fda"):
             raise ConfigError(f"binary layer: mode must be 'ste' or 'fda', got {mode!r}")
         self.mode, self.terms, self.omega, self.alpha = mode, 9, 0.1, 0.0
+        self.terms_inclusive = True  # FDA: n + 1 series terms (see fda_grad)
         self.noise_w = NoiseAdaptation(w_dim) if noise else None
         self.noise_a = NoiseAdaptation(a_dim) if noise else None
 
     def _bin(self, t: torch.Tensor, noise: NoiseAdaptation | None, flat: torch.Tensor):
-        b = binarize(t, self.mode, self.terms, self.omega)
+        b = binarize(t, self.mode, self.terms, self.omega, getattr(self, "terms_inclusive", True))
         if noise is not None and self.training and self.alpha > 0:
             b = b + self.alpha * noise(flat).reshape_as(t)
         return b
@@ -158,7 +171,7 @@ class BinaryConv2d(_BinaryMixin, nn.Conv2d):
 
     def _act(self, x: torch.Tensor) -> torch.Tensor:
         """Binary activations; the noise term works per position over channels."""
-        b = binarize(x, self.mode, self.terms, self.omega)
+        b = binarize(x, self.mode, self.terms, self.omega, getattr(self, "terms_inclusive", True))
         if self.noise_a is not None and self.training and self.alpha > 0:
             b = b + self.alpha * self.noise_a(x.movedim(1, -1)).movedim(-1, 1)
         return b

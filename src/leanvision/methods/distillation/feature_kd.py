@@ -164,5 +164,6 @@ def apply_feature_kd(model: nn.Module, data: Any, cfg: FeatureKDConfig) -> nn.Mo
     sample = torch.zeros(2, *data.input_size)
     adapters = build_adapters(student, teacher, pairs, sample, **extra)
     hook = FeatureKDHook(teacher, pairs, adapters, beta=cfg.beta, T=cfg.T, alpha=cfg.alpha, **extra)
+    hook.reduction = cfg.kd_reduction  # the logit term's normalisation (KDConfig.kd_reduction)
     finetune(student, data, cfg, hooks=[hook], method="feature_kd")
     return student.eval()

@@ -4,6 +4,11 @@ Distilling the Knowledge in a Neural Network, Hinton, Vinyals, Dean, 2015 (arXiv
 the student matches the teacher's temperature-softened class probabilities,
 ``L = (1 − α)·CE(y, s) + α·T²·KL(softmax(t/T) ‖ softmax(s/T))``; the T² keeps gradient scales
 comparable across temperatures.
+
+The KL is normalised per sample (``reduction="batchmean"``, the KL as written, and what the
+official ManifoldKD and DynamicViT losses use) or per logit (``"numel"``: the summed KL over
+B·K logits, as DeiT's ``losses.py`` soft distillation, ``F.kl_div(..., reduction='sum') · T² /
+outputs_kd.numel()``, i.e. K times smaller): ``KDConfig.kd_reduction``.
 """
 
 from __future__ import annotations
@@ -24,11 +29,29 @@ from leanvision.methods.registry import record_transform, register_method
 __all__ = ["DeiTConfig", "KDConfig", "KDHook", "TeacherHook", "kd_loss", "make_student"]
 
 
-def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, T: float) -> torch.Tensor:
-    """T²·KL(softmax(t/T) ‖ softmax(s/T)), averaged over the batch. Shapes (B, K)."""
+KD_REDUCTIONS = ("batchmean", "numel")
+
+
+def kd_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    T: float,
+    reduction: str = "batchmean",
+) -> torch.Tensor:
+    """T²·KL(softmax(t/T) ‖ softmax(s/T)) summed over the classes and averaged over the batch
+    (``"batchmean"``), or summed and divided by B·K (``"numel"``, DeiT's normalisation). Shapes
+    (B, K).
+
+    Raises:
+        ConfigError: an unknown ``reduction``.
+    """
+    if reduction not in KD_REDUCTIONS:
+        raise ConfigError(f"KD reduction must be one of {KD_REDUCTIONS}, got {reduction!r}")
     log_p = F.log_softmax(student_logits.float() / T, dim=1)
     log_q = F.log_softmax(teacher_logits.float() / T, dim=1)
-    return F.kl_div(log_p, log_q, reduction="batchmean", log_target=True) * (T * T)
+    kl = F.kl_div(log_p, log_q, reduction="sum", log_target=True)
+    count = log_p.shape[0] if reduction == "batchmean" else log_p.numel()
+    return kl * (T * T) / max(1, count)
 
 
 class TeacherHook(Hook):
@@ -97,8 +120,9 @@ class KDHook(TeacherHook):
     """Logit distillation as a trainer hook (Hinton KD, and DeiT's distillation token).
 
     The task loss (cross-entropy on the class head) is scaled by (1 − α) and
-    ``α·T²·KL(teacher/T ‖ student/T)`` (``kind="soft"``) or ``α·CE(student, argmax teacher)``
-    (``kind="hard"``, DeiT's hard distillation) is added. With ``distillation_token=True`` the
+    ``α·T²·KL(teacher/T ‖ student/T)`` (``kind="soft"``, normalised by ``reduction``: see
+    :func:`kd_loss`) or ``α·CE(student, argmax teacher)`` (``kind="hard"``, DeiT's hard
+    distillation) is added. With ``distillation_token=True`` the
     student must return ``(class_logits, distillation_logits)`` in training (a DeiT-style
     student, e.g. timm's ``deit_tiny_distilled_patch16_224`` or ``vit_resnas_*(distilled=True)``)
     and the distillation term is put on the distillation head, as in DeiT (Touvron et al.,
@@ -116,8 +140,12 @@ class KDHook(TeacherHook):
         distillation_token: bool = False,
         student_features: list[str] | tuple[str, ...] = (),
         teacher_features: list[str] | tuple[str, ...] = (),
+        reduction: str = "batchmean",
     ) -> None:
         super().__init__(teacher, student_features, teacher_features)
+        if reduction not in KD_REDUCTIONS:
+            raise ConfigError(f"KD reduction must be one of {KD_REDUCTIONS}, got {reduction!r}")
+        self.reduction = reduction
         if T <= 0:
             raise ConfigError(f"KD temperature T must be > 0, got {T}")
         if not 0.0 <= alpha <= 1.0:
@@ -155,7 +183,7 @@ class KDHook(TeacherHook):
         student = self.student_kd_logits(ctx)
         teacher = ctx.extras["teacher_logits"]
         if self.kind == "soft":
-            term = kd_loss(student, teacher, self.T)
+            term = kd_loss(student, teacher, self.T, self.reduction)
         else:
             term = F.cross_entropy(student.float(), teacher.argmax(dim=1))
         ctx.losses["kd"] = self.alpha * term
@@ -178,6 +206,9 @@ class KDConfig(FinetuneConfig):
 
     ``kind``: ``"soft"`` (KL on softened logits) or ``"hard"`` (CE on the teacher's argmax).
     ``distillation_token``: put the term on a DeiT distillation head (the student must have one).
+    ``kd_reduction``: the soft term's KL per sample, ``"batchmean"`` (default: the KL as Hinton
+    et al. write it, and the normalisation of the official ManifoldKD and DynamicViT losses), or
+    per logit, ``"numel"`` (DeiT's ``losses.py``: K = num_classes times smaller).
     ``student``: a model spec ``{"name": ..., **kwargs}`` to build a new student (e.g. a
     narrower one) instead of training a copy of the input model; ``num_classes`` and
     ``in_chans`` default to the data's.
@@ -190,6 +221,7 @@ class KDConfig(FinetuneConfig):
     kind: str = "soft"
     distillation_token: bool = False
     finetune_epochs: int = 30
+    kd_reduction: str = "batchmean"
 
 
 @dataclass
@@ -197,13 +229,15 @@ class DeiTConfig(KDConfig):
     """DeiT distillation through a distillation token; defaults of DeiT (arXiv 2012.12877).
 
     Hard distillation with α = 0.5 (½·CE on the class head + ½·CE(teacher argmax) on the
-    distillation head); ``kind="soft"`` with ``T`` gives the soft variant.
+    distillation head); ``kind="soft"`` with ``T`` gives the soft variant, whose KL is divided
+    by B·K as DeiT's ``losses.py`` (``kd_reduction="numel"``).
     """
 
     T: float = 1.0
     alpha: float = 0.5
     kind: str = "hard"
     distillation_token: bool = True
+    kd_reduction: str = "numel"
 
 
 def make_student(model: nn.Module, data: Any, cfg: KDConfig, method: str) -> nn.Module:
@@ -238,7 +272,10 @@ def frozen_teacher(cfg: KDConfig) -> nn.Module:
 def apply_kd(model: nn.Module, data: Any, cfg: KDConfig) -> nn.Module:
     """Train a copy of ``model`` with logit distillation from ``cfg.teacher``."""
     student = make_student(model, data, cfg, "kd")
-    hook = KDHook(frozen_teacher(cfg), cfg.T, cfg.alpha, cfg.kind, cfg.distillation_token)
+    hook = KDHook(
+        frozen_teacher(cfg), cfg.T, cfg.alpha, cfg.kind, cfg.distillation_token,
+        reduction=cfg.kd_reduction,
+    )  # fmt: skip
     finetune(student, data, cfg, hooks=[hook], method="kd")
     return student.eval()
 
@@ -252,6 +289,9 @@ def apply_kd(model: nn.Module, data: Any, cfg: KDConfig) -> nn.Module:
 def apply_deit_kd(model: nn.Module, data: Any, cfg: DeiTConfig) -> nn.Module:
     """Train a ViT with a distillation token against ``cfg.teacher`` (hard or soft)."""
     student = make_student(model, data, cfg, "deit_kd")
-    hook = KDHook(frozen_teacher(cfg), cfg.T, cfg.alpha, cfg.kind, cfg.distillation_token)
+    hook = KDHook(
+        frozen_teacher(cfg), cfg.T, cfg.alpha, cfg.kind, cfg.distillation_token,
+        reduction=cfg.kd_reduction,
+    )  # fmt: skip
     finetune(student, data, cfg, hooks=[hook], method="deit_kd")
     return student.eval()

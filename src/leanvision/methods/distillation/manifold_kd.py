@@ -6,7 +6,12 @@ NeurIPS 2022 (arXiv 2107.01378). The loss of the official code is
     L = (1 − α)·CE + α·τ²·KL(teacher/τ ‖ student/τ)
         + β·(w_patch·L_intra + w_sample·L_inter + w_rand·L_rand),
 
-each manifold term averaged over the paired layers (see :mod:`.manifold` for the terms).
+each manifold term averaged over the paired layers (see :mod:`.manifold` for the terms). The
+KL is summed over classes and averaged over the batch: ``ManifoldKD/losses.py`` (huawei-noah
+Efficient-Computing, and the authors' Hao840/manifold-distillation) uses
+``reduction='batchmean'``, where the DeiT code it builds on divides the summed KL by B·K
+(``kd_reduction="numel"`` selects that, making the logit term K times lighter against the
+relation terms).
 Defaults are the paper's command: α = 1 (no label term), β = 1, τ = 1, w_patch 4, w_sample 0.1,
 w_rand 0.2, K = 192, and the first four and last four blocks of each model paired. The teacher
 may be a CNN: its maps become tokens and a finer grid is merged to the student's (see
@@ -53,7 +58,8 @@ class ManifoldKDHook(KDHook):
         beta: weight of the manifold loss; ``w_patch``, ``w_sample``, ``w_rand`` its terms'.
         num_samples: K of the random-sampled term.
         student_extra_tokens, teacher_extra_tokens: leading non-patch tokens (None: inferred).
-        T, alpha, kind, distillation_token: the logit term, as in :class:`KDHook`.
+        T, alpha, kind, distillation_token, reduction: the logit term, as in :class:`KDHook`
+            (``reduction="batchmean"``, the official ManifoldKD loss).
     """
 
     name = "manifold_kd"
@@ -74,6 +80,7 @@ class ManifoldKDHook(KDHook):
         alpha: float = 1.0,
         kind: str = "soft",
         distillation_token: bool = False,
+        reduction: str = "batchmean",
     ) -> None:
         if not pairs:
             raise ConfigError("manifold_kd needs at least one (student, teacher) layer pair")
@@ -91,6 +98,7 @@ class ManifoldKDHook(KDHook):
             distillation_token,
             student_features=sorted({s for s, _ in pairs}),
             teacher_features=sorted({t for _, t in pairs}),
+            reduction=reduction,
         )
         self.pairs = list(pairs)
         self.beta = beta
@@ -143,7 +151,8 @@ class LayerPairConfig(KDConfig):
 
 @dataclass
 class ManifoldKDConfig(LayerPairConfig):
-    """Manifold distillation (arXiv 2107.01378); defaults from the paper's command."""
+    """Manifold distillation (arXiv 2107.01378); defaults from the paper's command, and the
+    logit term's ``kd_reduction="batchmean"`` from the official ``losses.py``."""
 
     T: float = 1.0
     alpha: float = 1.0
@@ -211,6 +220,7 @@ def apply_manifold_kd(model: nn.Module, data: Any, cfg: ManifoldKDConfig) -> nn.
         alpha=cfg.alpha,
         kind=cfg.kind,
         distillation_token=cfg.distillation_token,
+        reduction=cfg.kd_reduction,
     )
     finetune(student, data, cfg, hooks=[hook], method="manifold_kd")
     return student.eval()

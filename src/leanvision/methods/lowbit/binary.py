@@ -3,10 +3,10 @@
 ``lv.compress(model, "fda")`` (Xu et al., "Learning Frequency Domain Approximation for Binary
 Neural Networks", NeurIPS 2021, arXiv 2103.00841) replaces every inner convolution and linear
 layer (not the stem, not the classifier) by a binary one, trains it with the Fourier-series
-gradient of sign (ω = 0.1, 9 → 18 terms over training) and the noise adaptation module (α
-cosine-annealed 0.1 → 0), then packs the weights to 1 bit: the returned model runs
-XNOR-popcount kernels. ``"bnn_ste"`` is the same with the straight-through estimator and no
-noise module, the usual baseline. ``"lns"`` learns each layer's binary weights with a mapping
+gradient of sign (ω = 0.1, series index n = 9 → 18 over training, n + 1 terms) and the noise
+adaptation module (α cosine-annealed 0.1 → 0), then packs the weights to 1 bit: the returned
+model runs XNOR-popcount kernels. ``"bnn_ste"`` is the same with the straight-through estimator
+and no noise module, the usual baseline. ``"lns"`` learns each layer's binary weights with a mapping
 from whole filters, supervised by sign(w) as noisy labels (:class:`LNSHook`).
 """
 
@@ -123,14 +123,24 @@ def pack_binary(model: nn.Module) -> nn.Module:
 
 
 class FDAScheduleHook(Hook):
-    """Per epoch e of E: FDA's number of series terms ``n = n0 + int((n1 − n0)·e/E)`` and the
-    noise weight ``α = (α0/2)·(1 + cos(π·(e+1)/E))`` on every binary layer; α = 0 at the end."""
+    """Per epoch e of E: FDA's series index ``n = n0 + int((n1 − n0)·e/E)`` (the gradient sums
+    n + 1 cosines, i = 0..n, or n with ``inclusive=False``: see ``fda_grad``) and the noise
+    weight ``α = (α0/2)·(1 + cos(π·(e+1)/E))`` on every binary layer; α = 0 at the end."""
 
     name = "fda_schedule"
 
-    def __init__(self, model: nn.Module, n0: int = 9, n1: int = 18, alpha0: float = 0.1):
+    def __init__(
+        self,
+        model: nn.Module,
+        n0: int = 9,
+        n1: int = 18,
+        alpha0: float = 0.1,
+        inclusive: bool = True,
+    ) -> None:
         self.layers = [m for m in model.modules() if isinstance(m, BinaryConv2d | BinaryLinear)]
         self.n0, self.n1, self.alpha0 = n0, n1, alpha0
+        for m in self.layers:
+            m.terms_inclusive = inclusive
 
     def on_epoch_start(self, trainer: Any, epoch: int) -> None:
         total = max(1, trainer.config.epochs)
@@ -159,13 +169,19 @@ class BinaryConfig(FinetuneConfig):
 
 @dataclass
 class FDAConfig(BinaryConfig):
-    """FDA: ω, series terms n0 → n1, and the noise adaptation module (α0 → 0)."""
+    """FDA: ω, series index n from ``terms_start`` to ``terms_end``, and the noise adaptation
+    module (α0 → 0).
+
+    ``terms_inclusive`` (default True): the gradient sums the n + 1 cosines i = 0..n, as FDA's
+    reference PyTorch code (``FDA_BinaryQuantize``: ``range(n + 1)``, n = 9 + int(9·e/E));
+    False sums n (i < n), the behaviour of this toolkit before issue 17."""
 
     omega: float = 0.1
     terms_start: int = 9
     terms_end: int = 18
     noise: bool = True
     alpha0: float = 0.1
+    terms_inclusive: bool = True
 
 
 class LNSHook(Hook):
@@ -240,7 +256,11 @@ def _apply(model: nn.Module, data: Any, cfg: BinaryConfig, mode: str, method: st
         for m in new.modules():
             if isinstance(m, BinaryConv2d | BinaryLinear):
                 m.omega, m.terms = cfg.omega, cfg.terms_start
-        hooks.append(FDAScheduleHook(new, cfg.terms_start, cfg.terms_end, cfg.alpha0))
+        hooks.append(
+            FDAScheduleHook(
+                new, cfg.terms_start, cfg.terms_end, cfg.alpha0, inclusive=cfg.terms_inclusive
+            )
+        )
     finetune(new, data, cfg, hooks, method=method)
     if cfg.pack:
         new = pack_binary(new)

@@ -2,12 +2,17 @@
 arXiv 2106.14156), in simulated (fake-quant) form.
 
 Every linear layer of the blocks (qkv, proj, fc1, fc2) and both attention matmuls (Q·Kᵀ,
-A·V) get symmetric uniform quantizers on both operands. Per op, the steps are searched on
-calibration images to maximise the cosine similarity of the full-precision and quantized
-outputs (:func:`~leanvision.methods.lowbit.quant.search_intervals`), with the ranking loss on
-the attention scores subtracted for Q·Kᵀ; linear layers then get bias correction. Mixed
-precision gives more bits to ops whose outputs have larger nuclear norms, under an average
-budget. The patch embedding and the head stay in float, as usual.
+A·V) get uniform quantizers on both operands: symmetric and signed (the paper's Eq. 8), except
+the post-softmax probabilities A of A·V, which are never negative and get the unsigned grid, all
+2^b levels on [0, max] (``softmax_grid``). Per op, the steps are searched on calibration images
+to maximise the cosine similarity of the full-precision and quantized outputs
+(:func:`~leanvision.methods.lowbit.quant.search_intervals`), with γ × the ranking loss on the
+attention scores (the paper's Eq. 12-13, a sum over pairs) subtracted for Q·Kᵀ; linear layers
+then get bias correction. Mixed precision (the paper's Sec. 3.3) gives one width to each block's
+MSA module (qkv, Q·Kᵀ, A·V, proj) and one to its MLP (fc1, fc2), from the nuclear norm of the
+attention map, resp. of the MLP output, times the perturbation quantization causes there,
+under an average budget of bits per weight. The patch embedding and the head stay in float, as
+usual.
 
 Calibration streams (:func:`calibrate`): the images pass in chunks, block by block. Each
 block's input is held for every calibration image (N × tokens × dim floats, the only tensor
@@ -17,8 +22,9 @@ attention probabilities, with the whole second operand K or V) and the running m
 every row. The searches run on those rows, then the quantized block produces the next block's
 input, so later blocks are calibrated on the inputs they will see when deployed.
 
-Deployment: exported with :func:`leanvision.export_onnx`, every quantizer becomes an int8
-QuantizeLinear → DequantizeLinear pair (fewer bits clip first), which onnxruntime fuses into
+Deployment: exported with :func:`leanvision.export_onnx`, every quantizer becomes an 8-bit
+QuantizeLinear → DequantizeLinear pair (int8 weights, uint8 activations: zero point 128 for the
+signed grid, 0 for the probabilities; fewer bits clip first), which onnxruntime fuses into
 integer matmuls (``MatMulIntegerToFloat``, ``QLinearMatMul``).
 """
 
@@ -27,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -82,11 +89,13 @@ class QuantLinear(nn.Module):
 
 
 class QuantMatMul(nn.Module):
-    """``q(a; Δ_a) @ q(b; Δ_b)`` (fake quantization); ``b`` plays the weight's role."""
+    """``q(a; Δ_a) @ q(b; Δ_b)`` (fake quantization); ``b`` plays the weight's role.
+    ``unsigned_a``: ``a`` is never negative (probabilities) and uses the unsigned grid."""
 
-    def __init__(self, bits_a: int = 8, bits_b: int = 8) -> None:
+    def __init__(self, bits_a: int = 8, bits_b: int = 8, unsigned_a: bool = False) -> None:
         super().__init__()
         self.bits_w, self.bits_x = bits_b, bits_a
+        self.unsigned_a = unsigned_a
         self.register_buffer("delta_w", torch.tensor(0.0))
         self.register_buffer("delta_x", torch.tensor(0.0))
         self.record: Callable[..., None] | None = None
@@ -96,14 +105,19 @@ class QuantMatMul(nn.Module):
             self.record(a.detach(), b.detach())
         if float(self.delta_w) <= 0:
             return a @ b
-        aq = fake_quant(a, self.delta_x, self.bits_x, activation=True)
-        return aq @ fake_quant(b, self.delta_w, self.bits_w, activation=True)
+        return self.quantize_a(a) @ fake_quant(b, self.delta_w, self.bits_w, activation=True)
+
+    def quantize_a(self, a: torch.Tensor) -> torch.Tensor:
+        """The first operand as the op quantizes it (Δ_a, ``bits_x``, signed or unsigned)."""
+        unsigned = getattr(self, "unsigned_a", False)
+        return fake_quant(a, self.delta_x, self.bits_x, activation=True, unsigned=unsigned)
 
 
 class QuantAttention(nn.Module):
-    """timm ``Attention`` with explicit, quantized matmuls (no fused SDPA)."""
+    """timm ``Attention`` with explicit, quantized matmuls (no fused SDPA); ``softmax_grid``:
+    the probabilities of A·V on the ``"unsigned"`` grid (default) or the ``"signed"`` one."""
 
-    def __init__(self, attn: nn.Module, bits: int = 8) -> None:
+    def __init__(self, attn: nn.Module, bits: int = 8, softmax_grid: str = "unsigned") -> None:
         super().__init__()
         if getattr(attn, "gate", None) is not None:
             raise UnsupportedModelError("ptq_vit: gated attention is not supported")
@@ -114,7 +128,7 @@ class QuantAttention(nn.Module):
         self.norm = getattr(attn, "norm", nn.Identity())
         self.proj = QuantLinear(attn.proj, bits, bits)
         self.qk = QuantMatMul(bits, bits)
-        self.av = QuantMatMul(bits, bits)
+        self.av = QuantMatMul(bits, bits, unsigned_a=_grid(softmax_grid) == "unsigned")
         self.last_scores: torch.Tensor | None = None
 
     def forward(self, x: torch.Tensor, attn_mask: Any = None, is_causal: bool = False):
@@ -161,15 +175,37 @@ _register()
 class PTQViTConfig:
     """Calibration: ``num_images`` images of ``calib_split`` (never test), pushed in chunks of
     ``batch_size``, ``rows_per_image`` random rows kept per op and image for the searches.
-    Search: ``rounds`` alternations; the ranking loss (weight γ, margin θ, on up to
-    ``ranking_rows`` rows of attention scores) is subtracted for Q·Kᵀ. Mixed precision: an
-    average bit budget per weight over ``bit_choices`` for the linear layers, sensitivity =
-    nuclear norm of each op's output on ``nuclear_images`` images (None = uniform ``bits``;
-    attention matmuls keep ``bits``). Bias correction on the linear layers.
+    Search: ``rounds`` alternations; γ × the ranking loss (γ ``ranking_weight``, margin θ
+    ``ranking_theta``) is subtracted for Q·Kᵀ. Bias correction on the linear layers.
+
+    ``softmax_grid``: ``"unsigned"`` (default) quantizes the post-softmax probabilities with all
+    2^b levels on [0, max] (uint8, zero point 0, in ONNX): one more bit of resolution at the same
+    width; ``"signed"`` uses the symmetric grid of the other operands (the paper's Eq. 8 as
+    written for every input, and this toolkit before issue 17), whose negative half
+    probabilities never use.
+
+    ``rank_norm``: ``"sum"`` (default) is the paper's Eq. 13, the hinge summed over every pair of
+    scores in a row, over rows and heads, per image (averaged over images, as the similarity),
+    so γ is the paper's trade-off weight; to bound the cost it is estimated from
+    ``ranking_rows`` score rows drawn uniformly at random (seeded) as ``heads × tokens × the mean
+    pair-sum of a drawn row``, unbiased for that sum. ``"per_pair"`` divides it by the number
+    of pairs and rows, on the first ``ranking_rows`` rows (before issue 17: a γ on another scale).
+
+    Mixed precision (``bit_budget`` bits per weight, averaged, over ``bit_choices``; None =
+    uniform ``bits``): ``bit_groups="module"`` (default, the paper's Sec. 3.3) gives one width to
+    each block's MSA (qkv, Q·Kᵀ, A·V, proj; the matmuls hold no weights and take their module's
+    width) and one to its MLP (fc1, fc2); the sensitivity σ is the nuclear norm of the attention
+    map (post-softmax, per head) resp. of the MLP output on ``nuclear_images`` images, and a
+    greedy walk raises the unit with the largest decrease of the paper's Ω = Σ σ·‖Ŷ − Y‖² per
+    added bit·weight (‖Ŷ − Y‖² measured with max-based steps at each choice).
+    ``bit_groups="linear"`` (before issue 17): one width per linear layer from the nuclear norm
+    of its output alone, attention matmuls at ``bits``.
 
     Cost: each search evaluates 1 + 2·``rounds``·15 candidates on ``num_images`` ×
     ``rows_per_image`` rows per op; the ranking term grows as ``ranking_rows`` × tokens² (at
-    224 px, 197 tokens, lower ``ranking_rows`` to a few hundred to keep it bounded)."""
+    224 px, 197 tokens, lower ``ranking_rows`` to a few hundred to keep it bounded). Mixed
+    precision by module runs each block 2 + 2·len(``bit_choices``) times on ``nuclear_images``
+    images and takes the SVD of every attention map (images × heads) and MLP output."""
 
     bits: int = 8
     num_images: int = 1024
@@ -185,6 +221,9 @@ class PTQViTConfig:
     bias_correction: bool = True
     rounds: int = 2
     seed: int = 0
+    softmax_grid: str = "unsigned"
+    rank_norm: str = "sum"
+    bit_groups: str = "module"
 
     def __post_init__(self) -> None:
         if not 2 <= self.bits <= 16:
@@ -202,14 +241,34 @@ class PTQViTConfig:
             )
 
 
+_CHOICES = {
+    "softmax_grid": ("unsigned", "signed"),
+    "rank_norm": ("sum", "per_pair"),
+    "bit_groups": ("module", "linear"),
+}
+
+
+def _choice(name: str, value: str) -> str:
+    if value not in _CHOICES[name]:
+        raise ConfigError(f"ptq_vit: {name} must be one of {_CHOICES[name]}, got {value!r}")
+    return value
+
+
+def _grid(value: str) -> str:
+    return _choice("softmax_grid", value)
+
+
 def _quant_ops(model: nn.Module) -> dict[str, nn.Module]:
     return {n: m for n, m in model.named_modules() if isinstance(m, QuantLinear | QuantMatMul)}
 
 
-def quantize_vit(model: nn.Module, bits: int | dict[str, int] = 8) -> nn.Module:
+def quantize_vit(
+    model: nn.Module, bits: int | dict[str, int] = 8, softmax_grid: str = "unsigned"
+) -> nn.Module:
     """A copy of a timm ViT with quantizable attention and MLP layers (steps still 0: it runs
     in full precision until :func:`calibrate` sets them). ``bits``: one width, or one per op
-    name (as :func:`calibrate` records them)."""
+    name (as :func:`calibrate` records them); ``softmax_grid``: the probabilities' grid
+    (:class:`PTQViTConfig`; :func:`calibrate` sets it from its config)."""
     blocks = getattr(model, "blocks", None)
     if blocks is None:
         raise UnsupportedModelError(
@@ -220,7 +279,7 @@ def quantize_vit(model: nn.Module, bits: int | dict[str, int] = 8) -> nn.Module:
     for blk in new.blocks:
         if not hasattr(blk, "attn") or not hasattr(blk, "mlp"):
             raise UnsupportedModelError("ptq_vit: each block needs .attn and .mlp (timm ViT)")
-        blk.attn = QuantAttention(blk.attn, uniform)
+        blk.attn = QuantAttention(blk.attn, uniform, softmax_grid)
         for name in ("fc1", "fc2"):
             lin = getattr(blk.mlp, name, None)
             if not isinstance(lin, nn.Linear):
@@ -327,8 +386,11 @@ class _Nuclear:
 def _allocate(
     model: nn.Module, x0: torch.Tensor, ops: dict[str, nn.Module], cfg: PTQViTConfig
 ) -> dict[str, int]:
-    """Nuclear-norm bit allocation of the linear layers under ``cfg.bit_budget`` bits per
-    weight (full-precision pass over ``cfg.nuclear_images`` images)."""
+    """Bits per op under ``cfg.bit_budget`` bits per weight (full-precision passes over
+    ``cfg.nuclear_images`` images): per MSA / MLP module (``bit_groups="module"``), or per
+    linear layer from its output's nuclear norm (``"linear"``)."""
+    if _choice("bit_groups", cfg.bit_groups) == "module":
+        return _allocate_modules(model, x0, ops, cfg)
     linear = {n: m for n, m in ops.items() if isinstance(m, QuantLinear)}
     recs = {n: _Nuclear(_fn(m), False, cfg.nuclear_images) for n, m in linear.items()}
     for n, m in linear.items():
@@ -345,14 +407,128 @@ def _allocate(
     return allocate_bits(sens, sizes, cfg.bit_budget, cfg.bit_choices)
 
 
+class _Probe:
+    """Max |operand| of both operands of an op; with ``keep``, its first operands too."""
+
+    def __init__(self, keep: bool = False) -> None:
+        self.a_max = self.b_max = 0.0
+        self.keep, self.kept = keep, []
+
+    def __call__(self, a: torch.Tensor, b: torch.Tensor) -> None:
+        self.a_max = max(self.a_max, float(a.abs().max()))
+        self.b_max = max(self.b_max, float(b.abs().max()))
+        if self.keep:
+            self.kept.append(a)
+
+
+def _unit_features(
+    blk: nn.Module, x: torch.Tensor, unit_ops: dict[str, dict[str, nn.Module]], batch: int
+) -> tuple[dict[str, torch.Tensor], dict[str, _Probe]]:
+    """Run ``blk`` on ``x``: each unit's feature (the MSA's attention map, the input of A·V as
+    that op quantizes it once calibrated; the MLP's output) and a probe of every op."""
+    probes = {n: _Probe(keep=n.endswith(".av")) for ops in unit_ops.values() for n in ops}
+    mlp_out: list[torch.Tensor] = []
+    handle = blk.mlp.register_forward_hook(lambda _m, _a, out: mlp_out.append(out))
+    for ops in unit_ops.values():
+        for n, m in ops.items():
+            m.record = probes[n]
+    try:
+        _run(blk, x, batch)
+    finally:
+        handle.remove()
+        for ops in unit_ops.values():
+            for m in ops.values():
+                m.record = None
+    feats = {}
+    for unit, ops in unit_ops.items():
+        av = [n for n in ops if n.endswith(".av")]
+        if not av:
+            feats[unit] = torch.cat(mlp_out)
+            continue
+        a, op = torch.cat(probes[av[0]].kept), ops[av[0]]
+        feats[unit] = op.quantize_a(a) if float(op.delta_x) > 0 else a
+    return feats, probes
+
+
+def _max_steps(op: nn.Module, probe: _Probe, bits: int) -> None:
+    """Max-based steps (Δ₀ of the search) for ``bits`` on both operands of ``op``."""
+    signed = 2 ** (bits - 1) - 1
+    op.bits_w = op.bits_x = bits
+    op.delta_w.fill_(max(probe.b_max, 1e-8) / signed)
+    levels = 2**bits - 1 if getattr(op, "unsigned_a", False) else signed
+    op.delta_x.fill_(max(probe.a_max, 1e-8) / levels)
+
+
+@torch.no_grad()
+def _allocate_modules(
+    model: nn.Module, x0: torch.Tensor, ops: dict[str, nn.Module], cfg: PTQViTConfig
+) -> dict[str, int]:
+    """The paper's mixed precision (Sec. 3.3): one width per MSA and per MLP module. σ_u is the
+    mean nuclear norm of the unit's feature (attention maps per head, MLP outputs per image),
+    e_u(b) the mean squared error ‖Ŷ_u − Y_u‖² per image with the unit alone quantized at b
+    bits (max-based steps, the block's full-precision input); :func:`allocate_bits` walks Ω."""
+    x = x0[: cfg.nuclear_images]
+    sens: dict[str, float] = {}
+    sizes: dict[str, int] = {}
+    pert: dict[str, dict[int, float]] = {}
+    units: dict[str, dict[str, nn.Module]] = {}
+    for i, blk in enumerate(model.blocks):
+        pre = f"blocks.{i}."
+        unit_ops = {
+            pre + kind: {n: m for n, m in ops.items() if n.startswith(pre + kind + ".")}
+            for kind in ("attn", "mlp")
+        }
+        feats, probes = _unit_features(blk, x, unit_ops, cfg.batch_size)
+        for unit, members in unit_ops.items():
+            y = feats[unit]
+            mats = y.reshape(-1, y.shape[-2], y.shape[-1])  # (images × heads, N, N) or (B, N, C)
+            sens[unit] = nuclear_norm(mats)
+            sizes[unit] = sum(m.weight.numel() for m in members.values() if hasattr(m, "weight"))
+            pert[unit] = {}
+            for b in cfg.bit_choices:
+                for n, m in members.items():
+                    _max_steps(m, probes[n], b)
+                try:
+                    y_hat = _unit_features(blk, x, {unit: members}, cfg.batch_size)[0][unit]
+                finally:
+                    for m in members.values():
+                        m.delta_w.zero_()
+                        m.delta_x.zero_()
+                pert[unit][b] = float((y_hat - y).pow(2).sum()) / x.shape[0]
+            units[unit] = members
+        x = _run(blk, x, cfg.batch_size)
+    unit_bits = allocate_bits(sens, sizes, cfg.bit_budget, cfg.bit_choices, perturbation=pert)
+    return {n: unit_bits[u] for u, members in units.items() for n in members}
+
+
 def _ranking_penalty(cfg: PTQViTConfig) -> Callable[[torch.Tensor, torch.Tensor], float]:
-    """γ × the ranking loss per pair of scores, on the first ``ranking_rows`` score rows."""
+    """γ × the ranking loss of the Q·Kᵀ scores (``ref``, ``out``: images × heads × rows × keys,
+    the rows a uniform sample of each image's query rows).
+
+    ``rank_norm="sum"``: the paper's per-image sum over heads, every query row and every pair,
+    estimated as ``heads × tokens × mean pair-sum`` over ``ranking_rows`` recorded rows drawn
+    uniformly at random (once per op, seeded, the same rows for every candidate step): each
+    recorded row is a uniform draw of an (image, head, query row), so the estimate is unbiased.
+    ``"per_pair"``: the loss per pair and row on the first ``ranking_rows`` rows."""
+    mode = _choice("rank_norm", cfg.rank_norm)
+    picked: dict[str, torch.Tensor] = {}
 
     def penalty(ref: torch.Tensor, out: torch.Tensor) -> float:
         t = ref.shape[-1]
-        r, o = ref.reshape(-1, t)[: cfg.ranking_rows], out.reshape(-1, t)[: cfg.ranking_rows]
-        per_pair = ranking_loss(r, o, cfg.ranking_theta) / max(1, t * (t - 1) // 2)
-        return cfg.ranking_weight * float(per_pair)
+        r, o = ref.reshape(-1, t), out.reshape(-1, t)
+        if mode == "per_pair":
+            r, o = r[: cfg.ranking_rows], o[: cfg.ranking_rows]
+            per_pair = ranking_loss(r, o, cfg.ranking_theta) / max(1, t * (t - 1) // 2)
+            return cfg.ranking_weight * float(per_pair)
+        if r.shape[0] > cfg.ranking_rows:
+            if "idx" not in picked:
+                gen = torch.Generator().manual_seed(cfg.seed)
+                perm = torch.randperm(r.shape[0], generator=gen)[: cfg.ranking_rows]
+                picked["idx"] = perm.to(r.device)
+            r, o = r[picked["idx"]], o[picked["idx"]]
+        rows_per_image = math.prod(ref.shape[1:-2]) * t  # heads × query rows (= keys)
+        mean_row = ranking_loss(r, o, cfg.ranking_theta)  # mean pair-sum per drawn row
+        return cfg.ranking_weight * rows_per_image * float(mean_row)
 
     return penalty
 
@@ -362,14 +538,19 @@ def calibrate(model: nn.Module, images: Any, cfg: PTQViTConfig) -> dict[str, Any
     """Search every op's steps on calibration ``images`` (a tensor, or an iterable of batches)
     block by block: bits (uniform or nuclear-norm mixed precision), interval search with the
     ranking penalty for Q·Kᵀ, bias correction. Returns a record per op (bits, steps, objective)."""
+    for name in _CHOICES:  # the options of issue 17, checked before any work
+        _choice(name, getattr(cfg, name))
     ops = _quant_ops(model)
     if not ops:
         raise ConfigError("ptq_vit.calibrate: no quantized ops (run quantize_vit first)")
     was = model.training
     model.eval()
-    for m in ops.values():  # full precision until searched
+    unsigned = _grid(cfg.softmax_grid) == "unsigned"
+    for n, m in ops.items():  # full precision until searched
         m.delta_w.zero_()
         m.delta_x.zero_()
+        if isinstance(m, QuantMatMul) and n.endswith(".av"):
+            m.unsigned_a = unsigned
     x = _block_inputs(model, images, cfg)
     bits = {n: cfg.bits for n in ops}
     if cfg.bit_budget is not None:
@@ -407,9 +588,11 @@ def _search_op(
     fn = _fn(op)
     x, w = rec.operands(op)
     penalty = _ranking_penalty(cfg) if name.endswith(".qk") and cfg.ranking_weight > 0 else None
+    unsigned = bool(getattr(op, "unsigned_a", False))
     dw, dx, best = search_intervals(
-        fn, x, w, bits, bits, rounds=cfg.rounds, penalty=penalty, x_max=rec.a_max
-    )
+        fn, x, w, bits, bits, rounds=cfg.rounds, penalty=penalty, x_max=rec.a_max,
+        unsigned_x=unsigned,
+    )  # fmt: skip
     op.delta_w.fill_(dw)
     op.delta_x.fill_(dx)
     if cfg.bias_correction and isinstance(op, QuantLinear) and op.bias is not None:
@@ -419,7 +602,9 @@ def _search_op(
 
 
 def _rebuild(model: nn.Module, arch: dict[str, Any]) -> nn.Module:
-    return quantize_vit(model, {n: int(b) for n, b in arch["bits"].items()})
+    # models saved before softmax_grid existed quantized the probabilities on the signed grid
+    grid = arch.get("softmax_grid", "signed")
+    return quantize_vit(model, {n: int(b) for n, b in arch["bits"].items()}, grid)
 
 
 @register_method(
@@ -436,11 +621,11 @@ def apply_ptq_vit(model: nn.Module, data: Any, cfg: PTQViTConfig) -> nn.Module:
     split = cfg.calib_split
     if split == "val" and len(data.val_set) == 0:
         split = "train"
-    new = quantize_vit(model, cfg.bits)
+    new = quantize_vit(model, cfg.bits, cfg.softmax_grid)
     gen = torch.Generator().manual_seed(cfg.seed)
     loader = data.loader(split, batch_size=cfg.batch_size, shuffle=True, generator=gen)
     record = calibrate(new, loader, cfg)
     new.ptq_record = record
     bits = {n: r["bits"] for n, r in record.items()}
-    record_transform(new, model, "ptq_vit", {"bits": bits})
+    record_transform(new, model, "ptq_vit", {"bits": bits, "softmax_grid": cfg.softmax_grid})
     return new.eval()

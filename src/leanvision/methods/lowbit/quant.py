@@ -1,21 +1,25 @@
 """Building blocks of post-training quantization for vision transformers (Liu et al.,
 "Post-Training Quantization for Vision Transformer", NeurIPS 2021, arXiv 2106.14156).
 
-* :func:`fake_quant`: symmetric uniform quantization to ``bits`` with step Δ.
+* :func:`fake_quant`: uniform quantization to ``bits`` with step Δ, symmetric and signed (the
+  paper's Eq. 8), or unsigned (``2^b`` levels on [0, (2^b − 1)·Δ]) for non-negative tensors
+  such as post-softmax probabilities.
 * :func:`search_intervals`: per layer, the weight and input steps ``Δ = α·Δ₀`` (α on a grid,
   Δ₀ from the max) that maximise the cosine similarity of the full-precision and quantized
   outputs on calibration inputs, alternating weights and inputs for a few rounds.
-* :func:`ranking_loss`: the hinge on every pair of attention scores whose order quantization
-  flips, ``Σ_{i<j} (θ − (Â_i − Â_j)·sign(A_i − A_j))₊`` per row; with θ = 0 it is zero exactly
-  when every strict order is kept.
-* :func:`allocate_bits`: mixed precision, more bits for layers whose output features have a
-  larger nuclear norm, under an average bit budget.
+* :func:`ranking_loss`: the paper's Eq. 13, the hinge on every pair of attention scores of a
+  row, ``Σ_rows Σ_{i<j} (θ − (Â_i − Â_j)·sign(A_i − A_j))₊``, summed over heads and rows and
+  averaged over images; with θ = 0 it is zero exactly when every strict order is kept.
+* :func:`allocate_bits`: mixed precision, more bits for units whose features have a larger
+  nuclear norm (weighted by their quantization perturbation, the paper's Ω), under an average
+  bit budget.
 * :func:`bias_correction`: the mean output error on calibration data, to subtract from the
   quantized layer's bias.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import torch
@@ -33,27 +37,37 @@ __all__ = [
 
 
 def fake_quant(
-    x: torch.Tensor, delta: float | torch.Tensor, bits: int, activation: bool = False
+    x: torch.Tensor,
+    delta: float | torch.Tensor,
+    bits: int,
+    activation: bool = False,
+    unsigned: bool = False,
 ) -> torch.Tensor:
-    """``clamp(round(x/Δ), −2^(b−1), 2^(b−1) − 1)·Δ`` (symmetric, signed).
+    """``clamp(round(x/Δ), −2^(b−1), 2^(b−1) − 1)·Δ`` (symmetric, signed), or with
+    ``unsigned=True`` ``clamp(round(x/Δ), 0, 2^b − 1)·Δ``: all 2^b levels on [0, (2^b − 1)·Δ],
+    for tensors that are never negative (post-softmax probabilities; a signed grid leaves half
+    its levels unused there).
 
     In ONNX export it becomes QuantizeLinear → DequantizeLinear: int8 for weights, and for
     ``activation=True`` uint8 with zero point 128, the same grid (x86 int8 GEMMs take
-    unsigned activations: VNNI multiplies u8 by s8)."""
+    unsigned activations: VNNI multiplies u8 by s8); ``unsigned=True`` is uint8 with zero point
+    0."""
     if bits < 2:
         raise ConfigError(f"fake_quant: bits must be ≥ 2, got {bits}")
-    q = 2 ** (bits - 1)
+    lo, hi = (0, 2**bits - 1) if unsigned else (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1)
     if torch.onnx.is_in_onnx_export() and bits <= 8:
-        # QuantizeLinear → DequantizeLinear (int8) in the ONNX graph; fewer bits clip first
+        # QuantizeLinear → DequantizeLinear (8 bits) in the ONNX graph; fewer bits clip first
         d = float(delta)
         if bits < 8:
-            x = torch.clamp(x, -q * d, (q - 1) * d)
+            x = torch.clamp(x, lo * d, hi * d)
+        if unsigned:
+            return torch.fake_quantize_per_tensor_affine(x, d, 0, 0, 255)
         if activation:
             return torch.fake_quantize_per_tensor_affine(x, d, 128, 0, 255)
         return torch.fake_quantize_per_tensor_affine(x, d, 0, -128, 127)
     if isinstance(delta, torch.Tensor):
         delta = float(delta)
-    return torch.fake_quantize_per_tensor_affine(x, delta, 0, -q, q - 1)  # one fused pass
+    return torch.fake_quantize_per_tensor_affine(x, delta, 0, lo, hi)  # one fused pass
 
 
 def _cosine(a: torch.Tensor, b: torch.Tensor, a_norm: float | None = None) -> float:
@@ -73,6 +87,7 @@ def search_intervals(
     rounds: int = 2,
     penalty: Callable[[torch.Tensor, torch.Tensor], float] | None = None,
     x_max: float | None = None,
+    unsigned_x: bool = False,
 ) -> tuple[float, float, float]:
     """Steps (Δ_W, Δ_X) maximising ``cos(fn(x, w), fn(q(x), q(w))) − penalty``.
 
@@ -86,6 +101,7 @@ def search_intervals(
         penalty: extra term subtracted from the similarity (e.g. γ × the ranking loss of the
             attention scores), called with (full-precision output, quantized output).
         x_max: max |x| over all the calibration data when ``x`` is a sample of it (Δ₀ of x).
+        unsigned_x: ``x`` is non-negative and quantized on the unsigned grid (Δ₀ = max / (2^b − 1)).
 
     Returns:
         (Δ_W, Δ_X, best objective).
@@ -94,7 +110,11 @@ def search_intervals(
     ref_norm = float(ref.norm())
     base_w = float(w.abs().max()) / (2 ** (bits_w - 1) - 1) or 1e-8
     x_max = float(x.abs().max()) if x_max is None else x_max
-    base_x = x_max / (2 ** (bits_x - 1) - 1) or 1e-8
+    levels_x = 2**bits_x - 1 if unsigned_x else 2 ** (bits_x - 1) - 1
+    base_x = x_max / levels_x or 1e-8
+
+    def qx(step: float) -> torch.Tensor:
+        return fake_quant(x, step, bits_x, unsigned=unsigned_x)
 
     def score(xq: torch.Tensor, wq: torch.Tensor) -> float:
         out = fn(xq, wq)
@@ -102,16 +122,16 @@ def search_intervals(
         return s - penalty(ref, out) if penalty is not None else s
 
     dw, dx = base_w, base_x
-    best = score(fake_quant(x, dx, bits_x), fake_quant(w, dw, bits_w))
+    best = score(qx(dx), fake_quant(w, dw, bits_w))
     for _ in range(rounds):
-        xq = fake_quant(x, dx, bits_x)  # fixed while the weight step is searched
+        xq = qx(dx)  # fixed while the weight step is searched
         for a in grid:
             s = score(xq, fake_quant(w, a * base_w, bits_w))
             if s > best:
                 best, dw = s, a * base_w
         wq = fake_quant(w, dw, bits_w)
         for a in grid:
-            s = score(fake_quant(x, a * base_x, bits_x), wq)
+            s = score(qx(a * base_x), wq)
             if s > best:
                 best, dx = s, a * base_x
     return dw, dx, best
@@ -119,8 +139,10 @@ def search_intervals(
 
 def ranking_loss(a: torch.Tensor, a_hat: torch.Tensor, theta: float = 0.0) -> torch.Tensor:
     """Pairwise hinge over the last dimension: ``Σ_{i<j} (θ − (â_i − â_j)·sign(a_i − a_j))₊``,
-    summed over every leading index (heads, query rows) and averaged over the batch (dim 0).
-    Pairs that are equal in ``a`` count nothing (sign 0) when θ = 0."""
+    summed over every leading index (heads, query rows) and averaged over the batch (dim 0):
+    for (images, heads, rows, keys) scores, the paper's Eq. 13 per image (a sum over pairs, no
+    normalisation), averaged over images as the similarity term is. Pairs that are equal in
+    ``a`` count nothing: sign 0 when θ = 0, and masked out when θ > 0."""
     if a.shape != a_hat.shape:
         raise ConfigError(f"ranking_loss: shapes differ, {tuple(a.shape)} vs {tuple(a_hat.shape)}")
     n = a.shape[-1]
@@ -143,16 +165,26 @@ def nuclear_norm(features: torch.Tensor) -> float:
 def allocate_bits(
     sensitivity: dict[str, float], sizes: dict[str, int], budget: float,
     choices: Sequence[int] = (4, 6, 8),
+    perturbation: dict[str, dict[int, float]] | None = None,
 ) -> dict[str, int]:  # fmt: skip
-    """Bits per layer: start every layer at the lowest choice, then, while the size-weighted
-    average stays within ``budget``, raise the layer with the largest sensitivity per added
-    bit·parameter to its next choice (greedy Pareto walk on nuclear-norm sensitivity).
+    """Bits per unit: start every unit at the lowest choice, then, while the size-weighted
+    average stays within ``budget``, raise the unit with the largest gain per added
+    bit·parameter to its next choice (a greedy walk along the Pareto front).
+
+    The gain of raising unit u from b to b′ is ``σ_u·(e_u(b) − e_u(b′))`` when
+    ``perturbation`` gives e_u(b) = ‖Ŷ_u − Y_u‖² at each choice (the decrease of the paper's
+    ``Ω = Σ_u σ_u·‖Ŷ_u − Y_u‖²``, σ_u the nuclear norm of the unit's feature), else ``σ_u``
+    alone (sensitivity only).
 
     Raises:
         ConfigError: the budget is below the lowest choice, or keys differ.
     """
-    if set(sensitivity) != set(sizes):
-        raise ConfigError("allocate_bits: sensitivity and sizes must name the same layers")
+    if set(sensitivity) != set(sizes) or (
+        perturbation is not None and set(perturbation) != set(sizes)
+    ):
+        raise ConfigError(
+            "allocate_bits: sensitivity, sizes (and perturbation) must name the same units"
+        )
     levels = sorted(choices)
     if budget < levels[0]:
         raise ConfigError(f"allocate_bits: budget {budget} is below the lowest choice {levels[0]}")
@@ -163,15 +195,17 @@ def allocate_bits(
         return sum(b[k] * sizes[k] for k in b) / total
 
     while True:
-        best, best_gain = None, -1.0
+        best, best_gain = None, -math.inf
         for k, b in bits.items():
             idx = levels.index(b)
             if idx + 1 == len(levels):
                 continue
-            trial = dict(bits, **{k: levels[idx + 1]})
+            nxt = levels[idx + 1]
+            trial = dict(bits, **{k: nxt})
             if avg(trial) > budget + 1e-9:
                 continue
-            gain = sensitivity[k] / ((levels[idx + 1] - b) * sizes[k])
+            drop = 1.0 if perturbation is None else perturbation[k][b] - perturbation[k][nxt]
+            gain = sensitivity[k] * drop / ((nxt - b) * max(1, sizes[k]))
             if gain > best_gain:
                 best, best_gain = k, gain
         if best is None:

@@ -9,8 +9,10 @@ token is always kept.
   shrink), and *attention masking*: dropped tokens stay in the tensor but no other token attends
   to them (``exp(a − max) · policy``, renormalised with ε = 1e-6, as the official
   ``softmax_with_policy``), so gradients reach the decisions.
-* Inference: the top ``⌈ρ_s · N⌉`` tokens by keep score are gathered and the rest physically
-  dropped, with ρ_s = ρ, ρ², ρ³ of the N patch tokens.
+* Inference: the top ``⌊ρ_s · N⌋`` tokens by keep score are gathered and the rest physically
+  dropped, with ρ_s = ρ, ρ², ρ³ of the N patch tokens (``int(init_n * token_ratio[s])`` in the
+  official ``models/dyvit.py``; ``keep_rounding="ceil"`` keeps ``⌈ρ_s · N⌉``, this toolkit's
+  count before issue 17). At least one token is kept.
 * Loss (ViT setting of the official code): ``CE + 2.0 · Σ_s (mean kept_s − ρ_s)² / S
   + 0.5 · KL(student ‖ teacher logits) + 0.5 · KL over kept tokens (teacher's final tokens)``,
   the teacher being the dense model. The backbone trains at 0.01 × the learning rate.
@@ -117,8 +119,9 @@ class DynamicViT(nn.Module):
 
     Args:
         vit: a timm ``VisionTransformer`` with class-token pooling (e.g. DeiT-S).
-        keep_ratio: ρ; stage s keeps ⌈ρ^(s+1) · N⌉ of the N patch tokens at inference.
+        keep_ratio: ρ; stage s keeps ⌊ρ^(s+1) · N⌋ of the N patch tokens at inference.
         prune_locs: block indices before which the predictors act (default depth/4, /2, 3/4).
+        keep_rounding: ``"floor"`` (default, the official ``int(N · ratio)``) or ``"ceil"``.
 
     Attributes:
         last_tokens_per_block: at inference, the sequence length each block ran on (last call).
@@ -126,12 +129,18 @@ class DynamicViT(nn.Module):
     """
 
     def __init__(
-        self, vit: nn.Module, keep_ratio: float = 0.7, prune_locs: list[int] | None = None
+        self,
+        vit: nn.Module,
+        keep_ratio: float = 0.7,
+        prune_locs: list[int] | None = None,
+        keep_rounding: str = "floor",
     ) -> None:
         super().__init__()
         require_token_vit(vit, "dynamicvit")
         if not 0.0 < keep_ratio <= 1.0:
             raise ConfigError(f"keep_ratio must be in (0, 1], got {keep_ratio}")
+        if keep_rounding not in ("floor", "ceil"):
+            raise ConfigError(f"keep_rounding must be 'floor' or 'ceil', got {keep_rounding!r}")
         depth = len(vit.blocks)
         locs = prune_locs if prune_locs is not None else [depth // 4, depth // 2, 3 * depth // 4]
         if sorted(set(locs)) != list(locs) or not all(0 < i < depth for i in locs):
@@ -141,6 +150,7 @@ class DynamicViT(nn.Module):
         self.backbone = vit
         self.prune_locs = list(locs)
         self.keep_ratio = keep_ratio
+        self.keep_rounding = keep_rounding
         self.keep_ratios = [keep_ratio ** (i + 1) for i in range(len(locs))]
         dim = vit.embed_dim
         self.predictors = nn.ModuleList(TokenPredictor(dim) for _ in locs)
@@ -175,7 +185,7 @@ class DynamicViT(nn.Module):
                 s = stage[i]
                 tokens = x[:, p:]
                 score = self.predictors[s](tokens, tokens.new_ones(b, tokens.shape[1], 1))[..., 0]
-                k = max(1, math.ceil(n * self.keep_ratios[s]))
+                k = self.num_keep(n, s)
                 idx = score.argsort(dim=1, descending=True)[:, :k]
                 tokens = tokens.gather(1, idx.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))
                 x = torch.cat([x[:, :p], tokens], dim=1)
@@ -183,6 +193,12 @@ class DynamicViT(nn.Module):
             x = blk(x)
         self.last_tokens_per_block = counts
         return self.backbone.forward_head(self.backbone.norm(x))
+
+    def num_keep(self, n: int, stage: int) -> int:
+        """Patch tokens stage ``stage`` keeps of ``n`` at inference: ``int(n · ρ_s)`` as the
+        official code (the same float product, so the same count), or its ceiling; ≥ 1."""
+        rounding = math.floor if getattr(self, "keep_rounding", "floor") == "floor" else math.ceil
+        return max(1, int(rounding(n * self.keep_ratios[stage])))
 
 
 class DynamicViTHook(TeacherHook):
@@ -235,12 +251,15 @@ class DynamicViTConfig(FinetuneConfig):
     """DynamicViT (arXiv 2106.02034) with the official ViT defaults.
 
     ``keep_ratio`` ρ (stages keep ρ, ρ², ρ³); ``prune_locs`` (default depth/4, /2, 3/4);
+    ``keep_rounding``: inference keeps ⌊ρ_s·N⌋ tokens (``"floor"``, the official
+    ``int(N * ratio)``) or ⌈ρ_s·N⌉ (``"ceil"``, this toolkit before issue 17);
     ``ratio_weight`` 2.0, ``distill_weight`` 0.5, ``token_loss`` "kl"; ``backbone_lr_scale``
     0.01 (predictors train at ``lr``, the backbone at ``lr × 0.01``).
     """
 
     keep_ratio: float = 0.7
     prune_locs: list[int] | None = None
+    keep_rounding: str = "floor"
     ratio_weight: float = 2.0
     distill_weight: float = 0.5
     token_loss: str = "kl"
@@ -251,7 +270,10 @@ class DynamicViTConfig(FinetuneConfig):
 
 
 def _rebuild(model: nn.Module, arch: dict[str, Any]) -> nn.Module:
-    return DynamicViT(model, arch["keep_ratio"], arch["prune_locs"])
+    # models saved before keep_rounding existed kept ⌈ρ_s·N⌉ tokens: they load as they ran
+    return DynamicViT(
+        model, arch["keep_ratio"], arch["prune_locs"], arch.get("keep_rounding", "ceil")
+    )
 
 
 @register_method(
@@ -263,10 +285,9 @@ def _rebuild(model: nn.Module, arch: dict[str, Any]) -> nn.Module:
 )
 def apply_dynamicvit(model: nn.Module, data: Any, cfg: DynamicViTConfig) -> nn.Module:
     """Add token predictors to a ViT and fine-tune with the dense model as teacher."""
-    dyn = DynamicViT(copy.deepcopy(model), cfg.keep_ratio, cfg.prune_locs)
-    record_transform(
-        dyn, model, "dynamicvit", {"keep_ratio": dyn.keep_ratio, "prune_locs": dyn.prune_locs}
-    )
+    dyn = DynamicViT(copy.deepcopy(model), cfg.keep_ratio, cfg.prune_locs, cfg.keep_rounding)
+    arch = {"keep_ratio": dyn.keep_ratio, "prune_locs": dyn.prune_locs}
+    record_transform(dyn, model, "dynamicvit", {**arch, "keep_rounding": dyn.keep_rounding})
     hook = DynamicViTHook(
         copy.deepcopy(model), cfg.ratio_weight, cfg.distill_weight, cfg.token_loss
     )
