@@ -28,7 +28,7 @@ from leanvision.layers import InterlacedSparseAttention, LongShortAttention, Non
 from leanvision.models.vil_ls import ARCH_MEDIUM, Block, FullAttention2d, ViLLS
 from leanvision.pipeline import cpu_info
 from leanvision.profiling import compare, count_ops, peak_memory_mb
-from leanvision.report import write_results
+from leanvision.report import check_results_target, write_results
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "results" / "attention_scaling"
@@ -169,7 +169,14 @@ def main() -> None:
     p.add_argument("--sides", type=int, nargs="+", default=[28, 56, 84, 112])
     p.add_argument("--issa-sides", type=int, nargs="+", default=[64, 128])
     p.add_argument("--out", default=str(OUT))
+    p.add_argument(
+        "--allow-dirty",
+        action="store_true",
+        default=None,
+        help="write committed results from a tree with uncommitted changes (recorded as dirty)",
+    )
     args = p.parse_args()
+    check_results_target(args.out, allow_dirty=args.allow_dirty)  # fail now, not after hours
     torch.set_num_threads(args.threads)
 
     model_rows = ls_models(args.sizes, args.threads)
@@ -249,6 +256,7 @@ def main() -> None:
             "cpu": cpu_info(),
             "tables": tables,
         },
+        allow_dirty=args.allow_dirty,
     )
     print(f"wrote {path}")
 

@@ -29,7 +29,7 @@ import leanvision as lv
 from leanvision.engine import load_checkpoint
 from leanvision.pipeline import cpu_info
 from leanvision.profiling import count_ops, count_params
-from leanvision.report import write_results
+from leanvision.report import check_results_target, write_results
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "cifar10"
@@ -52,7 +52,14 @@ def main() -> None:
     p.add_argument("--images", type=int, default=256, help="CIFAR-10 test images to average")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--data", default=str(DATA))
+    p.add_argument(
+        "--allow-dirty",
+        action="store_true",
+        default=None,
+        help="write committed results from a tree with uncommitted changes (recorded as dirty)",
+    )
     args = p.parse_args()
+    check_results_target(OUT, allow_dirty=args.allow_dirty)  # fail now, not after hours
     torch.set_num_threads(args.threads)
 
     data = lv.load_data("cifar10", root=args.data, batch_size=64, seed=0, max_test=args.images)
@@ -144,6 +151,7 @@ def main() -> None:
                 }
             ],
         },
+        allow_dirty=args.allow_dirty,
     )
     print(f"wrote {path}")
     for row in table:

@@ -36,7 +36,7 @@ import leanvision as lv
 from leanvision.engine import load_checkpoint
 from leanvision.pipeline import cpu_info
 from leanvision.profiling import compare, count_ops, count_params, profile
-from leanvision.report import write_results
+from leanvision.report import check_results_target, write_results
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "cifar10"
@@ -157,6 +157,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 def cmd_report(args: argparse.Namespace) -> None:
     from leanvision.methods.lowbit import pack_binary
 
+    check_results_target(OUT, allow_dirty=args.allow_dirty)  # fail now, not after hours
     torch.set_num_threads(args.threads)
     counts = {v: ops(build(v)) for v in VARIANTS}
     gap = counts["plain"]["ops"] / counts["bimlp"]["ops"] - 1
@@ -246,12 +247,18 @@ def cmd_report(args: argparse.Namespace) -> None:
         "cpu": cpu_info(),
         "notes": _acceptance(rows) + _findings(rows) + INTERPRETATION,
     }
-    print(f"wrote {write_results(OUT, rows, run_info=run)}")
+    print(f"wrote {write_results(OUT, rows, run_info=run, allow_dirty=args.allow_dirty)}")
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", default=str(DATA))
+    p.add_argument(
+        "--allow-dirty",
+        action="store_true",
+        default=None,
+        help="write committed results from a tree with uncommitted changes (recorded as dirty)",
+    )
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--max-train", type=int, default=45000)
     p.add_argument("--max-val", type=int, default=None, help="smoke runs")

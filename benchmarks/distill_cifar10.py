@@ -36,7 +36,7 @@ import torch
 import leanvision as lv
 from leanvision.engine import load_checkpoint
 from leanvision.pipeline import cpu_info
-from leanvision.report import write_results
+from leanvision.report import check_results_target, write_results
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "cifar10"
@@ -230,6 +230,7 @@ def predictions(model: torch.nn.Module, loader: Any) -> tuple[torch.Tensor, torc
 
 
 def cmd_report(args: argparse.Namespace) -> None:
+    check_results_target(OUT, allow_dirty=args.allow_dirty)  # fail now, not after hours
     torch.set_num_threads(args.threads)
     data = load(args, batch_size=256)
     teacher_cache = RUNS / "teacher" / "test_predictions.pt"
@@ -318,13 +319,19 @@ def cmd_report(args: argparse.Namespace) -> None:
             }
         ],
     }
-    path = write_results(OUT, [], run_info=run)
+    path = write_results(OUT, [], run_info=run, allow_dirty=args.allow_dirty)
     print(f"wrote {path}")
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", default=str(DATA))
+    p.add_argument(
+        "--allow-dirty",
+        action="store_true",
+        default=None,
+        help="write committed results from a tree with uncommitted changes (recorded as dirty)",
+    )
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--max-train", type=int, default=6000)
     sub = p.add_subparsers(dest="cmd", required=True)

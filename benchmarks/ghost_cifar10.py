@@ -25,7 +25,7 @@ import leanvision as lv
 from leanvision.engine import load_checkpoint
 from leanvision.methods.ghost import ghostify
 from leanvision.pipeline import cpu_info, measure_models
-from leanvision.report import write_results
+from leanvision.report import check_results_target, write_results
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "cifar10"
@@ -64,6 +64,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> None:
+    check_results_target(OUT, allow_dirty=args.allow_dirty)  # fail now, not after hours
     torch.set_num_threads(args.threads)
     data = lv.load_data("cifar10", root=args.data, batch_size=128, seed=0)
     models, epochs, bests = {}, {}, {}
@@ -124,6 +125,12 @@ def cmd_report(args: argparse.Namespace) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument(
+        "--allow-dirty",
+        action="store_true",
+        default=None,
+        help="write committed results from a tree with uncommitted changes (recorded as dirty)",
+    )
     sub = p.add_subparsers(dest="cmd", required=True)
     t = sub.add_parser("train")
     t.add_argument("--which", choices=["baseline", "ghost"], required=True)

@@ -368,11 +368,12 @@ def cmd_report(args: argparse.Namespace) -> None:
         "tables": [table],
         "notes": _acceptance(table, mem) + FINDINGS,
     }
-    print(f"wrote {write_results(OUT, rows, run_info=run)}")
+    print(f"wrote {write_results(OUT, rows, run_info=run, allow_dirty=args.allow_dirty)}")
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--allow-dirty", action="store_true", default=None, help="see write_results")
     p.add_argument("--data", default=str(DATA))
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--max-train", type=int, default=45000)

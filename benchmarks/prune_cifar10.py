@@ -780,11 +780,14 @@ def cmd_report(args: argparse.Namespace) -> None:
         "tables": tables,
         "notes": _acceptance(rows, tables) + INTERPRETATION,
     }
-    print(f"wrote {write_results(Path(args.out), rows, run_info=run)}")
+    print(
+        f"wrote {write_results(Path(args.out), rows, run_info=run, allow_dirty=args.allow_dirty)}"
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--allow-dirty", action="store_true", default=None, help="see write_results")
     p.add_argument("--data", default=str(DATA))
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--max-train", type=int, default=10000)

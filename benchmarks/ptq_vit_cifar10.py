@@ -34,7 +34,7 @@ import leanvision as lv
 from leanvision.methods.lowbit.ptq_vit import PTQViTConfig, calibrate, quantize_vit
 from leanvision.pipeline import cpu_info
 from leanvision.profiling import compare, count_ops, energy_uj
-from leanvision.report import write_results
+from leanvision.report import check_results_target, write_results
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "cifar10"
@@ -234,6 +234,7 @@ def _acceptance(drop: float, speed: list[list[Any]]) -> str:
 
 
 def cmd_report(args: argparse.Namespace) -> None:
+    check_results_target(OUT, allow_dirty=args.allow_dirty)  # fail now, not after hours
     # ORT timing first, with torch at 1 thread: after torch's multi-threaded work in this
     # process, 2-thread ORT sessions ran 1.5× slower (measured), so nothing heavy runs before
     torch.set_num_threads(1)
@@ -336,7 +337,7 @@ def cmd_report(args: argparse.Namespace) -> None:
         "tables": tables,
         "notes": notes + _findings({r["name"]: r for r in rows}, speed) + INTERPRETATION,
     }
-    print(f"wrote {write_results(OUT, rows, run_info=run)}")
+    print(f"wrote {write_results(OUT, rows, run_info=run, allow_dirty=args.allow_dirty)}")
 
 
 # Interpretation, not measured by the run (labelled so in the notes). The numbers in the notes
@@ -397,6 +398,12 @@ def _findings(by: dict[str, dict[str, Any]], speed: list[list[Any]]) -> list[str
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", default=str(DATA))
+    p.add_argument(
+        "--allow-dirty",
+        action="store_true",
+        default=None,
+        help="write committed results from a tree with uncommitted changes (recorded as dirty)",
+    )
     p.add_argument("--threads", type=int, default=1)
     sub = p.add_subparsers(dest="cmd", required=True)
     c = sub.add_parser("calibrate")

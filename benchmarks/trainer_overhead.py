@@ -20,7 +20,8 @@ import torch.nn.functional as F
 
 import leanvision as lv
 from leanvision.pipeline import cpu_info
-from leanvision.report.writer import atomic_write_text, git_commit
+from leanvision.report.provenance import check_committable, git_state
+from leanvision.report.writer import atomic_write_text
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "cifar10"
@@ -73,7 +74,15 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--data", default=str(DATA))
+    p.add_argument(
+        "--allow-dirty",
+        action="store_true",
+        default=None,
+        help="write committed results from a tree with uncommitted changes (recorded as dirty)",
+    )
     a = p.parse_args()
+    code = git_state()  # the committed perf JSON names clean code unless --allow-dirty
+    check_committable(code, str(OUT), allow_dirty=a.allow_dirty)
     torch.set_num_threads(a.threads)
     # val_fraction small: the trainer's end-of-run evaluation is not part of the timing.
     data = lv.load_data("cifar10", root=a.data, batch_size=a.batch, max_val=256)
@@ -99,7 +108,9 @@ def main() -> None:
         "median_trainer": o,
         "trainer_over_bare": o / b,
         "within_5pct": o >= 0.95 * b,
-        "git_commit": git_commit(),
+        "git_commit": code.commit,
+        "git_dirty": code.dirty,
+        "git_diff_sha256": code.diff_sha256,
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "cpu": cpu_info(),
         "command": f"python benchmarks/trainer_overhead.py --steps {a.steps} --rounds {a.rounds} "

@@ -184,7 +184,7 @@ def _row(s: dict, name: str, note: str) -> dict:
     }
 
 
-def report_sanity() -> Path:
+def report_sanity(allow_dirty: bool | None = None) -> Path:
     rows = []
     for s in _summaries("sanity"):
         note = (
@@ -214,6 +214,7 @@ def report_sanity() -> Path:
             "report sanity",
             "cpu": cpu_info(),
         },
+        allow_dirty=allow_dirty,
     )
 
 
@@ -234,7 +235,7 @@ def _tinynet_note(table: list[list[Any]]) -> str:
     )
 
 
-def report_tinynet() -> Path:
+def report_tinynet(allow_dirty: bool | None = None) -> Path:
     rows, table = [], []
     by_budget: dict[float, dict[str, dict]] = {}
     for s in _summaries("tinynet"):
@@ -295,16 +296,23 @@ def report_tinynet() -> Path:
                 }
             ],
         },
+        allow_dirty=allow_dirty,
     )
 
 
 def cmd_report(args: argparse.Namespace) -> None:
-    path = {"sanity": report_sanity, "tinynet": report_tinynet}[args.which]()
+    path = {"sanity": report_sanity, "tinynet": report_tinynet}[args.which](args.allow_dirty)
     print(f"wrote {path}")
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument(
+        "--allow-dirty",
+        action="store_true",
+        default=None,
+        help="write committed results from a tree with uncommitted changes (recorded as dirty)",
+    )
     sub = p.add_subparsers(dest="cmd", required=True)
     t = sub.add_parser("train")
     t.add_argument("--tag", required=True, help="run name, e.g. sanity/cmt_ti")

@@ -228,12 +228,19 @@ def cmd_report(args: argparse.Namespace) -> None:
             "to see how much.",
             "tables": tables,
         },
+        allow_dirty=args.allow_dirty,
     )
     print(f"wrote {path}")
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument(
+        "--allow-dirty",
+        action="store_true",
+        default=None,
+        help="write committed results from a tree with uncommitted changes (recorded as dirty)",
+    )
     sub = p.add_subparsers(dest="cmd", required=True)
     m = sub.add_parser("measure")
     m.add_argument("--only", nargs="*", help="model names (default: the whole zoo)")

@@ -320,7 +320,7 @@ def test_wrong_channels_raise_input_shape_error():
             fn()
         msg = str(info.value)
         assert "(1, 1, 8, 8)" in msg and "in_channels=3" in msg and "(3, 8, 8)" in msg
-        assert isinstance(info.value.__cause__, RuntimeError)
+        assert "'conv'" in msg  # names the layer; caught before it ran, so nothing to chain
 
 
 def test_timm_model_wrong_channels():
@@ -329,13 +329,91 @@ def test_timm_model_wrong_channels():
         count_ops(model, (1, 4, 32, 32))
 
 
-def test_other_errors_pass_through():
-    class Broken(nn.Module):
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            raise RuntimeError("boom")
+def test_any_forward_error_is_wrapped_with_the_original_chained():
+    """No message matching: whatever the forward raises becomes an InputShapeError."""
+    for error in (RuntimeError("boom"), ValueError("expected 4D input"), IndexError("idx")):
 
-    with pytest.raises(RuntimeError, match="^boom$"):
-        count_ops(Broken(), (1, 3))
+        class Broken(nn.Module):
+            def forward(self, x: torch.Tensor, error: Exception = error) -> torch.Tensor:
+                raise error
+
+        with pytest.raises(InputShapeError, match=r"Broken failed on an input of size \(1, 3\)"):
+            count_ops(Broken(), (1, 3))
+        with pytest.raises(InputShapeError) as info:
+            measure_latency(Broken(), (1, 3), warmup=0, repeats=1)
+        assert info.value.__cause__ is error
+
+
+def test_leanvision_errors_pass_through_unchanged():
+    class Strict(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            raise ConfigError("strict says no")
+
+    with pytest.raises(ConfigError, match="^strict says no$"):
+        count_ops(Strict(), (1, 3))
+
+
+class _BatchNormFirst(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.norm = nn.BatchNorm2d(3)
+        self.conv = nn.Conv2d(3, 4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(self.norm(x))
+
+
+@pytest.mark.parametrize(
+    ("size", "words"),
+    [
+        ((3, 8, 8), "needs a 4-D input"),  # no batch dim: torch's BatchNorm raises ValueError
+        ((1, 4, 8, 8), "num_features=3 but got 4 channels"),  # torch raises RuntimeError
+    ],
+)
+def test_batchnorm_first_model_raises_input_shape_error(size, words):
+    model = _BatchNormFirst()
+    for fn in (
+        lambda: profile(model, size, latency=False, memory=False),
+        lambda: count_ops(model, size),
+        lambda: measure_latency(model, size, warmup=0, repeats=1),
+        lambda: peak_memory_mb(model, size),
+    ):
+        with pytest.raises(InputShapeError) as info:
+            fn()
+        assert words in str(info.value) and "'norm'" in str(info.value)
+        assert isinstance(info.value, ValueError)
+
+
+def test_unbatched_input_size_is_refused_before_any_layer_runs():
+    """resnet20's conv1 would run on an unbatched (3, 32, 32); the profile must not."""
+    import leanvision as lv
+
+    model = lv.create_model("resnet20_cifar")
+    ran: list[str] = []
+    model.conv1.register_forward_hook(lambda *_: ran.append("conv1"))
+    with pytest.raises(InputShapeError) as info:
+        lv.profile(model, (3, 32, 32))
+    msg = str(info.value)
+    assert "'conv1'" in msg and "4-D input (N, C, H, W)" in msg
+    assert "input_size=(1, 3, 32, 32)" in msg  # the fix, spelled out
+    assert ran == []
+    with pytest.raises(InputShapeError, match="in_channels=3 but got 1 channels"):
+        lv.profile(model, (1, 1, 32, 32), latency=False, memory=False)
+
+
+def test_input_check_runs_once_per_shape_and_spares_lazy_layers(monkeypatch):
+    import leanvision.shapes as shapes
+
+    calls = []
+    real = shapes.register_module_forward_pre_hook
+    monkeypatch.setattr(
+        shapes, "register_module_forward_pre_hook", lambda h: calls.append(1) or real(h)
+    )
+    model = ConvLinear()
+    measure_latency(model, (1, 3, 8, 8), warmup=2, repeats=5)
+    assert len(calls) == 1  # the timed calls run the bare forward
+    lazy = nn.Sequential(nn.LazyConv2d(4, 3), nn.Flatten(), nn.LazyLinear(2))
+    assert count_ops(lazy, (1, 5, 8, 8)).macs > 0  # in_channels is learnt, not a mismatch
 
 
 @pytest.mark.parametrize(

@@ -78,3 +78,7 @@ class InputShapeError(LeanVisionError, ValueError):
 
 class UnsupportedModelError(LeanVisionError, TypeError):
     """A method met a layer or model it cannot handle; the message names the layer."""
+
+
+class DirtyTreeError(ConfigError):
+    """Results meant to be committed would come from a checkout with uncommitted changes."""

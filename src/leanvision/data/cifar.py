@@ -8,6 +8,7 @@ again. Images stay uint8 in memory; transforms run on tensors.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import io
 import json
 import os
@@ -15,6 +16,7 @@ import pickle
 import zipfile
 import zlib
 from pathlib import Path
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
@@ -55,14 +57,102 @@ def default_cache_dir() -> Path:
 # ----------------------------------------------------------------------- pickled layout
 
 
+def _numpy_function(module: str, name: str) -> Any:
+    """``numpy._core.<module>.<name>`` (numpy 2), else ``numpy.core.<module>.<name>`` (1.x)."""
+    try:
+        return getattr(importlib.import_module(f"numpy._core.{module}"), name)
+    except (ImportError, AttributeError):
+        return getattr(importlib.import_module(f"numpy.core.{module}"), name)
+
+
+def _refuse(path: Path, what: str) -> DataError:
+    return DataError(
+        f"refusing to read CIFAR-10 batch {path}: it asks to load {what}, which a CIFAR-10 "
+        "batch never holds (only numpy arrays, lists, dicts, bytes and numbers). The file is "
+        "not from the CIFAR-10 python release, or it was tampered with; nothing in it was run. "
+        f"Replace it with the original from https://www.cs.toronto.edu/~kriz/cifar.html. {LAYOUTS}"
+    )
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Unpickles CIFAR-10's python batches and nothing else: no code runs from the file.
+
+    A batch is a dict of bytes keys, lists of ints/bytes and one uint8 numpy array. The only
+    globals its pickle names are numpy's array rebuilders (``_reconstruct``, ``ndarray``,
+    ``dtype``; ``_frombuffer`` for protocol 5) and, in files written by Python 3 at protocol
+    2, ``_codecs.encode`` for bytes. Each is replaced by a checked stand-in; any other global
+    is a DataError, raised before anything from the file is called.
+    """
+
+    def __init__(self, file: BinaryIO, path: Path) -> None:
+        super().__init__(file, encoding="bytes")
+        self.path = path
+        reconstruct = _numpy_function("multiarray", "_reconstruct")
+        frombuffer = _numpy_function("numeric", "_frombuffer")
+
+        def safe_reconstruct(cls: Any, shape: Any, dtype: Any) -> np.ndarray:
+            if cls is not np.ndarray:
+                raise _refuse(path, f"an array of type {cls!r}")
+            # ``dtype`` is a placeholder type code (b"b"): the real dtype comes with the state.
+            return reconstruct(np.ndarray, shape, safe_dtype(dtype))
+
+        def safe_frombuffer(buf: Any, dtype: Any, shape: Any, order: Any) -> np.ndarray:
+            return frombuffer(buf, self._dtype(dtype), shape, order)
+
+        def safe_dtype(spec: Any, align: Any = False, copy: Any = False) -> np.dtype:
+            if isinstance(spec, bytes):  # Python 2's str, read with encoding="bytes"
+                spec = spec.decode("latin1")
+            if not isinstance(spec, str):
+                raise _refuse(path, f"a dtype built from {type(spec).__name__}")
+            return self._dtype(np.dtype(spec, bool(align), bool(copy)))
+
+        def safe_encode(text: Any, encoding: Any = "utf-8", errors: Any = "strict") -> bytes:
+            if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+                raise _refuse(path, f"_codecs.encode({type(text).__name__}, {encoding!r})")
+            return text.encode("latin1")
+
+        reconstructs = ("numpy.core.multiarray", "numpy._core.multiarray")
+        numerics = ("numpy.core.numeric", "numpy._core.numeric")
+        self._allowed: dict[tuple[str, str], Any] = {
+            **{(m, "_reconstruct"): safe_reconstruct for m in reconstructs},
+            **{(m, "_frombuffer"): safe_frombuffer for m in numerics},
+            ("numpy", "ndarray"): np.ndarray,
+            ("numpy", "dtype"): safe_dtype,
+            ("_codecs", "encode"): safe_encode,
+        }
+
+    def _dtype(self, dtype: Any) -> np.dtype:
+        if not isinstance(dtype, np.dtype) or dtype.hasobject:
+            raise _refuse(self.path, f"an array of Python objects (dtype {dtype!r})")
+        return dtype
+
+    def find_class(self, module: str, name: str) -> Any:
+        found = self._allowed.get((module, name))
+        if found is None:
+            raise _refuse(self.path, f"the Python object {module}.{name}")
+        return found
+
+    def persistent_load(self, pid: Any) -> Any:
+        raise _refuse(self.path, "a persistent object")
+
+
 def _unpickle(path: Path) -> dict:
+    """Read one file of the ``cifar-10-batches-py`` layout without running code from it."""
     if not path.is_file():
         raise DataError(f"missing CIFAR-10 file {path}; {LAYOUTS}")
     try:
         with open(path, "rb") as f:
-            return pickle.load(f, encoding="bytes")
-    except (OSError, pickle.UnpicklingError, EOFError, ValueError) as e:
-        raise DataError(f"cannot read CIFAR-10 batch {path}: {e}") from e
+            batch = _CifarUnpickler(f, path).load()
+    except DataError:
+        raise
+    except Exception as e:  # truncated or garbage: the unpickler raises many kinds
+        raise DataError(f"cannot read CIFAR-10 batch {path}: {type(e).__name__}: {e}") from e
+    if not isinstance(batch, dict):
+        raise DataError(
+            f"{path} is not a CIFAR-10 batch: it holds a {type(batch).__name__}, not a dict"
+        )
+    # Python 2 files read with encoding="bytes" have bytes keys; re-pickled ones may have str.
+    return {k.encode() if isinstance(k, str) else k: v for k, v in batch.items()}
 
 
 def _read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -173,7 +263,8 @@ def _load_zip_split(path: Path, split: str, cache_dir: Path) -> tuple[np.ndarray
     if meta_path.is_file():  # meta.json is written last: its presence marks a complete cache
         try:
             meta = json.loads(meta_path.read_text())
-            images, labels = np.load(img_path), np.load(lab_path)
+            images = np.load(img_path, allow_pickle=False)
+            labels = np.load(lab_path, allow_pickle=False)
             if images.shape == (meta["count"], 32, 32, 3) and labels.shape == (meta["count"],):
                 return images, labels, meta["class_names"]
         except (OSError, ValueError, KeyError):

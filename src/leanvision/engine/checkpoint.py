@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +32,10 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
             was not written by leanvision.
     """
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {str(path)!r} is not a file (a directory?)")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # the unpickler raises many kinds on garbage input
@@ -49,4 +52,83 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
             "For plain weights use leanvision.load (files from leanvision.save) or "
             "model.load_state_dict(torch.load(path, weights_only=True))."
         )
+    return state
+
+
+def describe(value: Any) -> str:
+    """A short description of a value's type for error messages (``"str 'abc'"``, ``"list"``)."""
+    name = type(value).__name__
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        text = repr(value)
+        return f"{name} {text[:40]}{'...' if len(text) > 40 else ''}"
+    return name
+
+
+def check_state_dict(weights: Any, path: str | os.PathLike, key: str) -> dict[str, torch.Tensor]:
+    """Check that ``weights`` is a ``{name: tensor}`` dict; ``key`` names it in the file.
+
+    Raises:
+        CheckpointError: Not a dict, or a key that is not a string, or a value that is not a
+            tensor; the message names the file and the entry.
+    """
+    if not isinstance(weights, Mapping):
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} is malformed: {key!r} must be a state dict "
+            f"(name -> tensor), got {describe(weights)}"
+        )
+    for name, value in weights.items():
+        if not isinstance(name, str) or not isinstance(value, torch.Tensor):
+            raise CheckpointError(
+                f"checkpoint {str(path)!r} is malformed: {key!r} must map names to tensors, "
+                f"got {describe(name)} -> {describe(value)}"
+            )
+    return dict(weights)
+
+
+# Keys of a training checkpoint (Trainer._state): name -> (types allowed, required).
+_TRAINING_KEYS: dict[str, tuple[tuple[type, ...], bool]] = {
+    "model": ((), True),  # checked by check_state_dict below
+    "epoch": ((int,), True),
+    "global_step": ((int,), True),
+    "optimizer": ((Mapping,), False),
+    "scheduler": ((Mapping,), False),
+    "history": ((list,), False),
+    "best": ((Mapping,), False),
+    "hooks": ((Mapping,), False),
+    "config": ((Mapping,), False),
+}
+
+
+def load_training_checkpoint(
+    path: str | os.PathLike, map_location: str | torch.device = "cpu"
+) -> dict[str, Any]:
+    """Load a trainer checkpoint (``last.pt``) and check it has what a resume needs.
+
+    Raises:
+        CheckpointError: Everything :func:`load_checkpoint` raises for, plus a missing key
+            (``model``, ``epoch``, ``global_step``) or a value of the wrong type; the message
+            names the file, the key and what was found.
+    """
+    state = load_checkpoint(path, map_location=map_location)
+    for key, (types, required) in _TRAINING_KEYS.items():
+        if key not in state:
+            if required:
+                raise CheckpointError(
+                    f"checkpoint {str(path)!r} cannot resume a training run: it has no "
+                    f"{key!r} (keys: {', '.join(map(str, state))}). It was not written by the "
+                    "leanvision trainer; delete it (or use another out_dir) to start over."
+                )
+            continue
+        value = state[key]
+        if types and (isinstance(value, bool) or not isinstance(value, types)):
+            wanted = " or ".join("dict" if t is Mapping else t.__name__ for t in types)
+            raise CheckpointError(
+                f"checkpoint {str(path)!r} is malformed: {key!r} must be a {wanted}, got "
+                f"{describe(value)}; delete it (or use another out_dir) to start over."
+            )
+        if key in ("epoch", "global_step") and value < 0:
+            raise CheckpointError(
+                f"checkpoint {str(path)!r} is malformed: {key!r} is {value}, not >= 0"
+            )
+    check_state_dict(state["model"], path, "model")
     return state

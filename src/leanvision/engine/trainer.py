@@ -30,7 +30,7 @@ from torch.utils.data import DistributedSampler
 from leanvision.errors import CheckpointError, ConfigError
 from leanvision.shapes import guarded_forward
 
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import load_training_checkpoint, save_checkpoint
 from .distributed import DistInfo, all_reduce_sum, barrier, init_distributed
 from .evaluate import evaluate
 from .hooks import Hook, StepContext
@@ -256,7 +256,7 @@ class Trainer:
         path = self.out_dir / "last.pt"
         if not path.exists():
             return
-        state = load_checkpoint(path, map_location=self.device)
+        state = load_training_checkpoint(path, map_location=self.device)  # checks keys, types
         try:
             self.model.load_state_dict(state["model"])
         except RuntimeError as e:
@@ -264,19 +264,26 @@ class Trainer:
                 f"checkpoint {str(path)!r} does not fit this model "
                 f"({type(self.model).__name__}): {str(e).splitlines()[0]}"
             ) from e
-        if state.get("optimizer"):
-            self.optimizer.load_state_dict(state["optimizer"])
-        if self.scheduler is not None and state.get("scheduler"):
-            self.scheduler.load_state_dict(state["scheduler"])
+        try:  # torch and hooks raise KeyError/ValueError/... on state of another run
+            if state.get("optimizer"):
+                self.optimizer.load_state_dict(state["optimizer"])
+            if self.scheduler is not None and state.get("scheduler"):
+                self.scheduler.load_state_dict(state["scheduler"])
+            hook_states = state.get("hooks", {})
+            for i, h in enumerate(self.hooks):
+                key = f"{i}:{h.name}"
+                if key in hook_states:
+                    h.load_state_dict(hook_states[key])
+        except (KeyError, ValueError, TypeError, IndexError, AttributeError, RuntimeError) as e:
+            raise CheckpointError(
+                f"checkpoint {str(path)!r} holds optimizer, scheduler or hook state that does "
+                f"not fit this run ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else e}"
+                "); resume with the same settings, or delete it to start over"
+            ) from e
         self.epoch = int(state["epoch"])
         self.global_step = int(state["global_step"])
         self.history = list(state.get("history", []))
         self.best = dict(state.get("best", {}))
-        hook_states = state.get("hooks", {})
-        for i, h in enumerate(self.hooks):
-            key = f"{i}:{h.name}"
-            if key in hook_states:
-                h.load_state_dict(hook_states[key])
         if self.config.log and self.dist.is_main:
             console.log(f"resumed from {path} after epoch {self.epoch}")
 

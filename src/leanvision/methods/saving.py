@@ -10,13 +10,19 @@ following ModelOpt's save/restore.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
-from leanvision.engine.checkpoint import load_checkpoint, save_checkpoint
-from leanvision.errors import CheckpointError, ConfigError
+from leanvision.engine.checkpoint import (
+    check_state_dict,
+    describe,
+    load_checkpoint,
+    save_checkpoint,
+)
+from leanvision.errors import CheckpointError, ConfigError, UnknownMethodError
 from leanvision.methods.registry import HISTORY_ATTR, get_method
 from leanvision.models import create_model
 
@@ -46,18 +52,86 @@ def save(model: nn.Module, path: str | os.PathLike) -> Path:
     )
 
 
-def rebuild(arch: dict[str, Any]) -> nn.Module:
-    """Build the (untrained) architecture described by a saved ``arch`` record."""
-    spec = arch["spec"]
-    model = create_model(spec["name"], **spec.get("kwargs", {}))
+def _malformed(source: str, what: str) -> CheckpointError:
+    return CheckpointError(
+        f"{source} is malformed: {what}. It was not written by leanvision.save, or was edited; "
+        "save the model again with leanvision.save"
+    )
+
+
+def _check_arch(arch: Any, source: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Validate an ``arch`` record; return its spec and history."""
+    if not isinstance(arch, Mapping):
+        raise _malformed(source, f"'arch' must be a dict, got {describe(arch)}")
+    spec = arch.get("spec")
+    if not isinstance(spec, Mapping):
+        found = "no 'spec'" if "spec" not in arch else describe(spec)
+        raise _malformed(source, f"'arch.spec' must be a dict (name, kwargs), got {found}")
+    if not isinstance(spec.get("name"), str) or not spec["name"]:
+        found = "nothing" if "name" not in spec else describe(spec["name"])
+        raise _malformed(source, f"'arch.spec.name' must be a model name, got {found}")
+    kwargs = spec.get("kwargs", {})
+    if not isinstance(kwargs, Mapping) or not all(isinstance(k, str) for k in kwargs):
+        raise _malformed(source, f"'arch.spec.kwargs' must be a dict, got {describe(kwargs)}")
+    history = arch.get("history", [])
+    if not isinstance(history, list):
+        raise _malformed(source, f"'arch.history' must be a list, got {describe(history)}")
+    for i, step in enumerate(history):
+        if not isinstance(step, Mapping) or not isinstance(step.get("method"), str):
+            found = describe(step) if not isinstance(step, Mapping) else f"keys {list(step)}"
+            raise _malformed(
+                source, f"'arch.history[{i}]' must be a dict with a 'method' name, got {found}"
+            )
+        if not isinstance(step.get("arch", {}), Mapping):
+            raise _malformed(
+                source, f"'arch.history[{i}].arch' must be a dict, got {describe(step['arch'])}"
+            )
+    return dict(spec), [dict(step) for step in history]
+
+
+def rebuild(arch: dict[str, Any], *, source: str = "the architecture record") -> nn.Module:
+    """Build the (untrained) architecture described by a saved ``arch`` record.
+
+    Args:
+        arch: ``{"spec": {"name", "kwargs"}, "history": [{"method", "arch"}, ...]}``.
+        source: What the record came from, named in error messages (e.g. the file).
+
+    Raises:
+        CheckpointError: The record is malformed, names a model or method this leanvision
+            does not know, or a method cannot redo its change from it; the original error
+            is chained.
+    """
+    spec, history = _check_arch(arch, source)
+    try:
+        model = create_model(spec["name"], **spec.get("kwargs", {}))
+    except Exception as e:  # unknown name, bad kwargs: the file cannot be rebuilt here
+        raise CheckpointError(
+            f"{source} names model {spec['name']!r} with kwargs {spec.get('kwargs', {})}, "
+            f"which this leanvision cannot build: {e}"
+        ) from e
     model.lv_spec = spec
-    for step in arch.get("history", []):
-        method = get_method(step["method"])
-        if method.rebuild is not None:
+    for i, step in enumerate(history):
+        try:
+            method = get_method(step["method"])
+        except UnknownMethodError as e:
+            raise CheckpointError(
+                f"{source} was compressed with method {step['method']!r} (arch.history[{i}]), "
+                f"which this leanvision does not register: {e}. Load it with the leanvision "
+                "version (or plugin) that wrote it"
+            ) from e
+        if method.rebuild is None:
+            continue
+        try:
             new = method.rebuild(model, step.get("arch", {}))
-            new.lv_spec = spec
-            model = new
-    model.lv_history = list(arch.get("history", []))  # noqa: B010
+        except Exception as e:  # the method's own record is wrong or from another version
+            raise CheckpointError(
+                f"{source}: method {step['method']!r} (arch.history[{i}]) cannot rebuild its "
+                f"architecture from the saved record {step.get('arch', {})!r}: "
+                f"{type(e).__name__}: {e}"
+            ) from e
+        new.lv_spec = spec
+        model = new
+    model.lv_history = history  # noqa: B010
     return model
 
 
@@ -65,18 +139,23 @@ def load(path: str | os.PathLike) -> nn.Module:
     """Load a model written by :func:`save` (in eval mode, on CPU).
 
     Raises:
-        CheckpointError: missing, corrupt or foreign file, or weights that do not fit the
-            rebuilt architecture.
+        CheckpointError: missing, corrupt, truncated or foreign file, a malformed record
+            (missing keys, wrong types), an unknown model or method in it, or weights that do
+            not fit the rebuilt architecture; the message names the file and what is wrong.
     """
     state = load_checkpoint(path)
+    source = f"saved model {str(path)!r}"
     if state.get("kind") != "model" or "arch" not in state:
         raise CheckpointError(
             f"{str(path)!r} is a leanvision checkpoint but not a saved model (use "
             "leanvision.save to write one; training checkpoints hold only weights)"
         )
-    model = rebuild(state["arch"])
+    if "model" not in state:
+        raise _malformed(source, "it holds no weights ('model' key)")
+    weights = check_state_dict(state["model"], path, "model")
+    model = rebuild(state["arch"], source=source)
     try:
-        model.load_state_dict(state["model"])
+        model.load_state_dict(weights)
     except RuntimeError as e:
         raise CheckpointError(
             f"weights in {str(path)!r} do not fit the rebuilt architecture: "

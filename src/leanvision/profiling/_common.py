@@ -14,7 +14,6 @@ from leanvision.shapes import (  # noqa: F401  (re-exported for the profiling mo
     call_model,
     expected_input,
     guarded_forward,
-    looks_like_shape_error,
 )
 
 

@@ -12,6 +12,7 @@ from leanvision.report.schema import SCHEMA_ID, ModelResult
 from leanvision.report.tables import markdown_table, rich_table
 from leanvision.report.writer import (
     ResultsFile,
+    check_results_target,
     compute_ratios,
     load_results,
     load_results_file,
@@ -23,6 +24,7 @@ __all__ = [
     "ModelResult",
     "ResultsFile",
     "build_summary",
+    "check_results_target",
     "compute_ratios",
     "load_results",
     "load_results_file",

@@ -46,12 +46,19 @@ def _meta(run: Mapping[str, Any], models: Sequence[ModelResult]) -> list[tuple[s
     date = run.get("created") or (dates[-1] if dates else None)
     if date:
         out.append(("Date", str(date)))
-    commits = sorted({m.git_commit for m in models if m.git_commit})
-    commit = run.get("git_commit") or (commits[0] if len(commits) == 1 else None)
-    if commit:
-        out.append(("Git commit", str(commit)))
-    elif commits:
-        out.append(("Git commits", ", ".join(commits)))
+    rows = sorted(
+        {commit_label(m.git_commit, m.git_dirty, m.git_diff_sha256) for m in models if m.git_commit}
+    )
+    if run.get("git_commit"):
+        label = commit_label(run["git_commit"], run.get("git_dirty"), run.get("git_diff_sha256"))
+        out.append(("Git commit", label))
+        others = [r for r in rows if r != label]
+        if others:
+            out.append(("Some rows measured at", "; ".join(others)))
+    elif len(rows) == 1:
+        out.append(("Git commit", rows[0]))
+    elif rows:
+        out.append(("Git commits", "; ".join(rows)))
     seeds = sorted({m.seed for m in models if m.seed is not None})
     if seeds:
         out.append(("Seed" if len(seeds) == 1 else "Seeds", ", ".join(map(str, seeds))))
@@ -69,6 +76,21 @@ def _meta(run: Mapping[str, Any], models: Sequence[ModelResult]) -> list[tuple[s
         if parts:
             out.append(("Host", ", ".join(parts)))
     return out
+
+
+def commit_label(commit: Any, dirty: Any, diff_sha256: Any) -> str:
+    """A commit as a report shows it, marked when its tree was dirty.
+
+    ``"<commit> (clean)"``, ``"<commit> (DIRTY TREE: uncommitted changes, diff sha256 <12
+    hex>)"``, or ``"<commit> (dirty: unknown)"`` for files written before the dirty flag
+    existed (or outside a git checkout).
+    """
+    if dirty is True:
+        digest = f", diff sha256 {str(diff_sha256)[:12]}" if diff_sha256 else ""
+        return f"{commit} (DIRTY TREE: uncommitted changes{digest})"
+    if dirty is False:
+        return f"{commit} (clean)"
+    return f"{commit} (dirty: unknown)"
 
 
 def _notes(run: Mapping[str, Any], models: Sequence[ModelResult]) -> list[str]:

@@ -4,7 +4,8 @@ A results file is a JSON object::
 
     {
       "schema": "leanvision.results/1",
-      "run": {"name": ..., "command": ..., "created": ..., "git_commit": ..., "host": {...}},
+      "run": {"name": ..., "command": ..., "created": ..., "git_commit": ..., "git_dirty": ...,
+              "git_diff_sha256": ..., "git_dirty_files": [...], "host": {...}},
       "models": [ModelResult dicts, ...]
     }
 
@@ -12,12 +13,17 @@ Units: ``top1``/``top5`` in percent, ``macs`` are multiply-accumulates (FLOPs = 
 ``adds``/``muls``/``bitops`` are counts per forward pass of one sample, ``latency_ms`` is in
 milliseconds for one batch of ``latency_ms["batch"]`` samples, ``peak_mem_mb`` in MiB and
 ``energy_uj`` in microjoules. Reports and tables are built only from these files.
+
+Provenance (``git_commit``, ``git_dirty``, ``git_diff_sha256``; see
+:mod:`leanvision.report.provenance`) is in the run object and in every model row. Files written
+before ``git_dirty`` existed still load: the missing fields read as None ("dirty: unknown").
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -55,6 +61,7 @@ LATENCY_KEYS = (
     "device",
 )
 RATIO_KEYS = ("params", "macs", "latency", "speedup", "top1_delta")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 def _where(where: str) -> str:
@@ -139,6 +146,9 @@ class ModelResult:
         ratios: Computed vs the baseline (see :func:`compute_ratios`).
         seed: Random seed of the run.
         git_commit: Commit of the code that produced the numbers.
+        git_dirty: Whether that checkout had uncommitted changes; None when unknown (not
+            recorded, or not a git checkout).
+        git_diff_sha256: SHA-256 (64 hex digits) of those changes when ``git_dirty``.
         date: ISO-8601 date of the measurement.
         paper: Numbers the paper reports, e.g. ``{"top1": 92.7, "macs": 63e6, "source": ...}``.
         notes: Free text shown under the table.
@@ -164,6 +174,8 @@ class ModelResult:
     ratios: dict[str, float | None] = field(default_factory=dict)
     seed: int | None = None
     git_commit: str | None = None
+    git_dirty: bool | None = None
+    git_diff_sha256: str | None = None
     date: str | None = None
     paper: dict[str, Any] | None = None
     notes: str = ""
@@ -214,6 +226,7 @@ class ModelResult:
             setattr(self, key, _number(getattr(self, key), key, where))
         self._validate_latency(where)
         self._validate_ratios(where)
+        self._validate_provenance(where)
         if self.date is not None:
             _optional_str(self.date, "date", where)
             try:
@@ -262,6 +275,22 @@ class ModelResult:
             if key in out:
                 _optional_str(out[key], f"latency_ms.{key}", where)
         self.latency_ms = out
+
+    def _validate_provenance(self, where: str) -> None:
+        if self.git_dirty is not None and not isinstance(self.git_dirty, bool):
+            raise ConfigError(
+                f"'git_dirty'{_where(where)} must be true, false or null, got {self.git_dirty!r}"
+            )
+        digest = _optional_str(self.git_diff_sha256, "git_diff_sha256", where)
+        if digest is not None and not _SHA256.fullmatch(digest):
+            raise ConfigError(
+                f"'git_diff_sha256'{_where(where)} must be 64 lowercase hex digits, got {digest!r}"
+            )
+        if digest is not None and self.git_dirty is not True:
+            raise ConfigError(
+                f"'git_diff_sha256'{_where(where)} is set but 'git_dirty' is "
+                f"{self.git_dirty!r}; a diff hash belongs to a dirty tree only"
+            )
 
     def _validate_ratios(self, where: str) -> None:
         if not isinstance(self.ratios, Mapping):

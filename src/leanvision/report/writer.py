@@ -6,23 +6,23 @@ import dataclasses
 import json
 import os
 import platform
-import subprocess
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from leanvision.errors import ConfigError, DataError
 from leanvision.fileio import atomic_write_text
+from leanvision.report import provenance
 from leanvision.report.schema import SCHEMA_ID, ModelResult, check_run_tables
 
 __all__ = [
     "RESULTS_FILENAME",
     "ResultsFile",
     "atomic_write_text",
+    "check_results_target",
     "compute_ratios",
     "git_commit",
     "load_results",
@@ -41,7 +41,7 @@ class ResultsFile:
 
     Attributes:
         path: Where it was read from.
-        run: The ``run`` object (name, command, created, git_commit, host, ...).
+        run: The ``run`` object (name, command, created, git_commit, git_dirty, host, ...).
         models: The model results, in file order.
     """
 
@@ -62,22 +62,13 @@ def _now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
-@lru_cache(maxsize=1)
 def git_commit() -> str:
-    """Commit hash of the leanvision source checkout, or ``"unknown"`` outside git."""
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=Path(__file__).resolve().parent,
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    commit = out.stdout.strip()
-    return commit or "unknown"
+    """Commit hash of the leanvision source checkout, or ``"unknown"`` outside git.
+
+    It says nothing of uncommitted changes: use :func:`leanvision.report.provenance.git_state`
+    for the dirty flag and the diff hash.
+    """
+    return provenance.git_state().commit
 
 
 def _host_info() -> dict[str, Any]:
@@ -185,18 +176,58 @@ def compute_ratios(
     return results
 
 
+def check_results_target(
+    run_dir: str | os.PathLike[str],
+    *,
+    committed: bool | None = None,
+    allow_dirty: bool | None = None,
+) -> provenance.GitState:
+    """Check now what :func:`write_results` checks before writing to ``run_dir``.
+
+    A benchmark calls it before hours of measuring, so a dirty tree fails at once, not at the
+    end. Arguments as in :func:`write_results`.
+
+    Returns:
+        The checkout's state (commit, dirty flag, diff hash).
+
+    Raises:
+        DirtyTreeError: ``run_dir`` holds committed results, the tree is dirty and
+            ``allow_dirty`` (or ``LEANVISION_ALLOW_DIRTY``) does not allow it.
+    """
+    repo = provenance.source_repo()
+    state = provenance.git_state(repo)
+    if committed is None:
+        committed = provenance.is_committed_location(run_dir, repo)
+    if committed:
+        what = f"committed results {Path(run_dir) / RESULTS_FILENAME}"
+        provenance.check_committable(state, what, allow_dirty=allow_dirty)
+    return state
+
+
+# Run keys write_results records itself; run_info may not set them.
+_PROVENANCE_KEYS = ("git_commit", "git_dirty", "git_diff_sha256", "git_dirty_files")
+
+
 def write_results(
     run_dir: str | os.PathLike[str],
     models: Sequence[ModelResult | Mapping[str, Any]],
     *,
     run_info: Mapping[str, Any] | None = None,
+    committed: bool | None = None,
+    allow_dirty: bool | None = None,
 ) -> Path:
-    """Write ``run_dir/results.json`` atomically.
+    """Write ``run_dir/results.json`` atomically, naming the code that made it.
 
-    Fills ``ratios`` (:func:`compute_ratios`), and ``git_commit`` and ``date`` where a model
-    lacks them. The ``run`` object gets ``name`` (default: the folder name), ``created``,
-    ``git_commit`` and ``host``; keys in ``run_info`` (e.g. ``command``, ``description``)
-    are added and win over these defaults.
+    Fills ``ratios`` (:func:`compute_ratios`), and ``git_commit``, ``git_dirty``,
+    ``git_diff_sha256`` and ``date`` where a model lacks a ``git_commit`` / ``date``. The
+    ``run`` object gets ``name`` (default: the folder name), ``created``, ``git_commit``,
+    ``git_dirty``, ``git_diff_sha256``, ``git_dirty_files`` and ``host``; other keys in
+    ``run_info`` (e.g. ``command``, ``description``) are added and win over these defaults.
+    See :mod:`leanvision.report.provenance` for what makes a tree dirty.
+
+    Results meant to be committed are refused from a dirty tree: those under the checkout's
+    ``benchmarks/results``, or any with ``committed=True``. Runs elsewhere (``runs/...``, a
+    user's folder) are never refused, only recorded.
 
     Args:
         run_dir: Folder of the run; created if needed.
@@ -204,28 +235,44 @@ def write_results(
         run_info: Extra run metadata, e.g. ``{"command": "leanvision bench ghostnet"}``;
             ``tables`` holds measurements that are not one row per model (see
             :func:`leanvision.report.schema.check_run_tables`).
+        committed: Whether these results are to be committed; default: whether ``run_dir``
+            lies in the checkout's ``benchmarks/results``.
+        allow_dirty: Write committed results from a dirty tree anyway (recorded as dirty);
+            default: the ``LEANVISION_ALLOW_DIRTY`` environment variable.
 
     Returns:
         Path of the written file.
 
     Raises:
         ConfigError: A model entry or ``run_info`` is invalid.
+        DirtyTreeError: Committed results from a dirty tree without ``allow_dirty``; the
+            message names the changed files.
     """
     run_dir = Path(run_dir)
     if run_info is not None and not isinstance(run_info, Mapping):
         raise ConfigError(f"run_info must be a dict, got {type(run_info).__name__}")
+    taken = [k for k in _PROVENANCE_KEYS if k in (run_info or {})]
+    if taken:
+        raise ConfigError(
+            f"run_info sets {taken[0]!r}; write_results records the code's git state itself"
+        )
     results = compute_ratios(models)
-    commit = git_commit()
+    state = check_results_target(run_dir, committed=committed, allow_dirty=allow_dirty)
     now = _now_iso()
     for m in results:
         if m.git_commit is None:
-            m.git_commit = commit
+            m.git_commit = state.commit
+            m.git_dirty = state.dirty
+            m.git_diff_sha256 = state.diff_sha256
         if m.date is None:
             m.date = now
     run: dict[str, Any] = {
         "name": run_dir.resolve().name,
         "created": now,
-        "git_commit": commit,
+        "git_commit": state.commit,
+        "git_dirty": state.dirty,
+        "git_diff_sha256": state.diff_sha256,
+        "git_dirty_files": list(state.dirty_files),
         "host": _host_info(),
     }
     run.update(run_info or {})
