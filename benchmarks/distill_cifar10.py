@@ -25,6 +25,7 @@ Each run resumes from ``runs/bench_distill_cifar10/<variant>/last.pt`` when re-r
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -35,8 +36,10 @@ import torch
 
 import leanvision as lv
 from leanvision.engine import load_checkpoint
+from leanvision.methods.registry import get_method
 from leanvision.pipeline import cpu_info
 from leanvision.report import check_results_target, write_results
+from leanvision.report.provenance import git_state
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "cifar10"
@@ -214,7 +217,13 @@ def cmd_train(args: argparse.Namespace) -> None:
         "wall_s": time.perf_counter() - t0,
         "threads": args.threads,
         "seed": args.seed,
+        "git": dataclasses.asdict(git_state()),  # the code that trained it
     }
+    if method is not None:  # every hyper-parameter it ran with, defaults included
+        cfg = get_method(method).make_config(
+            finetune_epochs=args.epochs, max_steps=args.max_steps, **TRAIN, **common, **spec
+        )
+        summary["config"] = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "teacher"}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
 
 

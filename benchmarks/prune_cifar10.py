@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import statistics
 import sys
@@ -33,9 +34,11 @@ import torch
 
 import leanvision as lv
 from leanvision.engine import load_checkpoint
+from leanvision.methods.registry import get_method
 from leanvision.pipeline import cpu_info, fold_batchnorm, measure_models
 from leanvision.profiling import compare, count_ops
-from leanvision.report import write_results
+from leanvision.report import check_results_target, write_results
+from leanvision.report.provenance import git_state
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "cifar10"
@@ -118,6 +121,10 @@ def _run(args: argparse.Namespace, method: str, arch: str, hp: dict) -> None:
     summary = {"method": method, "epochs": args.epochs, "max_train": args.max_train}
     summary["wall_s"] = time.perf_counter() - t0
     summary.update(hyper=hp)
+    # every hyper-parameter the method ran with (defaults included), and the code that ran it
+    cfg = get_method(method).make_config(**_train_options(args, out), **hp)
+    summary["config"] = dataclasses.asdict(cfg)
+    summary["git"] = dataclasses.asdict(git_state())
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
 
 
@@ -733,6 +740,7 @@ def _family(
 
 def cmd_report(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
+    check_results_target(args.out, allow_dirty=args.allow_dirty)  # fail now, not later
     _warm_allocator()
     data = load(args, 128)
     runs = Path(args.runs)

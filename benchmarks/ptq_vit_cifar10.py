@@ -285,6 +285,11 @@ def cmd_report(args: argparse.Namespace) -> None:
         )
         if "top1_fake_quant" in s:
             note += f" (the simulated fake-quant model: {s['top1_fake_quant']:.2f} %)"
+        cfg = s["config"]
+        note += "; " + ", ".join(  # the fidelity choices this run made (README: ptq_vit)
+            f"{k}={cfg.get(k, 'not recorded: before issue 17')}"
+            for k in ("softmax_grid", "rank_norm", "bit_groups", "ranking_weight")
+        )
         rows.append(row(f"vit_{variant}", q, ["ptq_vit"], s["top1_onnxruntime"], note))
         if variant in PAPER:
             rows[-1]["paper"] = dict(PAPER[variant])
