@@ -20,6 +20,7 @@ acceptance setting), side by side in one process, and measures their memory.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import sys
@@ -37,10 +38,12 @@ from leanvision.layers import (
     PackedBinaryConv2d,
     QuantAdderConv2d,
 )
+from leanvision.methods.registry import get_method
 from leanvision.pipeline import cpu_info
 from leanvision.profiling import compare, count_ops, profile
 from leanvision.profiling.memory import peak_memory_mb
 from leanvision.report import write_results
+from leanvision.report.provenance import git_state
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "cifar10"
@@ -104,7 +107,12 @@ FINDINGS = [
 
 def load(args: argparse.Namespace, batch_size: int = 128) -> Any:
     return lv.load_data(
-        "cifar10", root=args.data, batch_size=batch_size, seed=0, max_train=args.max_train
+        "cifar10",
+        root=args.data,
+        batch_size=batch_size,
+        seed=0,
+        max_train=args.max_train,
+        max_test=args.max_test,
     )
 
 
@@ -162,7 +170,11 @@ def cmd_train(args: argparse.Namespace) -> None:
         "max_train": args.max_train,
         "wall_s": time.perf_counter() - t0,
         "threads": args.threads,
+        "git": dataclasses.asdict(git_state()),  # the code that trained it (the report names it)
     }
+    if method is not None:  # every hyper-parameter the method ran with, defaults included
+        cfg = get_method(method).make_config(finetune_epochs=epochs, **opts, **common, **spec)
+        summary["config"] = dataclasses.asdict(cfg)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
 
 
@@ -377,6 +389,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--data", default=str(DATA))
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--max-train", type=int, default=45000)
+    p.add_argument("--max-test", type=int, default=None, help="test images (default: all)")
     sub = p.add_subparsers(dest="cmd", required=True)
     t = sub.add_parser("train")
     t.add_argument("--variant", choices=list(VARIANTS), required=True)
