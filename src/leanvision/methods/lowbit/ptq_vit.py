@@ -36,6 +36,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from leanvision.errors import ConfigError, UnsupportedModelError
+from leanvision.methods.config import (
+    MethodConfig,
+    check_choice,
+    check_int,
+    check_real,
+    field_error,
+)
 from leanvision.methods.lowbit.quant import (
     allocate_bits,
     bias_correction,
@@ -158,7 +165,7 @@ _register()
 
 
 @dataclass
-class PTQViTConfig:
+class PTQViTConfig(MethodConfig):
     """Calibration: ``num_images`` images of ``calib_split`` (never test), pushed in chunks of
     ``batch_size``, ``rows_per_image`` random rows kept per op and image for the searches.
     Search: ``rounds`` alternations; the ranking loss (weight γ, margin θ, on up to
@@ -169,7 +176,10 @@ class PTQViTConfig:
 
     Cost: each search evaluates 1 + 2·``rounds``·15 candidates on ``num_images`` ×
     ``rows_per_image`` rows per op; the ranking term grows as ``ranking_rows`` × tokens² (at
-    224 px, 197 tokens, lower ``ranking_rows`` to a few hundred to keep it bounded)."""
+    224 px, 197 tokens, lower ``ranking_rows`` to a few hundred to keep it bounded).
+
+    No training, so no ``max_steps``: ``num_images`` alone bounds the calibration (the one
+    pass over data reads ⌈``num_images`` / ``batch_size``⌉ batches); a smoke run lowers it."""
 
     bits: int = 8
     num_images: int = 1024
@@ -186,20 +196,32 @@ class PTQViTConfig:
     rounds: int = 2
     seed: int = 0
 
-    def __post_init__(self) -> None:
-        if not 2 <= self.bits <= 16:
-            raise ConfigError(f"ptq_vit: bits must be in 2..16, got {self.bits}")
+    def validate(self) -> None:
+        """Types; bits in 2..16; image, batch and row counts ≥ 1; rounds ≥ 0; calib_split
+        'train' or 'val' (never test); ranking weight and margin ≥ 0; bit_choices in 2..16 and
+        bit_budget (or None) within them; seed ≥ 0."""
+        super().validate()
+        check_int("bits", self.bits, 2, 16)
         for name in ("num_images", "batch_size", "rows_per_image", "ranking_rows",
                      "nuclear_images"):  # fmt: skip
-            if getattr(self, name) < 1:
-                raise ConfigError(f"ptq_vit: {name} must be ≥ 1, got {getattr(self, name)}")
-        if self.rounds < 0:
-            raise ConfigError(f"ptq_vit: rounds must be ≥ 0, got {self.rounds}")
-        if self.calib_split not in ("train", "val"):
-            raise ConfigError(
-                f"ptq_vit: calib_split must be 'train' or 'val' (never test), got "
-                f"{self.calib_split!r}"
-            )
+            check_int(name, getattr(self, name), 1)
+        check_int("rounds", self.rounds, 0)
+        check_choice("calib_split", self.calib_split, ("train", "val"))
+        check_real("ranking_weight", self.ranking_weight, 0.0)
+        check_real("ranking_theta", self.ranking_theta, 0.0)
+        if not self.bit_choices:
+            raise field_error("bit_choices", self.bit_choices, "a non-empty list of bits in 2..16")
+        for i, b in enumerate(self.bit_choices):
+            check_int(f"bit_choices[{i}]", b, 2, 16)
+        check_real("bit_budget", self.bit_budget, min(self.bit_choices), max(self.bit_choices),
+                   none_ok=True)  # fmt: skip
+        check_int("seed", self.seed, 0)
+
+    def check_inputs(self, data: Any) -> None:
+        """Calibration reads training or validation images: ``data`` is required."""
+        super().check_inputs(data)
+        if data is None:
+            raise ConfigError("ptq_vit calibrates on training or validation images: pass data=")
 
 
 def _quant_ops(model: nn.Module) -> dict[str, nn.Module]:

@@ -35,7 +35,8 @@ from torch import nn
 from leanvision import kernels
 from leanvision.engine import Hook, StepContext
 from leanvision.errors import ConfigError, UnsupportedModelError
-from leanvision.methods.common import FinetuneConfig, finetune
+from leanvision.methods.common import FinetuneConfig, cap_batches, finetune
+from leanvision.methods.config import check_int, check_real
 from leanvision.methods.registry import record_transform, register_method
 from leanvision.profiling import register_op_handler
 
@@ -559,8 +560,9 @@ class ManiDPHook(Hook):
             model, total, n = trainer.model, 0.0, 0
             was = model.training
             model.eval()
+            batches = cap_batches(self.init_batches, trainer.config.max_steps)  # smoke runs
             for i, (x, y) in enumerate(trainer.train_loader):
-                if i >= self.init_batches:
+                if i >= batches:
                     break
                 out = model(x.to(trainer.device))
                 logits = out if isinstance(out, torch.Tensor) else out[0]
@@ -693,6 +695,19 @@ class ManiDPConfig(FinetuneConfig):
     squeeze: int = 2
     clamp_max: float = 1000.0
     finetune_epochs: int = 30
+
+    def validate(self) -> None:
+        """The fine-tuning checks; target_remain_rate in (0, 1]; λ_lasso, λ_graph, γ ≥ 0;
+        θ > 0; squeeze ≥ 1; clamp_max > 0. (The initial loss pass before training reads at
+        most ``max_steps`` batches.)"""
+        super().validate()
+        check_real("target_remain_rate", self.target_remain_rate, 0.0, 1.0, lo_open=True)
+        check_real("lambda_lasso", self.lambda_lasso, 0.0)
+        check_real("lambda_graph", self.lambda_graph, 0.0)
+        check_real("thre_cls", self.thre_cls, 0.0, lo_open=True)
+        check_real("gamma", self.gamma, 0.0)
+        check_int("squeeze", self.squeeze, 1)
+        check_real("clamp_max", self.clamp_max, 0.0, lo_open=True)
 
 
 def _rebuild(model: nn.Module, arch: dict[str, Any]) -> nn.Module:
