@@ -10,6 +10,7 @@ rich progress bar, an atomic checkpoint every epoch, exact resume after a kill, 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 import os
 import time
@@ -352,9 +353,10 @@ class Trainer:
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         correct = torch.zeros((), dtype=torch.float64, device=self.device)
         seen, steps, t0 = 0, 0, time.perf_counter()
-        for x, y in self.train_loader:
-            if cfg.max_steps is not None and self.global_step >= cfg.max_steps:
-                break
+        batches: Any = self.train_loader
+        if cfg.max_steps is not None:  # read no batch past the cap
+            batches = itertools.islice(batches, max(0, cfg.max_steps - self.global_step))
+        for x, y in batches:
             loss, logits, n = self._step(x, y)
             loss_sum += loss.detach().double() * n
             correct += (logits.detach().argmax(1) == y.to(self.device)).sum()

@@ -204,9 +204,9 @@ class KDConfig(FinetuneConfig):
 
     def check_inputs(self, data: Any) -> None:
         """A teacher is required (and data when training)."""
-        super().check_inputs(data)
         if self.teacher is None:
             raise ConfigError("teacher=None; distillation needs teacher=<a trained nn.Module>")
+        super().check_inputs(data)
 
 
 @dataclass

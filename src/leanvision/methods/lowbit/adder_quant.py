@@ -12,6 +12,7 @@ absolute byte differences with VPSADBW. No retraining.
 from __future__ import annotations
 
 import copy
+import itertools
 from dataclasses import dataclass
 from typing import Any
 
@@ -78,9 +79,7 @@ def calibrate_adder_inputs(
     was = model.training
     model.eval()
     try:
-        for i, batch in enumerate(loader):
-            if i >= batches:
-                break
+        for batch in itertools.islice(loader, batches):  # no batch read past the last used
             model(batch[0] if isinstance(batch, list | tuple) else batch)
     finally:
         for h in handles:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import itertools
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -136,9 +137,7 @@ def recalibrate_bn(model: nn.Module, loader: Any, batches: int) -> nn.Module:
         m.momentum = None  # cumulative average over the batches
     device = next(model.parameters()).device
     model.train()
-    for i, (x, _) in enumerate(loader):
-        if i >= batches:
-            break
+    for x, _ in itertools.islice(loader, batches):  # no batch read past the last one used
         model(x.to(device))
     for m, mom in zip(norms, momenta):
         m.momentum = mom

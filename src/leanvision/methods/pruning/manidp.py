@@ -23,6 +23,7 @@ basic blocks: our ``resnet*_cifar`` and timm's ``resnet18/34``-style models.
 from __future__ import annotations
 
 import copy
+import itertools
 import math
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -561,9 +562,7 @@ class ManiDPHook(Hook):
             was = model.training
             model.eval()
             batches = cap_batches(self.init_batches, trainer.config.max_steps)  # smoke runs
-            for i, (x, y) in enumerate(trainer.train_loader):
-                if i >= batches:
-                    break
+            for x, y in itertools.islice(trainer.train_loader, batches):
                 out = model(x.to(trainer.device))
                 logits = out if isinstance(out, torch.Tensor) else out[0]
                 total += F.cross_entropy(logits, y.to(trainer.device), reduction="sum").item()
