@@ -27,7 +27,9 @@ class FinetuneConfig(MethodConfig):
     fine-tuning, and a method's own stages such as SCOP's control factors) takes at most
     ``max_steps`` optimizer steps, and each pass over data without optimizer steps (batch-norm
     recalibration, ManiDP's initial loss, patch slimming's attention calibration, SCOP's
-    Gaussian knockoff fit) reads at most ``max_steps`` batches. ``None``: no cap.
+    Gaussian knockoff fit) reads at most ``max_steps`` batches. ``None``: no cap. The
+    validation split is still read whole after each trained epoch (once, when ``max_steps``
+    ends a stage within its first epoch); keep it small in smoke runs (``max_val=``).
     """
 
     finetune_epochs: int = 0

@@ -684,7 +684,8 @@ def sample_macs(model: nn.Module, images: torch.Tensor) -> list[int]:
 @dataclass
 class ManiDPConfig(FinetuneConfig):
     """ManiDP with the README's CIFAR example (dyresnet56): target remain rate 0.6,
-    λ_lasso 5e-3, λ_graph 1.0, θ 0.5, γ 1, squeeze 2; SGD lr 0.05 cosine, wd 5e-4."""
+    λ_lasso 5e-3, λ_graph 1.0, θ 0.5, γ 1, squeeze 2; SGD lr 0.05 cosine, wd 5e-4.
+    ``max_steps`` caps the training and the initial loss pass (ℓ̄, 50 batches) before it."""
 
     target_remain_rate: float = 0.6
     lambda_lasso: float = 5e-3
@@ -697,8 +698,7 @@ class ManiDPConfig(FinetuneConfig):
 
     def validate(self) -> None:
         """The fine-tuning checks; target_remain_rate in (0, 1]; λ_lasso, λ_graph, γ ≥ 0;
-        θ > 0; squeeze ≥ 1; clamp_max > 0. (The initial loss pass before training reads at
-        most ``max_steps`` batches.)"""
+        θ > 0; squeeze ≥ 1; clamp_max > 0."""
         super().validate()
         check_real("target_remain_rate", self.target_remain_rate, 0.0, 1.0, lo_open=True)
         check_real("lambda_lasso", self.lambda_lasso, 0.0)
