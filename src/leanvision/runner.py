@@ -9,7 +9,7 @@ from typing import Any
 from torch import nn
 
 from leanvision.data import load_data
-from leanvision.engine import train
+from leanvision.engine import TrainConfig, train
 from leanvision.methods import compress, get_method
 from leanvision.methods.saving import save
 from leanvision.models import create_model
@@ -28,6 +28,26 @@ def _resolve_params(params: dict[str, Any], baseline: nn.Module, previous: nn.Mo
     return out
 
 
+def _stage_params(
+    i: int,
+    stage: Any,
+    baseline: nn.Module,
+    previous: nn.Module,
+    run_dir: Path,
+    progress: bool,
+    seed: int,
+) -> dict[str, Any]:
+    """Stage ``i``'s hyper-parameters as ``compress`` gets them (teachers resolved, and a
+    training stage's checkpoint folder, resume, progress and seed defaulted)."""
+    params = _resolve_params(stage.params, baseline, previous)
+    if "finetune_epochs" in params or hasattr(get_method(stage.method).config_cls, "out_dir"):
+        params.setdefault("out_dir", str(run_dir / f"stage{i}_{stage.method}"))
+        params.setdefault("resume", True)
+        params.setdefault("progress", progress)
+        params.setdefault("seed", seed)
+    return params
+
+
 def run_recipe(
     recipe: Recipe,
     out_dir: str | Path | None = None,
@@ -39,36 +59,40 @@ def run_recipe(
 
     Stage parameters may name ``teacher: baseline`` (the trained baseline) or
     ``teacher: previous`` (the model before this stage).
+
+    Every stage's config is checked before any data is loaded or any model trained: a bad
+    value in the last stage fails before the baseline trains.
     """
     run_dir = Path(out_dir or recipe.out_dir or Path("runs") / recipe.name)
+    stand_in = nn.Identity()  # teachers are resolved to the real models when the stage runs
+    configs = [
+        (get_method(st.method), get_method(st.method).make_config(
+            **_stage_params(i, st, stand_in, stand_in, run_dir, progress, recipe.seed)))
+        for i, st in enumerate(recipe.stages)
+    ]  # fmt: skip
+    train_kw = {"seed": recipe.seed, "progress": progress, **recipe.train}
+    if train_kw.get("epochs", 30) > 0:
+        train_kw.setdefault("out_dir", str(run_dir / "baseline"))
+        train_kw.setdefault("resume", True)
+    TrainConfig.from_kwargs(**train_kw)  # the baseline's values, checked at the door too
     run_dir.mkdir(parents=True, exist_ok=True)
-    for st in recipe.stages:  # fail before any training on an unknown method or key
-        get_method(st.method).make_config(
-            **_resolve_params(st.params, nn.Identity(), nn.Identity())
-        )
     data = load_data(**dataclasses.asdict(recipe.data))
+    for spec, config in configs:  # what the stages need from the data (before any training)
+        spec.check_inputs(config, data)
     kwargs = {
         "num_classes": data.num_classes,
         "in_chans": data.input_size[0],
         **recipe.model.kwargs,
     }
     model = create_model(recipe.model.name, **kwargs)
-    train_kw = {"seed": recipe.seed, "progress": progress, **recipe.train}
     if train_kw.get("epochs", 30) > 0:
-        train_kw.setdefault("out_dir", str(run_dir / "baseline"))
-        train_kw.setdefault("resume", True)
         train(model, data, **train_kw)
     base_name = recipe.model.name
     models: dict[str, nn.Module] = {base_name: model}
     chains: dict[str, list[str]] = {base_name: []}
     current, chain = model, []
     for i, st in enumerate(recipe.stages):
-        params = _resolve_params(st.params, model, current)
-        if "finetune_epochs" in params or hasattr(get_method(st.method).config_cls, "out_dir"):
-            params.setdefault("out_dir", str(run_dir / f"stage{i}_{st.method}"))
-            params.setdefault("resume", True)
-            params.setdefault("progress", progress)
-            params.setdefault("seed", recipe.seed)
+        params = _stage_params(i, st, model, current, run_dir, progress, recipe.seed)
         current = compress(current, st.method, data=data, **params)
         chain = [*chain, st.method]
         name = f"{base_name}+{'+'.join(chain)}"

@@ -10,6 +10,7 @@ rich progress bar, an atomic checkpoint every epoch, exact resume after a kill, 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 import os
 import time
@@ -45,6 +46,8 @@ class TrainConfig:
 
     ``batch_size`` is per process: under ``torchrun`` with N processes the global batch is
     N × batch_size. ``max_steps`` caps the optimizer steps of the run (smoke runs).
+    ``eval_every``: validate every that many epochs and after the last; 0 never validates (a
+    stage whose validation score nobody reads, e.g. training gates on a frozen model).
     """
 
     epochs: int = 30
@@ -81,6 +84,8 @@ class TrainConfig:
             raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.max_steps is not None and self.max_steps < 1:
             raise ConfigError(f"max_steps must be >= 1 (or None for no cap), got {self.max_steps}")
+        if self.eval_every < 0:
+            raise ConfigError(f"eval_every must be >= 0 (0: never validate), got {self.eval_every}")
         if self.resume and not self.out_dir:
             raise ConfigError("resume=True needs out_dir= (the folder holding last.pt)")
 
@@ -105,7 +110,7 @@ class TrainResult:
         history: one dict per epoch (epoch, lr, train_loss, train_top1, val_top1, val_loss,
             img_per_s, time_s).
         best: the history row with the best validation top-1.
-        final: validation metrics of the final model.
+        final: validation metrics of the final model (empty when ``eval_every=0``).
         checkpoint: path of the last checkpoint, when ``out_dir`` was given.
         steps: optimizer steps taken in total.
     """
@@ -316,7 +321,8 @@ class Trainer:
             while not self._done():
                 row = self._train_epoch(progress)
                 self.epoch += 1
-                if self.epoch % self.config.eval_every == 0 or self._done():
+                every = self.config.eval_every
+                if every and (self.epoch % every == 0 or self._done()):
                     val = evaluate(self.model, self.data.val, self.device, self.channels_last)
                     row.update(val_top1=val["top1"], val_top5=val["top5"], val_loss=val["loss"])
                 self.history.append(row)
@@ -335,7 +341,7 @@ class Trainer:
         self._call("on_train_end")
         final = self.history[-1] if self.history else {}
         final_val = {k[4:]: v for k, v in final.items() if k.startswith("val_")}
-        if not final_val:
+        if not final_val and self.config.eval_every:
             final_val = evaluate(self.model, self.data.val, self.device, self.channels_last)
         self.model.eval()
         ckpt = self.out_dir / "last.pt" if self.out_dir and self.history else None
@@ -354,9 +360,10 @@ class Trainer:
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         correct = torch.zeros((), dtype=torch.float64, device=self.device)
         seen, steps, t0 = 0, 0, time.perf_counter()
-        for x, y in self.train_loader:
-            if cfg.max_steps is not None and self.global_step >= cfg.max_steps:
-                break
+        batches: Any = self.train_loader
+        if cfg.max_steps is not None:  # read no batch past the cap
+            batches = itertools.islice(batches, max(0, cfg.max_steps - self.global_step))
+        for x, y in batches:
             loss, logits, n = self._step(x, y)
             loss_sum += loss.detach().double() * n
             correct += (logits.detach().argmax(1) == y.to(self.device)).sum()

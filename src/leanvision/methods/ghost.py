@@ -19,6 +19,7 @@ from torch import nn
 from leanvision.errors import UnsupportedModelError
 from leanvision.layers.ghost import GhostConv2d
 from leanvision.methods.common import FinetuneConfig, finetune
+from leanvision.methods.config import check_int, check_real, field_error
 from leanvision.methods.distillation.kd import KDHook
 from leanvision.methods.registry import record_transform, register_method
 
@@ -38,6 +39,17 @@ class GhostConfig(FinetuneConfig):
     distill: bool = False
     kd_T: float = 4.0
     kd_alpha: float = 0.9
+
+    def validate(self) -> None:
+        """The fine-tuning checks; ratio s ≥ 1; dw_size d odd ≥ 1; kd_T > 0, kd_alpha in
+        [0, 1]."""
+        super().validate()
+        check_int("ratio", self.ratio, 1)
+        check_int("dw_size", self.dw_size, 1)
+        if self.dw_size % 2 == 0:
+            raise field_error("dw_size", self.dw_size, "an odd integer >= 1 (same padding)")
+        check_real("kd_T", self.kd_T, 0.0, lo_open=True)
+        check_real("kd_alpha", self.kd_alpha, 0.0, 1.0)
 
 
 def _first_conv_name(model: nn.Module) -> str | None:

@@ -34,7 +34,13 @@ class MethodSpec:
     rebuild: RebuildFn | None = None
 
     def make_config(self, **hparams: Any) -> Any:
-        """Build the config; an unknown hyper-parameter is an error naming the allowed ones."""
+        """Build and validate the config (before any data is read or any training).
+
+        Raises:
+            ConfigError: an unknown hyper-parameter (naming the allowed ones), or a value of
+                the wrong type or out of range (naming the method, the field, the value and
+                what is allowed: :meth:`MethodConfig.validate`, run when the config is built).
+        """
         allowed = {f.name for f in dataclasses.fields(self.config_cls)}
         unknown = sorted(set(hparams) - allowed)
         if unknown:
@@ -46,6 +52,19 @@ class MethodSpec:
             return self.config_cls(**hparams)
         except TypeError as e:  # a required field is missing
             raise ConfigError(f"method {self.name!r}: {e}") from e
+        except ConfigError as e:
+            raise type(e)(f"method {self.name!r}: {e}") from e
+
+    def check_inputs(self, config: Any, data: Any) -> None:
+        """What a call needs beyond the config's values (data, a teacher, one target), checked
+        before the method runs (:meth:`MethodConfig.check_inputs`)."""
+        check = getattr(config, "check_inputs", None)
+        if check is None:
+            return
+        try:
+            check(data)
+        except ConfigError as e:
+            raise type(e)(f"method {self.name!r}: {e}") from e
 
 
 _REGISTRY: dict[str, MethodSpec] = {}
@@ -126,9 +145,14 @@ def compress(model: nn.Module, method: str, data: Any = None, **hparams: Any) ->
         method: a registry key (see :func:`list_methods`).
         data: a :class:`~leanvision.data.DataBundle`, needed by methods that train or calibrate.
         **hparams: the method's config fields (``finetune_epochs``, ``max_steps``, ...).
+
+    Raises:
+        ConfigError: a bad or missing hyper-parameter, or missing ``data``, found before the
+            method reads data or trains.
     """
     spec = get_method(method)
-    config = spec.make_config(**hparams)
+    config = spec.make_config(**hparams)  # checked at the door: nothing read or trained yet
+    spec.check_inputs(config, data)
     return spec.apply(model, data, config)
 
 

@@ -22,6 +22,7 @@ from torch import nn
 from leanvision.engine import FeatureRecorder, StepContext
 from leanvision.errors import ConfigError
 from leanvision.methods.common import finetune
+from leanvision.methods.config import check_real
 from leanvision.methods.registry import register_method
 
 from .kd import KDHook
@@ -143,6 +144,11 @@ class FeatureKDConfig(LayerPairConfig):
 
     beta: float = 1.0
     alpha: float = 0.0
+
+    def validate(self) -> None:
+        """The layer-pair checks; β ≥ 0."""
+        super().validate()
+        check_real("beta", self.beta, 0.0)
 
 
 @register_method(

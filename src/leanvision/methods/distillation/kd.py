@@ -24,6 +24,7 @@ from torch import nn
 from leanvision.engine import FeatureRecorder, Hook, StepContext
 from leanvision.errors import ConfigError
 from leanvision.methods.common import FinetuneConfig, finetune
+from leanvision.methods.config import check_choice, check_real, field_error
 from leanvision.methods.registry import record_transform, register_method
 
 __all__ = ["DeiTConfig", "KDConfig", "KDHook", "TeacherHook", "kd_loss", "make_student"]
@@ -222,6 +223,22 @@ class KDConfig(FinetuneConfig):
     distillation_token: bool = False
     finetune_epochs: int = 30
     kd_reduction: str = "batchmean"
+
+    def validate(self) -> None:
+        """The fine-tuning checks; T > 0; alpha in [0, 1]; kind 'soft' or 'hard'; student a
+        model spec with a 'name' (or None)."""
+        super().validate()
+        check_real("T", self.T, 0.0, lo_open=True)
+        check_real("alpha", self.alpha, 0.0, 1.0)
+        check_choice("kind", self.kind, ("soft", "hard"))
+        if self.student is not None and not isinstance(self.student.get("name"), str):
+            raise field_error("student", self.student, "a model spec {'name': ..., **kwargs}")
+
+    def check_inputs(self, data: Any) -> None:
+        """A teacher is required (and data when training)."""
+        if self.teacher is None:
+            raise ConfigError("teacher=None; distillation needs teacher=<a trained nn.Module>")
+        super().check_inputs(data)
 
 
 @dataclass

@@ -29,6 +29,7 @@ from torch import nn
 from leanvision.engine import StepContext
 from leanvision.errors import ConfigError
 from leanvision.methods.common import finetune
+from leanvision.methods.config import check_int, check_real
 from leanvision.methods.registry import register_method
 
 from .kd import KDConfig, KDHook, frozen_teacher, make_student
@@ -148,6 +149,23 @@ class LayerPairConfig(KDConfig):
     student_extra_tokens: int | None = None
     teacher_extra_tokens: int | None = None
 
+    def validate(self) -> None:
+        """The KD checks; both layer lists or neither, of equal length; extra tokens ≥ 0."""
+        super().validate()
+        s, t = self.student_layers, self.teacher_layers
+        if (s is None) != (t is None):
+            raise ConfigError(
+                f"student_layers={s!r}, teacher_layers={t!r}; allowed: both (paired in order) "
+                "or neither (the first and last 4 blocks)"
+            )
+        if s is not None and (not s or len(s) != len(t)):
+            raise ConfigError(
+                f"student_layers has {len(s)} and teacher_layers {len(t)} entries; allowed: "
+                "two non-empty lists of the same length"
+            )
+        check_int("student_extra_tokens", self.student_extra_tokens, 0, none_ok=True)
+        check_int("teacher_extra_tokens", self.teacher_extra_tokens, 0, none_ok=True)
+
 
 @dataclass
 class ManifoldKDConfig(LayerPairConfig):
@@ -161,6 +179,13 @@ class ManifoldKDConfig(LayerPairConfig):
     w_sample: float = 0.1
     w_rand: float = 0.2
     num_samples: int = 192
+
+    def validate(self) -> None:
+        """The layer-pair checks; β, w_patch, w_sample, w_rand ≥ 0; num_samples K ≥ 2."""
+        super().validate()
+        for name in ("beta", "w_patch", "w_sample", "w_rand"):
+            check_real(name, getattr(self, name), 0.0)
+        check_int("num_samples", self.num_samples, 2)
 
 
 def resolve_pairs(

@@ -25,6 +25,7 @@ from leanvision.engine.hooks import Hook
 from leanvision.errors import UnsupportedModelError
 from leanvision.layers.adder import AdderConv2d
 from leanvision.methods.common import FinetuneConfig, finetune
+from leanvision.methods.config import check_real
 from leanvision.methods.ghost import _first_conv_name, _set_module
 from leanvision.methods.registry import record_transform, register_method
 
@@ -41,6 +42,11 @@ class AdderConfig(FinetuneConfig):
     keep_first: bool = True
     exclude: list[str] = field(default_factory=list)
     lr: float = 0.1
+
+    def validate(self) -> None:
+        """The fine-tuning checks; η > 0."""
+        super().validate()
+        check_real("eta", self.eta, 0.0, lo_open=True)
 
 
 class AdderLRHook(Hook):

@@ -12,6 +12,7 @@ absolute byte differences with VPSADBW. No retraining.
 from __future__ import annotations
 
 import copy
+import itertools
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +21,7 @@ from torch import nn
 
 from leanvision.errors import ConfigError, UnsupportedModelError
 from leanvision.layers.adder import AdderConv2d, QuantAdderConv2d
+from leanvision.methods.config import MethodConfig, check_int, check_real
 from leanvision.methods.ghost import _set_module
 from leanvision.methods.registry import record_transform, register_method
 
@@ -27,13 +29,29 @@ __all__ = ["AdderQuantConfig", "calibrate_adder_inputs", "quantize_adders"]
 
 
 @dataclass
-class AdderQuantConfig:
+class AdderQuantConfig(MethodConfig):
     """``bits`` (8 or 16 in the paper), calibration batches from ``data.train``, and an
-    optional percentile of |X| (e.g. 99.99) instead of its max."""
+    optional percentile of |X| (e.g. 99.99) instead of its max.
+
+    No training, so no ``max_steps``: ``calib_batches`` alone bounds the one pass over data
+    (a smoke run lowers it)."""
 
     bits: int = 8
     calib_batches: int = 8
     percentile: float | None = None
+
+    def validate(self) -> None:
+        """Types; bits in 2..16; calib_batches ≥ 1; percentile in (0, 100] or None."""
+        super().validate()
+        check_int("bits", self.bits, 2, 16)
+        check_int("calib_batches", self.calib_batches, 1)
+        check_real("percentile", self.percentile, 0.0, 100.0, lo_open=True, none_ok=True)
+
+    def check_inputs(self, data: Any) -> None:
+        """Calibration reads training images: ``data`` is required."""
+        super().check_inputs(data)
+        if data is None:
+            raise ConfigError("adder_quant calibrates on training images: pass data=")
 
 
 @torch.no_grad()
@@ -61,9 +79,7 @@ def calibrate_adder_inputs(
     was = model.training
     model.eval()
     try:
-        for i, batch in enumerate(loader):
-            if i >= batches:
-                break
+        for batch in itertools.islice(loader, batches):  # no batch read past the last used
             model(batch[0] if isinstance(batch, list | tuple) else batch)
     finally:
         for h in handles:

@@ -32,6 +32,7 @@ from leanvision.layers.binary import (
     PackedBinaryLinear,
 )
 from leanvision.methods.common import FinetuneConfig, finetune
+from leanvision.methods.config import check_int, check_real
 from leanvision.methods.ghost import _first_conv_name, _set_module
 from leanvision.methods.registry import record_transform, register_method
 
@@ -183,6 +184,14 @@ class FDAConfig(BinaryConfig):
     alpha0: float = 0.1
     terms_inclusive: bool = True
 
+    def validate(self) -> None:
+        """The binary checks; ω > 0; 1 ≤ terms_start ≤ terms_end; alpha0 ≥ 0."""
+        super().validate()
+        check_real("omega", self.omega, 0.0, lo_open=True)
+        check_int("terms_start", self.terms_start, 1)
+        check_int("terms_end", self.terms_end, self.terms_start)
+        check_real("alpha0", self.alpha0, 0.0)
+
 
 class LNSHook(Hook):
     """LNS's noisy supervision (Han et al., "Training Binary Neural Networks through Learning
@@ -226,6 +235,12 @@ class LNSConfig(BinaryConfig):
 
     rho: float = 0.1
     lns_weight: float = 1.0
+
+    def validate(self) -> None:
+        """The binary checks; ρ in [0, 0.5); lns_weight ≥ 0."""
+        super().validate()
+        check_real("rho", self.rho, 0.0, 0.5, hi_open=True)
+        check_real("lns_weight", self.lns_weight, 0.0)
 
 
 def _rebuild(model: nn.Module, arch: dict[str, Any]) -> nn.Module:

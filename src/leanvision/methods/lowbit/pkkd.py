@@ -32,6 +32,7 @@ from leanvision.engine.hooks import Hook, StepContext
 from leanvision.errors import ConfigError
 from leanvision.layers.adder import AdderConv2d
 from leanvision.methods.common import finetune
+from leanvision.methods.config import check_real
 from leanvision.methods.distillation.kd import kd_loss
 from leanvision.methods.lowbit.adder import AdderConfig, AdderLRHook, adderize
 from leanvision.methods.registry import record_transform, register_method
@@ -48,6 +49,13 @@ class PKKDConfig(AdderConfig):
     kd_weight: float = 1.0
     feature_weight: float = 1.0
     layers: list[str] = field(default_factory=list)
+
+    def validate(self) -> None:
+        """AdderNet's checks; T > 0; kd_weight, feature_weight ≥ 0."""
+        super().validate()
+        check_real("T", self.T, 0.0, lo_open=True)
+        check_real("kd_weight", self.kd_weight, 0.0)
+        check_real("feature_weight", self.feature_weight, 0.0)
 
 
 def laplace_kernel(y_adder: torch.Tensor) -> torch.Tensor:

@@ -43,6 +43,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from leanvision.errors import ConfigError, UnsupportedModelError
+from leanvision.methods.config import (
+    MethodConfig,
+    check_choice,
+    check_int,
+    check_real,
+    field_error,
+)
 from leanvision.methods.lowbit.quant import (
     allocate_bits,
     bias_correction,
@@ -172,7 +179,7 @@ _register()
 
 
 @dataclass
-class PTQViTConfig:
+class PTQViTConfig(MethodConfig):
     """Calibration: ``num_images`` images of ``calib_split`` (never test), pushed in chunks of
     ``batch_size``, ``rows_per_image`` random rows kept per op and image for the searches.
     Search: ``rounds`` alternations; γ × the ranking loss (γ ``ranking_weight``, margin θ
@@ -205,7 +212,10 @@ class PTQViTConfig:
     ``rows_per_image`` rows per op; the ranking term grows as ``ranking_rows`` × tokens² (at
     224 px, 197 tokens, lower ``ranking_rows`` to a few hundred to keep it bounded). Mixed
     precision by module runs each block 2 + 2·len(``bit_choices``) times on ``nuclear_images``
-    images and takes the SVD of every attention map (images × heads) and MLP output."""
+    images and takes the SVD of every attention map (images × heads) and MLP output.
+
+    No training, so no ``max_steps``: ``num_images`` alone bounds the calibration (the one
+    pass over data reads ⌈``num_images`` / ``batch_size``⌉ batches); a smoke run lowers it."""
 
     bits: int = 8
     num_images: int = 1024
@@ -225,20 +235,35 @@ class PTQViTConfig:
     rank_norm: str = "sum"
     bit_groups: str = "module"
 
-    def __post_init__(self) -> None:
-        if not 2 <= self.bits <= 16:
-            raise ConfigError(f"ptq_vit: bits must be in 2..16, got {self.bits}")
+    def validate(self) -> None:
+        """Types; bits in 2..16; image, batch and row counts ≥ 1; rounds ≥ 0; calib_split
+        'train' or 'val' (never test); ranking weight and margin ≥ 0; bit_choices in 2..16 and
+        bit_budget (or None) within them; seed ≥ 0; softmax_grid, rank_norm and bit_groups
+        among their choices."""
+        super().validate()
+        check_int("bits", self.bits, 2, 16)
         for name in ("num_images", "batch_size", "rows_per_image", "ranking_rows",
                      "nuclear_images"):  # fmt: skip
-            if getattr(self, name) < 1:
-                raise ConfigError(f"ptq_vit: {name} must be ≥ 1, got {getattr(self, name)}")
-        if self.rounds < 0:
-            raise ConfigError(f"ptq_vit: rounds must be ≥ 0, got {self.rounds}")
-        if self.calib_split not in ("train", "val"):
-            raise ConfigError(
-                f"ptq_vit: calib_split must be 'train' or 'val' (never test), got "
-                f"{self.calib_split!r}"
-            )
+            check_int(name, getattr(self, name), 1)
+        check_int("rounds", self.rounds, 0)
+        check_choice("calib_split", self.calib_split, ("train", "val"))
+        check_real("ranking_weight", self.ranking_weight, 0.0)
+        check_real("ranking_theta", self.ranking_theta, 0.0)
+        if not self.bit_choices:
+            raise field_error("bit_choices", self.bit_choices, "a non-empty list of bits in 2..16")
+        for i, b in enumerate(self.bit_choices):
+            check_int(f"bit_choices[{i}]", b, 2, 16)
+        check_real("bit_budget", self.bit_budget, min(self.bit_choices), max(self.bit_choices),
+                   none_ok=True)  # fmt: skip
+        check_int("seed", self.seed, 0)
+        for name, allowed in _CHOICES.items():
+            check_choice(name, getattr(self, name), allowed)
+
+    def check_inputs(self, data: Any) -> None:
+        """Calibration reads training or validation images: ``data`` is required."""
+        super().check_inputs(data)
+        if data is None:
+            raise ConfigError("ptq_vit calibrates on training or validation images: pass data=")
 
 
 _CHOICES = {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import itertools
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -11,7 +12,8 @@ import torch
 from torch import nn
 
 from leanvision.errors import ConfigError
-from leanvision.methods.common import FinetuneConfig, finetune
+from leanvision.methods.common import FinetuneConfig, cap_batches, finetune
+from leanvision.methods.config import check_int, check_real, field_error
 from leanvision.methods.distillation.kd import KDHook
 from leanvision.methods.registry import record_transform
 
@@ -36,7 +38,8 @@ class ChannelPruneConfig(FinetuneConfig):
     ``input_size``: (C, H, W); default the data's, else the model's ``pretrained_cfg``.
     ``distill``: fine-tune with KD from the unpruned model (``kd_T``, ``kd_alpha``).
     ``recalibrate_batches``: training batches used to re-estimate BatchNorm statistics of the
-    pruned model before fine-tuning (0: keep the old ones; needs ``data``).
+    pruned model before fine-tuning (0: keep the old ones; needs ``data``; at most
+    ``max_steps`` when that is set).
     """
 
     target_macs_ratio: float | None = None
@@ -48,6 +51,34 @@ class ChannelPruneConfig(FinetuneConfig):
     kd_T: float = 4.0
     kd_alpha: float = 0.9
     recalibrate_batches: int = 20
+
+    def validate(self) -> None:
+        """The fine-tuning checks; at most one target; kept MACs share in (0, 1], removed
+        channel shares in [0, 1); round_to ≥ 1; input_size (C, H, W) ≥ 1; kd_T > 0,
+        kd_alpha in [0, 1]; recalibrate_batches ≥ 0."""
+        super().validate()
+        given = [
+            n for n in ("target_macs_ratio", "pruning_ratio", "layer_ratios")
+            if getattr(self, n) is not None
+        ]  # fmt: skip
+        if len(given) > 1:
+            raise ConfigError(
+                f"give one pruning target, got {given}; allowed: one of target_macs_ratio, "
+                "pruning_ratio, layer_ratios (default target_macs_ratio=0.5)"
+            )
+        check_real("target_macs_ratio", self.target_macs_ratio, 0.0, 1.0, lo_open=True,
+                   none_ok=True)  # fmt: skip
+        check_real("pruning_ratio", self.pruning_ratio, 0.0, 1.0, hi_open=True, none_ok=True)
+        for name, ratio in (self.layer_ratios or {}).items():
+            check_real(f"layer_ratios[{name!r}]", ratio, 0.0, 1.0, hi_open=True)
+        check_int("round_to", self.round_to, 1, none_ok=True)
+        if self.input_size is not None and (
+            len(self.input_size) != 3 or any(v < 1 for v in self.input_size)
+        ):
+            raise field_error("input_size", self.input_size, "(C, H, W), each >= 1, or None")
+        check_real("kd_T", self.kd_T, 0.0, lo_open=True)
+        check_real("kd_alpha", self.kd_alpha, 0.0, 1.0)
+        check_int("recalibrate_batches", self.recalibrate_batches, 0)
 
 
 def input_size_of(model: nn.Module, data: Any, cfg: ChannelPruneConfig) -> tuple[int, ...]:
@@ -86,8 +117,9 @@ def finish_channel_pruning(
     )
     model.train(was_training)
     record_transform(pruned, model, method, arch)
-    if data is not None and cfg.recalibrate_batches > 0:
-        recalibrate_bn(pruned, data.loader("train", shuffle=True), cfg.recalibrate_batches)
+    batches = cap_batches(cfg.recalibrate_batches, cfg.max_steps)
+    if data is not None and batches > 0:
+        recalibrate_bn(pruned, data.loader("train", shuffle=True), batches)
     hooks = [KDHook(copy.deepcopy(model), cfg.kd_T, cfg.kd_alpha)] if cfg.distill else []
     finetune(pruned, data, cfg, hooks, method=method)
     return pruned.eval()
@@ -105,9 +137,7 @@ def recalibrate_bn(model: nn.Module, loader: Any, batches: int) -> nn.Module:
         m.momentum = None  # cumulative average over the batches
     device = next(model.parameters()).device
     model.train()
-    for i, (x, _) in enumerate(loader):
-        if i >= batches:
-            break
+    for x, _ in itertools.islice(loader, batches):  # no batch read past the last one used
         model(x.to(device))
     for m, mom in zip(norms, momenta):
         m.momentum = mom

@@ -35,6 +35,7 @@ from torch import nn
 from leanvision.engine import StepContext
 from leanvision.errors import ConfigError
 from leanvision.methods.common import FinetuneConfig, finetune
+from leanvision.methods.config import check_choice, check_real, field_error
 from leanvision.methods.distillation.kd import TeacherHook, kd_loss
 from leanvision.methods.registry import record_transform, register_method
 
@@ -267,6 +268,20 @@ class DynamicViTConfig(FinetuneConfig):
     lr: float = 1e-3
     opt: str = "adamw"
     weight_decay: float = 0.05
+
+    def validate(self) -> None:
+        """The fine-tuning checks; keep_ratio in (0, 1]; prune_locs increasing block indices
+        ≥ 1 (or None); ratio_weight, distill_weight, backbone_lr_scale ≥ 0; token_loss 'kl'
+        or 'mse'."""
+        super().validate()
+        check_real("keep_ratio", self.keep_ratio, 0.0, 1.0, lo_open=True)
+        locs = self.prune_locs
+        if locs is not None and (not locs or min(locs) < 1 or sorted(set(locs)) != list(locs)):
+            raise field_error("prune_locs", locs, "increasing block indices >= 1, or None")
+        check_real("ratio_weight", self.ratio_weight, 0.0)
+        check_real("distill_weight", self.distill_weight, 0.0)
+        check_choice("token_loss", self.token_loss, ("kl", "mse"))
+        check_real("backbone_lr_scale", self.backbone_lr_scale, 0.0)
 
 
 def _rebuild(model: nn.Module, arch: dict[str, Any]) -> nn.Module:

@@ -23,6 +23,7 @@ basic blocks: our ``resnet*_cifar`` and timm's ``resnet18/34``-style models.
 from __future__ import annotations
 
 import copy
+import itertools
 import math
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -35,7 +36,8 @@ from torch import nn
 from leanvision import kernels
 from leanvision.engine import Hook, StepContext
 from leanvision.errors import ConfigError, UnsupportedModelError
-from leanvision.methods.common import FinetuneConfig, finetune
+from leanvision.methods.common import FinetuneConfig, cap_batches, finetune
+from leanvision.methods.config import check_int, check_real
 from leanvision.methods.registry import record_transform, register_method
 from leanvision.profiling import register_op_handler
 
@@ -559,9 +561,8 @@ class ManiDPHook(Hook):
             model, total, n = trainer.model, 0.0, 0
             was = model.training
             model.eval()
-            for i, (x, y) in enumerate(trainer.train_loader):
-                if i >= self.init_batches:
-                    break
+            batches = cap_batches(self.init_batches, trainer.config.max_steps)  # smoke runs
+            for x, y in itertools.islice(trainer.train_loader, batches):
                 out = model(x.to(trainer.device))
                 logits = out if isinstance(out, torch.Tensor) else out[0]
                 total += F.cross_entropy(logits, y.to(trainer.device), reduction="sum").item()
@@ -683,7 +684,8 @@ def sample_macs(model: nn.Module, images: torch.Tensor) -> list[int]:
 @dataclass
 class ManiDPConfig(FinetuneConfig):
     """ManiDP with the README's CIFAR example (dyresnet56): target remain rate 0.6,
-    λ_lasso 5e-3, λ_graph 1.0, θ 0.5, γ 1, squeeze 2; SGD lr 0.05 cosine, wd 5e-4."""
+    λ_lasso 5e-3, λ_graph 1.0, θ 0.5, γ 1, squeeze 2; SGD lr 0.05 cosine, wd 5e-4.
+    ``max_steps`` caps the training and the initial loss pass (ℓ̄, 50 batches) before it."""
 
     target_remain_rate: float = 0.6
     lambda_lasso: float = 5e-3
@@ -693,6 +695,18 @@ class ManiDPConfig(FinetuneConfig):
     squeeze: int = 2
     clamp_max: float = 1000.0
     finetune_epochs: int = 30
+
+    def validate(self) -> None:
+        """The fine-tuning checks; target_remain_rate in (0, 1]; λ_lasso, λ_graph, γ ≥ 0;
+        θ > 0; squeeze ≥ 1; clamp_max > 0."""
+        super().validate()
+        check_real("target_remain_rate", self.target_remain_rate, 0.0, 1.0, lo_open=True)
+        check_real("lambda_lasso", self.lambda_lasso, 0.0)
+        check_real("lambda_graph", self.lambda_graph, 0.0)
+        check_real("thre_cls", self.thre_cls, 0.0, lo_open=True)
+        check_real("gamma", self.gamma, 0.0)
+        check_int("squeeze", self.squeeze, 1)
+        check_real("clamp_max", self.clamp_max, 0.0, lo_open=True)
 
 
 def _rebuild(model: nn.Module, arch: dict[str, Any]) -> nn.Module:

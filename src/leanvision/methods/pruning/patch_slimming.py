@@ -27,6 +27,7 @@ from torch import nn
 
 from leanvision.errors import ConfigError
 from leanvision.methods.common import FinetuneConfig, finetune
+from leanvision.methods.config import check_int, check_real
 from leanvision.methods.distillation.kd import KDHook
 from leanvision.methods.registry import record_transform, register_method
 from leanvision.profiling import count_ops
@@ -170,8 +171,9 @@ def slim_keep_sets(
 @dataclass
 class PatchSlimConfig(FinetuneConfig):
     """Patch slimming: ``tolerance`` ε (one or per block) or ``target_macs_ratio`` (kept share
-    of MACs, found by bisection on ε); ``calib_images`` from the training split (never test);
-    fine-tuning with KD from the dense model (``kd_T``, ``kd_alpha``)."""
+    of MACs, found by bisection on ε); ``calib_images`` from the training split (never test;
+    at most ``max_steps`` batches of images when ``max_steps`` is set); fine-tuning with KD
+    from the dense model (``kd_T``, ``kd_alpha``)."""
 
     tolerance: Any = None
     target_macs_ratio: float | None = None
@@ -181,6 +183,36 @@ class PatchSlimConfig(FinetuneConfig):
     lr: float = 5e-4
     opt: str = "adamw"
     weight_decay: float = 0.05
+
+    def validate(self) -> None:
+        """The fine-tuning checks; tolerance ε in [0, 1) (one, or one per block);
+        target_macs_ratio in (0, 1]; calib_images ≥ 1; kd_T > 0, kd_alpha in [0, 1]."""
+        super().validate()
+        eps = self.tolerance
+        if isinstance(eps, list | tuple):
+            if not eps:
+                raise ConfigError("tolerance=[] is not allowed; allowed: a number in [0, 1), "
+                                  "one per block, or None")  # fmt: skip
+            for i, e in enumerate(eps):
+                check_real(f"tolerance[{i}]", e, 0.0, 1.0, hi_open=True)
+        elif eps is not None:
+            check_real("tolerance", eps, 0.0, 1.0, hi_open=True)
+        check_real("target_macs_ratio", self.target_macs_ratio, 0.0, 1.0, lo_open=True,
+                   none_ok=True)  # fmt: skip
+        check_int("calib_images", self.calib_images, 1)
+        check_real("kd_T", self.kd_T, 0.0, lo_open=True)
+        check_real("kd_alpha", self.kd_alpha, 0.0, 1.0)
+
+    def check_inputs(self, data: Any) -> None:
+        """Exactly one of tolerance, target_macs_ratio; ``data`` (calibration) is required."""
+        super().check_inputs(data)
+        if (self.tolerance is None) == (self.target_macs_ratio is None):
+            raise ConfigError(
+                "give exactly one of tolerance, target_macs_ratio; got "
+                f"tolerance={self.tolerance!r}, target_macs_ratio={self.target_macs_ratio!r}"
+            )
+        if data is None:
+            raise ConfigError("patch_slimming calibrates on data: pass data=lv.load_data(...)")
 
 
 def _macs(model: nn.Module, input_size: tuple[int, ...]) -> int:
@@ -205,8 +237,11 @@ def apply_patch_slimming(model: nn.Module, data: Any, cfg: PatchSlimConfig) -> n
         raise ConfigError("patch_slimming calibrates on data: pass data=lv.load_data(...)")
     if (cfg.tolerance is None) == (cfg.target_macs_ratio is None):
         raise ConfigError("patch_slimming: give exactly one of tolerance, target_macs_ratio")
+    n = cfg.calib_images
+    if cfg.max_steps is not None:  # a smoke run: at most max_steps batches of images
+        n = min(n, cfg.max_steps * (cfg.batch_size or data.batch_size))
     g = torch.Generator().manual_seed(cfg.seed)
-    idx = torch.randperm(len(data.train_set), generator=g)[: cfg.calib_images]
+    idx = torch.randperm(len(data.train_set), generator=g)[:n]
     images = torch.stack([data.train_set[int(i)][0] for i in idx])
     device = next(model.parameters()).device
     attn = attention_maps(copy.deepcopy(model), images.to(device))

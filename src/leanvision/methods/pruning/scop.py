@@ -24,6 +24,8 @@ from torch import nn
 
 from leanvision.engine import Hook, StepContext, train
 from leanvision.errors import ConfigError
+from leanvision.methods.common import cap_steps
+from leanvision.methods.config import check_choice, check_int, check_real
 from leanvision.methods.registry import register_method
 
 from .common import ChannelPruneConfig, finish_channel_pruning, rebuild_pruned
@@ -42,7 +44,9 @@ class ScopConfig(ChannelPruneConfig):
     the data, what the paper's generator approximates), ``"gaussian"`` (second-order
     knockoffs fitted on ``knockoff_images`` training images with ``knockoff_components``
     principal components) or a callable ``n -> (n, C, H, W)`` (e.g. a trained generator).
-    ``control_epochs`` / ``control_lr`` / ``control_max_steps``: training of the factors β.
+    ``control_epochs`` / ``control_lr`` / ``control_max_steps``: training of the factors β
+    (``max_steps`` caps it too: its optimizer steps are at most the smaller of the two caps,
+    and the Gaussian knockoffs are fitted on at most ``max_steps`` batches of images).
     ``layers``: BatchNorm layers to score (default: every BatchNorm2d but the first).
     ``bn_batch_stats``: normalise with the statistics of each [real; knockoff] batch, as the
     official code does (its knockoffs come from a GAN and match the data closely). Default
@@ -58,6 +62,30 @@ class ScopConfig(ChannelPruneConfig):
     control_max_steps: int | None = None
     layers: list[str] | None = None
     bn_batch_stats: bool = False
+
+    def validate(self) -> None:
+        """The pruning checks; knockoff 'resample', 'gaussian' or a callable; knockoff_images
+        ≥ 2, knockoff_components ≥ 1; control_epochs ≥ 1, control_lr > 0, control_max_steps
+        ≥ 1 or None; layers a non-empty list or None."""
+        super().validate()
+        if not callable(self.knockoff):
+            check_choice("knockoff", self.knockoff, ("resample", "gaussian", "<a callable>"))
+        check_int("knockoff_images", self.knockoff_images, 2)
+        check_int("knockoff_components", self.knockoff_components, 1)
+        check_int("control_epochs", self.control_epochs, 1)
+        check_real("control_lr", self.control_lr, 0.0, lo_open=True)
+        check_int("control_max_steps", self.control_max_steps, 1, none_ok=True)
+        if self.layers is not None and not self.layers:
+            raise ConfigError("layers=[] is not allowed; allowed: BatchNorm2d names, or None "
+                              "(every BatchNorm2d but the first)")  # fmt: skip
+
+    def check_inputs(self, data: Any) -> None:
+        """SCOP trains its control factors on data: ``data`` is required."""
+        super().check_inputs(data)
+        if data is None:
+            raise ConfigError(
+                "scop trains its control factors on data: pass data=lv.load_data(...)"
+            )
 
 
 class ControlFactorHook(Hook):
@@ -173,7 +201,10 @@ def make_knockoffs(data: Any, cfg: ScopConfig) -> Sampler:
         raise ConfigError(
             f"scop knockoff must be 'resample', 'gaussian' or a callable, got {cfg.knockoff!r}"
         )
-    images = collect_images(data.train_set, cfg.knockoff_images, seed=cfg.seed)
+    n = cfg.knockoff_images
+    if cfg.max_steps is not None:  # a smoke run: at most max_steps batches of images
+        n = min(n, max(2, cfg.max_steps * (cfg.batch_size or data.batch_size)))
+    images = collect_images(data.train_set, n, seed=cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     fitted = GaussianKnockoffs.fit(images, cfg.knockoff_components, seed=cfg.seed)
     return lambda n: fitted(n, generator=gen)
@@ -201,10 +232,10 @@ def scop_scores(
         opt_kwargs={"betas": (0.5, 0.9)},
         weight_decay=0.0,
         sched="none",
-        max_steps=cfg.control_max_steps,
+        max_steps=cap_steps(cfg.control_max_steps, cfg.max_steps),
         batch_size=cfg.batch_size,
         seed=cfg.seed,
-        eval_every=max(1, cfg.control_epochs),
+        eval_every=0,  # the model is frozen: its validation score says nothing about β
         progress=cfg.progress,
         log=cfg.log,
     )
