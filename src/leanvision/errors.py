@@ -78,3 +78,8 @@ class InputShapeError(LeanVisionError, ValueError):
 
 class UnsupportedModelError(LeanVisionError, TypeError):
     """A method met a layer or model it cannot handle; the message names the layer."""
+
+
+class KernelError(LeanVisionError, RuntimeError):
+    """A native kernel that was required (``kernels.load(name, required=True)`` or
+    ``LEANVISION_REQUIRE_KERNELS=1``) could not be built or loaded; the message says why."""
