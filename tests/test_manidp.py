@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 import leanvision as lv
-from leanvision.errors import UnsupportedModelError
+from leanvision.errors import UnknownNameError, UnsupportedModelError
 from leanvision.methods.pruning.manidp import (
     GatedBasicBlock,
     GatedStage,
@@ -50,7 +50,6 @@ def _blocks(model: nn.Module) -> list[GatedBasicBlock]:
 def _use_native(model: nn.Module, native: bool) -> nn.Module:
     for b in _blocks(model):
         b.use_native = native
-        b._folded = b._native = None
     return model
 
 
@@ -300,7 +299,7 @@ def test_kernels_can_be_switched_off(monkeypatch):
     with torch.no_grad():
         torch.testing.assert_close(model(x[:1]), model(x)[:1], atol=1e-5, rtol=1e-4)
     assert all(b._native is None for b in _blocks(model))
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(UnknownNameError):
         kernels.load("no_such_kernel")
 
 
@@ -365,11 +364,12 @@ def test_chain_op_rejects_blocks_that_change_the_shape():
     model = _gated()
     block = model.layer2[0]  # stride 2, 16 -> 32 channels
     x = torch.randn(1, 16, 32, 32)
-    params, meta = list(block._native[:12]), [int(v) for v in block._native[13:17]]
+    native = block._native
+    params, meta, eps = native.params, native.meta, native.eps
     with pytest.raises(RuntimeError, match="changes the shape"):
-        torch.ops.leanvision.gated_block_chain(x, params, meta, 1000.0)
-    with pytest.raises(RuntimeError, match="12 tensors and 4 ints"):
-        torch.ops.leanvision.gated_block_chain(x, params[:5], meta, 1000.0)
+        torch.ops.leanvision.gated_block_chain(x, params, meta, eps, 1000.0)
+    with pytest.raises(RuntimeError, match="20 tensors, 4 ints and 2 eps"):
+        torch.ops.leanvision.gated_block_chain(x, params[:5], meta, eps, 1000.0)
 
 
 def test_blocks_with_different_gate_clamps_are_not_chained_together():
