@@ -385,3 +385,20 @@ def test_blocks_with_different_gate_clamps_are_not_chained_together():
                                    rtol=1e-4)  # fmt: skip
     plan = model.layer1._plan
     assert [type(s).__name__ for s in plan] == ["GatedBasicBlock"] * 3
+
+
+def test_profiler_names_the_kernel_or_the_fallback():
+    """The latency backend says which path ManiDP's batch-1 inference really took."""
+    from leanvision import kernels
+    from leanvision.profiling import measure_latency
+
+    model = _gated()
+    path = kernels.path("gated_block")
+    stats = measure_latency(model, (1, 3, 32, 32), warmup=0, repeats=1)
+    assert stats.backend == (
+        f"torch-eager-cpu+leanvision:gated_basic_block[{path}],gated_block_chain[{path}]"
+    )
+    _use_native(model, False)
+    stats = measure_latency(model, (1, 3, 32, 32), warmup=0, repeats=1)
+    assert stats.backend == "torch-eager-cpu+fallback:GatedBasicBlock[disabled]"
+    assert measure_latency(model, (2, 3, 32, 32), repeats=1).backend == "torch-eager-cpu"
