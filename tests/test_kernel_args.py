@@ -268,3 +268,9 @@ def test_required_kernel_raises_kernel_error(monkeypatch):
     with pytest.raises(KernelError, match="'adder_int8' is required"):
         kernels.load("adder_int8")
     assert kernels.status()["binary"].error == "disabled by LEANVISION_NO_KERNELS=1"
+    # built, but for an instruction set its ops have no path on (AVX-512-only kernels)
+    monkeypatch.setattr(kernels, "_state", {"conv3x3": True})
+    monkeypatch.setattr(kernels, "_paths", {"conv3x3": "none"})
+    assert kernels.load("conv3x3", required=False)
+    with pytest.raises(KernelError, match="'conv3x3' is required but its .* build has no path"):
+        kernels.load("conv3x3", required=True)

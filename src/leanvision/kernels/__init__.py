@@ -9,8 +9,10 @@ profiler reads).
 Environment:
 
 * ``LEANVISION_NO_KERNELS=1``: build nothing; every layer runs its PyTorch path.
-* ``LEANVISION_REQUIRE_KERNELS=1``: a kernel that cannot be built raises
-  :class:`~leanvision.errors.KernelError` instead of warning (as ``load(name, required=True)``).
+* ``LEANVISION_REQUIRE_KERNELS=1``: a kernel that is asked for and cannot be built (or is
+  built without any path) raises :class:`~leanvision.errors.KernelError` instead of warning
+  (as ``load(name, required=True)``). Layers do not ask for the AVX-512-only kernels
+  (``adder``, ``conv3x3``) on other CPUs; the profiler's backend string names those fallbacks.
 * ``LEANVISION_KERNEL_ISA=AVX2|DEFAULT``: build for a lower instruction set than this CPU's
   (only lowering is allowed). The level is part of the build's name, so caches never mix, and
   is passed to the compiler as ``LEANVISION_ISA_<LEVEL>``, so the run-time dispatch takes the
@@ -137,18 +139,27 @@ def load(name: str, required: bool | None = None) -> bool:
 
     Raises:
         UnknownNameError: No such kernel.
-        KernelError: ``required`` and the kernel is not available (the message says why).
+        KernelError: ``required`` and the kernel is not available, or its build has no path
+            at all (``path(name) == "none"``); the message says why.
     """
     if name not in _state:
         _state[name] = _build(name)
-    if not _state[name] and _required(required):
+    if not _required(required):
+        return _state[name]
+    if not _state[name]:
         raise KernelError(
             f"native kernel {name!r} is required but unavailable: "
             f"{_errors.get(name, 'not built')}. Install a C++ compiler (g++ or clang) and "
             "ninja, unset LEANVISION_NO_KERNELS, or drop LEANVISION_REQUIRE_KERNELS / "
             "required=True to accept the PyTorch path"
         )
-    return _state[name]
+    if path(name) == "none":
+        raise KernelError(
+            f"native kernel {name!r} is required but its {capability()} build has no path "
+            "(its ops need AVX-512); run on an AVX-512 CPU without LEANVISION_KERNEL_ISA, or "
+            "drop LEANVISION_REQUIRE_KERNELS / required=True to accept the PyTorch path"
+        )
+    return True
 
 
 def _build(name: str) -> bool:

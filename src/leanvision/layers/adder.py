@@ -323,13 +323,16 @@ class QuantAdderConv2d(nn.Module):
         xq = self.quantize_input(x)
         s = float(self.scale)
         if x.device.type == "cpu" and _int8_kernel():
-            args = (self.bias, s, self.in_channels, self.kernel_size, self.stride, self.padding)
+            bias = None if self.bias is None else self.bias.float()
+            args = (bias, s, self.in_channels, self.kernel_size, self.stride, self.padding)
             cl = torch.channels_last
             if self.bits <= 8:
                 xu = (xq + 128).to(torch.uint8).contiguous(memory_format=cl)
-                return torch.ops.leanvision.adder_int8_forward(xu, self._pack(), *args)
-            x16 = xq.to(torch.int16).contiguous(memory_format=cl)
-            return torch.ops.leanvision.adder_int16_forward(x16, self._pack(), *args)
+                y = torch.ops.leanvision.adder_int8_forward(xu, self._pack(), *args)
+            else:
+                x16 = xq.to(torch.int16).contiguous(memory_format=cl)
+                y = torch.ops.leanvision.adder_int16_forward(x16, self._pack(), *args)
+            return y if x.dtype == torch.float32 else y.to(x.dtype)
         kernels.fell_back(self, _why_not(x, "adder_int8"))
         y = adder2d(xq, self.weight_q.to(xq.dtype), self.stride, self.padding) * s
         return y + self.bias.view(1, -1, 1, 1) if self.bias is not None else y
