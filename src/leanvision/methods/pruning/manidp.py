@@ -193,17 +193,19 @@ class GatedBasicBlock(nn.Module):
 
     # ------------------------------------------------------------ derived state, kept fresh
 
-    def _sources(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """The tensors the folded copies derive from: (convs and BNs, the shortcut's)."""
-        version, convs, shortcut = self._slots
-        if version != structure_version():
-            b = self.block
-            version = structure_version()
-            convs = _slots_of([b.conv1, b.bn1, b.conv2, b.bn2])
-            ds = b.downsample
-            shortcut = _slots_of(list(ds.modules())) if ds is not None else []
-            self._slots = (version, convs, shortcut)
-        return _lookup(convs), _lookup(shortcut)
+    def _sources(self, which: int) -> list[torch.Tensor]:
+        """The tensors a folded copy derives from: 0, the convs' and BNs'; 1, the shortcut's.
+        Looked up through the modules' dicts; where they live is found again when a module,
+        parameter or buffer was set anywhere (:func:`structure_version`)."""
+        slots = self._slots
+        if slots[0] != structure_version():
+            b, ds = self.block, self.block.downsample
+            slots = self._slots = (
+                structure_version(),
+                _slots_of([b.conv1, b.bn1, b.conv2, b.bn2]),
+                _slots_of(list(ds.modules())) if ds is not None else [],
+            )
+        return _lookup(slots[1 + which])
 
     def _args(self) -> _Args:
         """The fused kernel's set-up, made again when a tensor or module was replaced."""
@@ -218,7 +220,7 @@ class GatedBasicBlock(nn.Module):
         """(w1, b1, w2, b2) with BN folded in, for the ATen path."""
         b = self.block
         return self._folded_cache.get(
-            self._sources()[0], lambda: (*_fold(b.conv1, b.bn1), *_fold(b.conv2, b.bn2))
+            self._sources(0), lambda: (*_fold(b.conv1, b.bn1), *_fold(b.conv2, b.bn2))
         )
 
     def _shortcut(self, x: torch.Tensor) -> torch.Tensor:
@@ -226,7 +228,7 @@ class GatedBasicBlock(nn.Module):
         downsample = self.block.downsample
         if downsample is None:
             return x
-        folded = self._shortcut_cache.get(self._sources()[1], self._fold_shortcut)
+        folded = self._shortcut_cache.get(self._sources(1), self._fold_shortcut)
         return downsample(x) if folded is None else F.conv2d(x, *folded)
 
     @torch.no_grad()
