@@ -40,8 +40,10 @@ def test_derived_cache_rebuilds_on_every_kind_of_change():
 
     first = get(w)
     assert get(w) is first and len(builds) == 1  # unchanged: served
+    assert not cache.stale() and not DerivedCache().stale()
     with torch.no_grad():
         w.mul_(2)  # in place: version counter
+    assert cache.stale()
     torch.testing.assert_close(get(w), w.detach())
     w.data = torch.randn(4, 3)  # same object, new storage: data pointer
     torch.testing.assert_close(get(w), w.detach())
@@ -234,6 +236,21 @@ def test_gated_model_follows_replaced_tensors_and_moves(gated):
     fresh = copy.deepcopy(model)
     with torch.no_grad():
         torch.testing.assert_close(model(x[:1]), fresh(x[:1]), atol=0, rtol=0)
+
+
+def test_gated_model_in_channels_last_follows_edits(gated):
+    """Channels-last weights reach the kernel as contiguous copies: made again on a change."""
+    model, x = gated
+    model.to(memory_format=torch.channels_last)
+    xc = x.contiguous(memory_format=torch.channels_last)
+    _check_batch1(model, xc)
+    blocks = _blocks(model)
+    with torch.no_grad():
+        blocks[1].block.conv2.weight.mul_(-1.0)
+        blocks[4].block.conv1.weight.add_(0.1)
+    _check_batch1(model, xc)
+    model.load_state_dict(_gated(3).state_dict())
+    _check_batch1(model, xc)
 
 
 def test_stage_plan_follows_the_blocks():

@@ -78,6 +78,14 @@ class DerivedCache(Generic[T]):
             and extra == self._extra
         )
 
+    def stale(self) -> bool:
+        """Whether a tensor the stored value was built from changed since, in place or by a new
+        data pointer (the same objects: no identity check); False when nothing is stored."""
+        s = self._sources
+        return bool(s) and (
+            list(map(_VERSION, s)) != self._versions or list(map(_DATA_PTR, s)) != self._ptrs
+        )
+
     def store(self, sources: Sequence[torch.Tensor], value: T, extra: Hashable = None) -> T:
         """Keep ``value`` as derived from ``sources`` (as they are now) and ``extra``."""
         self._sources = tuple(sources)

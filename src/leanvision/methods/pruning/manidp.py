@@ -174,6 +174,7 @@ class GatedBasicBlock(nn.Module):
         self._last_macs = 0
         self._last_native: tuple[Any, ...] | None = None
         self._args_cache: DerivedCache[_Args] = DerivedCache()
+        self._copied: DerivedCache[None] = DerivedCache()  # weights the kernel gets as copies
         self._folded_cache: DerivedCache[tuple[torch.Tensor, ...]] = DerivedCache()
         self._shortcut_cache: DerivedCache[tuple[Any, ...] | None] = DerivedCache()
         self._slots: tuple[int, _Slots, _Slots] = (-1, [], [])
@@ -214,7 +215,11 @@ class GatedBasicBlock(nn.Module):
             structure_version(), self.use_native, gates["gate1"].clamp_max,
             gates["gate2"].clamp_max,
         )  # fmt: skip
-        return self._args_cache.get((), self._make_args, key)
+        args = self._args_cache.get((), self._make_args, key)
+        if self._copied.stale():  # a copied (channels-last) weight changed: copy it again
+            self._args_cache.clear()
+            args = self._args_cache.get((), self._make_args, key)
+        return args
 
     def _folded_weights(self) -> tuple[torch.Tensor, ...]:
         """(w1, b1, w2, b2) with BN folded in, for the ATen path."""
@@ -252,6 +257,7 @@ class GatedBasicBlock(nn.Module):
     def _make_args(self) -> _Args:
         """The kernel's arguments where it applies: plain square convs with batch norm after
         them, ReLU, float32 on CPU, the kernel built (else None and why)."""
+        self._copied.clear()
         b = self.block
         c1, c2 = b.conv1, b.conv2
         plain = all(
@@ -287,8 +293,15 @@ class GatedBasicBlock(nn.Module):
         def gate(g: ChannelGate) -> list[torch.Tensor]:
             return [g.fc1.weight, g.fc2.weight, g.fc2.bias, g.thre]
 
+        params = [*conv_bn(c1, b.bn1), *conv_bn(c2, b.bn2), *gate(self.gate1), *gate(self.gate2)]
+        # the kernel reads the tensors themselves, so in-place changes count at the next call;
+        # one in another layout (channels-last weights) is copied once here and copied again
+        # when it changes (_args checks the few copied ones), not at every call
+        copied = [t for t in params if not t.is_contiguous()]
+        params = [t if t.is_contiguous() else t.detach().contiguous() for t in params]
+        self._copied.store(copied, None)
         native = _Native(
-            [*conv_bn(c1, b.bn1), *conv_bn(c2, b.bn2), *gate(self.gate1), *gate(self.gate2)],
+            params,
             [c1.stride[0], c1.padding[0], c2.stride[0], c2.padding[0]],
             [float(b.bn1.eps), float(b.bn2.eps)],
             float(self.gate1.clamp_max),
