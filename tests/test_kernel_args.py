@@ -274,3 +274,18 @@ def test_required_kernel_raises_kernel_error(monkeypatch):
     assert kernels.load("conv3x3", required=False)
     with pytest.raises(KernelError, match="'conv3x3' is required but its .* build has no path"):
         kernels.load("conv3x3", required=True)
+
+
+def test_failed_build_warns_and_reports_the_compiler_error(monkeypatch, tmp_path):
+    (tmp_path / "broken.cpp").write_text("#error deliberately broken kernel\n")
+    monkeypatch.setattr(kernels, "_CSRC", tmp_path)
+    monkeypatch.setattr(kernels, "_state", {})
+    monkeypatch.setattr(kernels, "_errors", {})
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path / "ext"))
+    monkeypatch.delenv("LEANVISION_NO_KERNELS", raising=False)
+    with pytest.warns(RuntimeWarning, match="'broken' unavailable"):
+        assert not kernels.load("broken")
+    st = kernels.status()["broken"]
+    assert not st.built and st.path is None and "deliberately broken" in st.error
+    with pytest.raises(KernelError, match="'broken' is required.*deliberately broken"):
+        kernels.load("broken", required=True)

@@ -143,7 +143,7 @@ def load(name: str, required: bool | None = None) -> bool:
             at all (``path(name) == "none"``); the message says why.
     """
     if name not in _state:
-        _state[name] = _build(name)
+        _state[name] = _build(name, warn=not _required(required))
     if not _required(required):
         return _state[name]
     if not _state[name]:
@@ -162,7 +162,7 @@ def load(name: str, required: bool | None = None) -> bool:
     return True
 
 
-def _build(name: str) -> bool:
+def _build(name: str, warn: bool) -> bool:
     source = _CSRC / f"{name}.cpp"
     if not source.is_file():
         raise UnknownNameError("native kernel", name, _names(), f"Kernels live in {_CSRC}.")
@@ -191,9 +191,8 @@ def _build(name: str) -> bool:
             verbose=False,
         )
     except Exception as exc:  # no compiler, no ninja, build error: keep the PyTorch path
-        first = str(exc).splitlines()[0] if str(exc) else ""
-        _errors[name] = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
-        if not _required(None):
+        _errors[name] = _summary(exc)
+        if warn:
             warnings.warn(
                 f"leanvision: native kernel {name!r} unavailable ({_errors[name]}); "
                 "using the PyTorch path",
@@ -203,6 +202,15 @@ def _build(name: str) -> bool:
         return False
     _errors.pop(name, None)
     return True
+
+
+def _summary(exc: Exception) -> str:
+    """The exception's first line and the compiler's first error line, if it has one."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    error = next((line for line in lines[1:] if "error" in line.lower()), "")
+    return f"{type(exc).__name__}: {lines[0]}" + (f" ({error[:300]})" if error else "")
 
 
 def available(name: str) -> bool:
