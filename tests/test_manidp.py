@@ -402,3 +402,16 @@ def test_profiler_names_the_kernel_or_the_fallback():
     stats = measure_latency(model, (1, 3, 32, 32), warmup=0, repeats=1)
     assert stats.backend == "torch-eager-cpu+fallback:GatedBasicBlock[disabled]"
     assert measure_latency(model, (2, 3, 32, 32), repeats=1).backend == "torch-eager-cpu"
+
+
+def test_gates_with_different_clamps_run_the_aten_path():
+    """The fused op takes one clamp for both gates: a block whose gates differ runs ATen."""
+    model = _gated()
+    block = model.layer1[0]
+    block.gate2.clamp_max = 0.5  # saliencies around 1: the second gate's clamp bites
+    assert block._native is None
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        dense = model(x)
+        torch.testing.assert_close(model(x[:1]), dense[:1], atol=1e-4 * dense.abs().max().item(),
+                                   rtol=1e-4)  # fmt: skip

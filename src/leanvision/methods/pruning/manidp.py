@@ -256,7 +256,8 @@ class GatedBasicBlock(nn.Module):
 
     def _make_args(self) -> _Args:
         """The kernel's arguments where it applies: plain square convs with batch norm after
-        them, ReLU, float32 on CPU, the kernel built (else None and why)."""
+        them, ReLU, one clamp for both gates, float32 on CPU, the kernel built (else None and
+        why)."""
         self._copied.clear()
         b = self.block
         c1, c2 = b.conv1, b.conv2
@@ -276,7 +277,8 @@ class GatedBasicBlock(nn.Module):
             type(bn) is nn.BatchNorm2d and bn.affine and bn.running_mean is not None
             for bn in (b.bn1, b.bn2)
         )
-        if not (plain and type(b.act1) is nn.ReLU and type(b.act2) is nn.ReLU):
+        same_cap = self.gate1.clamp_max == self.gate2.clamp_max  # the op takes one clamp
+        if not (plain and same_cap and type(b.act1) is nn.ReLU and type(b.act2) is nn.ReLU):
             return _Args(None, None, next(_serials))
         if not self.use_native:
             return _Args(None, "disabled", next(_serials))
