@@ -171,7 +171,6 @@ def _pack_u8(wq: torch.Tensor) -> torch.Tensor:
     return F.pad(flat, (0, kp - flat.shape[1]), value=128).to(torch.uint8).contiguous()
 
 
-@pytest.mark.skipif(kernels.capability() != "AVX512", reason="the int8 kernel is AVX-512 only")
 @pytest.mark.parametrize("shape", SHAPES)
 def test_int8_kernel_is_exact(shape):
     n, c, o, h, w, k, s, p = shape
@@ -180,14 +179,13 @@ def test_int8_kernel_is_exact(shape):
     xq, wq = torch.randint(-127, 128, (n, c, h, w)), torch.randint(-127, 128, (o, c, k, k))
     bias = torch.randn(o)
     xu = (xq + 128).to(torch.uint8).contiguous(memory_format=torch.channels_last)
-    y = torch.ops.leanvision.adder_int8_forward(xu, _pack_u8(wq), bias, 0.25, k, s, p)
+    y = torch.ops.leanvision.adder_int8_forward(xu, _pack_u8(wq), bias, 0.25, c, k, s, p)
     ref = la.adder2d_reference(xq.double(), wq.double(), s, p) * 0.25 + bias.double()[:, None, None]
     torch.testing.assert_close(y.double(), ref, rtol=0, atol=1e-3)
     with pytest.raises(RuntimeError, match="uint8"):
-        torch.ops.leanvision.adder_int8_forward(xq.float(), _pack_u8(wq), None, 1.0, k, s, p)
+        torch.ops.leanvision.adder_int8_forward(xq.float(), _pack_u8(wq), None, 1.0, c, k, s, p)
 
 
-@pytest.mark.skipif(kernels.capability() != "AVX512", reason="the int16 kernel is AVX-512 only")
 @pytest.mark.parametrize("shape", SHAPES)
 def test_int16_kernel_is_exact(shape):
     n, c, o, h, w, k, s, p = shape
@@ -199,7 +197,7 @@ def test_int16_kernel_is_exact(shape):
     kp = -(-flat.shape[1] // 32) * 32
     packed = F.pad(flat, (0, kp - flat.shape[1])).to(torch.int16).contiguous()
     x16 = xq.to(torch.int16).contiguous(memory_format=torch.channels_last)
-    y = torch.ops.leanvision.adder_int16_forward(x16, packed, None, 1.0, k, s, p)
+    y = torch.ops.leanvision.adder_int16_forward(x16, packed, None, 1.0, c, k, s, p)
     ref = la.adder2d_reference(xq.double(), wq.double(), s, p)  # integers below 2^31
     torch.testing.assert_close(y.double(), ref, rtol=1e-7, atol=0)  # fp32 rounding of the sum
 

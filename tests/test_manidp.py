@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 import leanvision as lv
-from leanvision.errors import UnsupportedModelError
+from leanvision.errors import UnknownNameError, UnsupportedModelError
 from leanvision.methods.pruning.manidp import (
     GatedBasicBlock,
     GatedStage,
@@ -50,7 +50,6 @@ def _blocks(model: nn.Module) -> list[GatedBasicBlock]:
 def _use_native(model: nn.Module, native: bool) -> nn.Module:
     for b in _blocks(model):
         b.use_native = native
-        b._folded = b._native = None
     return model
 
 
@@ -300,7 +299,7 @@ def test_kernels_can_be_switched_off(monkeypatch):
     with torch.no_grad():
         torch.testing.assert_close(model(x[:1]), model(x)[:1], atol=1e-5, rtol=1e-4)
     assert all(b._native is None for b in _blocks(model))
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(UnknownNameError):
         kernels.load("no_such_kernel")
 
 
@@ -365,11 +364,12 @@ def test_chain_op_rejects_blocks_that_change_the_shape():
     model = _gated()
     block = model.layer2[0]  # stride 2, 16 -> 32 channels
     x = torch.randn(1, 16, 32, 32)
-    params, meta = list(block._native[:12]), [int(v) for v in block._native[13:17]]
+    native = block._native
+    params, meta, eps = native.params, native.meta, native.eps
     with pytest.raises(RuntimeError, match="changes the shape"):
-        torch.ops.leanvision.gated_block_chain(x, params, meta, 1000.0)
-    with pytest.raises(RuntimeError, match="12 tensors and 4 ints"):
-        torch.ops.leanvision.gated_block_chain(x, params[:5], meta, 1000.0)
+        torch.ops.leanvision.gated_block_chain(x, params, meta, eps, 1000.0)
+    with pytest.raises(RuntimeError, match="20 tensors, 4 ints and 2 eps"):
+        torch.ops.leanvision.gated_block_chain(x, params[:5], meta, eps, 1000.0)
 
 
 def test_blocks_with_different_gate_clamps_are_not_chained_together():
@@ -385,3 +385,33 @@ def test_blocks_with_different_gate_clamps_are_not_chained_together():
                                    rtol=1e-4)  # fmt: skip
     plan = model.layer1._plan
     assert [type(s).__name__ for s in plan] == ["GatedBasicBlock"] * 3
+
+
+def test_profiler_names_the_kernel_or_the_fallback():
+    """The latency backend says which path ManiDP's batch-1 inference really took."""
+    from leanvision import kernels
+    from leanvision.profiling import measure_latency
+
+    model = _gated()
+    path = kernels.path("gated_block")
+    stats = measure_latency(model, (1, 3, 32, 32), warmup=0, repeats=1)
+    assert stats.backend == (
+        f"torch-eager-cpu+leanvision:gated_basic_block[{path}],gated_block_chain[{path}]"
+    )
+    _use_native(model, False)
+    stats = measure_latency(model, (1, 3, 32, 32), warmup=0, repeats=1)
+    assert stats.backend == "torch-eager-cpu+fallback:GatedBasicBlock[disabled]"
+    assert measure_latency(model, (2, 3, 32, 32), repeats=1).backend == "torch-eager-cpu"
+
+
+def test_gates_with_different_clamps_run_the_aten_path():
+    """The fused op takes one clamp for both gates: a block whose gates differ runs ATen."""
+    model = _gated()
+    block = model.layer1[0]
+    block.gate2.clamp_max = 0.5  # saliencies around 1: the second gate's clamp bites
+    assert block._native is None
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        dense = model(x)
+        torch.testing.assert_close(model(x[:1]), dense[:1], atol=1e-4 * dense.abs().max().item(),
+                                   rtol=1e-4)  # fmt: skip

@@ -259,10 +259,11 @@ def test_latency_of_callables():
 
     zero_arg.backend = "onnxruntime-cpu"
     s = measure_latency(zero_arg, (1, 3, 4, 4), warmup=2, repeats=3)
-    assert calls == [()] * 5 and s.backend == "onnxruntime-cpu" and s.repeats == 3
+    # one untimed probe call (it detects the backend), the warm-up, the timed runs
+    assert calls == [()] * 6 and s.backend == "onnxruntime-cpu" and s.repeats == 3
     calls.clear()
     s = measure_latency(one_arg, (1, 3, 4, 4), warmup=0, repeats=2)
-    assert calls == [(1, 3, 4, 4)] * 2 and s.backend == "python-callable"
+    assert calls == [(1, 3, 4, 4)] * 3 and s.backend == "python-callable"
 
 
 def test_compare_heavier_model_is_slower():
@@ -282,7 +283,7 @@ def test_compare_interleaves_in_rotating_order():
         return lambda: order.append(name)
 
     compare({n: make(n) for n in "abc"}, (1, 3), warmup=0, repeats=3)
-    assert order == list("abcbcacab")
+    assert order == list("abc" + "abcbcacab")  # the probe calls, then the rounds
 
 
 # --------------------------------------------------------------------------- memory
@@ -452,3 +453,92 @@ def test_profile_restores_modes_and_is_json_ready():
     quick = profile(model, (1, 3, 8, 8), latency=False, memory=False)
     assert quick.latency is None and quick.peak_mem_mb is None
     assert quick.as_dict()["latency_ms"] is None
+
+
+# --------------------------------------------------------------------------- detected backends
+
+
+def _binary_net() -> nn.Module:
+    from leanvision.layers.binary import (
+        BinaryConv2d,
+        BinaryLinear,
+        PackedBinaryConv2d,
+        PackedBinaryLinear,
+    )
+
+    torch.manual_seed(0)
+    conv = PackedBinaryConv2d(BinaryConv2d(3, 8, 3, padding=1).eval())
+    return nn.Sequential(conv, nn.Flatten(), PackedBinaryLinear(BinaryLinear(8 * 16, 10).eval()))
+
+
+def test_backend_names_the_native_ops_that_ran():
+    from leanvision import kernels
+
+    assert kernels.load("binary")
+    path = kernels.path("binary")
+    assert path in ("avx512-vpopcntdq", "scalar") and path == torch.ops.leanvision.binary_isa()
+    stats = measure_latency(_binary_net(), (1, 3, 4, 4), warmup=0, repeats=2)
+    assert stats.backend == (
+        f"torch-eager-cpu+leanvision:binary_conv2d[{path}],binary_linear[{path}],"
+        f"binary_pack[{path}]"
+    )
+    named = measure_latency(_binary_net(), (1, 3, 4, 4), warmup=0, repeats=1, backend="mine")
+    assert named.backend.startswith("mine+leanvision:binary_conv2d[")
+    assert measure_latency(ConvLinear(), (1, 3, 8, 8), repeats=1).backend == "torch-eager-cpu"
+
+
+def test_backend_names_layers_that_fell_back(monkeypatch):
+    from leanvision.layers import binary as lb
+
+    monkeypatch.setattr(lb, "_binary_kernel", lambda: False)
+    stats = measure_latency(_binary_net(), (1, 3, 4, 4), warmup=0, repeats=1)
+    assert stats.backend == (
+        "torch-eager-cpu+fallback:PackedBinaryConv2d[not-built],PackedBinaryLinear[not-built]"
+    )
+    monkeypatch.undo()
+    prof = profile(_binary_net().double(), (1, 3, 4, 4), warmup=0, repeats=1, memory=False)
+    assert prof.latency.backend == (
+        "torch-eager-cpu+fallback:PackedBinaryConv2d[dtype],PackedBinaryLinear[dtype]"
+    )
+
+
+def test_compare_keeps_caller_suffixes_and_appends_what_ran():
+    net = _binary_net().eval()
+    x = torch.randn(1, 3, 4, 4)
+
+    class Runner:
+        backend = "torch-eager-cpu-channels_last-bn-folded"
+
+        def __call__(self) -> torch.Tensor:
+            return net(x)
+
+    res = compare({"runner": Runner(), "plain": nn.Conv2d(3, 4, 1)}, (1, 3, 4, 4), repeats=2)
+    assert res["runner"].backend.startswith(
+        "torch-eager-cpu-channels_last-bn-folded+leanvision:binary_conv2d["
+    )
+    assert res["plain"].backend == "torch-eager-cpu"
+
+
+def test_kernel_status_and_isa_setting(monkeypatch):
+    from leanvision import kernels
+    from leanvision.errors import UnknownNameError
+
+    assert kernels.load("binary")
+    st = kernels.status()
+    assert set(st) == {"adder", "adder_int8", "binary", "conv3x3", "gated_block"}
+    b = st["binary"]
+    assert b.built and b.error is None and b.isa == kernels.capability()
+    assert b.path == kernels.path("binary") and b.ops == kernels.OPS["binary"]
+    assert json.loads(json.dumps(b.as_dict()))["ops"] == list(kernels.OPS["binary"])
+    with pytest.raises(UnknownNameError, match="native kernel 'nope'.*binary"):
+        kernels.load("nope")
+    monkeypatch.setattr(kernels, "_isa_level", None)
+    monkeypatch.setattr(kernels, "_machine_level", lambda: "AVX2")
+    monkeypatch.setenv("LEANVISION_KERNEL_ISA", "AVX512")
+    with pytest.raises(ConfigError, match="only lower"):
+        kernels.capability()
+    monkeypatch.setenv("LEANVISION_KERNEL_ISA", "sse9")
+    with pytest.raises(ConfigError, match="not a level"):
+        kernels.capability()
+    monkeypatch.setenv("LEANVISION_KERNEL_ISA", "default")
+    assert kernels.capability() == "DEFAULT"

@@ -82,3 +82,8 @@ class UnsupportedModelError(LeanVisionError, TypeError):
 
 class DirtyTreeError(ConfigError):
     """Results meant to be committed would come from a checkout with uncommitted changes."""
+
+
+class KernelError(LeanVisionError, RuntimeError):
+    """A native kernel that was required (``kernels.load(name, required=True)`` or
+    ``LEANVISION_REQUIRE_KERNELS=1``) could not be built or loaded; the message says why."""

@@ -24,7 +24,8 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from leanvision import kernels
-from leanvision.errors import ConfigError
+from leanvision.derived import DerivedCache
+from leanvision.errors import ConfigError, InputShapeError
 
 __all__ = ["ConvChoice", "FusedConv3x3", "eligible", "optimize_for_cpu"]
 
@@ -52,10 +53,16 @@ def eligible(conv: nn.Module) -> bool:
 class FusedConv3x3(nn.Module):
     """``act(conv(x) + residual)`` for an :func:`eligible` convolution, inference only.
 
-    Runs ``torch.ops.leanvision.conv3x3_nhwc`` when the kernel is built and the call needs no
-    gradient; otherwise (no AVX-512, no compiler, autograd) the same result through
-    ``F.conv2d``. Keeps ``weight`` and ``bias`` in the conv's layout (state dicts stay
-    readable); the packed copy the kernel reads is derived, not saved."""
+    Runs ``torch.ops.leanvision.conv3x3_nhwc`` when the kernel is built with its AVX-512 path
+    and the call needs no gradient; otherwise (no AVX-512, no compiler, autograd, another
+    device or dtype) the same result through ``F.conv2d``, and a recording profiler is told
+    (``kernels.fell_back``). Keeps ``weight`` and ``bias`` in the conv's layout (state dicts
+    stay readable); the packed copy the kernel reads is derived, not saved, and rebuilt
+    whenever ``weight`` changes (a loaded state dict, an in-place edit, a move).
+
+    Raises (forward):
+        InputShapeError: ``x`` is not (N, C_in, H, W).
+    """
 
     def __init__(self, conv: nn.Conv2d, relu: bool = False, residual: bool = False) -> None:
         super().__init__()
@@ -66,9 +73,16 @@ class FusedConv3x3(nn.Module):
         b = conv.bias.detach().clone() if conv.bias is not None else w.new_zeros(w.shape[0])
         self.register_buffer("weight", w)
         self.register_buffer("bias", b)
-        # (9*C, O) as [ky][kx][ci][co]; 2-D so .to(memory_format=channels_last) leaves it alone
-        packed = w.permute(2, 3, 1, 0).reshape(-1, w.shape[0]).contiguous()
-        self.register_buffer("packed", packed, persistent=False)
+        self._packed: DerivedCache[torch.Tensor] = DerivedCache()
+
+    @property
+    def packed(self) -> torch.Tensor:
+        """``weight`` as the kernel reads it: (9·C, O) as [ky][kx][ci][co]."""
+        return self._packed.get((self.weight,), self._pack)
+
+    def _pack(self) -> torch.Tensor:
+        w = self.weight.detach()
+        return w.permute(2, 3, 1, 0).reshape(-1, w.shape[0]).contiguous()
 
     def extra_repr(self) -> str:
         o, c = self.weight.shape[:2]
@@ -80,11 +94,17 @@ class FusedConv3x3(nn.Module):
                 f"FusedConv3x3 built with residual={self.residual} was called "
                 f"{'without' if residual is None else 'with'} a residual"
             )
+        if x.dim() != 4 or x.shape[1] != self.weight.shape[1]:
+            raise InputShapeError(
+                f"FusedConv3x3({self.weight.shape[1]}, {self.weight.shape[0]}) expects an input "
+                f"(N, {self.weight.shape[1]}, H, W), got {tuple(x.shape)}"
+            )
         grad = torch.is_grad_enabled() and (
             x.requires_grad or (residual is not None and residual.requires_grad)
         )
         if not grad and x.device.type == "cpu" and x.dtype == torch.float32 and _kernel_ok():
             return torch.ops.leanvision.conv3x3_nhwc(x, self.packed, self.bias, residual, self.relu)
+        kernels.fell_back(self, _why_not(x, grad))
         y = F.conv2d(x, self.weight, self.bias, padding=1)
         if residual is not None:
             y = y + residual
@@ -92,7 +112,24 @@ class FusedConv3x3(nn.Module):
 
 
 def _kernel_ok() -> bool:
-    return kernels.capability() == "AVX512" and kernels.load("conv3x3")
+    """Whether the kernel runs here: built, with its AVX-512 path (other builds have none)."""
+    return (
+        kernels.capability() == "AVX512"
+        and kernels.load("conv3x3")
+        and kernels.path("conv3x3") != "none"
+    )
+
+
+def _why_not(x: torch.Tensor, grad: bool) -> str:
+    if grad:
+        return "autograd"
+    if x.device.type != "cpu":
+        return "device"
+    if x.dtype != torch.float32:
+        return "dtype"
+    if kernels.capability() == "AVX512" and not kernels.available("conv3x3"):
+        return "not-built"
+    return "no-avx512"
 
 
 def _conv3x3_flops(x: Any, w: Any, *rest: Any, out_shape: Any = None, **kw: Any) -> int:
@@ -183,8 +220,9 @@ def optimize_for_cpu(
 
     Returns:
         The optimized module (a ``torch.fx.GraphModule``) and one :class:`ConvChoice` per
-        eligible convolution. Without the kernel (no AVX-512 or no compiler) the model comes
-        back BN-folded and channels-last with no choices.
+        eligible convolution. Without the kernel (no AVX-512 build, as with
+        ``LEANVISION_KERNEL_ISA=AVX2``, or no compiler) the model comes back BN-folded and
+        channels-last with no choices.
 
     Raises:
         ConfigError: ``model`` cannot be traced by torch.fx, or ``input_size`` is not 4-D.

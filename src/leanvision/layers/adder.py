@@ -8,8 +8,9 @@ followed by batch norm (its outputs are all ≤ 0). The adaptive learning rate o
 (``η = 0.2``) is :class:`leanvision.methods.lowbit.adder.AdderLRHook`, a trainer hook.
 
 On AVX-512 CPUs the forward and the input gradient run the native kernel
-``kernels/csrc/adder.cpp`` (no ``(B, C·k·k, L) × O`` temporary); elsewhere (GPU, float64, no
-compiler) a chunked PyTorch path with a bounded working set computes the same values.
+``kernels/csrc/adder.cpp`` (no ``(B, C·k·k, L) × O`` temporary); elsewhere (no AVX-512, GPU,
+float64, no compiler) a chunked PyTorch path with a bounded working set computes the same
+values, and a recording profiler is told (``kernels.fell_back``).
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from leanvision import kernels
-from leanvision.errors import ConfigError
+from leanvision.derived import DerivedCache
+from leanvision.errors import ConfigError, InputShapeError
 
 __all__ = ["AdderConv2d", "QuantAdderConv2d", "adder2d", "adder2d_reference"]
 
@@ -28,12 +30,27 @@ _CHUNK_ELEMENTS = 64 * 2**20
 
 
 def _native(x: torch.Tensor) -> bool:
+    """Whether the fp32 kernel runs on ``x``: CPU float32 and a build with its AVX-512 path."""
     return (
         x.device.type == "cpu"
         and x.dtype == torch.float32
         and kernels.capability() == "AVX512"
         and kernels.load("adder")
+        and kernels.path("adder") != "none"
     )
+
+
+def _why_not(x: torch.Tensor, kernel: str) -> str:
+    """The reason token for ``kernels.fell_back`` when ``kernel`` did not run on ``x``."""
+    if x.device.type != "cpu":
+        return "device"
+    if kernel == "adder" and x.dtype != torch.float32:
+        return "dtype"
+    if kernel == "adder" and kernels.capability() != "AVX512":
+        return "no-avx512"
+    if not kernels.available(kernel):
+        return "not-built"
+    return "no-avx512"  # built, but the build has no path (kernels.path(kernel) == "none")
 
 
 def adder2d_reference(x: torch.Tensor, weight: torch.Tensor, stride: int = 1, padding: int = 0):
@@ -207,6 +224,8 @@ class AdderConv2d(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not _native(x):
+            kernels.fell_back(self, _why_not(x, "adder"))
         y = adder2d(x, self.weight, self.stride, self.padding)
         return y + self.bias.view(1, -1, 1, 1) if self.bias is not None else y
 
@@ -225,11 +244,17 @@ class QuantAdderConv2d(nn.Module):
     (Wang et al., "AdderNet and its Minimalist Hardware Design", 2021):
     ``y = −s·Σ|round(x/s) − round(w/s)|``, values clipped to ±(2^(bits−1) − 1).
 
-    On AVX-512 CPUs the sum runs in the integer kernels of ``kernels/csrc/adder_int8.cpp``:
-    ``bits ≤ 8`` with VPSADBW (64 byte differences per instruction), up to 16 bits with
-    ``−|a − b| = 2·min(a, b) − a − b`` (VPMINSW + VPMADDWD, int32 sums). Other machines compute
-    the same integers through the float adder path (exact for int8; int16 sums above 2^24 are
-    rounded to fp32)."""
+    On CPU the sum runs in the integer kernels of ``kernels/csrc/adder_int8.cpp``: ``bits ≤ 8``
+    as sums of absolute byte differences, up to 16 bits in int16; AVX-512BW builds use VPSADBW
+    (64 byte differences per instruction) and VPMINSW + VPMADDWD, every other build (AVX2, no
+    ISA flags, ARM) a portable integer loop with the same results (``kernels.status()`` says
+    which). Without the kernel (no compiler, GPU) the same integers go through the float adder
+    path (exact for int8; int16 sums above 2^24 are rounded to fp32). The packed weight copies
+    the kernel reads are derived from ``weight_q`` and rebuilt whenever it changes.
+
+    Raises (forward):
+        InputShapeError: ``x`` is not (N, in_channels, H, W) or is smaller than the kernel.
+    """
 
     def __init__(self, layer: AdderConv2d, scale: float, bits: int = 8) -> None:
         super().__init__()
@@ -252,12 +277,7 @@ class QuantAdderConv2d(nn.Module):
         self.register_buffer("scale", torch.tensor(float(scale)))
         b = layer.bias.detach().clone() if layer.bias is not None else None
         self.register_buffer("bias", b)
-        self._packed: torch.Tensor | None = None
-        self._packed16: torch.Tensor | None = None
-
-    def _load_from_state_dict(self, *args, **kwargs):  # type: ignore[no-untyped-def]
-        self._packed = self._packed16 = None  # new weights: repack on the next call
-        return super()._load_from_state_dict(*args, **kwargs)
+        self._packed: DerivedCache[torch.Tensor] = DerivedCache()
 
     def extra_repr(self) -> str:
         return (
@@ -267,41 +287,60 @@ class QuantAdderConv2d(nn.Module):
         )
 
     def _pack(self) -> torch.Tensor:
-        if self._packed is None:
-            flat = self.weight_q.permute(0, 2, 3, 1).reshape(self.out_channels, -1).to(torch.int16)
+        """``weight_q`` as the kernel reads it: (O, k·k·C rounded up), [ky][kx][c] order;
+        uint8 offset by 128 and padded with 128 (``bits ≤ 8``), or int16 padded with 0."""
+        return self._packed.get((self.weight_q,), self._build_packed, self.bits)
+
+    def _build_packed(self) -> torch.Tensor:
+        flat = self.weight_q.permute(0, 2, 3, 1).reshape(self.out_channels, -1).to(torch.int16)
+        if self.bits <= 8:
             kp = -(-flat.shape[1] // 64) * 64
             flat = F.pad(flat + 128, (0, kp - flat.shape[1]), value=128)
-            self._packed = flat.to(torch.uint8).contiguous()
-        return self._packed
-
-    def _pack16(self) -> torch.Tensor:
-        if self._packed16 is None:
-            flat = self.weight_q.permute(0, 2, 3, 1).reshape(self.out_channels, -1)
-            kp = -(-flat.shape[1] // 32) * 32
-            self._packed16 = F.pad(flat.to(torch.int16), (0, kp - flat.shape[1])).contiguous()
-        return self._packed16
+            return flat.to(torch.uint8).contiguous()
+        kp = -(-flat.shape[1] // 32) * 32
+        return F.pad(flat, (0, kp - flat.shape[1])).contiguous()
 
     def quantize_input(self, x: torch.Tensor) -> torch.Tensor:
         """``round(x / s)`` clipped to the layer's range (float tensor of integers)."""
         return (x / self.scale).round_().clamp_(-self.qmax, self.qmax)
 
+    def _check(self, x: torch.Tensor) -> None:
+        k, p = self.kernel_size, self.padding
+        if x.dim() != 4 or x.shape[1] != self.in_channels:
+            raise InputShapeError(
+                f"QuantAdderConv2d({self.in_channels}, {self.out_channels}, k={k}, "
+                f"int{self.bits}) expects an input (N, {self.in_channels}, H, W), got "
+                f"{tuple(x.shape)}"
+            )
+        if min(x.shape[2], x.shape[3]) + 2 * p < k:
+            raise InputShapeError(
+                f"QuantAdderConv2d: input {tuple(x.shape)} padded by {p} is smaller than the "
+                f"{k}x{k} kernel"
+            )
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check(x)
         xq = self.quantize_input(x)
         s = float(self.scale)
         if x.device.type == "cpu" and _int8_kernel():
-            args = (self.bias, s, self.kernel_size, self.stride, self.padding)
+            bias = None if self.bias is None else self.bias.float()
+            args = (bias, s, self.in_channels, self.kernel_size, self.stride, self.padding)
             cl = torch.channels_last
             if self.bits <= 8:
                 xu = (xq + 128).to(torch.uint8).contiguous(memory_format=cl)
-                return torch.ops.leanvision.adder_int8_forward(xu, self._pack(), *args)
-            x16 = xq.to(torch.int16).contiguous(memory_format=cl)
-            return torch.ops.leanvision.adder_int16_forward(x16, self._pack16(), *args)
+                y = torch.ops.leanvision.adder_int8_forward(xu, self._pack(), *args)
+            else:
+                x16 = xq.to(torch.int16).contiguous(memory_format=cl)
+                y = torch.ops.leanvision.adder_int16_forward(x16, self._pack(), *args)
+            return y if x.dtype == torch.float32 else y.to(x.dtype)
+        kernels.fell_back(self, _why_not(x, "adder_int8"))
         y = adder2d(xq, self.weight_q.to(xq.dtype), self.stride, self.padding) * s
         return y + self.bias.view(1, -1, 1, 1) if self.bias is not None else y
 
 
 def _int8_kernel() -> bool:
-    return kernels.capability() == "AVX512" and kernels.load("adder_int8")
+    """The integer kernel (``adder_int8``: int8 and int16) runs wherever it built."""
+    return kernels.load("adder_int8")
 
 
 def _count_quant_adder(module: QuantAdderConv2d, inputs: tuple, output: torch.Tensor):

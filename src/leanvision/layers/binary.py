@@ -13,7 +13,8 @@ choice of the method:
   in ``methods.lowbit.binary``). Its noise adaptation module adds ``α·e(t)``, a small learned
   residual of the approximation error, with α annealed to 0, so inference is pure sign.
 
-Deployment packs the binary weights to 1 bit and runs XNOR-popcount (``packed.py``).
+Deployment packs the binary weights to 1 bit and runs XNOR-popcount
+(:class:`PackedBinaryConv2d`, :class:`PackedBinaryLinear`, kernel ``kernels/csrc/binary.cpp``).
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from leanvision.errors import ConfigError
+from leanvision import kernels
+from leanvision.errors import ConfigError, InputShapeError
 
 __all__ = [
     "BinaryConv2d",
@@ -226,16 +228,33 @@ def _unpack_bits(words: torch.Tensor, c: int) -> torch.Tensor:
 
 
 def _binary_kernel() -> bool:
-    from leanvision import kernels
-
     return kernels.load("binary")
+
+
+def _run_packed(layer: nn.Module, x: torch.Tensor) -> bool:
+    """Whether ``layer`` runs the native kernel on ``x``; says why not to a recording profiler."""
+    if x.device.type == "cpu" and x.dtype == torch.float32:
+        if _binary_kernel():
+            return True
+        kernels.fell_back(layer, "not-built")
+    else:
+        kernels.fell_back(layer, "device" if x.device.type != "cpu" else "dtype")
+    return False
 
 
 class PackedBinaryConv2d(nn.Module):
     """Inference form of :class:`BinaryConv2d`: weights stored at 1 bit (``weight_bits``,
     int64 words: (k, k, ⌈C/64⌉, O rounded up to 8)), activations packed per pixel at run time,
     ``scale_o · Σ_valid taps (C − 2·popcount(a XOR w))`` by the native kernel (AVX-512
-    VPOPCNTDQ where the CPU has it). Equal to the float binary layer in eval mode."""
+    VPOPCNTDQ where the build and the CPU have it, else a scalar popcount loop; see
+    ``kernels.status()``). Equal to the float binary layer in eval mode. Without the kernel
+    (no compiler, GPU, float64) the same values come from ``F.conv2d`` on the unpacked ±1
+    weights. The packed form derives nothing from ``weight_bits`` between calls, so a loaded
+    state dict takes effect at once.
+
+    Raises (forward):
+        InputShapeError: ``x`` is not (N, in_channels, H, W) or is smaller than the kernel.
+    """
 
     def __init__(self, layer: BinaryConv2d) -> None:
         super().__init__()
@@ -270,9 +289,23 @@ class PackedBinaryConv2d(nn.Module):
         w = signs[:, :, : self.out_channels].permute(2, 3, 0, 1)
         return w * self.scale.view(-1, 1, 1, 1)
 
+    def _check(self, x: torch.Tensor) -> None:
+        k, p = self.kernel_size, self.padding
+        if x.dim() != 4 or x.shape[1] != self.in_channels:
+            raise InputShapeError(
+                f"PackedBinaryConv2d({self.in_channels}, {self.out_channels}, k={k}) expects "
+                f"an input (N, {self.in_channels}, H, W), got {tuple(x.shape)}"
+            )
+        if min(x.shape[2], x.shape[3]) + 2 * p < k:
+            raise InputShapeError(
+                f"PackedBinaryConv2d: input {tuple(x.shape)} padded by {p} is smaller than the "
+                f"{k}x{k} kernel"
+            )
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.device.type == "cpu" and x.dtype == torch.float32 and _binary_kernel():
-            xp = torch.ops.leanvision.binary_pack(x)
+        self._check(x)
+        if _run_packed(self, x):
+            xp = torch.ops.leanvision.binary_pack(x, self.in_channels)
             return torch.ops.leanvision.binary_conv2d(
                 xp, self.weight_bits, self.scale, self.bias, self.in_channels,
                 self.out_channels, self.kernel_size, self.stride, self.padding,
@@ -282,7 +315,12 @@ class PackedBinaryConv2d(nn.Module):
 
 
 class PackedBinaryLinear(nn.Module):
-    """Inference form of :class:`BinaryLinear` (weights at 1 bit, XNOR-popcount)."""
+    """Inference form of :class:`BinaryLinear` (weights at 1 bit, XNOR-popcount; the same
+    kernel and fallback as :class:`PackedBinaryConv2d`).
+
+    Raises (forward):
+        InputShapeError: ``x``'s last dimension is not ``in_features``.
+    """
 
     def __init__(self, layer: BinaryLinear) -> None:
         super().__init__()
@@ -303,10 +341,15 @@ class PackedBinaryLinear(nn.Module):
         return signs * self.scale.view(-1, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 0 or x.shape[-1] != self.in_features:
+            raise InputShapeError(
+                f"PackedBinaryLinear({self.in_features}, {self.out_features}) expects an input "
+                f"(..., {self.in_features}), got {tuple(x.shape)}"
+            )
         lead = x.shape[:-1]
         x2 = x.reshape(-1, self.in_features)
-        if x.device.type == "cpu" and x.dtype == torch.float32 and _binary_kernel():
-            xp = torch.ops.leanvision.binary_pack(x2)
+        if _run_packed(self, x):
+            xp = torch.ops.leanvision.binary_pack(x2, self.in_features)
             y = torch.ops.leanvision.binary_linear(
                 xp, self.weight_bits, self.scale, self.bias, self.in_features, self.out_features
             )

@@ -12,6 +12,21 @@ with a fixed number of torch threads; each timed call is measured with ``time.pe
 Runtime) must be configured when its session is built. A callable may name its back-end in a
 ``backend`` attribute (e.g. ``"onnxruntime-cpu"``); otherwise it is reported as
 ``"python-callable"``.
+
+The backend string says what really ran. Before warm-up, one untimed probe call runs under a
+``TorchDispatchMode`` that records every ``torch.ops.leanvision.*`` op (leanvision's native
+kernels) and under :func:`leanvision.kernels.recording_fallbacks`, which records every layer
+that could have run a native kernel and ran PyTorch instead. Both are appended to the base
+name (the model's ``torch-eager-<device>``, the callable's ``backend`` attribute, or the
+``backend`` argument, suffixes such as ``-channels_last`` kept)::
+
+    <base>[+leanvision:<op>[<path>],...][+fallback:<Layer>[<reason>|...],...]
+
+e.g. ``torch-eager-cpu+leanvision:binary_conv2d[avx512-vpopcntdq],binary_pack[scalar]`` or
+``torch-eager-cpu+fallback:PackedBinaryConv2d[not-built]``: ops and layers sorted by name,
+``<path>`` the kernel's run-time dispatch (:func:`leanvision.kernels.path`), ``<reason>`` the
+layer's (``not-built``, ``no-avx512``, ``device``, ``dtype``, ``autograd``, ``disabled``,
+``aten-faster``). A model with neither gets its base name alone.
 """
 
 from __future__ import annotations
@@ -27,7 +42,9 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
+from leanvision import kernels
 from leanvision.errors import ConfigError
 from leanvision.profiling._common import (
     check_input_size,
@@ -40,7 +57,7 @@ from leanvision.profiling._common import (
     num_threads,
 )
 
-__all__ = ["LatencyStats", "compare", "measure_latency"]
+__all__ = ["LatencyStats", "compare", "measure_latency", "native_backend"]
 
 
 @dataclass
@@ -53,7 +70,9 @@ class LatencyStats:
         mean_ms: Mean.
         batch: Batch size, ``input_size[0]``.
         threads: Torch threads used.
-        backend: What ran, e.g. ``"torch-eager-cpu"``, ``"onnxruntime-cpu"``.
+        backend: What ran, detected: e.g. ``"torch-eager-cpu"``, ``"onnxruntime-cpu"``,
+            ``"torch-eager-cpu+leanvision:binary_conv2d[avx512-vpopcntdq],binary_pack[...]"``
+            (format in the module docstring).
         repeats: Number of timed runs.
     """
 
@@ -119,6 +138,43 @@ def _backend_name(obj: Any, device: torch.device | None) -> str:
     return "python-callable"
 
 
+class _NativeOps(TorchDispatchMode):
+    """Records the ``torch.ops.leanvision`` ops (native kernels) that run while it is on."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: dict[str, None] = {}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        if getattr(func, "namespace", "") == "leanvision":
+            name = func._schema.name.split("::", 1)[-1]
+            if not name.endswith("_isa"):
+                self.ops[name] = None
+        return func(*args, **(kwargs or {}))
+
+
+def native_backend(call: Callable[[], Any]) -> tuple[Any, str]:
+    """Run ``call()`` once and say which native kernels ran in it and which layers fell back.
+
+    Returns:
+        ``call()``'s result and the suffix to append to a backend name:
+        ``"+leanvision:<op>[<path>],..."`` for the ``torch.ops.leanvision`` ops that ran, then
+        ``"+fallback:<Layer>[<reason>|...],..."`` for layers that could have run a kernel and
+        did not (see the module docstring); ``""`` when neither happened.
+    """
+    log = _NativeOps()
+    with kernels.recording_fallbacks() as fallbacks, log:
+        out = call()
+    suffix = ""
+    if log.ops:
+        paths = {op: kernels.path(kernels.kernel_of(op) or "") or "?" for op in log.ops}
+        suffix += "+leanvision:" + ",".join(f"{op}[{paths[op]}]" for op in sorted(log.ops))
+    if fallbacks:
+        parts = [f"{name}[{'|'.join(why)}]" for name, why in sorted(fallbacks.items())]
+        suffix += "+fallback:" + ",".join(parts)
+    return out, suffix
+
+
 class _Runner:
     """One thing to time: a zero-argument call plus its synchronisation."""
 
@@ -146,6 +202,13 @@ class _Runner:
     def _sync(self) -> None:
         if self.device is not None and self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
+
+    def probe(self) -> None:
+        """One untimed call that detects the native kernels and fallbacks behind it."""
+        self._sync()
+        _, suffix = native_backend(self.call)
+        self._sync()
+        self.backend += suffix
 
     def run(self, timed: bool) -> None:
         self._sync()
@@ -185,7 +248,8 @@ def measure_latency(
         warmup: Untimed runs first.
         repeats: Timed runs (at least this many).
         min_time_s: Keep timing past ``repeats`` until the timed runs add up to this long.
-        backend: Name to report for the back-end; default: inferred.
+        backend: Base name to report for the back-end; default: inferred. The native kernels
+            and fallbacks detected in one untimed probe call are appended to it either way.
 
     Returns:
         LatencyStats in milliseconds per call.
@@ -201,12 +265,15 @@ def measure_latency(
     if not isinstance(min_time_s, (int, float)) or min_time_s < 0:
         raise ConfigError(f"min_time_s must be a non-negative number, got {min_time_s!r}")
     runner = _Runner(model_or_callable, size)
+    if backend is not None:
+        runner.backend = backend
     with num_threads(n_threads), runner.prepared(), torch.inference_mode():
+        runner.probe()
         for _ in range(warmup):
             runner.run(timed=False)
         while len(runner.times) < repeats or sum(runner.times) < min_time_s:
             runner.run(timed=True)
-    return _stats(runner.times, size[0], n_threads, backend or runner.backend)
+    return _stats(runner.times, size[0], n_threads, runner.backend)
 
 
 def compare(
@@ -223,7 +290,8 @@ def compare(
     The ``repeats`` timed runs of each model are spread over ``rounds`` round-robin rounds;
     each round runs every model in turn (``ceil(repeats / rounds)`` calls each), starting
     from a different model every round, so machine noise falls on all of them alike. Warm-up
-    is interleaved the same way.
+    is interleaved the same way, after one untimed probe call per model that detects its
+    backend (see the module docstring).
 
     Args:
         models: Name → ``nn.Module`` or callable (called as in :func:`measure_latency`).
@@ -261,6 +329,8 @@ def compare(
         for runner in runners.values():
             stack.enter_context(runner.prepared())
         stack.enter_context(torch.inference_mode())
+        for runner in runners.values():
+            runner.probe()
         for r in range(warmup):
             for name in rotated(r):
                 runners[name].run(timed=False)

@@ -13,12 +13,17 @@
 // where e is the output gradient dilated by the stride and padded so that every stride and
 // padding becomes this one stride-1 full correlation (the caller builds it). The weight
 // gradient, sum_p gy (x - w), is a convolution weight gradient minus w * sum_p gy: ATen's.
+//
+// AVX-512 only: in a build without it (the AVX2 or no ISA flags, other architectures) both ops
+// refuse, adder_isa() says "none", and leanvision.layers.adder runs its PyTorch path (the
+// same values). Every argument is checked before any arithmetic.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <algorithm>
 #include <cstring>
+#include <string>
 #include <vector>
 
 #ifdef __AVX512F__
@@ -149,6 +154,14 @@ void pad_rows(const float* x, int64_t h, int64_t w, int64_t c, int64_t pad_hw, i
 }
 #endif
 
+std::string adder_isa() {
+#ifdef __AVX512F__
+  return "avx512";
+#else
+  return "none";
+#endif
+}
+
 #ifndef __AVX512F__
 [[noreturn]] void no_avx512(const char* op) {
   TORCH_CHECK(false, op, ": this build has no AVX-512 (use the PyTorch path)");
@@ -162,9 +175,14 @@ at::Tensor adder_forward(const at::Tensor& x_in, const at::Tensor& w_packed,
   no_avx512("adder_forward");
 #else
   TORCH_CHECK(x_in.dim() == 4 && x_in.scalar_type() == at::kFloat && x_in.device().is_cpu(),
-              "adder_forward: x must be a 4-D float32 CPU tensor, got ", x_in.sizes());
-  TORCH_CHECK(kernel >= 1 && stride >= 1 && padding >= 0,
-              "adder_forward: kernel and stride must be >= 1 and padding >= 0");
+              "adder_forward: x must be a 4-D float32 CPU tensor, got ", x_in.sizes(), " ",
+              x_in.scalar_type(), " on ", x_in.device());
+  TORCH_CHECK(kernel >= 1 && stride >= 1 && padding >= 0 && out_channels >= 1,
+              "adder_forward: kernel, stride and out_channels must be >= 1 and padding >= 0, "
+              "got kernel ", kernel, ", stride ", stride, ", padding ", padding,
+              ", out_channels ", out_channels);
+  TORCH_CHECK(w_packed.device().is_cpu() && w_sum.device().is_cpu(),
+              "adder_forward: w_packed and w_sum must be CPU tensors");
   const int64_t n = x_in.size(0), c = x_in.size(1), h = x_in.size(2), wd = x_in.size(3);
   const int64_t o = out_channels, op = (o + 15) / 16 * 16;
   TORCH_CHECK(w_packed.dim() == 2 && w_packed.size(0) == kernel * kernel * c &&
@@ -219,9 +237,14 @@ at::Tensor adder_backward_input(const at::Tensor& e_in, const at::Tensor& x_in,
 #ifndef __AVX512F__
   no_avx512("adder_backward_input");
 #else
+  TORCH_CHECK(kernel >= 1, "adder_backward_input: kernel must be >= 1, got ", kernel);
+  TORCH_CHECK(e_in.device().is_cpu() && x_in.device().is_cpu() && wt_packed.device().is_cpu(),
+              "adder_backward_input: e, x and wt_packed must be CPU tensors");
   TORCH_CHECK(e_in.dim() == 4 && x_in.dim() == 4 && e_in.scalar_type() == at::kFloat &&
-                  x_in.scalar_type() == at::kFloat,
-              "adder_backward_input: float32 4-D tensors expected");
+                  x_in.scalar_type() == at::kFloat && wt_packed.scalar_type() == at::kFloat,
+              "adder_backward_input: e and x must be float32 4-D tensors and wt_packed float32, "
+              "got ", e_in.sizes(), " ", e_in.scalar_type(), ", ", x_in.sizes(), " ",
+              x_in.scalar_type(), ", ", wt_packed.scalar_type());
   const int64_t n = x_in.size(0), c = x_in.size(1), h = x_in.size(2), wd = x_in.size(3);
   const int64_t o = e_in.size(1), cp = (c + 15) / 16 * 16;
   TORCH_CHECK(e_in.size(0) == n && e_in.size(2) == h + kernel - 1 &&
@@ -295,6 +318,7 @@ at::Tensor adder_backward_input(const at::Tensor& e_in, const at::Tensor& x_in,
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(leanvision, m) {
+  m.def("adder_isa() -> str", &adder_isa);
   m.def("adder_forward(Tensor x, Tensor w_packed, Tensor w_sum, int out_channels, int kernel, "
         "int stride, int padding) -> Tensor");
   m.def("adder_backward_input(Tensor e, Tensor x, Tensor wt_packed, int kernel) -> Tensor");

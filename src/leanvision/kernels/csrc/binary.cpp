@@ -9,8 +9,15 @@
 // Layouts: activations packed per pixel, (N, H, W, CW) uint64 with CW = ceil(C / 64);
 // conv weights (k, k, CW, Op) uint64 with Op = O rounded up to 8 (output channel fastest,
 // so 8 of them fill one 512-bit vector); linear weights (CW, Op).
-// The vector path needs AVX-512 VPOPCNTDQ and is chosen at run time; otherwise a scalar
-// __builtin_popcountll path computes the same integers.
+//
+// Paths: a build for AVX-512 (LEANVISION_ISA_AVX512, see leanvision/kernels/__init__.py)
+// carries a VPOPCNTDQ vector path, taken at run time where the CPU has that extension; every
+// build (AVX2, no ISA flags, other architectures) has the scalar __builtin_popcountll path,
+// which computes the same integers. binary_isa() names the path this process takes.
+//
+// Every op checks its arguments (shapes, dtypes, device, stride >= 1, ...) before any
+// arithmetic; the packed layouts lose the channel count, so the callers pass it and the ops
+// check it against the word counts.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -18,6 +25,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <string>
 #include <type_traits>
 #include <vector>
 
@@ -27,14 +35,43 @@
 
 namespace {
 
+// The vector path exists only in AVX-512 builds on x86-64.
+#if defined(__x86_64__) && defined(LEANVISION_ISA_AVX512)
+#define LV_BINARY_VECTOR 1
+#endif
+
 bool has_vpopcnt() {
-#if defined(__x86_64__)
+#if defined(LV_BINARY_VECTOR)
   static const bool ok = __builtin_cpu_supports("avx512f") &&
+                         __builtin_cpu_supports("avx512vl") &&
+                         __builtin_cpu_supports("avx512dq") &&
                          __builtin_cpu_supports("avx512vpopcntdq");
   return ok;
 #else
   return false;
 #endif
+}
+
+std::string binary_isa() { return has_vpopcnt() ? "avx512-vpopcntdq" : "scalar"; }
+
+void check_cpu(const at::Tensor& t, const char* op, const char* name) {
+  TORCH_CHECK(t.device().is_cpu(), op, ": ", name, " must be a CPU tensor, got ", t.device());
+}
+
+// bias: absent, or float32 CPU with one value per output
+void check_bias(const c10::optional<at::Tensor>& bias, int64_t o, const char* op) {
+  if (!bias.has_value()) return;
+  check_cpu(*bias, op, "bias");
+  TORCH_CHECK(bias->scalar_type() == at::kFloat && bias->dim() == 1 && bias->numel() == o, op,
+              ": bias must be a float32 vector of ", o, " values (one per output), got ",
+              bias->sizes(), " ", bias->scalar_type());
+}
+
+void check_scale(const at::Tensor& scale, int64_t o, const char* op) {
+  check_cpu(scale, op, "scale");
+  TORCH_CHECK(scale.scalar_type() == at::kFloat && scale.dim() == 1 && scale.numel() == o, op,
+              ": scale must be a float32 vector of ", o, " values (one per output), got ",
+              scale.sizes(), " ", scale.scalar_type());
 }
 
 // acc[o] += popcount(x[w] ^ wt[w][o]) for o < op (multiple of 8), w < cw.
@@ -46,7 +83,7 @@ void popxor_scalar(const uint64_t* x, const uint64_t* wt, int64_t cw, int64_t op
   }
 }
 
-#if defined(__x86_64__)
+#if defined(LV_BINARY_VECTOR)
 __attribute__((target("avx512f,avx512vpopcntdq"))) void popxor_avx512(
     const uint64_t* x, const uint64_t* wt, int64_t cw, int64_t op, int64_t* acc) {
   for (int64_t o0 = 0; o0 < op; o0 += 64) {
@@ -66,11 +103,12 @@ __attribute__((target("avx512f,avx512vpopcntdq"))) void popxor_avx512(
 }
 #endif
 
-#if defined(__x86_64__)
+#if defined(LV_BINARY_VECTOR)
 // P output pixels x (up to) 64 output channels of one output row, all taps valid for all P
 // pixels (interior) when `interior`, else one pixel with per-tap bounds checks (P must be 1).
+// The epilogue's 256-bit masked loads and stores need AVX512VL, the FMA needs FMA.
 template <int P, int NV>
-__attribute__((target("avx512f,avx512dq,avx512vpopcntdq"))) void conv_tile_avx512(
+__attribute__((target("avx512f,avx512dq,avx512vl,avx512vpopcntdq,fma"))) void conv_tile_avx512(
     const uint64_t* xd, const uint64_t* wt, int64_t h, int64_t wd, int64_t cw, int64_t op,
     int64_t o0, int64_t img, int64_t oy, int64_t ox, int64_t kernel, int64_t stride,
     int64_t padding, int64_t channels, int64_t o, const float* sd, const float* bd, float* out) {
@@ -125,16 +163,19 @@ __attribute__((target("avx512f,avx512dq,avx512vpopcntdq"))) void conv_tile_avx51
 
 inline void popxor(const uint64_t* x, const uint64_t* wt, int64_t cw, int64_t op, int64_t* acc,
                    bool vec) {
-#if defined(__x86_64__)
+#if defined(LV_BINARY_VECTOR)
   if (vec) return popxor_avx512(x, wt, cw, op, acc);
 #endif
   popxor_scalar(x, wt, cw, op, acc);
 }
 
-at::Tensor binary_pack(const at::Tensor& x_in) {
+at::Tensor binary_pack(const at::Tensor& x_in, int64_t channels) {
+  check_cpu(x_in, "binary_pack", "x");
   TORCH_CHECK(x_in.scalar_type() == at::kFloat && (x_in.dim() == 4 || x_in.dim() == 2),
               "binary_pack: x must be a float32 (N, C, H, W) or (N, C) tensor, got ",
               x_in.sizes(), " ", x_in.scalar_type());
+  TORCH_CHECK(channels >= 1 && x_in.size(1) == channels, "binary_pack: expected ", channels,
+              " channels (dim 1), got x of shape ", x_in.sizes());
   const bool conv = x_in.dim() == 4;
   const at::Tensor x = conv ? x_in.contiguous(at::MemoryFormat::ChannelsLast) : x_in.contiguous();
   const int64_t c = x.size(1), cw = (c + 63) / 64;
@@ -160,24 +201,35 @@ at::Tensor binary_pack(const at::Tensor& x_in) {
 at::Tensor binary_conv2d(const at::Tensor& xp_in, const at::Tensor& wp_in, const at::Tensor& scale,
                          const c10::optional<at::Tensor>& bias_in, int64_t channels,
                          int64_t out_channels, int64_t kernel, int64_t stride, int64_t padding) {
-  TORCH_CHECK(xp_in.dim() == 4 && xp_in.scalar_type() == at::kLong,
-              "binary_conv2d: packed input must be int64 (N, H, W, CW), got ", xp_in.sizes());
+  const char* fn = "binary_conv2d";
+  TORCH_CHECK(channels >= 1 && out_channels >= 1, fn, ": channels and out_channels must be >= 1, got ",
+              channels, " and ", out_channels);
+  TORCH_CHECK(kernel >= 1 && stride >= 1 && padding >= 0, fn,
+              ": kernel and stride must be >= 1 and padding >= 0, got kernel ", kernel,
+              ", stride ", stride, ", padding ", padding);
+  check_cpu(xp_in, fn, "packed input");
+  check_cpu(wp_in, fn, "packed weight");
+  TORCH_CHECK(xp_in.dim() == 4 && xp_in.scalar_type() == at::kLong, fn,
+              ": packed input must be int64 (N, H, W, CW), got ", xp_in.sizes(), " ",
+              xp_in.scalar_type());
   const int64_t n = xp_in.size(0), h = xp_in.size(1), wd = xp_in.size(2), cw = xp_in.size(3);
   const int64_t o = out_channels, op = (o + 7) / 8 * 8;
-  TORCH_CHECK(cw == (channels + 63) / 64, "binary_conv2d: ", channels, " channels need ",
-              (channels + 63) / 64, " words per pixel, input has ", cw);
+  TORCH_CHECK(cw == (channels + 63) / 64, fn, ": ", channels, " channels need ",
+              (channels + 63) / 64, " words per pixel, the packed input has ", cw);
   TORCH_CHECK(wp_in.dim() == 4 && wp_in.scalar_type() == at::kLong && wp_in.size(0) == kernel &&
                   wp_in.size(1) == kernel && wp_in.size(2) == cw && wp_in.size(3) == op,
-              "binary_conv2d: packed weight must be int64 (k, k, CW, O rounded up to 8) = (",
-              kernel, ", ", kernel, ", ", cw, ", ", op, "), got ", wp_in.sizes());
-  TORCH_CHECK(scale.numel() == o && scale.scalar_type() == at::kFloat,
-              "binary_conv2d: scale must hold ", o, " float32 values");
+              fn, ": packed weight must be int64 (k, k, CW, O rounded up to 8) = (", kernel, ", ",
+              kernel, ", ", cw, ", ", op, "), got ", wp_in.sizes(), " ", wp_in.scalar_type());
+  check_scale(scale, o, fn);
+  check_bias(bias_in, o, fn);
+  TORCH_CHECK(h + 2 * padding >= kernel && wd + 2 * padding >= kernel, fn, ": the input (", h,
+              " x ", wd, ") padded by ", padding, " is smaller than the kernel ", kernel);
   const int64_t ho = (h + 2 * padding - kernel) / stride + 1;
   const int64_t wo = (wd + 2 * padding - kernel) / stride + 1;
-  TORCH_CHECK(ho > 0 && wo > 0 && stride > 0, "binary_conv2d: empty output");
   at::Tensor bias;
   if (bias_in.has_value()) bias = bias_in->contiguous();
   const at::Tensor xp = xp_in.contiguous(), wp = wp_in.contiguous(), sc = scale.contiguous();
+  if (n == 0) return at::empty({0, o, ho, wo}, at::kFloat);
   at::Tensor y = at::empty({n, o, ho, wo},
                            at::TensorOptions().dtype(at::kFloat).memory_format(at::MemoryFormat::ChannelsLast));
   const auto* xd = reinterpret_cast<const uint64_t*>(xp.data_ptr<int64_t>());
@@ -190,7 +242,7 @@ at::Tensor binary_conv2d(const at::Tensor& xp_in, const at::Tensor& wp_in, const
     std::vector<int64_t> acc(static_cast<size_t>(op));
     for (int64_t r = r0; r < r1; ++r) {
       const int64_t img = r / ho, oy = r % ho;
-#if defined(__x86_64__)
+#if defined(LV_BINARY_VECTOR)
       if (vec) {
         // output columns whose taps all fall inside the input: tiles of 3; the rest one by one
         const int64_t lo = std::min<int64_t>(wo, (padding + stride - 1) / stride);
@@ -244,15 +296,22 @@ at::Tensor binary_conv2d(const at::Tensor& xp_in, const at::Tensor& wp_in, const
 at::Tensor binary_linear(const at::Tensor& xp_in, const at::Tensor& wp_in, const at::Tensor& scale,
                          const c10::optional<at::Tensor>& bias_in, int64_t features,
                          int64_t out_features) {
-  TORCH_CHECK(xp_in.dim() == 2 && xp_in.scalar_type() == at::kLong,
-              "binary_linear: packed input must be int64 (N, CW), got ", xp_in.sizes());
+  const char* fn = "binary_linear";
+  TORCH_CHECK(features >= 1 && out_features >= 1, fn,
+              ": features and out_features must be >= 1, got ", features, " and ", out_features);
+  check_cpu(xp_in, fn, "packed input");
+  check_cpu(wp_in, fn, "packed weight");
+  TORCH_CHECK(xp_in.dim() == 2 && xp_in.scalar_type() == at::kLong, fn,
+              ": packed input must be int64 (N, CW), got ", xp_in.sizes(), " ", xp_in.scalar_type());
   const int64_t n = xp_in.size(0), cw = xp_in.size(1), o = out_features, op = (o + 7) / 8 * 8;
-  TORCH_CHECK(cw == (features + 63) / 64 && wp_in.dim() == 2 && wp_in.size(0) == cw &&
-                  wp_in.size(1) == op && wp_in.scalar_type() == at::kLong,
-              "binary_linear: packed weight must be int64 (CW, O rounded up to 8) = (", cw, ", ",
-              op, "), got ", wp_in.sizes());
-  TORCH_CHECK(scale.numel() == o && scale.scalar_type() == at::kFloat,
-              "binary_linear: scale must hold ", o, " float32 values");
+  TORCH_CHECK(cw == (features + 63) / 64, fn, ": ", features, " features need ",
+              (features + 63) / 64, " words per row, the packed input has ", cw);
+  TORCH_CHECK(wp_in.dim() == 2 && wp_in.size(0) == cw && wp_in.size(1) == op &&
+                  wp_in.scalar_type() == at::kLong,
+              fn, ": packed weight must be int64 (CW, O rounded up to 8) = (", cw, ", ", op,
+              "), got ", wp_in.sizes(), " ", wp_in.scalar_type());
+  check_scale(scale, o, fn);
+  check_bias(bias_in, o, fn);
   at::Tensor bias;
   if (bias_in.has_value()) bias = bias_in->contiguous();
   const at::Tensor xp = xp_in.contiguous(), wp = wp_in.contiguous(), sc = scale.contiguous();
@@ -278,7 +337,8 @@ at::Tensor binary_linear(const at::Tensor& xp_in, const at::Tensor& wp_in, const
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(leanvision, m) {
-  m.def("binary_pack(Tensor x) -> Tensor");
+  m.def("binary_isa() -> str", &binary_isa);
+  m.def("binary_pack(Tensor x, int channels) -> Tensor");
   m.def("binary_conv2d(Tensor xp, Tensor wp, Tensor scale, Tensor? bias, int channels, "
         "int out_channels, int kernel, int stride, int padding) -> Tensor");
   m.def("binary_linear(Tensor xp, Tensor wp, Tensor scale, Tensor? bias, int features, "

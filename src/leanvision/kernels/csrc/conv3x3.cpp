@@ -11,12 +11,17 @@
 //
 // Layout: x (N, C, H, W) in channels_last memory; w packed (9*C, O) as [ky][kx][ci][co];
 // O a multiple of 16. Work is split over output rows with at::parallel_for.
+//
+// AVX-512 only: a build without it (the AVX2 or no ISA flags, other architectures) refuses,
+// conv3x3_isa() says "none", and FusedConv3x3 runs F.conv2d (optimize_for_cpu then fuses
+// nothing). Every argument is checked before any arithmetic.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <algorithm>
 #include <cstring>
+#include <string>
 #include <vector>
 
 #ifdef __AVX512F__
@@ -109,6 +114,14 @@ void row(const Row& r) {
 }
 #endif
 
+std::string conv3x3_isa() {
+#ifdef __AVX512F__
+  return "avx512";
+#else
+  return "none";
+#endif
+}
+
 at::Tensor conv3x3_nhwc(const at::Tensor& x_in, const at::Tensor& w_in, const at::Tensor& b_in,
                         const c10::optional<at::Tensor>& res_in, bool relu) {
 #ifndef __AVX512F__
@@ -117,13 +130,17 @@ at::Tensor conv3x3_nhwc(const at::Tensor& x_in, const at::Tensor& w_in, const at
   TORCH_CHECK(x_in.dim() == 4 && x_in.scalar_type() == at::kFloat && x_in.device().is_cpu(),
               "conv3x3_nhwc: x must be a 4-D float32 CPU tensor, got ", x_in.sizes(), " ",
               x_in.scalar_type());
+  TORCH_CHECK(w_in.device().is_cpu() && b_in.device().is_cpu(),
+              "conv3x3_nhwc: packed weight and bias must be CPU tensors");
   const int64_t n = x_in.size(0), c = x_in.size(1), h = x_in.size(2), wd = x_in.size(3);
+  TORCH_CHECK(c >= 1, "conv3x3_nhwc: x has no channels");
   TORCH_CHECK(w_in.dim() == 2 && w_in.size(0) == 9 * c && w_in.size(1) % 16 == 0 &&
                   w_in.scalar_type() == at::kFloat,
               "conv3x3_nhwc: packed weight must be float32 (9*C, O) with O a multiple of 16; "
               "got ", w_in.sizes(), " for C = ", c);
   const int64_t o = w_in.size(1);
-  TORCH_CHECK(b_in.numel() == o && b_in.scalar_type() == at::kFloat,
+  TORCH_CHECK(o >= 16, "conv3x3_nhwc: packed weight has no output channels");
+  TORCH_CHECK(b_in.dim() == 1 && b_in.numel() == o && b_in.scalar_type() == at::kFloat,
               "conv3x3_nhwc: bias must be float32 with ", o, " values");
   const auto cl = at::MemoryFormat::ChannelsLast;
   const at::Tensor x = x_in.contiguous(cl);
@@ -132,7 +149,7 @@ at::Tensor conv3x3_nhwc(const at::Tensor& x_in, const at::Tensor& w_in, const at
   at::Tensor res;
   if (res_in.has_value()) {
     TORCH_CHECK(res_in->sizes() == at::IntArrayRef({n, o, h, wd}) &&
-                    res_in->scalar_type() == at::kFloat,
+                    res_in->scalar_type() == at::kFloat && res_in->device().is_cpu(),
                 "conv3x3_nhwc: residual must be float32 of shape ", at::IntArrayRef({n, o, h, wd}),
                 ", got ", res_in->sizes());
     res = res_in->contiguous(cl);
@@ -178,6 +195,7 @@ at::Tensor conv3x3_nhwc(const at::Tensor& x_in, const at::Tensor& w_in, const at
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(leanvision, m) {
+  m.def("conv3x3_isa() -> str", &conv3x3_isa);
   m.def("conv3x3_nhwc(Tensor x, Tensor w_packed, Tensor bias, Tensor? residual, bool relu) "
         "-> Tensor");
   m.impl("conv3x3_nhwc", c10::DispatchKey::CPU, &conv3x3_nhwc);

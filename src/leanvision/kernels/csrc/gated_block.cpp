@@ -6,19 +6,32 @@
 // gate MLPs, the thresholds and two direct convolutions that read only the kept channels'
 // filters run in one op: no im2col, no weight gathering, one pass per epilogue.
 //
-// Semantics (equal to GatedBasicBlock's masked forward, BN folded into w1/b1 and w2/b2):
+// Semantics (equal to GatedBasicBlock's masked forward; bn(conv(x, w)) = conv(x, w) * a + b per
+// channel with a, b from the batch norm's running statistics, computed here at every call):
 //   s1 = clamp(fc2_1(relu(fc1_1(mean_hw(x)))), 0, cap); keep1 = s1 > 0 and s1 >= thre1
-//   h  = relu(conv(x, w1[keep1]) + b1[keep1]) * s1[keep1]
+//   h  = relu(bn1(conv(x, w1[keep1]))) * s1[keep1]
 //   s2 = clamp(fc2_2(relu(fc1_2[:, keep1](mean_hw(h)))), 0, cap); keep2 likewise (keep1 may
-//        be empty: then h is zero and the second convolution yields its bias alone)
-//   out = relu(shortcut + scatter_keep2((conv(h, w2[keep2][:, keep1]) + b2[keep2]) * s2))
+//        be empty: then h is zero and the second convolution yields its BN shift alone)
+//   out = relu(shortcut + scatter_keep2(bn2(conv(h, w2[keep2][:, keep1])) * s2))
+//
+// The ops take the module's own tensors (convolution weights and biases, batch-norm weights,
+// biases and running statistics, gate layers, thresholds), not copies derived from them, so
+// a loaded state dict or an in-place edit counts at the next call.
+//
+// Portable: GCC/Clang vector extensions of the widest float vector the build targets (512 bits
+// with the AVX512 flags, 256 with AVX2, 128 otherwise: SSE2 on x86-64, NEON on ARM);
+// gated_block_isa() names the width. Every argument (shapes of the convolutions, biases and
+// gate layers, thresholds, strides, paddings) is checked before any arithmetic, so the kept
+// channel indices the gates produce are always in range.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <algorithm>
 #include <array>
+#include <cmath>
 #include <cstdint>
+#include <string>
 #include <vector>
 
 namespace {
@@ -72,6 +85,8 @@ typedef float vfloat __attribute__((vector_size(VL * sizeof(float))));
 // A tile is OB output channels x (VL or 2 VL) positions: 8 or 16 independent accumulators
 // with AVX-512's 32 registers, 4 or 8 with 16.
 constexpr int64_t OB = VL == 16 ? 8 : 4;
+
+std::string gated_block_isa() { return "vec" + std::to_string(VL * 32); }
 
 struct Planes {
   std::vector<float>& data;  // a thread-local buffer, reused from call to call
@@ -238,50 +253,137 @@ std::vector<float>& direct_conv(const Planes& in, int64_t n_in, const float* w, 
   return out;
 }
 
-void check(const at::Tensor& t, const char* name) {
-  TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == at::kFloat && t.is_contiguous(),
-              "gated_basic_block: ", name, " must be a contiguous float32 CPU tensor");
-}
-
-// The tensors of one block, BN folded: w1, b1, w2, b2, then per gate fc1, fc2 weight, fc2 bias
-// and the threshold (the op's argument order).
-constexpr int kBlockTensors = 12;
-const char* const kNames[kBlockTensors] = {"w1",       "b1",       "w2",    "b2",
-                                           "g1_fc1",   "g1_fc2_w", "g1_fc2_b", "thre1",
-                                           "g2_fc1",   "g2_fc2_w", "g2_fc2_b", "thre2"};
+// One block's tensors, in the ops' order: the first convolution, its bias (0 values: none) and
+// its batch norm (weight, bias, running mean, running variance), the same for the second, then
+// per gate fc1, fc2 weight, fc2 bias and the threshold. The module's own tensors, read as they
+// are at the call (the op folds batch norm itself), so nothing derived from them can go stale.
+constexpr int kBlockTensors = 20;
+const char* const kNames[kBlockTensors] = {
+    "w1",     "conv1_bias", "bn1_weight", "bn1_bias", "bn1_mean",  "bn1_var",  "w2",
+    "conv2_bias", "bn2_weight", "bn2_bias", "bn2_mean", "bn2_var", "g1_fc1",   "g1_fc2_w",
+    "g1_fc2_b", "thre1",    "g2_fc1",     "g2_fc2_w", "g2_fc2_b", "thre2"};
 
 struct Conv {
   int64_t stride, pad;
 };
 
-// Checks one block's tensors for an input (c, h, w); returns the output's (o2, ho2, wo2).
-std::array<int64_t, 3> check_block(const at::Tensor* p, int64_t c, int64_t h, int64_t w, Conv a,
-                                   Conv b) {
-  for (int i = 0; i < kBlockTensors; ++i) check(p[i], kNames[i]);
-  const at::Tensor &w1 = p[0], &w2 = p[2];
-  TORCH_CHECK(w1.dim() == 4 && w2.dim() == 4, "gated_basic_block: conv weights must be 4-d");
-  TORCH_CHECK(p[7].numel() == 1 && p[11].numel() == 1, "gated_basic_block: one threshold each");
-  TORCH_CHECK(w1.size(1) == c && w2.size(1) == w1.size(0),
-              "gated_basic_block: channel mismatch");
+// A block's tensors made contiguous (a channels-last weight is copied), its convolutions'
+// strides and paddings, and the batch norms' eps.
+struct Block {
+  std::array<at::Tensor, kBlockTensors> t;
+  Conv a, b;
+  double eps1, eps2;
+};
+
+void check_tensor(const at::Tensor& t, const char* name) {
+  TORCH_CHECK(t.defined() && t.device().is_cpu() && t.scalar_type() == at::kFloat,
+              "gated_basic_block: ", name, " must be a float32 CPU tensor, got ",
+              t.defined() ? c10::toString(t.scalar_type()) : "an undefined tensor", " on ",
+              t.defined() ? t.device().str() : std::string("-"));
+}
+
+// A square filter bank (o, cin, k, k) with 1 <= k <= 8, its bias (o or none) and batch norm.
+void check_conv(const at::Tensor* t, int64_t cin, double eps, const char* which) {
+  const at::Tensor& w = t[0];
+  TORCH_CHECK(w.dim() == 4 && w.size(0) >= 1 && w.size(1) == cin && w.size(2) == w.size(3) &&
+                  w.size(2) >= 1 && w.size(2) <= 8,
+              "gated_basic_block: ", which, " weight must be (O, ", cin,
+              ", k, k) with 1 <= k <= 8, got ", w.sizes());
+  const int64_t o = w.size(0);
+  TORCH_CHECK(t[1].numel() == 0 || (t[1].dim() == 1 && t[1].size(0) == o), "gated_basic_block: ",
+              which, " bias must hold ", o, " values (or none), got ", t[1].sizes());
+  for (int i = 2; i < 6; ++i)
+    TORCH_CHECK(t[i].dim() == 1 && t[i].size(0) == o, "gated_basic_block: ", which,
+                " batch norm tensors must hold ", o, " values each, got ", t[i].sizes());
+  TORCH_CHECK(std::isfinite(eps) && eps >= 0, "gated_basic_block: ", which,
+              " batch norm eps must be a finite number >= 0, got ", eps);
+}
+
+// A gate over `in` channels giving `out` saliencies: fc1 (hidden, in), fc2 (out, hidden),
+// fc2 bias (out), threshold (one value).
+void check_gate(const at::Tensor* g, int64_t in, int64_t out, const char* which) {
+  TORCH_CHECK(g[0].dim() == 2 && g[0].size(0) >= 1 && g[0].size(1) == in, "gated_basic_block: ",
+              which, " fc1 must be (hidden, ", in, "), got ", g[0].sizes());
+  const int64_t hid = g[0].size(0);
+  TORCH_CHECK(g[1].dim() == 2 && g[1].size(0) == out && g[1].size(1) == hid,
+              "gated_basic_block: ", which, " fc2 weight must be (", out, ", ", hid, "), got ",
+              g[1].sizes());
+  TORCH_CHECK(g[2].dim() == 1 && g[2].size(0) == out, "gated_basic_block: ", which,
+              " fc2 bias must hold ", out, " values, got ", g[2].sizes());
+  TORCH_CHECK(g[3].numel() == 1, "gated_basic_block: ", which,
+              " threshold must be one value, got ", g[3].sizes());
+}
+
+int64_t out_size(int64_t in, int64_t k, Conv cv, const char* which) {
+  TORCH_CHECK(in + 2 * cv.pad >= k, "gated_basic_block: ", which, "'s input (", in,
+              ") padded by ", cv.pad, " is smaller than its kernel ", k);
+  return (in + 2 * cv.pad - k) / cv.stride + 1;
+}
+
+// Checks block i of `params` (`meta`: 4 ints, `eps`: 2 floats per block) for an input
+// (c, h, w) and returns it, contiguous; `shape` gets the output's (o2, ho2, wo2).
+Block check_block(at::TensorList params, at::IntArrayRef meta, at::ArrayRef<double> eps,
+                  int64_t i, int64_t c, int64_t h, int64_t w, std::array<int64_t, 3>& shape) {
+  const at::Tensor* p = params.data() + i * kBlockTensors;
+  for (int j = 0; j < kBlockTensors; ++j) check_tensor(p[j], kNames[j]);
+  const Conv a{meta[4 * i], meta[4 * i + 1]}, b{meta[4 * i + 2], meta[4 * i + 3]};
   TORCH_CHECK(a.stride >= 1 && b.stride >= 1 && a.pad >= 0 && b.pad >= 0,
-              "gated_basic_block: bad stride or padding");
-  const int64_t ho1 = (h + 2 * a.pad - w1.size(2)) / a.stride + 1;
-  const int64_t wo1 = (w + 2 * a.pad - w1.size(2)) / a.stride + 1;
-  return {w2.size(0), (ho1 + 2 * b.pad - w2.size(2)) / b.stride + 1,
-          (wo1 + 2 * b.pad - w2.size(2)) / b.stride + 1};
+              "gated_basic_block: strides must be >= 1 and paddings >= 0, got stride1 ",
+              a.stride, ", pad1 ", a.pad, ", stride2 ", b.stride, ", pad2 ", b.pad);
+  check_conv(p, c, eps[2 * i], "conv 1");
+  const int64_t o1 = p[0].size(0);
+  check_conv(p + 6, o1, eps[2 * i + 1], "conv 2");
+  check_gate(p + 12, c, o1, "gate 1");
+  check_gate(p + 16, o1, p[6].size(0), "gate 2");
+  const int64_t ho1 = out_size(h, p[0].size(2), a, "conv 1");
+  const int64_t wo1 = out_size(w, p[0].size(2), a, "conv 1");
+  shape = {p[6].size(0), out_size(ho1, p[6].size(2), b, "conv 2"),
+           out_size(wo1, p[6].size(2), b, "conv 2")};
+  Block blk{{}, a, b, eps[2 * i], eps[2 * i + 1]};
+  for (int j = 0; j < kBlockTensors; ++j) blk.t[j] = p[j].contiguous();
+  return blk;
+}
+
+void check_cap(double cap) {
+  TORCH_CHECK(std::isfinite(cap) && cap >= 0, "gated_basic_block: cap must be a finite number "
+              ">= 0, got ", cap);
+}
+
+// Batch norm after a convolution as one affine map per channel, as BN folding computes it:
+// y = conv(x, w) * scale + shift, scale = gamma / sqrt(var + eps),
+// shift = beta - mean * scale + conv_bias * scale.
+void bn_affine(const at::Tensor* t, double eps, std::vector<float>& scale,
+               std::vector<float>& shift) {
+  const int64_t o = t[0].size(0);
+  const float* cb = t[1].numel() ? t[1].data_ptr<float>() : nullptr;
+  const float *g = t[2].data_ptr<float>(), *be = t[3].data_ptr<float>();
+  const float *mu = t[4].data_ptr<float>(), *var = t[5].data_ptr<float>();
+  const float e = static_cast<float>(eps);
+  scale.resize(o);
+  shift.resize(o);
+  for (int64_t c = 0; c < o; ++c) {
+    const float sc = g[c] / std::sqrt(var[c] + e);
+    scale[c] = sc;
+    shift[c] = be[c] - mu[c] * sc + (cb ? cb[c] * sc : 0.f);
+  }
 }
 
 // One gated block on raw buffers: input px (c, h, w), shortcut sc and output po (o2, ho2, wo2;
 // po must not alias px or sc). Writes the kept counts to pc[0], pc[1].
 void run_block(const float* px, int64_t c, int64_t h, int64_t w, const float* sc, float* po,
-               const at::Tensor* p, double cap, Conv a, Conv b, int64_t* pc) {
-  const at::Tensor &w1 = p[0], &b1 = p[1], &w2 = p[2], &b2 = p[3];
+               const Block& blk, double cap, int64_t* pc) {
+  const at::Tensor* p = blk.t.data();
+  const at::Tensor &w1 = p[0], &w2 = p[6];
+  const Conv a = blk.a, b = blk.b;
   const int64_t o1 = w1.size(0), k1 = w1.size(2), o2 = w2.size(0), k2 = w2.size(2);
   const int64_t ho1 = (h + 2 * a.pad - k1) / a.stride + 1;
   const int64_t wo1 = (w + 2 * a.pad - k1) / a.stride + 1;
   const int64_t ho2 = (ho1 + 2 * b.pad - k2) / b.stride + 1;
   const int64_t wo2 = (wo1 + 2 * b.pad - k2) / b.stride + 1;
   const int64_t plane2 = ho2 * wo2;
+  std::vector<float> scale1, shift1, scale2, shift2;
+  bn_affine(p, blk.eps1, scale1, shift1);
+  bn_affine(p + 6, blk.eps2, scale2, shift2);
 
   // conv 1's input planes and, in the same pass, gate 1's pooled input
   std::vector<float> pooled1(c);
@@ -291,12 +393,12 @@ void run_block(const float* px, int64_t c, int64_t h, int64_t w, const float* sc
     pooled1[i] /= static_cast<float>(h * w);
     all_in[i] = i;
   }
-  const auto s1 = gate(pooled1.data(), all_in, p[4], p[5], p[6], cap);
-  const Index keep1 = kept(s1, *p[7].data_ptr<float>());
+  const auto s1 = gate(pooled1.data(), all_in, p[12], p[13], p[14], cap);
+  const Index keep1 = kept(s1, *p[15].data_ptr<float>());
   const int64_t n1 = static_cast<int64_t>(keep1.size());
   pc[0] = n1;  // with none kept, gate 2 sees zeros and conv 2 gives its bias alone
 
-  // conv 1 over the kept filters; bias, relu and saliency, pooled for gate 2 on the way
+  // conv 1 over the kept filters; batch norm, relu and saliency, pooled for gate 2 on the way
   int64_t ldo = 0;
   const std::vector<float>& wide1 = direct_conv(xin, c, w1.data_ptr<float>(), c, k1, keep1,
                                                 all_in, ho1, ldo);
@@ -306,15 +408,14 @@ void run_block(const float* px, int64_t c, int64_t h, int64_t w, const float* sc
   std::vector<float>& hbuf = scratch(4);
   if (!direct) hbuf.resize(n1 * ho1 * wo1);
   std::vector<float> pooled2(n1);
-  const float* pb1 = b1.data_ptr<float>();
   for (int64_t o = 0; o < n1; ++o) {
-    const float bias = pb1[keep1[o]], sal = s1[keep1[o]];
+    const float mul = scale1[keep1[o]], add = shift1[keep1[o]], sal = s1[keep1[o]];
     float sum = 0.f;
     for (int64_t y = 0; y < ho1; ++y) {
       const float* src = wide1.data() + o * ldo + y * xin.wq;
       float* dst = direct ? interior(hpad, o, y, b.pad) : hbuf.data() + (o * ho1 + y) * wo1;
       for (int64_t j = 0; j < wo1; ++j) {
-        const float v = src[j] + bias;
+        const float v = src[j] * mul + add;
         dst[j] = v > 0.f ? v * sal : 0.f;
         sum += dst[j];
       }
@@ -322,8 +423,8 @@ void run_block(const float* px, int64_t c, int64_t h, int64_t w, const float* sc
     pooled2[o] = sum / static_cast<float>(ho1 * wo1);
   }
 
-  const auto s2 = gate(pooled2.data(), keep1, p[8], p[9], p[10], cap);
-  const Index keep2 = kept(s2, *p[11].data_ptr<float>());
+  const auto s2 = gate(pooled2.data(), keep1, p[16], p[17], p[18], cap);
+  const Index keep2 = kept(s2, *p[19].data_ptr<float>());
   const int64_t n2 = static_cast<int64_t>(keep2.size());
   pc[1] = n2;
   std::vector<char> written(o2, 0);
@@ -337,69 +438,83 @@ void run_block(const float* px, int64_t c, int64_t h, int64_t w, const float* sc
   const Planes hin = direct ? hpad : prepare(hbuf.data(), n1, ho1, wo1, b.pad, b.stride, 1);
   const std::vector<float>& wide2 = direct_conv(hin, n1, w2.data_ptr<float>(), o1, k2, keep2,
                                                 keep1, ho2, ldo);
-  const float* pb2 = b2.data_ptr<float>();
   for (int64_t o = 0; o < n2; ++o) {
     const int64_t ch = keep2[o];
-    const float bias = pb2[ch], sal = s2[ch];
+    const float mul = scale2[ch], add = shift2[ch], sal = s2[ch];
     for (int64_t y = 0; y < ho2; ++y) {
       const float* acc = wide2.data() + o * ldo + y * hin.wq;
       const float* src = sc + ch * plane2 + y * wo2;
       float* dst = po + ch * plane2 + y * wo2;
       for (int64_t j = 0; j < wo2; ++j) {
-        const float v = src[j] + (acc[j] + bias) * sal;
+        const float v = src[j] + (acc[j] * mul + add) * sal;
         dst[j] = v > 0.f ? v : 0.f;
       }
     }
   }
 }
 
-void check_input(const at::Tensor& x, const char* op) {
-  check(x, "x");
-  TORCH_CHECK(x.dim() == 4 && x.size(0) == 1, op, ": x must be (1, C, H, W)");
+// x (1, C, H, W) float32 on CPU, contiguous (copied if not).
+at::Tensor check_input(const at::Tensor& x, const char* op) {
+  check_tensor(x, "x");
+  TORCH_CHECK(x.dim() == 4 && x.size(0) == 1 && x.size(1) >= 1 && x.size(2) >= 1 &&
+                  x.size(3) >= 1,
+              op, ": x must be (1, C, H, W) with no empty dimension, got ", x.sizes());
+  return x.contiguous();
 }
 
-// Returns (out, kept counts [n1, n2]).
-std::tuple<at::Tensor, at::Tensor> gated_basic_block(
-    const at::Tensor& x, const at::Tensor& shortcut, const at::Tensor& w1, const at::Tensor& b1,
-    const at::Tensor& w2, const at::Tensor& b2, const at::Tensor& g1_fc1,
-    const at::Tensor& g1_fc2_w, const at::Tensor& g1_fc2_b, const at::Tensor& thre1,
-    const at::Tensor& g2_fc1, const at::Tensor& g2_fc2_w, const at::Tensor& g2_fc2_b,
-    const at::Tensor& thre2, double cap, int64_t stride1, int64_t pad1, int64_t stride2,
-    int64_t pad2) {
-  check_input(x, "gated_basic_block");
-  check(shortcut, "shortcut");
-  const at::Tensor p[kBlockTensors] = {w1,     b1,       w2,       b2,    g1_fc1,   g1_fc2_w,
-                                       g1_fc2_b, thre1, g2_fc1, g2_fc2_w, g2_fc2_b, thre2};
-  const Conv a{stride1, pad1}, b{stride2, pad2};
-  const auto shape = check_block(p, x.size(1), x.size(2), x.size(3), a, b);
-  TORCH_CHECK(shortcut.dim() == 4 && shortcut.size(0) == 1 && shortcut.size(1) == shape[0] &&
-                  shortcut.size(2) == shape[1] && shortcut.size(3) == shape[2],
-              "gated_basic_block: shortcut shape does not match the block's output");
-  at::Tensor out = at::empty_like(shortcut);
+void check_counts(const char* op, int64_t n, at::TensorList params, at::IntArrayRef meta,
+                  at::ArrayRef<double> eps) {
+  TORCH_CHECK(n >= 1 && static_cast<int64_t>(params.size()) == n * kBlockTensors &&
+                  static_cast<int64_t>(meta.size()) == 4 * n &&
+                  static_cast<int64_t>(eps.size()) == 2 * n,
+              op, ": ", kBlockTensors, " tensors, 4 ints and 2 eps per block; got ",
+              params.size(), " tensors, ", meta.size(), " ints and ", eps.size(), " eps");
+}
+
+// One block: `params` its 20 tensors (kNames), `meta` (stride1, pad1, stride2, pad2), `eps`
+// its two batch norms' eps. Returns (out, kept counts [n1, n2]).
+std::tuple<at::Tensor, at::Tensor> gated_basic_block(const at::Tensor& x_in,
+                                                     const at::Tensor& shortcut_in,
+                                                     at::TensorList params, at::IntArrayRef meta,
+                                                     at::ArrayRef<double> eps, double cap) {
+  const at::Tensor x = check_input(x_in, "gated_basic_block");
+  check_tensor(shortcut_in, "shortcut");
+  check_cap(cap);
+  check_counts("gated_basic_block", 1, params, meta, eps);
+  std::array<int64_t, 3> shape{};
+  const Block blk = check_block(params, meta, eps, 0, x.size(1), x.size(2), x.size(3), shape);
+  TORCH_CHECK(shortcut_in.dim() == 4 && shortcut_in.size(0) == 1 &&
+                  shortcut_in.size(1) == shape[0] && shortcut_in.size(2) == shape[1] &&
+                  shortcut_in.size(3) == shape[2],
+              "gated_basic_block: shortcut must be (1, ", shape[0], ", ", shape[1], ", ",
+              shape[2], ") like the block's output, got ", shortcut_in.sizes());
+  const at::Tensor shortcut = shortcut_in.contiguous();
+  at::Tensor out = at::empty_like(shortcut, at::MemoryFormat::Contiguous);
   at::Tensor counts = at::zeros({2}, at::kLong);
   run_block(x.data_ptr<float>(), x.size(1), x.size(2), x.size(3), shortcut.data_ptr<float>(),
-            out.data_ptr<float>(), p, cap, a, b, counts.data_ptr<int64_t>());
+            out.data_ptr<float>(), blk, cap, counts.data_ptr<int64_t>());
   return {out, counts};
 }
 
 // A run of gated blocks with identity shortcuts (each output has its input's shape), in one
-// call: `params` holds 12 tensors per block (gated_basic_block's order), `meta` 4 ints per
-// block (stride1, pad1, stride2, pad2). Saves the per-block op dispatch and Python module
-// calls (about 8 us a block, 5 % of a pruned CIFAR ResNet-56 at batch 1). Returns (out, kept
-// counts [blocks, 2]).
-std::tuple<at::Tensor, at::Tensor> gated_block_chain(const at::Tensor& x,
+// call: `params` holds 20 tensors per block (gated_basic_block's order), `meta` 4 ints and
+// `eps` 2 floats per block. Saves the per-block op dispatch and Python module calls (about
+// 8 us a block, 5 % of a pruned CIFAR ResNet-56 at batch 1). Returns (out, kept counts
+// [blocks, 2]).
+std::tuple<at::Tensor, at::Tensor> gated_block_chain(const at::Tensor& x_in,
                                                      at::TensorList params,
-                                                     at::IntArrayRef meta, double cap) {
-  check_input(x, "gated_block_chain");
+                                                     at::IntArrayRef meta,
+                                                     at::ArrayRef<double> eps, double cap) {
+  const at::Tensor x = check_input(x_in, "gated_block_chain");
+  check_cap(cap);
   const int64_t n = static_cast<int64_t>(params.size()) / kBlockTensors;
-  TORCH_CHECK(n >= 1 && static_cast<int64_t>(params.size()) == n * kBlockTensors &&
-                  static_cast<int64_t>(meta.size()) == 4 * n,
-              "gated_block_chain: 12 tensors and 4 ints per block");
+  check_counts("gated_block_chain", n, params, meta, eps);
   const int64_t c = x.size(1), h = x.size(2), w = x.size(3);
+  std::vector<Block> blocks;
+  blocks.reserve(n);
   for (int64_t i = 0; i < n; ++i) {
-    const auto shape = check_block(params.data() + i * kBlockTensors, c, h, w,
-                                   Conv{meta[4 * i], meta[4 * i + 1]},
-                                   Conv{meta[4 * i + 2], meta[4 * i + 3]});
+    std::array<int64_t, 3> shape{};
+    blocks.push_back(check_block(params, meta, eps, i, c, h, w, shape));
     TORCH_CHECK(shape[0] == c && shape[1] == h && shape[2] == w,
                 "gated_block_chain: block ", i, " changes the shape (identity shortcuts only)");
   }
@@ -408,9 +523,7 @@ std::tuple<at::Tensor, at::Tensor> gated_block_chain(const at::Tensor& x,
   const float* in = x.data_ptr<float>();
   for (int64_t i = 0; i < n; ++i) {
     float* out = buf[i % 2].data_ptr<float>();
-    run_block(in, c, h, w, in, out, params.data() + i * kBlockTensors, cap,
-              Conv{meta[4 * i], meta[4 * i + 1]}, Conv{meta[4 * i + 2], meta[4 * i + 3]},
-              counts.data_ptr<int64_t>() + 2 * i);
+    run_block(in, c, h, w, in, out, blocks[i], cap, counts.data_ptr<int64_t>() + 2 * i);
     in = out;
   }
   return {buf[(n - 1) % 2], counts};
@@ -419,13 +532,13 @@ std::tuple<at::Tensor, at::Tensor> gated_block_chain(const at::Tensor& x,
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(leanvision, m) {
+  m.def("gated_block_isa() -> str", &gated_block_isa);
   m.def(
-      "gated_basic_block(Tensor x, Tensor shortcut, Tensor w1, Tensor b1, Tensor w2, Tensor b2, "
-      "Tensor g1_fc1, Tensor g1_fc2_w, Tensor g1_fc2_b, Tensor thre1, Tensor g2_fc1, "
-      "Tensor g2_fc2_w, Tensor g2_fc2_b, Tensor thre2, float cap, int stride1, int pad1, "
-      "int stride2, int pad2) -> (Tensor, Tensor)");
+      "gated_basic_block(Tensor x, Tensor shortcut, Tensor[] params, int[] meta, float[] eps, "
+      "float cap) -> (Tensor, Tensor)");
   m.def(
-      "gated_block_chain(Tensor x, Tensor[] params, int[] meta, float cap) -> (Tensor, Tensor)");
+      "gated_block_chain(Tensor x, Tensor[] params, int[] meta, float[] eps, float cap) -> "
+      "(Tensor, Tensor)");
   m.impl("gated_basic_block", c10::DispatchKey::CPU, &gated_basic_block);
   m.impl("gated_block_chain", c10::DispatchKey::CPU, &gated_block_chain);
 }

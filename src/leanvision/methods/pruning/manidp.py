@@ -27,13 +27,14 @@ import itertools
 import math
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from leanvision import kernels
+from leanvision.derived import DerivedCache, structure_version, touch_structure
 from leanvision.engine import Hook, StepContext
 from leanvision.errors import ConfigError, UnsupportedModelError
 from leanvision.methods.common import FinetuneConfig, cap_batches, finetune
@@ -117,12 +118,47 @@ def _fold(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tens
     return w.detach(), b.detach()
 
 
+_serials = itertools.count()
+# buffers nothing at inference reads (they change in training)
+_NOT_SOURCES = frozenset({"num_batches_tracked", "saliency_sum", "seen"})
+_Slots = list[tuple[dict[str, Any], str]]
+
+
+class _Native(NamedTuple):
+    """The fused kernel's arguments after ``x`` (and the shortcut): the block's own tensors
+    (see ``kernels/csrc/gated_block.cpp``), read by the kernel as they are at each call."""
+
+    params: list[torch.Tensor]  # 20: conv, bias, BN x 4 for both convs, then both gates
+    meta: list[int]  # stride1, pad1, stride2, pad2
+    eps: list[float]  # the two batch norms' eps
+    cap: float  # the gates' clamp
+
+
+class _Args(NamedTuple):
+    """A block's kernel set-up: its arguments, or None with (where the kernel would apply)
+    why not, and a number that changes whenever it is made again (stages key their plan on
+    it)."""
+
+    native: _Native | None
+    why_not: str | None  # "disabled" (use_native off), "not-built"; None: does not apply
+    serial: int
+
+
 class GatedBasicBlock(nn.Module):
     """A basic residual block with ManiDP gates on both convolutions (see module docstring).
+
+    Batch-1 inference never serves stale weights: the fused kernel reads the block's own
+    tensors at every call (it folds batch norm itself), so ``load_state_dict``, in-place edits
+    and ``param.data = ...`` count at once; its argument list is made again when a tensor or
+    submodule is replaced (``module.weight = nn.Parameter(...)``, ``.to()``, assigning loads),
+    ``use_native`` or a gate's clamp changes. The ATen path's BN-folded copies are rebuilt
+    whenever a tensor they come from changes (a version check per call).
 
     Attributes:
         records: in training, ``[(saliency, pooled feature)]`` of both gates (for the losses).
         last_macs: at batch-1 inference, the MACs the two convolutions really ran.
+        use_native: run the fused kernel where it applies (False: always the ATen batch-1
+            path, for comparisons).
     """
 
     def __init__(self, block: nn.Module, squeeze: int = 2, clamp_max: float = 1000.0) -> None:
@@ -138,24 +174,72 @@ class GatedBasicBlock(nn.Module):
         self.records: list[tuple[torch.Tensor, torch.Tensor]] = []
         self._last_macs = 0
         self._last_native: tuple[Any, ...] | None = None
-        self._folded: tuple[torch.Tensor, ...] | None = None
-        self._shortcut_conv: tuple[Any, ...] | None = None  # a conv + BN shortcut, folded
-        self._native: tuple[Any, ...] | None = None
-        self.use_native = True  # False: always the ATen batch-1 path (for comparisons)
+        self._args_cache: DerivedCache[_Args] = DerivedCache()
+        self._copied: DerivedCache[None] = DerivedCache()  # weights the kernel gets as copies
+        self._folded_cache: DerivedCache[tuple[torch.Tensor, ...]] = DerivedCache()
+        self._shortcut_cache: DerivedCache[tuple[Any, ...] | None] = DerivedCache()
+        self._slots: tuple[int, _Slots, _Slots] = (-1, [], [])
+        self.use_native = True
 
     def train(self, mode: bool = True) -> GatedBasicBlock:
-        self._folded = self._native = None  # weights may change: fold again at inference
         super().train(mode)
         if not mode:  # ready before any forward (a profiler must know the kernel's op first)
-            self._prepare()
+            self._args()
         return self
 
-    @torch.no_grad()
-    def _prepare(self) -> None:
-        """Fold BN into the convs and, where it applies, set up the fused kernel."""
+    def _apply(self, fn: Any, recurse: bool = True) -> GatedBasicBlock:
+        # .to() / .float() / .cuda() replace buffers without any hook: the kernel's argument
+        # list (and every other block's, cheaply) is made again at the next call
+        touch_structure()
+        return super()._apply(fn, recurse)
+
+    # ------------------------------------------------------------ derived state, kept fresh
+
+    def _sources(self, which: int) -> list[torch.Tensor]:
+        """The tensors a folded copy derives from: 0, the convs' and BNs'; 1, the shortcut's.
+        Looked up through the modules' dicts; where they live is found again when a module,
+        parameter or buffer was set anywhere (:func:`structure_version`)."""
+        slots = self._slots
+        if slots[0] != structure_version():
+            b, ds = self.block, self.block.downsample
+            slots = self._slots = (
+                structure_version(),
+                _slots_of([b.conv1, b.bn1, b.conv2, b.bn2]),
+                _slots_of(list(ds.modules())) if ds is not None else [],
+            )
+        return _lookup(slots[1 + which])
+
+    def _args(self) -> _Args:
+        """The fused kernel's set-up, made again when a tensor or module was replaced."""
+        gates = self._modules  # not nn.Module.__getattr__: this runs every batch-1 forward
+        key = (
+            structure_version(), self.use_native, gates["gate1"].clamp_max,
+            gates["gate2"].clamp_max,
+        )  # fmt: skip
+        args = self._args_cache.get((), self._make_args, key)
+        if self._copied.stale():  # a copied (channels-last) weight changed: copy it again
+            self._args_cache.clear()
+            args = self._args_cache.get((), self._make_args, key)
+        return args
+
+    def _folded_weights(self) -> tuple[torch.Tensor, ...]:
+        """(w1, b1, w2, b2) with BN folded in, for the ATen path."""
         b = self.block
-        self._folded = (*_fold(b.conv1, b.bn1), *_fold(b.conv2, b.bn2))
-        ds, self._shortcut_conv = b.downsample, None
+        return self._folded_cache.get(
+            self._sources(0), lambda: (*_fold(b.conv1, b.bn1), *_fold(b.conv2, b.bn2))
+        )
+
+    def _shortcut(self, x: torch.Tensor) -> torch.Tensor:
+        """The block's shortcut at batch-1 inference (a conv + BN projection folded)."""
+        downsample = self.block.downsample
+        if downsample is None:
+            return x
+        folded = self._shortcut_cache.get(self._sources(1), self._fold_shortcut)
+        return downsample(x) if folded is None else F.conv2d(x, *folded)
+
+    @torch.no_grad()
+    def _fold_shortcut(self) -> tuple[Any, ...] | None:
+        ds = self.block.downsample
         if (
             isinstance(ds, nn.Sequential)
             and len(ds) == 2
@@ -163,22 +247,79 @@ class GatedBasicBlock(nn.Module):
             and type(ds[1]) is nn.BatchNorm2d
         ):
             conv = ds[0]
-            self._shortcut_conv = (
-                *_fold(conv, ds[1]), conv.stride, conv.padding, conv.dilation, conv.groups
-            )  # fmt: skip
-        self._native = self._native_args() if self.use_native else None
+            return (*_fold(conv, ds[1]), conv.stride, conv.padding, conv.dilation, conv.groups)
+        return None
 
-    def _shortcut(self, x: torch.Tensor) -> torch.Tensor:
-        """The block's shortcut at batch-1 inference (a conv + BN projection folded)."""
-        if self._shortcut_conv is not None:
-            return F.conv2d(x, *self._shortcut_conv)
-        downsample = self.block.downsample
-        return x if downsample is None else downsample(x)
+    @property
+    def _native(self) -> _Native | None:
+        """The fused kernel's arguments (None: the ATen path runs)."""
+        return self._args().native
+
+    def _make_args(self) -> _Args:
+        """The kernel's arguments where it applies: plain square convs with batch norm after
+        them, ReLU, one clamp for both gates, float32 on CPU, the kernel built (else None and
+        why)."""
+        self._copied.clear()
+        b = self.block
+        c1, c2 = b.conv1, b.conv2
+        plain = all(
+            isinstance(c, nn.Conv2d)
+            and c.dilation == (1, 1)
+            and c.groups == 1
+            and c.stride[0] == c.stride[1]
+            and isinstance(c.padding, tuple)
+            and c.padding[0] == c.padding[1]
+            and c.padding_mode == "zeros"
+            and c.kernel_size[0] == c.kernel_size[1] <= 8
+            and c.weight.dtype == torch.float32
+            and c.weight.device.type == "cpu"
+            for c in (c1, c2)
+        ) and all(
+            type(bn) is nn.BatchNorm2d and bn.affine and bn.running_mean is not None
+            for bn in (b.bn1, b.bn2)
+        )
+        same_cap = self.gate1.clamp_max == self.gate2.clamp_max  # the op takes one clamp
+        if not (plain and same_cap and type(b.act1) is nn.ReLU and type(b.act2) is nn.ReLU):
+            return _Args(None, None, next(_serials))
+        if not self.use_native:
+            return _Args(None, "disabled", next(_serials))
+        if not kernels.load("gated_block"):
+            return _Args(None, "not-built", next(_serials))
+        register_op_handler(torch.ops.leanvision.gated_basic_block, _native_flops)
+        register_op_handler(torch.ops.leanvision.gated_block_chain, _chain_flops)
+        none = torch.empty(0)
+
+        def conv_bn(c: nn.Conv2d, bn: nn.BatchNorm2d) -> list[torch.Tensor]:
+            bias = none if c.bias is None else c.bias
+            return [c.weight, bias, bn.weight, bn.bias, bn.running_mean, bn.running_var]
+
+        def gate(g: ChannelGate) -> list[torch.Tensor]:
+            return [g.fc1.weight, g.fc2.weight, g.fc2.bias, g.thre]
+
+        params = [*conv_bn(c1, b.bn1), *conv_bn(c2, b.bn2), *gate(self.gate1), *gate(self.gate2)]
+        # the kernel reads the tensors themselves, so in-place changes count at the next call;
+        # one in another layout (channels-last weights) is copied once here and copied again
+        # when it changes (_args checks the few copied ones), not at every call
+        copied = [t for t in params if not t.is_contiguous()]
+        params = [t if t.is_contiguous() else t.detach().contiguous() for t in params]
+        self._copied.store(copied, None)
+        native = _Native(
+            params,
+            [c1.stride[0], c1.padding[0], c2.stride[0], c2.padding[0]],
+            [float(b.bn1.eps), float(b.bn2.eps)],
+            float(self.gate1.clamp_max),
+        )
+        return _Args(native, None, next(_serials))
+
+    # ------------------------------------------------------------------------- forward
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training and x.shape[0] == 1:
-            if self._native is not None and _native_wins(x):
-                return self._forward_native(x)
+            args = self._args()
+            if args.native is not None and _native_wins(x):
+                return self._forward_native(x, args.native)
+            if args.native is not None or args.why_not is not None:
+                kernels.fell_back(self, _why_aten(args, x))
             return self._forward_sparse(x)
         b = self.block
         shortcut = x if b.downsample is None else b.downsample(x)
@@ -206,66 +347,24 @@ class GatedBasicBlock(nn.Module):
     def last_macs(self, value: int) -> None:
         self._last_macs, self._last_native = value, None
 
-    def _native_args(self) -> tuple[Any, ...] | None:
-        """The fused kernel's arguments after ``x`` and the shortcut, or None where it does
-        not apply (then the ATen path runs)."""
-        b = self.block
-        c1, c2 = b.conv1, b.conv2
-        plain = all(
-            isinstance(c, nn.Conv2d)
-            and c.dilation == (1, 1)
-            and c.stride[0] == c.stride[1]
-            and isinstance(c.padding, tuple)
-            and c.padding[0] == c.padding[1]
-            and c.kernel_size[0] == c.kernel_size[1] <= 8
-            and c.weight.dtype == torch.float32
-            and c.weight.device.type == "cpu"
-            for c in (c1, c2)
-        )
-        if not (plain and type(b.act1) is nn.ReLU and type(b.act2) is nn.ReLU):
-            return None
-        if not kernels.load("gated_block"):
-            return None
-        register_op_handler(torch.ops.leanvision.gated_basic_block, _native_flops)
-        register_op_handler(torch.ops.leanvision.gated_block_chain, _chain_flops)
-        w1, b1, w2, b2 = (t.contiguous() for t in self._folded)
-
-        def gate(g: ChannelGate) -> list[torch.Tensor]:
-            return [p.detach().contiguous() for p in (g.fc1.weight, g.fc2.weight, g.fc2.bias)]
-
-        return (
-            w1, b1, w2, b2,
-            *gate(self.gate1), self.gate1.thre,
-            *gate(self.gate2), self.gate2.thre,
-            float(self.gate1.clamp_max),
-            c1.stride[0], c1.padding[0], c2.stride[0], c2.padding[0],
-        )  # fmt: skip
-
-    def _forward_native(self, x: torch.Tensor) -> torch.Tensor:
-        call = (x.contiguous(), self._shortcut(x).contiguous(), *self._native)
-        if torch.is_grad_enabled():  # the kernel has no backward: run it as inference
-            with torch.no_grad():
-                out, counts = torch.ops.leanvision.gated_basic_block(*call)
-        else:
+    def _forward_native(self, x: torch.Tensor, native: _Native) -> torch.Tensor:
+        call = (x, self._shortcut(x), native.params, native.meta, native.eps, native.cap)
+        with torch.no_grad():  # the kernel has no backward: it runs as inference
             out, counts = torch.ops.leanvision.gated_basic_block(*call)
         self._last_native = (call, out, counts)
         return out
 
     @torch.no_grad()
     def _forward_sparse(self, x: torch.Tensor) -> torch.Tensor:
-        """Batch 1: run only the kept channels' filters (BN folded in).
+        """Batch 1 with ATen ops: run only the kept channels' filters (BN folded in).
 
-        Uses the fused native kernel (``kernels/csrc/gated_block.cpp``) where it applies
-        (plain convs, ReLU, float32 on CPU, a compiler available); otherwise the ATen ops below.
+        The fused native kernel (``kernels/csrc/gated_block.cpp``) does this where it applies
+        (plain convs, ReLU, float32 on CPU, a compiler available) and wins.
 
         Each kept channel's saliency scales either its filter or its output map, whichever
         has fewer values (filters early in a 224 net, maps late in it and in CIFAR nets)."""
         b, g1, g2 = self.block, self.gate1, self.gate2
-        if self._folded is None or self._folded[0].device != x.device:
-            self._prepare()
-            if self._native is not None and _native_wins(x):
-                return self._forward_native(x)
-        w1, b1, w2, b2 = self._folded
+        w1, b1, w2, b2 = self._folded_weights()
         c1, c2 = b.conv1, b.conv2
         shortcut = self._shortcut(x)
         s1 = g1.saliency(x.mean(dim=(2, 3)))[0]
@@ -320,30 +419,30 @@ class GatedStage(nn.Sequential):
 
     ``gated_block_chain`` runs the blocks back to back in C++, so a run of 8 blocks costs
     one Python module call and one op dispatch instead of 8 of each (about 5 us a block).
-    Everything else (training, batches, ATen paths) is ``nn.Sequential``'s forward."""
+    The plan (which blocks form a chain) is derived from the blocks' kernel set-ups and made
+    again whenever one of them is. Everything else (training, batches, ATen paths) is
+    ``nn.Sequential``'s forward."""
 
     def __init__(self, *blocks: nn.Module) -> None:
         super().__init__(*blocks)
-        self._plan: list[Any] | None = None
+        self._plans: DerivedCache[list[Any]] = DerivedCache()
 
-    def train(self, mode: bool = True) -> GatedStage:
-        self._plan = None  # the blocks prepare their kernels again
-        return super().train(mode)
+    @property
+    def _plan(self) -> list[Any]:
+        """The current plan: blocks, other modules and :class:`_Chain` runs, in order."""
+        key = tuple(m._args().serial if isinstance(m, GatedBasicBlock) else id(m) for m in self)
+        return self._plans.get((), self._make_plan, key)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.training or x.shape[0] != 1:
             return super().forward(x)
-        if self._plan is None:
-            self._plan = self._make_plan()
         for step in self._plan:
             if isinstance(step, _Chain):
-                if not step.valid():  # a block was prepared again (e.g. use_native off)
-                    self._plan = None
-                if self._plan is not None and _native_wins(x):
+                if _native_wins(x):
                     x = step(x)
-                else:
-                    for block in step.blocks:
-                        x = block(x)
+                    continue
+                for block in step.blocks:
+                    x = block(x)
             else:
                 x = step(x)
         return x
@@ -355,7 +454,7 @@ class GatedStage(nn.Sequential):
         run: list[GatedBasicBlock] = []
         for m in [*self, None]:
             chainable = isinstance(m, GatedBasicBlock) and _chainable(m)
-            if chainable and run and m._native[12] != run[0]._native[12]:
+            if chainable and run and m._native.cap != run[0]._native.cap:
                 plan.extend([_Chain(run)] if len(run) > 1 else run)
                 run = []
             if chainable:
@@ -368,12 +467,28 @@ class GatedStage(nn.Sequential):
         return plan
 
 
+def _slots_of(modules: list[nn.Module]) -> _Slots:
+    """Where the modules' own parameters and buffers live (dict, key), training counters aside."""
+    return [
+        (d, k)
+        for m in modules
+        for d in (m._parameters, m._buffers)
+        for k in d
+        if k not in _NOT_SOURCES
+    ]
+
+
+def _lookup(slots: _Slots) -> list[torch.Tensor]:
+    return [t for t in (d[k] for d, k in slots) if t is not None]
+
+
 def _chainable(block: GatedBasicBlock) -> bool:
-    """Prepared for the kernel, identity shortcut, shape-preserving convolutions."""
-    if block._native is None or block.block.downsample is not None:
+    """Set up for the kernel, identity shortcut, shape-preserving convolutions."""
+    native = block._native
+    if native is None or block.block.downsample is not None:
         return False
-    w1, w2 = block._native[0], block._native[2]
-    stride1, pad1, stride2, pad2 = block._native[-4:]
+    w1, w2 = native.params[0], native.params[6]
+    stride1, pad1, stride2, pad2 = native.meta
     return (
         stride1 == stride2 == 1
         and 2 * pad1 == w1.shape[2] - 1
@@ -383,27 +498,36 @@ def _chainable(block: GatedBasicBlock) -> bool:
 
 
 class _Chain:
-    """Identity-shortcut blocks run by one ``gated_block_chain`` call."""
+    """Identity-shortcut blocks run by one ``gated_block_chain`` call (made from the blocks'
+    kernel arguments; the stage makes a new one when a block makes new arguments)."""
 
     def __init__(self, blocks: list[GatedBasicBlock]) -> None:
         self.blocks = blocks
         self.natives = [b._native for b in blocks]
-        self.params = [t for n in self.natives for t in n[:12]]
-        self.meta = [int(v) for n in self.natives for v in n[13:17]]
-        self.cap = float(self.natives[0][12])
-
-    def valid(self) -> bool:
-        return all(b._native is n for b, n in zip(self.blocks, self.natives))
+        self.params = [t for n in self.natives for t in n.params]
+        self.meta = [v for n in self.natives for v in n.meta]
+        self.eps = [v for n in self.natives for v in n.eps]
+        self.cap = self.natives[0].cap
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.contiguous()
-        with torch.no_grad():  # the kernel has no backward: run it as inference
+        with torch.no_grad():  # the kernel has no backward: it runs as inference
             out, counts = torch.ops.leanvision.gated_block_chain(
-                x, self.params, self.meta, self.cap
+                x, self.params, self.meta, self.eps, self.cap
             )
         for i, (b, n) in enumerate(zip(self.blocks, self.natives)):
-            b._last_native = ((x, x, *n), out, counts[i])
+            b._last_native = ((x, x, n.params, n.meta, n.eps, n.cap), out, counts[i])
         return out
+
+
+def _why_aten(args: _Args, x: torch.Tensor) -> str:
+    """Why a block's batch-1 forward ran ATen ops where the fused kernel applies."""
+    if args.why_not is not None:
+        return args.why_not
+    if x.device.type != "cpu":
+        return "device"
+    if x.dtype != torch.float32:
+        return "dtype"
+    return "aten-faster"  # _native_wins: ATen measured faster at this input size
 
 
 def _native_wins(x: torch.Tensor) -> bool:
@@ -422,8 +546,9 @@ def _native_wins(x: torch.Tensor) -> bool:
 def _native_macs(args: tuple[Any, ...], out: torch.Tensor, counts: torch.Tensor) -> int:
     """MACs ``gated_basic_block(*args)`` ran: gate 1 over all inputs, n1 kept filters over
     all inputs, gate 2 over the n1 kept channels, n2 kept filters over those n1."""
-    x, _, w1, _, w2, _, g1a, g1b, _, _, g2a, g2b = args[:12]
-    stride1, pad1 = int(args[15]), int(args[16])
+    x, _, params, meta = args[:4]
+    w1, w2, g1a, g1b, g2a, g2b = (params[i] for i in (0, 6, 12, 13, 16, 17))
+    stride1, pad1 = int(meta[0]), int(meta[1])
 
     n1, n2 = counts.tolist()
     k = w1.shape[2]
@@ -444,14 +569,16 @@ _native_flops._get_raw = True  # type: ignore[attr-defined]
 
 def _chain_flops(*args: Any, out_val: Any = None, **kw: Any) -> int:
     """The profiler's handler for ``torch.ops.leanvision.gated_block_chain`` (raw values)."""
-    x, params, meta, cap = args[:4]
+    x, params, meta, eps, cap = args[:5]
     out, counts = out_val
     return sum(
         2
         * _native_macs(
-            (x, x, *params[12 * i : 12 * i + 12], cap, *meta[4 * i : 4 * i + 4]), out, counts[i]
+            (x, x, params[20 * i : 20 * i + 20], meta[4 * i : 4 * i + 4], eps, cap),
+            out,
+            counts[i],
         )
-        for i in range(len(params) // 12)
+        for i in range(len(params) // 20)
     )
 
 

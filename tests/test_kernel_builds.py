@@ -1,0 +1,70 @@
+"""Every native kernel builds for lower instruction sets, and the portable paths are right.
+
+One fresh process per level (``LEANVISION_KERNEL_ISA=AVX2`` / ``DEFAULT``, its own
+``TORCH_EXTENSIONS_DIR``, ``LEANVISION_REQUIRE_KERNELS=1``) builds all five kernels (about
+20 s each) and runs ``tests/scripts/portable_kernels.py``: on this machine too the scalar /
+portable code runs, not the AVX-512 code, and must equal the float layers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from leanvision import kernels
+
+SCRIPT = Path(__file__).parent / "scripts" / "portable_kernels.py"
+_ORDER = ("DEFAULT", "AVX2", "AVX512")
+# levels this CPU can build for, below AVX-512 (DEFAULT everywhere, AVX2 on x86-64 with it)
+LEVELS = [
+    lvl
+    for lvl in ("AVX2", "DEFAULT")
+    if _ORDER.index(lvl) <= _ORDER.index(kernels._machine_level())
+]
+VECTOR = {"AVX2": "vec256", "DEFAULT": "vec128"}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1200)
+@pytest.mark.parametrize("isa", LEVELS)
+def test_all_kernels_build_and_portable_paths_match(isa, tmp_path):
+    env = dict(os.environ)
+    env.pop("LEANVISION_NO_KERNELS", None)
+    env.update(
+        LEANVISION_KERNEL_ISA=isa,
+        LEANVISION_REQUIRE_KERNELS="1",
+        TORCH_EXTENSIONS_DIR=str(tmp_path / "ext"),
+    )
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT)], env=env, capture_output=True, text=True, timeout=1100
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    status = report["status"]
+    assert sorted(status) == ["adder", "adder_int8", "binary", "conv3x3", "gated_block"]
+    assert all(s["built"] and s["isa"] == isa and s["error"] is None for s in status.values())
+    paths = {name: s["path"] for name, s in status.items()}
+    assert paths == {
+        "adder": "none",  # AVX-512 only: the layer runs PyTorch
+        "adder_int8": "scalar",
+        "binary": "scalar",
+        "conv3x3": "none",
+        "gated_block": VECTOR[isa],
+    }
+    backends = report["backends"]
+    vec = VECTOR[isa]
+    assert backends == {
+        "binary_conv": "+leanvision:binary_conv2d[scalar],binary_pack[scalar]",
+        "binary_linear": "+leanvision:binary_linear[scalar],binary_pack[scalar]",
+        "adder_int8": "+leanvision:adder_int8_forward[scalar]",
+        "adder_int16": "+leanvision:adder_int16_forward[scalar]",
+        "adder": "+fallback:AdderConv2d[no-avx512]",
+        "conv3x3": "+fallback:FusedConv3x3[no-avx512]",
+        "gated_block": f"+leanvision:gated_basic_block[{vec}],gated_block_chain[{vec}]",
+    }
+    assert report["choices"] == 0  # optimize_for_cpu fuses nothing without the AVX-512 kernel
