@@ -1,9 +1,10 @@
 """Every native kernel builds for lower instruction sets, and the portable paths are right.
 
-One fresh process per level (``LEANVISION_KERNEL_ISA=AVX2`` / ``DEFAULT``, its own
-``TORCH_EXTENSIONS_DIR``, ``LEANVISION_REQUIRE_KERNELS=1``) builds all five kernels (about
-20 s each) and runs ``tests/scripts/portable_kernels.py``: on this machine too the scalar /
-portable code runs, not the AVX-512 code, and must equal the float layers.
+One fresh process per level, the levels started together (``LEANVISION_KERNEL_ISA=AVX2`` /
+``DEFAULT``, its own ``TORCH_EXTENSIONS_DIR``, ``LEANVISION_REQUIRE_KERNELS=1``) builds all
+five kernels (about 20 s each) and runs ``tests/scripts/portable_kernels.py``: on this
+machine too the scalar / portable code runs, not the AVX-512 code, and must equal the float
+layers.
 """
 
 from __future__ import annotations
@@ -29,22 +30,45 @@ LEVELS = [
 VECTOR = {"AVX2": "vec256", "DEFAULT": "vec128"}
 
 
+@pytest.fixture(scope="module")
+def builds(tmp_path_factory) -> dict[str, tuple[int, str, str]]:
+    """Every level's build-and-check process, all started at once (each build is one
+    compiler process, so on two cores the levels build side by side): level → (return code,
+    stdout, stderr)."""
+    procs = {}
+    for isa in LEVELS:
+        env = dict(os.environ)
+        env.pop("LEANVISION_NO_KERNELS", None)
+        env.update(
+            LEANVISION_KERNEL_ISA=isa,
+            LEANVISION_REQUIRE_KERNELS="1",
+            TORCH_EXTENSIONS_DIR=str(tmp_path_factory.mktemp(f"ext_{isa}")),
+        )
+        procs[isa] = subprocess.Popen(
+            [sys.executable, str(SCRIPT)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+    out = {}
+    for isa, proc in procs.items():
+        try:
+            stdout, stderr = proc.communicate(timeout=1100)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            stdout, stderr = proc.communicate()
+        out[isa] = (proc.returncode, stdout, stderr)
+    return out
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(1200)
 @pytest.mark.parametrize("isa", LEVELS)
-def test_all_kernels_build_and_portable_paths_match(isa, tmp_path):
-    env = dict(os.environ)
-    env.pop("LEANVISION_NO_KERNELS", None)
-    env.update(
-        LEANVISION_KERNEL_ISA=isa,
-        LEANVISION_REQUIRE_KERNELS="1",
-        TORCH_EXTENSIONS_DIR=str(tmp_path / "ext"),
-    )
-    proc = subprocess.run(
-        [sys.executable, str(SCRIPT)], env=env, capture_output=True, text=True, timeout=1100
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    report = json.loads(proc.stdout.strip().splitlines()[-1])
+def test_all_kernels_build_and_portable_paths_match(isa, builds):
+    returncode, stdout, stderr = builds[isa]
+    assert returncode == 0, stderr[-4000:]
+    report = json.loads(stdout.strip().splitlines()[-1])
     status = report["status"]
     assert sorted(status) == ["adder", "adder_int8", "binary", "conv3x3", "gated_block"]
     assert all(s["built"] and s["isa"] == isa and s["error"] is None for s in status.values())

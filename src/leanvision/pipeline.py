@@ -138,9 +138,17 @@ def fold_batchnorm(model: nn.Module) -> tuple[nn.Module, bool]:
 
 
 def cpu_info() -> dict[str, Any]:
-    """Threads and cores the measurement ran with."""
+    """Threads and cores the measurement ran with, and where each native kernel stands in this
+    process (built or not, for which ISA, the run-time path its dispatch takes, the build
+    error): call it after the measurement, so the kernels it used are loaded."""
+    from leanvision import kernels
+
     return {
         "torch_threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
         "torch": torch.__version__,
+        "kernels": {
+            name: {k: v for k, v in st.as_dict().items() if k != "ops"}
+            for name, st in kernels.status().items()
+        },
     }
