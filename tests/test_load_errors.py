@@ -152,3 +152,41 @@ def test_resume_from_unreadable_checkpoint(tmp_path: Path, mnist_small: Any) -> 
     torch.save(_weights(), last)  # a plain state dict
     with pytest.raises(CheckpointError, match="not a leanvision checkpoint"):
         _resume(tmp_path, mnist_small)
+
+
+@pytest.mark.parametrize(
+    ("state", "words"),
+    [
+        ({"epoch": 3}, "holds no model weights"),
+        ({"model": {"no.such.key": torch.zeros(1)}}, "does not fit --model resnet20_cifar"),
+    ],
+)
+def test_cli_eval_of_a_checkpoint_without_fitting_weights(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], state: dict, words: str
+) -> None:
+    from leanvision.cli import main
+
+    path = tmp_path / "ckpt.pt"
+    save_checkpoint(state, path)
+    argv = ["eval", "--model", "resnet20_cifar", "--checkpoint", str(path), "--data", "mnist5k"]
+    assert main(argv) == 2  # a leanvision error, reported, not a traceback
+    assert words in capsys.readouterr().err
+
+
+def test_load_never_downloads_pretrained_weights(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import timm
+
+    model = lv.create_model("resnet18", num_classes=10)
+    model.lv_spec = {"name": "resnet18", "kwargs": {"num_classes": 10, "pretrained": True}}
+    path = lv.save(model, tmp_path / "m.pt")
+    real = timm.create_model
+
+    def no_download(name: str, pretrained: bool = False, **kw: Any) -> torch.nn.Module:
+        assert not pretrained, "lv.load asked timm for pretrained weights it then overwrites"
+        return real(name, pretrained=False, **kw)
+
+    monkeypatch.setattr(timm, "create_model", no_download)
+    loaded = lv.load(path)
+    assert torch.equal(loaded.fc.weight, model.fc.weight)

@@ -6,7 +6,7 @@ import argparse
 import shlex
 import sys
 
-from leanvision.errors import LeanVisionError
+from leanvision.errors import CheckpointError, LeanVisionError
 
 
 def _add_data_args(p: argparse.ArgumentParser) -> None:
@@ -80,7 +80,18 @@ def cmd_eval(args: argparse.Namespace) -> None:
         name = args.model
         model = lv.create_model(name, num_classes=data.num_classes, in_chans=data.input_size[0])
         if state is not None:
-            model.load_state_dict(state["model"])
+            if not isinstance(state.get("model"), dict):
+                raise CheckpointError(
+                    f"checkpoint {args.checkpoint!r} holds no model weights (keys: "
+                    f"{', '.join(map(str, state))}); give a file written by leanvision.save or "
+                    "by the trainer (last.pt / best.pt)"
+                )
+            try:
+                model.load_state_dict(state["model"])
+            except RuntimeError as exc:  # missing / unexpected keys, size mismatches
+                raise CheckpointError(
+                    f"checkpoint {args.checkpoint!r} does not fit --model {name}: {exc}"
+                ) from exc
     res = lv.evaluate(model, data.loader(args.split))
     print(
         f"{name} on {args.data}/{args.split}: top-1 {res['top1']:.2f}%  "

@@ -102,8 +102,10 @@ def rebuild(arch: dict[str, Any], *, source: str = "the architecture record") ->
             is chained.
     """
     spec, history = _check_arch(arch, source)
+    # the saved weights replace any pretrained ones: never download them to rebuild
+    kwargs = {**spec.get("kwargs", {}), "pretrained": False}
     try:
-        model = create_model(spec["name"], **spec.get("kwargs", {}))
+        model = create_model(spec["name"], **kwargs)
     except Exception as e:  # unknown name, bad kwargs: the file cannot be rebuilt here
         raise CheckpointError(
             f"{source} names model {spec['name']!r} with kwargs {spec.get('kwargs', {})}, "
