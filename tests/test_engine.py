@@ -31,6 +31,7 @@ def _run(args: list[str], env_extra: dict | None = None, check: bool = True):
 
 
 def test_train_learns_and_records_history(mnist_small, tmp_path):
+    torch.manual_seed(0)  # the init must not depend on which tests ran before (it did)
     model = lv.create_model("resnet20_cifar", in_chans=1, width=0.25)
     res = lv.train(model, mnist_small, epochs=4, lr=0.05, out_dir=str(tmp_path), progress=False)
     assert [row["epoch"] for row in res.history] == [1.0, 2.0, 3.0, 4.0]
