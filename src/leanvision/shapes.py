@@ -181,3 +181,24 @@ def guarded_forward(
             f"({expected_input(model)}): {type(err).__name__}: {first}. If that input is right "
             "for the model, the fault is in its forward: see the chained exception."
         ) from err
+
+
+def check_conv_input(
+    layer: str, x: torch.Tensor, in_channels: int, kernel: int = 1, padding: int = 0
+) -> None:
+    """Raise InputShapeError unless ``x`` is ``(N, in_channels, H, W)`` with H and W, padded by
+    ``padding``, at least ``kernel``: the check a native conv-like layer makes before handing
+    ``x`` to a kernel that would read garbage past a wrong shape.
+
+    Args:
+        layer: The layer as the message names it, e.g. ``"PackedBinaryConv2d(64, 64, k=3)"``.
+    """
+    if x.dim() != 4 or x.shape[1] != in_channels:
+        raise InputShapeError(
+            f"{layer} expects an input (N, {in_channels}, H, W), got {tuple(x.shape)}"
+        )
+    if min(x.shape[2], x.shape[3]) + 2 * padding < kernel:
+        raise InputShapeError(
+            f"{layer}: input {tuple(x.shape)} padded by {padding} is smaller than the "
+            f"{kernel}x{kernel} kernel"
+        )

@@ -25,7 +25,8 @@ from torch import fx, nn
 
 from leanvision import kernels
 from leanvision.derived import DerivedCache
-from leanvision.errors import ConfigError, InputShapeError
+from leanvision.errors import ConfigError
+from leanvision.shapes import check_conv_input
 
 __all__ = ["ConvChoice", "FusedConv3x3", "eligible", "optimize_for_cpu"]
 
@@ -94,11 +95,8 @@ class FusedConv3x3(nn.Module):
                 f"FusedConv3x3 built with residual={self.residual} was called "
                 f"{'without' if residual is None else 'with'} a residual"
             )
-        if x.dim() != 4 or x.shape[1] != self.weight.shape[1]:
-            raise InputShapeError(
-                f"FusedConv3x3({self.weight.shape[1]}, {self.weight.shape[0]}) expects an input "
-                f"(N, {self.weight.shape[1]}, H, W), got {tuple(x.shape)}"
-            )
+        o, c = self.weight.shape[:2]
+        check_conv_input(f"FusedConv3x3({c}, {o})", x, c)
         grad = torch.is_grad_enabled() and (
             x.requires_grad or (residual is not None and residual.requires_grad)
         )

@@ -21,7 +21,8 @@ from torch import nn
 
 from leanvision import kernels
 from leanvision.derived import DerivedCache
-from leanvision.errors import ConfigError, InputShapeError
+from leanvision.errors import ConfigError
+from leanvision.shapes import check_conv_input
 
 __all__ = ["AdderConv2d", "QuantAdderConv2d", "adder2d", "adder2d_reference"]
 
@@ -305,18 +306,11 @@ class QuantAdderConv2d(nn.Module):
         return (x / self.scale).round_().clamp_(-self.qmax, self.qmax)
 
     def _check(self, x: torch.Tensor) -> None:
-        k, p = self.kernel_size, self.padding
-        if x.dim() != 4 or x.shape[1] != self.in_channels:
-            raise InputShapeError(
-                f"QuantAdderConv2d({self.in_channels}, {self.out_channels}, k={k}, "
-                f"int{self.bits}) expects an input (N, {self.in_channels}, H, W), got "
-                f"{tuple(x.shape)}"
-            )
-        if min(x.shape[2], x.shape[3]) + 2 * p < k:
-            raise InputShapeError(
-                f"QuantAdderConv2d: input {tuple(x.shape)} padded by {p} is smaller than the "
-                f"{k}x{k} kernel"
-            )
+        check_conv_input(
+            f"QuantAdderConv2d({self.in_channels}, {self.out_channels}, k={self.kernel_size}, "
+            f"int{self.bits})",
+            x, self.in_channels, self.kernel_size, self.padding,
+        )  # fmt: skip
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check(x)

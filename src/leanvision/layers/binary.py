@@ -27,6 +27,7 @@ from torch import nn
 
 from leanvision import kernels
 from leanvision.errors import ConfigError, InputShapeError
+from leanvision.shapes import check_conv_input
 
 __all__ = [
     "BinaryConv2d",
@@ -290,17 +291,10 @@ class PackedBinaryConv2d(nn.Module):
         return w * self.scale.view(-1, 1, 1, 1)
 
     def _check(self, x: torch.Tensor) -> None:
-        k, p = self.kernel_size, self.padding
-        if x.dim() != 4 or x.shape[1] != self.in_channels:
-            raise InputShapeError(
-                f"PackedBinaryConv2d({self.in_channels}, {self.out_channels}, k={k}) expects "
-                f"an input (N, {self.in_channels}, H, W), got {tuple(x.shape)}"
-            )
-        if min(x.shape[2], x.shape[3]) + 2 * p < k:
-            raise InputShapeError(
-                f"PackedBinaryConv2d: input {tuple(x.shape)} padded by {p} is smaller than the "
-                f"{k}x{k} kernel"
-            )
+        check_conv_input(
+            f"PackedBinaryConv2d({self.in_channels}, {self.out_channels}, k={self.kernel_size})",
+            x, self.in_channels, self.kernel_size, self.padding,
+        )  # fmt: skip
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check(x)
