@@ -45,6 +45,7 @@ DATA = ROOT.parent / "shared" / "data" / "cifar10"
 DISTILL = ROOT / "runs" / "bench_distill_cifar10"
 RUNS = ROOT / "runs" / "bench_prune_cifar10"
 OUT = ROOT / "benchmarks" / "results" / "prune_cifar10"
+SMOKE = False  # tests set it (the fixture that loads a benchmark in smoke mode)
 VIT = {"img_size": 32, "patch_size": 4, "num_classes": 10}
 
 CHANNEL = {
