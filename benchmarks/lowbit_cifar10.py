@@ -144,6 +144,8 @@ def cmd_train(args: argparse.Namespace) -> None:
         opts = {}
     else:
         opts = dict(TRAIN)
+    last = out / "last.pt"  # a resumed run: its wall time and commit are the last stretch's
+    resumed_after = int(load_checkpoint(last).get("epoch", 0)) if last.exists() else 0
     t0 = time.perf_counter()
     if method is None:
         lv.train(model, data, epochs=epochs, num_threads=args.threads, **opts, **common)
@@ -154,6 +156,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         "epochs": epochs,
         "max_train": args.max_train,
         "wall_s": time.perf_counter() - t0,
+        "resumed_after_epoch": resumed_after,
         "threads": args.threads,
         "git": dataclasses.asdict(git_state()),  # the code that trained it (the report names it)
     }
@@ -388,6 +391,11 @@ def _train_note(variant: str, state: dict[str, Any], summary: dict[str, Any]) ->
         f"{int(state['epoch'])} epochs on {summary['max_train']} images, "
         f"{summary['wall_s'] / 60:.0f} min at {summary['threads']} thread(s)"
     )
+    if summary.get("resumed_after_epoch"):
+        note += (
+            f" (resumed after epoch {summary['resumed_after_epoch']}: the time and the commit "
+            "are those of the resumed stretch)"
+        )
     git = summary.get("git")
     note += (
         f"; trained at commit {git['commit'][:10]}{' (dirty tree)' if git.get('dirty') else ''}"

@@ -49,3 +49,11 @@ def test_lowbit_benchmark_smoke(bench):
     notes = out["run"]["notes"]
     assert any(n.startswith("Acceptance, AdderConv2d") for n in notes)
     assert any("× the CNN's time on the same path" in n for n in notes)
+
+
+def test_a_resumed_training_says_its_time_and_commit_are_the_last_stretch(bench):
+    summary = {"max_train": 45000, "wall_s": 600.0, "threads": 1, "git": {"commit": "a" * 40}}
+    fresh = bench._train_note("cnn", {"epoch": 15}, {**summary, "resumed_after_epoch": 0})
+    resumed = bench._train_note("cnn", {"epoch": 15}, {**summary, "resumed_after_epoch": 5})
+    assert "resumed" not in fresh
+    assert "resumed after epoch 5" in resumed and "10 min" in resumed
