@@ -15,7 +15,7 @@
 // AVX-512 only: a build without it (the AVX2 or no ISA flags, other architectures) refuses,
 // conv3x3_isa() says "none", and FusedConv3x3 runs F.conv2d (optimize_for_cpu then fuses
 // nothing). Every argument is checked before any arithmetic.
-// ATen's per-operator headers, not <ATen/ATen.h>: a third less compile time per build
+// ATen's per-operator headers, not <ATen/ATen.h>: about a quarter less compile time per build
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/Parallel.h>
