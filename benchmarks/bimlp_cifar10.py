@@ -33,7 +33,7 @@ from typing import Any
 import torch
 
 import leanvision as lv
-from leanvision.engine import load_checkpoint
+from leanvision.engine import load_checkpoint, training_note, training_record
 from leanvision.pipeline import cpu_info
 from leanvision.profiling import compare, count_ops, count_params, profile
 from leanvision.report import check_results_target, write_results
@@ -200,8 +200,8 @@ def cmd_report(args: argparse.Namespace) -> None:
                 "embed_dims": list(spec["embed_dims"]),
             },
             "notes": (
-                f"{int(state['epoch'])} epochs on {summary['max_train']} images, "
-                f"{summary['wall_s'] / 60:.0f} min at {summary['threads']} thread(s); "
+                f"{training_note(training_record(RUNS / variant / 'last.pt'), summary['threads'])}"
+                f" on {summary['max_train']} images; "
                 "tested with the 1×1 binary FCs packed to 1 bit"
             ),
         }

@@ -35,11 +35,11 @@ from typing import Any
 import torch
 
 import leanvision as lv
-from leanvision.engine import load_checkpoint
+from leanvision.engine import load_checkpoint, training_note, training_record
 from leanvision.methods.registry import get_method
 from leanvision.pipeline import cpu_info
+from leanvision.provenance import git_state
 from leanvision.report import check_results_target, write_results
-from leanvision.report.provenance import git_state
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "cifar10"
@@ -238,6 +238,16 @@ def predictions(model: torch.nn.Module, loader: Any) -> tuple[torch.Tensor, torc
     return torch.cat(preds), torch.cat(labels)
 
 
+def _trained_note(trained: list[str]) -> str:
+    """What trained each run (from its checkpoint: every stretch of a resumed run)."""
+    return (
+        "Training of each run (train min / run sums every stretch of a resumed run; epochs "
+        "from before stretches were recorded count their training time without validation): "
+        + "; ".join(trained)
+        + "."
+    )
+
+
 def cmd_report(args: argparse.Namespace) -> None:
     check_results_target(OUT, allow_dirty=args.allow_dirty)  # fail now, not after hours
     torch.set_num_threads(args.threads)
@@ -251,6 +261,7 @@ def cmd_report(args: argparse.Namespace) -> None:
         torch.save({"pred": t_pred, "labels": labels}, teacher_cache)
     t_top1 = 100.0 * (t_pred == labels).float().mean().item()
     rows, epochs = [], set()
+    trained = [f"teacher: {training_note(training_record(RUNS / 'teacher' / 'last.pt'), 1)}"]
     for variant, spec in VARIANTS.items():
         runs = sorted(RUNS.glob(f"{variant}"), key=str) + sorted(RUNS.glob(f"{variant}_seed*"))
         runs = [r for r in runs if (r / "summary.json").exists()]
@@ -274,7 +285,11 @@ def cmd_report(args: argparse.Namespace) -> None:
             tops.append(100.0 * (pred == labels).float().mean().item())
             agree.append(100.0 * (pred == t_pred).float().mean().item())
             vals.append(state["history"][-1]["val_top1"])
-            minutes.append(summary["wall_s"] / 60)
+            record = training_record(run / "last.pt")  # every stretch of a resumed run
+            minutes.append((record["wall_s"] + record["unrecorded_train_s"]) / 60)
+            trained.append(
+                f"{run.name}: {training_note(record, summary['threads'], summary.get('git'))}"
+            )
             epochs.add(int(state["epoch"]))
             print(f"{run.name}: test top-1 {tops[-1]:.2f}%, agrees with teacher {agree[-1]:.1f}%")
         paper = PAPER.get(variant, {}).get("top1")
@@ -324,7 +339,9 @@ def cmd_report(args: argparse.Namespace) -> None:
                 "title": "Student test top-1 by distillation variant (equal epochs)",
                 "columns": list(rows[0]) if rows else [],
                 "rows": [list(r.values()) for r in rows],
-                "notes": " ".join(filter(None, [_findings(rows), INTERPRETATION])),
+                "notes": " ".join(
+                    filter(None, [_findings(rows), INTERPRETATION, _trained_note(trained)])
+                ),
             }
         ],
     }

@@ -31,7 +31,7 @@ from typing import Any
 import torch
 
 import leanvision as lv
-from leanvision.engine import load_checkpoint
+from leanvision.engine import load_checkpoint, training_note, training_record
 from leanvision.layers import (
     AdderConv2d,
     BinaryConv2d,
@@ -42,8 +42,8 @@ from leanvision.methods.registry import get_method
 from leanvision.pipeline import cpu_info
 from leanvision.profiling import compare, count_ops, profile
 from leanvision.profiling.memory import peak_memory_mb
+from leanvision.provenance import git_state
 from leanvision.report import check_results_target, write_results
-from leanvision.report.provenance import git_state
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "cifar10"
@@ -386,22 +386,30 @@ def _findings(by: dict[str, dict[str, Any]], lat_table: dict[str, Any]) -> list[
     return notes
 
 
-def _train_note(variant: str, state: dict[str, Any], summary: dict[str, Any]) -> str:
-    note = (
-        f"{int(state['epoch'])} epochs on {summary['max_train']} images, "
-        f"{summary['wall_s'] / 60:.0f} min at {summary['threads']} thread(s)"
-    )
-    if summary.get("resumed_after_epoch"):
-        note += (
-            f" (resumed after epoch {summary['resumed_after_epoch']}: the time and the commit "
-            "are those of the resumed stretch)"
+def _train_note(
+    variant: str, state: dict[str, Any], summary: dict[str, Any], record: dict | None = None
+) -> str:
+    """How a run trained: from the checkpoint's stretches (``record``, every stretch of a
+    resumed run), else from the summary of its last stretch (a run trained before stretches
+    were recorded)."""
+    if record and record["stretches"]:
+        note = training_note(record, summary["threads"]) + f" on {summary['max_train']} images"
+    else:
+        note = (
+            f"{int(state['epoch'])} epochs on {summary['max_train']} images, "
+            f"{summary['wall_s'] / 60:.0f} min at {summary['threads']} thread(s)"
         )
-    git = summary.get("git")
-    note += (
-        f"; trained at commit {git['commit'][:10]}{' (dirty tree)' if git.get('dirty') else ''}"
-        if git
-        else "; training commit not recorded"
-    )
+        if summary.get("resumed_after_epoch"):
+            note += (
+                f" (resumed after epoch {summary['resumed_after_epoch']}: the time and the "
+                "commit are those of the resumed stretch)"
+            )
+        git = summary.get("git")
+        note += (
+            f"; trained at commit {git['commit'][:10]}{' (dirty tree)' if git.get('dirty') else ''}"
+            if git
+            else "; training commit not recorded"
+        )
     cfg = summary.get("config")
     if cfg and VARIANTS[variant].get("method") == "fda":
         keys = [k for k in sorted(cfg) if "term" in k or k in ("omega", "noise")]
@@ -435,7 +443,8 @@ def cmd_report(args: argparse.Namespace) -> None:
         chain = [] if variant == "cnn" else [variant]
         name = f"resnet20_{variant}"
         models[name] = model.eval()
-        info[name] = {"chain": chain, "notes": _train_note(variant, state, summary),
+        info[name] = {"chain": chain, "notes": _train_note(variant, state, summary,
+                                                  training_record(RUNS / variant / "last.pt")),
                       "params": n_params}  # fmt: skip
         if variant == "cnn":  # the CNN on its fastest path too: the fairest baseline
             fast, choices = lv.optimize_for_cpu(model, (1, 3, 32, 32))

@@ -33,12 +33,12 @@ from typing import Any
 import torch
 
 import leanvision as lv
-from leanvision.engine import load_checkpoint
+from leanvision.engine import load_checkpoint, training_note, training_record
 from leanvision.methods.registry import get_method
 from leanvision.pipeline import cpu_info, fold_batchnorm, measure_models
 from leanvision.profiling import compare, count_ops
+from leanvision.provenance import git_state
 from leanvision.report import check_results_target, write_results
-from leanvision.report.provenance import git_state
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "cifar10"
@@ -174,6 +174,35 @@ def _controls(args: argparse.Namespace, data: Any, rows: list[dict[str, Any]]) -
         "rows": out,
         "notes": "The dense models are short-trained, so extra epochs alone move accuracy; a "
         "pruned model's Δ is best read against this row.",
+    }
+
+
+def _training(args: argparse.Namespace) -> dict | None:
+    """What trained each model in this report, read from its checkpoint (every stretch of a
+    resumed run, and the commits they ran at)."""
+    runs = Path(args.runs)
+    found = [("resnet56 (dense)", DISTILL / "teacher" / "last.pt"),
+             ("vit (dense)", DISTILL / "scratch" / "last.pt")]  # fmt: skip
+    found += [(m, runs / m / "train" / "last.pt") for m in (*CHANNEL, *TOKEN)]
+    found += [(f"{a} + {args.epochs} epochs", runs / f"{a}_dense_ft" / "train" / "last.pt")
+              for a in ("resnet56", "vit")]  # fmt: skip
+    rows = []
+    for name, path in found:
+        if path.exists():
+            # the summary a run wrote when it ended names the commit of its last stretch
+            summaries = [d / "summary.json" for d in (path.parent, path.parent.parent)]
+            summary = next((f for f in summaries if f.exists()), None)
+            git = json.loads(summary.read_text()).get("git") if summary else None
+            rows.append([name, training_note(training_record(path), finished_at=git)])
+    if not rows:
+        return None
+    return {
+        "title": "Training of each model (from its checkpoint)",
+        "columns": ["model", "training"],
+        "rows": rows,
+        "notes": "Wall time of every stretch of a run (training and validation; a run killed "
+        "and resumed trains in stretches) and the commits they ran at. The pruned models' "
+        "time is their fine-tuning; pruning itself is not in it.",
     }
 
 
@@ -766,6 +795,9 @@ def cmd_report(args: argparse.Namespace) -> None:
     control = _controls(args, data, rows)
     if control:
         tables.insert(1, control)
+    training = _training(args)
+    if training:
+        tables.append(training)
     tables.append(_manidp_224_speed(args))
     tables.append(_timm_l1_speed(args))
     tables.append(_deit_small_speed(args))

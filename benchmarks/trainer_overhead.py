@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 import leanvision as lv
 from leanvision.pipeline import cpu_info
-from leanvision.report.provenance import check_committable, git_state
+from leanvision.provenance import check_committable, git_state
 from leanvision.report.writer import atomic_write_text
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -57,3 +57,14 @@ def test_a_resumed_training_says_its_time_and_commit_are_the_last_stretch(bench)
     resumed = bench._train_note("cnn", {"epoch": 15}, {**summary, "resumed_after_epoch": 5})
     assert "resumed" not in fresh
     assert "resumed after epoch 5" in resumed and "10 min" in resumed
+    stretch = {"after_epoch": 0, "to_epoch": 5, "wall_s": 300.0, "git": {"commit": "b" * 40}}
+    record = {
+        "epochs": 15,
+        "wall_s": 900.0,
+        "stretches": [stretch, {**stretch, "after_epoch": 5, "to_epoch": 15, "wall_s": 600.0}],
+        "commits": [("b" * 40, False)],
+        "unrecorded_epochs": 0,
+        "unrecorded_train_s": 0.0,
+    }
+    both = bench._train_note("cnn", {"epoch": 15}, summary, record)
+    assert "15 min at 1 thread(s) in 2 stretches" in both and "b" * 10 in both

@@ -17,6 +17,8 @@ from leanvision.engine import (
     TrainConfig,
     load_checkpoint,
     save_checkpoint,
+    training_note,
+    training_record,
 )
 from leanvision.errors import CheckpointError, ConfigError, UnknownNameError
 
@@ -153,6 +155,35 @@ def test_resume_with_checkpoint_of_other_model_is_clear(mnist_small, tmp_path):
         lv.train(b, mnist_small, epochs=2, out_dir=str(tmp_path), resume=True, progress=False)
 
 
+def test_a_checkpoint_from_before_stretches_says_what_it_leaves_out(mnist_small, tmp_path):
+    """Epochs trained before stretches were recorded are counted apart, with their history time."""
+    model = lv.create_model("resnet20_cifar", in_chans=1, width=0.25)
+    opts = dict(max_steps=None, out_dir=str(tmp_path), progress=False, log=False, lr=0.05)
+    res = lv.train(model, mnist_small, epochs=1, **opts)
+    assert [(r["after_epoch"], r["to_epoch"]) for r in res.stretches] == [(0, 1)]
+    state = load_checkpoint(tmp_path / "last.pt")
+    del state["stretches"]  # as an older leanvision wrote it
+    state.pop("format")
+    save_checkpoint(state, tmp_path / "last.pt")
+    model = lv.create_model("resnet20_cifar", in_chans=1, width=0.25)
+    res = lv.train(model, mnist_small, epochs=2, resume=True, **opts)
+    assert [(r["after_epoch"], r["to_epoch"]) for r in res.stretches] == [(1, 2)]
+    record = training_record(tmp_path / "last.pt")
+    assert record["unrecorded_epochs"] == 1
+    assert record["unrecorded_train_s"] == pytest.approx(res.history[0]["time_s"])
+    assert record["wall_s"] == pytest.approx(res.stretches[0]["wall_s"])
+    assert "epoch 1 predates the stretch records" in training_note(record)
+    assert "last stretch ran at commit abcdefabcd (dirty" in training_note(
+        record, finished_at={"commit": "abcdefabcdef", "dirty": True}
+    )
+    state = load_checkpoint(tmp_path / "last.pt")
+    state.pop("format")
+    state["stretches"] = ["not a record"]
+    save_checkpoint(state, tmp_path / "last.pt")
+    with pytest.raises(CheckpointError, match="'stretches' must hold dicts"):
+        training_record(tmp_path / "last.pt")
+
+
 def test_feature_recorder_collects_by_name():
     model = lv.create_model("resnet20_cifar", width=0.25)
     with FeatureRecorder(model, ["layer1", "layer3.2.conv2"]) as rec:
@@ -188,6 +219,19 @@ def test_killed_run_resumes_to_the_same_result(tmp_path):
     a = torch.load(full, weights_only=True)
     b = torch.load(resumed, weights_only=True)
     assert a["final"] == b["final"]
+    one, two = (
+        training_record(tmp_path / "a" / "last.pt"),
+        training_record(tmp_path / "b" / "last.pt"),
+    )
+    assert [(r["after_epoch"], r["to_epoch"]) for r in one["stretches"]] == [(0, 3)]
+    assert [(r["after_epoch"], r["to_epoch"]) for r in two["stretches"]] == [(0, 1), (1, 3)]
+    assert two["epochs"] == 3 and two["unrecorded_epochs"] == 0
+    assert two["wall_s"] == pytest.approx(sum(r["wall_s"] for r in two["stretches"]))
+    assert all(r["wall_s"] > 0 for r in two["stretches"])
+    assert len(two["commits"]) == 1  # both stretches ran this checkout
+    note = training_note(two, threads=1)
+    assert note.startswith("3 epochs, ") and "at 1 thread(s) in 2 stretches (resumed)" in note
+    assert two["commits"][0][0][:10] in note and "predate" not in note
     for k, v in a["state"].items():
         torch.testing.assert_close(b["state"][k], v, rtol=0, atol=1e-6)
 

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
+from leanvision import provenance
 from leanvision.errors import ConfigError, DirtyTreeError
 from leanvision.report import (
     ModelResult,
     build_summary,
     load_results_file,
-    provenance,
     write_report,
 )
 from leanvision.report.documents import _meta

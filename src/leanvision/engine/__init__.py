@@ -1,6 +1,6 @@
 """The engine: one trainer with hooks, checkpoints, distributed set-up, evaluation."""
 
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import load_checkpoint, save_checkpoint, training_note, training_record
 from .evaluate import evaluate
 from .features import FeatureRecorder, resolve_module
 from .hooks import Hook, StepContext
@@ -20,4 +20,6 @@ __all__ = [
     "save_checkpoint",
     "seed_everything",
     "train",
+    "training_note",
+    "training_record",
 ]

@@ -96,6 +96,7 @@ _TRAINING_KEYS: dict[str, tuple[tuple[type, ...], bool]] = {
     "best": ((Mapping,), False),
     "hooks": ((Mapping,), False),
     "config": ((Mapping,), False),
+    "stretches": ((list,), False),
 }
 
 
@@ -131,4 +132,76 @@ def load_training_checkpoint(
                 f"checkpoint {str(path)!r} is malformed: {key!r} is {value}, not >= 0"
             )
     check_state_dict(state["model"], path, "model")
+    for record in state.get("stretches", []):
+        if not isinstance(record, Mapping):
+            raise CheckpointError(
+                f"checkpoint {str(path)!r} is malformed: 'stretches' must hold dicts, got "
+                f"{describe(record)}; delete it (or use another out_dir) to start over."
+            )
     return state
+
+
+def training_record(path: str | os.PathLike) -> dict[str, Any]:
+    """A trainer checkpoint's account of its run, summed over the stretches it trained in.
+
+    A run killed and resumed trains in stretches (see :mod:`leanvision.engine.trainer`); a
+    benchmark that times only its own call sees the last one. This reads them all.
+
+    Returns:
+        ``epochs`` trained; ``wall_s``, the wall time of the recorded stretches;
+        ``stretches``, their records; ``commits``, the distinct ``(commit, dirty)`` pairs
+        they ran at, oldest first; ``unrecorded_epochs``, epochs trained before stretches
+        were recorded (an older checkpoint), and ``unrecorded_train_s``, their training time
+        from the history (without validation), so a total can say what it leaves out.
+    """
+    state = load_training_checkpoint(path)
+    stretches = [dict(r) for r in state.get("stretches", [])]
+    first = min((int(r.get("after_epoch", 0)) for r in stretches), default=int(state["epoch"]))
+    early = [row for row in state.get("history", []) if row.get("epoch", 0) <= first]
+    commits: list[tuple[str, bool | None]] = []
+    for r in stretches:
+        git = r.get("git") or {}
+        pair = (str(git.get("commit", "unknown")), git.get("dirty"))
+        if pair not in commits:
+            commits.append(pair)
+    return {
+        "epochs": int(state["epoch"]),
+        "wall_s": sum(float(r.get("wall_s", 0.0)) for r in stretches),
+        "stretches": stretches,
+        "commits": commits,
+        "unrecorded_epochs": first,
+        "unrecorded_train_s": sum(float(row.get("time_s", 0.0)) for row in early),
+    }
+
+
+def training_note(
+    record: dict[str, Any], threads: int | None = None, finished_at: Mapping | None = None
+) -> str:
+    """One sentence from a :func:`training_record`: epochs, time, stretches and commits.
+
+    e.g. ``"10 epochs, 134 min at 1 thread(s) in 2 stretches, at commit 4c02ea1a2b"``; an
+    older checkpoint's unrecorded epochs are named with their history time, apart.
+    ``finished_at``: the git state (``commit``, ``dirty``) a caller recorded when the run
+    ended, named for such a run (it covers the last stretch only).
+    """
+    at = f" at {threads} thread(s)" if threads else ""
+    n = len(record["stretches"])
+    text = f"{record['epochs']} epochs"
+    if n:
+        text += f", {record['wall_s'] / 60:.0f} min{at}"
+        if n > 1:
+            text += f" in {n} stretches (resumed)"
+        labels = [c[:10] + (" (dirty tree)" if d else "") for c, d in record["commits"]]
+        text += f", at commit{'s' if len(labels) > 1 else ''} {', '.join(labels)}"
+    if record["unrecorded_epochs"]:
+        k = record["unrecorded_epochs"]
+        text += (
+            f"; {f'epochs 1-{k}' if k > 1 else 'epoch 1'} predate{'s' if k == 1 else ''} the "
+            "stretch records: "
+            f"{record['unrecorded_train_s'] / 60:.0f} min of training (without validation), "
+            "commit not recorded"
+        )
+        if finished_at and finished_at.get("commit"):
+            dirty = " (dirty tree)" if finished_at.get("dirty") else ""
+            text += f"; its last stretch ran at commit {str(finished_at['commit'])[:10]}{dirty}"
+    return text

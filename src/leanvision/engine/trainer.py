@@ -5,6 +5,11 @@ Every method trains through :class:`Trainer`; methods change what it does throug
 copying the loop. Features: timm optimizers and schedules, channels_last on CPU, AMP on GPU, a
 rich progress bar, an atomic checkpoint every epoch, exact resume after a kill, DDP under
 ``torchrun`` (gloo on CPU, nccl on GPU), and one seed for all randomness.
+
+A run that is killed and resumed trains in stretches. The checkpoint keeps one record per
+stretch (:data:`TrainResult.stretches`): the epochs it covered, its wall time (training and
+validation) and the code that ran it (git commit and dirty flag), so a run's total time and
+every commit it trained at survive the resumes.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import math
 import os
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +35,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DistributedSampler
 
 from leanvision.errors import CheckpointError, ConfigError
+from leanvision.provenance import git_state
 from leanvision.shapes import guarded_forward
 
 from .checkpoint import load_training_checkpoint, save_checkpoint
@@ -113,6 +120,11 @@ class TrainResult:
         final: validation metrics of the final model (empty when ``eval_every=0``).
         checkpoint: path of the last checkpoint, when ``out_dir`` was given.
         steps: optimizer steps taken in total.
+        stretches: one record per uninterrupted stretch of training, oldest first (empty
+            without ``out_dir``): ``after_epoch`` (the epoch it resumed after, 0 for the
+            first), ``to_epoch``, ``wall_s``, ``started`` (UTC, ISO 8601) and ``git``
+            (``commit``, ``dirty``, ``diff_sha256``). A checkpoint written before stretches
+            were recorded yields none for its epochs.
     """
 
     model: nn.Module
@@ -121,6 +133,7 @@ class TrainResult:
     final: dict[str, float] = field(default_factory=dict)
     checkpoint: Path | None = None
     steps: int = 0
+    stretches: list[dict[str, Any]] = field(default_factory=list)
 
 
 def _pick_device(name: str | None) -> torch.device:
@@ -248,7 +261,38 @@ class Trainer:
             "best": self.best,
             "hooks": {f"{i}:{h.name}": h.state_dict() for i, h in enumerate(self.hooks)},
             "config": {k: v for k, v in dataclasses.asdict(self.config).items()},
+            "stretches": self._saved_stretches(),
         }
+
+    def _start_stretch(self) -> None:
+        """Open this fit's record (after a resume); the git state only when it is saved."""
+        self._stretch_t0 = time.perf_counter()
+        git: dict[str, Any] = {}
+        if self.out_dir is not None and self.dist.is_main:
+            state = git_state()
+            git = {"commit": state.commit, "dirty": state.dirty, "diff_sha256": state.diff_sha256}
+        self._stretch = {
+            "after_epoch": self.epoch,
+            "started": datetime.now(UTC).isoformat(timespec="seconds"),
+            "git": git,
+        }
+
+    def _saved_stretches(self) -> list[dict[str, Any]]:
+        """The records as this save writes them (what :class:`TrainResult` returns)."""
+        self.saved_stretches = self._stretches()
+        return self.saved_stretches
+
+    def _stretches(self) -> list[dict[str, Any]]:
+        """The earlier stretches and this one (when it has trained an epoch)."""
+        current = getattr(self, "_stretch", None)
+        if current is None or self.epoch <= current["after_epoch"]:
+            return list(self.past_stretches)
+        now = {
+            **current,
+            "to_epoch": self.epoch,
+            "wall_s": time.perf_counter() - self._stretch_t0,
+        }
+        return [*self.past_stretches, now]
 
     def _save(self) -> Path | None:
         if self.out_dir is None or not self.dist.is_main:
@@ -289,6 +333,7 @@ class Trainer:
         self.global_step = int(state["global_step"])
         self.history = list(state.get("history", []))
         self.best = dict(state.get("best", {}))
+        self.past_stretches = [dict(r) for r in state.get("stretches", [])]
         if self.config.log and self.dist.is_main:
             console.log(f"resumed from {path} after epoch {self.epoch}")
 
@@ -304,7 +349,10 @@ class Trainer:
     def fit(self) -> TrainResult:
         """Run the training; returns a :class:`TrainResult`."""
         self._setup()
+        self.past_stretches: list[dict[str, Any]] = []
         self._try_resume()
+        self.saved_stretches = list(self.past_stretches)
+        self._start_stretch()
         self._call("on_train_start")
         show = self.config.progress and self.dist.is_main
         columns = [
@@ -345,7 +393,15 @@ class Trainer:
             final_val = evaluate(self.model, self.data.val, self.device, self.channels_last)
         self.model.eval()
         ckpt = self.out_dir / "last.pt" if self.out_dir and self.history else None
-        return TrainResult(self.model, self.history, self.best, final_val, ckpt, self.global_step)
+        return TrainResult(
+            self.model,
+            self.history,
+            self.best,
+            final_val,
+            ckpt,
+            self.global_step,
+            self.saved_stretches if self.out_dir else [],
+        )
 
     def _train_epoch(self, progress: Progress) -> dict[str, float]:
         cfg, epoch = self.config, self.epoch

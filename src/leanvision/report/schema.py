@@ -15,7 +15,7 @@ milliseconds for one batch of ``latency_ms["batch"]`` samples, ``peak_mem_mb`` i
 ``energy_uj`` in microjoules. Reports and tables are built only from these files.
 
 Provenance (``git_commit``, ``git_dirty``, ``git_diff_sha256``; see
-:mod:`leanvision.report.provenance`) is in the run object and in every model row. Files written
+:mod:`leanvision.provenance`) is in the run object and in every model row. Files written
 before ``git_dirty`` existed still load: the missing fields read as None ("dirty: unknown").
 """
 

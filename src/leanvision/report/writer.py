@@ -13,9 +13,9 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from leanvision import provenance
 from leanvision.errors import ConfigError, DataError
 from leanvision.fileio import atomic_write_text
-from leanvision.report import provenance
 from leanvision.report.schema import SCHEMA_ID, ModelResult, check_run_tables
 
 __all__ = [
@@ -65,7 +65,7 @@ def _now_iso() -> str:
 def git_commit() -> str:
     """Commit hash of the leanvision source checkout, or ``"unknown"`` outside git.
 
-    It says nothing of uncommitted changes: use :func:`leanvision.report.provenance.git_state`
+    It says nothing of uncommitted changes: use :func:`leanvision.provenance.git_state`
     for the dirty flag and the diff hash.
     """
     return provenance.git_state().commit
@@ -223,7 +223,7 @@ def write_results(
     ``run`` object gets ``name`` (default: the folder name), ``created``, ``git_commit``,
     ``git_dirty``, ``git_diff_sha256``, ``git_dirty_files`` and ``host``; other keys in
     ``run_info`` (e.g. ``command``, ``description``) are added and win over these defaults.
-    See :mod:`leanvision.report.provenance` for what makes a tree dirty.
+    See :mod:`leanvision.provenance` for what makes a tree dirty.
 
     Results meant to be committed are refused from a dirty tree: those under the checkout's
     ``benchmarks/results``, or any with ``committed=True``. Runs elsewhere (``runs/...``, a

@@ -96,7 +96,7 @@ def source_repo() -> Path | None:
     None when leanvision is installed from a wheel, git is missing, or the enclosing repository
     does not track leanvision (e.g. a virtual environment inside someone else's project).
     """
-    package = Path(__file__).resolve().parents[1]
+    package = Path(__file__).resolve().parent
     try:
         top = _git(package, "rev-parse", "--show-toplevel").decode().strip()
         _git(package, "ls-files", "--error-unmatch", "--", "__init__.py")
