@@ -209,8 +209,45 @@ def test_register_op_handler_counts_custom_op():
     counts = count_ops(Opaque(), (4, 6))
     assert counts.macs == 4 * 6 * 5
     assert counts.by_op == {"lvtest.opaque_mm": 120}
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match="namespace::name"):
         register_op_handler("mm", lambda *a, **k: 0)
+
+
+def test_an_op_registered_by_name_counts_once_its_library_loads():
+    """A native kernel registers its formula by name at import, before the op exists."""
+    from leanvision import opcounts
+
+    register_op_handler(
+        "lvlate::late_mm", lambda a, b, *, out_shape=None, **kw: 2 * a[0] * a[1] * b[1]
+    )
+    assert not any(str(op) == "lvlate.late_mm" for op in opcounts.op_handlers())  # not loaded
+
+    lib = torch.library.Library("lvlate", "DEF")  # the library loads later
+    lib.define("late_mm(Tensor a, Tensor b) -> Tensor")
+    lib.impl("late_mm", lambda a, b: a @ b, "CompositeExplicitAutograd")
+    lib.impl("late_mm", lambda a, b: a.new_empty(a.shape[0], b.shape[1]), "Meta")
+
+    class Late(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.ops.lvlate.late_mm(x, torch.ones(6, 5))
+
+    assert count_ops(Late(), (4, 6)).by_op == {"lvlate.late_mm": 120}
+
+
+def test_nothing_registers_while_a_model_runs_or_is_optimized():
+    """Layers and kernels write to the op-count registry at import, never at eval time."""
+    import leanvision as lv
+    import leanvision.methods.pruning.manidp  # noqa: F401  (its gated-block kernel's formulas)
+    from leanvision import opcounts
+
+    names = {"leanvision::conv3x3_nhwc", "leanvision::gated_basic_block",
+             "leanvision::gated_block_chain"}  # fmt: skip
+    assert names <= set(opcounts._OP_HANDLERS)
+    before = (dict(opcounts._OP_HANDLERS), dict(opcounts._MODULE_COUNTERS))
+    model = lv.create_model("resnet20_cifar", width=0.25).eval()
+    lv.optimize_for_cpu(model, (1, 3, 16, 16), autotune=False)
+    count_ops(model, (1, 3, 16, 16))
+    assert (dict(opcounts._OP_HANDLERS), dict(opcounts._MODULE_COUNTERS)) == before
 
 
 # --------------------------------------------------------------------------- energy

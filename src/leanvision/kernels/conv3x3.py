@@ -26,6 +26,7 @@ from torch import fx, nn
 from leanvision import kernels
 from leanvision.derived import DerivedCache
 from leanvision.errors import ConfigError
+from leanvision.opcounts import register_op_handler
 from leanvision.shapes import check_conv_input
 
 __all__ = ["ConvChoice", "FusedConv3x3", "eligible", "optimize_for_cpu"]
@@ -135,6 +136,9 @@ def _conv3x3_flops(x: Any, w: Any, *rest: Any, out_shape: Any = None, **kw: Any)
     return 2 * math.prod(out_shape) * w[0]
 
 
+register_op_handler("leanvision::conv3x3_nhwc", _conv3x3_flops)
+
+
 @dataclass
 class ConvChoice:
     """What :func:`optimize_for_cpu` did with one convolution."""
@@ -239,9 +243,6 @@ def optimize_for_cpu(
     gm = gm.to(memory_format=torch.channels_last)
     if not _kernel_ok():
         return gm, []
-    from leanvision.profiling.counting import register_op_handler
-
-    register_op_handler(torch.ops.leanvision.conv3x3_nhwc, _conv3x3_flops)
     modules = dict(gm.named_modules())
     for node in list(gm.graph.nodes):  # drop Identity modules so the patterns are adjacent
         if node.op == "call_module" and type(modules[node.target]) is nn.Identity:

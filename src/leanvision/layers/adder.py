@@ -22,6 +22,7 @@ from torch import nn
 from leanvision import kernels
 from leanvision.derived import DerivedCache
 from leanvision.errors import ConfigError
+from leanvision.opcounts import OpCounts, register_module_counter
 from leanvision.shapes import check_conv_input
 
 __all__ = ["AdderConv2d", "QuantAdderConv2d", "adder2d", "adder2d_reference"]
@@ -234,8 +235,6 @@ class AdderConv2d(nn.Module):
 def _count_adder(module: AdderConv2d, inputs: tuple, output: torch.Tensor):
     """Each term |x − f| is a subtraction and an accumulation: 2 additions, no multiplication
     (the paper's count; the absolute value is a sign-bit mask)."""
-    from leanvision.profiling.counting import OpCounts
-
     terms = output.numel() * module.in_channels * module.kernel_size**2
     return OpCounts.from_adds(2 * terms, op="adder2d")
 
@@ -339,17 +338,9 @@ def _int8_kernel() -> bool:
 
 def _count_quant_adder(module: QuantAdderConv2d, inputs: tuple, output: torch.Tensor):
     """As :func:`_count_adder`, in integer arithmetic."""
-    from leanvision.profiling.counting import OpCounts
-
     terms = output.numel() * module.in_channels * module.kernel_size**2
     return OpCounts.from_int_adds(2 * terms, op=f"adder2d_int{module.bits}")
 
 
-def _register() -> None:
-    from leanvision.profiling.counting import register_module_counter
-
-    register_module_counter(AdderConv2d, _count_adder)
-    register_module_counter(QuantAdderConv2d, _count_quant_adder)
-
-
-_register()
+register_module_counter(AdderConv2d, _count_adder)
+register_module_counter(QuantAdderConv2d, _count_quant_adder)

@@ -27,6 +27,7 @@ from torch import nn
 
 from leanvision import kernels
 from leanvision.errors import ConfigError, InputShapeError
+from leanvision.opcounts import OpCounts, register_module_counter
 from leanvision.shapes import check_conv_input
 
 __all__ = [
@@ -354,8 +355,6 @@ class PackedBinaryLinear(nn.Module):
 
 def _count_binary_conv(module: nn.Module, inputs: tuple, output: torch.Tensor):
     """One bit-op per binary multiply-accumulate (XNOR + popcount contribution of one bit)."""
-    from leanvision.profiling.counting import OpCounts
-
     c = module.in_channels // getattr(module, "groups", 1)
     ks = module.kernel_size
     k2 = ks * ks if isinstance(ks, int) else math.prod(ks)
@@ -363,21 +362,13 @@ def _count_binary_conv(module: nn.Module, inputs: tuple, output: torch.Tensor):
 
 
 def _count_binary_linear(module: nn.Module, inputs: tuple, output: torch.Tensor):
-    from leanvision.profiling.counting import OpCounts
-
     return OpCounts.from_bitops(output.numel() * module.in_features, op="binary_linear")
 
 
-def _register() -> None:
-    from leanvision.profiling.counting import register_module_counter
-
-    register_module_counter(BinaryConv2d, _count_binary_conv)
-    register_module_counter(PackedBinaryConv2d, _count_binary_conv)
-    register_module_counter(BinaryLinear, _count_binary_linear)
-    register_module_counter(PackedBinaryLinear, _count_binary_linear)
-
-
-_register()
+register_module_counter(BinaryConv2d, _count_binary_conv)
+register_module_counter(PackedBinaryConv2d, _count_binary_conv)
+register_module_counter(BinaryLinear, _count_binary_linear)
+register_module_counter(PackedBinaryLinear, _count_binary_linear)
 
 
 class FilterMapper(nn.Module):

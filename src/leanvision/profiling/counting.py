@@ -12,7 +12,8 @@ Two gaps are filled here:
   We add a formula counting Q·Kᵀ and A·V (the math fallback decomposes into ``bmm`` and is
   already counted). Causal masks are not discounted, as in PyTorch's own SDPA formulas.
 * Custom layers (adder, binary, quantized): a layer type registered with
-  :func:`register_module_counter` is counted by its own function *instead of* the aten ops its
+  :func:`leanvision.opcounts.register_module_counter` (the ground-floor registry layers write
+  to at import) is counted by its own function *instead of* the aten ops its
   forward runs: hooks around the module record what the flop counter saw inside it and subtract
   it, then add the layer's own :class:`OpCounts`.
 """
@@ -21,7 +22,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
@@ -29,6 +29,13 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from leanvision.errors import ConfigError
+from leanvision.opcounts import (
+    OpCounts,
+    counter_for,
+    op_handlers,
+    register_module_counter,
+    register_op_handler,
+)
 from leanvision.profiling._common import (
     check_input_size,
     eval_mode,
@@ -47,93 +54,7 @@ __all__ = [
 
 aten = torch.ops.aten
 
-ModuleCounter = Callable[[nn.Module, tuple[Any, ...], Any], "OpCounts"]
-
-
-@dataclass
-class OpCounts:
-    """Operation counts of one forward pass at a given input size.
-
-    Conventions (handlers of custom layers must follow them):
-
-    * ``macs``: every multiply-accumulate, whatever its precision (fp32 and int8 alike).
-    * ``muls`` / ``adds``: every multiplication / addition; a MAC is one of each, so a plain
-      conv or linear layer has ``macs == muls == adds``. An adder layer reports only ``adds``.
-    * ``int8_macs``: the part of ``macs`` (and so of ``muls`` and ``adds``) run by int8 kernels;
-      the energy estimate prices those at int8 rates.
-    * ``int_adds``: the part of ``adds`` run in integer arithmetic outside int8 MACs (the
-      subtract-and-accumulate of an int8/int16 adder layer).
-    * ``bitops``: binary operations (one XNOR + popcount contribution per bit).
-    * ``by_op``: per op kind, in MACs (or the op's own unit: adds, bit-ops), for reports.
-
-    Attributes:
-        macs: Multiply-accumulates.
-        adds: Additions.
-        muls: Multiplications.
-        bitops: Binary (XNOR/popcount) operations.
-        by_op: Count per op kind.
-        int8_macs: MACs done by int8 kernels (a subset of ``macs``).
-        int_adds: Integer additions that are not part of int8 MACs (a subset of ``adds``).
-    """
-
-    macs: int = 0
-    adds: int = 0
-    muls: int = 0
-    bitops: int = 0
-    by_op: dict[str, int] = field(default_factory=dict)
-    int8_macs: int = 0
-    int_adds: int = 0
-
-    @classmethod
-    def from_macs(cls, n: int, op: str = "mac") -> OpCounts:
-        """``n`` floating-point multiply-accumulates (one mul + one add each)."""
-        return cls(macs=n, adds=n, muls=n, by_op={op: n})
-
-    @classmethod
-    def from_int8_macs(cls, n: int, op: str = "int8_mac") -> OpCounts:
-        """``n`` multiply-accumulates run by an int8 kernel."""
-        return cls(macs=n, adds=n, muls=n, int8_macs=n, by_op={op: n})
-
-    @classmethod
-    def from_adds(cls, n: int, op: str = "add") -> OpCounts:
-        """``n`` additions and no multiplications (e.g. an adder layer)."""
-        return cls(adds=n, by_op={op: n})
-
-    @classmethod
-    def from_int_adds(cls, n: int, op: str = "int_add") -> OpCounts:
-        """``n`` integer additions and no multiplications (e.g. an int8 adder layer)."""
-        return cls(adds=n, int_adds=n, by_op={op: n})
-
-    @classmethod
-    def from_bitops(cls, n: int, op: str = "bitop") -> OpCounts:
-        """``n`` binary operations (XNOR + popcount per bit)."""
-        return cls(bitops=n, by_op={op: n})
-
-    def __add__(self, other: OpCounts) -> OpCounts:
-        if not isinstance(other, OpCounts):
-            return NotImplemented
-        by_op = dict(self.by_op)
-        for k, v in other.by_op.items():
-            by_op[k] = by_op.get(k, 0) + v
-        return OpCounts(
-            macs=self.macs + other.macs,
-            adds=self.adds + other.adds,
-            muls=self.muls + other.muls,
-            bitops=self.bitops + other.bitops,
-            by_op=by_op,
-            int8_macs=self.int8_macs + other.int8_macs,
-            int_adds=self.int_adds + other.int_adds,
-        )
-
-    def as_dict(self) -> dict[str, Any]:
-        """JSON-ready dict of the counts."""
-        return asdict(self)
-
-
-# --------------------------------------------------------------------------- registries
-
-_OP_HANDLERS: dict[Any, Callable[..., int]] = {}
-_MODULE_COUNTERS: dict[type[nn.Module], ModuleCounter] = {}
+# --------------------------------------------------------------------------- SDPA
 
 
 def _sdpa_flops(
@@ -181,64 +102,6 @@ _SDPA_NAMES = {
 }
 
 
-def register_op_handler(op: Any, handler: Callable[..., int]) -> None:
-    """Count an extra operator with a FLOP formula (``torch.utils.flop_counter`` style).
-
-    Args:
-        op: The operator, e.g. ``torch.ops.mylib.myconv`` (an overload such as
-            ``torch.ops.mylib.myconv.default`` is accepted too and stands for all overloads).
-        handler: ``handler(*arg_shapes, out_shape=..., **kwargs) -> int`` returning **FLOPs**
-            (2 × MACs), called with each tensor argument replaced by its shape, as PyTorch's
-            own flop formulas are. A handler with ``handler._get_raw = True`` gets the raw
-            arguments and ``out_val=`` instead.
-
-    Raises:
-        ConfigError: ``op`` is not a torch operator or ``handler`` is not callable.
-    """
-    if isinstance(op, torch._ops.OpOverload):
-        op = op.overloadpacket
-    if not isinstance(op, (torch._ops.OpOverloadPacket, torch._ops.HigherOrderOperator)):
-        raise ConfigError(
-            f"register_op_handler: op must be a torch operator such as torch.ops.aten.mm, "
-            f"got {op!r} of type {type(op).__name__}"
-        )
-    if not callable(handler):
-        raise ConfigError(f"register_op_handler: handler for {op} must be callable")
-    _OP_HANDLERS[op] = handler
-
-
-def register_module_counter(module_type: type[nn.Module], fn: ModuleCounter) -> None:
-    """Count every module of ``module_type`` (and its subclasses) with ``fn``.
-
-    ``fn(module, inputs, output) -> OpCounts`` is called after the module's forward
-    (``inputs`` is the tuple of positional inputs). Its counts replace everything the flop
-    counter saw inside that module. When such modules nest, only the outermost one is counted.
-    A later registration for the same type replaces the earlier one.
-
-    Raises:
-        ConfigError: ``module_type`` is not an ``nn.Module`` subclass or ``fn`` not callable.
-    """
-    if not (isinstance(module_type, type) and issubclass(module_type, nn.Module)):
-        raise ConfigError(
-            f"register_module_counter: module_type must be an nn.Module subclass, "
-            f"got {module_type!r}"
-        )
-    if not callable(fn):
-        raise ConfigError(
-            f"register_module_counter: counter for {module_type.__name__} must be callable"
-        )
-    _MODULE_COUNTERS[module_type] = fn
-
-
-def _counter_for(module: nn.Module) -> ModuleCounter | None:
-    """The registered counter of the module's most specific registered type."""
-    for cls in type(module).__mro__:
-        fn = _MODULE_COUNTERS.get(cls)
-        if fn is not None:
-            return fn
-    return None
-
-
 # --------------------------------------------------------------------------- counting
 
 
@@ -281,7 +144,7 @@ class _CustomModuleCounting:
         self.depth -= 1
         if self.depth > 0:
             return  # an inner registered module: the outer one's counter covers it
-        fn = _counter_for(module)
+        fn = counter_for(module)
         if fn is None:  # unregistered between hooking and running; count its aten ops
             return
         counts = fn(module, inputs, output)  # any tensor ops it runs are excluded below
@@ -332,13 +195,13 @@ def count_ops(
     else:
         x = tuple(inputs)
 
-    mapping = {**_BUILTIN_HANDLERS, **_OP_HANDLERS}
+    mapping = {**_BUILTIN_HANDLERS, **op_handlers()}
     counter = FlopCounterMode(display=False, custom_mapping=mapping)
     tracking = _CustomModuleCounting(counter)
     handles = []
     try:
         for m in model.modules():
-            if _counter_for(m) is not None:
+            if counter_for(m) is not None:
                 handles.append(m.register_forward_pre_hook(tracking.pre_hook))
                 handles.append(m.register_forward_hook(tracking.post_hook))
         with eval_mode(model), torch.no_grad(), counter:

@@ -59,6 +59,7 @@ from leanvision.methods.lowbit.quant import (
     search_intervals,
 )
 from leanvision.methods.registry import record_transform, register_method
+from leanvision.opcounts import OpCounts, register_module_counter
 
 log = logging.getLogger(__name__)
 
@@ -153,8 +154,6 @@ class QuantAttention(nn.Module):
 
 def _macs(n: int, op: nn.Module, name: str) -> Any:
     """int8 MACs once calibrated at ≤ 8 bits (the deployed kernels), else float MACs."""
-    from leanvision.profiling.counting import OpCounts
-
     if float(op.delta_w) > 0 and op.bits_w <= 8 and op.bits_x <= 8:
         return OpCounts.from_int8_macs(n, op=f"int8_{name}")
     return OpCounts.from_macs(n, op=name)
@@ -168,14 +167,8 @@ def _count_matmul(module: nn.Module, inputs: tuple, output: torch.Tensor) -> Any
     return _macs(output.numel() * inputs[0].shape[-1], module, "matmul")
 
 
-def _register() -> None:
-    from leanvision.profiling.counting import register_module_counter
-
-    register_module_counter(QuantLinear, _count_linear)
-    register_module_counter(QuantMatMul, _count_matmul)
-
-
-_register()
+register_module_counter(QuantLinear, _count_linear)
+register_module_counter(QuantMatMul, _count_matmul)
 
 
 @dataclass

@@ -40,7 +40,7 @@ from leanvision.errors import ConfigError, UnsupportedModelError
 from leanvision.methods.common import FinetuneConfig, cap_batches, finetune
 from leanvision.methods.config import check_int, check_real
 from leanvision.methods.registry import record_transform, register_method
-from leanvision.profiling import register_op_handler
+from leanvision.opcounts import register_op_handler
 
 __all__ = [
     "ChannelGate",
@@ -285,8 +285,6 @@ class GatedBasicBlock(nn.Module):
             return _Args(None, "disabled", next(_serials))
         if not kernels.load("gated_block"):
             return _Args(None, "not-built", next(_serials))
-        register_op_handler(torch.ops.leanvision.gated_basic_block, _native_flops)
-        register_op_handler(torch.ops.leanvision.gated_block_chain, _chain_flops)
         none = torch.empty(0)
 
         def conv_bn(c: nn.Conv2d, bn: nn.BatchNorm2d) -> list[torch.Tensor]:
@@ -580,6 +578,10 @@ def _chain_flops(*args: Any, out_val: Any = None, **kw: Any) -> int:
         )
         for i in range(len(params) // 20)
     )
+
+
+register_op_handler("leanvision::gated_basic_block", _native_flops)
+register_op_handler("leanvision::gated_block_chain", _chain_flops)
 
 
 _chain_flops._get_raw = True  # type: ignore[attr-defined]
