@@ -22,6 +22,7 @@ from leanvision.methods.common import FinetuneConfig, finetune
 from leanvision.methods.config import check_int, check_real, field_error
 from leanvision.methods.distillation.kd import KDHook
 from leanvision.methods.registry import record_transform, register_method
+from leanvision.utils import first_conv_name, replace_modules
 
 __all__ = ["GhostConfig", "ghostify"]
 
@@ -52,25 +53,6 @@ class GhostConfig(FinetuneConfig):
         check_real("kd_alpha", self.kd_alpha, 0.0, 1.0)
 
 
-def _first_conv_name(model: nn.Module) -> str | None:
-    cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None) or {}
-    first = cfg.get("first_conv") if isinstance(cfg, dict) else None
-    if isinstance(first, (list, tuple)):
-        first = first[0] if first else None
-    names = dict(model.named_modules())
-    if first in names:
-        return first
-    if first and f"{first}.conv" in names:  # timm's ConvNormAct wraps the conv
-        return f"{first}.conv"
-    return next((n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)), None)
-
-
-def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, child, new)
-
-
 def ghostify(
     model: nn.Module,
     ratio: int = 2,
@@ -97,27 +79,24 @@ def ghostify(
             not depthwise, non-zero padding mode, a Conv2d subclass with its own forward, a
             transposed conv), naming the layer; or no convolution to replace at all.
     """
-    exclude_set = set(exclude or [])
-    skip = {_first_conv_name(model)} if keep_first else set()
-    new = copy.deepcopy(model)
-    replaced: list[str] = []
-    for name, m in list(new.named_modules()):
-        if name in exclude_set or name in skip:
-            continue
+    skip = set(exclude or []) | ({first_conv_name(model)} if keep_first else set())
+
+    def where(m: nn.Module, name: str) -> bool:
+        if name in skip:
+            return False
         if isinstance(m, nn.ConvTranspose2d | nn.Conv3d | nn.Conv1d):
             if max(m.kernel_size) > 1:
                 raise UnsupportedModelError(
                     f"ghost: layer {name!r} is a {type(m).__name__}, which the Ghost module "
-                    "does not "
-                    f"replace; pass exclude=[{name!r}] to keep it"
+                    f"does not replace; pass exclude=[{name!r}] to keep it"
                 )
-            continue
+            return False
         if not isinstance(m, nn.Conv2d):
-            continue
-        k = m.kernel_size
+            return False
         depthwise = m.groups > 1 and m.groups == m.in_channels
-        if depthwise or (max(k) == 1 and not replace_pointwise):
-            continue
+        return not (depthwise or (max(m.kernel_size) == 1 and not replace_pointwise))
+
+    def make(m: nn.Module, name: str) -> nn.Module:
         problem = None
         if type(m) is not nn.Conv2d:
             problem = f"a {type(m).__name__} (a Conv2d subclass with its own forward)"
@@ -131,9 +110,10 @@ def ghostify(
                 f"pass exclude=[{name!r}] to keep it"
             )
         ghost = GhostConv2d.like(m, ratio=ratio, dw_size=dw_size, inner_bn=inner_bn)
-        ghost.to(device=m.weight.device, dtype=m.weight.dtype)
-        _set_module(new, name, ghost)
-        replaced.append(name)
+        return ghost.to(device=m.weight.device, dtype=m.weight.dtype)
+
+    new = copy.deepcopy(model)
+    replaced = replace_modules(new, make, where)
     if not replaced:
         raise UnsupportedModelError(
             f"ghost: {type(model).__name__} has no k×k convolution to replace (the stem is kept; "

@@ -16,6 +16,8 @@ import torch.nn.functional as F
 from timm.models import build_model_with_cfg, register_model
 from torch import nn
 
+from leanvision.layers.adder import adderize
+
 __all__ = ["ResNetCifar", "BasicBlockCifar"]
 
 
@@ -218,6 +220,4 @@ def resnet20_adder(pretrained: bool = False, **kwargs: object) -> ResNetCifar:
     """ResNet-20 AdderNet (Chen et al., CVPR 2020): every conv but the stem is an adder layer
     (3×3 blocks and 1×1 shortcuts, each followed by BN); the stem and the classifier stay real.
     Train it with :class:`leanvision.methods.lowbit.AdderLRHook` (the adaptive learning rate)."""
-    from leanvision.methods.lowbit.adder import adderize  # methods import models: import late
-
     return adderize(_create("resnet20_cifar", 20, pretrained, **kwargs))[0]

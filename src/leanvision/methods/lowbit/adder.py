@@ -12,21 +12,18 @@ adder layer's weight gradient to ``η·√k·g/‖g‖₂`` (k = its number of w
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from torch import fx, nn
+from torch import nn
 
 from leanvision.engine.hooks import Hook
-from leanvision.errors import UnsupportedModelError
-from leanvision.layers.adder import AdderConv2d
+from leanvision.layers.adder import AdderConv2d, adderize
 from leanvision.methods.common import FinetuneConfig, finetune
 from leanvision.methods.config import check_real
-from leanvision.methods.ghost import _first_conv_name, _set_module
 from leanvision.methods.registry import record_transform, register_method
 
 __all__ = ["AdderConfig", "AdderLRHook", "adderize"]
@@ -70,88 +67,6 @@ def rescale_adder_grads(layers: list[AdderConv2d], eta: float = 0.2) -> None:
             g = m.weight.grad
             if g is not None:
                 g.mul_(eta * math.sqrt(g.numel()) / g.norm().clamp_min(1e-12))
-
-
-def _convs_with_bn(model: nn.Module) -> set[str] | None:
-    """Names of the convolutions whose output goes straight (only) into a BatchNorm2d, or None
-    when torch.fx cannot trace the model."""
-    try:
-        gm = fx.symbolic_trace(model)
-    except Exception:  # noqa: BLE001 - untraceable: the caller assumes BN follows
-        return None
-    mods = dict(gm.named_modules())
-    out = set()
-    for node in gm.graph.nodes:
-        if node.op == "call_module" and isinstance(mods.get(node.target), nn.Conv2d):
-            users = list(node.users)
-            if (
-                len(users) == 1
-                and users[0].op == "call_module"
-                and isinstance(mods.get(users[0].target), nn.BatchNorm2d)
-            ):
-                out.add(node.target)
-    return out
-
-
-def adderize(
-    model: nn.Module,
-    keep_first: bool = True,
-    exclude: list[str] | None = None,
-    add_bn: list[str] | None = None,
-) -> tuple[nn.Module, dict[str, Any]]:
-    """A copy of ``model`` with its convolutions (all but the stem and ``exclude``) replaced by
-    adder layers, each followed by batch norm.
-
-    Args:
-        model: a CNN.
-        keep_first: keep the stem convolution real.
-        exclude: module names to keep real.
-        add_bn: names of replaced convolutions that get a new BatchNorm2d after them; by default
-            found with torch.fx (those not already feeding a BN; if fx cannot trace the model,
-            none).
-
-    Returns:
-        (new model, the architecture record ``{"keep_first", "exclude", "add_bn"}``).
-
-    Raises:
-        UnsupportedModelError: a convolution an adder layer cannot stand in for (grouped,
-            dilated, non-square, non-zero padding mode), naming it; or nothing to replace.
-    """
-    exclude_set = set(exclude or [])
-    skip = {_first_conv_name(model)} if keep_first else set()
-    targets = []
-    for name, m in model.named_modules():
-        if name in exclude_set or name in skip or not isinstance(m, nn.Conv2d):
-            continue
-        try:
-            AdderConv2d.from_conv(m)
-        except Exception as exc:
-            raise UnsupportedModelError(
-                f"adder: layer {name!r} ({m}) cannot become an adder layer ({exc}); pass "
-                f"exclude=[{name!r}] to keep it real"
-            ) from exc
-        targets.append(name)
-    if not targets:
-        raise UnsupportedModelError(
-            f"adder: {type(model).__name__} has no convolution to replace (the stem is kept)"
-        )
-    if add_bn is None:
-        with_bn = _convs_with_bn(model)
-        if with_bn is None:
-            log.warning("adder: torch.fx cannot trace %s; assuming every conv feeds a BN",
-                        type(model).__name__)  # fmt: skip
-            add_bn = []
-        else:
-            add_bn = [n for n in targets if n not in with_bn]
-    new = copy.deepcopy(model)
-    for name in targets:
-        conv = new.get_submodule(name)
-        layer = AdderConv2d.from_conv(conv).to(dtype=conv.weight.dtype)
-        if name in add_bn:
-            layer = nn.Sequential(layer, nn.BatchNorm2d(conv.out_channels).to(conv.weight.device))
-        _set_module(new, name, layer)
-    arch = {"keep_first": keep_first, "exclude": sorted(exclude_set), "add_bn": list(add_bn)}
-    return new, arch
 
 
 def _rebuild(model: nn.Module, arch: dict[str, Any]) -> nn.Module:

@@ -22,8 +22,8 @@ from torch import nn
 from leanvision.errors import ConfigError, UnsupportedModelError
 from leanvision.layers.adder import AdderConv2d, QuantAdderConv2d
 from leanvision.methods.config import MethodConfig, check_int, check_real
-from leanvision.methods.ghost import _set_module
 from leanvision.methods.registry import record_transform, register_method
+from leanvision.utils import replace_modules
 
 __all__ = ["AdderQuantConfig", "calibrate_adder_inputs", "quantize_adders"]
 
@@ -95,14 +95,16 @@ def quantize_adders(
 ) -> nn.Module:
     """A copy of ``model`` with each AdderConv2d replaced by a :class:`QuantAdderConv2d` whose
     shared scale comes from ``input_max`` (None: scales are placeholders, to be loaded)."""
-    names = _adder_names(model)
-    new = copy.deepcopy(model)
+    names = set(_adder_names(model))
     qmax = 2 ** (bits - 1) - 1
-    for name in names:
-        layer = new.get_submodule(name)
+
+    def make(layer: nn.Module, name: str) -> nn.Module:
         x_max = 1.0 if input_max is None else input_max[name]
         scale = max(x_max, float(layer.weight.detach().abs().max())) / qmax
-        _set_module(new, name, QuantAdderConv2d(layer, max(scale, 1e-12), bits))
+        return QuantAdderConv2d(layer, max(scale, 1e-12), bits)
+
+    new = copy.deepcopy(model)
+    replace_modules(new, make, lambda m, name: name in names)
     return new
 
 

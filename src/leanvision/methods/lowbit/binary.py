@@ -33,8 +33,8 @@ from leanvision.layers.binary import (
 )
 from leanvision.methods.common import FinetuneConfig, finetune
 from leanvision.methods.config import check_int, check_real
-from leanvision.methods.ghost import _first_conv_name, _set_module
 from leanvision.methods.registry import record_transform, register_method
+from leanvision.utils import first_conv_name, replace_modules
 
 __all__ = [
     "BinaryConfig",
@@ -82,25 +82,26 @@ def binarize_model(
     """
     skip = set(exclude or [])
     if keep_first:
-        skip.add(_first_conv_name(model))
+        skip.add(first_conv_name(model))
     if keep_last:
         skip.add(_classifier_name(model))
     conv_cls, lin_cls = (LNSBinaryConv2d, LNSBinaryLinear) if lns else (BinaryConv2d, BinaryLinear)
-    new = copy.deepcopy(model)
-    done = []
-    for name, m in list(new.named_modules()):
-        if name in skip:
-            continue
+
+    def where(m: nn.Module, name: str) -> bool:
+        kinds = (nn.Conv2d, nn.Linear, nn.ReLU) if hardtanh else (nn.Conv2d, nn.Linear)
+        return name not in skip and type(m) in kinds
+
+    def make(m: nn.Module, name: str) -> nn.Module:
         if type(m) is nn.Conv2d:
-            _set_module(new, name, conv_cls.from_conv(m, mode=mode, noise=noise))
-        elif type(m) is nn.Linear:
-            _set_module(new, name, lin_cls.from_linear(m, mode=mode, noise=noise))
-        elif hardtanh and type(m) is nn.ReLU:
-            _set_module(new, name, nn.Hardtanh())
-            continue
-        else:
-            continue
-        done.append(name)
+            return conv_cls.from_conv(m, mode=mode, noise=noise)
+        if type(m) is nn.Linear:
+            return lin_cls.from_linear(m, mode=mode, noise=noise)
+        return nn.Hardtanh()
+
+    new = copy.deepcopy(model)
+    done = [
+        n for n in replace_modules(new, make, where) if type(model.get_submodule(n)) is not nn.ReLU
+    ]
     if not done:
         raise UnsupportedModelError(
             f"binary: {type(model).__name__} has no convolution or linear layer to binarize "
@@ -112,14 +113,16 @@ def binarize_model(
 def pack_binary(model: nn.Module) -> nn.Module:
     """Replace every binary layer by its packed 1-bit inference form, in place; returns
     ``model`` (in eval mode: the noise module is a training-only term)."""
-    for name, m in list(model.named_modules()):
-        if isinstance(m, BinaryConv2d):
-            try:
-                _set_module(model, name, PackedBinaryConv2d(m))
-            except Exception:  # noqa: BLE001 - grouped/dilated convs stay in the float form
-                continue
-        elif isinstance(m, BinaryLinear):
-            _set_module(model, name, PackedBinaryLinear(m))
+
+    def make(m: nn.Module, name: str) -> nn.Module | None:
+        if isinstance(m, BinaryLinear):
+            return PackedBinaryLinear(m)
+        try:
+            return PackedBinaryConv2d(m)
+        except Exception:  # noqa: BLE001 - grouped/dilated convs stay in the float form
+            return None
+
+    replace_modules(model, make, lambda m, name: isinstance(m, BinaryConv2d | BinaryLinear))
     return model.eval()
 
 

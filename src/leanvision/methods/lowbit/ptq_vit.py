@@ -60,6 +60,7 @@ from leanvision.methods.lowbit.quant import (
 )
 from leanvision.methods.registry import record_transform, register_method
 from leanvision.opcounts import OpCounts, register_module_counter
+from leanvision.utils import replace_modules
 
 log = logging.getLogger(__name__)
 
@@ -294,15 +295,21 @@ def quantize_vit(
         )
     new = copy.deepcopy(model).eval()
     uniform = bits if isinstance(bits, int) else 8
-    for blk in new.blocks:
+    targets = set()
+    for i, blk in enumerate(new.blocks):
         if not hasattr(blk, "attn") or not hasattr(blk, "mlp"):
             raise UnsupportedModelError("ptq_vit: each block needs .attn and .mlp (timm ViT)")
-        blk.attn = QuantAttention(blk.attn, uniform, softmax_grid)
         for name in ("fc1", "fc2"):
-            lin = getattr(blk.mlp, name, None)
-            if not isinstance(lin, nn.Linear):
+            if not isinstance(getattr(blk.mlp, name, None), nn.Linear):
                 raise UnsupportedModelError(f"ptq_vit: mlp.{name} is not a Linear")
-            setattr(blk.mlp, name, QuantLinear(lin, uniform, uniform))
+        targets |= {f"blocks.{i}.attn", f"blocks.{i}.mlp.fc1", f"blocks.{i}.mlp.fc2"}
+
+    def make(m: nn.Module, name: str) -> nn.Module:
+        if name.endswith(".attn"):
+            return QuantAttention(m, uniform, softmax_grid)
+        return QuantLinear(m, uniform, uniform)
+
+    replace_modules(new, make, lambda m, name: name in targets)
     if isinstance(bits, dict):
         for n, m in _quant_ops(new).items():
             m.bits_w = m.bits_x = int(bits.get(n, uniform))

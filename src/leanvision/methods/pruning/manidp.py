@@ -41,6 +41,7 @@ from leanvision.methods.common import FinetuneConfig, cap_batches, finetune
 from leanvision.methods.config import check_int, check_real
 from leanvision.methods.registry import record_transform, register_method
 from leanvision.opcounts import register_op_handler
+from leanvision.utils import replace_modules
 
 __all__ = [
     "ChannelGate",
@@ -603,30 +604,35 @@ def _is_basic_block(m: nn.Module) -> bool:
 
 
 def gate_model(model: nn.Module, squeeze: int = 2, clamp_max: float = 1000.0) -> nn.Module:
-    """Wrap every basic residual block of ``model`` (in place) in a :class:`GatedBasicBlock`."""
-    targets = [
-        (name, m)
-        for name, m in model.named_modules()
-        if _is_basic_block(m) and not isinstance(m, GatedBasicBlock) and not name.endswith(".block")
-    ]
-    if not targets:
+    """Wrap every basic residual block of ``model`` (in place) in a :class:`GatedBasicBlock`;
+    a stage (``nn.Sequential``) of gated blocks becomes a :class:`GatedStage`."""
+
+    def is_plain_block(m: nn.Module, name: str) -> bool:  # not a gated block's inner .block
+        return (
+            _is_basic_block(m)
+            and not isinstance(m, GatedBasicBlock)
+            and not name.endswith(".block")
+        )
+
+    def is_gated_stage(m: nn.Module, name: str) -> bool:
+        return (
+            type(m) is nn.Sequential
+            and len(m) > 0
+            and all(isinstance(b, GatedBasicBlock) for b in m)
+        )
+
+    if not replace_modules(model, lambda m, name: GatedBasicBlock(m, squeeze, clamp_max),
+                           is_plain_block):  # fmt: skip
         raise UnsupportedModelError(
             f"manidp: {type(model).__name__} has no basic residual blocks (conv1/bn1/conv2/bn2); "
             "supported: resnet*_cifar and timm's resnet18/34-style models"
         )
-    stages = {}
-    for name, m in targets:
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, GatedBasicBlock(m, squeeze, clamp_max))
-        if type(parent) is nn.Sequential and parent_name:
-            stages[parent_name] = parent
-    for name, seq in stages.items():  # stages of gated blocks run their blocks in one op
-        if all(isinstance(m, GatedBasicBlock) for m in seq):
-            owner_name, _, child = name.rpartition(".")
-            owner = model.get_submodule(owner_name) if owner_name else model
-            stage = GatedStage(OrderedDict(seq.named_children())).train(seq.training)
-            setattr(owner, child, stage)
+    # stages of gated blocks run their blocks in one op
+    replace_modules(
+        model,
+        lambda seq, name: GatedStage(OrderedDict(seq.named_children())).train(seq.training),
+        is_gated_stage,
+    )
     return model
 
 
