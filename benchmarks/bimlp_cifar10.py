@@ -155,7 +155,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> None:
-    from leanvision.methods.lowbit import pack_binary
+    from leanvision.deploy import pack_binary
 
     check_results_target(OUT, allow_dirty=args.allow_dirty)  # fail now, not after hours
     torch.set_num_threads(args.threads)

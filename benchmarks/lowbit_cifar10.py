@@ -436,7 +436,7 @@ def cmd_report(args: argparse.Namespace) -> None:
             p.numel() for n, p in model.named_parameters() if ".noise_" in n or ".mapper." in n
         )  # the network's own weights, not the training-time noise / mapping modules
         if VARIANTS[variant].get("from_cnn"):
-            from leanvision.methods.lowbit import pack_binary
+            from leanvision.deploy import pack_binary
 
             model = pack_binary(model)  # as lv.compress returns it: 1-bit XNOR-popcount layers
         summary = json.loads((RUNS / variant / "summary.json").read_text())

@@ -27,8 +27,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 import leanvision as lv  # noqa: E402
 import prune_cifar10 as pc  # noqa: E402
-from leanvision.kernels.conv3x3 import FusedConv3x3  # noqa: E402
-from leanvision.pipeline import fold_batchnorm  # noqa: E402
+from leanvision.deploy import fold_batchnorm  # noqa: E402
+from leanvision.layers.conv3x3 import FusedConv3x3  # noqa: E402
 from leanvision.profiling import compare, count_ops  # noqa: E402
 
 CL = torch.channels_last

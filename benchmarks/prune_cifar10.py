@@ -33,9 +33,10 @@ from typing import Any
 import torch
 
 import leanvision as lv
+from leanvision.deploy import fold_batchnorm
 from leanvision.engine import load_checkpoint, training_note, training_record
 from leanvision.methods.registry import get_method
-from leanvision.pipeline import cpu_info, fold_batchnorm, measure_models
+from leanvision.pipeline import cpu_info, measure_models
 from leanvision.profiling import compare, count_ops
 from leanvision.provenance import git_state
 from leanvision.report import check_results_target, write_results

@@ -112,7 +112,7 @@ def test_packed_conv_equals_float_binary_conv(shape, monkeypatch):
         packed = PackedBinaryConv2d(layer)
         out = packed(x)
         torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
-        monkeypatch.setattr(lb, "_binary_kernel", lambda: False)  # the unpacking path
+        monkeypatch.setattr(lb, "_binary_kernel", lambda x=None: False)  # the unpacking path
         torch.testing.assert_close(packed(x), ref, rtol=1e-5, atol=1e-5)
 
 

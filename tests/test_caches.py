@@ -16,7 +16,6 @@ from torch import nn
 
 import leanvision as lv
 from leanvision.derived import DerivedCache, structure_version, tensor_key
-from leanvision.kernels.conv3x3 import FusedConv3x3
 from leanvision.layers import adder as la
 from leanvision.layers.adder import AdderConv2d, QuantAdderConv2d
 from leanvision.layers.binary import (
@@ -25,6 +24,7 @@ from leanvision.layers.binary import (
     PackedBinaryConv2d,
     PackedBinaryLinear,
 )
+from leanvision.layers.conv3x3 import FusedConv3x3
 from leanvision.methods.pruning.manidp import GatedBasicBlock, GatedStage, gate_model
 
 # ----------------------------------------------------------------------- the helper

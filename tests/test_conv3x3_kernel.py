@@ -1,4 +1,4 @@
-"""The direct 3×3 convolution kernel and optimize_for_cpu (kernels/conv3x3)."""
+"""The direct 3×3 convolution kernel (layers/conv3x3) and optimize_for_cpu (deploy/cpu)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ from torch import nn
 
 import leanvision as lv
 from leanvision import kernels
+from leanvision.deploy import cpu as dc
 from leanvision.errors import ConfigError
-from leanvision.kernels import conv3x3 as kc
+from leanvision.layers import conv3x3 as kc
 from leanvision.profiling import count_ops
 
 CL = torch.channels_last
@@ -160,7 +161,7 @@ def test_optimize_timm_resnet_and_pruned_model():
 
 
 def test_optimize_without_kernel_folds_only(monkeypatch):
-    monkeypatch.setattr(kc, "_kernel_ok", lambda: False)
+    monkeypatch.setattr(dc, "kernel_runs", lambda: False)
     model = lv.create_model("resnet20_cifar", num_classes=10).eval()
     fast, choices = lv.optimize_for_cpu(model, (1, 3, 32, 32))
     assert choices == [] and not _fused(fast)

@@ -14,7 +14,6 @@ from torch import nn
 
 from leanvision import kernels
 from leanvision.errors import InputShapeError, KernelError
-from leanvision.kernels.conv3x3 import FusedConv3x3
 from leanvision.layers.adder import AdderConv2d, QuantAdderConv2d
 from leanvision.layers.binary import (
     BinaryConv2d,
@@ -22,6 +21,7 @@ from leanvision.layers.binary import (
     PackedBinaryConv2d,
     PackedBinaryLinear,
 )
+from leanvision.layers.conv3x3 import FusedConv3x3
 from leanvision.methods.pruning.manidp import GatedBasicBlock, gate_model
 
 ops = torch.ops.leanvision

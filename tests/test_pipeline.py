@@ -6,7 +6,8 @@ import torch
 from torch import nn
 
 import leanvision as lv
-from leanvision.pipeline import fold_batchnorm, measure_models
+from leanvision.deploy import fold_batchnorm
+from leanvision.pipeline import measure_models
 
 
 class _Branchy(nn.Module):

@@ -527,7 +527,10 @@ def test_backend_names_the_native_ops_that_ran():
 def test_backend_names_layers_that_fell_back(monkeypatch):
     from leanvision.layers import binary as lb
 
-    monkeypatch.setattr(lb, "_binary_kernel", lambda: False)
+    real_load = lb.kernels.load
+    monkeypatch.setattr(  # as if the binary kernel did not build here
+        lb.kernels, "load", lambda name, required=None: name != "binary" and real_load(name)
+    )
     stats = measure_latency(_binary_net(), (1, 3, 4, 4), warmup=0, repeats=1)
     assert stats.backend == (
         "torch-eager-cpu+fallback:PackedBinaryConv2d[not-built],PackedBinaryLinear[not-built]"

@@ -19,9 +19,8 @@ from typing import Any
 
 from leanvision import analysis
 from leanvision.data import DataBundle, list_datasets, load_data
+from leanvision.deploy import export_onnx, optimize_for_cpu
 from leanvision.engine import TrainResult, evaluate, train
-from leanvision.export import export_onnx
-from leanvision.kernels.conv3x3 import optimize_for_cpu
 from leanvision.methods import compress, list_methods
 from leanvision.methods.saving import load, save
 from leanvision.models import create_model, list_models

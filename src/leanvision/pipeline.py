@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from leanvision.deploy import fold_batchnorm
 from leanvision.engine import evaluate
 from leanvision.profiling import compare, count_ops, count_params, energy_uj, peak_memory_mb
 
@@ -63,8 +64,8 @@ def measure_models(
         channels_last: time every model in channels_last memory format (weights and input),
             the faster layout for convolutions on CPU (the trainer trains in it too).
         fold_bn: time every model with batch norms folded into the preceding convolutions
-            (:func:`fold_batchnorm`), as deployed; a model fx cannot trace is timed as is, and
-            its backend says so.
+            (:func:`leanvision.deploy.fold_batchnorm`), as deployed; a model fx cannot trace
+            is timed as is, and its backend says so.
         paper, notes, extra: per-model additions to the rows.
     """
     if baseline not in models:
@@ -124,17 +125,6 @@ def measure_models(
             row["extra"] = dict(extra[name])
         rows.append(row)
     return rows
-
-
-def fold_batchnorm(model: nn.Module) -> tuple[nn.Module, bool]:
-    """An eval-mode copy with every conv → batch-norm pair fused into one conv, and whether
-    that worked (torch.fx's fuser; models fx cannot trace come back unchanged)."""
-    from torch.fx.experimental.optimization import fuse
-
-    try:
-        return fuse(model.eval()), True
-    except Exception:  # noqa: BLE001 - any tracing failure: time the model as it is
-        return model, False
 
 
 def cpu_info() -> dict[str, Any]:

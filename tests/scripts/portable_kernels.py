@@ -21,7 +21,6 @@ from torch import nn
 
 import leanvision as lv
 from leanvision import kernels
-from leanvision.kernels.conv3x3 import FusedConv3x3
 from leanvision.layers import adder as la
 from leanvision.layers.binary import (
     BinaryConv2d,
@@ -29,6 +28,7 @@ from leanvision.layers.binary import (
     PackedBinaryConv2d,
     PackedBinaryLinear,
 )
+from leanvision.layers.conv3x3 import FusedConv3x3
 from leanvision.methods.pruning.manidp import GatedBasicBlock, gate_model
 from leanvision.profiling.latency import native_backend
 

@@ -213,6 +213,47 @@ def _summary(exc: Exception) -> str:
     return f"{type(exc).__name__}: {lines[0]}" + (f" ({error[:300]})" if error else "")
 
 
+# kernels whose only native path is AVX-512: other builds compile, with no path to run
+_AVX512_ONLY = frozenset({"adder", "conv3x3"})
+
+
+def why_not(
+    name: str,
+    x: torch.Tensor | None = None,
+    *,
+    dtype: torch.dtype | None = torch.float32,
+    grad: bool = False,
+) -> str | None:
+    """The one check of whether kernel ``name`` runs its native path here (on ``x``).
+
+    Every layer with a native kernel asks this, so the CPU, build and input checks live once.
+
+    Args:
+        name: The kernel (a key of :data:`OPS`).
+        x: The input the layer is called with (None: only the machine and the build).
+        dtype: The dtype the kernel takes ``x`` in (None: any; the layer converts it).
+        grad: The call needs a gradient (the kernels are inference-only where they say so).
+
+    Returns:
+        None when it runs; else the reason token :func:`fell_back` records: ``"autograd"``,
+        ``"device"``, ``"dtype"``, ``"no-avx512"`` (the kernel's only path is AVX-512 and the
+        CPU or ``LEANVISION_KERNEL_ISA`` is below it, or the build has no path) or
+        ``"not-built"``. Builds the kernel on first use (cached).
+    """
+    if grad:
+        return "autograd"
+    if x is not None:
+        if x.device.type != "cpu":
+            return "device"
+        if dtype is not None and x.dtype != dtype:
+            return "dtype"
+    if name in _AVX512_ONLY and capability() != "AVX512":
+        return "no-avx512"
+    if not load(name):
+        return "not-built"
+    return "no-avx512" if path(name) == "none" else None
+
+
 def available(name: str) -> bool:
     """Whether kernel ``name`` has been loaded successfully (without trying to build it)."""
     return _state.get(name, False)

@@ -8,6 +8,7 @@ from .binary import (
     PackedBinaryLinear,
 )
 from .circulant import CirculantLinear
+from .conv3x3 import FusedConv3x3
 from .ghost import GhostConv2d
 from .issa import InterlacedSparseAttention, NonLocal2d
 from .long_short_attention import LongShortAttention
@@ -21,6 +22,7 @@ __all__ = [
     "QuantAdderConv2d",
     "adder2d",
     "CirculantLinear",
+    "FusedConv3x3",
     "GhostConv2d",
     "InterlacedSparseAttention",
     "LongShortAttention",

@@ -40,26 +40,13 @@ _CHUNK_ELEMENTS = 64 * 2**20
 
 def _native(x: torch.Tensor) -> bool:
     """Whether the fp32 kernel runs on ``x``: CPU float32 and a build with its AVX-512 path."""
-    return (
-        x.device.type == "cpu"
-        and x.dtype == torch.float32
-        and kernels.capability() == "AVX512"
-        and kernels.load("adder")
-        and kernels.path("adder") != "none"
-    )
+    return kernels.why_not("adder", x) is None
 
 
 def _why_not(x: torch.Tensor, kernel: str) -> str:
     """The reason token for ``kernels.fell_back`` when ``kernel`` did not run on ``x``."""
-    if x.device.type != "cpu":
-        return "device"
-    if kernel == "adder" and x.dtype != torch.float32:
-        return "dtype"
-    if kernel == "adder" and kernels.capability() != "AVX512":
-        return "no-avx512"
-    if not kernels.available(kernel):
-        return "not-built"
-    return "no-avx512"  # built, but the build has no path (kernels.path(kernel) == "none")
+    dtype = torch.float32 if kernel == "adder" else None  # the int kernel quantizes any float
+    return kernels.why_not(kernel, x, dtype=dtype) or "disabled"
 
 
 def adder2d_reference(x: torch.Tensor, weight: torch.Tensor, stride: int = 1, padding: int = 0):
@@ -407,7 +394,7 @@ class QuantAdderConv2d(nn.Module):
         self._check(x)
         xq = self.quantize_input(x)
         s = float(self.scale)
-        if x.device.type == "cpu" and _int8_kernel():
+        if _int8_kernel(x):
             bias = None if self.bias is None else self.bias.float()
             args = (bias, s, self.in_channels, self.kernel_size, self.stride, self.padding)
             cl = torch.channels_last
@@ -423,9 +410,9 @@ class QuantAdderConv2d(nn.Module):
         return y + self.bias.view(1, -1, 1, 1) if self.bias is not None else y
 
 
-def _int8_kernel() -> bool:
-    """The integer kernel (``adder_int8``: int8 and int16) runs wherever it built."""
-    return kernels.load("adder_int8")
+def _int8_kernel(x: torch.Tensor | None = None) -> bool:
+    """Whether the integer kernel (``adder_int8``: int8 and int16; portable) runs on ``x``."""
+    return kernels.why_not("adder_int8", x, dtype=None) is None
 
 
 def _count_quant_adder(module: QuantAdderConv2d, inputs: tuple, output: torch.Tensor):

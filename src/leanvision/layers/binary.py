@@ -229,18 +229,16 @@ def _unpack_bits(words: torch.Tensor, c: int) -> torch.Tensor:
     return 1.0 - 2.0 * flat.to(torch.float32)
 
 
-def _binary_kernel() -> bool:
-    return kernels.load("binary")
+def _binary_kernel(x: torch.Tensor | None = None) -> bool:
+    """Whether the packed binary kernel (portable: a scalar path everywhere) runs on ``x``."""
+    return kernels.why_not("binary", x) is None
 
 
 def _run_packed(layer: nn.Module, x: torch.Tensor) -> bool:
     """Whether ``layer`` runs the native kernel on ``x``; says why not to a recording profiler."""
-    if x.device.type == "cpu" and x.dtype == torch.float32:
-        if _binary_kernel():
-            return True
-        kernels.fell_back(layer, "not-built")
-    else:
-        kernels.fell_back(layer, "device" if x.device.type != "cpu" else "dtype")
+    if _binary_kernel(x):
+        return True
+    kernels.fell_back(layer, kernels.why_not("binary", x) or "disabled")
     return False
 
 

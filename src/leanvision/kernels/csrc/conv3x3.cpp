@@ -7,7 +7,7 @@
 // tile of output pixels x one or two 16-channel vectors in registers and reuses each input
 // broadcast for the three horizontal taps, which runs at about the same rate for every width
 // (measured 120-130 GMAC/s on one core, narrow or wide). Callers time it against ATen per layer
-// (leanvision.kernels.conv3x3.optimize_for_cpu) and keep whichever is faster.
+// (leanvision.deploy.optimize_for_cpu) and keep whichever is faster.
 //
 // Layout: x (N, C, H, W) in channels_last memory; w packed (9*C, O) as [ky][kx][ci][co];
 // O a multiple of 16. Work is split over output rows with at::parallel_for.

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from leanvision.deploy.packing import pack_binary
 from leanvision.engine.hooks import Hook
 from leanvision.errors import UnsupportedModelError
 from leanvision.layers.binary import (
@@ -28,8 +29,6 @@ from leanvision.layers.binary import (
     BinaryLinear,
     LNSBinaryConv2d,
     LNSBinaryLinear,
-    PackedBinaryConv2d,
-    PackedBinaryLinear,
 )
 from leanvision.methods.common import FinetuneConfig, finetune
 from leanvision.methods.config import check_int, check_real
@@ -108,22 +107,6 @@ def binarize_model(
             "(the stem and the classifier stay real)"
         )
     return new, done
-
-
-def pack_binary(model: nn.Module) -> nn.Module:
-    """Replace every binary layer by its packed 1-bit inference form, in place; returns
-    ``model`` (in eval mode: the noise module is a training-only term)."""
-
-    def make(m: nn.Module, name: str) -> nn.Module | None:
-        if isinstance(m, BinaryLinear):
-            return PackedBinaryLinear(m)
-        try:
-            return PackedBinaryConv2d(m)
-        except Exception:  # noqa: BLE001 - grouped/dilated convs stay in the float form
-            return None
-
-    replace_modules(model, make, lambda m, name: isinstance(m, BinaryConv2d | BinaryLinear))
-    return model.eval()
 
 
 class FDAScheduleHook(Hook):

@@ -32,6 +32,7 @@ from typing import Any, NamedTuple
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_weights
 
 from leanvision import kernels
 from leanvision.derived import DerivedCache, structure_version, touch_structure
@@ -111,11 +112,9 @@ def _check_block(block: nn.Module) -> None:
 
 
 def _fold(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
-    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
-    w = conv.weight * scale.view(-1, 1, 1, 1)
-    b = bn.bias - bn.running_mean * scale
-    if conv.bias is not None:
-        b = b + conv.bias * scale
+    """``conv`` then ``bn`` (eval) as one conv's weight and bias (torch's own fusion)."""
+    w, b = fuse_conv_bn_weights(conv.weight, conv.bias, bn.running_mean, bn.running_var,
+                                bn.eps, bn.weight, bn.bias)  # fmt: skip
     return w.detach(), b.detach()
 
 
@@ -284,8 +283,9 @@ class GatedBasicBlock(nn.Module):
             return _Args(None, None, next(_serials))
         if not self.use_native:
             return _Args(None, "disabled", next(_serials))
-        if not kernels.load("gated_block"):
-            return _Args(None, "not-built", next(_serials))
+        reason = kernels.why_not("gated_block")
+        if reason is not None:
+            return _Args(None, reason, next(_serials))
         none = torch.empty(0)
 
         def conv_bn(c: nn.Conv2d, bn: nn.BatchNorm2d) -> list[torch.Tensor]:
@@ -522,11 +522,9 @@ def _why_aten(args: _Args, x: torch.Tensor) -> str:
     """Why a block's batch-1 forward ran ATen ops where the fused kernel applies."""
     if args.why_not is not None:
         return args.why_not
-    if x.device.type != "cpu":
-        return "device"
-    if x.dtype != torch.float32:
-        return "dtype"
-    return "aten-faster"  # _native_wins: ATen measured faster at this input size
+    return (
+        kernels.why_not("gated_block", x) or "aten-faster"
+    )  # else _native_wins said no  # _native_wins: ATen measured faster at this input size
 
 
 def _native_wins(x: torch.Tensor) -> bool:

@@ -1,9 +1,7 @@
-"""CPU inference with leanvision's direct 3×3 convolution kernel (``csrc/conv3x3.cpp``).
+"""CPU inference with leanvision's direct 3×3 convolution (:class:`~leanvision.layers.
+FusedConv3x3`, ``kernels/csrc/conv3x3.cpp``).
 
-oneDNN's convolution slows down per MAC on the narrow layers a pruned network is left with
-(on one AVX-512 core: ~90 GMAC/s for 16 channels at 16×16, ~135 for 64 channels at 8×8), so
-"pruned but not as much faster as the MACs say". The kernel runs those layers at about the
-rate of the wide ones. :func:`optimize_for_cpu` folds batch norm, fuses each eligible
+:func:`optimize_for_cpu` folds batch norm, fuses each eligible
 convolution with the ReLU and the residual add that follow it, times kernel and ATen on the
 layer's real shape and keeps whichever is faster, so a dense and a pruned model get the same
 treatment.
@@ -13,7 +11,6 @@ treatment.
 
 from __future__ import annotations
 
-import math
 import operator
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -23,120 +20,15 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from leanvision import kernels
-from leanvision.derived import DerivedCache
+from leanvision.deploy.fold import fold_batchnorm
 from leanvision.errors import ConfigError
-from leanvision.opcounts import register_op_handler
-from leanvision.shapes import check_conv_input
+from leanvision.layers.conv3x3 import FusedConv3x3, eligible, kernel_runs
+from leanvision.profiling import compare
 
-__all__ = ["ConvChoice", "FusedConv3x3", "eligible", "optimize_for_cpu"]
+__all__ = ["ConvChoice", "optimize_for_cpu"]
 
 _RELU_FUNCS = {torch.relu, torch.relu_, F.relu}
 _ADD_FUNCS = {operator.add, operator.iadd, torch.add}
-
-
-def eligible(conv: nn.Module) -> bool:
-    """Whether the kernel computes ``conv``: a plain float32 CPU 3×3 convolution with stride 1,
-    padding 1, no dilation or groups, zero padding, and a multiple of 16 output channels."""
-    return (
-        type(conv) is nn.Conv2d
-        and conv.kernel_size == (3, 3)
-        and conv.stride == (1, 1)
-        and conv.padding in ((1, 1), "same")
-        and conv.dilation == (1, 1)
-        and conv.groups == 1
-        and conv.padding_mode == "zeros"
-        and conv.out_channels % 16 == 0
-        and conv.weight.dtype == torch.float32
-        and conv.weight.device.type == "cpu"
-    )
-
-
-class FusedConv3x3(nn.Module):
-    """``act(conv(x) + residual)`` for an :func:`eligible` convolution, inference only.
-
-    Runs ``torch.ops.leanvision.conv3x3_nhwc`` when the kernel is built with its AVX-512 path
-    and the call needs no gradient; otherwise (no AVX-512, no compiler, autograd, another
-    device or dtype) the same result through ``F.conv2d``, and a recording profiler is told
-    (``kernels.fell_back``). Keeps ``weight`` and ``bias`` in the conv's layout (state dicts
-    stay readable); the packed copy the kernel reads is derived, not saved, and rebuilt
-    whenever ``weight`` changes (a loaded state dict, an in-place edit, a move).
-
-    Raises (forward):
-        InputShapeError: ``x`` is not (N, C_in, H, W).
-    """
-
-    def __init__(self, conv: nn.Conv2d, relu: bool = False, residual: bool = False) -> None:
-        super().__init__()
-        if not eligible(conv):
-            raise ConfigError(f"FusedConv3x3 cannot compute {conv} (see kernels.conv3x3.eligible)")
-        self.relu, self.residual = relu, residual
-        w = conv.weight.detach().clone()
-        b = conv.bias.detach().clone() if conv.bias is not None else w.new_zeros(w.shape[0])
-        self.register_buffer("weight", w)
-        self.register_buffer("bias", b)
-        self._packed: DerivedCache[torch.Tensor] = DerivedCache()
-
-    @property
-    def packed(self) -> torch.Tensor:
-        """``weight`` as the kernel reads it: (9·C, O) as [ky][kx][ci][co]."""
-        return self._packed.get((self.weight,), self._pack)
-
-    def _pack(self) -> torch.Tensor:
-        w = self.weight.detach()
-        return w.permute(2, 3, 1, 0).reshape(-1, w.shape[0]).contiguous()
-
-    def extra_repr(self) -> str:
-        o, c = self.weight.shape[:2]
-        return f"{c}, {o}, kernel_size=3, relu={self.relu}, residual={self.residual}"
-
-    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
-        if self.residual != (residual is not None):
-            raise ConfigError(
-                f"FusedConv3x3 built with residual={self.residual} was called "
-                f"{'without' if residual is None else 'with'} a residual"
-            )
-        o, c = self.weight.shape[:2]
-        check_conv_input(f"FusedConv3x3({c}, {o})", x, c)
-        grad = torch.is_grad_enabled() and (
-            x.requires_grad or (residual is not None and residual.requires_grad)
-        )
-        if not grad and x.device.type == "cpu" and x.dtype == torch.float32 and _kernel_ok():
-            return torch.ops.leanvision.conv3x3_nhwc(x, self.packed, self.bias, residual, self.relu)
-        kernels.fell_back(self, _why_not(x, grad))
-        y = F.conv2d(x, self.weight, self.bias, padding=1)
-        if residual is not None:
-            y = y + residual
-        return F.relu(y) if self.relu else y
-
-
-def _kernel_ok() -> bool:
-    """Whether the kernel runs here: built, with its AVX-512 path (other builds have none)."""
-    return (
-        kernels.capability() == "AVX512"
-        and kernels.load("conv3x3")
-        and kernels.path("conv3x3") != "none"
-    )
-
-
-def _why_not(x: torch.Tensor, grad: bool) -> str:
-    if grad:
-        return "autograd"
-    if x.device.type != "cpu":
-        return "device"
-    if x.dtype != torch.float32:
-        return "dtype"
-    if kernels.capability() == "AVX512" and not kernels.available("conv3x3"):
-        return "not-built"
-    return "no-avx512"
-
-
-def _conv3x3_flops(x: Any, w: Any, *rest: Any, out_shape: Any = None, **kw: Any) -> int:
-    """The profiler's FLOP formula for ``conv3x3_nhwc``: 2 × output elements × 9·C_in."""
-    return 2 * math.prod(out_shape) * w[0]
-
-
-register_op_handler("leanvision::conv3x3_nhwc", _conv3x3_flops)
 
 
 @dataclass
@@ -191,8 +83,6 @@ class _AtenChain(nn.Module):
 
 
 def _time_pair(aten: Any, fused: Any, args: tuple[torch.Tensor, ...], repeats: int) -> tuple:
-    from leanvision.profiling import compare
-
     stats = compare(
         {"aten": lambda: aten(*args), "kernel": lambda: fused(*args)},
         tuple(args[0].shape),
@@ -229,19 +119,13 @@ def optimize_for_cpu(
     Raises:
         ConfigError: ``model`` cannot be traced by torch.fx, or ``input_size`` is not 4-D.
     """
-    from torch.fx.experimental.optimization import fuse
     from torch.fx.passes.shape_prop import ShapeProp
 
     if len(input_size) != 4:
         raise ConfigError(f"optimize_for_cpu needs a 4-D input_size (N, C, H, W), got {input_size}")
-    try:
-        gm = fuse(model.eval())  # a deep copy with every conv → BN pair folded
-    except Exception as exc:  # noqa: BLE001 - any tracing failure is the same user error
-        raise ConfigError(
-            f"optimize_for_cpu: torch.fx cannot trace {type(model).__name__} ({exc})"
-        ) from exc
+    gm = fold_batchnorm(model, strict=True)[0]  # a deep copy with every conv → BN pair folded
     gm = gm.to(memory_format=torch.channels_last)
-    if not _kernel_ok():
+    if not kernel_runs():
         return gm, []
     modules = dict(gm.named_modules())
     for node in list(gm.graph.nodes):  # drop Identity modules so the patterns are adjacent
