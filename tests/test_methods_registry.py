@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 from torch import nn
@@ -72,3 +73,22 @@ def test_register_twice_is_an_error():
     with pytest.raises(ConfigError, match="ghost"):
         register_method("ghost", family="x", paper="y", config=FinetuneConfig)(other)
     assert get_method("ghost").apply is not other
+
+
+def test_the_families_register_on_import_without_a_cycle():
+    """The registry imports nothing from the families (timm's way: the package imports them)."""
+    import ast
+    import subprocess
+    import sys
+
+    from leanvision.methods import registry
+
+    tree = ast.parse(Path(registry.__file__).read_text(encoding="utf-8"))
+    imports = [
+        n for n in ast.walk(tree) if isinstance(n, ast.Import | ast.ImportFrom)
+    ]  # any import in the registry, at the top or in a function
+    assert all("methods" not in (getattr(n, "module", "") or "") for n in imports)
+    # a fresh process that imports one method file first still sees every family's methods
+    code = "import leanvision.methods.lowbit.adder, leanvision as lv; print(len(lv.list_methods()))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert int(out.stdout.strip()) == len(SPECS)

@@ -117,7 +117,6 @@ def record_transform(
 
 def get_method(name: str) -> MethodSpec:
     """The registered method called ``name``; raises UnknownMethodError listing the known ones."""
-    _load_builtin_methods()
     if name not in _REGISTRY:
         raise UnknownMethodError(name, _REGISTRY)
     return _REGISTRY[name]
@@ -125,13 +124,11 @@ def get_method(name: str) -> MethodSpec:
 
 def list_methods() -> list[str]:
     """Names of all registered methods."""
-    _load_builtin_methods()
     return sorted(_REGISTRY)
 
 
 def method_specs() -> list[MethodSpec]:
     """All registered methods, sorted by name."""
-    _load_builtin_methods()
     return [_REGISTRY[k] for k in sorted(_REGISTRY)]
 
 
@@ -154,8 +151,3 @@ def compress(model: nn.Module, method: str, data: Any = None, **hparams: Any) ->
     config = spec.make_config(**hparams)  # checked at the door: nothing read or trained yet
     spec.check_inputs(config, data)
     return spec.apply(model, data, config)
-
-
-def _load_builtin_methods() -> None:
-    # Importing the method modules registers them (import here: methods import this module).
-    from leanvision.methods import distillation, ghost, lowbit, pruning  # noqa: F401

@@ -21,7 +21,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from sklearn.decomposition import PCA
 from torch import nn
 
 from leanvision.errors import ConfigError
@@ -59,6 +58,8 @@ class GaussianKnockoffs:
         n = images.shape[0]
         flat = images.reshape(n, -1).double().numpy()
         k = max(1, min(n_components, n - 1, flat.shape[1]))
+        from sklearn.decomposition import PCA  # 2.5 s to import: only when a knockoff is fit
+
         pca = PCA(n_components=k, svd_solver="randomized", random_state=seed).fit(flat)
         recon = pca.inverse_transform(pca.transform(flat))
         residual = np.sqrt(np.maximum((flat - recon).var(axis=0), 0.0))
