@@ -121,11 +121,39 @@ def test_every_training_method_has_a_case():
     assert training == {method for method, *_ in CASES.values()}
 
 
+def _snapshot(model: nn.Module) -> dict[str, Any]:
+    """Everything a method could change on the caller's model: weights and buffers (values,
+    layout, device), module types, training flags, requires_grad, the method history."""
+    return {
+        "state": {
+            k: (v.detach().clone(), v.stride(), v.device) for k, v in model.state_dict().items()
+        },  # fmt: skip
+        "modules": [(n, type(m), m.training) for n, m in model.named_modules()],
+        "grad": [(n, p.requires_grad) for n, p in model.named_parameters()],
+        "history": list(getattr(model, "lv_history", [])),
+    }
+
+
+def _assert_unchanged(model: nn.Module, before: dict[str, Any], what: str) -> None:
+    after = _snapshot(model)
+    assert after["modules"] == before["modules"], f"{what}: modules or training flags changed"
+    assert after["grad"] == before["grad"], f"{what}: requires_grad changed"
+    assert after["history"] == before["history"], f"{what}: method history changed"
+    assert after["state"].keys() == before["state"].keys(), f"{what}: state keys changed"
+    for k, (v, stride, device) in before["state"].items():
+        w, w_stride, w_device = after["state"][k]
+        assert torch.equal(w, v) and w_stride == stride and w_device == device, f"{what}: {k}"
+
+
 @pytest.mark.parametrize("case", list(CASES))
 def test_max_steps_caps_every_stage(case):
+    """... and leaves the caller's model (and teacher) as they were."""
     method, build, hparams, stages = CASES[case]
     torch.manual_seed(0)
     model, data = build(), _data()
+    before = _snapshot(model)
+    teacher = hparams.get("teacher")
+    teacher_before = _snapshot(teacher) if teacher is not None else None
     steps: dict[int, int] = {}
 
     def count(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
@@ -143,6 +171,9 @@ def test_max_steps_caps_every_stage(case):
     assert all(n == MAX_STEPS for n in steps.values()), steps
     reads = data.train_set.reads
     assert reads <= READ_LIMIT, f"{case} read {reads} training images (limit {READ_LIMIT})"
+    _assert_unchanged(model, before, f"{case}: the input model")
+    if teacher is not None:
+        _assert_unchanged(teacher, teacher_before, f"{case}: the teacher")
 
 
 def test_scop_control_stage_reads_no_validation_data():
@@ -185,8 +216,11 @@ def test_calibration_only_methods_are_bounded_by_their_own_knob(method, build, h
     """No training, no max_steps: num_images / calib_batches alone bound the one data pass."""
     data = _data()
     torch.manual_seed(0)
-    lv.compress(build(), method, data=data, **hparams)
+    model = build()
+    before = _snapshot(model)
+    lv.compress(model, method, data=data, **hparams)
     assert 0 < data.train_set.reads <= limit
+    _assert_unchanged(model, before, f"{method}: the input model")
 
 
 @pytest.mark.slow

@@ -35,6 +35,8 @@ class DataBundle:
         eval_batch_size: Batch size of ``val`` and ``test`` (default ``2 * batch_size``).
         num_workers: DataLoader worker processes.
         seed: Seed of the split and of the ``train`` loader's shuffling.
+        task: The :class:`leanvision.tasks.Task` these batches are for (what the trainer and
+            ``lv.evaluate`` measure by default); None: classification.
     """
 
     name: str
@@ -50,6 +52,7 @@ class DataBundle:
     eval_batch_size: int | None = None
     num_workers: int = 0
     seed: int = 0
+    task: Any = None
     # One generator for the bundle's life: successive `train` loaders continue its stream,
     # so epochs see different orders, and a new bundle with the same seed repeats them.
     _generator: torch.Generator = field(init=False, repr=False, compare=False)

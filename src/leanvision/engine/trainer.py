@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from timm.optim import create_optimizer_v2
@@ -37,6 +36,7 @@ from torch.utils.data import DistributedSampler
 from leanvision.errors import CheckpointError, ConfigError
 from leanvision.provenance import git_state
 from leanvision.shapes import guarded_forward
+from leanvision.tasks import Classification, Task, move_to
 
 from .checkpoint import load_training_checkpoint, save_checkpoint
 from .distributed import DistInfo, all_reduce_sum, barrier, init_distributed
@@ -114,9 +114,11 @@ class TrainResult:
 
     Attributes:
         model: the trained model (unwrapped, on its training device, in eval mode).
-        history: one dict per epoch (epoch, lr, train_loss, train_top1, val_top1, val_loss,
-            img_per_s, time_s).
-        best: the history row with the best validation top-1.
+        history: one dict per epoch (epoch, lr, train_loss, ``train_<the task's running
+            metric>``, ``val_<each task metric>``, img_per_s, time_s); for classification
+            train_top1, val_top1, val_top5, val_loss.
+        best: the history row with the best validation primary metric (top-1 for
+            classification).
         final: validation metrics of the final model (empty when ``eval_every=0``).
         checkpoint: path of the last checkpoint, when ``out_dir`` was given.
         steps: optimizer steps taken in total.
@@ -145,20 +147,50 @@ def _pick_device(name: str | None) -> torch.device:
     return torch.device("cpu")
 
 
+def resolve_task(task: Task | None, data: Any, label_smoothing: float = 0.0) -> Task:
+    """The task a run trains and measures: ``task``, else the data bundle's ``task``, else
+    :class:`~leanvision.tasks.Classification` (with ``label_smoothing``).
+
+    Raises:
+        ConfigError: ``task`` is not a Task, or ``label_smoothing`` is set with a task given
+            (it is the classification task's option).
+    """
+    task = task if task is not None else getattr(data, "task", None)
+    if task is None:
+        return Classification(label_smoothing=label_smoothing)
+    if not isinstance(task, Task):
+        raise ConfigError(f"task must be a leanvision.tasks.Task, got {type(task).__name__}")
+    if label_smoothing:
+        raise ConfigError(
+            f"label_smoothing={label_smoothing} is an option of the classification task; with "
+            f"task={task!r} pass it to the task (Classification(label_smoothing=...))"
+        )
+    return task
+
+
 class Trainer:
     """Train ``model`` on ``data`` with ``config``, extended by ``hooks``.
 
     Args:
-        model: any classifier ``nn.Module`` (its output, or its first output, is the logits).
+        model: the model; the task reads its output (a classifier's is the logits, or a tuple
+            whose first item is).
         data: a :class:`leanvision.data.DataBundle`.
         config: a :class:`TrainConfig`.
         hooks: methods' extensions, called in order.
+        task: what a batch is, the loss, the metrics and the primary metric (which picks
+            ``best``); default: the data bundle's, else classification.
     """
 
     def __init__(
-        self, model: nn.Module, data: Any, config: TrainConfig, hooks: list[Hook] | None = None
+        self,
+        model: nn.Module,
+        data: Any,
+        config: TrainConfig,
+        hooks: list[Hook] | None = None,
+        task: Task | None = None,
     ) -> None:
         self.model, self.data, self.config = model, data, config
+        self.task = resolve_task(task, data, config.label_smoothing)
         self.hooks: list[Hook] = list(hooks or [])
         self.device = _pick_device(config.device)
         self.dist: DistInfo = DistInfo()
@@ -360,7 +392,7 @@ class Trainer:
             BarColumn(),
             MofNCompleteColumn(),
             TextColumn(
-                "loss {task.fields[loss]:.3f} acc {task.fields[acc]:5.1f}% "
+                "loss {task.fields[loss]:.3f} {task.fields[metric]} {task.fields[value]:5.1f} "
                 "{task.fields[ips]:6.0f} img/s"
             ),
             TimeRemainingColumn(),
@@ -371,26 +403,22 @@ class Trainer:
                 self.epoch += 1
                 every = self.config.eval_every
                 if every and (self.epoch % every == 0 or self._done()):
-                    val = evaluate(self.model, self.data.val, self.device, self.channels_last)
-                    row.update(val_top1=val["top1"], val_top5=val["top5"], val_loss=val["loss"])
+                    val = self._validate()
+                    row.update({f"val_{k}": v for k, v in val.items() if k != "n"})
                 self.history.append(row)
-                if "val_top1" in row and row["val_top1"] >= self.best.get("val_top1", -1.0):
+                key = f"val_{self.task.primary}"
+                if key in row and self.task.better(row[key], self.best.get(key)):
                     self.best = dict(row)
                 self._call("on_epoch_end", self.epoch, row)
                 self._save()
                 barrier(self.dist)
                 if self.config.log and self.dist.is_main:
-                    val_txt = f" val top-1 {row['val_top1']:.2f}%" if "val_top1" in row else ""
-                    console.log(
-                        f"epoch {self.epoch}/{self.config.epochs} loss {row['train_loss']:.4f} "
-                        f"train top-1 {row['train_top1']:.2f}%{val_txt} "
-                        f"{row['img_per_s']:.0f} img/s lr {row['lr']:.4g}"
-                    )
+                    console.log(self._log_line(row))
         self._call("on_train_end")
         final = self.history[-1] if self.history else {}
         final_val = {k[4:]: v for k, v in final.items() if k.startswith("val_")}
         if not final_val and self.config.eval_every:
-            final_val = evaluate(self.model, self.data.val, self.device, self.channels_last)
+            final_val = self._validate()
         self.model.eval()
         ckpt = self.out_dir / "last.pt" if self.out_dir and self.history else None
         return TrainResult(
@@ -403,6 +431,21 @@ class Trainer:
             self.saved_stretches if self.out_dir else [],
         )
 
+    def _validate(self) -> dict[str, float]:
+        return evaluate(self.model, self.data.val, self.device, self.channels_last, task=self.task)
+
+    def _log_line(self, row: dict[str, float]) -> str:
+        """The epoch's console line: loss, the task's running metric, validation primary."""
+        name, primary = self.task.train_metric_name, self.task.primary
+        pct = "%" if self.task.name == "classification" else ""
+        val = row.get(f"val_{primary}")
+        val_txt = f" val {primary} {val:.2f}{pct}" if val is not None else ""
+        return (
+            f"epoch {self.epoch}/{self.config.epochs} loss {row['train_loss']:.4f} "
+            f"train {name} {row[f'train_{name}']:.2f}{pct}{val_txt} "
+            f"{row['img_per_s']:.0f} img/s lr {row['lr']:.4g}"
+        )
+
     def _train_epoch(self, progress: Progress) -> dict[str, float]:
         cfg, epoch = self.config, self.epoch
         self.sampler.set_epoch(epoch)
@@ -410,19 +453,21 @@ class Trainer:
         seed_everything(seed)
         self.train_model.train()
         self._call("on_epoch_start", epoch)
+        metric = self.task.train_metric_name
         task = progress.add_task(
-            "train", total=self.steps_per_epoch, epoch=epoch + 1, loss=0.0, acc=0.0, ips=0.0
-        )
+            "train", total=self.steps_per_epoch, epoch=epoch + 1, loss=0.0, metric=metric,
+            value=0.0, ips=0.0,
+        )  # fmt: skip
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
-        correct = torch.zeros((), dtype=torch.float64, device=self.device)
+        metric_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         seen, steps, t0 = 0, 0, time.perf_counter()
         batches: Any = self.train_loader
         if cfg.max_steps is not None:  # read no batch past the cap
             batches = itertools.islice(batches, max(0, cfg.max_steps - self.global_step))
-        for x, y in batches:
-            loss, logits, n = self._step(x, y)
+        for batch in batches:
+            loss, outputs, targets, n = self._step(batch)
             loss_sum += loss.detach().double() * n
-            correct += (logits.detach().argmax(1) == y.to(self.device)).sum()
+            metric_sum += self.task.train_metric(outputs, targets, n)
             seen, steps = seen + n, steps + 1
             if not progress.disable and steps % 5 == 0:
                 dt = time.perf_counter() - t0
@@ -430,13 +475,17 @@ class Trainer:
                     task,
                     completed=steps,
                     loss=loss.item(),
-                    acc=100.0 * correct.item() / max(1, seen),
+                    value=metric_sum.item() / max(1, seen),
                     ips=seen / max(dt, 1e-9),
                 )
         elapsed = time.perf_counter() - t0
         progress.remove_task(task)
         totals = torch.stack(
-            [loss_sum, correct, torch.tensor(float(seen), dtype=torch.float64, device=self.device)]
+            [
+                loss_sum,
+                metric_sum,
+                torch.tensor(float(seen), dtype=torch.float64, device=self.device),
+            ]
         )
         totals = all_reduce_sum(totals, self.dist)
         n_all = max(1.0, totals[2].item())
@@ -445,16 +494,18 @@ class Trainer:
             "epoch": float(epoch + 1),
             "lr": float(lr),
             "train_loss": totals[0].item() / n_all,
-            "train_top1": 100.0 * totals[1].item() / n_all,
+            f"train_{metric}": totals[1].item() / n_all,
             "img_per_s": seen / max(elapsed, 1e-9),
             "time_s": elapsed,
         }
 
-    def _step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+    def _step(self, batch: Any) -> tuple[torch.Tensor, Any, Any, int]:
+        """One optimizer step; returns the loss, the outputs, the batch's targets and its size."""
         cfg = self.config
-        x = x.to(self.device, non_blocking=True)
-        y = y.to(self.device, non_blocking=True)
-        if self.channels_last and x.dim() == 4:
+        x, y = self.task.split_batch(batch)
+        x, y = move_to(x, self.device), move_to(y, self.device)
+        n = self.task.batch_size(x, y)
+        if self.channels_last and isinstance(x, torch.Tensor) and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         ctx = StepContext(inputs=x, targets=y)
         self._call("before_forward", ctx)
@@ -462,11 +513,10 @@ class Trainer:
             if self._input_checked:
                 ctx.outputs = self.train_model(ctx.inputs)
             else:  # first step: a wrong-shaped input becomes a clear InputShapeError
-                ctx.outputs = guarded_forward(self.train_model, ctx.inputs, tuple(x.shape))
+                size = tuple(x.shape) if isinstance(x, torch.Tensor) else ()
+                ctx.outputs = guarded_forward(self.train_model, ctx.inputs, size)
                 self._input_checked = True
-            ctx.losses["task"] = F.cross_entropy(
-                ctx.logits.float(), ctx.targets, label_smoothing=cfg.label_smoothing
-            )
+            ctx.losses["task"] = self.task.loss(ctx.outputs, ctx.targets)
             self._call("on_loss", ctx)
         loss = sum(ctx.losses.values())
         if not torch.isfinite(loss):
@@ -487,7 +537,7 @@ class Trainer:
         if self.scheduler is not None:
             self.scheduler.step_update(num_updates=self.global_step)
         self._call("after_optimizer_step")
-        return loss, ctx.logits, y.shape[0]
+        return loss, ctx.outputs, y, n
 
     def _sync_hook_grads(self) -> None:
         # Hook parameters live outside the DDP wrapper: average their gradients by hand.
@@ -529,7 +579,12 @@ def _scaled_groups(model: nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]:
 
 
 def train(
-    model: nn.Module, data: Any, *, hooks: list[Hook] | None = None, **kwargs: Any
+    model: nn.Module,
+    data: Any,
+    *,
+    hooks: list[Hook] | None = None,
+    task: Task | None = None,
+    **kwargs: Any,
 ) -> TrainResult:
     """Train ``model`` on ``data`` with the one trainer.
 
@@ -537,7 +592,9 @@ def train(
         model: the model to train (trained in place).
         data: a :class:`leanvision.data.DataBundle`.
         hooks: method hooks (KD, adder learning rate, ...).
+        task: what is trained and measured (:class:`leanvision.tasks.Task`); default: the
+            data bundle's ``task``, else classification.
         **kwargs: :class:`TrainConfig` fields (``epochs``, ``lr``, ``out_dir``, ``resume``, ...).
     """
     config = TrainConfig.from_kwargs(**kwargs)
-    return Trainer(model, data, config, hooks).fit()
+    return Trainer(model, data, config, hooks, task=task).fit()
