@@ -61,3 +61,19 @@ def test_measure_models_rows_with_folded_batch_norms(mnist_small):
     assert rows[1]["latency_ms"]["backend"].endswith("-bn-not-folded")
     assert rows[0]["macs"] > rows[1]["macs"] > 0 and rows[0]["latency_ms"]["batch"] == 2
     assert 0.0 <= rows[1]["top1"] <= 100.0
+
+
+def test_measure_models_leaves_the_callers_models_as_they_were(mnist_small):
+    """Timing in channels-last (without folding) and evaluating used to convert the caller's
+    models in place and put them in eval mode."""
+    torch.manual_seed(0)
+    model = lv.create_model("resnet8_cifar", num_classes=10, in_chans=1).train()
+    conv = (
+        model.conv1
+        if hasattr(model, "conv1")
+        else next(m for m in model.modules() if isinstance(m, nn.Conv2d))
+    )
+    stride = conv.weight.stride()
+    measure_models({"a": model}, mnist_small, baseline="a", batch=2, threads=1, repeats=1)
+    assert model.training and all(m.training for m in model.modules())
+    assert conv.weight.stride() == stride  # not converted to channels-last in place

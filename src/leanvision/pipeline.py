@@ -6,6 +6,7 @@ benchmarks all call :func:`measure_models`, so every report is built the same wa
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -71,7 +72,8 @@ def measure_models(
     if baseline not in models:
         raise KeyError(f"baseline {baseline!r} is not among the models {sorted(models)}")
     c, h, w = data.input_size
-    cpu_models = {n: m.to("cpu").eval() for n, m in models.items()}
+    # copies: the caller's models keep their device, mode and memory layout
+    cpu_models = {n: copy.deepcopy(m).to("cpu").eval() for n, m in models.items()}
     loader = data.loader(split)
     rows: list[dict[str, Any]] = []
     x = torch.randn(batch, c, h, w, generator=torch.Generator().manual_seed(0))
