@@ -117,3 +117,15 @@ def test_task_errors_are_clear():
                  progress=False)  # fmt: skip
     with pytest.raises(ConfigError, match="label_smoothing"):
         Classification(label_smoothing=1.5)
+
+
+def test_move_to_keeps_the_container_types():
+    from collections import namedtuple
+
+    from leanvision.tasks import move_to
+
+    Pair = namedtuple("Pair", "a b")
+    t = torch.zeros(1)
+    out = move_to({"x": [t, (t, "s")], "p": Pair(t, 3)}, torch.device("cpu"))
+    assert isinstance(out["x"], list) and isinstance(out["x"][1], tuple)
+    assert out["x"][1][1] == "s" and isinstance(out["p"], Pair) and out["p"].b == 3

@@ -8,7 +8,7 @@ loop. Metrics come from torchmetrics (or faster-coco-eval, scikit-image) where t
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -81,6 +81,8 @@ def move_to(obj: Any, device: torch.device) -> Any:
         return obj.to(device, non_blocking=True)
     if isinstance(obj, Mapping):
         return {k: move_to(v, device) for k, v in obj.items()}
-    if isinstance(obj, Sequence) and not isinstance(obj, (str, bytes)):
-        return type(obj)(move_to(v, device) for v in obj) if isinstance(obj, tuple | list) else obj
+    if isinstance(obj, tuple) and hasattr(obj, "_fields"):  # a namedtuple
+        return type(obj)(*(move_to(v, device) for v in obj))
+    if isinstance(obj, tuple | list):
+        return type(obj)(move_to(v, device) for v in obj)
     return obj
