@@ -17,6 +17,8 @@ any field (``--set train.epochs=1``, ``--set stages.0.finetune_epochs=1``).
 from __future__ import annotations
 
 import dataclasses
+import functools
+import inspect
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +26,19 @@ from typing import Any
 
 import yaml
 
+from leanvision.data import load_data
+from leanvision.engine import TrainConfig
 from leanvision.errors import RecipeError
+from leanvision.pipeline import measure_models
+
+
+def _default(fn: Any, name: str) -> Any:
+    """The default of ``fn``'s argument ``name``: a recipe repeats no library default."""
+    return inspect.signature(fn).parameters[name].default
+
+
+_LOAD = functools.partial(_default, load_data)
+_MEASURE = functools.partial(_default, measure_models)
 
 
 @dataclass
@@ -32,17 +46,17 @@ class DataSpec:
     """Arguments of :func:`leanvision.load_data`."""
 
     name: str = "mnist5k"
-    root: str | None = None
-    batch_size: int = 128
-    eval_batch_size: int | None = None
-    val_fraction: float = 0.1
-    seed: int = 0
-    num_workers: int = 0
-    augment: bool = True
-    image_size: int | None = None
-    max_train: int | None = None
-    max_val: int | None = None
-    max_test: int | None = None
+    root: str | None = _LOAD("root")
+    batch_size: int = _LOAD("batch_size")
+    eval_batch_size: int | None = _LOAD("eval_batch_size")
+    val_fraction: float = _LOAD("val_fraction")
+    seed: int = _LOAD("seed")
+    num_workers: int = _LOAD("num_workers")
+    augment: bool = _LOAD("augment")
+    image_size: int | None = _LOAD("image_size")
+    max_train: int | None = _LOAD("max_train")
+    max_val: int | None = _LOAD("max_val")
+    max_test: int | None = _LOAD("max_test")
 
 
 @dataclass
@@ -65,10 +79,10 @@ class StageSpec:
 class MeasureSpec:
     """How the models are measured at the end of the run."""
 
-    batch: int = 32
-    threads: int | None = None
-    repeats: int = 30
-    split: str = "test"
+    batch: int = _MEASURE("batch")
+    threads: int | None = _MEASURE("threads")
+    repeats: int = _MEASURE("repeats")
+    split: str = _MEASURE("split")
 
 
 @dataclass
@@ -109,8 +123,6 @@ def _build(cls: type, raw: Any, where: str) -> Any:
 
 
 def _train_keys() -> list[str]:
-    from leanvision.engine.trainer import TrainConfig
-
     return _fields(TrainConfig)
 
 

@@ -71,10 +71,10 @@ def run_recipe(
         for i, st in enumerate(recipe.stages)
     ]  # fmt: skip
     train_kw = {"seed": recipe.seed, "progress": progress, **recipe.train}
-    if train_kw.get("epochs", 30) > 0:
+    baseline_trains = TrainConfig.from_kwargs(**train_kw).epochs > 0  # checked at the door too
+    if baseline_trains:
         train_kw.setdefault("out_dir", str(run_dir / "baseline"))
         train_kw.setdefault("resume", True)
-    TrainConfig.from_kwargs(**train_kw)  # the baseline's values, checked at the door too
     run_dir.mkdir(parents=True, exist_ok=True)
     data = load_data(**dataclasses.asdict(recipe.data))
     for spec, config in configs:  # what the stages need from the data (before any training)
@@ -85,7 +85,7 @@ def run_recipe(
         **recipe.model.kwargs,
     }
     model = create_model(recipe.model.name, **kwargs)
-    if train_kw.get("epochs", 30) > 0:
+    if baseline_trains:
         train(model, data, **train_kw)
     base_name = recipe.model.name
     models: dict[str, nn.Module] = {base_name: model}

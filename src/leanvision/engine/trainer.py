@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -27,12 +26,13 @@ from typing import Any
 import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-from timm.optim import create_optimizer_v2
+from timm.optim import create_optimizer_v2, list_optimizers
 from timm.scheduler import create_scheduler_v2
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DistributedSampler
 
+from leanvision.checks import check_choice, check_int, check_real, check_types, field_error
 from leanvision.errors import CheckpointError, ConfigError
 from leanvision.provenance import git_state
 from leanvision.shapes import guarded_forward
@@ -45,6 +45,23 @@ from .hooks import Hook, StepContext
 from .seed import epoch_seed, seed_everything
 
 console = Console(stderr=True)
+
+
+#: timm's schedules the trainer steps per update (``create_scheduler_v2``); "none" keeps lr fixed.
+#: (timm's "plateau" needs a metric each epoch, which the trainer does not feed it.)
+SCHEDULES = ("cosine", "tanh", "step", "multistep", "poly", "constant", "wsd", "rsqrt", "none")
+
+
+def check_optimizer(name: str, opt: Any) -> None:
+    """``opt`` names a timm optimizer (``create_optimizer_v2``'s ``[lookahead_]<name>``)."""
+    known = list_optimizers()
+    parts = opt.lower().split("_") if isinstance(opt, str) else []
+    prefix_ok = len(parts) == 1 or (len(parts) == 2 and parts[0] == "lookahead")
+    if not parts or not prefix_ok or parts[-1] not in known:
+        raise field_error(
+            name, opt, f"a timm optimizer name, e.g. sgd, adam, adamw, lamb ({len(known)} in "
+            "timm.optim.list_optimizers()), optionally prefixed 'lookahead_'",
+        )  # fmt: skip
 
 
 @dataclass
@@ -83,18 +100,33 @@ class TrainConfig:
     num_threads: int | None = None
 
     def __post_init__(self) -> None:
-        if self.epochs < 0:
-            raise ConfigError(f"epochs must be >= 0, got {self.epochs}")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ConfigError(f"lr must be a positive number, got {self.lr}")
-        if self.batch_size is not None and self.batch_size < 1:
-            raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
-        if self.max_steps is not None and self.max_steps < 1:
-            raise ConfigError(f"max_steps must be >= 1 (or None for no cap), got {self.max_steps}")
-        if self.eval_every < 0:
-            raise ConfigError(f"eval_every must be >= 0 (0: never validate), got {self.eval_every}")
+        self.validate()
+
+    def validate(self) -> None:
+        """Every field's type, then its range or choice; raises ConfigError naming the field,
+        the bad value and what is allowed. The one set of rules for training options: method
+        configs check their fine-tuning options through it."""
+        check_types(self)
+        check_int("epochs", self.epochs, 0)
+        check_real("lr", self.lr, 0.0, lo_open=True)
+        check_optimizer("opt", self.opt)
+        check_real("momentum", self.momentum, 0.0)
+        check_real("weight_decay", self.weight_decay, 0.0)
+        check_choice("sched", self.sched, SCHEDULES)
+        check_int("warmup_epochs", self.warmup_epochs, 0)
+        check_real("min_lr", self.min_lr, 0.0)
+        check_int("batch_size", self.batch_size, 1, none_ok=True)
+        check_real("label_smoothing", self.label_smoothing, 0.0, 1.0, hi_open=True)
+        check_real("clip_grad", self.clip_grad, 0.0, lo_open=True, none_ok=True)
+        check_int("seed", self.seed, 0)
+        check_int("max_steps", self.max_steps, 1, none_ok=True)
+        check_int("eval_every", self.eval_every, 0)
+        check_int("num_threads", self.num_threads, 1, none_ok=True)
+        for name, scale in (self.lr_scales or {}).items():
+            check_real(f"lr_scales[{name!r}]", scale, 0.0)
         if self.resume and not self.out_dir:
-            raise ConfigError("resume=True needs out_dir= (the folder holding last.pt)")
+            raise field_error("resume", self.resume, "True only with out_dir= (the folder "
+                              "holding last.pt)")  # fmt: skip
 
     @classmethod
     def from_kwargs(cls, **kwargs: Any) -> TrainConfig:

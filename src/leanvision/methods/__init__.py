@@ -1,19 +1,64 @@
 """Methods: one module per method, each registered under a short key.
 
 The registry comes first; then the families are imported, which registers their methods (timm's
-way: no function-local import from the registry back up to the families).
+way: no function-local import from the registry back up to the families). Every method's config
+class is exported here too, for ``lv.compress(model, ScopConfig(...), data=...)``.
 """
 
-from .registry import MethodSpec, compress, get_method, list_methods, method_specs, register_method
+from .registry import (
+    MethodSpec,
+    compress,
+    get_method,
+    list_methods,
+    method_for_config,
+    method_specs,
+    register_method,
+)
 
 # isort: split
 from . import distillation, ghost, lowbit, pruning  # noqa: F401  (importing registers them)
+from .common import FinetuneConfig
+from .config import MethodConfig
+from .distillation.feature_kd import FeatureKDConfig
+from .distillation.kd import DeiTConfig, KDConfig
+from .distillation.manifold_kd import ManifoldKDConfig
+from .ghost import GhostConfig
+from .lowbit.adder import AdderConfig
+from .lowbit.adder_quant import AdderQuantConfig
+from .lowbit.binary import BinaryConfig, FDAConfig, LNSConfig
+from .lowbit.pkkd import PKKDConfig
+from .lowbit.ptq_vit import PTQViTConfig
+from .pruning.dynamicvit import DynamicViTConfig
+from .pruning.l1_filter import L1FilterConfig
+from .pruning.manidp import ManiDPConfig
+from .pruning.patch_slimming import PatchSlimConfig
+from .pruning.scop import ScopConfig
 
 __all__ = [
+    "AdderConfig",
+    "AdderQuantConfig",
+    "BinaryConfig",
+    "DeiTConfig",
+    "DynamicViTConfig",
+    "FDAConfig",
+    "FeatureKDConfig",
+    "FinetuneConfig",
+    "GhostConfig",
+    "KDConfig",
+    "L1FilterConfig",
+    "LNSConfig",
+    "ManiDPConfig",
+    "ManifoldKDConfig",
+    "MethodConfig",
     "MethodSpec",
+    "PKKDConfig",
+    "PTQViTConfig",
+    "PatchSlimConfig",
+    "ScopConfig",
     "compress",
     "get_method",
     "list_methods",
+    "method_for_config",
     "method_specs",
     "register_method",
 ]

@@ -3,23 +3,44 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass
 from typing import Any
 
-from timm.optim import list_optimizers
 from torch import nn
 
-from leanvision.engine import Hook, TrainResult, train
+from leanvision.engine import Hook, TrainConfig, TrainResult, train
+from leanvision.engine.trainer import check_optimizer
 from leanvision.errors import ConfigError
 
-from .config import MethodConfig, check_int, check_real, field_error
+from .config import MethodConfig, check_int
 
-__all__ = ["FinetuneConfig", "cap_batches", "cap_steps", "check_optimizer", "finetune"]
+__all__ = [
+    "FinetuneConfig",
+    "cap_batches",
+    "cap_steps",
+    "check_optimizer",
+    "finetune",
+    "finetune_option_names",
+]
+
+
+#: The trainer's defaults. Every fine-tuning option below reads its default here, except ``lr``:
+#: fine-tuning starts from trained weights, so its default (0.05) is half the trainer's
+#: from-scratch 0.1. A method's config may set its paper's values (e.g. adamw for a ViT).
+_TRAINER = TrainConfig()
+
+#: Trainer options that are not fine-tuning options: ``epochs`` is ``finetune_epochs``; a method
+#: sets ``lr_scales`` and ``eval_every`` itself when it needs them.
+NOT_FINETUNE_OPTIONS = frozenset({"epochs", "lr_scales", "eval_every"})
 
 
 @dataclass
 class FinetuneConfig(MethodConfig):
-    """Options of the (re)training stage every training method accepts.
+    """Options of the (re)training stage every training method accepts: ``finetune_epochs`` and
+    the trainer's options (:class:`~leanvision.engine.TrainConfig`, whose defaults these read;
+    only ``lr`` has a fine-tuning default of its own). They are checked by the trainer's own
+    rules (:meth:`TrainConfig.validate`) when the config is built.
 
     ``finetune_epochs=0`` skips training but the method still returns its finalized model.
 
@@ -34,32 +55,48 @@ class FinetuneConfig(MethodConfig):
 
     finetune_epochs: int = 0
     lr: float = 0.05
-    opt: str = "sgd"
-    weight_decay: float = 5e-4
-    warmup_epochs: int = 0
-    batch_size: int | None = None
-    max_steps: int | None = None
-    seed: int = 0
-    out_dir: str | None = None
-    resume: bool = False
-    progress: bool = True
-    log: bool = True
+    opt: str = _TRAINER.opt
+    momentum: float = _TRAINER.momentum
+    opt_kwargs: dict[str, Any] | None = _TRAINER.opt_kwargs
+    weight_decay: float = _TRAINER.weight_decay
+    sched: str = _TRAINER.sched
+    warmup_epochs: int = _TRAINER.warmup_epochs
+    min_lr: float = _TRAINER.min_lr
+    batch_size: int | None = _TRAINER.batch_size
+    label_smoothing: float = _TRAINER.label_smoothing
+    clip_grad: float | None = _TRAINER.clip_grad
+    seed: int = _TRAINER.seed
+    max_steps: int | None = _TRAINER.max_steps
+    channels_last: bool | None = _TRAINER.channels_last
+    amp: bool | None = _TRAINER.amp
+    device: str | None = _TRAINER.device
+    out_dir: str | None = _TRAINER.out_dir
+    resume: bool = _TRAINER.resume
+    progress: bool = _TRAINER.progress
+    log: bool = _TRAINER.log
+    num_threads: int | None = _TRAINER.num_threads
 
     def validate(self) -> None:
-        """Types; epochs ≥ 0, lr > 0, a timm optimizer, weight decay ≥ 0, batch size and
-        max_steps ≥ 1 (or None), seed ≥ 0, resume only with out_dir."""
+        """Types; ``finetune_epochs`` ≥ 0; the training options by the trainer's rules."""
         super().validate()
         check_int("finetune_epochs", self.finetune_epochs, 0)
-        check_real("lr", self.lr, 0.0, lo_open=True)
-        check_optimizer("opt", self.opt)
-        check_real("weight_decay", self.weight_decay, 0.0)
-        check_int("warmup_epochs", self.warmup_epochs, 0)
-        check_int("batch_size", self.batch_size, 1, none_ok=True)
-        check_int("max_steps", self.max_steps, 1, none_ok=True)
-        check_int("seed", self.seed, 0)
-        if self.resume and not self.out_dir:
-            raise field_error("resume", self.resume, "True only with out_dir= (the folder "
-                              "holding last.pt)")  # fmt: skip
+        self.train_config()
+
+    def train_options(self) -> dict[str, Any]:
+        """The trainer options this config carries (all but ``finetune_epochs``)."""
+        return {n: getattr(self, n) for n in sorted(finetune_option_names())}
+
+    def train_config(self, **method_options: Any) -> TrainConfig:
+        """The trainer's config of the fine-tuning stage (checked by the trainer's rules).
+
+        ``method_options``: trainer options the method sets itself (``lr_scales``, ...); one
+        that is also a fine-tuning option is an error, since it would override the user's.
+        """
+        clash = sorted(set(method_options) & finetune_option_names())
+        if clash:
+            raise ConfigError(f"a method may not override the fine-tuning option(s) {clash}")
+        opts = {**self.train_options(), **method_options}
+        return TrainConfig.from_kwargs(epochs=self.finetune_epochs, **opts)
 
     def check_inputs(self, data: Any) -> None:
         """Training needs data: ``finetune_epochs > 0`` with ``data=None`` is an error."""
@@ -71,16 +108,11 @@ class FinetuneConfig(MethodConfig):
             )
 
 
-def check_optimizer(name: str, opt: str) -> None:
-    """``opt`` names a timm optimizer (``create_optimizer_v2``'s ``[lookahead_]<name>``)."""
-    known = list_optimizers()
-    parts = opt.lower().split("_") if isinstance(opt, str) else []
-    prefix_ok = len(parts) == 1 or (len(parts) == 2 and parts[0] == "lookahead")
-    if not parts or not prefix_ok or parts[-1] not in known:
-        raise field_error(
-            name, opt, f"a timm optimizer name, e.g. sgd, adam, adamw, lamb ({len(known)} in "
-            "timm.optim.list_optimizers()), optionally prefixed 'lookahead_'",
-        )  # fmt: skip
+@functools.cache
+def finetune_option_names() -> frozenset[str]:
+    """The trainer options a :class:`FinetuneConfig` carries."""
+    train = {f.name for f in dataclasses.fields(TrainConfig)}
+    return frozenset(train - NOT_FINETUNE_OPTIONS)
 
 
 def cap_steps(*caps: int | None) -> int | None:
@@ -114,6 +146,5 @@ def finetune(
             f"method {method!r} was asked for finetune_epochs={cfg.finetune_epochs} but got no "
             "data; pass data=lv.load_data(...) or finetune_epochs=0"
         )
-    names = {f.name for f in dataclasses.fields(FinetuneConfig)} - {"finetune_epochs"}
-    kwargs = {n: getattr(cfg, n) for n in names}
-    return train(model, data, hooks=hooks, epochs=cfg.finetune_epochs, **kwargs, **train_options)
+    options = dataclasses.asdict(cfg.train_config(**train_options))
+    return train(model, data, hooks=hooks, **options)

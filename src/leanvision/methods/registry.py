@@ -90,6 +90,12 @@ def register_method(
     def deco(fn: ApplyFn) -> ApplyFn:
         if name in _REGISTRY and _REGISTRY[name].apply is not fn:
             raise ConfigError(f"method {name!r} is registered twice")
+        owner = next((s.name for s in _REGISTRY.values() if s.config_cls is config), name)
+        if owner != name:  # lv.compress(model, config) finds the method by its config's class
+            raise ConfigError(
+                f"method {name!r} registers config {config.__name__}, which method {owner!r} "
+                "already uses; give each method its own config class (a subclass will do)"
+            )
         doc = summary or ((fn.__doc__ or "").strip().splitlines() or [""])[0]
         _REGISTRY[name] = MethodSpec(name, family, paper, config, fn, doc, rebuild)
         return fn
@@ -107,7 +113,10 @@ def record_transform(
     unpickles a module (ModelOpt's save/restore idea).
     """
     history = list(getattr(source, HISTORY_ATTR, [])) if source is not None else []
-    history.append({"method": method, "arch": dict(arch or {})})
+    step: dict[str, Any] = {"method": method, "arch": dict(arch or {})}
+    if method in _REGISTRY:  # the schema version of the config that made this architecture
+        step["config_version"] = getattr(_REGISTRY[method].config_cls, "version", 1)
+    history.append(step)
     setattr(new, HISTORY_ATTR, history)
     spec = getattr(source, "lv_spec", None)
     if spec is not None and getattr(new, "lv_spec", None) is None:
@@ -132,22 +141,54 @@ def method_specs() -> list[MethodSpec]:
     return [_REGISTRY[k] for k in sorted(_REGISTRY)]
 
 
-def compress(model: nn.Module, method: str, data: Any = None, **hparams: Any) -> nn.Module:
+def method_for_config(config: Any) -> MethodSpec:
+    """The registered method whose config class ``config`` is an instance of (exactly).
+
+    Raises:
+        ConfigError: no registered method uses this config class.
+    """
+    for spec in _REGISTRY.values():
+        if type(config) is spec.config_cls:
+            return spec
+    raise ConfigError(
+        f"{type(config).__name__} is not the config of a registered method; pass a method "
+        f"name ({', '.join(sorted(_REGISTRY))}) or its config, e.g. "
+        "lv.compress(model, ScopConfig(...), data=...)"
+    )
+
+
+def compress(model: nn.Module, method: Any, data: Any = None, **hparams: Any) -> nn.Module:
     """Apply a registered method to ``model`` and return the resulting model.
 
     The input model is left unchanged; the result is a new ``nn.Module``.
 
     Args:
         model: any ``nn.Module`` the method supports.
-        method: a registry key (see :func:`list_methods`).
+        method: a registry key (see :func:`list_methods`) with its hyper-parameters as
+            ``**hparams``, or a method's config instance (``ScopConfig(target_macs_ratio=0.5)``:
+            torchao's ``quantize_(model, config)`` shape), checked again here.
         data: a :class:`~leanvision.data.DataBundle`, needed by methods that train or calibrate.
         **hparams: the method's config fields (``finetune_epochs``, ``max_steps``, ...).
 
     Raises:
-        ConfigError: a bad or missing hyper-parameter, or missing ``data``, found before the
-            method reads data or trains.
+        ConfigError: a bad or missing hyper-parameter, hyper-parameters given beside a config
+            instance, or missing ``data``, found before the method reads data or trains.
     """
-    spec = get_method(method)
-    config = spec.make_config(**hparams)  # checked at the door: nothing read or trained yet
+    if isinstance(method, str):
+        spec = get_method(method)
+        config = spec.make_config(**hparams)  # checked at the door: nothing read or trained yet
+    else:
+        spec = method_for_config(method)
+        if hparams:
+            raise ConfigError(
+                f"method {spec.name!r}: got a {type(method).__name__} and hyper-parameters "
+                f"{sorted(hparams)}; set them on the config (dataclasses.replace(config, ...)) "
+                "or pass the method's name with the hyper-parameters"
+            )
+        config = method
+        try:  # a config may have been changed since it was built
+            config.validate()
+        except ConfigError as e:
+            raise type(e)(f"method {spec.name!r}: {e}") from e
     spec.check_inputs(config, data)
     return spec.apply(model, data, config)

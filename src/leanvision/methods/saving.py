@@ -82,6 +82,12 @@ def _check_arch(arch: Any, source: str) -> tuple[dict[str, Any], list[dict[str, 
             raise _malformed(
                 source, f"'arch.history[{i}]' must be a dict with a 'method' name, got {found}"
             )
+        version = step.get("config_version", 1)
+        if isinstance(version, bool) or not isinstance(version, int):
+            raise _malformed(
+                source, f"'arch.history[{i}].config_version' must be an int, got "
+                f"{describe(version)}",
+            )  # fmt: skip
         if not isinstance(step.get("arch", {}), Mapping):
             raise _malformed(
                 source, f"'arch.history[{i}].arch' must be a dict, got {describe(step['arch'])}"
@@ -121,6 +127,15 @@ def rebuild(arch: dict[str, Any], *, source: str = "the architecture record") ->
                 f"which this leanvision does not register: {e}. Load it with the leanvision "
                 "version (or plugin) that wrote it"
             ) from e
+        saved = step.get("config_version", 1)  # records older than versions were version 1
+        current = getattr(method.config_cls, "version", 1)
+        if saved != current:
+            raise CheckpointError(
+                f"{source} was compressed with method {step['method']!r} (arch.history[{i}]) "
+                f"under its config version {saved}; this leanvision's {method.name!r} is version "
+                f"{current} and may rebuild another architecture from it. Load it with the "
+                "leanvision version that wrote it"
+            )
         if method.rebuild is None:
             continue
         try:
