@@ -9,6 +9,7 @@ from .binary import (
 )
 from .circulant import CirculantLinear
 from .conv3x3 import FusedConv3x3
+from .gated import ChannelGate, GatedBasicBlock, GatedStage, gated_blocks
 from .ghost import GhostConv2d
 from .issa import InterlacedSparseAttention, NonLocal2d
 from .long_short_attention import LongShortAttention
@@ -21,10 +22,14 @@ __all__ = [
     "PackedBinaryLinear",
     "QuantAdderConv2d",
     "adder2d",
+    "ChannelGate",
     "CirculantLinear",
     "FusedConv3x3",
+    "GatedBasicBlock",
+    "GatedStage",
     "GhostConv2d",
     "InterlacedSparseAttention",
     "LongShortAttention",
     "NonLocal2d",
+    "gated_blocks",
 ]
