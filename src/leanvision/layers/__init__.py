@@ -13,6 +13,7 @@ from .gated import ChannelGate, GatedBasicBlock, GatedStage, gated_blocks
 from .ghost import GhostConv2d
 from .issa import InterlacedSparseAttention, NonLocal2d
 from .long_short_attention import LongShortAttention
+from .quant import QuantAttention, QuantLinear, QuantMatMul, fake_quant
 
 __all__ = [
     "AdderConv2d",
@@ -31,5 +32,9 @@ __all__ = [
     "InterlacedSparseAttention",
     "LongShortAttention",
     "NonLocal2d",
+    "QuantAttention",
+    "QuantLinear",
+    "QuantMatMul",
+    "fake_quant",
     "gated_blocks",
 ]
