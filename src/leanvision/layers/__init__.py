@@ -14,6 +14,14 @@ from .ghost import GhostConv2d
 from .issa import InterlacedSparseAttention, NonLocal2d
 from .long_short_attention import LongShortAttention
 from .quant import QuantAttention, QuantLinear, QuantMatMul, fake_quant
+from .token_pruning import (
+    DynamicViT,
+    SlimmedViT,
+    TokenPredictor,
+    embed_tokens,
+    require_token_vit,
+    softmax_with_policy,
+)
 
 __all__ = [
     "AdderConv2d",
@@ -25,6 +33,7 @@ __all__ = [
     "adder2d",
     "ChannelGate",
     "CirculantLinear",
+    "DynamicViT",
     "FusedConv3x3",
     "GatedBasicBlock",
     "GatedStage",
@@ -35,6 +44,11 @@ __all__ = [
     "QuantAttention",
     "QuantLinear",
     "QuantMatMul",
+    "SlimmedViT",
+    "TokenPredictor",
+    "embed_tokens",
     "fake_quant",
     "gated_blocks",
+    "require_token_vit",
+    "softmax_with_policy",
 ]
