@@ -252,7 +252,7 @@ def _layouts(
     """Both models in both memory formats (``_cl``: channels_last; each keeps its best), the
     dense model on leanvision's CPU runtime (``lv.optimize_for_cpu``), and the gated model with
     every channel kept: the same kernels without the pruning."""
-    from leanvision.methods.pruning.manidp import gated_blocks
+    from leanvision.layers import gated_blocks
 
     cl = torch.channels_last
     dense, _ = fold_batchnorm(dense)  # as deployed; ManiDP's batch-1 path folds BN itself
@@ -400,12 +400,8 @@ def _manidp_224_speed(args: argparse.Namespace) -> dict[str, Any]:
     Speed depends on how many channels each sample keeps, not on trained weights: random
     init, gates perturbed so saliencies differ per sample, thresholds calibrated to the
     README's remain rate 0.6 with the same rule training uses."""
-    from leanvision.methods.pruning.manidp import (
-        calibrate_thresholds,
-        gate_model,
-        gated_blocks,
-        sample_macs,
-    )
+    from leanvision.layers import gated_blocks
+    from leanvision.methods.pruning.manidp import calibrate_thresholds, gate_model, sample_macs
 
     torch.manual_seed(0)
     dense = lv.create_model("resnet34").eval()
@@ -538,7 +534,7 @@ def _deit_small_speed(args: argparse.Namespace) -> dict[str, Any]:
 
     Speed does not depend on the weights (top-k keeps a fixed count), so both use random init.
     """
-    from leanvision.methods.pruning.dynamicvit import DynamicViT
+    from leanvision.layers import DynamicViT
 
     torch.manual_seed(0)
     dense = lv.create_model("deit_small_patch16_224").eval()

@@ -21,7 +21,8 @@ def bench(smoke_benchmark):
 def test_manidp_rows_and_acceptance_use_the_same_images_and_the_fairest_baseline(
     bench, monkeypatch
 ):
-    from leanvision.methods.pruning.manidp import calibrate_thresholds, gate_model, gated_blocks
+    from leanvision.layers import gated_blocks
+    from leanvision.methods.pruning.manidp import calibrate_thresholds, gate_model
 
     torch.manual_seed(0)
     dense = lv.create_model("resnet20_cifar", num_classes=10, width=0.5).eval()

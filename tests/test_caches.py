@@ -25,7 +25,8 @@ from leanvision.layers.binary import (
     PackedBinaryLinear,
 )
 from leanvision.layers.conv3x3 import FusedConv3x3
-from leanvision.methods.pruning.manidp import GatedBasicBlock, GatedStage, gate_model
+from leanvision.layers.gated import GatedBasicBlock, GatedStage
+from leanvision.methods.pruning.manidp import gate_model
 
 # ----------------------------------------------------------------------- the helper
 

@@ -10,7 +10,7 @@ import torch
 import leanvision as lv
 from leanvision.engine import Hook
 from leanvision.errors import ConfigError, UnsupportedModelError
-from leanvision.methods.pruning.dynamicvit import DynamicViT, _block, softmax_with_policy
+from leanvision.layers.token_pruning import DynamicViT, _block, softmax_with_policy
 
 
 @pytest.fixture(autouse=True)

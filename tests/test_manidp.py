@@ -10,9 +10,8 @@ from torch import nn
 
 import leanvision as lv
 from leanvision.errors import UnknownNameError, UnsupportedModelError
+from leanvision.layers import GatedBasicBlock, GatedStage
 from leanvision.methods.pruning.manidp import (
-    GatedBasicBlock,
-    GatedStage,
     complexity_weights,
     gate_model,
     remain_rate,
@@ -146,7 +145,8 @@ def test_last_epoch_trains_with_the_final_thresholds():
 def test_thresholds_after_the_last_epoch_are_the_ones_it_trained_with():
     from types import SimpleNamespace
 
-    from leanvision.methods.pruning.manidp import ManiDPHook, gated_blocks
+    from leanvision.layers import gated_blocks
+    from leanvision.methods.pruning.manidp import ManiDPHook
 
     model = _gated(thre=0.9)
     hook = ManiDPHook(target_remain_rate=0.6)

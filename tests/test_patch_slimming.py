@@ -7,7 +7,8 @@ import torch
 
 import leanvision as lv
 from leanvision.errors import ConfigError, UnsupportedModelError
-from leanvision.methods.pruning.patch_slimming import SlimmedViT, attention_maps, slim_keep_sets
+from leanvision.layers import SlimmedViT
+from leanvision.methods.pruning.patch_slimming import attention_maps, slim_keep_sets
 
 
 @pytest.fixture(autouse=True)

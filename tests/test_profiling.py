@@ -237,7 +237,7 @@ def test_an_op_registered_by_name_counts_once_its_library_loads():
 def test_nothing_registers_while_a_model_runs_or_is_optimized():
     """Layers and kernels write to the op-count registry at import, never at eval time."""
     import leanvision as lv
-    import leanvision.methods.pruning.manidp  # noqa: F401  (its gated-block kernel's formulas)
+    import leanvision.layers.gated  # noqa: F401  (the gated-block kernel's formulas)
     from leanvision import opcounts
 
     names = {"leanvision::conv3x3_nhwc", "leanvision::gated_basic_block",

@@ -7,10 +7,10 @@ import torch
 import torch.nn.functional as F
 
 from leanvision.errors import ConfigError
+from leanvision.layers.quant import QuantLinear, QuantMatMul, fake_quant
 from leanvision.methods.lowbit.quant import (
     allocate_bits,
     bias_correction,
-    fake_quant,
     nuclear_norm,
     ranking_loss,
     search_intervals,
@@ -143,7 +143,7 @@ def _cos(a, b):
 
 
 def test_quantize_vit_runs_full_precision_until_calibrated_then_tracks_it():
-    from leanvision.methods.lowbit.ptq_vit import PTQViTConfig, QuantMatMul, calibrate, quantize_vit
+    from leanvision.methods.lowbit.ptq_vit import PTQViTConfig, calibrate, quantize_vit
 
     model = _tiny_vit()
     x = torch.randn(16, 3, 32, 32)
@@ -165,7 +165,7 @@ def test_quantize_vit_runs_full_precision_until_calibrated_then_tracks_it():
 def test_mixed_precision_respects_the_budget():
     """bit_groups="module" (the paper): one width per MSA (qkv, Q·Kᵀ, A·V, proj) and per MLP;
     "linear" (before issue 17): one per linear layer, the attention matmuls at ``bits``."""
-    from leanvision.methods.lowbit.ptq_vit import PTQViTConfig, QuantLinear, calibrate, quantize_vit
+    from leanvision.methods.lowbit.ptq_vit import PTQViTConfig, calibrate, quantize_vit
 
     x = torch.randn(8, 3, 32, 32)
     for groups in ("module", "linear"):

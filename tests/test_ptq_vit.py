@@ -7,10 +7,9 @@ import torch
 
 import leanvision as lv
 from leanvision.errors import ConfigError
+from leanvision.layers import QuantLinear, QuantMatMul
 from leanvision.methods.lowbit.ptq_vit import (
     PTQViTConfig,
-    QuantLinear,
-    QuantMatMul,
     _ranking_penalty,
     _rebuild,
     _Rows,

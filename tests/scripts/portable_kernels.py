@@ -29,7 +29,8 @@ from leanvision.layers.binary import (
     PackedBinaryLinear,
 )
 from leanvision.layers.conv3x3 import FusedConv3x3
-from leanvision.methods.pruning.manidp import GatedBasicBlock, gate_model
+from leanvision.layers.gated import GatedBasicBlock
+from leanvision.methods.pruning.manidp import gate_model
 from leanvision.profiling.latency import native_backend
 
 torch.manual_seed(0)

@@ -9,9 +9,19 @@ from .binary import (
 )
 from .circulant import CirculantLinear
 from .conv3x3 import FusedConv3x3
+from .gated import ChannelGate, GatedBasicBlock, GatedStage, gated_blocks
 from .ghost import GhostConv2d
 from .issa import InterlacedSparseAttention, NonLocal2d
 from .long_short_attention import LongShortAttention
+from .quant import QuantAttention, QuantLinear, QuantMatMul, fake_quant
+from .token_pruning import (
+    DynamicViT,
+    SlimmedViT,
+    TokenPredictor,
+    embed_tokens,
+    require_token_vit,
+    softmax_with_policy,
+)
 
 __all__ = [
     "AdderConv2d",
@@ -21,10 +31,24 @@ __all__ = [
     "PackedBinaryLinear",
     "QuantAdderConv2d",
     "adder2d",
+    "ChannelGate",
     "CirculantLinear",
+    "DynamicViT",
     "FusedConv3x3",
+    "GatedBasicBlock",
+    "GatedStage",
     "GhostConv2d",
     "InterlacedSparseAttention",
     "LongShortAttention",
     "NonLocal2d",
+    "QuantAttention",
+    "QuantLinear",
+    "QuantMatMul",
+    "SlimmedViT",
+    "TokenPredictor",
+    "embed_tokens",
+    "fake_quant",
+    "gated_blocks",
+    "require_token_vit",
+    "softmax_with_policy",
 ]

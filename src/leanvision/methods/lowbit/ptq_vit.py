@@ -43,6 +43,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from leanvision.errors import ConfigError, UnsupportedModelError
+from leanvision.layers.quant import (
+    SOFTMAX_GRIDS,
+    QuantAttention,
+    QuantLinear,
+    QuantMatMul,
+    fake_quant,
+)
 from leanvision.methods.config import (
     MethodConfig,
     check_choice,
@@ -53,123 +60,20 @@ from leanvision.methods.config import (
 from leanvision.methods.lowbit.quant import (
     allocate_bits,
     bias_correction,
-    fake_quant,
     nuclear_norm,
     ranking_loss,
     search_intervals,
 )
 from leanvision.methods.registry import record_transform, register_method
-from leanvision.opcounts import OpCounts, register_module_counter
 from leanvision.utils import replace_modules
 
 log = logging.getLogger(__name__)
 
 __all__ = [
     "PTQViTConfig",
-    "QuantAttention",
-    "QuantLinear",
-    "QuantMatMul",
     "calibrate",
     "quantize_vit",
 ]
-
-
-class QuantLinear(nn.Module):
-    """``F.linear(q(x; Δ_x), q(W; Δ_w)) + b`` with searched steps (fake quantization)."""
-
-    def __init__(self, linear: nn.Linear, bits_w: int = 8, bits_x: int = 8) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(linear.weight.detach().clone(), requires_grad=False)
-        b = linear.bias.detach().clone() if linear.bias is not None else None
-        self.bias = None if b is None else nn.Parameter(b, requires_grad=False)
-        self.bits_w, self.bits_x = bits_w, bits_x
-        self.register_buffer("delta_w", torch.tensor(0.0))
-        self.register_buffer("delta_x", torch.tensor(0.0))
-        self.record: Callable[..., None] | None = None  # calibration: sees every input
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.record is not None:
-            self.record(x.detach(), self.weight)
-        if float(self.delta_w) <= 0:  # not calibrated yet: full precision
-            return F.linear(x, self.weight, self.bias)
-        xq = fake_quant(x, self.delta_x, self.bits_x, activation=True)
-        y = F.linear(xq, fake_quant(self.weight, self.delta_w, self.bits_w))
-        return y if self.bias is None else y + self.bias  # MatMul → Add: ORT fuses the bias
-
-
-class QuantMatMul(nn.Module):
-    """``q(a; Δ_a) @ q(b; Δ_b)`` (fake quantization); ``b`` plays the weight's role.
-    ``unsigned_a``: ``a`` is never negative (probabilities) and uses the unsigned grid."""
-
-    def __init__(self, bits_a: int = 8, bits_b: int = 8, unsigned_a: bool = False) -> None:
-        super().__init__()
-        self.bits_w, self.bits_x = bits_b, bits_a
-        self.unsigned_a = unsigned_a
-        self.register_buffer("delta_w", torch.tensor(0.0))
-        self.register_buffer("delta_x", torch.tensor(0.0))
-        self.record: Callable[..., None] | None = None
-
-    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        if self.record is not None:
-            self.record(a.detach(), b.detach())
-        if float(self.delta_w) <= 0:
-            return a @ b
-        return self.quantize_a(a) @ fake_quant(b, self.delta_w, self.bits_w, activation=True)
-
-    def quantize_a(self, a: torch.Tensor) -> torch.Tensor:
-        """The first operand as the op quantizes it (Δ_a, ``bits_x``, signed or unsigned)."""
-        unsigned = getattr(self, "unsigned_a", False)
-        return fake_quant(a, self.delta_x, self.bits_x, activation=True, unsigned=unsigned)
-
-
-class QuantAttention(nn.Module):
-    """timm ``Attention`` with explicit, quantized matmuls (no fused SDPA); ``softmax_grid``:
-    the probabilities of A·V on the ``"unsigned"`` grid (default) or the ``"signed"`` one."""
-
-    def __init__(self, attn: nn.Module, bits: int = 8, softmax_grid: str = "unsigned") -> None:
-        super().__init__()
-        if getattr(attn, "gate", None) is not None:
-            raise UnsupportedModelError("ptq_vit: gated attention is not supported")
-        self.num_heads, self.head_dim, self.scale = attn.num_heads, attn.head_dim, attn.scale
-        self.attn_dim = getattr(attn, "attn_dim", attn.num_heads * attn.head_dim)
-        self.qkv = QuantLinear(attn.qkv, bits, bits)
-        self.q_norm, self.k_norm = attn.q_norm, attn.k_norm
-        self.norm = getattr(attn, "norm", nn.Identity())
-        self.proj = QuantLinear(attn.proj, bits, bits)
-        self.qk = QuantMatMul(bits, bits)
-        self.av = QuantMatMul(bits, bits, unsigned_a=_grid(softmax_grid) == "unsigned")
-        self.last_scores: torch.Tensor | None = None
-
-    def forward(self, x: torch.Tensor, attn_mask: Any = None, is_causal: bool = False):
-        if attn_mask is not None or is_causal:
-            raise UnsupportedModelError("ptq_vit: attention masks are not supported")
-        b, n, _ = x.shape
-        qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)
-        q, k = self.q_norm(q), self.k_norm(k)
-        scores = self.qk(q * self.scale, k.transpose(-2, -1))
-        out = self.av(scores.softmax(dim=-1), v)
-        out = self.norm(out.transpose(1, 2).reshape(b, n, self.attn_dim))
-        return self.proj(out)
-
-
-def _macs(n: int, op: nn.Module, name: str) -> Any:
-    """int8 MACs once calibrated at ≤ 8 bits (the deployed kernels), else float MACs."""
-    if float(op.delta_w) > 0 and op.bits_w <= 8 and op.bits_x <= 8:
-        return OpCounts.from_int8_macs(n, op=f"int8_{name}")
-    return OpCounts.from_macs(n, op=name)
-
-
-def _count_linear(module: nn.Module, inputs: tuple, output: torch.Tensor) -> Any:
-    return _macs(output.numel() * module.weight.shape[1], module, "linear")
-
-
-def _count_matmul(module: nn.Module, inputs: tuple, output: torch.Tensor) -> Any:
-    return _macs(output.numel() * inputs[0].shape[-1], module, "matmul")
-
-
-register_module_counter(QuantLinear, _count_linear)
-register_module_counter(QuantMatMul, _count_matmul)
 
 
 @dataclass
@@ -261,7 +165,7 @@ class PTQViTConfig(MethodConfig):
 
 
 _CHOICES = {
-    "softmax_grid": ("unsigned", "signed"),
+    "softmax_grid": SOFTMAX_GRIDS,
     "rank_norm": ("sum", "per_pair"),
     "bit_groups": ("module", "linear"),
 }
@@ -303,6 +207,7 @@ def quantize_vit(
             if not isinstance(getattr(blk.mlp, name, None), nn.Linear):
                 raise UnsupportedModelError(f"ptq_vit: mlp.{name} is not a Linear")
         targets |= {f"blocks.{i}.attn", f"blocks.{i}.mlp.fc1", f"blocks.{i}.mlp.fc2"}
+    _grid(softmax_grid)  # named as this method's option, before any layer is made
 
     def make(m: nn.Module, name: str) -> nn.Module:
         if name.endswith(".attn"):

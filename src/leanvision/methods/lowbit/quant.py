@@ -1,9 +1,9 @@
 """Building blocks of post-training quantization for vision transformers (Liu et al.,
 "Post-Training Quantization for Vision Transformer", NeurIPS 2021, arXiv 2106.14156).
 
-* :func:`fake_quant`: uniform quantization to ``bits`` with step Δ, symmetric and signed (the
-  paper's Eq. 8), or unsigned (``2^b`` levels on [0, (2^b − 1)·Δ]) for non-negative tensors
-  such as post-softmax probabilities.
+* :func:`~leanvision.layers.quant.fake_quant` (a layer primitive, in
+  :mod:`leanvision.layers.quant`): uniform quantization to ``bits`` with step Δ, symmetric and
+  signed (the paper's Eq. 8), or unsigned for non-negative tensors such as probabilities.
 * :func:`search_intervals`: per layer, the weight and input steps ``Δ = α·Δ₀`` (α on a grid,
   Δ₀ from the max) that maximise the cosine similarity of the full-precision and quantized
   outputs on calibration inputs, alternating weights and inputs for a few rounds.
@@ -25,49 +25,15 @@ from collections.abc import Callable, Sequence
 import torch
 
 from leanvision.errors import ConfigError
+from leanvision.layers.quant import fake_quant
 
 __all__ = [
     "allocate_bits",
     "bias_correction",
-    "fake_quant",
     "nuclear_norm",
     "ranking_loss",
     "search_intervals",
 ]
-
-
-def fake_quant(
-    x: torch.Tensor,
-    delta: float | torch.Tensor,
-    bits: int,
-    activation: bool = False,
-    unsigned: bool = False,
-) -> torch.Tensor:
-    """``clamp(round(x/Δ), −2^(b−1), 2^(b−1) − 1)·Δ`` (symmetric, signed), or with
-    ``unsigned=True`` ``clamp(round(x/Δ), 0, 2^b − 1)·Δ``: all 2^b levels on [0, (2^b − 1)·Δ],
-    for tensors that are never negative (post-softmax probabilities; a signed grid leaves half
-    its levels unused there).
-
-    In ONNX export it becomes QuantizeLinear → DequantizeLinear: int8 for weights, and for
-    ``activation=True`` uint8 with zero point 128, the same grid (x86 int8 GEMMs take
-    unsigned activations: VNNI multiplies u8 by s8); ``unsigned=True`` is uint8 with zero point
-    0."""
-    if bits < 2:
-        raise ConfigError(f"fake_quant: bits must be ≥ 2, got {bits}")
-    lo, hi = (0, 2**bits - 1) if unsigned else (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1)
-    if torch.onnx.is_in_onnx_export() and bits <= 8:
-        # QuantizeLinear → DequantizeLinear (8 bits) in the ONNX graph; fewer bits clip first
-        d = float(delta)
-        if bits < 8:
-            x = torch.clamp(x, lo * d, hi * d)
-        if unsigned:
-            return torch.fake_quantize_per_tensor_affine(x, d, 0, 0, 255)
-        if activation:
-            return torch.fake_quantize_per_tensor_affine(x, d, 128, 0, 255)
-        return torch.fake_quantize_per_tensor_affine(x, d, 0, -128, 127)
-    if isinstance(delta, torch.Tensor):
-        delta = float(delta)
-    return torch.fake_quantize_per_tensor_affine(x, delta, 0, lo, hi)  # one fused pass
 
 
 def _cosine(a: torch.Tensor, b: torch.Tensor, a_norm: float | None = None) -> float:

@@ -13,7 +13,8 @@ heads, plus the residual identity, the impact of the tokens at block l's input i
 top-down from the class token, ``w_l = w_{l+1} · (½·Ā_l + ½·I)`` restricted to the kept
 queries. At each block the fewest tokens whose impact covers ``1 − ε_l`` of the total are kept
 (with everything kept above). ``tolerance`` ε sets the trade-off; ``target_macs_ratio``
-searches the ε that meets a MACs budget.
+searches the ε that meets a MACs budget. The pruned model is a layer,
+:class:`leanvision.layers.SlimmedViT`.
 """
 
 from __future__ import annotations
@@ -26,69 +27,18 @@ import torch
 from torch import nn
 
 from leanvision.errors import ConfigError
+from leanvision.layers.token_pruning import SlimmedViT, require_token_vit
 from leanvision.methods.common import FinetuneConfig, finetune
 from leanvision.methods.config import check_int, check_real
 from leanvision.methods.distillation.kd import KDHook
 from leanvision.methods.registry import record_transform, register_method
 from leanvision.profiling import count_ops
 
-from .vit import embed_tokens, require_token_vit
-
-__all__ = ["PatchSlimConfig", "SlimmedViT", "attention_maps", "slim_keep_sets"]
+__all__ = ["PatchSlimConfig", "attention_maps", "slim_keep_sets"]
 
 
 def _check_vit(vit: nn.Module) -> None:
     require_token_vit(vit, "patch_slimming")
-
-
-class SlimmedViT(nn.Module):
-    """A timm ViT that runs block l on the tokens of ``keep[l]`` only (static, nested sets).
-
-    Args:
-        vit: the ViT (class-token pooling).
-        keep: per block, the kept token positions of the original sequence (prefix tokens
-            included), each a subset of the previous block's.
-
-    Attributes:
-        last_tokens_per_block: the sequence length each block ran on in the last forward.
-    """
-
-    def __init__(self, vit: nn.Module, keep: list[list[int]]) -> None:
-        super().__init__()
-        _check_vit(vit)
-        if len(keep) != len(vit.blocks):
-            raise ConfigError(f"need one keep set per block ({len(vit.blocks)}), got {len(keep)}")
-        prev: list[int] | None = None
-        self._gathers: list[torch.Tensor | None] = []
-        for i, k in enumerate(keep):
-            k = sorted(int(v) for v in k)
-            if prev is not None and not set(k) <= set(prev):
-                raise ConfigError(
-                    f"keep sets must be nested: block {i} keeps tokens block {i - 1} dropped"
-                )
-            if prev is None:
-                self._gathers.append(None if len(k) == 0 else torch.tensor(k))
-            else:
-                pos = {p: j for j, p in enumerate(prev)}
-                rel = [pos[p] for p in k]
-                self._gathers.append(None if rel == list(range(len(prev))) else torch.tensor(rel))
-            prev = k
-        self.backbone = vit
-        self.keep = [sorted(int(v) for v in k) for k in keep]
-        self.last_tokens_per_block: list[int] = []
-        self.pretrained_cfg = getattr(vit, "pretrained_cfg", {})
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        vit = self.backbone
-        x = embed_tokens(vit, x)
-        counts = []
-        for blk, idx in zip(vit.blocks, self._gathers):
-            if idx is not None:
-                x = x.index_select(1, idx.to(x.device))
-            counts.append(x.shape[1])
-            x = blk(x)
-        self.last_tokens_per_block = counts
-        return vit.forward_head(vit.norm(x))
 
 
 @torch.no_grad()
