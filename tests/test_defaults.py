@@ -204,3 +204,17 @@ def test_recipe_stage_with_negative_finetune_epochs_fails_at_the_door(tmp_path: 
     with pytest.raises(ConfigError, match="method 'ghost': finetune_epochs=-3"):
         run_recipe(recipe, tmp_path / "run", progress=False)
     assert not (tmp_path / "run").exists()  # nothing made before the check
+
+
+def test_the_cli_repeats_no_library_default():
+    from leanvision.cli import _recipe_or_args, build_parser
+
+    args = build_parser().parse_args(["train", "--model", "resnet20_cifar"])
+    recipe = _recipe_or_args(args, None)
+    assert recipe.train == {}  # the trainer's own epochs and lr apply
+    assert recipe.data.batch_size == inspect.signature(load_data).parameters["batch_size"].default
+    args = build_parser().parse_args(
+        ["train", "--model", "resnet20_cifar", "--epochs", "2", "--lr", "0.01", "--batch-size", "8"]
+    )
+    recipe = _recipe_or_args(args, None)
+    assert recipe.train == {"epochs": 2, "lr": 0.01} and recipe.data.batch_size == 8

@@ -12,7 +12,13 @@ from leanvision.errors import CheckpointError, LeanVisionError
 def _add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default="mnist5k", help="dataset name (mnist5k, cifar10, imagefolder)")
     p.add_argument("--data-dir", default=None, help="dataset root folder (cifar10, imagefolder)")
-    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--batch-size", type=int, default=None, help="default: lv.load_data's")
+
+
+def _given(**options: object) -> dict[str, object]:
+    """The options given on the command line: an option left out keeps the library's default
+    (the CLI repeats none of them)."""
+    return {k: v for k, v in options.items() if v is not None}
 
 
 def _recipe_or_args(args: argparse.Namespace, stages: list[dict] | None):
@@ -24,9 +30,9 @@ def _recipe_or_args(args: argparse.Namespace, stages: list[dict] | None):
         raise LeanVisionError("give --recipe FILE, or --model NAME (with --data/--epochs/...)")
     raw = {
         "name": args.name or args.model,
-        "data": {"name": args.data, "root": args.data_dir, "batch_size": args.batch_size},
+        "data": _given(name=args.data, root=args.data_dir, batch_size=args.batch_size),
         "model": {"name": args.model},
-        "train": {"epochs": args.epochs, "lr": args.lr},
+        "train": _given(epochs=args.epochs, lr=args.lr),
         "stages": stages or [],
     }
     from leanvision.recipe import _apply_override
@@ -66,7 +72,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
     import leanvision as lv
     from leanvision.engine import load_checkpoint
 
-    data = lv.load_data(args.data, root=args.data_dir, batch_size=args.batch_size)
+    data = lv.load_data(args.data, **_given(root=args.data_dir, batch_size=args.batch_size))
     state = load_checkpoint(args.checkpoint) if args.checkpoint else None
     if state is not None and state.get("kind") == "model":  # written by lv.save: self-describing
         model = lv.load(args.checkpoint)
@@ -187,8 +193,12 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--model", default=None)
         s.add_argument("--name", default=None)
         _add_data_args(s)
-        s.add_argument("--epochs", type=int, default=30)
-        s.add_argument("--lr", type=float, default=0.1)
+        s.add_argument(
+            "--epochs", type=int, default=None, help="default: the trainer's (TrainConfig)"
+        )
+        s.add_argument(
+            "--lr", type=float, default=None, help="default: the trainer's (TrainConfig)"
+        )
         s.add_argument("--out", default=None, help="run folder (default runs/<name>)")
         if name == "compress":
             s.add_argument("--method", default=None, help="method key (see `list methods`)")
