@@ -63,8 +63,9 @@ class OnMap(nn.Module):
 
 
 def _measure(models: dict[str, nn.Module], size: tuple[int, ...], threads: int, repeats: int):
+    """Memory, latency and MACs at batch 1; ``size`` is one sample's shape."""
     mem = {k: peak_memory_mb(m, size) for k, m in models.items()}
-    macs = {k: count_ops(m, (1, *size[1:])).macs for k, m in models.items()}
+    macs = {k: count_ops(m, size).macs for k, m in models.items()}
     lat = compare(models, size, threads=threads, warmup=1, repeats=repeats)
     return mem, {k: v.median_ms for k, v in lat.items()}, macs
 
@@ -80,7 +81,7 @@ def ls_models(sizes: list[int], threads: int) -> list[list]:
             "dense": ViLLS(arch=dense_arch, img_size=size).eval(),
         }
         tokens = (size // 4) ** 2
-        mem, ms, macs = _measure(models, (1, 3, size, size), threads, repeats=3)
+        mem, ms, macs = _measure(models, (3, size, size), threads, repeats=3)
         rows.append(
             [
                 size,
@@ -112,7 +113,7 @@ def ls_blocks(sides: list[int], threads: int) -> list[list]:
         if side <= 84:
             kinds["explicit"] = ExplicitAttention(dim, heads)
         models = {k: OnMap(Block(dim, a), hw).eval() for k, a in kinds.items()}
-        mem, ms, _ = _measure(models, (1, n, dim), threads, repeats=5)
+        mem, ms, _ = _measure(models, (n, dim), threads, repeats=5)
         rows.append(
             [
                 n,
@@ -137,7 +138,7 @@ def issa(sides: list[int], threads: int) -> list[list]:
             "issa": InterlacedSparseAttention(64, 32, 64, down_factors=(8, 8)).eval(),
             "nonlocal": NonLocal2d(64, 32, 64).eval(),
         }
-        mem, ms, macs = _measure(models, (1, 64, side, side), threads, repeats=3)
+        mem, ms, macs = _measure(models, (64, side, side), threads, repeats=3)
         rows.append(
             [
                 f"{side}x{side}",

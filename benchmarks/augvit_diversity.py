@@ -83,7 +83,7 @@ def main() -> None:
                 "split": "test",
                 "top1": summary["test_top1"],
                 "params": count_params(model),
-                "macs": count_ops(model, (1, 3, 32, 32)).macs,
+                "macs": count_ops(model, (3, 32, 32)).macs,
                 "baseline": "deit_tiny",
                 "method_chain": ["augmented shortcuts"] if key == "augvit_tiny" else [],
                 "seed": 0,

@@ -119,7 +119,7 @@ def build(variant: str) -> torch.nn.Module:
 
 def ops(model: torch.nn.Module) -> dict[str, float]:
     """BOPs, full-precision MACs and OPs = BOPs/64 + MACs of one 32×32 image."""
-    c = count_ops(model, (1, 3, 32, 32))
+    c = count_ops(model, (3, 32, 32))
     return {"bitops": c.bitops, "macs": c.macs, "ops": c.bitops / 64 + c.macs}
 
 
@@ -176,7 +176,7 @@ def cmd_report(args: argparse.Namespace) -> None:
         n_params = count_params(model)
         model = pack_binary(model)
         top1 = lv.evaluate(model.eval(), data.test)["top1"]
-        prof = profile(model, input_size=(1, 3, 32, 32), threads=args.threads, latency=False)
+        prof = profile(model, input_size=(3, 32, 32), threads=args.threads, latency=False)
         packed[variant] = model
         c = counts[variant]
         summary = json.loads((RUNS / variant / "summary.json").read_text())
@@ -210,7 +210,7 @@ def cmd_report(args: argparse.Namespace) -> None:
         rows.append(row)
     if packed:  # batch-1 latency of both nets side by side in one run, interleaved
         lat = compare(
-            packed, (1, 3, 32, 32), threads=args.threads,
+            packed, (3, 32, 32), threads=args.threads,
             repeats=3 if SMOKE else 50, warmup=1 if SMOKE else 5,
         )  # fmt: skip
         for r, (variant, stats) in zip(rows, lat.items(), strict=True):

@@ -199,7 +199,7 @@ def _layer_speed(threads: list[int]) -> tuple[dict[str, Any], dict[str, float]]:
         train_ratios = []
         for _ in range(5):
             with torch.inference_mode():
-                lat = compare(runners, shape, threads=t, repeats=10)
+                lat = compare(runners, shape[1:], batch=shape[0], threads=t, repeats=10)
             for k in ratios:
                 ratios[k].append(lat[k].median_ms / lat["conv"].median_ms)
             backends.update({k: v.backend for k, v in lat.items()})  # detected per session
@@ -223,8 +223,8 @@ def _layer_speed(threads: list[int]) -> tuple[dict[str, Any], dict[str, float]]:
              round(max(fp), 2), round(statistics.median(i8), 2),
              round(1 / statistics.median(b1), 2), round(statistics.median(train_ratios), 2)]
         )  # fmt: skip
-    conv_mb = peak_memory_mb(conv, shape)
-    adder_mb = peak_memory_mb(adder, shape)
+    conv_mb = peak_memory_mb(conv, shape[1:], batch=shape[0])
+    adder_mb = peak_memory_mb(adder, shape[1:], batch=shape[0])
     # the kernel's own scratch (freed before it returns, so not in the tensor count): one
     # padded image plus its channel sums per thread
     h = shape[2] + 2
@@ -311,7 +311,7 @@ def _side_by_side(
     per: dict[str, list[Any]] = {k: [] for k in models}
     for _ in range(sessions if not SMOKE else 1):
         with torch.inference_mode():
-            lat = compare(models, (1, 3, 32, 32), threads=threads, repeats=20 if not SMOKE else 2)
+            lat = compare(models, (3, 32, 32), threads=threads, repeats=20 if not SMOKE else 2)
         for k, v in lat.items():
             per[k].append(v)
     out = {}
@@ -447,7 +447,7 @@ def cmd_report(args: argparse.Namespace) -> None:
                                                   training_record(RUNS / variant / "last.pt")),
                       "params": n_params}  # fmt: skip
         if variant == "cnn":  # the CNN on its fastest path too: the fairest baseline
-            fast, choices = lv.optimize_for_cpu(model, (1, 3, 32, 32))
+            fast, choices = lv.optimize_for_cpu(model, (3, 32, 32))
             used = sum(c.used == "kernel" for c in choices)
             models[f"{name}_optimized"] = fast
             info[f"{name}_optimized"] = {
@@ -510,8 +510,8 @@ def cmd_report(args: argparse.Namespace) -> None:
     for name, model in models.items():
         top1 = _top1(model, data.test)
         saved = sum(t.numel() * t.element_size() for t in model.state_dict().values())
-        counts = count_ops(model, (1, 3, 32, 32))
-        prof = profile(model, input_size=(1, 3, 32, 32), latency=False)
+        counts = count_ops(model, (3, 32, 32))
+        prof = profile(model, input_size=(3, 32, 32), latency=False)
         print(f"{name}: test top-1 {top1:.2f}%")
         row = {
             "name": name,

@@ -50,7 +50,7 @@ def _interleaved(runners: dict, threads: int, sessions: int = 5) -> dict[str, fl
     lat = {k: [] for k in runners}
     for _ in range(sessions):
         with torch.inference_mode():
-            res = compare(runners, (32, 3, 32, 32), threads=threads, repeats=10)
+            res = compare(runners, (3, 32, 32), batch=32, threads=threads, repeats=10)
         for k in runners:
             lat[k].append(res[k].median_ms)
     return {k: statistics.median(v) for k, v in lat.items()}
@@ -74,7 +74,7 @@ def main() -> None:
     pc._warm_allocator()
     dense = pc.dense_resnet().eval()
     pruned = lv.load(pc.RUNS / "l1_filter" / "model.pt").eval()
-    size = (1, 3, 32, 32)
+    size = (3, 32, 32)
     gain = count_ops(dense, size).macs / count_ops(pruned, size).macs
     x = torch.randn(32, 3, 32, 32).contiguous(memory_format=CL)
     folded = {k: fold_batchnorm(m)[0].to(memory_format=CL) for k, m in
@@ -113,7 +113,7 @@ def main() -> None:
             print(f"conv {cin}->{cout} at {hw}x{hw}, batch 32: ATen {giga / aten:.0f} GMAC/s, "
                   f"kernel {giga / ours:.0f} GMAC/s")  # fmt: skip
     for k, m in (("dense", dense), ("l1", pruned)):
-        opt = lv.optimize_for_cpu(m, tuple(x.shape))[0]
+        opt = lv.optimize_for_cpu(m, tuple(x.shape[1:]), batch=x.shape[0])[0]
         runners[f"{k}_lv"] = lambda opt=opt: opt(x)
     lat = _interleaved(runners, args.threads)
     for tag in ("", "_jit", "_compiled", "_lv"):

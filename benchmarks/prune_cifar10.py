@@ -243,7 +243,7 @@ def _batch1_latency(models: dict[str, torch.nn.Module], images: list[torch.Tenso
         fmt = torch.channels_last if name.endswith("_cl") else torch.contiguous_format
         runners[name] = ImageCycle(m, images, fmt)
     with torch.inference_mode():
-        return compare(runners, (1, 3, 32, 32), threads=threads, repeats=len(images), warmup=10)
+        return compare(runners, (3, 32, 32), threads=threads, repeats=len(images), warmup=10)
 
 
 def _layouts(
@@ -261,7 +261,7 @@ def _layouts(
         blk.gate1.thre.fill_(-1e4)
         blk.gate2.thre.fill_(-1e4)
     # BN folded, each 3×3 conv on the fused kernel where it times faster
-    dense_lv, _ = lv.optimize_for_cpu(dense, (1, 3, *image_hw))
+    dense_lv, _ = lv.optimize_for_cpu(dense, (3, *image_hw))
     return {
         "dense": dense,
         "dense_cl": copy.deepcopy(dense).to(memory_format=cl),
@@ -336,7 +336,7 @@ def _manidp(args: argparse.Namespace, data: Any, gated: torch.nn.Module):
     images = _images(data, args.batch1_images)
     macs = sample_macs(gated, torch.cat(images))
     dense = dense_resnet()
-    dense_macs = count_ops(dense, (1, 3, 32, 32)).macs
+    dense_macs = count_ops(dense, (3, 32, 32)).macs
     threads = sorted({1, args.threads})
     layouts = _layouts(dense, gated, tuple(images[0].shape[2:]))
     lat_rows, gains, stats = _batch1_rows(layouts, images, threads)
@@ -420,7 +420,7 @@ def _manidp_224_speed(args: argparse.Namespace) -> dict[str, Any]:
         if not torch.isfinite(gated(images[0])).all():
             raise RuntimeError("the random resnet34 overflowed; timings would be meaningless")
     macs = statistics.mean(sample_macs(gated, torch.cat(images)))
-    dense_macs = count_ops(dense, (1, 3, 224, 224)).macs
+    dense_macs = count_ops(dense, (3, 224, 224)).macs
     layouts = _layouts(dense, gated, (224, 224))
     lat_rows, gains, _ = _batch1_rows(layouts, images, [1])
     mac_gain = dense_macs / macs
@@ -460,7 +460,7 @@ def _timm_l1_speed(args: argparse.Namespace) -> dict[str, Any]:
     torch.manual_seed(0)
     dense = lv.create_model("resnet18").eval()
     pruned = untrained_l1(dense, 224, target_macs_ratio=0.5)
-    size = (1, 3, 224, 224)
+    size = (3, 224, 224)
     gain = count_ops(dense, size).macs / count_ops(pruned, size).macs
     rows = []
     table = _repeated_speedups({"resnet18": dense, "resnet18_l1": pruned}, "resnet18", 8,
@@ -539,11 +539,13 @@ def _deit_small_speed(args: argparse.Namespace) -> dict[str, Any]:
     torch.manual_seed(0)
     dense = lv.create_model("deit_small_patch16_224").eval()
     dyn = DynamicViT(copy.deepcopy(dense), keep_ratio=0.7).eval()
-    size = (args.speed_batch, 3, 224, 224)
+    size, batch = (3, 224, 224), args.speed_batch
     with torch.inference_mode():
-        lat = compare({"dense": dense, "dynamicvit": dyn}, size, threads=args.threads, repeats=20)
+        lat = compare(
+            {"dense": dense, "dynamicvit": dyn}, size, batch=batch, threads=args.threads, repeats=20
+        )
         dyn(torch.randn(1, 3, 224, 224))
-    macs = {k: count_ops(m, (1, 3, 224, 224)).macs for k, m in (("dense", dense), ("dyn", dyn))}
+    macs = {k: count_ops(m, (3, 224, 224)).macs for k, m in (("dense", dense), ("dyn", dyn))}
     ips = {k: args.speed_batch * 1000 / v.median_ms for k, v in lat.items()}
     gain = ips["dynamicvit"] / ips["dense"]
     return {
@@ -596,7 +598,7 @@ def _repeated_speedups(
         runners = {}
         for k, m in models.items():
             if runtime == "leanvision":
-                m, choices = lv.optimize_for_cpu(m, tuple(x.shape))
+                m, choices = lv.optimize_for_cpu(m, (3, size, size), batch=batch)
                 on_kernel[(k, t)] = f"{sum(c.used == 'kernel' for c in choices)}/{len(choices)}"
             else:
                 m = fold_batchnorm(m)[0].to(memory_format=cl)
@@ -604,7 +606,7 @@ def _repeated_speedups(
         gains: dict[str, list[float]] = {k: [] for k in models if k != baseline}
         for _ in range(5):
             with torch.inference_mode():
-                lat = compare(runners, tuple(x.shape), threads=t, repeats=10)
+                lat = compare(runners, (3, size, size), batch=batch, threads=t, repeats=10)
             for k in gains:
                 gains[k].append(lat[baseline].median_ms / lat[k].median_ms)
         for k, g in gains.items():

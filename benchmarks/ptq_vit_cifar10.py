@@ -144,7 +144,7 @@ def cmd_calibrate(args: argparse.Namespace) -> None:
 def _ort_top1(model: torch.nn.Module, data: Any, args: argparse.Namespace) -> float:
     """Test top-1 of ``model`` exported to (QDQ) ONNX and run by onnxruntime."""
     with tempfile.TemporaryDirectory() as tmp:
-        path = lv.export_onnx(model.eval(), Path(tmp) / "m.onnx", input_size=(1, 3, 32, 32))
+        path = lv.export_onnx(model.eval(), Path(tmp) / "m.onnx", input_size=(3, 32, 32))
         return top1(_Session(path, args.threads), data.test)
 
 
@@ -174,8 +174,8 @@ def _ort_speed(
     torch.set_num_threads(1)  # ORT has its own thread pool; keep torch's idle
     with tempfile.TemporaryDirectory() as tmp:
         f32, i8 = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
-        lv.export_onnx(fp, f32, input_size=(1, 3, size, size))
-        lv.export_onnx(q, i8, input_size=(1, 3, size, size))
+        lv.export_onnx(fp, f32, input_size=(3, size, size))
+        lv.export_onnx(q, i8, input_size=(3, size, size))
         for t in threads:
             sf, sq = _Session(f32, t), _Session(i8, t)
             for b in batches:
@@ -184,7 +184,8 @@ def _ort_speed(
                 for _ in range(3 if SMOKE else 5):
                     lat = compare(
                         {"fp32": lambda s=sf, x=x: s(x), "int8": lambda s=sq, x=x: s(x)},
-                        x.shape,
+                        x.shape[1:],
+                        batch=b,
                         warmup=2,
                         repeats=3 if SMOKE else 10,
                         rounds=1 if SMOKE else 2,  # runs of one session back to back
@@ -253,7 +254,7 @@ def cmd_report(args: argparse.Namespace) -> None:
     fp_top1 = top1(dense, data.test)
 
     def row(name: str, model: torch.nn.Module, chain: list[str], acc: float, notes: str):
-        counts = count_ops(model, (1, 3, size, size))
+        counts = count_ops(model, (3, size, size))
         return {
             "name": name,
             "method_chain": chain,

@@ -95,7 +95,7 @@ def train_one(
         "kwargs": model_kwargs,
         "input_size": list(size),
         "params": count_params(model),
-        "macs": count_ops(model, (1, *size)).macs,
+        "macs": count_ops(model, size).macs,
         "epochs": epochs,
         "max_train": max_train,
         "opt": opt,

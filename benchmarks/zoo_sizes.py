@@ -83,10 +83,10 @@ def measure_one(name: str, batch: int, threads: int) -> dict:
     size = tuple(model.pretrained_cfg["input_size"])
     row: dict = {"name": name, "input_size": list(size)}
     row["params"] = count_params(model)
-    row["macs"] = count_ops(model, (1, *size)).macs
-    row["peak_mem_mb"] = peak_memory_mb(model, (batch, *size))
+    row["macs"] = count_ops(model, size).macs
+    row["peak_mem_mb"] = peak_memory_mb(model, size, batch=batch)
     lat = measure_latency(
-        model, (batch, *size), threads=threads, warmup=3, repeats=10, min_time_s=6
+        model, size, batch=batch, threads=threads, warmup=3, repeats=10, min_time_s=6
     )
     stats = lat.as_dict()
     stats["runs"] = stats.pop("repeats")
@@ -95,7 +95,7 @@ def measure_one(name: str, batch: int, threads: int) -> dict:
         small = lv.create_model(name, img_size=32, num_classes=10).eval()
         row["cifar"] = {
             "params": count_params(small),
-            "macs": count_ops(small, (1, 3, 32, 32)).macs,
+            "macs": count_ops(small, (3, 32, 32)).macs,
         }
     return row
 

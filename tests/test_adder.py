@@ -103,7 +103,7 @@ def test_layer_arguments_and_bias():
 
 def test_counts_additions_only():
     layer = AdderConv2d(16, 32, 3, padding=1)
-    counts = count_ops(layer, (2, 16, 8, 8))
+    counts = count_ops(layer, (16, 8, 8), batch=2)
     terms = 2 * 32 * 8 * 8 * 16 * 9
     assert counts.adds == 2 * terms and counts.muls == 0 and counts.macs == 0
 
@@ -123,7 +123,7 @@ def test_adderize_resnet20_matches_paper_layout_and_saves(tmp_path):
     adders = [n for n, m in new.named_modules() if isinstance(m, AdderConv2d)]
     assert len(adders) == 20 and arch["add_bn"] == []  # 18 block convs + 2 1×1 shortcuts
     assert type(new.conv1) is nn.Conv2d and isinstance(new.fc, nn.Linear)
-    counts = count_ops(new, (1, 3, 32, 32))
+    counts = count_ops(new, (3, 32, 32))
     assert counts.muls < 0.02 * counts.adds  # only the stem and the classifier multiply
     zoo = lv.create_model("resnet20_adder")
     assert [n for n, m in zoo.named_modules() if isinstance(m, AdderConv2d)] == adders
@@ -243,7 +243,7 @@ def test_adder_quant_method_counts_energy_and_saves(mnist_small, tmp_path):
     with torch.no_grad():
         ref, out = model(x), q(x)
     assert (out.argmax(1) == ref.argmax(1)).float().mean() >= 0.9
-    size = (1, 1, 28, 28)
+    size = (1, 28, 28)
     fp, iq = lv.profile(model, size, latency=False), lv.profile(q, size, latency=False)
     assert iq.int_adds == iq.adds - count_ops(q, size).muls and fp.int_adds == 0
     assert iq.energy_uj < 0.3 * fp.energy_uj

@@ -36,7 +36,7 @@ def _one_thread(_threads):
 
 def _ops(model: nn.Module, size: int) -> float:
     """OPs as binary-network papers count them: BOPs / 64 + full-precision MACs."""
-    c = count_ops(model, (1, 3, size, size))
+    c = count_ops(model, (3, size, size))
     return c.bitops / 64 + c.macs
 
 
@@ -184,7 +184,7 @@ def test_binary_ops_are_counted_as_bitops():
     """Binary layers count as bit-ops, not MACs: the real MACs are the stem, down-sampling and
     head alone."""
     model = lv.create_model("bimlp_s", **TINY).eval()
-    counts = count_ops(model, (1, 3, 32, 32))
+    counts = count_ops(model, (3, 32, 32))
     real = 0
     shapes = {}
     hooks = [

@@ -130,10 +130,10 @@ def test_packed_linear_equals_float_and_storage_is_one_bit():
 
 def test_bitop_counts():
     layer = BinaryConv2d(16, 32, 3, padding=1)
-    counts = count_ops(layer, (2, 16, 8, 8))
+    counts = count_ops(layer, (16, 8, 8), batch=2)
     assert counts.bitops == 2 * 32 * 8 * 8 * 16 * 9 and counts.macs == 0
-    assert count_ops(PackedBinaryConv2d(layer), (2, 16, 8, 8)).bitops == counts.bitops
-    assert count_ops(BinaryLinear(10, 4), (3, 10)).bitops == 120
+    assert count_ops(PackedBinaryConv2d(layer), (16, 8, 8), batch=2).bitops == counts.bitops
+    assert count_ops(BinaryLinear(10, 4), (10,), batch=3).bitops == 120
 
 
 def test_binarize_model_keeps_stem_and_classifier():
@@ -184,7 +184,7 @@ def test_binary_methods_train_pack_and_save(method, mnist_small, tmp_path):
     lv.save(small, tmp_path / "b.pt")
     with torch.no_grad():
         torch.testing.assert_close(lv.load(tmp_path / "b.pt").eval()(x), small(x))
-    assert count_ops(small, (1, 1, 28, 28)).bitops > 0
+    assert count_ops(small, (1, 28, 28)).bitops > 0
 
 
 # ----------------------------------------------------------------------- LNS

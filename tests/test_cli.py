@@ -63,6 +63,18 @@ def test_profile_resnet20(capsys):
     assert "(1 threads" in out
 
 
+def test_profile_input_size_is_one_image_and_defaults_to_the_models_own(capsys):
+    """`--input-size C H W` is one image, `--batch N` the batch; without --input-size the
+    model's recorded size (resnet8_cifar: 3×32×32); a bad batch is a clear error."""
+    code = main(["profile", "resnet8_cifar", "--batch", "2", "--threads", "1"])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "resnet8_cifar @ (3, 32, 32) batch 2" in out
+    assert "MACs    12.50 M per image, 25.00 M per batch" in out
+    assert main(["profile", "resnet8_cifar", "--input-size", "3", "16", "16", "--batch", "0"]) == 2
+    assert "batch must be an int >= 1" in capsys.readouterr().err
+
+
 def _row(name: str, chain: list[str], top1: float, macs: int, median: float) -> dict:
     return dict(
         name=name,

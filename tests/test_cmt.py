@@ -74,7 +74,7 @@ def measured() -> dict[str, tuple[int, int]]:
     torch.set_num_threads(1)
     for name, cfg in VARIANTS.items():
         model = lv.create_model(name)
-        out[name] = (count_params(model), count_ops(model, (1, 3, cfg["img"], cfg["img"])).macs)
+        out[name] = (count_params(model), count_ops(model, (3, cfg["img"], cfg["img"])).macs)
     return out
 
 

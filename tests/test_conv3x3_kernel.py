@@ -124,7 +124,7 @@ def _fused(model: nn.Module) -> list[kc.FusedConv3x3]:
 def test_optimize_resnet20_fuses_blocks_and_keeps_outputs_and_macs():
     torch.manual_seed(0)
     model = lv.create_model("resnet20_cifar", num_classes=10).eval()
-    fast, choices = lv.optimize_for_cpu(model, (2, 3, 32, 32), autotune=False)
+    fast, choices = lv.optimize_for_cpu(model, (3, 32, 32), batch=2, autotune=False)
     # stem conv + 9 blocks × 2 convs minus the two stride-2 convs = 17 eligible convs
     assert len(choices) == 17 and all(c.used == "kernel" for c in choices)
     kinds = [c.fused for c in choices]
@@ -133,7 +133,7 @@ def test_optimize_resnet20_fuses_blocks_and_keeps_outputs_and_macs():
     x = torch.randn(2, 3, 32, 32)
     with torch.inference_mode():
         torch.testing.assert_close(fast(x), model(x), atol=1e-4, rtol=1e-4)
-    size = (1, 3, 32, 32)
+    size = (3, 32, 32)
     assert count_ops(fast, size).macs == count_ops(model, size).macs
 
 
@@ -141,7 +141,7 @@ def test_optimize_resnet20_fuses_blocks_and_keeps_outputs_and_macs():
 def test_optimize_timm_resnet_and_pruned_model():
     torch.manual_seed(0)
     model = lv.create_model("resnet18").eval()  # Identity modules and `x += shortcut`
-    fast, choices = lv.optimize_for_cpu(model, (1, 3, 64, 64), autotune=False)
+    fast, choices = lv.optimize_for_cpu(model, (3, 64, 64), autotune=False)
     assert len(choices) == 13 and len(_fused(fast)) == 13
     x = torch.randn(1, 3, 64, 64)
     with torch.inference_mode():
@@ -151,7 +151,7 @@ def test_optimize_timm_resnet_and_pruned_model():
         input_size=[3, 32, 32], target_macs_ratio=0.5, round_to=16, finetune_epochs=0,
         recalibrate_batches=0,
     ).eval()  # fmt: skip
-    fast, choices = lv.optimize_for_cpu(small, (2, 3, 32, 32))
+    fast, choices = lv.optimize_for_cpu(small, (3, 32, 32), batch=2)
     assert choices and {c.used for c in choices} <= {"kernel", "aten"}
     assert all(c.aten_ms > 0 and c.kernel_ms > 0 for c in choices)
     assert len(_fused(fast)) == sum(c.used == "kernel" for c in choices)
@@ -163,7 +163,7 @@ def test_optimize_timm_resnet_and_pruned_model():
 def test_optimize_without_kernel_folds_only(monkeypatch):
     monkeypatch.setattr(dc, "kernel_runs", lambda: False)
     model = lv.create_model("resnet20_cifar", num_classes=10).eval()
-    fast, choices = lv.optimize_for_cpu(model, (1, 3, 32, 32))
+    fast, choices = lv.optimize_for_cpu(model, (3, 32, 32))
     assert choices == [] and not _fused(fast)
     assert not any(isinstance(m, nn.BatchNorm2d) for m in fast.modules())
     x = torch.randn(1, 3, 32, 32)
@@ -177,6 +177,6 @@ def test_optimize_errors():
             return x if x.sum() > 0 else -x  # data-dependent control flow: fx cannot trace
 
     with pytest.raises(ConfigError, match="cannot trace"):
-        lv.optimize_for_cpu(Branchy(), (1, 3, 8, 8))
-    with pytest.raises(ConfigError, match="4-D"):
-        lv.optimize_for_cpu(nn.Conv2d(3, 16, 3), (3, 8, 8))
+        lv.optimize_for_cpu(Branchy(), (3, 8, 8))
+    with pytest.raises(ConfigError, match=r"input_size must be one image's shape \(C, H, W\)"):
+        lv.optimize_for_cpu(nn.Linear(8, 4), (8,))  # runs, but is no image model

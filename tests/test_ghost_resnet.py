@@ -62,7 +62,7 @@ def test_counts_match_the_architecture(s, d):
     model = _meta_model(s=s, d=d)
     params, macs = _expected_counts(s, d)
     assert count_params(model) == params
-    assert count_ops(model, (1, 3, 224, 224)).macs == macs
+    assert count_ops(model, (3, 224, 224)).macs == macs
 
 
 def test_ghost_modules_where_the_official_code_puts_them():
@@ -96,12 +96,12 @@ def test_ghost_modules_where_the_official_code_puts_them():
 def test_about_half_of_resnet50_and_falling_with_s():
     with torch.device("meta"):
         base = timm.create_model("resnet50")
-    base_p, base_m = count_params(base), count_ops(base, (1, 3, 224, 224)).macs
+    base_p, base_m = count_params(base), count_ops(base, (3, 224, 224)).macs
     ps, ms = [], []
     for s in (2, 3, 4):
         model = _meta_model(s=s)
         ps.append(count_params(model))
-        ms.append(count_ops(model, (1, 3, 224, 224)).macs)
+        ms.append(count_ops(model, (3, 224, 224)).macs)
     assert 0.5 < ps[0] / base_p < 0.6  # the fc (2.05M) and stem are not halved
     assert 0.5 < ms[0] / base_m < 0.55
     assert ps[0] > ps[1] > ps[2] and ms[0] > ms[1] > ms[2]

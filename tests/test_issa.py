@@ -151,13 +151,13 @@ def test_attention_cost_scales_with_group_sizes():
     n = hw[0] * hw[1]
     issa = InterlacedSparseAttention(c, k, v, down_factors=(4, 4))
     dense = NonLocal2d(c, k, v)
-    ops_issa = count_ops(issa, (1, c, *hw)).by_op
-    ops_dense = count_ops(dense, (1, c, *hw)).by_op
+    ops_issa = count_ops(issa, (c, *hw)).by_op
+    ops_dense = count_ops(dense, (c, *hw)).by_op
     assert ops_issa["bmm"] == n * (8 * 8 + 4 * 4) * (k + v)
     assert ops_dense["bmm"] == n * n * (k + v)
     affinity_mb = n * n * 4 / 2**20  # one float32 HW×HW matrix
-    assert peak_memory_mb(dense, (1, c, *hw)) >= affinity_mb
-    assert peak_memory_mb(issa, (1, c, *hw)) < affinity_mb / 4
+    assert peak_memory_mb(dense, (c, *hw)) >= affinity_mb
+    assert peak_memory_mb(issa, (c, *hw)) < affinity_mb / 4
 
 
 def test_export_matches_eager_with_padding():

@@ -108,7 +108,7 @@ def test_sample_macs_vary_per_image_and_fall_below_dense():
         if isinstance(blk, GatedBasicBlock):
             blk.gate1.thre.fill_(-1.0)
             blk.gate2.thre.fill_(-1.0)
-    full = count_ops(dense, (2, 3, 32, 32)).macs / 2  # batch 2: the dense path
+    full = count_ops(dense, (3, 32, 32), batch=2).macs / 2  # batch 2: the dense path
     assert max(macs) < full
 
 
@@ -280,10 +280,10 @@ def test_kernel_and_aten_paths_count_the_same_macs():
     counts = {}
     for native in (True, False):
         model = _use_native(_gated(), native)
-        counts[native] = (count_ops(model, (1, 3, 32, 32), inputs=x).macs,
+        counts[native] = (count_ops(model, inputs=x).macs,
                           sample_macs(model, x)[0])  # fmt: skip
     assert counts[True] == counts[False]
-    dense = count_ops(lv.create_model("resnet20_cifar", num_classes=10), (1, 3, 32, 32)).macs
+    dense = count_ops(lv.create_model("resnet20_cifar", num_classes=10), (3, 32, 32)).macs
     assert counts[True][0] < 0.9 * dense
 
 
@@ -321,7 +321,7 @@ def test_fresh_process_counts_the_kernel_from_the_first_forward():
         "print(min(sample_macs(m, torch.randn(3, 3, 32, 32))))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    dense = count_ops(lv.create_model("resnet20_cifar", num_classes=10), (1, 3, 32, 32)).macs
+    dense = count_ops(lv.create_model("resnet20_cifar", num_classes=10), (3, 32, 32)).macs
     assert 0.9 * dense < int(out.stdout.split()[-1]) < 1.1 * dense  # all kept, plus the gates
 
 
@@ -394,14 +394,14 @@ def test_profiler_names_the_kernel_or_the_fallback():
 
     model = _gated()
     path = kernels.path("gated_block")
-    stats = measure_latency(model, (1, 3, 32, 32), warmup=0, repeats=1)
+    stats = measure_latency(model, (3, 32, 32), warmup=0, repeats=1)
     assert stats.backend == (
         f"torch-eager-cpu+leanvision:gated_basic_block[{path}],gated_block_chain[{path}]"
     )
     _use_native(model, False)
-    stats = measure_latency(model, (1, 3, 32, 32), warmup=0, repeats=1)
+    stats = measure_latency(model, (3, 32, 32), warmup=0, repeats=1)
     assert stats.backend == "torch-eager-cpu+fallback:GatedBasicBlock[disabled]"
-    assert measure_latency(model, (2, 3, 32, 32), repeats=1).backend == "torch-eager-cpu"
+    assert measure_latency(model, (3, 32, 32), batch=2, repeats=1).backend == "torch-eager-cpu"
 
 
 def test_gates_with_different_clamps_run_the_aten_path():

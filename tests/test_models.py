@@ -120,7 +120,7 @@ def test_exact_params_and_macs(name, params, macs):
     """Parameter and MAC counts at 1x3x32x32 match the published/derived numbers exactly."""
     model = lv.create_model(name)
     assert count_params(model) == params
-    counted = count_ops(model, (1, 3, 32, 32)).macs
+    counted = count_ops(model, (3, 32, 32)).macs
     assert counted == macs
     if name == "resnet20_cifar":
         assert round(counted / 1e6, 2) == 40.81
@@ -164,7 +164,7 @@ def test_profile_wrong_channels_raises_input_shape_error():
     """lv.profile with 1-channel input to a 3-channel model names the expected channels."""
     model = lv.create_model("resnet20_cifar")
     with pytest.raises(InputShapeError) as info:
-        lv.profile(model, (1, 1, 32, 32), latency=False, memory=False)
+        lv.profile(model, (1, 32, 32), latency=False, memory=False)
     msg = str(info.value)
     assert "in_channels=3" in msg
     assert "(1, 1, 32, 32)" in msg

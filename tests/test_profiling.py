@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import timm
@@ -92,7 +93,7 @@ def _heavy_model() -> nn.Module:
 
 def test_resnet18_reference_macs_and_params():
     model = timm.create_model("resnet18", pretrained=False)
-    counts = count_ops(model, (1, 3, 224, 224))
+    counts = count_ops(model, (3, 224, 224))
     assert counts.macs == pytest.approx(1.82e9, rel=0.01)
     assert counts.muls == counts.adds == counts.macs
     assert counts.bitops == 0 and counts.int8_macs == 0
@@ -102,7 +103,7 @@ def test_resnet18_reference_macs_and_params():
 
 def test_deit_tiny_counts_attention():
     model = timm.create_model("deit_tiny_patch16_224", pretrained=False).eval()
-    counts = count_ops(model, (1, 3, 224, 224))
+    counts = count_ops(model, (3, 224, 224))
     assert counts.macs == pytest.approx(1.26e9, rel=0.02)
     # 12 blocks × 3 heads × (197·197·64 for QKᵀ + the same for AV)
     assert counts.by_op["scaled_dot_product_attention"] == 12 * 3 * 197 * 197 * 64 * 2
@@ -114,12 +115,13 @@ def test_deit_tiny_counts_attention():
 
 
 def test_conv_linear_exact_macs():
-    counts = count_ops(ConvLinear(), (1, 3, 8, 8))
+    counts = count_ops(ConvLinear(), (3, 8, 8))
     conv = 4 * 8 * 8 * (3 * 3 * 3)  # outputs × (cin · k · k)
     fc = 4 * 8 * 8 * 10
     assert counts.by_op == {"convolution": conv, "addmm": fc}
     assert counts.macs == counts.muls == counts.adds == conv + fc == 9472
     # batch scales linearly; a ready input tensor is accepted too
+    assert count_ops(ConvLinear(), (3, 8, 8), batch=3).macs == 3 * 9472
     assert count_ops(ConvLinear(), inputs=torch.randn(3, 3, 8, 8)).macs == 3 * 9472
 
 
@@ -127,7 +129,7 @@ def test_conv_linear_exact_macs():
 def test_attention_exact_macs(v_dim):
     b, h, seq, e = 2, 3, 5, 8
     ev = e if v_dim is None else v_dim
-    counts = count_ops(SelfAttention(v_dim), (b, h, seq, e))
+    counts = count_ops(SelfAttention(v_dim), (h, seq, e), batch=b)
     assert counts.macs == b * h * seq * seq * e + b * h * seq * seq * ev
     assert counts.by_op == {
         ("scaled_dot_product_attention" if v_dim is None else "bmm"): counts.macs
@@ -139,13 +141,13 @@ def test_attention_exact_macs(v_dim):
 
 
 def test_module_counter_replaces_inner_ops():
-    counts = count_ops(AdderLike(16, 4), (2, 16))
+    counts = count_ops(AdderLike(16, 4), (16,), batch=2)
     assert counts.macs == 0 and counts.muls == 0
     assert counts.adds == 2 * 2 * 16 * 4
     assert counts.by_op == {"adder": 2 * 2 * 16 * 4}
 
     model = nn.Sequential(nn.Linear(8, 16), AdderLike(16, 4))
-    counts = count_ops(model, (2, 8))
+    counts = count_ops(model, (8,), batch=2)
     linear = 2 * 8 * 16
     assert counts.macs == counts.muls == linear
     assert counts.adds == linear + 2 * 2 * 16 * 4
@@ -166,7 +168,7 @@ def test_nested_registered_modules_count_outermost_only():
 
     register_module_counter(Block, lambda m, i, o: OpCounts.from_adds(7, op="block"))
     model = nn.Sequential(Block(), nn.Linear(4, 2))
-    counts = count_ops(model, (1, 4))
+    counts = count_ops(model, (4,))
     assert (counts.macs, counts.adds) == (8, 8 + 7)
     assert counts.by_op == {"block": 7, "addmm": 8}
 
@@ -177,7 +179,7 @@ def test_module_counter_must_return_opcounts():
 
     register_module_counter(Bad, lambda m, i, o: 5)
     with pytest.raises(ConfigError, match="OpCounts"):
-        count_ops(Bad(4, 4), (1, 4))
+        count_ops(Bad(4, 4), (4,))
     with pytest.raises(ConfigError):
         register_module_counter(int, lambda m, i, o: OpCounts())
 
@@ -201,12 +203,12 @@ def test_register_op_handler_counts_custom_op():
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return torch.ops.lvtest.opaque_mm(x, self.w)
 
-    assert count_ops(Opaque(), (4, 6)).macs == 0  # unknown to the flop counter
+    assert count_ops(Opaque(), (6,), batch=4).macs == 0  # unknown to the flop counter
     register_op_handler(
         torch.ops.lvtest.opaque_mm.default,
         lambda a, b, *, out_shape=None, **kw: 2 * a[0] * a[1] * b[1],
     )
-    counts = count_ops(Opaque(), (4, 6))
+    counts = count_ops(Opaque(), (6,), batch=4)
     assert counts.macs == 4 * 6 * 5
     assert counts.by_op == {"lvtest.opaque_mm": 120}
     with pytest.raises(ConfigError, match="namespace::name"):
@@ -231,7 +233,7 @@ def test_an_op_registered_by_name_counts_once_its_library_loads():
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return torch.ops.lvlate.late_mm(x, torch.ones(6, 5))
 
-    assert count_ops(Late(), (4, 6)).by_op == {"lvlate.late_mm": 120}
+    assert count_ops(Late(), (6,), batch=4).by_op == {"lvlate.late_mm": 120}
 
 
 def test_nothing_registers_while_a_model_runs_or_is_optimized():
@@ -245,8 +247,8 @@ def test_nothing_registers_while_a_model_runs_or_is_optimized():
     assert names <= set(opcounts._OP_HANDLERS)
     before = (dict(opcounts._OP_HANDLERS), dict(opcounts._MODULE_COUNTERS))
     model = lv.create_model("resnet20_cifar", width=0.25).eval()
-    lv.optimize_for_cpu(model, (1, 3, 16, 16), autotune=False)
-    count_ops(model, (1, 3, 16, 16))
+    lv.optimize_for_cpu(model, (3, 16, 16), autotune=False)
+    count_ops(model, (3, 16, 16))
     assert (dict(opcounts._OP_HANDLERS), dict(opcounts._MODULE_COUNTERS)) == before
 
 
@@ -275,7 +277,7 @@ def test_energy_hand_computed():
 def test_latency_stats_sane_and_threads_restored():
     model = ConvLinear().train()
     before = torch.get_num_threads()
-    stats = measure_latency(model, (2, 3, 8, 8), threads=1, warmup=1, repeats=7)
+    stats = measure_latency(model, (3, 8, 8), batch=2, threads=1, warmup=1, repeats=7)
     assert isinstance(stats, LatencyStats)
     assert 0 < stats.median_ms <= stats.p90_ms
     assert stats.mean_ms > 0
@@ -295,18 +297,21 @@ def test_latency_of_callables():
         calls.append(tuple(x.shape))
 
     zero_arg.backend = "onnxruntime-cpu"
-    s = measure_latency(zero_arg, (1, 3, 4, 4), warmup=2, repeats=3)
+    s = measure_latency(zero_arg, (3, 4, 4), warmup=2, repeats=3)
     # one untimed probe call (it detects the backend), the warm-up, the timed runs
     assert calls == [()] * 6 and s.backend == "onnxruntime-cpu" and s.repeats == 3
     calls.clear()
-    s = measure_latency(one_arg, (1, 3, 4, 4), warmup=0, repeats=2)
-    assert calls == [(1, 3, 4, 4)] * 3 and s.backend == "python-callable"
+    s = measure_latency(one_arg, (3, 4, 4), batch=2, warmup=0, repeats=2)
+    assert calls == [(2, 3, 4, 4)] * 3 and s.backend == "python-callable" and s.batch == 2
+    with pytest.raises(ConfigError, match="records no input size"):
+        measure_latency(one_arg, warmup=0, repeats=1)  # it takes an input: give its size
+    assert measure_latency(zero_arg, warmup=0, repeats=1, batch=4).batch == 4  # needs none
 
 
 def test_compare_heavier_model_is_slower():
     light = nn.Conv2d(3, 4, 1)
     res = compare(
-        {"light": light, "heavy": _heavy_model()}, (1, 3, 32, 32), threads=1, warmup=1, repeats=5
+        {"light": light, "heavy": _heavy_model()}, (3, 32, 32), threads=1, warmup=1, repeats=5
     )
     assert list(res) == ["light", "heavy"]
     assert res["heavy"].median_ms > 5 * res["light"].median_ms
@@ -319,7 +324,7 @@ def test_compare_interleaves_in_rotating_order():
     def make(name: str):
         return lambda: order.append(name)
 
-    compare({n: make(n) for n in "abc"}, (1, 3), warmup=0, repeats=3)
+    compare({n: make(n) for n in "abc"}, (3,), warmup=0, repeats=3)
     assert order == list("abc" + "abcbcacab")  # the probe calls, then the rounds
 
 
@@ -329,18 +334,19 @@ def test_compare_interleaves_in_rotating_order():
 def test_peak_memory_exact_for_elementwise_chain():
     nbytes = 1 * 3 * 16 * 16 * 4
     two_relus = nn.Sequential(nn.ReLU(), nn.ReLU())
-    assert peak_memory_mb(two_relus, (1, 3, 16, 16)) == pytest.approx(2 * nbytes / 2**20)
+    assert peak_memory_mb(two_relus, (3, 16, 16)) == pytest.approx(2 * nbytes / 2**20)
+    assert peak_memory_mb(two_relus, (3, 16, 16), batch=3) == pytest.approx(6 * nbytes / 2**20)
     # in-place ops and views allocate nothing
     inplace = nn.Sequential(nn.ReLU(inplace=True), nn.Flatten())
-    assert peak_memory_mb(inplace, (1, 3, 16, 16)) == 0.0
+    assert peak_memory_mb(inplace, (3, 16, 16)) == 0.0
 
 
 def test_peak_memory_grows_with_input():
     model = _heavy_model()
-    small = peak_memory_mb(model, (1, 3, 16, 16))
-    big = peak_memory_mb(model, (1, 3, 32, 32))
+    small = peak_memory_mb(model, (3, 16, 16))
+    big = peak_memory_mb(model, (3, 32, 32))
     assert 0 < small < big
-    assert peak_memory_mb(model, (1, 3, 16, 16)) == small  # deterministic
+    assert peak_memory_mb(model, (3, 16, 16)) == small  # deterministic
 
 
 # --------------------------------------------------------------------------- errors and modes
@@ -350,21 +356,22 @@ def test_wrong_channels_raise_input_shape_error():
     model = ConvLinear()
     model.pretrained_cfg = {"input_size": (3, 8, 8)}
     for fn in (
-        lambda: count_ops(model, (1, 1, 8, 8)),
-        lambda: measure_latency(model, (1, 1, 8, 8), warmup=0, repeats=1),
-        lambda: peak_memory_mb(model, (1, 1, 8, 8)),
+        lambda: count_ops(model, (1, 8, 8)),
+        lambda: measure_latency(model, (1, 8, 8), warmup=0, repeats=1),
+        lambda: peak_memory_mb(model, (1, 8, 8)),
     ):
         with pytest.raises(InputShapeError) as info:
             fn()
         msg = str(info.value)
-        assert "(1, 1, 8, 8)" in msg and "in_channels=3" in msg and "(3, 8, 8)" in msg
+        assert "input_size=(1, 8, 8) at batch=1" in msg and "in_channels=3" in msg
+        assert "(3, 8, 8)" in msg
         assert "'conv'" in msg  # names the layer; caught before it ran, so nothing to chain
 
 
 def test_timm_model_wrong_channels():
     model = timm.create_model("resnet18", pretrained=False, num_classes=10)
     with pytest.raises(InputShapeError, match=r"input_size is \(3, 224, 224\)"):
-        count_ops(model, (1, 4, 32, 32))
+        count_ops(model, (4, 32, 32))
 
 
 def test_any_forward_error_is_wrapped_with_the_original_chained():
@@ -375,10 +382,10 @@ def test_any_forward_error_is_wrapped_with_the_original_chained():
             def forward(self, x: torch.Tensor, error: Exception = error) -> torch.Tensor:
                 raise error
 
-        with pytest.raises(InputShapeError, match=r"Broken failed on an input of size \(1, 3\)"):
-            count_ops(Broken(), (1, 3))
+        with pytest.raises(InputShapeError, match=r"Broken failed on input_size=\(3,\) at batch=1"):
+            count_ops(Broken(), (3,))
         with pytest.raises(InputShapeError) as info:
-            measure_latency(Broken(), (1, 3), warmup=0, repeats=1)
+            measure_latency(Broken(), (3,), warmup=0, repeats=1)
         assert info.value.__cause__ is error
 
 
@@ -388,7 +395,7 @@ def test_leanvision_errors_pass_through_unchanged():
             raise ConfigError("strict says no")
 
     with pytest.raises(ConfigError, match="^strict says no$"):
-        count_ops(Strict(), (1, 3))
+        count_ops(Strict(), (3,))
 
 
 class _BatchNormFirst(nn.Module):
@@ -404,8 +411,8 @@ class _BatchNormFirst(nn.Module):
 @pytest.mark.parametrize(
     ("size", "words"),
     [
-        ((3, 8, 8), "needs a 4-D input"),  # no batch dim: torch's BatchNorm raises ValueError
-        ((1, 4, 8, 8), "num_features=3 but got 4 channels"),  # torch raises RuntimeError
+        ((8, 8), "needs a 4-D input"),  # a 3-D tensor: torch's BatchNorm raises ValueError
+        ((4, 8, 8), "num_features=3 but got 4 channels"),  # torch raises RuntimeError
     ],
 )
 def test_batchnorm_first_model_raises_input_shape_error(size, words):
@@ -422,21 +429,35 @@ def test_batchnorm_first_model_raises_input_shape_error(size, words):
         assert isinstance(info.value, ValueError)
 
 
-def test_unbatched_input_size_is_refused_before_any_layer_runs():
-    """resnet20's conv1 would run on an unbatched (3, 32, 32); the profile must not."""
+def test_batch_first_input_size_is_refused_with_the_rule_before_any_layer_runs():
+    """(1, 3, 32, 32), the old batch-first form, is one 4-D sample to the rule: resnet20's conv1
+    cannot take the 5-D batch, and the error says what input_size means (no guessing)."""
     import leanvision as lv
 
     model = lv.create_model("resnet20_cifar")
     ran: list[str] = []
     model.conv1.register_forward_hook(lambda *_: ran.append("conv1"))
-    with pytest.raises(InputShapeError) as info:
-        lv.profile(model, (3, 32, 32))
-    msg = str(info.value)
-    assert "'conv1'" in msg and "4-D input (N, C, H, W)" in msg
-    assert "input_size=(1, 3, 32, 32)" in msg  # the fix, spelled out
+    rule = (
+        "input_size is one sample's shape without the batch, e.g. (3, 32, 32); pass the batch "
+        "as batch=N"
+    )
+    for fn, fix in (
+        (lambda: lv.profile(model, (1, 3, 32, 32)), "input_size=(3, 32, 32), batch=1"),
+        (lambda: count_ops(model, (1, 3, 32, 32)), "input_size=(3, 32, 32), batch=1"),
+        (
+            lambda: measure_latency(model, (4, 3, 32, 32), warmup=0, repeats=1),
+            "input_size=(3, 32, 32), batch=4",
+        ),
+        (lambda: peak_memory_mb(model, (2, 3, 32, 32), batch=3), "input_size=(3, 32, 32)"),
+    ):
+        with pytest.raises(InputShapeError) as info:
+            fn()
+        msg = str(info.value)
+        assert rule in msg and f"(here: {fix})" in msg
+        assert "'conv1'" in msg and "4-D input (N, C, H, W)" in msg
     assert ran == []
     with pytest.raises(InputShapeError, match="in_channels=3 but got 1 channels"):
-        lv.profile(model, (1, 1, 32, 32), latency=False, memory=False)
+        lv.profile(model, (1, 32, 32), latency=False, memory=False)
 
 
 def test_input_check_runs_once_per_shape_and_spares_lazy_layers(monkeypatch):
@@ -448,23 +469,30 @@ def test_input_check_runs_once_per_shape_and_spares_lazy_layers(monkeypatch):
         shapes, "register_module_forward_pre_hook", lambda h: calls.append(1) or real(h)
     )
     model = ConvLinear()
-    measure_latency(model, (1, 3, 8, 8), warmup=2, repeats=5)
+    measure_latency(model, (3, 8, 8), warmup=2, repeats=5)
     assert len(calls) == 1  # the timed calls run the bare forward
     lazy = nn.Sequential(nn.LazyConv2d(4, 3), nn.Flatten(), nn.LazyLinear(2))
-    assert count_ops(lazy, (1, 5, 8, 8)).macs > 0  # in_channels is learnt, not a mismatch
+    assert count_ops(lazy, (5, 8, 8)).macs > 0  # in_channels is learnt, not a mismatch
 
 
 @pytest.mark.parametrize(
     "call",
     [
         lambda m: count_ops(m, ()),
-        lambda m: count_ops(m, (1, 0, 8, 8)),
-        lambda m: measure_latency(m, (1, 3, 8, 8), repeats=0),
-        lambda m: measure_latency(m, (1, 3, 8, 8), warmup=-1),
-        lambda m: measure_latency(m, (1, 3, 8, 8), threads=0),
-        lambda m: compare({"m": m}, (1, 3, 8, 8), rounds=0),
-        lambda m: compare({}, (1, 3, 8, 8)),
-        lambda m: profile(m, (1, 3, 8, 8), repeats=-2),
+        lambda m: count_ops(m, (0, 8, 8)),
+        lambda m: measure_latency(m, (3, 8, 8), repeats=0),
+        lambda m: measure_latency(m, (3, 8, 8), warmup=-1),
+        lambda m: measure_latency(m, (3, 8, 8), threads=0),
+        lambda m: compare({"m": m}, (3, 8, 8), rounds=0),
+        lambda m: compare({}, (3, 8, 8)),
+        lambda m: profile(m, (3, 8, 8), repeats=-2),
+        lambda m: count_ops(m, (3, 8, 8), batch=0),
+        lambda m: count_ops(m, (3, 8, 8), batch=True),
+        lambda m: count_ops(m, (3, 8, 8), inputs=torch.randn(1, 3, 8, 8)),
+        lambda m: measure_latency(m, (3, 8, 8), batch=0),
+        lambda m: compare({"m": m}, (3, 8, 8), batch=-1),
+        lambda m: peak_memory_mb(m, (3, 8, 8), batch=0),
+        lambda m: profile(m, (3, 8, 8), batch=2.0),
     ],
 )
 def test_bad_arguments_raise_config_error(call):
@@ -476,7 +504,7 @@ def test_profile_restores_modes_and_is_json_ready():
     model = ConvLinear().train()
     model.bn.eval()  # mixed flags must come back as they were
     before = torch.get_num_threads()
-    prof = profile(model, (1, 3, 8, 8), threads=1, warmup=1, repeats=3)
+    prof = profile(model, (3, 8, 8), threads=1, warmup=1, repeats=3)
     assert model.training and model.conv.training and not model.bn.training
     assert torch.get_num_threads() == before
     assert prof.macs == prof.muls == prof.adds == 9472
@@ -486,10 +514,110 @@ def test_profile_restores_modes_and_is_json_ready():
     d = json.loads(json.dumps(prof.as_dict()))
     assert d["latency_ms"]["threads"] == 1 and d["latency_ms"]["batch"] == 1
     assert d["latency_ms"]["median"] <= d["latency_ms"]["p90"]
-    assert d["input_size"] == [1, 3, 8, 8] and d["by_op"]["convolution"] == 4 * 64 * 27
-    quick = profile(model, (1, 3, 8, 8), latency=False, memory=False)
+    assert d["input_size"] == [3, 8, 8] and d["batch"] == 1
+    assert d["by_op"]["convolution"] == 4 * 64 * 27
+    quick = profile(model, (3, 8, 8), latency=False, memory=False)
     assert quick.latency is None and quick.peak_mem_mb is None
     assert quick.as_dict()["latency_ms"] is None
+
+
+# --------------------------------------------------------------------------- the input_size rule
+# input_size is one sample's shape, the batch is batch=N, None is the model's recorded size
+# (leanvision.shapes' module docstring).
+
+
+class _Tokens(nn.Module):
+    """Token-to-token scores of a (B, L, D) batch; ``bmm`` takes nothing but a 3-D batch."""
+
+    pretrained_cfg = {"input_size": (4, 8)}  # (L, D), as timm-style models record it
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.bmm(x, x.transpose(1, 2))
+
+
+def test_sample_size_and_batch_count_the_whole_batch():
+    """(C, H, W) with batch=N counts what the batch-first (N, C, H, W) call counted: N times
+    one image's MACs, by the convolution formula."""
+    conv = nn.Conv2d(3, 4, 3, padding=1)
+    one = 4 * 8 * 8 * (3 * 3 * 3)  # outputs × (cin · k · k)
+    assert count_ops(conv, (3, 8, 8)).macs == one
+    assert count_ops(conv, (3, 8, 8), batch=5).macs == 5 * one
+    assert count_ops(conv, inputs=torch.randn(5, 3, 8, 8)).macs == 5 * one  # a ready batch
+    prof = profile(conv, (3, 8, 8), batch=5, warmup=0, repeats=1)
+    assert prof.macs == 5 * one and prof.energy_uj == pytest.approx(5 * one * 4.6 / 1e6)
+    assert (prof.input_size, prof.batch, prof.latency.batch) == ((3, 8, 8), 5, 5)
+    assert prof.as_dict()["batch"] == 5
+    assert prof.peak_mem_mb == pytest.approx(5 * 4 * 8 * 8 * 4 / 2**20)  # the batch's output
+    assert compare({"c": conv}, (3, 8, 8), batch=5, warmup=0, repeats=1)["c"].batch == 5
+
+
+def test_input_size_none_is_the_models_recorded_size():
+    import leanvision as lv
+
+    model = ConvLinear()
+    model.pretrained_cfg = {"input_size": (3, 8, 8)}
+    assert count_ops(model).macs == 9472
+    assert count_ops(model, batch=2).macs == 2 * 9472
+    prof = profile(model, batch=2, warmup=0, repeats=1)
+    assert prof.input_size == (3, 8, 8) and prof.macs == 2 * 9472 and prof.latency.batch == 2
+    assert peak_memory_mb(model, batch=2) == peak_memory_mb(model, (3, 8, 8), batch=2) > 0
+    assert measure_latency(model, warmup=0, repeats=1).batch == 1
+    assert compare({"m": model}, warmup=0, repeats=1)["m"].batch == 1
+    r8 = lv.create_model("resnet8_cifar")  # ours record the size they are built for
+    assert r8.pretrained_cfg["input_size"] == (3, 32, 32)
+    assert count_ops(r8).macs == count_ops(r8, (3, 32, 32)).macs
+
+
+def test_a_model_that_records_no_size_needs_input_size():
+    model = ConvLinear()  # no pretrained_cfg
+    for fn in (
+        count_ops,
+        peak_memory_mb,
+        lambda m: profile(m, latency=False),
+        lambda m: measure_latency(m, repeats=1),
+        lambda m: compare({"m": m}, repeats=1),
+    ):
+        with pytest.raises(ConfigError, match=r"ConvLinear records no input size.*pass input_size"):
+            fn(model)
+
+
+def test_non_image_sample_shapes():
+    """Any sample shape works: (L, D) tokens through a Linear, the batch in front."""
+    lin = nn.Linear(8, 5)
+    assert count_ops(lin, (4, 8), batch=3).macs == 3 * 4 * 8 * 5
+    prof = profile(lin, (4, 8), batch=3, warmup=0, repeats=1, memory=False)
+    assert (prof.macs, prof.input_size, prof.latency.batch) == (3 * 4 * 8 * 5, (4, 8), 3)
+    assert count_ops(lin, (8,), batch=3).macs == 3 * 8 * 5  # (D,) vectors
+    tokens = _Tokens()  # records (L, D) = (4, 8)
+    assert count_ops(tokens, batch=2).macs == 2 * 4 * 4 * 8
+    with pytest.raises(InputShapeError) as info:  # the batch-first (1, L, D): a 4-D batch
+        count_ops(tokens, (1, 4, 8))
+    assert (
+        "input_size is one sample's shape without the batch, e.g. (4, 8); pass the batch as "
+        "batch=N (here: input_size=(4, 8), batch=1)"
+    ) in str(info.value)
+    assert isinstance(info.value.__cause__, RuntimeError)  # bmm's own error, chained
+
+
+def test_deploy_follows_the_input_size_rule(tmp_path):
+    import onnx
+
+    import leanvision as lv
+
+    model = lv.create_model("resnet8_cifar").eval()
+    path = lv.export_onnx(model, tmp_path / "m.onnx", dynamic_batch=False, batch=2)
+    dims = onnx.load(str(path)).graph.input[0].type.tensor_type.shape.dim
+    assert [d.dim_value for d in dims] == [2, 3, 32, 32]  # batch + the recorded (C, H, W)
+    rule = "input_size is one sample's shape without the batch, e.g. (3, 32, 32)"
+    with pytest.raises(InputShapeError, match=re.escape(rule)):
+        lv.export_onnx(model, tmp_path / "old.onnx", input_size=(1, 3, 32, 32))
+    assert not (tmp_path / "old.onnx").exists()
+    with pytest.raises(InputShapeError, match=re.escape(rule)):
+        lv.optimize_for_cpu(model, (1, 3, 32, 32), autotune=False)
+    with pytest.raises(ConfigError, match="batch must be an int >= 1"):
+        lv.export_onnx(model, tmp_path / "b.onnx", batch=0)
+    with pytest.raises(ConfigError, match="batch must be an int >= 1"):
+        lv.optimize_for_cpu(model, batch=0)
 
 
 # --------------------------------------------------------------------------- detected backends
@@ -514,14 +642,14 @@ def test_backend_names_the_native_ops_that_ran():
     assert kernels.load("binary")
     path = kernels.path("binary")
     assert path in ("avx512-vpopcntdq", "scalar") and path == torch.ops.leanvision.binary_isa()
-    stats = measure_latency(_binary_net(), (1, 3, 4, 4), warmup=0, repeats=2)
+    stats = measure_latency(_binary_net(), (3, 4, 4), warmup=0, repeats=2)
     assert stats.backend == (
         f"torch-eager-cpu+leanvision:binary_conv2d[{path}],binary_linear[{path}],"
         f"binary_pack[{path}]"
     )
-    named = measure_latency(_binary_net(), (1, 3, 4, 4), warmup=0, repeats=1, backend="mine")
+    named = measure_latency(_binary_net(), (3, 4, 4), warmup=0, repeats=1, backend="mine")
     assert named.backend.startswith("mine+leanvision:binary_conv2d[")
-    assert measure_latency(ConvLinear(), (1, 3, 8, 8), repeats=1).backend == "torch-eager-cpu"
+    assert measure_latency(ConvLinear(), (3, 8, 8), repeats=1).backend == "torch-eager-cpu"
 
 
 def test_backend_names_layers_that_fell_back(monkeypatch):
@@ -531,12 +659,12 @@ def test_backend_names_layers_that_fell_back(monkeypatch):
     monkeypatch.setattr(  # as if the binary kernel did not build here
         lb.kernels, "load", lambda name, required=None: name != "binary" and real_load(name)
     )
-    stats = measure_latency(_binary_net(), (1, 3, 4, 4), warmup=0, repeats=1)
+    stats = measure_latency(_binary_net(), (3, 4, 4), warmup=0, repeats=1)
     assert stats.backend == (
         "torch-eager-cpu+fallback:PackedBinaryConv2d[not-built],PackedBinaryLinear[not-built]"
     )
     monkeypatch.undo()
-    prof = profile(_binary_net().double(), (1, 3, 4, 4), warmup=0, repeats=1, memory=False)
+    prof = profile(_binary_net().double(), (3, 4, 4), warmup=0, repeats=1, memory=False)
     assert prof.latency.backend == (
         "torch-eager-cpu+fallback:PackedBinaryConv2d[dtype],PackedBinaryLinear[dtype]"
     )
@@ -552,7 +680,7 @@ def test_compare_keeps_caller_suffixes_and_appends_what_ran():
         def __call__(self) -> torch.Tensor:
             return net(x)
 
-    res = compare({"runner": Runner(), "plain": nn.Conv2d(3, 4, 1)}, (1, 3, 4, 4), repeats=2)
+    res = compare({"runner": Runner(), "plain": nn.Conv2d(3, 4, 1)}, (3, 4, 4), repeats=2)
     assert res["runner"].backend.startswith(
         "torch-eager-cpu-channels_last-bn-folded+leanvision:binary_conv2d["
     )

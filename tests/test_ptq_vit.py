@@ -162,7 +162,7 @@ def test_quantized_vit_counts_int8_macs_and_survives_save_load(mnist_small, tmp_
     with pytest.raises(ConfigError, match="data"):
         lv.compress(model, "ptq_vit")
     q = lv.compress(model, "ptq_vit", mnist_small, num_images=48, batch_size=16, bit_budget=6.0)
-    size = (1, 1, 28, 28)
+    size = (1, 28, 28)
     fp, iq = count_ops(model, size), count_ops(q, size)
     assert fp.int8_macs == 0 and iq.macs == fp.macs
     linear_macs = sum(  # every block op is int8 (bits ≤ 8): only patch embed and head stay fp32
@@ -190,7 +190,7 @@ def test_qdq_onnx_runs_integer_matmuls_and_matches_fake_quant(bits, tmp_path):
     q = quantize_vit(model, bits)
     x = torch.randn(8, 3, 32, 32)
     calibrate(q, x, PTQViTConfig(bits=bits, num_images=8))
-    path = lv.export_onnx(q, tmp_path / "q.onnx", input_size=(1, 3, 32, 32))
+    path = lv.export_onnx(q, tmp_path / "q.onnx", input_size=(3, 32, 32))
     so = ort.SessionOptions()
     so.intra_op_num_threads = 1
     so.optimized_model_filepath = str(tmp_path / "opt.onnx")

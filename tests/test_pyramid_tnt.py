@@ -100,7 +100,7 @@ def test_published_sizes(name):
     params = count_params(model)
     assert params == _expected_params(outer, inner, heads, depths, img)
     assert math.isclose(params, ref_params, rel_tol=0.01), params
-    macs = count_ops(model, (1, 3, img, img)).macs
+    macs = count_ops(model, (3, img, img)).macs
     assert math.isclose(macs, ref_macs, rel_tol=0.03), macs
     # The README gives one decimal of GMACs (one significant digit for Ti): ours rounds to it.
     assert round(macs / 1e9, 1) == round(ref_macs / 1e9, 1), macs

@@ -53,8 +53,8 @@ def test_tinynet_custom_is_timm_tinynet(name: str) -> None:
     assert ours.pretrained_cfg["pool_size"] == ref.pretrained_cfg["pool_size"]
     assert repr(ours) == repr(ref).replace("EfficientNet(", "TinyNet(", 1)
     assert count_params(ours) == count_params(ref)
-    macs = count_ops(ours, (1, *size)).macs
-    assert macs == count_ops(ref, (1, *size)).macs
+    macs = count_ops(ours, size).macs
+    assert macs == count_ops(ref, size).macs
     assert macs == tinynet_macs(s.r, s.d, s.w)
     # README FLOPs (339/202/100/52/24 M) are rounded multiply-accumulates.
     assert macs == pytest.approx(TINYNET_PUBLISHED[name][1], rel=0.03)
@@ -74,7 +74,7 @@ def test_tinynet_custom_is_timm_tinynet(name: str) -> None:
 def test_tinynet_macs_equals_count_ops(kwargs: dict) -> None:
     model = _meta("tinynet_custom", **kwargs)
     size = model.pretrained_cfg["input_size"]
-    counted = count_ops(model, (1, *size)).macs
+    counted = count_ops(model, size).macs
     r, d, w = kwargs.pop("r"), kwargs.pop("d"), kwargs.pop("w")
     assert tinynet_macs(r, d, w, **kwargs) == counted
 
@@ -290,6 +290,6 @@ def test_tiny_scaling_helpers() -> None:
     assert s.input_size(32) == 16 and s.input_size() == 112
     assert s.nominal_flops_ratio == pytest.approx(0.25 * 0.36 * 0.8)
     model = _meta("tinynet_custom", **s.model_kwargs(), base_size=32, num_classes=10)
-    macs = count_ops(model, (1, 3, 16, 16)).macs
-    b0 = count_ops(_meta("tinynet_custom", base_size=32, num_classes=10), (1, 3, 32, 32)).macs
+    macs = count_ops(model, (3, 16, 16)).macs
+    b0 = count_ops(_meta("tinynet_custom", base_size=32, num_classes=10), (3, 32, 32)).macs
     assert s.macs_ratio(32, num_classes=10) == pytest.approx(macs / b0, rel=1e-12)

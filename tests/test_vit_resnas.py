@@ -302,7 +302,7 @@ def test_exact_counts(name, distilled):
     prefix = 2 if distilled else 1
     arch = arch_from_network_def(NETWORK_DEFS[name])
     assert count_params(model) == _expected_params(arch, 224, 14, 1000, prefix)
-    macs = count_ops(model, (1, 3, 224, 224)).macs
+    macs = count_ops(model, (3, 224, 224)).macs
     assert macs == _official_macs(NETWORK_DEFS[name], prefix=prefix)
     if not distilled:
         assert abs(macs / PAPER_MACS[name] - 1) < 0.03
@@ -314,6 +314,6 @@ def test_cifar_counts():
         model = lv.create_model("vit_resnas_small", img_size=32, num_classes=10)
     arch = arch_from_network_def(NETWORK_DEFS["vit_resnas_small"])
     assert count_params(model) == _expected_params(arch, 32, 2, 10, 1)
-    assert count_ops(model, (1, 3, 32, 32)).macs == _official_macs(
+    assert count_ops(model, (3, 32, 32)).macs == _official_macs(
         arch_to_network_def(arch, 10), img=32, patch=2
     )

@@ -8,9 +8,12 @@ The public API::
     res = lv.train(model, data, epochs=30, lr=0.1)
     small = lv.compress(model, "ghost", data=data, finetune_epochs=10)
     acc = lv.evaluate(small, data.test)
-    prof = lv.profile(small, input_size=(1, 3, 32, 32))
-    lv.export_onnx(small, "small.onnx", input_size=(1, 3, 32, 32))
+    prof = lv.profile(small, input_size=(3, 32, 32), batch=1)  # one sample's shape + batch
+    lv.export_onnx(small, "small.onnx", input_size=(3, 32, 32))
     lv.save(small, "small.pt"); small = lv.load("small.pt")  # rebuilds the architecture
+
+``input_size`` is one sample's shape without the batch everywhere (default: the model's
+``pretrained_cfg["input_size"]``); the batch is ``batch=N``. The rule: :mod:`leanvision.shapes`.
 """
 
 from __future__ import annotations

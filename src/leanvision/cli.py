@@ -21,6 +21,19 @@ def _given(**options: object) -> dict[str, object]:
     return {k: v for k, v in options.items() if v is not None}
 
 
+def _add_input_size_args(p: argparse.ArgumentParser, batch_help: str) -> None:
+    p.add_argument(
+        "--input-size",
+        type=int,
+        nargs=3,
+        default=None,
+        metavar=("C", "H", "W"),
+        help="one image's shape without the batch (default: the model's own, its "
+        "pretrained_cfg input_size); the batch is --batch",
+    )
+    p.add_argument("--batch", type=int, default=1, metavar="N", help=batch_help)
+
+
 def _recipe_or_args(args: argparse.Namespace, stages: list[dict] | None):
     from leanvision.recipe import load_recipe, recipe_from_dict
 
@@ -108,14 +121,16 @@ def cmd_eval(args: argparse.Namespace) -> None:
 def cmd_profile(args: argparse.Namespace) -> None:
     import leanvision as lv
 
-    kwargs = {"in_chans": args.input_size[0]}
+    kwargs = {}
+    if args.input_size is not None:
+        kwargs["in_chans"] = args.input_size[0]
     if args.num_classes is not None:
         kwargs["num_classes"] = args.num_classes
     model = lv.create_model(args.model, **kwargs)
-    prof = lv.profile(model, input_size=(args.batch, *args.input_size), threads=args.threads)
+    prof = lv.profile(model, input_size=args.input_size, batch=args.batch, threads=args.threads)
     d = prof.as_dict()
     lat = d.get("latency_ms") or {}
-    print(f"{args.model} @ {tuple(args.input_size)} batch {args.batch}")
+    print(f"{args.model} @ {prof.input_size} batch {args.batch}")
     print(f"  params  {prof.params / 1e6:.3f} M")
     print(
         f"  MACs    {prof.macs / args.batch / 1e6:.2f} M per image, {prof.macs / 1e6:.2f} M per "
@@ -135,7 +150,7 @@ def cmd_export(args: argparse.Namespace) -> None:
     import leanvision as lv
 
     model = lv.load(args.checkpoint).eval()
-    path = lv.export_onnx(model, args.output, input_size=(args.batch, *args.input_size))
+    path = lv.export_onnx(model, args.output, input_size=args.input_size, batch=args.batch)
     print(f"wrote {path} (ONNX opset 17; quantized models as QuantizeLinear/DequantizeLinear)")
 
 
@@ -213,10 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     pr = sub.add_parser("profile", help="params, MACs, latency, memory and energy of a model")
     pr.add_argument("model")
-    pr.add_argument(
-        "--input-size", type=int, nargs=3, default=[3, 224, 224], metavar=("C", "H", "W")
-    )
-    pr.add_argument("--batch", type=int, default=1)
+    _add_input_size_args(pr, "samples per forward; MACs, latency and memory are the batch's")
     pr.add_argument("--threads", type=int, default=None)
     pr.add_argument("--num-classes", type=int, default=None)
     pr.set_defaults(fn=cmd_profile)
@@ -224,10 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
     ex = sub.add_parser("export", help="write a saved model (leanvision.save) as ONNX")
     ex.add_argument("checkpoint", help="a model written by leanvision.save (e.g. a run's models/)")
     ex.add_argument("output", help="the .onnx file to write")
-    ex.add_argument(
-        "--input-size", type=int, nargs=3, default=[3, 224, 224], metavar=("C", "H", "W")
-    )
-    ex.add_argument("--batch", type=int, default=1, help="example batch (the batch is dynamic)")
+    _add_input_size_args(ex, "batch of the example input (the exported batch is dynamic)")
     ex.set_defaults(fn=cmd_export)
 
     ls = sub.add_parser("list", help="list models, methods or datasets")

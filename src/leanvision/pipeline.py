@@ -71,12 +71,12 @@ def measure_models(
     """
     if baseline not in models:
         raise KeyError(f"baseline {baseline!r} is not among the models {sorted(models)}")
-    c, h, w = data.input_size
+    size = tuple(data.input_size)  # one image's (C, H, W): the rule in leanvision.shapes
     # copies: the caller's models keep their device, mode and memory layout
     cpu_models = {n: copy.deepcopy(m).to("cpu").eval() for n, m in models.items()}
     loader = data.loader(split)
     rows: list[dict[str, Any]] = []
-    x = torch.randn(batch, c, h, w, generator=torch.Generator().manual_seed(0))
+    x = torch.randn(batch, *size, generator=torch.Generator().manual_seed(0))
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     backend = "torch-eager-cpu" + ("-channels_last" if channels_last else "")
     runners = {}
@@ -89,10 +89,10 @@ def measure_models(
             timed.to(memory_format=fmt), x.contiguous(memory_format=fmt), backend + suffix
         )
     with torch.inference_mode():
-        lat = compare(runners, (batch, c, h, w), threads=threads, repeats=repeats)
+        lat = compare(runners, size, batch=batch, threads=threads, repeats=repeats)
     for name, model in cpu_models.items():
         acc = evaluate(model, loader, device="cpu")
-        ops = count_ops(model, (1, c, h, w))
+        ops = count_ops(model, size)
         stats = lat[name]
         row: dict[str, Any] = {
             "name": name,
@@ -114,7 +114,7 @@ def measure_models(
                 "threads": stats.threads,
                 "backend": stats.backend,
             },
-            "peak_mem_mb": peak_memory_mb(model, (batch, c, h, w)),
+            "peak_mem_mb": peak_memory_mb(model, size, batch=batch),
             "energy_uj": energy_uj(ops),
             "baseline": baseline,
             "seed": seed,

@@ -105,7 +105,7 @@ x = torch.randn(2, 24, 9, 7)
 with torch.no_grad():
     want = F.relu(conv(x))
 close(run("conv3x3", fused, x), want, "FusedConv3x3")
-_, choices = lv.optimize_for_cpu(lv.create_model("resnet8_cifar"), (1, 3, 32, 32))
+_, choices = lv.optimize_for_cpu(lv.create_model("resnet8_cifar"), (3, 32, 32))
 
 # gated blocks: the vector-extension kernel (chains included) against the masked network
 model = gate_model(lv.create_model("resnet20_cifar", num_classes=10)).eval()

@@ -28,7 +28,8 @@ class DataBundle:
         name: Dataset name as given to ``load_data``.
         train_set, val_set, test_set: The splits.
         num_classes: Number of classes.
-        input_size: (C, H, W) of one image as the model receives it.
+        input_size: (C, H, W) of one image as the model receives it, without the batch (the
+            one meaning of ``input_size``: :mod:`leanvision.shapes`).
         mean, std: Per-channel normalisation applied to every image.
         class_names: Name of each class, by label index.
         batch_size: Batch size of ``train``.

@@ -6,7 +6,7 @@ convolution with the ReLU and the residual add that follow it, times kernel and 
 layer's real shape and keeps whichever is faster, so a dense and a pruned model get the same
 treatment.
 
-    fast, choices = lv.optimize_for_cpu(model, input_size=(32, 3, 32, 32))
+    fast, choices = lv.optimize_for_cpu(model, input_size=(3, 32, 32), batch=32)
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from leanvision.deploy.fold import fold_batchnorm
 from leanvision.errors import ConfigError
 from leanvision.layers.conv3x3 import FusedConv3x3, eligible, kernel_runs
 from leanvision.profiling import compare
+from leanvision.shapes import check_batch, eval_mode, guarded_forward, resolve_input_size
 
 __all__ = ["ConvChoice", "optimize_for_cpu"]
 
@@ -85,7 +86,8 @@ class _AtenChain(nn.Module):
 def _time_pair(aten: Any, fused: Any, args: tuple[torch.Tensor, ...], repeats: int) -> tuple:
     stats = compare(
         {"aten": lambda: aten(*args), "kernel": lambda: fused(*args)},
-        tuple(args[0].shape),
+        tuple(args[0].shape[1:]),
+        batch=args[0].shape[0],
         repeats=repeats,
         warmup=3,
     )
@@ -94,8 +96,9 @@ def _time_pair(aten: Any, fused: Any, args: tuple[torch.Tensor, ...], repeats: i
 
 def optimize_for_cpu(
     model: nn.Module,
-    input_size: Sequence[int],
+    input_size: Sequence[int] | None = None,
     *,
+    batch: int = 1,
     autotune: bool = True,
     repeats: int = 15,
 ) -> tuple[nn.Module, list[ConvChoice]]:
@@ -105,7 +108,10 @@ def optimize_for_cpu(
 
     Args:
         model: Any module torch.fx can trace (CIFAR ResNets, timm ResNets, ...).
-        input_size: Input shape, batch first: the shapes the layers are timed at.
+        input_size: One image's shape without the batch, (C, H, W); None: the model's
+            ``pretrained_cfg["input_size"]`` (the rule: :mod:`leanvision.shapes`).
+        batch: Images per call. The layers are timed at the shapes a
+            ``(batch, *input_size)`` input gives them.
         autotune: Time kernel and ATen per layer (at the current thread count) and keep the
             faster; ``False`` uses the kernel for every eligible layer.
         repeats: Timed runs per layer and implementation.
@@ -117,12 +123,23 @@ def optimize_for_cpu(
         channels-last with no choices.
 
     Raises:
-        ConfigError: ``model`` cannot be traced by torch.fx, or ``input_size`` is not 4-D.
+        ConfigError: ``model`` cannot be traced by torch.fx, ``batch`` is not an int >= 1, or
+            ``input_size`` (given or recorded) is not ``(C, H, W)``.
+        InputShapeError: The model cannot run on a ``(batch, *input_size)`` input; an
+            ``input_size`` that is evidently batch first says so.
     """
     from torch.fx.passes.shape_prop import ShapeProp
 
-    if len(input_size) != 4:
-        raise ConfigError(f"optimize_for_cpu needs a 4-D input_size (N, C, H, W), got {input_size}")
+    size = resolve_input_size(model, input_size)
+    n = check_batch(batch)
+    example = torch.randn(n, *size)
+    with eval_mode(model), torch.no_grad():
+        guarded_forward(model, example, size, batch=n)
+    if len(size) != 3:
+        raise ConfigError(
+            f"optimize_for_cpu runs 2-D image models: input_size must be one image's shape "
+            f"(C, H, W), got {size}"
+        )
     gm = fold_batchnorm(model, strict=True)[0]  # a deep copy with every conv → BN pair folded
     gm = gm.to(memory_format=torch.channels_last)
     if not kernel_runs():
@@ -133,7 +150,7 @@ def optimize_for_cpu(
             node.replace_all_uses_with(node.args[0])
             gm.graph.erase_node(node)
     gm.recompile()
-    example = torch.randn(*input_size).contiguous(memory_format=torch.channels_last)
+    example = example.contiguous(memory_format=torch.channels_last)
     with torch.no_grad():
         ShapeProp(gm).propagate(example)
 

@@ -2,6 +2,9 @@
 
 Units: ``macs`` are multiply-accumulates of one forward of the whole batch (FLOPs = 2 × MACs);
 latency in milliseconds per call; peak memory in MiB; energy in microjoules (compute only).
+Every function takes ``input_size``, one sample's shape without the batch (default: the model's
+``pretrained_cfg["input_size"]``), and ``batch=N``: the one rule is written in
+:mod:`leanvision.shapes`.
 """
 
 from leanvision.profiling.counting import (

@@ -1,9 +1,12 @@
-"""Shared helpers of the profiling package: argument checks, inputs, eval mode, shape errors."""
+"""Shared helpers of the profiling package: argument checks, inputs, eval mode, shape errors.
+
+``input_size`` and ``batch`` follow the one rule written in :mod:`leanvision.shapes`.
+"""
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -12,26 +15,12 @@ from torch import nn
 from leanvision.errors import ConfigError
 from leanvision.shapes import (  # noqa: F401  (re-exported for the profiling modules)
     call_model,
+    check_batch,
+    eval_mode,
     expected_input,
     guarded_forward,
+    resolve_input_size,
 )
-
-
-def check_input_size(input_size: Sequence[int]) -> tuple[int, ...]:
-    """Return ``input_size`` as a tuple of positive ints, or raise ConfigError."""
-    try:
-        size = tuple(input_size)
-    except TypeError:
-        raise ConfigError(
-            f"input_size must be a sequence of positive ints such as (1, 3, 224, 224), "
-            f"got {input_size!r}"
-        ) from None
-    if not size or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in size):
-        raise ConfigError(
-            f"input_size must be a non-empty sequence of positive ints such as "
-            f"(1, 3, 224, 224), got {input_size!r}"
-        )
-    return size
 
 
 def check_positive_int(name: str, value: Any, *, allow_zero: bool = False) -> int:
@@ -76,18 +65,6 @@ def make_input(
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(input_size, generator=gen, dtype=torch.float32)
     return x.to(device=device, dtype=dtype)
-
-
-@contextlib.contextmanager
-def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Put every submodule in eval mode; restore each one's own flag afterwards."""
-    flags = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield model
-    finally:
-        for m, flag in flags:
-            m.training = flag
 
 
 @contextlib.contextmanager

@@ -37,11 +37,12 @@ from leanvision.opcounts import (
     register_op_handler,
 )
 from leanvision.profiling._common import (
-    check_input_size,
+    check_batch,
     eval_mode,
     guarded_forward,
     make_input,
     model_device_dtype,
+    resolve_input_size,
 )
 
 __all__ = [
@@ -165,35 +166,48 @@ class _CustomModuleCounting:
 
 def count_ops(
     model: nn.Module,
-    input_size: Sequence[int] = (1, 3, 224, 224),
+    input_size: Sequence[int] | None = None,
     *,
+    batch: int = 1,
     inputs: torch.Tensor | Sequence[torch.Tensor] | None = None,
 ) -> OpCounts:
-    """Count the operations of one inference forward.
+    """Count the operations of one inference forward of a batch.
 
     Args:
         model: The model; it runs in eval mode under ``torch.no_grad`` on its own device,
             and every submodule's training flag is restored afterwards.
-        input_size: Shape of the random input, batch first, e.g. (1, 3, 224, 224).
+        input_size: One sample's shape without the batch, e.g. (3, 224, 224); None: the
+            model's ``pretrained_cfg["input_size"]`` (the rule: :mod:`leanvision.shapes`).
+        batch: Samples in the random input, which is ``(batch, *input_size)``.
         inputs: Optional ready input tensor (or tuple of positional inputs) used instead of a
-            random one; ``input_size`` then only names the input in error messages.
+            random one; then ``input_size`` and ``batch`` are not given.
 
     Returns:
         OpCounts for the whole batch: MACs of convs, matmuls and attention (``macs == muls ==
         adds`` for those) plus whatever registered module counters report.
 
     Raises:
-        ConfigError: ``input_size`` is empty or not positive ints.
+        ConfigError: Bad ``input_size`` or ``batch``, no ``input_size`` and none recorded by
+            the model, or ``inputs`` together with ``input_size`` or ``batch``.
         InputShapeError: The forward failed because of the input's shape.
     """
-    size = check_input_size(input_size)
+    x: torch.Tensor | tuple[Any, ...]
+    n: int | None  # None: a ready input, named by its own shape in errors
     if inputs is None:
+        size = resolve_input_size(model, input_size)
+        n = check_batch(batch)
         device, dtype = model_device_dtype(model)
-        x: torch.Tensor | tuple[Any, ...] = make_input(size, device, dtype)
-    elif isinstance(inputs, torch.Tensor):
-        x = inputs
+        x = make_input((n, *size), device, dtype)
     else:
-        x = tuple(inputs)
+        if input_size is not None or batch != 1:
+            raise ConfigError(
+                "count_ops takes either inputs= (a ready input, batch included) or "
+                f"input_size= and batch=, not both (got input_size={input_size!r}, "
+                f"batch={batch!r})"
+            )
+        x = inputs if isinstance(inputs, torch.Tensor) else tuple(inputs)
+        first = x if isinstance(x, torch.Tensor) else next(iter(x), None)
+        size, n = (tuple(first.shape) if isinstance(first, torch.Tensor) else ()), None
 
     mapping = {**_BUILTIN_HANDLERS, **op_handlers()}
     counter = FlopCounterMode(display=False, custom_mapping=mapping)
@@ -205,7 +219,7 @@ def count_ops(
                 handles.append(m.register_forward_pre_hook(tracking.pre_hook))
                 handles.append(m.register_forward_hook(tracking.post_hook))
         with eval_mode(model), torch.no_grad(), counter:
-            guarded_forward(model, x, size)
+            guarded_forward(model, x, size, batch=n)
     finally:
         for h in handles:
             h.remove()

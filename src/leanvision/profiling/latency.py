@@ -6,7 +6,10 @@ with a fixed number of torch threads; each timed call is measured with ``time.pe
 
 * a callable with no required positional parameter is called as ``fn()`` (e.g.
   ``lambda: session.run(None, feeds)`` for ONNX Runtime);
-* otherwise it is called as ``fn(x)`` with a float32 CPU tensor of ``input_size``.
+* otherwise it is called as ``fn(x)`` with a float32 CPU tensor ``(batch, *input_size)``.
+
+``input_size`` is one sample's shape and ``batch`` the samples per call (the rule:
+:mod:`leanvision.shapes`); a model given no ``input_size`` runs at its recorded one.
 
 ``threads`` fixes ``torch.set_num_threads`` only; a runtime with its own thread pool (ONNX
 Runtime) must be configured when its session is built. A callable may name its back-end in a
@@ -47,7 +50,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from leanvision import kernels
 from leanvision.errors import ConfigError
 from leanvision.profiling._common import (
-    check_input_size,
+    check_batch,
     check_positive_int,
     check_threads,
     eval_mode,
@@ -55,6 +58,7 @@ from leanvision.profiling._common import (
     make_input,
     model_device_dtype,
     num_threads,
+    resolve_input_size,
 )
 
 __all__ = ["LatencyStats", "compare", "measure_latency", "native_backend"]
@@ -68,7 +72,7 @@ class LatencyStats:
         median_ms: Median over the timed runs.
         p90_ms: 90th percentile (linear interpolation).
         mean_ms: Mean.
-        batch: Batch size, ``input_size[0]``.
+        batch: Samples per call (the ``batch`` argument); the latency is the whole batch's.
         threads: Torch threads used.
         backend: What ran, detected: e.g. ``"torch-eager-cpu"``, ``"onnxruntime-cpu"``,
             ``"torch-eager-cpu+leanvision:binary_conv2d[avx512-vpopcntdq],binary_pack[...]"``
@@ -178,19 +182,21 @@ def native_backend(call: Callable[[], Any]) -> tuple[Any, str]:
 class _Runner:
     """One thing to time: a zero-argument call plus its synchronisation."""
 
-    def __init__(self, obj: nn.Module | Callable[..., Any], size: tuple[int, ...]) -> None:
+    def __init__(
+        self, obj: nn.Module | Callable[..., Any], input_size: Sequence[int] | None, batch: int
+    ) -> None:
         self.obj = obj
-        self.size = size
         self.device: torch.device | None = None
         if isinstance(obj, nn.Module):
+            size = resolve_input_size(obj, input_size)
             self.device, dtype = model_device_dtype(obj)
-            x = make_input(size, self.device, dtype)
-            self.call: Callable[[], Any] = lambda: guarded_forward(obj, x, size)
+            x = make_input((batch, *size), self.device, dtype)
+            self.call: Callable[[], Any] = lambda: guarded_forward(obj, x, size, batch=batch)
         elif callable(obj):
             if _takes_no_args(obj):
                 self.call = obj
             else:
-                x = make_input(size)
+                x = make_input((batch, *resolve_input_size(obj, input_size)))
                 self.call = lambda: obj(x)
         else:
             raise ConfigError(
@@ -229,20 +235,24 @@ class _Runner:
 
 def measure_latency(
     model_or_callable: nn.Module | Callable[..., Any],
-    input_size: Sequence[int],
+    input_size: Sequence[int] | None = None,
     *,
+    batch: int = 1,
     threads: int | None = None,
     warmup: int = 5,
     repeats: int = 30,
     min_time_s: float = 0.0,
     backend: str | None = None,
 ) -> LatencyStats:
-    """Time one model (or callable) on a batch of ``input_size``.
+    """Time one model (or callable) on a batch of ``batch`` samples of ``input_size``.
 
     Args:
         model_or_callable: An ``nn.Module``, or a callable (see the module docstring for how
             it is called).
-        input_size: Input shape, batch first, e.g. (1, 3, 224, 224).
+        input_size: One sample's shape without the batch, e.g. (3, 224, 224); None: the
+            model's ``pretrained_cfg["input_size"]`` (the rule: :mod:`leanvision.shapes`). A
+            callable that takes no argument needs none.
+        batch: Samples per call: the input is ``(batch, *input_size)``.
         threads: Torch threads for the measurement (restored afterwards); default: the
             current ``torch.get_num_threads()``.
         warmup: Untimed runs first.
@@ -252,19 +262,22 @@ def measure_latency(
             and fallbacks detected in one untimed probe call are appended to it either way.
 
     Returns:
-        LatencyStats in milliseconds per call.
+        LatencyStats in milliseconds per call (the whole batch).
 
     Raises:
-        ConfigError: Bad ``input_size``, ``threads``, ``warmup``, ``repeats`` or ``min_time_s``.
+        ConfigError: Bad ``input_size``, ``batch``, ``threads``, ``warmup``, ``repeats`` or
+            ``min_time_s``, or no ``input_size`` where the model records none.
         InputShapeError: A model's forward failed because of the input's shape.
     """
-    size = check_input_size(input_size)
+    n = check_batch(batch)
+    if input_size is not None:
+        resolve_input_size(None, input_size)  # checked first, even for a no-argument callable
     n_threads = check_threads(threads)
     check_positive_int("warmup", warmup, allow_zero=True)
     check_positive_int("repeats", repeats)
     if not isinstance(min_time_s, (int, float)) or min_time_s < 0:
         raise ConfigError(f"min_time_s must be a non-negative number, got {min_time_s!r}")
-    runner = _Runner(model_or_callable, size)
+    runner = _Runner(model_or_callable, input_size, n)
     if backend is not None:
         runner.backend = backend
     with num_threads(n_threads), runner.prepared(), torch.inference_mode():
@@ -273,13 +286,14 @@ def measure_latency(
             runner.run(timed=False)
         while len(runner.times) < repeats or sum(runner.times) < min_time_s:
             runner.run(timed=True)
-    return _stats(runner.times, size[0], n_threads, runner.backend)
+    return _stats(runner.times, n, n_threads, runner.backend)
 
 
 def compare(
     models: Mapping[str, nn.Module | Callable[..., Any]],
-    input_size: Sequence[int],
+    input_size: Sequence[int] | None = None,
     *,
+    batch: int = 1,
     threads: int | None = None,
     warmup: int = 5,
     repeats: int = 30,
@@ -295,21 +309,26 @@ def compare(
 
     Args:
         models: Name → ``nn.Module`` or callable (called as in :func:`measure_latency`).
-        input_size: Input shape, batch first.
+        input_size: One sample's shape without the batch, the same for every model; None:
+            each model's own ``pretrained_cfg["input_size"]`` (the rule:
+            :mod:`leanvision.shapes`).
+        batch: Samples per call: the input is ``(batch, *input_size)``.
         threads: Torch threads for the whole comparison (restored afterwards).
         warmup: Untimed runs per model.
         repeats: Timed runs per model.
         rounds: Number of rounds; default ``repeats`` (one call per model per round).
 
     Returns:
-        Name → LatencyStats, in the order of ``models``.
+        Name → LatencyStats (ms per call, the whole batch), in the order of ``models``.
 
     Raises:
-        ConfigError: No models, or bad ``input_size``, ``threads``, ``warmup``, ``repeats``
-            or ``rounds``.
+        ConfigError: No models, or bad ``input_size``, ``batch``, ``threads``, ``warmup``,
+            ``repeats`` or ``rounds``, or no ``input_size`` where a model records none.
         InputShapeError: A model's forward failed because of the input's shape.
     """
-    size = check_input_size(input_size)
+    n = check_batch(batch)
+    if input_size is not None:
+        resolve_input_size(None, input_size)  # checked first, even for no-argument callables
     n_threads = check_threads(threads)
     check_positive_int("warmup", warmup, allow_zero=True)
     check_positive_int("repeats", repeats)
@@ -317,7 +336,7 @@ def compare(
     if not models:
         raise ConfigError("compare() needs at least one model")
     names = list(models)
-    runners = {name: _Runner(models[name], size) for name in names}
+    runners = {name: _Runner(models[name], input_size, n) for name in names}
     per_round = math.ceil(repeats / n_rounds)
 
     def rotated(r: int) -> list[str]:
@@ -341,6 +360,4 @@ def compare(
                 for _ in range(min(per_round, repeats - len(runner.times))):
                     runner.run(timed=True)
             r += 1
-    return {
-        name: _stats(run.times, size[0], n_threads, run.backend) for name, run in runners.items()
-    }
+    return {name: _stats(run.times, n, n_threads, run.backend) for name, run in runners.items()}

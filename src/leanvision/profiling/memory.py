@@ -24,11 +24,12 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 from leanvision.profiling._common import (
-    check_input_size,
+    check_batch,
     eval_mode,
     guarded_forward,
     make_input,
     model_device_dtype,
+    resolve_input_size,
 )
 
 __all__ = ["peak_memory_mb"]
@@ -94,24 +95,35 @@ class _LiveTensorBytes(TorchDispatchMode):
         return out
 
 
-def peak_memory_mb(model: nn.Module, input_size: Sequence[int]) -> float:
-    """Peak extra tensor memory of one inference forward, in MiB (2**20 bytes).
+def peak_memory_mb(
+    model: nn.Module, input_size: Sequence[int] | None = None, *, batch: int = 1
+) -> float:
+    """Peak extra tensor memory of one inference forward of a batch, in MiB (2**20 bytes).
 
     Counts activations, intermediates and the output alive at the same time; excludes
     weights, buffers, the input and kernels' internal scratch space (see the module docstring).
     The model runs in eval mode on its own device; training flags are restored afterwards.
 
+    Args:
+        model: The model.
+        input_size: One sample's shape without the batch, e.g. (3, 224, 224); None: the
+            model's ``pretrained_cfg["input_size"]`` (the rule: :mod:`leanvision.shapes`).
+        batch: Samples in the input, which is ``(batch, *input_size)``; the peak is the
+            whole batch's.
+
     Raises:
-        ConfigError: Bad ``input_size``.
+        ConfigError: Bad ``input_size`` or ``batch``, or no ``input_size`` where the model
+            records none.
         InputShapeError: The forward failed because of the input's shape.
     """
-    size = check_input_size(input_size)
+    size = resolve_input_size(model, input_size)
+    n = check_batch(batch)
     device, dtype = model_device_dtype(model)
-    x = make_input(size, device, dtype)
+    x = make_input((n, *size), device, dtype)
     mode = _LiveTensorBytes()
     with eval_mode(model), torch.inference_mode():
         with mode:
-            out = guarded_forward(model, x, size)
+            out = guarded_forward(model, x, size, batch=n)
         del out
     peak = mode.peak
     mode._refs.clear()  # drop the weak references so no callback outlives the measurement

@@ -8,7 +8,7 @@ from typing import Any
 
 from torch import nn
 
-from leanvision.profiling._common import check_input_size
+from leanvision.profiling._common import check_batch, resolve_input_size
 from leanvision.profiling.counting import count_ops, count_params
 from leanvision.profiling.energy import energy_uj
 from leanvision.profiling.latency import LatencyStats, measure_latency
@@ -19,7 +19,8 @@ __all__ = ["Profile", "profile"]
 
 @dataclass
 class Profile:
-    """Everything measured about one model at one input size.
+    """Everything measured about one model at one input size and batch (one forward of the
+    whole batch).
 
     Attributes:
         params: Parameters.
@@ -30,10 +31,12 @@ class Profile:
         latency: Latency stats in ms, or None when not measured.
         peak_mem_mb: Peak activation memory in MiB (see ``peak_memory_mb``), or None.
         energy_uj: Estimated compute energy in µJ (see ``leanvision.profiling.energy``).
-        input_size: Input shape, batch first.
+        input_size: One sample's shape without the batch (the rule: :mod:`leanvision.shapes`).
         by_op: Count per op kind (MACs, or the op's own unit).
         int8_macs: The part of ``macs`` run by int8 kernels.
         int_adds: The part of ``adds`` run in integer arithmetic outside int8 MACs.
+        batch: Samples per forward: every count, the latency, the memory and the energy are
+            for ``(batch, *input_size)``.
     """
 
     params: int
@@ -48,12 +51,13 @@ class Profile:
     by_op: dict[str, int] = field(default_factory=dict)
     int8_macs: int = 0
     int_adds: int = 0
+    batch: int = 1
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready dict in the ``results.json`` field names.
 
         ``latency_ms`` holds ``{median, p90, mean, batch, threads, backend, repeats}`` (or
-        None); ``input_size`` is a list.
+        None); ``input_size`` (one sample's shape) is a list; ``batch`` an int.
         """
         return {
             "params": self.params,
@@ -67,14 +71,16 @@ class Profile:
             "peak_mem_mb": self.peak_mem_mb,
             "energy_uj": self.energy_uj,
             "input_size": list(self.input_size),
+            "batch": self.batch,
             "by_op": dict(self.by_op),
         }
 
 
 def profile(
     model: nn.Module,
-    input_size: Sequence[int] = (1, 3, 224, 224),
+    input_size: Sequence[int] | None = None,
     *,
+    batch: int = 1,
     latency: bool = True,
     memory: bool = True,
     threads: int | None = None,
@@ -85,7 +91,10 @@ def profile(
 
     Args:
         model: The model, on the device to measure on; its training flags are restored.
-        input_size: Input shape, batch first, e.g. (1, 3, 224, 224).
+        input_size: One sample's shape without the batch, e.g. (3, 224, 224); None: the
+            model's ``pretrained_cfg["input_size"]``. The one rule for ``input_size`` and
+            ``batch`` is written in :mod:`leanvision.shapes`.
+        batch: Samples per forward: the input is ``(batch, *input_size)``.
         latency: Time it (``measure_latency``, torch eager).
         memory: Measure peak activation memory.
         threads: Torch threads for timing; default: the current count.
@@ -96,17 +105,20 @@ def profile(
         Profile of one forward of the whole batch.
 
     Raises:
-        ConfigError: Bad ``input_size``, ``threads``, ``warmup`` or ``repeats``.
-        InputShapeError: The forward failed because of the input's shape.
+        ConfigError: Bad ``input_size``, ``batch``, ``threads``, ``warmup`` or ``repeats``, or
+            no ``input_size`` where the model records none.
+        InputShapeError: The forward failed because of the input's shape; an ``input_size``
+            that is evidently batch first says so.
     """
-    size = check_input_size(input_size)
-    counts = count_ops(model, size)
+    size = resolve_input_size(model, input_size)
+    n = check_batch(batch)
+    counts = count_ops(model, size, batch=n)
     stats = (
-        measure_latency(model, size, threads=threads, warmup=warmup, repeats=repeats)
+        measure_latency(model, size, batch=n, threads=threads, warmup=warmup, repeats=repeats)
         if latency
         else None
     )
-    peak = peak_memory_mb(model, size) if memory else None
+    peak = peak_memory_mb(model, size, batch=n) if memory else None
     return Profile(
         params=count_params(model),
         macs=counts.macs,
@@ -120,4 +132,5 @@ def profile(
         by_op=dict(counts.by_op),
         int8_macs=counts.int8_macs,
         int_adds=counts.int_adds,
+        batch=n,
     )

@@ -133,8 +133,8 @@ def _prune_once(
 
 
 def macs_of(model: nn.Module, input_size: tuple[int, ...]) -> int:
-    """Multiply-accumulates of one forward at batch 1."""
-    return int(count_ops(model, (1, *input_size)).macs)
+    """Multiply-accumulates of one forward at batch 1 (``input_size``: one sample's shape)."""
+    return int(count_ops(model, input_size).macs)
 
 
 def prune_channels(

@@ -16,6 +16,7 @@ from leanvision.methods.common import FinetuneConfig, cap_batches, finetune
 from leanvision.methods.config import check_int, check_real, field_error
 from leanvision.methods.distillation.kd import KDHook
 from leanvision.methods.registry import record_transform
+from leanvision.shapes import recorded_input_size
 
 from .channels import prune_channels, replay
 
@@ -35,7 +36,8 @@ class ChannelPruneConfig(FinetuneConfig):
     ``target_macs_ratio``: fraction of MACs kept (default 0.5 when no target is given);
     ``pruning_ratio``: fraction of channels removed from every prunable layer;
     ``layer_ratios``: ``{module name: ratio}``. ``round_to``: keep widths multiples of it.
-    ``input_size``: (C, H, W); default the data's, else the model's ``pretrained_cfg``.
+    ``input_size``: (C, H, W), one image without the batch (:mod:`leanvision.shapes`); default
+    the data's, else the model's ``pretrained_cfg``.
     ``distill``: fine-tune with KD from the unpruned model (``kd_T``, ``kd_alpha``).
     ``recalibrate_batches``: training batches used to re-estimate BatchNorm statistics of the
     pruned model before fine-tuning (0: keep the old ones; needs ``data``; at most
@@ -87,9 +89,9 @@ def input_size_of(model: nn.Module, data: Any, cfg: ChannelPruneConfig) -> tuple
         return tuple(int(v) for v in cfg.input_size)
     if data is not None:
         return tuple(int(v) for v in data.input_size)
-    pcfg = getattr(model, "pretrained_cfg", None) or {}
-    if isinstance(pcfg, dict) and pcfg.get("input_size"):
-        return tuple(int(v) for v in pcfg["input_size"])
+    recorded = recorded_input_size(model)
+    if recorded is not None:
+        return recorded
     raise ConfigError("pass input_size=(C, H, W) or data=: the pruner traces one forward")
 
 

@@ -257,8 +257,7 @@ def sample_macs(model: nn.Module, images: torch.Tensor) -> list[int]:
 
     model = model.eval()
     blocks = gated_blocks(model)
-    size = (1, *images.shape[1:])
-    total = int(count_ops(model, size, inputs=images[:1]).macs)
+    total = int(count_ops(model, inputs=images[:1]).macs)
     # count_ops runs a batch-1 forward: its gated convs are the sparse ones of images[0]
     static = total - sum(b.last_macs for b in blocks)
     out = []

@@ -166,7 +166,7 @@ class PatchSlimConfig(FinetuneConfig):
 
 
 def _macs(model: nn.Module, input_size: tuple[int, ...]) -> int:
-    return int(count_ops(model, (1, *input_size)).macs)
+    return int(count_ops(model, input_size).macs)
 
 
 def _rebuild(model: nn.Module, arch: dict[str, Any]) -> nn.Module:
