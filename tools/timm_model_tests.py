@@ -48,7 +48,15 @@ GET_TESTS = (
 # through ``test_model_default_cfgs_non_std`` and leaves them out of ``features_only`` tests.
 LV_NON_STD_FILTERS = ["augvit_*", "vit_res*", "vil_ls_*"]
 # Modules whose models implement ``forward_intermediates`` and a ``feature_info`` list.
-LV_FEAT_INTER_MODULES: list[str] = []
+LV_FEAT_INTER_MODULES = [
+    "augvit",
+    "bimlp",
+    "cmt",
+    "ghost_resnet",
+    "pyramid_tnt",
+    "tinynet",
+    "vil_ls",
+]
 # Models TorchScript cannot compile (each model's docstring says why).
 LV_EXCLUDE_JIT_FILTERS: list[str] = [
     "resnet20_adder",  # the adder layer is an autograd.Function over a native kernel
