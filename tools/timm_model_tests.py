@@ -46,7 +46,7 @@ GET_TESTS = (
 #
 # Transformers whose features are tokens (B, N, C), not a (B, C, H, W) map: timm runs these
 # through ``test_model_default_cfgs_non_std`` and leaves them out of ``features_only`` tests.
-LV_NON_STD_FILTERS = ["augvit_*", "vit_res*", "vil_ls_*"]
+LV_NON_STD_FILTERS = ["augvit_*", "ptnt_*", "vit_res*", "vil_ls_*"]
 # Modules whose models implement ``forward_intermediates`` and a ``feature_info`` list.
 LV_FEAT_INTER_MODULES = [
     "augvit",
