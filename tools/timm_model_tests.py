@@ -56,6 +56,7 @@ LV_FEAT_INTER_MODULES = [
     "pyramid_tnt",
     "tinynet",
     "vil_ls",
+    "vit_resnas",
 ]
 # Models TorchScript cannot compile (each model's docstring says why).
 LV_EXCLUDE_JIT_FILTERS: list[str] = [
