@@ -61,6 +61,7 @@ LV_FEAT_INTER_MODULES = [
 # Models TorchScript cannot compile (each model's docstring says why).
 LV_EXCLUDE_JIT_FILTERS: list[str] = [
     "resnet20_adder",  # the adder layer is an autograd.Function over a native kernel
+    "bimlp_*",  # the binary sign is an autograd.Function (straight-through / FDA gradient)
 ]
 # Models torch.fx cannot trace.
 LV_EXCLUDE_FX_FILTERS: list[str] = []
