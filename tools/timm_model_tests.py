@@ -99,20 +99,23 @@ def find_timm_tests(path: str | None) -> Path:
     return test_file.resolve()
 
 
+_extended: set[str] = set()  # the lists of timm's test file extended so far
+
+
 def _extend_caller_lists(frame_globals: dict[str, Any]) -> None:
     """Add our families to timm's test-module lists (in place, once per list)."""
     if not str(frame_globals.get("__name__", "")).endswith("test_models"):
         return
-    done = frame_globals.setdefault("_leanvision_extended", set())
     for name, ours in _EXTENSIONS.items():
         lst = frame_globals.get(name)
-        if isinstance(lst, list) and name not in done:
+        if isinstance(lst, list) and name not in _extended:
             lst.extend(ours)
-            done.add(name)
+            _extended.add(name)
 
 
 def _wrap(fn: Callable[..., list[str]]) -> Callable[..., list[str]]:
     def wrapper(*args: Any, **kwargs: Any) -> list[str]:
+        # The caller's module globals: timm's test file while it builds its parameter lists.
         _extend_caller_lists(sys._getframe(1).f_globals)
         return fn(*args, **kwargs)
 
@@ -162,6 +165,12 @@ class LeanvisionModels:
     def pytest_collection_modifyitems(
         self, session: pytest.Session, config: pytest.Config, items: list[pytest.Item]
     ) -> None:
+        missing = sorted(set(_EXTENSIONS) - _extended)
+        if missing:
+            raise pytest.UsageError(
+                f"timm's test file has no {missing} list defined before its first list_models "
+                f"call: this tool is written for timm {TIMM_VERSION}'s tests/test_models.py"
+            )
         keep, drop = [], []
         for item in items:
             (keep if self._model_of(item) in self.ours else drop).append(item)
