@@ -134,7 +134,7 @@ def tinynet_tag(formula: str, budget: float) -> str:
 
 
 def cmd_tinynet(args: argparse.Namespace) -> None:
-    from leanvision.models.tinynet import inverse_compound_scaling, tiny_formula
+    from leanvision.analysis.tinynet_scaling import inverse_compound_scaling, tiny_formula
 
     for budget in args.budgets:
         for formula, fn in (("tiny", tiny_formula), ("inverse", inverse_compound_scaling)):

@@ -74,18 +74,21 @@ def test_timm_interface(name):
     x = torch.randn(2, 3, 32, 32)
     feats = model.forward_features(x)
     assert feats.dim() == 4 and feats.shape[0] == 2
+    assert feats.shape[1] == model.num_features  # timm: channels of the unpooled features
     pre = model.forward_head(feats, pre_logits=True)
-    assert pre.shape == (2, model.num_features)
+    assert pre.shape == (2, model.head_hidden_size)  # timm: the pre-logits width
     logits = model.forward_head(feats)
     torch.testing.assert_close(logits, model(x))
     clf = model.get_classifier()
     assert isinstance(clf, nn.Linear)
-    assert clf.in_features == model.num_features and clf.out_features == 10
+    assert clf.in_features == model.head_hidden_size and clf.out_features == 10
     model.reset_classifier(5)
     assert model.get_classifier().out_features == 5
     assert model(x).shape == (2, 5)
     model.reset_classifier(0)
-    assert model(x).shape == (2, model.num_features)
+    assert model(x).shape == (2, model.head_hidden_size)
+    model.reset_classifier(0, "")  # no pooling: the feature map
+    assert model(x).shape == feats.shape
 
 
 @pytest.mark.parametrize("name", CIFAR_MODELS)

@@ -11,8 +11,7 @@ import timm
 import torch
 
 import leanvision as lv
-from leanvision.errors import ConfigError
-from leanvision.models.tinynet import (
+from leanvision.analysis.tinynet_scaling import (
     EFFICIENTNET_B0_FLOPS,
     TINYNET_PUBLISHED,
     ScalingSample,
@@ -24,6 +23,7 @@ from leanvision.models.tinynet import (
     tiny_formula,
     tinynet_macs,
 )
+from leanvision.errors import ConfigError
 from leanvision.profiling import count_ops, count_params
 
 torch.set_num_threads(1)

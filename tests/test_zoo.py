@@ -62,7 +62,7 @@ def test_zoo_is_complete():
     }  # fmt: skip
     assert expected <= set(ZOO), sorted(expected - set(ZOO))
     assert set(ZOO) <= set(lv.list_models())
-    assert lv.models.tiny_formula(0.5).w < 1.0  # TinyNet's formula is public API
+    assert lv.analysis.tiny_formula(0.5).w < 1.0  # TinyNet's formula is public API
 
 
 @pytest.mark.parametrize("name", ZOO)

@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from timm.layers import register_notrace_module
 from torch import fx, nn
 
 from leanvision import kernels
@@ -167,6 +168,7 @@ def adder2d(x: torch.Tensor, weight: torch.Tensor, stride: int = 1, padding: int
     return _Adder2d.apply(x, weight, int(stride), int(padding))
 
 
+@register_notrace_module  # a leaf for timm's fx feature extraction: it picks a kernel per input
 class AdderConv2d(nn.Module):
     """Drop-in for a square ``nn.Conv2d`` (groups 1, zero padding) computing ``−Σ|X − F|``.
 

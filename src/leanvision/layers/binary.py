@@ -23,6 +23,7 @@ import math
 
 import torch
 import torch.nn.functional as F
+from timm.layers import register_notrace_module
 from torch import nn
 
 from leanvision import kernels
@@ -147,6 +148,7 @@ class _BinaryMixin:
         return b * scale.view(-1, *([1] * (w.dim() - 1)))
 
 
+@register_notrace_module  # a leaf for timm's fx extraction: its sign has a custom gradient
 class BinaryConv2d(_BinaryMixin, nn.Conv2d):
     """A conv with binary weights (scaled per output channel) and binary inputs."""
 
@@ -184,6 +186,7 @@ class BinaryConv2d(_BinaryMixin, nn.Conv2d):
         return super().extra_repr() + f", binary={self.mode}"
 
 
+@register_notrace_module
 class BinaryLinear(_BinaryMixin, nn.Linear):
     """A linear layer with binary weights (scaled per output) and binary inputs."""
 

@@ -105,10 +105,11 @@ class CirculantLinear(nn.Module):
             (..., out_features), equal to the dense product up to rounding.
         """
         b = self.block_size
-        xf = torch.fft.rfft(x.reshape(*x.shape[:-1], self.num_in_blocks, b), dim=-1)
+        lead = list(x.shape[:-1])  # a list, not a starred Size: TorchScript compiles it
+        xf = torch.fft.rfft(x.reshape(lead + [self.num_in_blocks, b]), dim=-1)
         wf = torch.fft.rfft(self.weight, dim=-1)  # (out_blocks, in_blocks, b // 2 + 1)
         yf = torch.einsum("...jf,ijf->...if", xf, wf)
-        y = torch.fft.irfft(yf, n=b, dim=-1).reshape(*x.shape[:-1], self.out_features)
+        y = torch.fft.irfft(yf, n=b, dim=-1).reshape(lead + [self.out_features])
         return y if self.bias is None else y + self.bias
 
     def fft_macs(self) -> int:

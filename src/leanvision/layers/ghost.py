@@ -98,7 +98,7 @@ class GhostConv2d(nn.Module):
         if self.cheap is not None:
             x2 = self.cheap(x1)
             extra = self.out_channels - self.init_channels
-            if x2.shape[1] > extra:  # ceil(n/s)·s > n: drop the surplus ghost maps
+            if self.new_channels > extra:  # ceil(n/s)·s > n: drop the surplus ghost maps
                 x2 = x2[:, :extra]
             # cat after the cut: the output stays contiguous in the caller's memory format
             x1 = torch.cat([x1, x2], dim=1)

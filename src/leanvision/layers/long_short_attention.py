@@ -30,11 +30,13 @@ import math
 
 import torch
 import torch.nn.functional as F
+from timm.layers import register_notrace_module
 from torch import nn
 
 __all__ = ["LongShortAttention"]
 
 
+@register_notrace_module  # a leaf for timm's fx extraction: its tiling reads the map size
 class LongShortAttention(nn.Module):
     """Long-short term attention over ``nglo`` global tokens followed by an ``H×W`` token map.
 
@@ -207,7 +209,7 @@ class LongShortAttention(nn.Module):
             scores.append(q_t @ k_glo.transpose(-1, -2)[:, :, None, None])
         attn = torch.cat(scores, dim=-1).softmax(dim=-1, dtype=torch.float32).to(q.dtype)
         attn = self.attn_drop(attn)
-        r, win = (k_proj.shape[2] if k_proj is not None else 0), self.tile**2
+        r, win = (k_proj.shape[2] if k_proj is not None else 0), self.tile * self.tile
         out = attn[..., r : r + win] @ v_t
         if v_proj is not None:
             out = out + attn[..., :r] @ v_proj[:, :, None, None]
@@ -232,11 +234,9 @@ class LongShortAttention(nn.Module):
         nh, d = self.num_heads, self.head_dim
         q, k, v = self.qkv(x).chunk(3, dim=-1)
         k, v = self.dual_ln_full(k), self.dual_ln_full(v)
-
-        def heads(t: torch.Tensor) -> torch.Tensor:
-            return t.reshape(b, n, nh, d).transpose(1, 2)
-
-        q, k, v = heads(q * self.scale), heads(k), heads(v)
+        # (B, N, C) → (B, h, N, d); inline, not a nested function: TorchScript compiles this.
+        q = (q * self.scale).reshape(b, n, nh, d).transpose(1, 2)
+        k, v = k.reshape(b, n, nh, d).transpose(1, 2), v.reshape(b, n, nh, d).transpose(1, 2)
         k_proj = v_proj = None
         if self.to_dynamic_projection is not None:
             g, r = self.nglo, self.dp_rank

@@ -4,7 +4,8 @@
 available, and ours (the backbone zoo: CMT, PyramidTNT, Aug-ViT, ViT-ResNAS, ViL-LS,
 Ghost-ResNet-50, TinyNet-custom, BiMLP; the CIFAR ResNets and VGG-Small) are registered with timm's
 ``register_model`` so ``timm.create_model`` finds them too. ``PAPER_NUMBERS`` holds the
-published sizes the tests check; ``tiny_formula`` is TinyNet's scaling rule.
+published sizes the tests check. (TinyNet's scaling rule, which picks a ``tinynet_custom``'s
+multipliers, is a procedure over the zoo: ``leanvision.analysis.tiny_formula``.)
 """
 
 from __future__ import annotations
@@ -30,17 +31,13 @@ from . import (  # noqa: F401  (importing a family registers its models in timm)
     vit_resnas,
 )
 from .reference import PAPER_NUMBERS, TIMM_VERIFIED
-from .tinynet import fit_tiny_formula, inverse_compound_scaling, tiny_formula
 
 __all__ = [
     "PAPER_NUMBERS",
     "TIMM_VERIFIED",
     "create_model",
-    "fit_tiny_formula",
-    "inverse_compound_scaling",
     "leanvision_models",
     "list_models",
-    "tiny_formula",
 ]
 
 _OUR_MODULES = (

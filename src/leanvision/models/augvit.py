@@ -35,8 +35,8 @@ tokens plus the class token; width, depth and heads are unchanged. An explicit `
 overrides the rule, and ``pretrained_cfg["input_size"]`` records the size built for.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: torch.fx copies forward's annotations into the code
+# it generates, where TorchScript cannot resolve them as strings.
 from functools import partial
 from typing import Any
 
@@ -48,6 +48,8 @@ from timm.models.vision_transformer import Block, VisionTransformer
 from torch import nn
 
 from leanvision.layers.circulant import CirculantLinear
+
+from ._device import DeviceLike, build_on
 
 __all__ = ["AugViT", "AugBlock", "AUG_MODES"]
 
@@ -62,6 +64,7 @@ class AugBlock(Block):
         num_heads: Attention heads.
         aug_mode: One of :data:`AUG_MODES` (see the module docstring).
         circulant_blocks: Circulant blocks per dimension of each projection (``num_cir``).
+        device, dtype: where and in what floating dtype the parameters are created.
         **kwargs: Passed to timm's ``Block`` (``mlp_ratio``, ``qkv_bias``, ``drop_path``,
             ``norm_layer``, ``act_layer``, ...).
 
@@ -75,9 +78,11 @@ class AugBlock(Block):
         num_heads: int,
         aug_mode: str = "circulant2",
         circulant_blocks: int = 4,
+        device: DeviceLike = None,
+        dtype: torch.dtype | None = None,
         **kwargs: Any,
     ) -> None:
-        super().__init__(dim, num_heads, **kwargs)
+        super().__init__(dim, num_heads, device=device, dtype=dtype, **kwargs)
         if aug_mode not in AUG_MODES:
             raise ValueError(f"aug_mode must be one of {AUG_MODES}, got {aug_mode!r}")
         self.aug_mode = aug_mode
@@ -94,17 +99,12 @@ class AugBlock(Block):
                 return nn.ModuleList(nn.Sequential(projection(), act_layer()) for _ in range(2))
             return nn.ModuleList([projection()])  # one purely linear path
 
-        self.aug_attn = paths()
-        self.aug_mlp = paths()
+        with build_on(device, dtype):
+            self.aug_attn = paths()
+            self.aug_mlp = paths()
         # Official: the four-term sum of the two-path modes is scaled by 3/4, which keeps the
         # residual stream from growing with the extra paths.
         self.residual_scale = 0.75 if two_paths else 1.0
-
-    def _augment(self, paths: nn.ModuleList, x_norm: torch.Tensor) -> torch.Tensor:
-        out = paths[0](x_norm)
-        for path in paths[1:]:
-            out = out + path(x_norm)
-        return out
 
     def forward(
         self,
@@ -113,13 +113,23 @@ class AugBlock(Block):
         is_causal: bool = False,
     ) -> torch.Tensor:
         """(B, N, dim) → (B, N, dim)."""
+        # The paths are summed in loops over the ModuleLists (TorchScript cannot index one
+        # passed as an argument).
         x_norm = self.norm1(x)
         attn = self.attn(x_norm, attn_mask=attn_mask, is_causal=is_causal)
-        x = x + self.drop_path1(self.ls1(attn)) + self._augment(self.aug_attn, x_norm)
+        aug: torch.Tensor | None = None
+        for path in self.aug_attn:
+            aug = path(x_norm) if aug is None else aug + path(x_norm)
+        assert aug is not None
+        x = x + self.drop_path1(self.ls1(attn)) + aug
         if self.residual_scale != 1.0:
             x = x * self.residual_scale
         x_norm = self.norm2(x)
-        x = x + self.drop_path2(self.ls2(self.mlp(x_norm))) + self._augment(self.aug_mlp, x_norm)
+        aug = None
+        for path in self.aug_mlp:
+            aug = path(x_norm) if aug is None else aug + path(x_norm)
+        assert aug is not None
+        x = x + self.drop_path2(self.ls2(self.mlp(x_norm))) + aug
         if self.residual_scale != 1.0:
             x = x * self.residual_scale
         return x

@@ -49,10 +49,13 @@ kernels only). Training: the reweighting MLP runs BatchNorm on pooled 1×1 maps,
 needs a batch of at least 2 (as the official code).
 
 ``torch.export`` works (static shapes; the "same" padding of the pools is computed at trace time).
+torch.fx traces it with the binary layers as leaves (timm's fx feature extraction). TorchScript
+cannot compile it: the binary sign is an ``autograd.Function`` (its straight-through or FDA
+gradient), which TorchScript cannot script.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: torch.fx copies forward's annotations into the code
+# it generates, where TorchScript cannot resolve them as strings.
 from collections.abc import Sequence
 from functools import partial
 from typing import Any
@@ -60,13 +63,15 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import DropPath, to_2tuple, trunc_normal_
+from timm.layers import DropPath, register_notrace_function, to_2tuple, trunc_normal_
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 from torch import nn
 
 from leanvision.errors import ConfigError
 from leanvision.layers.binary import BinaryConv2d
+
+from ._device import DeviceLike, build_on, device_dtype
 
 __all__ = [
     "BiMLP",
@@ -110,17 +115,20 @@ class RPReLU(nn.Module):
         return self.move2(self.prelu(self.move1(x)))
 
 
-def channel_shortcut(x: torch.Tensor, out_channels: int) -> torch.Tensor:
+def channel_shortcut(
+    x: torch.Tensor, out_channels: int, in_channels: int | None = None
+) -> torch.Tensor:
     """BiMLP's channel-matching shortcut of (B, C, H, W) maps → (B, out_channels, H, W).
 
     Identity when the widths agree; ``out = k·C``: the input tiled k times (channel ``j`` is
     input channel ``j mod C``); ``C = k·out``: channel ``j`` is the mean of input channels
-    ``k·j … k·j + k − 1``.
+    ``k·j … k·j + k − 1``. ``in_channels``: C when the caller knows it (a layer built for it;
+    torch.fx then traces the choice), else read from ``x``.
 
     Raises:
         ConfigError: neither width divides the other.
     """
-    c = x.shape[1]
+    c = x.shape[1] if in_channels is None else in_channels
     if out_channels == c:
         return x
     if out_channels % c == 0:
@@ -141,12 +149,12 @@ class UniShortcut(nn.Module):
                 f"uni-shortcut: {in_channels} → {out_channels} channels needs one to divide "
                 "the other"
             )
-        self.out_channels = out_channels
+        self.in_channels, self.out_channels = in_channels, out_channels
         self.norm = nn.BatchNorm2d(out_channels) if norm else nn.Identity()
         self.act = RPReLU(out_channels) if norm else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(self.norm(channel_shortcut(x, self.out_channels)))
+        return self.act(self.norm(channel_shortcut(x, self.out_channels, self.in_channels)))
 
 
 class BinaryFC(nn.Module):
@@ -294,6 +302,18 @@ def _same_pad(size: int, kernel: int, stride: int = 2) -> tuple[int, int]:
     return total // 2, total - total // 2
 
 
+@register_notrace_function  # the "same" paddings read the map size: a leaf for torch.fx
+def mean_of_same_max_pools(x: torch.Tensor, kernels: tuple[int, ...]) -> torch.Tensor:
+    """The mean of stride-2 max-pools of (B, C, H, W) ``x`` with "same" padding, one per kernel."""
+    h, w = x.shape[-2:]
+    pooled = []
+    for k in kernels:
+        (t, b), (left, r) = _same_pad(h, k), _same_pad(w, k)
+        xp = F.pad(x, (left, r, t, b), value=float("-inf"))
+        pooled.append(F.max_pool2d(xp, k, 2))
+    return torch.stack(pooled).mean(0)
+
+
 class CheapDownsample(nn.Module):
     """BiMLP's down-sampling: full-precision 1×1 conv + norm + RPReLU, then the mean of four
     stride-2 max-pools with kernels 2, 3, 5, 7 and "same" padding (output ⌈H/2⌉ × ⌈W/2⌉)."""
@@ -309,13 +329,7 @@ class CheapDownsample(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C_in, H, W) → (B, C_out, ⌈H/2⌉, ⌈W/2⌉)."""
         x = self.act(self.norm(self.proj(x)))
-        h, w = x.shape[-2:]
-        pooled = []
-        for k in POOL_KERNELS:
-            (t, b), (left, r) = _same_pad(h, k), _same_pad(w, k)
-            xp = F.pad(x, (left, r, t, b), value=float("-inf"))
-            pooled.append(F.max_pool2d(xp, k, 2))
-        return torch.stack(pooled).mean(0)
+        return mean_of_same_max_pools(x, POOL_KERNELS)
 
 
 class PlainDownsample(nn.Module):
@@ -370,6 +384,11 @@ def _norm_layer(norm: str) -> Any:
     raise ConfigError(f"BiMLP norm must be 'bn' or 'gn', got {norm!r}")
 
 
+def _check_pool(global_pool: str) -> None:
+    if global_pool not in ("avg", ""):
+        raise ConfigError(f"BiMLP global_pool must be 'avg' or '', got {global_pool!r}")
+
+
 def auto_stem_stride(img_size: int | Sequence[int]) -> int:
     """The CIFAR rule: the official stride-4 stem from 64 px up, else a stride-2 stem."""
     return 4 if min(to_2tuple(img_size)) >= 64 else 2
@@ -392,7 +411,9 @@ class BiMLP(nn.Module):
         stem_stride: 4 (7×7 stem), 2 or 1 (3×3 stem); None: :func:`auto_stem_stride`.
         plain: build the naive XNOR baseline instead (see the module docstring).
         mode: backward of the binary sign, ``"ste"`` or ``"fda"``.
-        global_pool: ``"avg"``.
+        global_pool: ``"avg"``, or ``""`` for none (with ``num_classes=0`` the model returns
+            the feature map).
+        device, dtype: where and in what floating dtype the parameters are created.
     """
 
     def __init__(
@@ -410,12 +431,13 @@ class BiMLP(nn.Module):
         plain: bool = False,
         mode: str = "ste",
         global_pool: str = "avg",
+        device: DeviceLike = None,
+        dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
         if len(layers) != len(embed_dims):
             raise ConfigError(f"layers {layers} and embed_dims {embed_dims} differ in length")
-        if global_pool != "avg":
-            raise ConfigError(f"BiMLP global_pool must be 'avg', got {global_pool!r}")
+        _check_pool(global_pool)
         ratios = (
             [float(mlp_ratios)] * len(layers)
             if isinstance(mlp_ratios, int | float)
@@ -428,26 +450,30 @@ class BiMLP(nn.Module):
         self.num_classes, self.in_chans, self.plain = num_classes, in_chans, plain
         self.global_pool, self.drop_rate = global_pool, drop_rate
         self.img_size = tuple(to_2tuple(img_size))
-        self.stem = Stem(in_chans, embed_dims[0], stem_stride, norm_layer, plain)
-        dpr = torch.linspace(0, drop_path_rate, sum(layers)).tolist()
-        down = PlainDownsample if plain else CheapDownsample
-        stages, self.feature_info, reduction, j = [], [], stem_stride, 0
-        for i, (n, dim) in enumerate(zip(layers, embed_dims)):
-            ds = None if i == 0 else down(embed_dims[i - 1], dim, norm_layer)
-            reduction *= 1 if i == 0 else 2
-            blocks = [
-                BiMLPBlock(dim, ratios[i], norm_layer, dpr[j + b], plain=plain, mode=mode)
-                for b in range(n)
-            ]
-            j += n
-            stages.append(BiMLPStage(ds, blocks))
-            self.feature_info.append(dict(num_chs=dim, reduction=reduction, module=f"stages.{i}"))
-        self.stages = nn.Sequential(*stages)
-        self.num_features = self.head_hidden_size = embed_dims[-1]
-        self.norm = norm_layer(self.num_features)
-        self.head_drop = nn.Dropout(drop_rate)
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
-        self.apply(self._init_weights)
+        # On the CPU in float32 whatever the build device and dtype (the rates are Python floats).
+        dpr = torch.linspace(0, drop_path_rate, sum(layers), device="cpu").tolist()
+        with build_on(device, dtype):
+            self.stem = Stem(in_chans, embed_dims[0], stem_stride, norm_layer, plain)
+            down = PlainDownsample if plain else CheapDownsample
+            stages, self.feature_info, reduction, j = [], [], stem_stride, 0
+            for i, (n, dim) in enumerate(zip(layers, embed_dims)):
+                ds = None if i == 0 else down(embed_dims[i - 1], dim, norm_layer)
+                reduction *= 1 if i == 0 else 2
+                blocks = [
+                    BiMLPBlock(dim, ratios[i], norm_layer, dpr[j + b], plain=plain, mode=mode)
+                    for b in range(n)
+                ]
+                j += n
+                stages.append(BiMLPStage(ds, blocks))
+                self.feature_info.append(
+                    dict(num_chs=dim, reduction=reduction, module=f"stages.{i}")
+                )
+            self.stages = nn.Sequential(*stages)
+            self.num_features = self.head_hidden_size = embed_dims[-1]
+            self.norm = norm_layer(self.num_features)
+            self.head_drop = nn.Dropout(drop_rate)
+            self._make_head(num_classes)
+            self.apply(self._init_weights)
 
     @staticmethod
     def _init_weights(m: nn.Module) -> None:
@@ -465,11 +491,18 @@ class BiMLP(nn.Module):
     def get_classifier(self) -> nn.Module:
         return self.head
 
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        if global_pool not in (None, "", "avg"):
-            raise ConfigError(f"BiMLP global_pool must be 'avg', got {global_pool!r}")
+    def _make_head(self, num_classes: int) -> None:
         self.num_classes = num_classes
         self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """A new classifier (and pooling, if given) on the model's device, dtype and mode."""
+        if global_pool is not None:
+            _check_pool(global_pool)
+            self.global_pool = global_pool
+        with build_on(**device_dtype(self)):
+            self._make_head(num_classes)
+        self.head.train(self.training)
 
     def forward_intermediates(
         self,
@@ -528,7 +561,9 @@ class BiMLP(nn.Module):
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """(B, C, h, w) → logits (B, num_classes), or pooled (B, C) if ``pre_logits``."""
-        x = self.head_drop(x.mean(dim=(2, 3)))
+        if self.global_pool == "avg":
+            x = x.mean(dim=(2, 3))
+        x = self.head_drop(x)
         return x if pre_logits else self.head(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -48,21 +48,29 @@ has 26.26M.
 ``torch.export`` works (static shapes; the input-size check runs at trace time).
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: torch.fx copies forward's annotations into the code
+# it generates, where TorchScript cannot resolve them as strings.
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import DropPath, SelectAdaptivePool2d, to_2tuple, trunc_normal_
+from timm.layers import (
+    DropPath,
+    SelectAdaptivePool2d,
+    register_notrace_function,
+    to_2tuple,
+    trunc_normal_,
+)
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from leanvision.errors import ConfigError, InputShapeError
+
+from ._device import DeviceLike, build_on, device_dtype
 
 __all__ = [
     "CMT",
@@ -76,6 +84,32 @@ __all__ = [
 
 def _conv_out(size: int, kernel: int, stride: int, padding: int = 0) -> int:
     return (size + 2 * padding - kernel) // stride + 1
+
+
+@register_notrace_function  # torch.fx calls it as is; TorchScript compiles it
+def check_input_size(x: torch.Tensor, img_size: tuple[int, int]) -> None:
+    """Raise ``InputShapeError`` unless ``x`` is (..., H, W) with (H, W) = ``img_size``."""
+    if x.shape[-2] != img_size[0] or x.shape[-1] != img_size[1]:
+        raise InputShapeError(
+            f"CMT was built for {img_size[0]}x{img_size[1]} inputs but got "
+            f"{x.shape[-2]}x{x.shape[-1]}: its relative position bias has a fixed token count "
+            f"per stage; resize the input or build the model with img_size=({x.shape[-2]}, "
+            f"{x.shape[-1]})"
+        )
+
+
+@register_notrace_function
+def check_token_grid(
+    x: torch.Tensor, grid_size: tuple[int, int], img_size: tuple[int, int]
+) -> None:
+    """Raise ``InputShapeError`` unless a stage's token map ``x`` is ``grid_size``."""
+    if x.shape[-2] != grid_size[0] or x.shape[-1] != grid_size[1]:
+        raise InputShapeError(
+            f"CMT stage expects a {grid_size[0]}x{grid_size[1]} token grid but got "
+            f"{x.shape[-2]}x{x.shape[-1]}: the model was built for {img_size[0]}x{img_size[1]} "
+            "inputs (its relative position bias has a fixed token count); build it with "
+            "img_size=<your input size>"
+        )
 
 
 def auto_stem_stride(img_size: int | Sequence[int]) -> int:
@@ -306,14 +340,7 @@ class CMTStage(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, in_chs, 2H, 2W) → (B, dim, H, W)."""
         x = self.downsample(x)
-        if tuple(x.shape[-2:]) != self.grid_size:
-            got = "x".join(map(str, x.shape[-2:]))
-            exp = "x".join(map(str, self.grid_size))
-            raise InputShapeError(
-                f"CMT stage expects a {exp} token grid but got {got}: the model was built for "
-                f"{self.img_size[0]}x{self.img_size[1]} inputs (its relative position bias has a "
-                "fixed token count); build it with img_size=<your input size>"
-            )
+        check_token_grid(x, self.grid_size, self.img_size)
         for blk in self.blocks:
             if self.grad_checkpointing and not torch.jit.is_scripting():
                 x = checkpoint(blk, x, self.rel_pos, use_reentrant=False)
@@ -344,6 +371,7 @@ class CMT(nn.Module):
         proj_drop_rate: dropout inside the blocks (attention projection and IRFFN).
         attn_drop_rate: dropout on attention weights.
         drop_path_rate: stochastic depth, linearly increasing over all blocks.
+        device, dtype: where and in what floating dtype the parameters are created.
     """
 
     def __init__(
@@ -365,6 +393,8 @@ class CMT(nn.Module):
         proj_drop_rate: float = 0.0,
         attn_drop_rate: float = 0.0,
         drop_path_rate: float = 0.0,
+        device: DeviceLike = None,
+        dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
         img_size = tuple(to_2tuple(img_size))
@@ -382,56 +412,57 @@ class CMT(nn.Module):
         self.num_classes, self.in_chans, self.drop_rate = num_classes, in_chans, drop_rate
         self.embed_dims = list(embed_dims)
 
-        self.stem = ConvStem(in_chans, stem_chs, stem_stride)
-        grid = tuple(_conv_out(s, 3, stem_stride, 1) for s in img_size)
-        total = sum(depths)  # stochastic depth grows linearly from 0 to drop_path_rate
-        dpr = [drop_path_rate * i / max(1, total - 1) for i in range(total)]
-        stages: list[nn.Module] = []
-        self.sr_ratios: list[int] = []
-        self.feature_info: list[dict[str, Any]] = []
-        in_chs, reduction = stem_chs, stem_stride
-        for i, dim in enumerate(embed_dims):
-            grid = tuple(_conv_out(s, 2, 2) for s in grid)
-            reduction *= 2
-            if min(grid) < 1:
-                raise ConfigError(
-                    f"CMT img_size {img_size} is too small: stage {i + 1} would have no tokens "
-                    f"(total reduction {reduction}); use a larger img_size or stem_stride=1"
+        with build_on(device, dtype):
+            self.stem = ConvStem(in_chans, stem_chs, stem_stride)
+            grid = tuple(_conv_out(s, 3, stem_stride, 1) for s in img_size)
+            total = sum(depths)  # stochastic depth grows linearly from 0 to drop_path_rate
+            dpr = [drop_path_rate * i / max(1, total - 1) for i in range(total)]
+            stages: list[nn.Module] = []
+            self.sr_ratios: list[int] = []
+            self.feature_info: list[dict[str, Any]] = []
+            in_chs, reduction = stem_chs, stem_stride
+            for i, dim in enumerate(embed_dims):
+                grid = tuple(_conv_out(s, 2, 2) for s in grid)
+                reduction *= 2
+                if min(grid) < 1:
+                    raise ConfigError(
+                        f"CMT img_size {img_size} is too small: stage {i + 1} would have no tokens "
+                        f"(total reduction {reduction}); use a larger img_size or stem_stride=1"
+                    )
+                sr = max(1, min(sr_ratios[i], *grid))  # reduced K/V map at least 1x1
+                self.sr_ratios.append(sr)
+                start = sum(depths[:i])
+                stages.append(
+                    CMTStage(
+                        in_chs,
+                        dim,
+                        depths[i],
+                        num_heads[i],
+                        sr,
+                        grid,
+                        img_size,
+                        mlp_ratios[i],
+                        qkv_bias,
+                        proj_drop_rate,
+                        attn_drop_rate,
+                        dpr[start : start + depths[i]],
+                    )
                 )
-            sr = max(1, min(sr_ratios[i], *grid))  # reduced K/V map at least 1x1
-            self.sr_ratios.append(sr)
-            start = sum(depths[:i])
-            stages.append(
-                CMTStage(
-                    in_chs,
-                    dim,
-                    depths[i],
-                    num_heads[i],
-                    sr,
-                    grid,
-                    img_size,
-                    mlp_ratios[i],
-                    qkv_bias,
-                    proj_drop_rate,
-                    attn_drop_rate,
-                    dpr[start : start + depths[i]],
+                self.feature_info.append(
+                    dict(num_chs=dim, reduction=reduction, module=f"stages.{i}")
                 )
-            )
-            self.feature_info.append(dict(num_chs=dim, reduction=reduction, module=f"stages.{i}"))
-            in_chs = dim
-        self.stages = nn.Sequential(*stages)
-        self.grid_size = grid
+                in_chs = dim
+            self.stages = nn.Sequential(*stages)
+            self.grid_size = grid
 
-        # Head: 1x1 conv to fc_dim + BN + Swish before pooling (EfficientNet-style), so
-        # forward_features ends at fc_dim channels and num_features == fc_dim.
-        self.num_features = self.head_hidden_size = fc_dim
-        self.conv_head = nn.Conv2d(in_chs, fc_dim, 1)
-        self.norm_head = nn.BatchNorm2d(fc_dim)
-        self.act_head = nn.SiLU()
-        self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=True)
-        self.head_drop = nn.Dropout(drop_rate)
-        self.head = nn.Linear(fc_dim, num_classes) if num_classes > 0 else nn.Identity()
-        self.apply(self._init_weights)
+            # Head: 1x1 conv to fc_dim + BN + Swish before pooling (EfficientNet-style), so
+            # forward_features ends at fc_dim channels and num_features == fc_dim.
+            self.num_features = fc_dim
+            self.conv_head = nn.Conv2d(in_chs, fc_dim, 1)
+            self.norm_head = nn.BatchNorm2d(fc_dim)
+            self.act_head = nn.SiLU()
+            self._make_head(num_classes, global_pool)
+            self.apply(self._init_weights)
 
     @staticmethod
     def _init_weights(m: nn.Module) -> None:
@@ -460,21 +491,22 @@ class CMT(nn.Module):
     def get_classifier(self) -> nn.Module:
         return self.head
 
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+    def _make_head(self, num_classes: int, global_pool: str) -> None:
         self.num_classes = num_classes
-        if global_pool is not None:
-            self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=True)
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=bool(global_pool))
+        self.head_hidden_size = self.num_features * self.global_pool.feat_mult()
+        self.head_drop = nn.Dropout(self.drop_rate)
+        fc = nn.Linear(self.head_hidden_size, num_classes) if num_classes > 0 else nn.Identity()
+        self.head = fc
 
-    def _check_input(self, x: torch.Tensor) -> None:
-        if tuple(x.shape[-2:]) != self.img_size:
-            h, w = self.img_size
-            raise InputShapeError(
-                f"CMT was built for {h}x{w} inputs but got {x.shape[-2]}x{x.shape[-1]} "
-                f"(input shape {tuple(x.shape)}): its relative position bias has a fixed token "
-                "count per stage; resize the input or build the model with img_size="
-                f"{x.shape[-2]}"
-            )
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """A new classifier (and pooling, if given) on the model's device, dtype and mode."""
+        if global_pool is None:
+            global_pool = self.global_pool.pool_type
+        with build_on(**device_dtype(self)):
+            self._make_head(num_classes, global_pool)
+        for m in (self.global_pool, self.head_drop, self.head):
+            m.train(self.training)
 
     def forward_intermediates(
         self,
@@ -500,7 +532,7 @@ class CMT(nn.Module):
         """
         if output_fmt != "NCHW":
             raise ConfigError(f"CMT intermediates support output_fmt='NCHW', got {output_fmt!r}")
-        self._check_input(x)
+        check_input_size(x, self.img_size)
         take_indices, max_index = feature_take_indices(len(self.stages), indices)
         stages = self.stages[: max_index + 1] if stop_early else self.stages
         intermediates = []
@@ -533,7 +565,7 @@ class CMT(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, in_chans, H, W) → (B, fc_dim, H/r, W/r), r = 16·stem_stride."""
-        self._check_input(x)
+        check_input_size(x, self.img_size)
         x = self.stages(self.stem(x))
         return self.act_head(self.norm_head(self.conv_head(x)))
 

@@ -48,6 +48,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import to_2tuple
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
@@ -55,6 +56,8 @@ from timm.models.resnet import Bottleneck, ResNet
 from torch import nn
 
 from leanvision.layers.ghost import GhostConv2d
+
+from ._device import DeviceLike, build_on
 
 __all__ = ["GhostResNet", "ghost_conv_like"]
 
@@ -80,6 +83,7 @@ class GhostResNet(ResNet):
         img_size: input size the model is built for; picks the stem (see ``small_stem``).
         small_stem: 3×3 stride-1 stem conv and no max-pool (for CIFAR-sized inputs); default:
             when the shorter side of ``img_size`` is below 64.
+        device, dtype: where and in what floating dtype the parameters are created.
         **kwargs: ``timm.models.resnet.ResNet`` arguments (``num_classes``, ``in_chans``,
             ``drop_rate``, ``drop_path_rate``, ``zero_init_last``, ...).
     """
@@ -91,26 +95,30 @@ class GhostResNet(ResNet):
         d: int = 3,
         img_size: int | tuple[int, int] = 224,
         small_stem: bool | None = None,
+        device: DeviceLike = None,
+        dtype: torch.dtype | None = None,
         **kwargs: Any,
     ) -> None:
-        super().__init__(block=Bottleneck, layers=layers, **kwargs)
+        dd = dict(device=device, dtype=dtype)
+        super().__init__(block=Bottleneck, layers=layers, **dd, **kwargs)
         self.s, self.d = s, d
         img_size = to_2tuple(img_size)
         self.small_stem = min(img_size) < 64 if small_stem is None else small_stem
-        if self.small_stem:
-            # ImageNet's stride-4 stem would leave a 1×1 map after the last stage at 32×32.
-            self.conv1 = nn.Conv2d(self.in_chans, self.conv1.out_channels, 3, 1, 1, bias=False)
-            self.maxpool = nn.Identity()
-            for info in self.feature_info:
-                info["reduction"] //= 4 if info["module"] != "act1" else 2
-        # The official Ghost-ResNet swaps exactly these: the 3 convs of every bottleneck and
-        # the projection shortcut's 1×1 conv (timm's make_blocks builds them as nn.Conv2d).
-        for stage in (self.layer1, self.layer2, self.layer3, self.layer4):
-            for block in stage:
-                for name in ("conv1", "conv2", "conv3"):
-                    setattr(block, name, ghost_conv_like(getattr(block, name), s, d))
-                if block.downsample is not None:
-                    block.downsample[0] = ghost_conv_like(block.downsample[0], s, d)
+        with build_on(**dd):
+            if self.small_stem:
+                # ImageNet's stride-4 stem would leave a 1×1 map after the last stage at 32×32.
+                self.conv1 = nn.Conv2d(self.in_chans, self.conv1.out_channels, 3, 1, 1, bias=False)
+                self.maxpool = nn.Identity()
+                for info in self.feature_info:
+                    info["reduction"] //= 4 if info["module"] != "act1" else 2
+            # The official Ghost-ResNet swaps exactly these: the 3 convs of every bottleneck and
+            # the projection shortcut's 1×1 conv (timm's make_blocks builds them as nn.Conv2d).
+            for stage in (self.layer1, self.layer2, self.layer3, self.layer4):
+                for block in stage:
+                    for name in ("conv1", "conv2", "conv3"):
+                        setattr(block, name, ghost_conv_like(getattr(block, name), s, d))
+                    if block.downsample is not None:
+                        block.downsample[0] = ghost_conv_like(block.downsample[0], s, d)
         self.init_weights(zero_init_last=kwargs.get("zero_init_last", True))
 
 

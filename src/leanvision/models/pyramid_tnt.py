@@ -59,21 +59,32 @@ ratios leave at 256 px, and pooling it by 4 would leave 2×2 keys. Widths, depth
 unchanged. ``stem_stride`` and ``sr_ratios`` given explicitly override the rule.
 
 The attention bias and the outer position embedding are sized for the grid of ``img_size``, so a
-model runs at the input size it was built for (as in the official code).
+model runs at the input size it was built for (as in the official code); its ``default_cfg``
+says so (``fixed_input_size``). Like timm's TNT, the features are tokens (B, N, d), not a map.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: torch.fx copies forward's annotations into the code
+# it generates, where TorchScript cannot resolve them as strings.
 from collections.abc import Sequence
+from typing import Final
 
 import torch
 import torch.nn.functional as F
-from timm.layers import DropPath, Mlp, calculate_drop_path_rates, to_2tuple, trunc_normal_
+from timm.layers import (
+    DropPath,
+    Mlp,
+    calculate_drop_path_rates,
+    register_notrace_function,
+    to_2tuple,
+    trunc_normal_,
+)
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 from torch import nn
 
 from leanvision.errors import ConfigError, InputShapeError
+
+from ._device import DeviceLike, build_on, device_dtype
 
 __all__ = [
     "PyramidTNT",
@@ -90,6 +101,17 @@ SMALL_INPUT_MAX = 64
 WORDS_SIDE = 4
 
 Grid = tuple[int, int]
+
+
+@register_notrace_function  # torch.fx calls it as is; TorchScript compiles it
+def check_input_size(x: torch.Tensor, img_size: tuple[int, int]) -> None:
+    """Raise ``InputShapeError`` unless ``x`` is (..., H, W) with (H, W) = ``img_size``."""
+    if x.shape[-2] != img_size[0] or x.shape[-1] != img_size[1]:
+        raise InputShapeError(
+            f"PyramidTNT was built for ({img_size[0]}, {img_size[1]}) inputs (its attention "
+            f"biases are sized for that token grid), got ({x.shape[-2]}, {x.shape[-1]}); build "
+            "it with that img_size"
+        )
 
 
 def _conv_bn_relu(in_chs: int, out_chs: int, stride: int) -> list[nn.Module]:
@@ -112,6 +134,7 @@ class PyramidTNTStem(nn.Module):
 
     def __init__(self, in_chans: int, inner_dim: int, outer_dim: int, stride: int = 2) -> None:
         super().__init__()
+        self.words_side = WORDS_SIDE
         self.patch_size = stride * WORDS_SIDE
         self.common = nn.Sequential(*_conv_bn_relu(in_chans, 2 * inner_dim, stride))
         self.inner = nn.Sequential(*_conv_bn_relu(2 * inner_dim, inner_dim, 1))
@@ -127,7 +150,7 @@ class PyramidTNTStem(nn.Module):
         x = self.common(x)
         words = self.inner(x)
         b, c, h, w = words.shape
-        k = WORDS_SIDE
+        k = self.words_side
         # Cut the word map into k×k words per patch: patches row-major, words row-major inside.
         words = words.reshape(b, c, h // k, k, w // k, k).permute(0, 2, 4, 3, 5, 1)
         words = words.reshape(b * (h // k) * (w // k), k * k, c)
@@ -164,6 +187,11 @@ class Attention(nn.Module):
         self.q = nn.Linear(dim, dim, bias=qkv_bias)
         self.kv = nn.Linear(dim, 2 * dim, bias=qkv_bias)
         self.sr_ratio = sr_ratio
+        # Identities (no parameters) when there is no reduction: TorchScript wants every
+        # attribute the forward names.
+        self.pool: nn.Module = nn.Identity()
+        self.reduce: nn.Module = nn.Identity()
+        self.norm: nn.Module = nn.Identity()
         if sr_ratio > 1:
             self.pool = nn.AvgPool2d(sr_ratio, stride=sr_ratio)
             self.reduce = nn.Linear(dim, dim)
@@ -208,6 +236,8 @@ class PyramidTNTBlock(nn.Module):
         drop_path: stochastic-depth rate of the residual branches.
         sr_ratio: spatial reduction of the outer attention's keys/values.
     """
+
+    has_inner: Final[bool]  # a constant for TorchScript: the inner layers exist only if set
 
     def __init__(
         self,
@@ -289,6 +319,7 @@ class WordAggregation(nn.Module):
 
     def __init__(self, in_dim: int, out_dim: int) -> None:
         super().__init__()
+        self.words_side = WORDS_SIDE
         self.norm = nn.LayerNorm(in_dim)
         self.conv = nn.Conv2d(in_dim, out_dim, 3, stride=2, padding=1)
 
@@ -296,7 +327,7 @@ class WordAggregation(nn.Module):
         """(B·H·W, k², C) → (B·⌈H/2⌉·⌈W/2⌉, k², C_out), ``grid`` = (H, W) of the patches."""
         h, w = grid
         _, m, c = x.shape
-        k = WORDS_SIDE
+        k = self.words_side
         x = self.norm(x).reshape(-1, h, w, k, k, c)
         if h % 2 or w % 2:
             x = F.pad(x, (0, 0, 0, 0, 0, 0, 0, w % 2, 0, h % 2))
@@ -410,6 +441,7 @@ class PyramidTNT(nn.Module):
         pos_drop_rate: dropout on the outer position embedding.
         proj_drop_rate / attn_drop_rate / drop_path_rate: dropouts inside the blocks
             (stochastic depth grows linearly over all blocks).
+        device, dtype: where and in what floating dtype the parameters are created.
     """
 
     def __init__(
@@ -432,6 +464,8 @@ class PyramidTNT(nn.Module):
         proj_drop_rate: float = 0.0,
         attn_drop_rate: float = 0.0,
         drop_path_rate: float = 0.0,
+        device: DeviceLike = None,
+        dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
         if global_pool not in ("", "avg"):
@@ -456,45 +490,46 @@ class PyramidTNT(nn.Module):
         self.in_chans = in_chans
         self.num_features = self.head_hidden_size = outer_dims[-1]
 
-        self.stem = PyramidTNTStem(in_chans, inner_dims[0], outer_dims[0], stem_stride)
-        grid = (self.img_size[0] // patch, self.img_size[1] // patch)
-        self.outer_pos = nn.Parameter(torch.zeros(1, grid[0] * grid[1], outer_dims[0]))
-        self.inner_pos = nn.Parameter(torch.zeros(1, WORDS_SIDE**2, inner_dims[0]))
-        self.pos_drop = nn.Dropout(pos_drop_rate)
+        with build_on(device, dtype):
+            self.stem = PyramidTNTStem(in_chans, inner_dims[0], outer_dims[0], stem_stride)
+            grid = (self.img_size[0] // patch, self.img_size[1] // patch)
+            self.outer_pos = nn.Parameter(torch.zeros(1, grid[0] * grid[1], outer_dims[0]))
+            self.inner_pos = nn.Parameter(torch.zeros(1, WORDS_SIDE**2, inner_dims[0]))
+            self.pos_drop = nn.Dropout(pos_drop_rate)
 
-        dpr = calculate_drop_path_rates(drop_path_rate, sum(depths))
-        stages, self.feature_info, start = [], [], 0
-        for i, depth in enumerate(depths):
-            stage = PyramidTNTStage(
-                depth,
-                grid,
-                inner_dims[i],
-                outer_dims[i],
-                inner_dims[max(i - 1, 0)],
-                outer_dims[max(i - 1, 0)],
-                inner_heads[i],
-                outer_heads[i],
-                downsample=i > 0,
-                sr_ratio=sr_ratios[i],
-                drop_path=dpr[start : start + depth],
-                mlp_ratio=mlp_ratio,
-                qkv_bias=qkv_bias,
-                proj_drop=proj_drop_rate,
-                attn_drop=attn_drop_rate,
-            )
-            grid, start = stage.grid, start + depth
-            stages.append(stage)
-            self.feature_info.append(
-                dict(num_chs=outer_dims[i], reduction=patch * 2**i, module=f"stages.{i}")
-            )
-        self.stages = nn.ModuleList(stages)
-        self.norm = nn.LayerNorm(self.num_features)
-        self.head_drop = nn.Dropout(drop_rate)
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+            dpr = calculate_drop_path_rates(drop_path_rate, sum(depths))
+            stages, self.feature_info, start = [], [], 0
+            for i, depth in enumerate(depths):
+                stage = PyramidTNTStage(
+                    depth,
+                    grid,
+                    inner_dims[i],
+                    outer_dims[i],
+                    inner_dims[max(i - 1, 0)],
+                    outer_dims[max(i - 1, 0)],
+                    inner_heads[i],
+                    outer_heads[i],
+                    downsample=i > 0,
+                    sr_ratio=sr_ratios[i],
+                    drop_path=dpr[start : start + depth],
+                    mlp_ratio=mlp_ratio,
+                    qkv_bias=qkv_bias,
+                    proj_drop=proj_drop_rate,
+                    attn_drop=attn_drop_rate,
+                )
+                grid, start = stage.grid, start + depth
+                stages.append(stage)
+                self.feature_info.append(
+                    dict(num_chs=outer_dims[i], reduction=patch * 2**i, module=f"stages.{i}")
+                )
+            self.stages = nn.ModuleList(stages)
+            self.norm = nn.LayerNorm(self.num_features)
+            self.head_drop = nn.Dropout(drop_rate)
+            self._make_head(num_classes)
 
-        trunc_normal_(self.outer_pos, std=0.02)
-        trunc_normal_(self.inner_pos, std=0.02)
-        self.apply(self._init_weights)
+            trunc_normal_(self.outer_pos, std=0.02)
+            trunc_normal_(self.inner_pos, std=0.02)
+            self.apply(self._init_weights)
 
     @staticmethod
     def _init_weights(m: nn.Module) -> None:
@@ -518,20 +553,22 @@ class PyramidTNT(nn.Module):
     def get_classifier(self) -> nn.Module:
         return self.head
 
+    def _make_head(self, num_classes: int) -> None:
+        self.num_classes = num_classes
+        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """A new classifier (and pooling, if given) on the model's device, dtype and mode."""
         if global_pool is not None:
             if global_pool not in ("", "avg"):
                 raise ConfigError(f"global_pool must be 'avg' or '', got {global_pool!r}")
             self.global_pool = global_pool
-        self.num_classes = num_classes
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        with build_on(**device_dtype(self)):
+            self._make_head(num_classes)
+        self.head.train(self.training)
 
     def _embed(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if tuple(x.shape[-2:]) != self.img_size:
-            raise InputShapeError(
-                f"PyramidTNT was built for {self.img_size} inputs (its attention biases are sized "
-                f"for that token grid), got {tuple(x.shape[-2:])}; build it with that img_size"
-            )
+        check_input_size(x, self.img_size)
         words, sentences = self.stem(x)
         # As in the official code, dropout acts on the position embedding, not on the tokens.
         return words + self.inner_pos, sentences + self.pos_drop(self.outer_pos)
@@ -629,6 +666,7 @@ def _cfg(size: int, **kwargs: object) -> dict:
         "num_classes": 1000,
         "input_size": (3, size, size),
         "pool_size": None,
+        "fixed_input_size": True,
         "crop_pct": 0.9,
         "interpolation": "bicubic",
         "mean": (0.5, 0.5, 0.5),

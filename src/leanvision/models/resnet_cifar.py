@@ -7,16 +7,19 @@ convolution + BN (the paper's "option B"), which keeps every channel removable b
 paper's parameter-free "option A" shortcut is available with ``shortcut="pad"``.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: torch.fx copies forward's annotations into the code
+# it generates, where TorchScript cannot resolve them as strings.
 from functools import partial
 
 import torch
 import torch.nn.functional as F
+from timm.layers import SelectAdaptivePool2d
 from timm.models import build_model_with_cfg, register_model
 from torch import nn
 
 from leanvision.layers.adder import adderize
+
+from ._device import DeviceLike, build_on, device_dtype
 
 __all__ = ["ResNetCifar", "BasicBlockCifar"]
 
@@ -70,6 +73,9 @@ class ResNetCifar(nn.Module):
         width: channel multiplier applied to the 16/32/64 stage widths.
         shortcut: ``"conv"`` (1×1 conv + BN projection) or ``"pad"`` (option A).
         drop_rate: dropout before the classifier.
+        global_pool: timm pool type before the classifier (``"avg"``; ``""``: none, the
+            model then returns the feature map when ``num_classes=0``).
+        device, dtype: where and in what floating dtype the parameters are created.
     """
 
     def __init__(
@@ -80,6 +86,9 @@ class ResNetCifar(nn.Module):
         width: float = 1.0,
         shortcut: str = "conv",
         drop_rate: float = 0.0,
+        global_pool: str = "avg",
+        device: DeviceLike = None,
+        dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
         if (depth - 2) % 6 != 0 or depth < 8:
@@ -88,27 +97,29 @@ class ResNetCifar(nn.Module):
             raise ValueError(f"shortcut must be 'conv' or 'pad', got {shortcut!r}")
         if width <= 0:
             raise ValueError(f"width must be > 0, got {width}")
-        n = (depth - 2) // 6
-        widths = [max(1, round(c * width)) for c in (16, 32, 64)]
-        self.num_classes, self.drop_rate, self.in_chans = num_classes, drop_rate, in_chans
-        self.conv1 = nn.Conv2d(in_chans, widths[0], 3, 1, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(widths[0])
-        self.act1 = nn.ReLU(inplace=True)
-        stages, in_chs = [], widths[0]
-        self.feature_info = []
-        for i, out_chs in enumerate(widths):
-            blocks = []
-            for j in range(n):
-                stride = 2 if (i > 0 and j == 0) else 1
-                blocks.append(BasicBlockCifar(in_chs, out_chs, stride, shortcut))
-                in_chs = out_chs
-            stages.append(nn.Sequential(*blocks))
-            self.feature_info.append(dict(num_chs=out_chs, reduction=2**i, module=f"layer{i + 1}"))
-        self.layer1, self.layer2, self.layer3 = stages
-        self.num_features = self.head_hidden_size = in_chs
-        self.global_pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(in_chs, num_classes) if num_classes > 0 else nn.Identity()
-        self._init_weights()
+        with build_on(device, dtype):
+            n = (depth - 2) // 6
+            widths = [max(1, round(c * width)) for c in (16, 32, 64)]
+            self.num_classes, self.drop_rate, self.in_chans = num_classes, drop_rate, in_chans
+            self.conv1 = nn.Conv2d(in_chans, widths[0], 3, 1, 1, bias=False)
+            self.bn1 = nn.BatchNorm2d(widths[0])
+            self.act1 = nn.ReLU(inplace=True)
+            stages, in_chs = [], widths[0]
+            self.feature_info = []
+            for i, out_chs in enumerate(widths):
+                blocks = []
+                for j in range(n):
+                    stride = 2 if (i > 0 and j == 0) else 1
+                    blocks.append(BasicBlockCifar(in_chs, out_chs, stride, shortcut))
+                    in_chs = out_chs
+                stages.append(nn.Sequential(*blocks))
+                self.feature_info.append(
+                    dict(num_chs=out_chs, reduction=2**i, module=f"layer{i + 1}")
+                )
+            self.layer1, self.layer2, self.layer3 = stages
+            self.num_features = in_chs
+            self._make_head(num_classes, global_pool)
+            self._init_weights()
 
     def _init_weights(self) -> None:
         for m in self.modules():
@@ -124,9 +135,22 @@ class ResNetCifar(nn.Module):
     def get_classifier(self) -> nn.Module:
         return self.fc
 
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+    def _make_head(self, num_classes: int, global_pool: str) -> None:
         self.num_classes = num_classes
-        self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=bool(global_pool))
+        self.head_hidden_size = self.num_features * self.global_pool.feat_mult()
+        self.fc = (
+            nn.Linear(self.head_hidden_size, num_classes) if num_classes > 0 else nn.Identity()
+        )
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """A new classifier (and pooling, if given) on the model's device, dtype and mode."""
+        if global_pool is None:
+            global_pool = self.global_pool.pool_type
+        with build_on(**device_dtype(self)):
+            self._make_head(num_classes, global_pool)
+        self.global_pool.train(self.training)
+        self.fc.train(self.training)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) → (B, num_features, H/4, W/4)."""
@@ -134,7 +158,7 @@ class ResNetCifar(nn.Module):
         return self.layer3(self.layer2(self.layer1(x)))
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.global_pool(x).flatten(1)
+        x = self.global_pool(x)
         if self.drop_rate > 0:
             x = F.dropout(x, p=self.drop_rate, training=self.training)
         return x if pre_logits else self.fc(x)
@@ -160,15 +184,27 @@ def _cfg(**kwargs: object) -> dict:
 
 
 default_cfgs = {f"resnet{d}_cifar": _cfg() for d in (8, 14, 20, 32, 44, 56, 110)}
+default_cfgs["resnet20_adder"] = _cfg(paper_ids="arXiv:1912.13200")
 
 
-def _create(variant: str, depth: int, pretrained: bool = False, **kwargs: object) -> ResNetCifar:
+def _adder_resnet_cifar(
+    depth: int = 20, device: DeviceLike = None, dtype: torch.dtype | None = None, **kwargs: object
+) -> ResNetCifar:
+    """A CIFAR ResNet whose convolutions, all but the stem, are adder layers (+ BN)."""
+    model = ResNetCifar(depth, device=device, dtype=dtype, **kwargs)
+    with build_on(device, dtype):
+        return adderize(model)[0]
+
+
+def _create(
+    variant: str, depth: int, pretrained: bool = False, adder: bool = False, **kwargs: object
+) -> ResNetCifar:
     kwargs.setdefault("num_classes", 10)
     return build_model_with_cfg(
-        partial(ResNetCifar, depth=depth),
+        partial(_adder_resnet_cifar if adder else ResNetCifar, depth=depth),
         variant,
         pretrained,
-        feature_cfg=dict(flatten_sequential=True),
+        feature_cfg=dict(out_indices=(0, 1, 2)),  # three stages: outputs at strides 1, 2, 4
         **kwargs,
     )
 
@@ -219,5 +255,8 @@ def resnet110_cifar(pretrained: bool = False, **kwargs: object) -> ResNetCifar:
 def resnet20_adder(pretrained: bool = False, **kwargs: object) -> ResNetCifar:
     """ResNet-20 AdderNet (Chen et al., CVPR 2020): every conv but the stem is an adder layer
     (3×3 blocks and 1×1 shortcuts, each followed by BN); the stem and the classifier stay real.
-    Train it with :class:`leanvision.methods.lowbit.AdderLRHook` (the adaptive learning rate)."""
-    return adderize(_create("resnet20_cifar", 20, pretrained, **kwargs))[0]
+    Train it with :class:`leanvision.methods.lowbit.AdderLRHook` (the adaptive learning rate).
+
+    TorchScript cannot compile it: the adder layer is an ``autograd.Function`` with AdderNet's
+    own gradients and a native kernel. torch.fx keeps the adder layer as a leaf."""
+    return _create("resnet20_adder", 20, pretrained, adder=True, **kwargs)

@@ -37,21 +37,23 @@ tile plus the projected and global tokens), stage 2 has 2x2 segments. Explicit `
 position tables are built for ``img_size`` (the input size is fixed, as in the official code).
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: torch.fx copies forward's annotations into the code
+# it generates, where TorchScript cannot resolve them as strings.
 from collections.abc import Sequence
 from functools import partial
-from typing import Any
+from typing import Any, Final
 
 import torch
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import DropPath, Mlp, trunc_normal_
+from timm.layers import DropPath, Mlp, register_notrace_function, trunc_normal_
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 from torch import nn
 
 from leanvision.layers.long_short_attention import LongShortAttention
+
+from ._device import DeviceLike, build_on, device_dtype
 
 __all__ = ["ViLLS", "FullAttention2d", "parse_arch"]
 
@@ -83,6 +85,15 @@ def parse_arch(arch: str) -> list[dict[str, int]]:
     return stages
 
 
+@register_notrace_function  # torch.fx calls it as is (the map size is a traced value)
+def check_map_size(hw: tuple[int, int], built_for: tuple[int, int], what: str) -> None:
+    """Raise ``ValueError`` unless the token map ``hw`` is the (H, W) ``what`` was built for."""
+    if hw[0] != built_for[0] or hw[1] != built_for[1]:
+        raise ValueError(
+            f"{what} was built for a ({built_for[0]}, {built_for[1]}) map, got ({hw[0]}, {hw[1]})"
+        )
+
+
 class FullAttention2d(nn.Module):
     """Multi-head attention over ``nglo`` global tokens + an ``H×W`` map, with 2D relative bias.
 
@@ -100,6 +111,10 @@ class FullAttention2d(nn.Module):
         rpe: use the relative position bias.
     """
 
+    # Constants for TorchScript: the bias parameters exist only when these are set.
+    rpe: Final[bool]
+    has_global_bias: Final[bool]
+
     def __init__(
         self,
         dim: int,
@@ -115,6 +130,7 @@ class FullAttention2d(nn.Module):
         self.num_heads, self.head_dim = num_heads, dim // num_heads
         self.scale = self.head_dim**-0.5
         self.hw, self.nglo, self.rpe = tuple(hw), nglo, rpe
+        self.has_global_bias = rpe and nglo > 0
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
         self.attn_drop = attn_drop
         self.proj = nn.Linear(dim, dim)
@@ -137,20 +153,20 @@ class FullAttention2d(nn.Module):
 
     def _bias(self) -> torch.Tensor:
         """(h, N, N) additive score bias, N = nglo + H·W."""
-        n_loc, g = self.hw[0] * self.hw[1], self.nglo
+        n_loc = self.hw[0] * self.hw[1]
         local = self.local_relative_position_bias_table[self.relative_position_index]
         local = local.permute(2, 0, 1)  # (h, HW, HW)
-        if g == 0:
+        if not self.has_global_bias:
             return local
-        g2l, l2g = self.g2l_relative_position_bias
+        g2l, l2g = self.g2l_relative_position_bias.unbind(0)
         top = torch.cat([self.g2g_relative_position_bias, g2l[:, :, None].expand(-1, -1, n_loc)], 2)
         bottom = torch.cat([l2g[:, None].expand(-1, n_loc, -1), local], dim=2)
         return torch.cat([top, bottom], dim=1)
 
     def forward(self, x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
         """(B, nglo + H·W, C) → (B, nglo + H·W, C)."""
-        if self.rpe and tuple(hw) != self.hw:
-            raise ValueError(f"FullAttention2d was built for a {self.hw} map, got {tuple(hw)}")
+        if self.rpe:
+            check_map_size(hw, self.hw, "FullAttention2d")
         b, n, c = x.shape
         q, k, v = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).unbind(2)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
@@ -195,6 +211,8 @@ class PatchEmbed(nn.Module):
     """Strided-conv patch embedding + LayerNorm, then global tokens and optional absolute
     position embedding (a learned row half and column half of the channels, as in ViL)."""
 
+    ape: Final[bool]  # a constant for TorchScript: the position embeddings exist only if set
+
     def __init__(
         self,
         in_chs: int,
@@ -228,8 +246,7 @@ class PatchEmbed(nn.Module):
         b, _, h, w = x.shape
         x = self.norm_embed(x.flatten(2).transpose(1, 2))
         if self.ape:
-            if (h, w) != self.hw:
-                raise ValueError(f"absolute position embedding built for {self.hw}, got {(h, w)}")
+            check_map_size((h, w), self.hw, "the absolute position embedding")
             pos = torch.cat(
                 [
                     self.x_pos_embed[:, :, None].expand(-1, -1, w, -1),
@@ -284,6 +301,7 @@ class ViLLS(nn.Module):
         drop_rate: dropout after attention/MLP projections and the patch embedding.
         attn_drop_rate: dropout on attention weights.
         drop_path_rate: stochastic depth, increasing linearly over all blocks.
+        device, dtype: where and in what floating dtype the parameters are created.
     """
 
     def __init__(
@@ -300,6 +318,8 @@ class ViLLS(nn.Module):
         drop_rate: float = 0.0,
         attn_drop_rate: float = 0.0,
         drop_path_rate: float = 0.0,
+        device: DeviceLike = None,
+        dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
         cfgs = parse_arch(arch)
@@ -325,49 +345,52 @@ class ViLLS(nn.Module):
         dpr = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]  # linear decay
         stages, self.feature_info = [], []
         in_chs, hw, reduction, k = in_chans, img_hw, 1, 0
-        for i, (cfg, p) in enumerate(zip(cfgs, patch_sizes)):
-            hw, reduction = (hw[0] // p, hw[1] // p), reduction * p
-            if min(hw) < 1:
-                raise ValueError(f"img_size {img_size} leaves no tokens at stage {i + 1}")
-            dim, nglo = cfg["d"], cfg["g"]
-            embed = PatchEmbed(
-                in_chs, dim, p, hw, nglo, bool(cfg["a"]), norm_layer=norm_layer, drop=drop_rate
-            )
-            blocks = []
-            for _ in range(cfg["n"]):
-                if cfg["s"]:
-                    attn: nn.Module = LongShortAttention(
-                        dim,
-                        cfg["h"],
-                        window_size=window_size or cfg["f"],
-                        dp_rank=cfg["r"],
-                        nglo=nglo,
-                        qkv_bias=qkv_bias,
-                        attn_drop=attn_drop_rate,
-                        proj_drop=drop_rate,
-                        rpe=not cfg["a"],
-                    )
-                else:
-                    attn = FullAttention2d(
-                        dim,
-                        cfg["h"],
-                        hw,
-                        nglo=nglo,
-                        qkv_bias=qkv_bias,
-                        attn_drop=attn_drop_rate,
-                        proj_drop=drop_rate,
-                        rpe=not cfg["a"],
-                    )
-                blocks.append(Block(dim, attn, mlp_ratio, drop_rate, dpr[k], norm_layer))
-                k += 1
-            stages.append(ViLLSStage(embed, blocks))
-            self.feature_info.append(dict(num_chs=dim, reduction=reduction, module=f"stages.{i}"))
-            in_chs = dim
-        self.stages = nn.ModuleList(stages)
-        self.num_features = self.head_hidden_size = in_chs
-        self.norm = norm_layer(in_chs)
-        self.head = nn.Linear(in_chs, num_classes) if num_classes > 0 else nn.Identity()
-        self.apply(self._init_weights)
+        with build_on(device, dtype):
+            for i, (cfg, p) in enumerate(zip(cfgs, patch_sizes)):
+                hw, reduction = (hw[0] // p, hw[1] // p), reduction * p
+                if min(hw) < 1:
+                    raise ValueError(f"img_size {img_size} leaves no tokens at stage {i + 1}")
+                dim, nglo = cfg["d"], cfg["g"]
+                embed = PatchEmbed(
+                    in_chs, dim, p, hw, nglo, bool(cfg["a"]), norm_layer=norm_layer, drop=drop_rate
+                )
+                blocks = []
+                for _ in range(cfg["n"]):
+                    if cfg["s"]:
+                        attn: nn.Module = LongShortAttention(
+                            dim,
+                            cfg["h"],
+                            window_size=window_size or cfg["f"],
+                            dp_rank=cfg["r"],
+                            nglo=nglo,
+                            qkv_bias=qkv_bias,
+                            attn_drop=attn_drop_rate,
+                            proj_drop=drop_rate,
+                            rpe=not cfg["a"],
+                        )
+                    else:
+                        attn = FullAttention2d(
+                            dim,
+                            cfg["h"],
+                            hw,
+                            nglo=nglo,
+                            qkv_bias=qkv_bias,
+                            attn_drop=attn_drop_rate,
+                            proj_drop=drop_rate,
+                            rpe=not cfg["a"],
+                        )
+                    blocks.append(Block(dim, attn, mlp_ratio, drop_rate, dpr[k], norm_layer))
+                    k += 1
+                stages.append(ViLLSStage(embed, blocks))
+                self.feature_info.append(
+                    dict(num_chs=dim, reduction=reduction, module=f"stages.{i}")
+                )
+                in_chs = dim
+            self.stages = nn.ModuleList(stages)
+            self.num_features = self.head_hidden_size = in_chs
+            self.norm = norm_layer(in_chs)
+            self._make_head(num_classes)
+            self.apply(self._init_weights)
 
     @staticmethod
     def _init_weights(m: nn.Module) -> None:
@@ -395,12 +418,18 @@ class ViLLS(nn.Module):
     def get_classifier(self) -> nn.Module:
         return self.head
 
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+    def _make_head(self, num_classes: int) -> None:
         self.num_classes = num_classes
+        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """A new classifier (and pooling, if given) on the model's device, dtype and mode."""
         if global_pool:
             self._check_pool(global_pool)
             self.global_pool = global_pool
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        with build_on(**device_dtype(self)):
+            self._make_head(num_classes)
+        self.head.train(self.training)
 
     def forward_intermediates(
         self,

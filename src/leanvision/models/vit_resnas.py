@@ -50,8 +50,8 @@ Counts (``leanvision.profiling``, MACs = multiply-accumulates, FLOPs = 2 × MACs
 official MAC estimator's formula (``network_utils/compute_flop_mac.py``) exactly.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: torch.fx copies forward's annotations into the code
+# it generates, where TorchScript cannot resolve them as strings.
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -59,12 +59,14 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import DropPath, Mlp, to_2tuple, trunc_normal_
+from timm.layers import DropPath, Mlp, register_notrace_function, to_2tuple, trunc_normal_
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 from torch import nn
 
 from leanvision.errors import InputShapeError
+
+from ._device import DeviceLike, build_on, device_dtype
 
 __all__ = [
     "BlockSpec",
@@ -268,6 +270,19 @@ def default_patch_size(img_size: int) -> int:
 # ------------------------------------------------------------------------------ building blocks
 
 
+@register_notrace_function  # torch.fx calls it as is; TorchScript compiles it
+def check_token_grid(
+    x: torch.Tensor, grid_size: tuple[int, int], img_size: tuple[int, int], patch_size: int
+) -> None:
+    """Raise ``InputShapeError`` unless the embedded map ``x`` (B, C, H, W) is ``grid_size``."""
+    if x.shape[-2] != grid_size[0] or x.shape[-1] != grid_size[1]:
+        raise InputShapeError(
+            f"ViT-ResNAS built for ({img_size[0]}, {img_size[1]}) inputs (({grid_size[0]}, "
+            f"{grid_size[1]}) tokens of patch {patch_size}) got a ({x.shape[-2]}, "
+            f"{x.shape[-1]}) token grid"
+        )
+
+
 class ConvPatchEmbed(nn.Module):
     """Conv patch embedding: 3×3/2 conv-BN-ReLU, two residual 3×3 conv-BN-ReLU, p/2 projection.
 
@@ -468,6 +483,7 @@ class ViTResNAS(nn.Module):
         attn_drop_rate: attention-probability dropout.
         drop_path_rate: stochastic depth of the last block (linear from 0 over all blocks).
         global_pool: only ``"token"`` (the class token), as in the paper.
+        device, dtype: where and in what floating dtype the parameters are created.
     """
 
     def __init__(
@@ -484,6 +500,8 @@ class ViTResNAS(nn.Module):
         attn_drop_rate: float = 0.0,
         drop_path_rate: float = 0.0,
         global_pool: str = "token",
+        device: DeviceLike = None,
+        dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(arch, ViTResArch):
@@ -507,50 +525,50 @@ class ViTResNAS(nn.Module):
         self.num_prefix_tokens = 2 if distilled else 1
         dim = arch.stages[0].dim
 
-        if arch.stem == "conv":
-            self.patch_embed: nn.Module = ConvPatchEmbed(in_chans, dim, patch_size, arch.stem_chs)
-        elif arch.stem == "linear":
-            self.patch_embed = LinearPatchEmbed(in_chans, dim, patch_size)
-        else:
-            raise ValueError(f"unknown stem {arch.stem!r} (use 'conv' or 'linear')")
-        grid = (img_hw[0] // patch_size, img_hw[1] // patch_size)
-        self.grid_size = grid
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
-        self.dist_token = nn.Parameter(torch.zeros(1, 1, dim)) if distilled else None
-        self.pos_embed = nn.Parameter(
-            torch.zeros(1, grid[0] * grid[1] + self.num_prefix_tokens, dim)
-        )
-        self.pos_drop = nn.Dropout(pos_drop_rate)
+        with build_on(device, dtype):
+            if arch.stem == "conv":
+                self.patch_embed: nn.Module = ConvPatchEmbed(
+                    in_chans, dim, patch_size, arch.stem_chs
+                )
+            elif arch.stem == "linear":
+                self.patch_embed = LinearPatchEmbed(in_chans, dim, patch_size)
+            else:
+                raise ValueError(f"unknown stem {arch.stem!r} (use 'conv' or 'linear')")
+            grid = (img_hw[0] // patch_size, img_hw[1] // patch_size)
+            self.grid_size = grid
+            self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
+            self.dist_token = nn.Parameter(torch.zeros(1, 1, dim)) if distilled else None
+            self.pos_embed = nn.Parameter(
+                torch.zeros(1, grid[0] * grid[1] + self.num_prefix_tokens, dim)
+            )
+            self.pos_drop = nn.Dropout(pos_drop_rate)
 
-        # Linear stochastic-depth rule over all blocks (plain Python: also builds on "meta").
-        dpr = [drop_path_rate * i / max(arch.depth - 1, 1) for i in range(arch.depth)]
-        stages, self.feature_info, in_dim, start = [], [], dim, 0
-        for i, spec in enumerate(arch.stages):
-            n = len(spec.blocks)
-            stage = ViTResStage(
-                in_dim,
-                spec,
-                grid,
-                self.num_prefix_tokens,
-                downsample=i > 0,
-                drop_path=dpr[start : start + n],
-                proj_drop=proj_drop_rate,
-                attn_drop=attn_drop_rate,
-            )
-            stages.append(stage)
-            grid, in_dim, start = stage.grid_size, spec.dim, start + n
-            self.feature_info.append(
-                dict(num_chs=spec.dim, reduction=patch_size * 2**i, module=f"stages.{i}")
-            )
-        self.stages = nn.Sequential(*stages)
-        self.num_features = self.head_hidden_size = in_dim
-        self.norm = nn.LayerNorm(in_dim, eps=1e-6)
-        self.head_drop = nn.Dropout(drop_rate)
-        self.head = nn.Linear(in_dim, num_classes) if num_classes > 0 else nn.Identity()
-        self.head_dist: nn.Module | None = None
-        if distilled:
-            self.head_dist = nn.Linear(in_dim, num_classes) if num_classes > 0 else nn.Identity()
-        self._init_weights()
+            # Linear stochastic-depth rule over all blocks (plain Python: also builds on "meta").
+            dpr = [drop_path_rate * i / max(arch.depth - 1, 1) for i in range(arch.depth)]
+            stages, self.feature_info, in_dim, start = [], [], dim, 0
+            for i, spec in enumerate(arch.stages):
+                n = len(spec.blocks)
+                stage = ViTResStage(
+                    in_dim,
+                    spec,
+                    grid,
+                    self.num_prefix_tokens,
+                    downsample=i > 0,
+                    drop_path=dpr[start : start + n],
+                    proj_drop=proj_drop_rate,
+                    attn_drop=attn_drop_rate,
+                )
+                stages.append(stage)
+                grid, in_dim, start = stage.grid_size, spec.dim, start + n
+                self.feature_info.append(
+                    dict(num_chs=spec.dim, reduction=patch_size * 2**i, module=f"stages.{i}")
+                )
+            self.stages = nn.Sequential(*stages)
+            self.num_features = self.head_hidden_size = in_dim
+            self.norm = nn.LayerNorm(in_dim, eps=1e-6)
+            self.head_drop = nn.Dropout(drop_rate)
+            self._make_heads(num_classes, distilled)
+            self._init_weights()
 
     def _init_weights(self) -> None:
         trunc_normal_(self.pos_embed, std=0.02)
@@ -573,9 +591,12 @@ class ViTResNAS(nn.Module):
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> dict:
+        # Fine groups: each reduction, then each block (timm's convnext layout: a downsample
+        # sorts before the stage's blocks).
+        fine = [(r"^stages\.(\d+)\.downsample", (0,)), (r"^stages\.(\d+)\.blocks\.(\d+)", None)]
         return dict(
             stem=r"^cls_token|^dist_token|^pos_embed|^patch_embed",
-            blocks=r"^stages\.(\d+)" if coarse else r"^stages\.(\d+)\.(?:downsample|blocks\.(\d+))",
+            blocks=r"^stages\.(\d+)" if coarse else fine,
         )
 
     def set_distilled_training(self, enable: bool = True) -> None:
@@ -586,31 +607,36 @@ class ViTResNAS(nn.Module):
         """The main (class-token) head; ``head_dist`` is the distillation head, if any."""
         return self.head
 
+    def _make_heads(self, num_classes: int, distilled: bool) -> None:
+        def head() -> nn.Module:
+            return nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+
+        self.num_classes = num_classes
+        self.head = head()
+        self.head_dist: nn.Module | None = head() if distilled else None
+
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """New heads on the model's device, dtype and training mode (pooling stays the token)."""
         if global_pool not in (None, "", "token"):
             raise ValueError(
                 f"ViT-ResNAS pools with its class token, got global_pool={global_pool!r}"
             )
-        self.num_classes = num_classes
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
-        if self.head_dist is not None:
-            self.head_dist = (
-                nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
-            )
+        with build_on(**device_dtype(self)):
+            self._make_heads(num_classes, self.head_dist is not None)
+        for head in (self.head, self.head_dist):
+            if head is not None:
+                head.train(self.training)
 
     def _embed(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) → (B, T + grid tokens, dim) with the first positional embedding."""
         x = self.patch_embed(x)
-        if tuple(x.shape[-2:]) != self.grid_size:
-            raise InputShapeError(
-                f"ViT-ResNAS built for {self.img_size} inputs ({self.grid_size} "
-                f"tokens of patch {self.patch_size}) got a {tuple(x.shape[-2:])} token grid"
-            )
+        check_token_grid(x, self.grid_size, self.img_size, self.patch_size)
         x = x.flatten(2).mT
-        prefix = [self.cls_token.expand(x.shape[0], -1, -1)]
+        tokens = [self.cls_token.expand(x.shape[0], -1, -1)]
         if self.dist_token is not None:
-            prefix.append(self.dist_token.expand(x.shape[0], -1, -1))
-        return self.pos_drop(torch.cat([*prefix, x], dim=1) + self.pos_embed)
+            tokens.append(self.dist_token.expand(x.shape[0], -1, -1))
+        tokens.append(x)
+        return self.pos_drop(torch.cat(tokens, dim=1) + self.pos_embed)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) → normalised tokens (B, T + N_last, num_features).
