@@ -22,7 +22,7 @@ from typing import Any
 
 from leanvision import analysis
 from leanvision.data import DataBundle, list_datasets, load_data
-from leanvision.deploy import export_onnx, optimize_for_cpu
+from leanvision.deploy import deploy, export_onnx, optimize_for_cpu
 from leanvision.engine import TrainResult, evaluate, train
 from leanvision.methods import compress, list_methods
 from leanvision.methods.saving import load, save
@@ -38,6 +38,7 @@ __all__ = [
     "analysis",
     "compress",
     "create_model",
+    "deploy",
     "evaluate",
     "export_onnx",
     "list_datasets",

@@ -133,7 +133,7 @@ def _takes_no_args(fn: Callable[..., Any]) -> bool:
 
 def _backend_name(obj: Any, device: torch.device | None) -> str:
     named = getattr(obj, "backend", None)
-    if isinstance(named, str) and not isinstance(obj, nn.Module):
+    if isinstance(named, str):  # a callable or a deployed model naming its runtime
         return named
     if isinstance(obj, torch.jit.ScriptModule):
         return f"torchscript-{device.type if device else 'cpu'}"

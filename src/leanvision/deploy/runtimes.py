@@ -1,0 +1,362 @@
+"""Run a finalized model on the CPU runtimes users deploy with, side by side.
+
+:func:`deploy` turns a model into a :class:`DeployedModel`: an ``nn.Module`` that takes the
+float32 ``(N, *input_size)`` batch the model takes and returns its output as a tensor, so
+``lv.evaluate`` measures the deployed model's accuracy and ``lv.profiling.compare`` times it
+beside any other. Backends (``BACKENDS``) and the precisions each runs:
+
+- ``"torch"``: eager PyTorch, batch norms folded, channels-last: fp32 (the plain baseline).
+- ``"leanvision"``: :func:`~leanvision.deploy.optimize_for_cpu` (the fused 3×3 kernel where it
+  is measured faster than ATen): fp32.
+- ``"onnxruntime"``: the ONNX of :func:`~leanvision.deploy.export_onnx` on onnxruntime's CPU
+  execution provider, all graph optimizations: fp32; int8.
+- ``"openvino"``: the same ONNX on OpenVINO's CPU plugin (``openvino.Core().read_model``),
+  compiled for a latency run with the given threads: fp32; bf16 where the CPU has it (the
+  plugin's ``INFERENCE_PRECISION_HINT``, its default on such a CPU); int8.
+
+int8 is static post-training quantization (onnxruntime's ``quantize_static``): per-channel
+int8 weights, int8 activations calibrated (min/max) on batches the caller passes (the
+validation split, never the test split), as a QDQ ONNX graph that onnxruntime and OpenVINO
+both run with integer kernels. The deployed accuracy is measured on the deployed model.
+
+``backend="auto"`` builds every backend that runs the precision, times them side by side on
+the same input (``compare``), and returns the fastest; ``DeployedModel.candidates`` keeps
+every median.
+
+Threads: onnxruntime and OpenVINO own their thread pools, fixed when the session is built
+(``threads``); torch's is set by the caller (``compare(threads=...)``). onnxruntime's workers
+do not spin between calls (``session.intra_op.allow_spinning = 0``), so, timed interleaved,
+they do not take CPU from the model that runs next.
+"""
+
+from __future__ import annotations
+
+import copy
+import tempfile
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from leanvision.deploy.cpu import optimize_for_cpu
+from leanvision.deploy.fold import fold_batchnorm
+from leanvision.deploy.onnx import export_onnx
+from leanvision.errors import ConfigError, InputShapeError
+from leanvision.profiling import compare
+from leanvision.shapes import check_batch, eval_mode, guarded_forward, resolve_input_size
+
+__all__ = ["BACKENDS", "PRECISIONS", "DeployedModel", "deploy", "supported"]
+
+BACKENDS = ("torch", "leanvision", "onnxruntime", "openvino")
+PRECISIONS = ("fp32", "bf16", "int8")
+_RUNS = {
+    "torch": ("fp32",),
+    "leanvision": ("fp32",),
+    "onnxruntime": ("fp32", "int8"),
+    "openvino": ("fp32", "bf16", "int8"),
+}
+
+
+def supported(precision: str = "fp32") -> list[str]:
+    """The backends that run ``precision`` on this machine, in ``BACKENDS`` order (bf16 only
+    where OpenVINO's CPU plugin reports the CPU runs it)."""
+    _check_choice("precision", precision, PRECISIONS)
+    out = [b for b in BACKENDS if precision in _RUNS[b]]
+    if precision == "bf16" and not _openvino_has_bf16():
+        out.remove("openvino")
+    return out
+
+
+class DeployedModel(nn.Module):
+    """A model compiled for one CPU runtime, called like the model it came from.
+
+    Attributes:
+        backend: What runs, for reports: e.g. ``"onnxruntime-1.32.0-cpu-int8"``,
+            ``"openvino-2026.4.0-cpu-bf16"`` (the precision the plugin says it compiled for),
+            ``"leanvision-cpu-fp32"``.
+        precision: ``"fp32"``, ``"bf16"`` or ``"int8"``.
+        input_size: One sample's shape the model was deployed for (the batch may vary).
+        threads: The runtime's threads (None: torch's current setting, for torch-based ones).
+        candidates: For ``backend="auto"``: backend → median ms at the batch it was chosen at.
+    """
+
+    def __init__(
+        self,
+        run: Any,
+        backend: str,
+        precision: str,
+        input_size: tuple[int, ...],
+        threads: int | None,
+    ) -> None:
+        super().__init__()
+        self._run = run
+        self.backend, self.precision = backend, precision
+        self.input_size, self.threads = tuple(input_size), threads
+        self.candidates: dict[str, float] = {}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, *input_size) float32 CPU tensor → the model's output (a CPU tensor)."""
+        if (
+            not isinstance(x, torch.Tensor)
+            or tuple(x.shape[1:]) != self.input_size
+            or x.dim() != len(self.input_size) + 1
+        ):
+            got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise InputShapeError(
+                f"{self.backend}: expected a (N, {', '.join(map(str, self.input_size))}) "
+                f"batch, got {got}"
+            )
+        if x.dtype != torch.float32 or x.device.type != "cpu":
+            raise InputShapeError(
+                f"{self.backend}: expected float32 on the CPU, got {x.dtype} on {x.device}"
+            )
+        return self._run(x)
+
+    def extra_repr(self) -> str:
+        return f"backend={self.backend!r}, input_size={self.input_size}, threads={self.threads}"
+
+
+def deploy(
+    model: nn.Module,
+    backend: str = "auto",
+    precision: str = "fp32",
+    input_size: Sequence[int] | None = None,
+    *,
+    batch: int = 1,
+    threads: int | None = None,
+    calib: Iterable[Any] | None = None,
+    calib_batches: int = 16,
+    repeats: int = 15,
+) -> DeployedModel:
+    """Compile ``model`` for a CPU runtime.
+
+    Args:
+        model: A finalized model (pruned, Ghost, ...); left as it is (the runtimes get copies).
+        backend: One of ``BACKENDS``, or ``"auto"``: the fastest of :func:`supported`
+            (``precision``), timed side by side at ``batch`` and ``threads``.
+        precision: ``"fp32"``, ``"bf16"`` or ``"int8"`` (see the module docstring).
+        input_size: One sample's shape, e.g. (3, 32, 32); None: the model's recorded one (the
+            rule: :mod:`leanvision.shapes`).
+        batch: The batch the runtime is tuned and (for ``"auto"``) timed at; any batch runs.
+        threads: The runtime's threads; None: torch's current setting.
+        calib: For int8: batches of calibration images (``(x, y)`` pairs or tensors), e.g.
+            ``data.val``; never the test split.
+        calib_batches: At most this many batches of ``calib`` are read.
+        repeats: For ``"auto"``: timed runs per backend.
+
+    Returns:
+        The deployed model.
+
+    Raises:
+        ConfigError: an unknown backend or precision, a backend that does not run the
+            precision on this machine, int8 without ``calib``, bad ``batch`` or ``threads``.
+        InputShapeError: the model cannot run on a ``(batch, *input_size)`` input.
+    """
+    _check_choice("backend", backend, ("auto", *BACKENDS))
+    _check_choice("precision", precision, PRECISIONS)
+    n = check_batch(batch)
+    if threads is not None and (not isinstance(threads, int) or threads < 1):
+        raise ConfigError(f"threads must be an int >= 1 or None, got {threads!r}")
+    runs = supported(precision)
+    if backend != "auto" and backend not in runs:
+        why = "this CPU has no bf16 (OpenVINO's CPU plugin)" if precision == "bf16" else ""
+        raise ConfigError(
+            f"backend {backend!r} does not run {precision}{': ' + why if why else ''}; "
+            f"backends that do here: {', '.join(runs) or 'none'}"
+        )
+    if precision == "int8":
+        if calib is None:
+            raise ConfigError("precision='int8' needs calib= (validation batches, e.g. data.val)")
+        if not isinstance(calib_batches, int) or calib_batches < 1:
+            raise ConfigError(f"calib_batches must be an int >= 1, got {calib_batches!r}")
+    size = resolve_input_size(model, input_size)
+    model = copy.deepcopy(model).to("cpu").eval()
+    with eval_mode(model), torch.no_grad():
+        guarded_forward(model, torch.randn(n, *size), size, batch=n)
+
+    names = runs if backend == "auto" else [backend]
+    built: dict[str, DeployedModel] = {}
+    with tempfile.TemporaryDirectory(prefix="leanvision-deploy-") as tmp:
+        onnx_path = None
+        if any(b in ("onnxruntime", "openvino") for b in names):
+            onnx_path = export_onnx(model, Path(tmp) / "model.onnx", size, batch=n)
+            if precision == "int8":
+                onnx_path = _quantize_int8(onnx_path, calib, calib_batches, size)
+        for name in names:
+            built[name] = _build(name, model, precision, size, n, threads, onnx_path)
+    if len(built) == 1:
+        return next(iter(built.values()))
+    with torch.inference_mode():
+        stats = compare(built, size, batch=n, threads=threads, repeats=repeats)
+    best = min(stats, key=lambda k: stats[k].median_ms)
+    chosen = built[best]
+    chosen.candidates = {stats[k].backend: round(stats[k].median_ms, 4) for k in stats}
+    return chosen
+
+
+def _check_choice(what: str, value: Any, allowed: Sequence[str]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"unknown {what} {value!r}; choose one of {', '.join(allowed)}")
+
+
+def _build(
+    name: str,
+    model: nn.Module,
+    precision: str,
+    size: tuple[int, ...],
+    batch: int,
+    threads: int | None,
+    onnx_path: Path | None,
+) -> DeployedModel:
+    if name == "torch":
+        folded = fold_batchnorm(model)[0]
+        layout = torch.channels_last if len(size) == 3 else torch.contiguous_format
+        folded = folded.to(memory_format=layout)
+        run = _TorchRun(folded, layout)
+        return DeployedModel(run, "torch-eager-cpu-bn-folded-fp32", precision, size, threads)
+    if name == "leanvision":
+        if len(size) != 3:
+            raise ConfigError(f"backend 'leanvision' runs image models (C, H, W), got {size}")
+        fast, choices = optimize_for_cpu(model, size, batch=batch)
+        kernel = sum(c.used == "kernel" for c in choices)
+        run = _TorchRun(fast, torch.channels_last)
+        label = f"leanvision-cpu-fp32[{kernel}/{len(choices)} convs on the kernel]"
+        return DeployedModel(run, label, precision, size, threads)
+    assert onnx_path is not None
+    if name == "onnxruntime":
+        run = _OrtRun(onnx_path, threads)
+        return DeployedModel(run, run.label(precision), precision, size, threads)
+    run = _OpenVinoRun(onnx_path, precision, size, threads)
+    return DeployedModel(run, run.label, precision, size, threads)
+
+
+class _TorchRun:
+    def __init__(self, model: nn.Module, layout: torch.memory_format) -> None:
+        self.model, self.layout = model, layout
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            return self.model(x.contiguous(memory_format=self.layout))
+
+
+def _numpy(x: torch.Tensor) -> np.ndarray:
+    return np.ascontiguousarray(x.detach().numpy())
+
+
+class _OrtRun:
+    def __init__(self, path: Path, threads: int | None) -> None:
+        import onnxruntime as ort
+
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = threads or torch.get_num_threads()
+        so.inter_op_num_threads = 1
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self.version = ort.__version__
+        self.session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        self.input = self.session.get_inputs()[0].name
+
+    def label(self, precision: str) -> str:
+        return f"onnxruntime-{self.version}-cpu-{precision}"
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(self.session.run(None, {self.input: _numpy(x)})[0])
+
+
+def _openvino_has_bf16() -> bool:
+    try:
+        import openvino as ov
+    except ImportError:
+        return False
+    caps = ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    return "BF16" in caps
+
+
+class _OpenVinoRun:
+    """One compiled model per batch size (static shapes: OpenVINO's fast path)."""
+
+    def __init__(
+        self, path: Path, precision: str, size: tuple[int, ...], threads: int | None
+    ) -> None:
+        import openvino as ov
+
+        self.core = ov.Core()
+        self.model = self.core.read_model(str(path))
+        self.size, self.version = size, ov.__version__.split("-")[0]
+        self.config = {
+            "INFERENCE_NUM_THREADS": threads or torch.get_num_threads(),
+            "NUM_STREAMS": 1,
+            "PERFORMANCE_HINT": "LATENCY",
+            # int8: the layers left in float run fp32, as on onnxruntime
+            "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
+        }
+        self.requests: dict[int, Any] = {}
+        hint = self._request(1)[1].get_property("INFERENCE_PRECISION_HINT")
+        ran = hint.get_type_name() if hasattr(hint, "get_type_name") else str(hint)
+        self.label = f"openvino-{self.version}-cpu-{precision}"
+        wanted = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}[precision]
+        if ran != wanted:  # the plugin compiled another precision than asked: say so
+            self.label += f"[compiled {ran}]"
+
+    def _request(self, n: int) -> tuple[Any, Any]:
+        if n not in self.requests:
+            m = self.model.clone()
+            m.reshape({m.inputs[0]: [n, *self.size]})
+            compiled = self.core.compile_model(m, "CPU", self.config)
+            self.requests[n] = (compiled.create_infer_request(), compiled)
+        return self.requests[n]
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        request = self._request(x.shape[0])[0]
+        request.infer({0: _numpy(x)})
+        return torch.from_numpy(np.array(request.get_output_tensor(0).data))
+
+
+def _quantize_int8(
+    path: Path, calib: Iterable[Any], max_batches: int, size: tuple[int, ...]
+) -> Path:
+    """Static int8 QDQ ONNX: per-channel weights, min/max-calibrated activations."""
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    batches = []
+    for i, b in enumerate(calib):
+        if i >= max_batches:
+            break
+        x = b[0] if isinstance(b, (tuple, list)) else b
+        if not isinstance(x, torch.Tensor) or tuple(x.shape[1:]) != tuple(size):
+            got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise InputShapeError(f"calibration batch {i}: expected (N, *{size}), got {got}")
+        batches.append(_numpy(x.float().cpu()))
+    if not batches:
+        raise ConfigError("calib gave no batches")
+
+    class _Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.it = iter(batches)
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            x = next(self.it, None)
+            return None if x is None else {"input": x}
+
+    pre = path.with_name("model.pre.onnx")
+    quant_pre_process(str(path), str(pre), skip_symbolic_shape=True)
+    out = path.with_name("model.int8.onnx")
+    quantize_static(
+        str(pre),
+        str(out),
+        _Reader(),
+        quant_format=QuantFormat.QDQ,
+        per_channel=True,
+        activation_type=QuantType.QInt8,
+        weight_type=QuantType.QInt8,
+    )
+    return out

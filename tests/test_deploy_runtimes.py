@@ -1,0 +1,121 @@
+"""lv.deploy: each CPU runtime computes the model it was given, errors come at the door."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import leanvision as lv
+from leanvision.deploy import BACKENDS, DeployedModel, supported
+from leanvision.errors import ConfigError, InputShapeError
+from leanvision.methods.ghost import ghostify
+from leanvision.profiling import compare
+
+SIZE = (3, 16, 16)
+
+
+def _model(ghost: bool = False) -> torch.nn.Module:
+    torch.manual_seed(0)
+    m = lv.create_model("resnet20_cifar", num_classes=10)
+    if ghost:
+        m = ghostify(m, ratio=2, dw_size=3)[0]
+    for mod in m.modules():  # BN statistics away from identity, so folding is exercised
+        if isinstance(mod, torch.nn.BatchNorm2d):
+            mod.running_mean.uniform_(-0.5, 0.5)
+            mod.running_var.uniform_(0.5, 2.0)
+    return m.eval()
+
+
+@pytest.fixture(scope="module")
+def x() -> torch.Tensor:
+    return torch.randn(3, *SIZE, generator=torch.Generator().manual_seed(1))
+
+
+@pytest.mark.parametrize("ghost", [False, True], ids=["resnet20", "ghost_resnet20"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_fp32_backends_compute_the_model(backend, ghost, x):
+    model = _model(ghost)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        ref = model(x)
+    d = lv.deploy(model, backend, input_size=SIZE, batch=3, threads=1)
+    assert isinstance(d, DeployedModel) and d.precision == "fp32"
+    prefix = {"torch": "torch-eager"}.get(backend, backend)
+    assert d.backend.startswith(prefix)
+    torch.testing.assert_close(d(x), ref, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(d(x[:1]), ref[:1], rtol=1e-4, atol=1e-4)  # another batch runs
+    # the caller's model is left as it was
+    assert model.training is False
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    assert model.conv1.weight.is_contiguous()
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_int8_is_quantized_and_close(backend, x):
+    model = _model()
+    calib = [(torch.randn(8, *SIZE), torch.zeros(8)) for _ in range(4)]
+    with torch.no_grad():
+        ref = model(x)
+    d = lv.deploy(model, backend, "int8", SIZE, batch=3, threads=1, calib=calib)
+    out = d(x)
+    err = (out - ref).abs().max().item()
+    scale = ref.abs().max().item()
+    assert 0 < err < 0.1 * scale, (err, scale)  # rounded, not float, and not garbage
+    assert d.backend.endswith("int8")
+
+
+def test_bf16_on_openvino_or_a_clear_error(x):
+    model = _model()
+    if "openvino" not in supported("bf16"):
+        with pytest.raises(ConfigError, match="bf16"):
+            lv.deploy(model, "openvino", "bf16", SIZE)
+        return
+    with torch.no_grad():
+        ref = model(x)
+    d = lv.deploy(model, "openvino", "bf16", SIZE, batch=3, threads=1)
+    err = (d(x) - ref).abs().max().item()
+    assert 0 < err < 0.05 * ref.abs().max().item()
+    assert "bf16" in d.backend and "compiled" not in d.backend
+
+
+def test_auto_picks_the_fastest_of_all_timed():
+    d = lv.deploy(_model(), "auto", input_size=SIZE, batch=2, threads=1, repeats=3)
+    assert len(d.candidates) == len(supported("fp32"))
+    chosen = [k for k in d.candidates if k.startswith(d.backend)]
+    assert chosen and d.candidates[chosen[0]] == min(d.candidates.values())
+
+
+def test_evaluate_and_compare_see_the_runtime(x):
+    model = _model()
+    d = lv.deploy(model, "onnxruntime", input_size=SIZE, threads=1)
+    data = [(x, torch.tensor([0, 1, 2]))]
+    assert lv.evaluate(d, data)["top1"] == pytest.approx(lv.evaluate(model, data)["top1"])
+    stats = compare({"ort": d}, SIZE, batch=2, threads=1, repeats=2, warmup=1)
+    assert stats["ort"].backend.startswith("onnxruntime-")
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"backend": "tensorrt"}, "unknown backend"),
+        ({"precision": "fp16"}, "unknown precision"),
+        ({"backend": "leanvision", "precision": "int8"}, "does not run int8"),
+        ({"backend": "onnxruntime", "precision": "int8"}, "needs calib"),
+        ({"backend": "torch", "threads": 0}, "threads"),
+        ({"backend": "torch", "batch": 0}, "batch"),
+    ],
+)
+def test_bad_arguments_fail_at_the_door(kwargs, match):
+    with pytest.raises(ConfigError, match=match):
+        lv.deploy(_model(), input_size=SIZE, **kwargs)
+
+
+def test_wrong_inputs_are_named(x):
+    d = lv.deploy(_model(), "onnxruntime", input_size=SIZE, threads=1)
+    with pytest.raises(InputShapeError, match="expected a"):
+        d(torch.randn(2, 3, 8, 8))
+    with pytest.raises(InputShapeError, match="float32"):
+        d(x.double())
+    with pytest.raises(InputShapeError):
+        lv.deploy(_model(), "torch", input_size=(1, 16, 16))
