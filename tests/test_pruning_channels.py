@@ -8,6 +8,7 @@ from torch import nn
 
 import leanvision as lv
 from leanvision.errors import ConfigError
+from leanvision.kernels import vector_width
 from leanvision.methods.pruning import mask_channels, prune_channels, replay
 from leanvision.methods.pruning.l1_filter import l1_scores
 
@@ -134,21 +135,33 @@ def test_bad_pruning_requests(resnet20):
         lv.compress(nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten()), "l1_filter")
 
 
-def test_compress_l1_filter_on_a_timm_resnet_and_finetunes(mnist_small):
-    """Works on timm CNNs; finetune_epochs trains the pruned model through the one trainer."""
+@pytest.mark.parametrize("round_to", [None, 1], ids=["default-rounding", "any-width"])
+def test_compress_l1_filter_on_a_timm_resnet_and_finetunes(mnist_small, round_to):
+    """Works on timm CNNs; finetune_epochs trains the pruned model through the one trainer.
+    By default the widths are multiples of the CPU's vector width (the MACs then land within
+    the search's 5 points of the target); round_to=1 reaches it within 1 point."""
     model = lv.create_model("resnet18", num_classes=10, in_chans=1)
     pruned = lv.compress(
         model,
         "l1_filter",
         mnist_small,
         target_macs_ratio=0.5,
+        round_to=round_to,
         finetune_epochs=1,
         max_steps=2,
         progress=False,
         log=False,
     )
     arch = pruned.lv_history[-1]["arch"]
-    assert abs(arch["macs_after"] / arch["macs_before"] - 0.5) <= 0.01
+    kept = arch["macs_after"] / arch["macs_before"]
+    if round_to == 1:
+        assert abs(kept - 0.5) <= 0.01 and arch["round_to_from"] == "given"
+    else:
+        width = vector_width()
+        assert abs(kept - 0.5) <= 0.05 and arch["round_to"] == width
+        assert str(width) in arch["round_to_from"]
+        convs = [m for m in pruned.modules() if isinstance(m, nn.Conv2d)][1:]
+        assert all(c.out_channels % width == 0 for c in convs)
     assert _params(pruned) < 0.7 * _params(model)
     assert pruned(torch.randn(2, 1, 28, 28)).shape == (2, 10)
 

@@ -50,6 +50,7 @@ __all__ = [
     "path",
     "recording_fallbacks",
     "status",
+    "vector_width",
 ]
 
 _CSRC = Path(__file__).parent / "csrc"
@@ -85,6 +86,16 @@ def _machine_level() -> str:
     except Exception:  # pragma: no cover - very old or exotic builds
         return "DEFAULT"
     return cap if cap in _FLAGS else "DEFAULT"
+
+
+_FP32_LANES = {"AVX512": 16, "AVX2": 8}
+
+
+def vector_width() -> int:
+    """float32 lanes of this CPU's vector registers at torch's dispatch level (AVX-512: 16,
+    AVX2: 8, otherwise 4, e.g. NEON): the channel multiple that fills them, the default
+    rounding of pruned widths."""
+    return _FP32_LANES.get(_machine_level(), 4)
 
 
 def capability() -> str:

@@ -26,6 +26,7 @@ from leanvision.errors import ConfigError
 from leanvision.profiling import count_ops
 
 __all__ = [
+    "TargetUnreachableError",
     "ScoreImportance",
     "mask_channels",
     "prune_channels",
@@ -88,6 +89,32 @@ def _graph(model: nn.Module, input_size: tuple[int, ...]) -> Any:
         return tp.DependencyGraph().build_dependency(model, _example(model, input_size))
 
 
+def _nearest_multiples(
+    model: nn.Module,
+    ratio: float,
+    ratio_dict: Mapping[nn.Module, float] | None,
+    round_to: int,
+) -> dict[nn.Module, float]:
+    """Per-layer ratios whose kept widths are the multiples of ``round_to`` NEAREST to what
+    ``ratio`` (or the layer's own) keeps: torch-pruning rounds the kept width down, so a
+    uniform ratio can only jump between coarse MACs levels (a 64-wide layer keeps 48 or 32).
+    Each ratio leaves half a channel over the multiple, which torch-pruning's truncation and
+    round-down then land exactly on; a layer narrower than ``round_to`` is kept whole."""
+    out: dict[nn.Module, float] = {}
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            width = m.out_channels
+        elif isinstance(m, nn.Linear):
+            width = m.out_features
+        else:
+            continue
+        r = ratio if ratio_dict is None else ratio_dict.get(m, 0.0)
+        keep = round(width * (1.0 - r) / round_to) * round_to
+        keep = min(width, max(round_to, keep))
+        out[m] = 0.0 if keep >= width else 1.0 - (keep + 0.5) / width
+    return out
+
+
 def _prune_once(
     model: nn.Module,
     scores: Mapping[str, torch.Tensor],
@@ -108,6 +135,8 @@ def _prune_once(
         if bad:
             raise ConfigError(f"layer_ratios name module(s) the model does not have: {bad[:5]}")
         ratio_dict = {modules[n]: float(r) for n, r in layer_ratios.items()}
+    if round_to is not None and round_to > 1:
+        ratio_dict = _nearest_multiples(pruned, ratio, ratio_dict, round_to)
     with torch.enable_grad(), torch.inference_mode(False):  # the graph is traced by autograd
         pruner = tp.pruner.MetaPruner(
             pruned,
@@ -204,6 +233,10 @@ def prune_channels(
     return pruned, arch
 
 
+class TargetUnreachableError(ConfigError):
+    """No uniform pruning ratio brings the MACs within reach of ``target_macs_ratio``."""
+
+
 def _search_ratio(
     model: nn.Module,
     scores: Mapping[str, torch.Tensor],
@@ -231,7 +264,7 @@ def _search_ratio(
     assert best is not None
     err, pruned, history = best
     if err > max(tolerance, 0.05):
-        raise ConfigError(
+        raise TargetUnreachableError(
             f"cannot reach target_macs_ratio={target}: the closest pruning keeps "
             f"{target + err:.3f} or {target - err:.3f} of the MACs (the prunable layers hold "
             "too few MACs, or round_to is too coarse)"

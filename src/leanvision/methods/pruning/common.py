@@ -12,13 +12,14 @@ import torch
 from torch import nn
 
 from leanvision.errors import ConfigError
+from leanvision.kernels import vector_width
 from leanvision.methods.common import FinetuneConfig, cap_batches, finetune
 from leanvision.methods.config import check_int, check_real, field_error
 from leanvision.methods.distillation.kd import KDHook
 from leanvision.methods.registry import record_transform
 from leanvision.shapes import recorded_input_size
 
-from .channels import prune_channels, replay
+from .channels import TargetUnreachableError, prune_channels, replay
 
 __all__ = [
     "ChannelPruneConfig",
@@ -35,7 +36,10 @@ class ChannelPruneConfig(FinetuneConfig):
 
     ``target_macs_ratio``: fraction of MACs kept (default 0.5 when no target is given);
     ``pruning_ratio``: fraction of channels removed from every prunable layer;
-    ``layer_ratios``: ``{module name: ratio}``. ``round_to``: keep widths multiples of it.
+    ``layer_ratios``: ``{module name: ratio}``. ``round_to``: keep widths multiples of it;
+    None (default): this CPU's float32 vector width (:func:`leanvision.kernels.vector_width`,
+    16 with AVX-512), halved until a ``target_macs_ratio`` is reachable; 1: any width. Odd
+    widths fall off the vector lanes: a pruned net with them gains far less speed than MACs.
     ``input_size``: (C, H, W), one image without the batch (:mod:`leanvision.shapes`); default
     the data's, else the model's ``pretrained_cfg``.
     ``distill``: fine-tune with KD from the unpruned model (``kd_T``, ``kd_alpha``).
@@ -114,9 +118,7 @@ def finish_channel_pruning(
     if not given:
         given = {"target_macs_ratio": 0.5}
     was_training = model.training
-    pruned, arch = prune_channels(
-        model, scores, input_size_of(model, data, cfg), round_to=cfg.round_to, **given
-    )
+    pruned, arch = _prune_rounded(model, scores, input_size_of(model, data, cfg), cfg, given)
     model.train(was_training)
     record_transform(pruned, model, method, arch)
     batches = cap_batches(cfg.recalibrate_batches, cfg.max_steps)
@@ -125,6 +127,35 @@ def finish_channel_pruning(
     hooks = [KDHook(copy.deepcopy(model), cfg.kd_T, cfg.kd_alpha)] if cfg.distill else []
     finetune(pruned, data, cfg, hooks, method=method)
     return pruned.eval()
+
+
+def _prune_rounded(
+    model: nn.Module,
+    scores: Mapping[str, torch.Tensor],
+    input_size: tuple[int, ...],
+    cfg: ChannelPruneConfig,
+    target: dict[str, Any],
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Prune with ``cfg.round_to``, or by default with the widest vector-width multiple (16,
+    8, ... 1) that reaches the target; the arch records the multiple used and why."""
+    if cfg.round_to is not None:
+        pruned, arch = prune_channels(model, scores, input_size, round_to=cfg.round_to, **target)
+        return pruned, {**arch, "round_to": cfg.round_to, "round_to_from": "given"}
+    width = vector_width()
+    while True:
+        try:
+            pruned, arch = prune_channels(
+                model, scores, input_size, round_to=width if width > 1 else None, **target
+            )
+        except TargetUnreachableError:
+            if width == 1:
+                raise
+            width //= 2  # the target needs finer widths than the vector lanes
+            continue
+        why = f"default: this CPU's float32 vector width {vector_width()}"
+        if width < vector_width():
+            why += f", halved to {width} to reach the MACs target"
+        return pruned, {**arch, "round_to": width, "round_to_from": why}
 
 
 @torch.no_grad()
