@@ -12,7 +12,7 @@ treatment.
 from __future__ import annotations
 
 import operator
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -23,6 +23,7 @@ from torch import fx, nn
 from leanvision.deploy.fold import fold_batchnorm
 from leanvision.errors import ConfigError
 from leanvision.layers.conv3x3 import FusedConv3x3, eligible, kernel_runs
+from leanvision.layers.ghost import FusedGhost3x3, ghost_eligible
 from leanvision.profiling import compare
 from leanvision.shapes import check_batch, eval_mode, guarded_forward, resolve_input_size
 
@@ -39,7 +40,7 @@ class ConvChoice:
     layer: str
     shape: tuple[int, ...]  # input (N, C, H, W)
     out_channels: int
-    fused: str  # "", "relu", "add", "add+relu"
+    fused: str  # "", "relu", "add", "add+relu"; a Ghost module: "ghost+bn[+add][+relu]"
     aten_ms: float
     kernel_ms: float
     used: str  # "kernel" or "aten"
@@ -81,6 +82,76 @@ class _AtenChain(nn.Module):
         y = self.conv(x)
         y = y + r if r is not None else y
         return F.relu(y) if self.relu else y
+
+
+class _AtenGhost(nn.Module):
+    """The unfused Ghost module, BN and epilogue as ATen runs them (with the concatenation)."""
+
+    def __init__(self, primary: nn.Conv2d, cheap: nn.Conv2d, norm: nn.Module, relu: bool):
+        super().__init__()
+        self.primary, self.cheap, self.norm, self.relu = primary, cheap, norm, relu
+
+    def forward(self, x: torch.Tensor, r: torch.Tensor | None = None) -> torch.Tensor:
+        p = self.primary(x)
+        y = self.norm(torch.cat([p, self.cheap(p)], dim=1))
+        y = y + r if r is not None else y
+        return F.relu(y) if self.relu else y
+
+
+def _ghost_pattern(
+    node: fx.Node, modules: dict[str, nn.Module]
+) -> tuple[list[fx.Node], None, str] | None:
+    """``norm(cat([p, cheap(p)], 1))`` with ``p = primary(x)``, as a Ghost module (s = 2) and
+    the host's BN trace: the four nodes, when :func:`ghost_eligible` holds for their modules."""
+    if node.op != "call_function" or node.target is not torch.cat or not node.args:
+        return None
+    dim = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else 0)
+    parts = node.args[0]
+    if dim != 1 or not isinstance(parts, (list, tuple)) or len(parts) != 2:
+        return None
+    p, c = parts
+    if not all(isinstance(n, fx.Node) and n.op == "call_module" for n in (p, c)):
+        return None
+    if c.args != (p,) or set(p.users) != {c, node} or set(c.users) != {node}:
+        return None
+    users = list(node.users)
+    if len(users) != 1 or users[0].op != "call_module" or users[0].args != (node,):
+        return None
+    norm = users[0]
+    if not ghost_eligible(modules[p.target], modules[c.target], modules[norm.target]):
+        return None
+    return [p, c, node, norm], None, "ghost+bn"
+
+
+def _candidates(
+    gm: fx.GraphModule, modules: dict[str, nn.Module]
+) -> Iterator[tuple[list[fx.Node], nn.Conv2d | None, str]]:
+    """Ghost modules first, then the eligible 3×3 convolutions left in the graph once they
+    are handled (a Ghost module's primary convolution is one when ATen ran the module
+    faster)."""
+    yield from [g for node in list(gm.graph.nodes) if (g := _ghost_pattern(node, modules))]
+    convs = [n for n in gm.graph.nodes if n.op == "call_module" and eligible(modules.get(n.target))]
+    for node in convs:
+        yield [node], modules[node.target], ""
+
+
+def _epilogue(
+    head: list[fx.Node], modules: dict[str, nn.Module]
+) -> tuple[list[fx.Node], fx.Node | None, bool]:
+    """The nodes to replace (``head`` plus the ReLU, or the residual add and its ReLU, that
+    follow its last node), the residual operand, and whether a ReLU is fused."""
+    last, chain, residual, relu = head[-1], list(head), None, False
+    users = list(last.users)
+    if len(users) == 1 and _is_relu(users[0], modules):
+        chain.append(users[0])
+        relu = True
+    elif len(users) == 1 and (residual := _residual_of(users[0], last)) is not None:
+        chain.append(users[0])
+        after = list(users[0].users)
+        if len(after) == 1 and _is_relu(after[0], modules):
+            chain.append(after[0])
+            relu = True
+    return chain, residual, relu
 
 
 def _time_pair(aten: Any, fused: Any, args: tuple[torch.Tensor, ...], repeats: int) -> tuple:
@@ -155,38 +226,32 @@ def optimize_for_cpu(
         ShapeProp(gm).propagate(example)
 
     choices = []
-    for node in list(gm.graph.nodes):
-        if node.op != "call_module" or not eligible(modules[node.target]):
-            continue
-        conv = modules[node.target]
-        chain, residual, relu = [node], None, False
-        users = list(node.users)
-        if len(users) == 1 and _is_relu(users[0], modules):
-            chain.append(users[0])
-            relu = True
-        elif len(users) == 1 and (residual := _residual_of(users[0], node)) is not None:
-            chain.append(users[0])
-            after = list(users[0].users)
-            if len(after) == 1 and _is_relu(after[0], modules):
-                chain.append(after[0])
-                relu = True
-        fused = FusedConv3x3(conv, relu=relu, residual=residual is not None)
-        shape = tuple(node.args[0].meta["tensor_meta"].shape)
+    for head, layer, kind in _candidates(gm, modules):
+        chain, residual, relu = _epilogue(head, modules)
+        first = head[0]
+        if layer is None:  # a Ghost module: primary, cheap, cat, BN
+            primary, cheap, norm = (modules[n.target] for n in (head[0], head[1], head[3]))
+            fused: nn.Module = FusedGhost3x3(primary, cheap, norm, relu, residual is not None)
+            aten: nn.Module = _AtenGhost(primary, cheap, norm, relu)
+            name, out_channels = first.target.rsplit(".", 1)[0], norm.num_features
+        else:
+            fused = FusedConv3x3(layer, relu=relu, residual=residual is not None)
+            aten, name, out_channels = _AtenChain(layer, relu), first.target, layer.out_channels
+        shape = tuple(first.args[0].meta["tensor_meta"].shape)
         x = torch.randn(*shape).contiguous(memory_format=torch.channels_last)
         args: tuple[torch.Tensor, ...] = (x,)
         if residual is not None:
             r = torch.randn(*residual.meta["tensor_meta"].shape)
             args = (x, r.contiguous(memory_format=torch.channels_last))
-        kind = ("add" if residual is not None else "") + ("+relu" if relu else "")
-        aten = _AtenChain(conv, relu)
+        kind += ("+add" if residual is not None else "") + ("+relu" if relu else "")
         with torch.inference_mode():
             a_ms, k_ms = _time_pair(aten, fused, args, repeats) if autotune else (0.0, 0.0)
         use = not autotune or k_ms < a_ms
         choices.append(
             ConvChoice(
-                node.target,
+                name,
                 shape,
-                conv.out_channels,
+                out_channels,
                 kind.lstrip("+"),
                 round(a_ms, 4),
                 round(k_ms, 4),
@@ -195,11 +260,11 @@ def optimize_for_cpu(
         )
         if not use:
             continue
-        name = f"{node.target.replace('.', '_')}_fused"
-        gm.add_module(name, fused)
+        target = f"{name.replace('.', '_')}_fused"
+        gm.add_module(target, fused)
         with gm.graph.inserting_after(chain[-1]):
             new = gm.graph.call_module(
-                name, (node.args[0],) if residual is None else (node.args[0], residual)
+                target, (first.args[0],) if residual is None else (first.args[0], residual)
             )
         new.meta = dict(chain[-1].meta)
         chain[-1].replace_all_uses_with(new)

@@ -9,11 +9,19 @@ replaces the ``n`` outputs of the original convolution. Cost ≈ 1/s of the orig
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["GhostConv2d"]
+from leanvision import kernels
+from leanvision.derived import DerivedCache
+from leanvision.errors import ConfigError
+from leanvision.opcounts import register_op_handler
+from leanvision.shapes import check_conv_input
+
+__all__ = ["FusedGhost3x3", "GhostConv2d", "ghost_eligible"]
 
 
 class GhostConv2d(nn.Module):
@@ -108,3 +116,139 @@ class GhostConv2d(nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.in_channels}, {self.out_channels}, s={self.ratio}, d={self.dw_size}"
+
+
+def _plain3x3(conv: nn.Module, groups: int = 1) -> bool:
+    return (
+        type(conv) is nn.Conv2d
+        and conv.kernel_size == (3, 3)
+        and conv.stride == (1, 1)
+        and conv.padding in ((1, 1), "same")
+        and conv.dilation == (1, 1)
+        and conv.groups == groups
+        and conv.padding_mode == "zeros"
+        and conv.weight.dtype == torch.float32
+        and conv.weight.device.type == "cpu"
+    )
+
+
+def ghost_eligible(primary: nn.Module, cheap: nn.Module, norm: nn.Module) -> bool:
+    """Whether :class:`FusedGhost3x3` computes ``norm(cat([primary(x), cheap(primary(x))]))``:
+    a 3×3 stride-1 primary convolution with a multiple of 8 outputs m, a 3×3 depthwise cheap
+    operation with m outputs (ratio s = 2, d = 3), and an eval-mode BatchNorm over the 2m."""
+    if not (_plain3x3(primary) and isinstance(cheap, nn.Conv2d)):
+        return False
+    m = primary.out_channels
+    return (
+        m % 8 == 0
+        and _plain3x3(cheap, groups=m)
+        and cheap.in_channels == m
+        and cheap.out_channels == m
+        and type(norm) is nn.BatchNorm2d
+        and norm.num_features == 2 * m
+        and not norm.training
+        and norm.track_running_stats
+        and norm.running_var is not None
+    )
+
+
+class FusedGhost3x3(nn.Module):
+    """A Ghost module (s = 2, d = 3), the host's BatchNorm after it, and the residual add and
+    ReLU that follow, as one inference op over NHWC (``ghost3x3_nhwc`` in
+    ``kernels/csrc/conv3x3.cpp``): the primary's maps stay in a scratch, both halves are
+    written into one output (no concatenation copy), and the BN is folded per half, the
+    intrinsic half as a scale and shift after the primary (the cheap operation reads the
+    primary's own output), the ghost half into the cheap weights.
+
+    Without the kernel (no AVX-512, autograd, another device or dtype) the same arithmetic
+    runs through ``F.conv2d`` and a recording profiler is told (``kernels.fell_back``).
+    Buffers keep the convolutions' layouts; the packed copies are derived, rebuilt whenever
+    a buffer changes.
+
+    Raises (forward):
+        InputShapeError: ``x`` is not (N, C_in, H, W).
+    """
+
+    def __init__(
+        self,
+        primary: nn.Conv2d,
+        cheap: nn.Conv2d,
+        norm: nn.BatchNorm2d,
+        relu: bool = False,
+        residual: bool = False,
+    ) -> None:
+        super().__init__()
+        if not ghost_eligible(primary, cheap, norm):
+            raise ConfigError(
+                "FusedGhost3x3 cannot compute this Ghost module (see "
+                "leanvision.layers.ghost.ghost_eligible)"
+            )
+        self.relu, self.residual = relu, residual
+        m = primary.out_channels
+        with torch.no_grad():
+            scale = norm.weight / torch.sqrt(norm.running_var + norm.eps)
+            shift = norm.bias - norm.running_mean * scale
+            wp = primary.weight.detach().clone()
+            bp = primary.bias.detach().clone() if primary.bias is not None else wp.new_zeros(m)
+            wc = cheap.weight.detach() * scale[m:].view(-1, 1, 1, 1)
+            bc = shift[m:] + (scale[m:] * cheap.bias if cheap.bias is not None else 0.0)
+        self.register_buffer("w_primary", wp)
+        self.register_buffer("b_primary", bp)
+        self.register_buffer("scale1", scale[:m].detach().clone())
+        self.register_buffer("bias1", shift[:m].detach().clone())
+        self.register_buffer("w_cheap", wc.clone())
+        self.register_buffer("bias2", bc.detach().clone())
+        self._packed: DerivedCache[tuple[torch.Tensor, torch.Tensor]] = DerivedCache()
+
+    @property
+    def packed(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(primary (9·C, m) as [ky][kx][ci][co], cheap (9, m) as [ky][kx][c])."""
+        return self._packed.get((self.w_primary, self.w_cheap), self._pack)
+
+    def _pack(self) -> tuple[torch.Tensor, torch.Tensor]:
+        wp, wc = self.w_primary.detach(), self.w_cheap.detach()
+        primary = wp.permute(2, 3, 1, 0).reshape(-1, wp.shape[0]).contiguous()
+        return primary, wc.reshape(wc.shape[0], 9).t().contiguous()
+
+    def extra_repr(self) -> str:
+        m, c = self.w_primary.shape[:2]
+        return f"{c}, {2 * m}, s=2, d=3, relu={self.relu}, residual={self.residual}"
+
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        """(N, C_in, H, W) → (N, 2m, H, W)."""
+        if self.residual != (residual is not None):
+            raise ConfigError(
+                f"FusedGhost3x3 built with residual={self.residual} was called "
+                f"{'without' if residual is None else 'with'} a residual"
+            )
+        m, c = self.w_primary.shape[:2]
+        check_conv_input(f"FusedGhost3x3({c}, {2 * m})", x, c)
+        grad = torch.is_grad_enabled() and (
+            x.requires_grad or (residual is not None and residual.requires_grad)
+        )
+        reason = kernels.why_not("conv3x3", x, grad=grad)
+        if reason is None:
+            wp, wc = self.packed
+            return torch.ops.leanvision.ghost3x3_nhwc(
+                x, wp, self.b_primary, self.scale1, self.bias1, wc, self.bias2, residual,
+                self.relu,
+            )  # fmt: skip
+        kernels.fell_back(self, reason)
+        p = F.conv2d(x, self.w_primary, self.b_primary, padding=1)
+        y1 = p * self.scale1.view(1, -1, 1, 1) + self.bias1.view(1, -1, 1, 1)
+        y2 = F.conv2d(p, self.w_cheap, self.bias2, padding=1, groups=m)
+        y = torch.cat([y1, y2], dim=1)
+        if residual is not None:
+            y = y + residual
+        return F.relu(y) if self.relu else y
+
+
+def _ghost3x3_flops(x: Any, wp: Any, *rest: Any, out_shape: Any = None, **kw: Any) -> int:
+    """The profiler's FLOP formula for ``ghost3x3_nhwc``: 2 × (primary 9·C·m + cheap 9·m)
+    MACs per pixel (the per-channel scale of the intrinsic half is not a MAC)."""
+    n, two_m, h, w = out_shape
+    m = two_m // 2
+    return 2 * n * h * w * m * (wp[0] + 9)
+
+
+register_op_handler("leanvision::ghost3x3_nhwc", _ghost3x3_flops)

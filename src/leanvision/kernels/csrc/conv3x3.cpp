@@ -114,6 +114,99 @@ void row(const Row& r) {
     span<CB, 1>(r, c0, w);
   }
 }
+// P output pixels x 8 channels (one 256-bit vector): the primary convolution of a Ghost
+// module with 8k + 8 channels (e.g. the 8 of Ghost-ResNet's first stage), at full lane use.
+template <int P>
+inline void tile8(const float* xp, int rs, int cin, const float* wp, int cout, const float* bias,
+                  float* y) {
+  __m256 acc[P];
+  const __m256 b = _mm256_loadu_ps(bias);
+#pragma GCC unroll 32
+  for (int p = 0; p < P; ++p) acc[p] = b;
+  for (int ky = 0; ky < 3; ++ky) {
+    const float* xr = xp + ky * rs;
+    const float* wr = wp + ky * 3 * cin * cout;
+    for (int ci = 0; ci < cin; ++ci) {
+      __m256 w[3];
+#pragma GCC unroll 3
+      for (int kx = 0; kx < 3; ++kx) w[kx] = _mm256_loadu_ps(wr + (kx * cin + ci) * cout);
+#pragma GCC unroll 32
+      for (int j = 0; j < P + 2; ++j) {
+        const __m256 xv = _mm256_set1_ps(xr[j * cin + ci]);
+#pragma GCC unroll 3
+        for (int kx = 0; kx < 3; ++kx) {
+          const int p = j - kx;
+          if (p >= 0 && p < P) acc[p] = _mm256_fmadd_ps(xv, w[kx], acc[p]);
+        }
+      }
+    }
+  }
+#pragma GCC unroll 32
+  for (int p = 0; p < P; ++p) _mm256_storeu_ps(y + p * cout, acc[p]);
+}
+
+template <int P>
+inline void span8(const Row& r, int c0, int& w) {
+  for (; w + P <= r.width; w += P)
+    tile8<P>(r.xp + w * r.cin, r.rs, r.cin, r.w + c0, r.cout, r.bias + c0, r.y + w * r.cout + c0);
+}
+
+// One output row, any multiple of 8 channels: 32-, 16-, then 8-channel tiles (no epilogue).
+void row_mixed(const Row& r) {
+  int c0 = 0;
+  for (; c0 + 32 <= r.cout; c0 += 32) {
+    int w = 0;
+    span<2, 12>(r, c0, w), span<2, 8>(r, c0, w), span<2, 4>(r, c0, w);
+    span<2, 2>(r, c0, w), span<2, 1>(r, c0, w);
+  }
+  for (; c0 + 16 <= r.cout; c0 += 16) {
+    int w = 0;
+    span<1, 16>(r, c0, w), span<1, 8>(r, c0, w), span<1, 4>(r, c0, w);
+    span<1, 2>(r, c0, w), span<1, 1>(r, c0, w);
+  }
+  if (c0 + 8 <= r.cout) {
+    int w = 0;
+    span8<16>(r, c0, w), span8<8>(r, c0, w), span8<4>(r, c0, w);
+    span8<2>(r, c0, w), span8<1>(r, c0, w);
+  }
+}
+
+inline __mmask16 lanes(int left) {
+  return left >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << left) - 1);
+}
+
+// The Ghost module's epilogue for one output row: from the primary's raw rows (padded, m
+// channels per pixel, rows hh-1..hh+1 at s_up, s_mid, s_down), writes
+// y[:, :m] = act(scale1 * P + bias1 (+ res)) and y[:, m:] = act(dw3x3(P) + bias2 (+ res)).
+void ghost_row(const float* s_up, const float* s_mid, const float* s_down, int width, int m,
+               const float* scale1, const float* bias1, const float* wd, const float* bias2,
+               float* y, const float* res, bool relu) {
+  const __m512 zero = _mm512_setzero_ps();
+  const float* rows[3] = {s_up, s_mid, s_down};
+  for (int w = 0; w < width; ++w) {
+    float* yo = y + static_cast<int64_t>(w) * 2 * m;
+    const float* ro = res ? res + static_cast<int64_t>(w) * 2 * m : nullptr;
+    for (int c = 0; c < m; c += 16) {
+      const __mmask16 k = lanes(m - c);
+      __m512 v = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(k, scale1 + c),
+                                 _mm512_maskz_loadu_ps(k, s_mid + (w + 1) * m + c),
+                                 _mm512_maskz_loadu_ps(k, bias1 + c));
+      if (ro) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(k, ro + c));
+      if (relu) v = _mm512_max_ps(v, zero);
+      _mm512_mask_storeu_ps(yo + c, k, v);
+      __m512 g = _mm512_maskz_loadu_ps(k, bias2 + c);
+#pragma GCC unroll 3
+      for (int ky = 0; ky < 3; ++ky)
+#pragma GCC unroll 3
+        for (int kx = 0; kx < 3; ++kx)
+          g = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(k, wd + (ky * 3 + kx) * m + c),
+                              _mm512_maskz_loadu_ps(k, rows[ky] + (w + kx) * m + c), g);
+      if (ro) g = _mm512_add_ps(g, _mm512_maskz_loadu_ps(k, ro + m + c));
+      if (relu) g = _mm512_max_ps(g, zero);
+      _mm512_mask_storeu_ps(yo + m + c, k, g);
+    }
+  }
+}
 #endif
 
 std::string conv3x3_isa() {
@@ -194,6 +287,108 @@ at::Tensor conv3x3_nhwc(const at::Tensor& x_in, const at::Tensor& w_in, const at
 #endif
 }
 
+// Ghost module (GhostNet, arXiv 1911.11907) with ratio 2 and a 3x3 cheap operation, and the
+// host's folded BN, residual add and ReLU, in one pass over NHWC:
+//   P = conv3x3(x, w_primary) + b_primary                     (m channels, kept in a scratch)
+//   y[:, :m] = act(scale1 * P + bias1 (+ res[:, :m]))
+//   y[:, m:] = act(depthwise3x3(P, w_cheap) + bias2 (+ res[:, m:]))
+// y is written once, both halves in place: no concatenation copy. w_primary packed (9*C, m)
+// as [ky][kx][ci][co]; w_cheap (9, m) as [ky][kx][c]; m a multiple of 8. Work is split over
+// whole images, or over row bands of one image when there are fewer images than threads (a
+// band recomputes the primary rows at its edges).
+at::Tensor ghost3x3_nhwc(const at::Tensor& x_in, const at::Tensor& wp_in, const at::Tensor& bp_in,
+                         const at::Tensor& s1_in, const at::Tensor& b1_in,
+                         const at::Tensor& wd_in, const at::Tensor& b2_in,
+                         const c10::optional<at::Tensor>& res_in, bool relu) {
+#ifndef __AVX512F__
+  TORCH_CHECK(false, "ghost3x3_nhwc: this build has no AVX-512 (use torch's convolution)");
+#else
+  TORCH_CHECK(x_in.dim() == 4 && x_in.scalar_type() == at::kFloat && x_in.device().is_cpu(),
+              "ghost3x3_nhwc: x must be a 4-D float32 CPU tensor, got ", x_in.sizes(), " ",
+              x_in.scalar_type());
+  const int64_t n = x_in.size(0), c = x_in.size(1), h = x_in.size(2), wd = x_in.size(3);
+  TORCH_CHECK(c >= 1, "ghost3x3_nhwc: x has no channels");
+  TORCH_CHECK(wp_in.dim() == 2 && wp_in.size(0) == 9 * c && wp_in.size(1) >= 8 &&
+                  wp_in.size(1) % 8 == 0 && wp_in.scalar_type() == at::kFloat &&
+                  wp_in.device().is_cpu(),
+              "ghost3x3_nhwc: packed primary weight must be float32 CPU (9*C, m) with m a "
+              "multiple of 8; got ", wp_in.sizes(), " for C = ", c);
+  const int64_t m = wp_in.size(1);
+  for (const at::Tensor* v : {&bp_in, &s1_in, &b1_in, &b2_in})
+    TORCH_CHECK(v->dim() == 1 && v->numel() == m && v->scalar_type() == at::kFloat &&
+                    v->device().is_cpu(),
+                "ghost3x3_nhwc: bias and scale vectors must be float32 CPU with ", m,
+                " values, got ", v->sizes());
+  TORCH_CHECK(wd_in.dim() == 2 && wd_in.size(0) == 9 && wd_in.size(1) == m &&
+                  wd_in.scalar_type() == at::kFloat && wd_in.device().is_cpu(),
+              "ghost3x3_nhwc: cheap weight must be float32 CPU (9, ", m, "), got ",
+              wd_in.sizes());
+  const auto cl = at::MemoryFormat::ChannelsLast;
+  at::Tensor res;
+  if (res_in.has_value()) {
+    TORCH_CHECK(res_in->sizes() == at::IntArrayRef({n, 2 * m, h, wd}) &&
+                    res_in->scalar_type() == at::kFloat && res_in->device().is_cpu(),
+                "ghost3x3_nhwc: residual must be float32 CPU of shape ",
+                at::IntArrayRef({n, 2 * m, h, wd}), ", got ", res_in->sizes());
+    res = res_in->contiguous(cl);
+  }
+  const at::Tensor x = x_in.contiguous(cl);
+  const at::Tensor wp = wp_in.contiguous(), bp = bp_in.contiguous(), s1 = s1_in.contiguous();
+  const at::Tensor b1 = b1_in.contiguous(), wdw = wd_in.contiguous(), b2 = b2_in.contiguous();
+  at::Tensor y = at::empty({n, 2 * m, h, wd}, x.options().memory_format(cl));
+  if (y.numel() == 0) return y;
+  const float* xd = x.data_ptr<float>();
+  const float* rd = res.defined() ? res.data_ptr<float>() : nullptr;
+  float* yd = y.data_ptr<float>();
+  const int rs = static_cast<int>((wd + 2) * c);        // padded input row
+  const int64_t ss = (wd + 2) * m;                       // padded primary row
+  const int64_t threads = at::get_num_threads();
+  const int64_t bands = n >= threads ? 1 : std::min<int64_t>(h, (threads + n - 1) / n);
+  const int64_t band_h = (h + bands - 1) / bands;
+  at::parallel_for(0, n * bands, 1, [&](int64_t t0, int64_t t1) {
+    std::vector<float> pad(static_cast<size_t>(h + 2) * rs, 0.f);
+    std::vector<float> sp(static_cast<size_t>(h + 2) * ss, 0.f);
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t img = t / bands, h0 = (t % bands) * band_h;
+      const int64_t h1 = std::min<int64_t>(h, h0 + band_h);
+      if (h0 >= h1) continue;
+      const float* xn = xd + img * h * wd * c;
+      const int64_t a = std::max<int64_t>(0, h0 - 1), b = std::min<int64_t>(h, h1 + 1);
+      // padded input rows a .. b+1 hold input rows a-1 .. b (zero outside the image)
+      for (int64_t pr = a; pr <= b + 1; ++pr) {
+        float* dst = pad.data() + pr * rs;
+        const int64_t src = pr - 1;
+        if (src < 0 || src >= h) {
+          std::memset(dst, 0, sizeof(float) * rs);
+        } else {
+          std::memset(dst, 0, sizeof(float) * c);
+          std::memcpy(dst + c, xn + src * wd * c, sizeof(float) * wd * c);
+          std::memset(dst + (wd + 1) * c, 0, sizeof(float) * c);
+        }
+      }
+      // primary rows a .. b-1 into padded scratch rows a+1 .. b; rows 0 and h+1 and the
+      // edge columns stay zero (the cheap op's zero padding)
+      for (int64_t r = a; r < b; ++r) {
+        const Row rw{pad.data() + r * rs, rs, static_cast<int>(c), static_cast<int>(m),
+                     static_cast<int>(wd), wp.data_ptr<float>(), bp.data_ptr<float>(),
+                     sp.data() + (r + 1) * ss + m, nullptr, false};
+        row_mixed(rw);
+      }
+      if (h0 - 1 < 0) std::memset(sp.data(), 0, sizeof(float) * ss);
+      if (h1 + 1 > h) std::memset(sp.data() + (h + 1) * ss, 0, sizeof(float) * ss);
+      for (int64_t hh = h0; hh < h1; ++hh) {
+        const int64_t off = ((img * h) + hh) * wd * 2 * m;
+        ghost_row(sp.data() + hh * ss, sp.data() + (hh + 1) * ss, sp.data() + (hh + 2) * ss,
+                  static_cast<int>(wd), static_cast<int>(m), s1.data_ptr<float>(),
+                  b1.data_ptr<float>(), wdw.data_ptr<float>(), b2.data_ptr<float>(), yd + off,
+                  rd ? rd + off : nullptr, relu);
+      }
+    }
+  });
+  return y;
+#endif
+}
+
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(leanvision, m) {
@@ -201,4 +396,7 @@ TORCH_LIBRARY_FRAGMENT(leanvision, m) {
   m.def("conv3x3_nhwc(Tensor x, Tensor w_packed, Tensor bias, Tensor? residual, bool relu) "
         "-> Tensor");
   m.impl("conv3x3_nhwc", c10::DispatchKey::CPU, &conv3x3_nhwc);
+  m.def("ghost3x3_nhwc(Tensor x, Tensor w_primary, Tensor b_primary, Tensor scale1, "
+        "Tensor bias1, Tensor w_cheap, Tensor bias2, Tensor? residual, bool relu) -> Tensor");
+  m.impl("ghost3x3_nhwc", c10::DispatchKey::CPU, &ghost3x3_nhwc);
 }
