@@ -18,13 +18,16 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 import torch
 
 import leanvision as lv
-from leanvision.engine import load_checkpoint
+from leanvision.deploy import deploy, supported
+from leanvision.engine import evaluate, load_checkpoint
 from leanvision.methods.ghost import ghostify
 from leanvision.pipeline import cpu_info, measure_models
+from leanvision.profiling import compare
 from leanvision.report import check_results_target, write_results
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -94,7 +97,8 @@ def cmd_report(args: argparse.Namespace) -> None:
     lat_ratio = ghost["latency_ms"]["median"] / base["latency_ms"]["median"]
     mac_ratio = ghost["macs"] / base["macs"]
     ghost["notes"] += (
-        f". MACs ×{mac_ratio:.2f} and latency ×{lat_ratio:.2f} of ResNet-56 on this CPU: "
+        f". MACs ×{mac_ratio:.2f} and latency ×{lat_ratio:.2f} of ResNet-56 in eager PyTorch "
+        "(channels-last) on this CPU: "
         + (
             "the MAC cut turns into speed."
             if lat_ratio < 1
@@ -105,6 +109,7 @@ def cmd_report(args: argparse.Namespace) -> None:
     )
     for row, name in zip(rows, ("resnet56", "ghost_resnet56_s2d3")):
         row["extra"] = {"epochs": epochs[name], "best_val_top1": bests[name]}
+    table = deploy_table(models, data, args, mac_gain=base["macs"] / ghost["macs"])
     path = write_results(
         OUT,
         rows,
@@ -118,9 +123,102 @@ def cmd_report(args: argparse.Namespace) -> None:
             "command": "python benchmarks/ghost_cifar10.py train --which baseline|ghost --epochs "
             f"{max(epochs.values())} && python benchmarks/ghost_cifar10.py report",
             "cpu": cpu_info(),
+            "tables": [table],
+            "notes": deploy_notes(table, base["macs"] / ghost["macs"]),
         },
     )
     print(f"wrote {path}")
+
+
+# (backend, precision) pairs of the deploy table, where this machine runs them
+DEPLOYS = [
+    ("torch", "fp32"),
+    ("leanvision", "fp32"),
+    ("onnxruntime", "fp32"),
+    ("openvino", "fp32"),
+    ("openvino", "bf16"),
+]
+BATCHES = (32, 1)
+
+
+def deploy_table(models: dict, data: Any, args: argparse.Namespace, mac_gain: float) -> dict:
+    """Both models on every runtime, batch 32 and 1: deployed test top-1, and latency with
+    the two models of a runtime timed side by side in one process (issue 19's bar: speed-up
+    >= 0.8 x the MACs gain)."""
+    size = tuple(data.input_size)
+    rows = []
+    for backend, precision in DEPLOYS:
+        if backend not in supported(precision):
+            continue
+        for batch in BATCHES:
+            pair = {
+                name: deploy(m, backend, precision, size, batch=batch, threads=args.threads)
+                for name, m in models.items()
+            }
+            with torch.inference_mode():
+                stats = compare(pair, size, batch=batch, threads=args.threads, repeats=30)
+            tops = {}
+            if batch == BATCHES[0]:
+                test = data.loader("test")
+                tops = {n: round(evaluate(d, test)["top1"], 2) for n, d in pair.items()}
+            dense, ghost = (stats[n] for n in ("resnet56", "ghost_resnet56_s2d3"))
+            speedup = dense.median_ms / ghost.median_ms
+            rows.append(
+                [
+                    backend,
+                    precision,
+                    batch,
+                    round(dense.median_ms, 3),
+                    round(ghost.median_ms, 3),
+                    round(speedup, 3),
+                    round(speedup / mac_gain, 3),
+                    tops.get("resnet56"),
+                    tops.get("ghost_resnet56_s2d3"),
+                    ghost.backend,
+                ]
+            )
+            print(rows[-1])
+    return {
+        "title": "Deployed: ResNet-56 and Ghost-ResNet-56 on each CPU runtime (lv.deploy), "
+        f"the two timed side by side per runtime, {args.threads} threads",
+        "columns": [
+            "runtime",
+            "precision",
+            "batch",
+            "ResNet-56 ms",
+            "Ghost ms",
+            "speed-up",
+            "speed-up / MACs gain",
+            "ResNet-56 test top-1 %",
+            "Ghost test top-1 %",
+            "Ghost backend (what ran)",
+        ],
+        "rows": rows,
+    }
+
+
+def deploy_notes(table: dict, mac_gain: float) -> list[str]:
+    """The acceptance lines, computed from the table, per batch: the speed-up on the runtime
+    where it is largest, and the fairest one, each model on its own fastest runtime (the bar:
+    >= 0.8 x the MACs gain, judged on the fairest)."""
+    notes = []
+    for batch in BATCHES:
+        at = [r for r in table["rows"] if r[2] == batch]
+        if not at:
+            continue
+        best = max(at, key=lambda r: r[5])
+        dense = min(at, key=lambda r: r[3])
+        ghost = min(at, key=lambda r: r[4])
+        fair = dense[3] / ghost[4]
+        met = fair / mac_gain >= 0.8
+        notes.append(
+            f"Batch {batch}: on one runtime, Ghost-ResNet-56 is at most {best[5]:.2f}x as fast "
+            f"as ResNet-56 ({best[0]} {best[1]}); each on its fastest runtime (ResNet-56 "
+            f"{dense[3]:.2f} ms on {dense[0]} {dense[1]}, Ghost {ghost[4]:.2f} ms on "
+            f"{ghost[0]} {ghost[1]}) {fair:.2f}x, {fair / mac_gain:.2f} of the {mac_gain:.2f}x "
+            f"MACs gain (bar 0.8: {'met' if met else 'not met'})."
+        )
+    return notes
 
 
 def main() -> None:

@@ -223,7 +223,7 @@ def _build(
         fast, choices = optimize_for_cpu(model, size, batch=batch)
         kernel = sum(c.used == "kernel" for c in choices)
         run = _TorchRun(fast, torch.channels_last)
-        label = f"leanvision-cpu-fp32[{kernel}/{len(choices)} convs on the kernel]"
+        label = f"leanvision-cpu-fp32[{kernel}/{len(choices)} layers on the kernels]"
         return DeployedModel(run, label, precision, size, threads)
     assert onnx_path is not None
     if name == "onnxruntime":
