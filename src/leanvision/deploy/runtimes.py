@@ -32,6 +32,7 @@ they do not take CPU from the model that runs next.
 from __future__ import annotations
 
 import copy
+import logging
 import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -350,13 +351,21 @@ def _quantize_int8(
     pre = path.with_name("model.pre.onnx")
     quant_pre_process(str(path), str(pre), skip_symbolic_shape=True)
     out = path.with_name("model.int8.onnx")
-    quantize_static(
-        str(pre),
-        str(out),
-        _Reader(),
-        quant_format=QuantFormat.QDQ,
-        per_channel=True,
-        activation_type=QuantType.QInt8,
-        weight_type=QuantType.QInt8,
-    )
+    root = logging.getLogger()
+    level = root.level
+    # the quantizer warns on the root logger for every 1-D weight it keeps per-tensor (a BN
+    # after a concatenation): expected, and hundreds of lines
+    root.setLevel(logging.ERROR)
+    try:
+        quantize_static(
+            str(pre),
+            str(out),
+            _Reader(),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QInt8,
+            weight_type=QuantType.QInt8,
+        )
+    finally:
+        root.setLevel(level)
     return out
