@@ -35,7 +35,7 @@ from typing import Any
 import torch
 
 import leanvision as lv
-from leanvision.engine import load_checkpoint, training_note, training_record
+from leanvision.engine import load_checkpoint, save_checkpoint, training_note, training_record
 from leanvision.methods.registry import get_method
 from leanvision.pipeline import cpu_info
 from leanvision.provenance import git_state
@@ -45,6 +45,10 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "cifar10"
 RUNS = ROOT / "runs" / "bench_distill_cifar10"
 OUT = ROOT / "benchmarks" / "results" / "distill_cifar10"
+# The teacher is the ghost benchmark's ResNet-56 (same model, init, data order and schedule):
+# its trained weights and training record are committed (`keep-teacher`), so the students
+# train without two hours of teacher training first; `teacher` retrains it into RUNS.
+TEACHER_FILE = ROOT / "benchmarks" / "teachers" / "resnet56_cifar10_seed0.pt"
 
 STUDENT = {"img_size": 32, "patch_size": 4, "num_classes": 10, "drop_path_rate": 0.0}
 # Student blocks of the paper's command; teacher blocks at the same relative depth of
@@ -148,13 +152,35 @@ def build_student(distilled: bool, seed: int = 0) -> torch.nn.Module:
     return lv.create_model(name, **STUDENT)
 
 
+def teacher_path() -> Path:
+    """The teacher this run trained (``RUNS/teacher/last.pt``), else the committed copy."""
+    run = RUNS / "teacher" / "last.pt"
+    return run if run.exists() or not TEACHER_FILE.exists() else TEACHER_FILE
+
+
 def trained_teacher() -> torch.nn.Module:
-    path = RUNS / "teacher" / "last.pt"
+    path = teacher_path()
     if not path.exists():
         sys.exit(f"no teacher at {path}: run `python {Path(__file__).name} teacher` first")
     model = build_teacher()
     model.load_state_dict(load_checkpoint(path)["model"])
     return model.eval()
+
+
+def cmd_keep_teacher(args: argparse.Namespace) -> None:
+    """Copy a trained ResNet-56 (weights, history, stretch records; no optimizer state) to
+    ``TEACHER_FILE``, after checking it is the teacher's model, seed and schedule."""
+    state = load_checkpoint(args.source)
+    cfg = state.get("config") or {}
+    want = {"epochs": 10, "lr": 0.1, "weight_decay": 5e-4, "seed": 0}
+    wrong = {k: cfg.get(k) for k, v in want.items() if cfg.get(k) != v}
+    if wrong or int(state["epoch"]) != 10:
+        sys.exit(f"{args.source} is not the teacher's schedule ({want}, 10 epochs): {wrong}")
+    build_teacher().load_state_dict(state["model"])  # the architecture matches, strictly
+    keep = ("format", "model", "epoch", "global_step", "history", "best", "config", "stretches")
+    TEACHER_FILE.parent.mkdir(parents=True, exist_ok=True)
+    save_checkpoint({k: state[k] for k in keep if k in state}, TEACHER_FILE)
+    print(f"wrote {TEACHER_FILE}")
 
 
 def run_dir(variant: str, seed: int) -> Path:
@@ -253,6 +279,7 @@ def cmd_report(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     data = load(args, batch_size=256)
     teacher_cache = RUNS / "teacher" / "test_predictions.pt"
+    teacher_cache.parent.mkdir(parents=True, exist_ok=True)
     if teacher_cache.exists():
         saved = torch.load(teacher_cache, weights_only=True)
         t_pred, labels = saved["pred"], saved["labels"]
@@ -261,7 +288,7 @@ def cmd_report(args: argparse.Namespace) -> None:
         torch.save({"pred": t_pred, "labels": labels}, teacher_cache)
     t_top1 = 100.0 * (t_pred == labels).float().mean().item()
     rows, epochs = [], set()
-    trained = [f"teacher: {training_note(training_record(RUNS / 'teacher' / 'last.pt'), 1)}"]
+    trained = [f"teacher: {training_note(training_record(teacher_path()), 1)}"]
     for variant, spec in VARIANTS.items():
         runs = sorted(RUNS.glob(f"{variant}"), key=str) + sorted(RUNS.glob(f"{variant}_seed*"))
         runs = [r for r in runs if (r / "summary.json").exists()]
@@ -368,8 +395,14 @@ def main(argv: list[str] | None = None) -> None:
     t.add_argument("--max-steps", type=int, default=None)
     t.add_argument("--seed", type=int, default=0, help="student init and data order")
     sub.add_parser("report")
+    k = sub.add_parser("keep-teacher", help="commit a trained teacher: see TEACHER_FILE")
+    k.add_argument(
+        "--source", default=str(ROOT / "runs" / "bench_ghost_cifar10" / "baseline" / "last.pt")
+    )
     args = p.parse_args(argv)
-    {"teacher": cmd_teacher, "train": cmd_train, "report": cmd_report}[args.cmd](args)
+    cmds = {"teacher": cmd_teacher, "train": cmd_train, "report": cmd_report}
+    cmds["keep-teacher"] = cmd_keep_teacher
+    cmds[args.cmd](args)
 
 
 if __name__ == "__main__":

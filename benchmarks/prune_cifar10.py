@@ -44,6 +44,15 @@ from leanvision.report import check_results_target, write_results
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "cifar10"
 DISTILL = ROOT / "runs" / "bench_distill_cifar10"
+# the distillation benchmark's teacher: trained there, else its committed copy
+TEACHER_FILE = ROOT / "benchmarks" / "teachers" / "resnet56_cifar10_seed0.pt"
+
+
+def teacher_path() -> Path:
+    run = DISTILL / "teacher" / "last.pt"
+    return run if run.exists() or not TEACHER_FILE.exists() else TEACHER_FILE
+
+
 RUNS = ROOT / "runs" / "bench_prune_cifar10"
 OUT = ROOT / "benchmarks" / "results" / "prune_cifar10"
 SMOKE = False  # tests set it (the fixture that loads a benchmark in smoke mode)
@@ -83,7 +92,7 @@ def load(args: argparse.Namespace, batch_size: int) -> Any:
 
 def dense_resnet() -> torch.nn.Module:
     model = lv.create_model("resnet56_cifar", num_classes=10)
-    model.load_state_dict(load_checkpoint(DISTILL / "teacher" / "last.pt")["model"])
+    model.load_state_dict(load_checkpoint(teacher_path())["model"])
     return model.eval()
 
 
@@ -182,7 +191,7 @@ def _training(args: argparse.Namespace) -> dict | None:
     """What trained each model in this report, read from its checkpoint (every stretch of a
     resumed run, and the commits they ran at)."""
     runs = Path(args.runs)
-    found = [("resnet56 (dense)", DISTILL / "teacher" / "last.pt"),
+    found = [("resnet56 (dense)", teacher_path()),
              ("vit (dense)", DISTILL / "scratch" / "last.pt")]  # fmt: skip
     found += [(m, runs / m / "train" / "last.pt") for m in (*CHANNEL, *TOKEN)]
     found += [(f"{a} + {args.epochs} epochs", runs / f"{a}_dense_ft" / "train" / "last.pt")
