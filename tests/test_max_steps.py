@@ -210,6 +210,8 @@ def test_trainer_reads_no_batch_past_the_cap():
                            "rounds": 0}, 12),
         ("adder_quant", lambda: lv.create_model("resnet20_adder", width=0.25), {"calib_batches": 2},
          2 * BATCH),
+        ("int8", lambda: _cnn(), {"calib_split": "train", "calib_batches": 2, "backend":
+                                  "onnxruntime"}, 2 * BATCH),
     ],
 )  # fmt: skip
 def test_calibration_only_methods_are_bounded_by_their_own_knob(method, build, hparams, limit):

@@ -34,6 +34,7 @@ BAD = {
     "fda": ("terms_end", 3),
     "feature_kd": ("beta", -1.0),
     "ghost": ("dw_size", 2),
+    "int8": ("calib_split", "test"),
     "kd": ("alpha", 1.5),
     "l1_filter": ("pruning_ratio", 1.0),
     "lns": ("rho", 0.5),
@@ -132,6 +133,7 @@ def test_training_without_data_fails_at_the_door(spec):
         ("patch_slimming", {"tolerance": 0.1, "finetune_epochs": 0}),  # calibration
         ("ptq_vit", {}),
         ("adder_quant", {}),
+        ("int8", {}),
     ],
 )
 def test_methods_that_always_read_data_refuse_data_none(method, hparams):

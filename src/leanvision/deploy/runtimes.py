@@ -32,6 +32,7 @@ they do not take CPU from the model that runs next.
 from __future__ import annotations
 
 import copy
+import itertools
 import logging
 import tempfile
 from collections.abc import Iterable, Sequence
@@ -46,7 +47,9 @@ from leanvision.deploy.cpu import optimize_for_cpu
 from leanvision.deploy.fold import fold_batchnorm
 from leanvision.deploy.onnx import export_onnx
 from leanvision.errors import ConfigError, InputShapeError
-from leanvision.profiling import compare
+from leanvision.fileio import atomic_write
+from leanvision.opcounts import OpCounts, register_module_counter
+from leanvision.profiling import compare, count_ops
 from leanvision.shapes import check_batch, eval_mode, guarded_forward, resolve_input_size
 
 __all__ = ["BACKENDS", "PRECISIONS", "DeployedModel", "deploy", "supported"]
@@ -91,12 +94,37 @@ class DeployedModel(nn.Module):
         precision: str,
         input_size: tuple[int, ...],
         threads: int | None,
+        source: nn.Module | None = None,
+        onnx: bytes | None = None,
     ) -> None:
         super().__init__()
         self._run = run
         self.backend, self.precision = backend, precision
         self.input_size, self.threads = tuple(input_size), threads
         self.candidates: dict[str, float] = {}
+        # the float model it was deployed from: its parameters are the deployed model's (for
+        # counting and reports); not what runs
+        self.source = source
+        self._onnx = onnx
+        self._counts: OpCounts | None = None
+
+    def counts(self) -> OpCounts:
+        """Operations of one sample, the source model's; in an int8 model the MACs of every
+        convolution and matrix product are int8 (what the QDQ graph quantizes)."""
+        if self._counts is None:
+            if self.source is None:
+                raise ConfigError(f"{self.backend}: deployed without its source model")
+            c = count_ops(self.source, self.input_size)
+            if self.precision == "int8":
+                c = OpCounts(c.macs, c.adds, c.muls, c.bitops, dict(c.by_op), c.macs, c.int_adds)
+            self._counts = c
+        return self._counts
+
+    def save_onnx(self, path: str | Path) -> Path:
+        """Write the ONNX graph the runtime runs (the QDQ graph for int8)."""
+        if self._onnx is None:
+            raise ConfigError(f"{self.backend} runs no ONNX graph (it is a PyTorch module)")
+        return atomic_write(path, lambda f: f.write(self._onnx))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(N, *input_size) float32 CPU tensor → the model's output (a CPU tensor)."""
@@ -188,6 +216,10 @@ def deploy(
                 onnx_path = _quantize_int8(onnx_path, calib, calib_batches, size)
         for name in names:
             built[name] = _build(name, model, precision, size, n, threads, onnx_path)
+            built[name].source = model
+            if name in ("onnxruntime", "openvino"):
+                assert onnx_path is not None
+                built[name]._onnx = onnx_path.read_bytes()
     if len(built) == 1:
         return next(iter(built.values()))
     with torch.inference_mode():
@@ -329,9 +361,7 @@ def _quantize_int8(
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     batches = []
-    for i, b in enumerate(calib):
-        if i >= max_batches:
-            break
+    for i, b in enumerate(itertools.islice(calib, max_batches)):  # no batch read past it
         x = b[0] if isinstance(b, (tuple, list)) else b
         if not isinstance(x, torch.Tensor) or tuple(x.shape[1:]) != tuple(size):
             got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
@@ -369,3 +399,17 @@ def _quantize_int8(
     finally:
         root.setLevel(level)
     return out
+
+
+def _count_deployed(module: nn.Module, inputs: tuple[Any, ...], output: Any) -> OpCounts:
+    """The profiler's count of a deployed model: its source's, times the batch."""
+    assert isinstance(module, DeployedModel)
+    one = module.counts()
+    n = int(inputs[0].shape[0]) if inputs and isinstance(inputs[0], torch.Tensor) else 1
+    return OpCounts(
+        one.macs * n, one.adds * n, one.muls * n, one.bitops * n,
+        {k: v * n for k, v in one.by_op.items()}, one.int8_macs * n, one.int_adds * n,
+    )  # fmt: skip
+
+
+register_module_counter(DeployedModel, _count_deployed)

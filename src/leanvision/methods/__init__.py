@@ -26,6 +26,7 @@ from .ghost import GhostConfig
 from .lowbit.adder import AdderConfig
 from .lowbit.adder_quant import AdderQuantConfig
 from .lowbit.binary import BinaryConfig, FDAConfig, LNSConfig
+from .lowbit.int8 import Int8Config
 from .lowbit.pkkd import PKKDConfig
 from .lowbit.ptq_vit import PTQViTConfig
 from .pruning.dynamicvit import DynamicViTConfig
@@ -44,6 +45,7 @@ __all__ = [
     "FeatureKDConfig",
     "FinetuneConfig",
     "GhostConfig",
+    "Int8Config",
     "KDConfig",
     "L1FilterConfig",
     "LNSConfig",

@@ -16,6 +16,7 @@ from typing import Any
 
 from torch import nn
 
+from leanvision.deploy import DeployedModel
 from leanvision.engine.checkpoint import (
     check_state_dict,
     describe,
@@ -36,6 +37,11 @@ def save(model: nn.Module, path: str | os.PathLike) -> Path:
         ConfigError: the model was not made by ``create_model`` (no architecture record); save
             its ``state_dict()`` instead and rebuild it in code.
     """
+    if isinstance(model, DeployedModel):
+        raise ConfigError(
+            f"the model is deployed on {model.backend}, outside PyTorch: save the graph it "
+            "runs with model.save_onnx(path), or save the model it was deployed from"
+        )
     spec = getattr(model, "lv_spec", None)
     if spec is None:
         raise ConfigError(

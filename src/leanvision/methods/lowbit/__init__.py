@@ -1,7 +1,7 @@
 """Low-bit and multiplication-free networks: AdderNet (+ PKKD, integer), binary networks,
 post-training quantization of ViTs."""
 
-from . import adder, adder_quant, binary, pkkd, ptq_vit
+from . import adder, adder_quant, binary, int8, pkkd, ptq_vit
 from .adder import AdderConfig, AdderLRHook, adderize
 from .adder_quant import AdderQuantConfig, calibrate_adder_inputs, quantize_adders
 from .binary import (
@@ -13,6 +13,7 @@ from .binary import (
     binarize_model,
     pack_binary,
 )
+from .int8 import Int8Config, apply_int8
 from .pkkd import PKKDConfig, PKKDHook
 from .ptq_vit import PTQViTConfig, calibrate, quantize_vit
 
@@ -23,6 +24,7 @@ __all__ = [
     "BinaryConfig",
     "FDAConfig",
     "FDAScheduleHook",
+    "Int8Config",
     "LNSConfig",
     "LNSHook",
     "PKKDConfig",
@@ -31,10 +33,12 @@ __all__ = [
     "adder",
     "adder_quant",
     "adderize",
+    "apply_int8",
     "binarize_model",
     "binary",
     "calibrate",
     "calibrate_adder_inputs",
+    "int8",
     "pack_binary",
     "pkkd",
     "ptq_vit",
