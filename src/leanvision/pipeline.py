@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from leanvision.deploy import fold_batchnorm
+from leanvision.deploy import DeployedModel, deploy, fold_batchnorm
 from leanvision.engine import evaluate
 from leanvision.profiling import compare, count_ops, count_params, energy_uj, peak_memory_mb
 
@@ -43,6 +43,7 @@ def measure_models(
     seed: int | None = None,
     channels_last: bool = True,
     fold_bn: bool = False,
+    backend: str = "torch",
     paper: Mapping[str, Mapping[str, Any]] | None = None,
     notes: Mapping[str, str] | None = None,
     extra: Mapping[str, Mapping[str, Any]] | None = None,
@@ -67,6 +68,13 @@ def measure_models(
         fold_bn: time every model with batch norms folded into the preceding convolutions
             (:func:`leanvision.deploy.fold_batchnorm`), as deployed; a model fx cannot trace
             is timed as is, and its backend says so.
+        backend: ``"torch"`` (default): time each PyTorch model as above. A backend of
+            :func:`leanvision.deploy.deploy` (``"auto"``, ``"leanvision"``, ``"onnxruntime"``,
+            ``"openvino"``): time each PyTorch model deployed there in fp32 at ``batch`` and
+            ``threads`` (``"auto"``: on its fastest runtime), so every model runs on the
+            runtime it would be deployed with; the accuracy is the PyTorch model's (an fp32
+            runtime computes the same function). A model that is already deployed (an
+            ``int8`` result) is timed, evaluated and counted as it is, whatever ``backend``.
         paper, notes, extra: per-model additions to the rows.
     """
     if baseline not in models:
@@ -78,15 +86,22 @@ def measure_models(
     rows: list[dict[str, Any]] = []
     x = torch.randn(batch, *size, generator=torch.Generator().manual_seed(0))
     fmt = torch.channels_last if channels_last else torch.contiguous_format
-    backend = "torch-eager-cpu" + ("-channels_last" if channels_last else "")
+    eager = "torch-eager-cpu" + ("-channels_last" if channels_last else "")
     runners = {}
     for n, m in cpu_models.items():
+        if backend != "torch" and not isinstance(m, DeployedModel):
+            d = deploy(m, backend, "fp32", size, batch=batch, threads=threads)
+            runners[n] = _Runner(d, x, d.backend)
+            continue
         timed, suffix = m, ""
+        if isinstance(m, DeployedModel):
+            runners[n] = _Runner(m, x, m.backend)
+            continue
         if fold_bn:
             timed, folded = fold_batchnorm(m)
             suffix = "-bn-folded" if folded else "-bn-not-folded"
         runners[n] = _Runner(
-            timed.to(memory_format=fmt), x.contiguous(memory_format=fmt), backend + suffix
+            timed.to(memory_format=fmt), x.contiguous(memory_format=fmt), eager + suffix
         )
     with torch.inference_mode():
         lat = compare(runners, size, batch=batch, threads=threads, repeats=repeats)

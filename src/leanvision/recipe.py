@@ -27,6 +27,7 @@ from typing import Any
 import yaml
 
 from leanvision.data import load_data
+from leanvision.deploy import BACKENDS
 from leanvision.engine import TrainConfig
 from leanvision.errors import RecipeError
 from leanvision.pipeline import measure_models
@@ -65,6 +66,13 @@ class ModelSpec:
 
     name: str = "resnet20_cifar"
     kwargs: dict[str, Any] = field(default_factory=dict)
+    # trained weights to start from: a trainer checkpoint (last.pt) or a file of
+    # leanvision.save; with train.epochs 0 the run starts from a trained baseline
+    weights: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.weights is not None and not Path(self.weights).is_file():
+            raise RecipeError(f"model.weights: no file at {self.weights!r}")
 
 
 @dataclass
@@ -83,6 +91,15 @@ class MeasureSpec:
     threads: int | None = _MEASURE("threads")
     repeats: int = _MEASURE("repeats")
     split: str = _MEASURE("split")
+    backend: str = _MEASURE("backend")
+
+    def __post_init__(self) -> None:
+        allowed = ("torch", "auto", *BACKENDS)
+        if self.backend not in allowed:
+            raise RecipeError(
+                f"measure.backend {self.backend!r} is not one of {', '.join(allowed)} "
+                "(torch: eager PyTorch; auto: each model on its fastest runtime)"
+            )
 
 
 @dataclass

@@ -9,7 +9,9 @@ from typing import Any
 from torch import nn
 
 from leanvision.data import load_data
-from leanvision.engine import TrainConfig, train
+from leanvision.deploy import DeployedModel
+from leanvision.engine import TrainConfig, load_checkpoint, train
+from leanvision.errors import RecipeError
 from leanvision.methods import compress, get_method
 from leanvision.methods.saving import save
 from leanvision.models import create_model
@@ -85,6 +87,15 @@ def run_recipe(
         **recipe.model.kwargs,
     }
     model = create_model(recipe.model.name, **kwargs)
+    if recipe.model.weights is not None:
+        weights = load_checkpoint(recipe.model.weights)["model"]
+        try:
+            model.load_state_dict(weights)
+        except RuntimeError as e:
+            raise RecipeError(
+                f"model.weights {recipe.model.weights!r} do not fit {recipe.model.name} "
+                f"{kwargs}: {str(e).splitlines()[0]}"
+            ) from e
     if baseline_trains:
         train(model, data, **train_kw)
     base_name = recipe.model.name
@@ -98,7 +109,11 @@ def run_recipe(
         name = f"{base_name}+{'+'.join(chain)}"
         models[name], chains[name] = current, list(chain)
     for name, model in models.items():  # reloadable with lv.load / `leanvision eval --checkpoint`
-        save(model, run_dir / "models" / f"{name.replace('+', '_')}.pt")
+        stem = run_dir / "models" / name.replace("+", "_")
+        if isinstance(model, DeployedModel):  # runs outside PyTorch: its graph
+            model.save_onnx(stem.with_suffix(".onnx"))
+        else:
+            save(model, stem.with_suffix(".pt"))
     m = recipe.measure
     rows = measure_models(
         models,
@@ -109,6 +124,7 @@ def run_recipe(
         threads=m.threads,
         repeats=m.repeats,
         split=m.split,
+        backend=m.backend,
         recipe=recipe.source or recipe.name,
         seed=recipe.seed,
     )

@@ -108,6 +108,19 @@ class DeployedModel(nn.Module):
         self._onnx = onnx
         self._counts: OpCounts | None = None
 
+    def __deepcopy__(self, memo: dict[int, Any]) -> DeployedModel:
+        """A copy sharing the compiled runtime (it is read-only), with its own source."""
+        new = DeployedModel(
+            self._run, self.backend, self.precision, self.input_size, self.threads,
+            copy.deepcopy(self.source, memo), self._onnx,
+        )  # fmt: skip
+        new.candidates = dict(self.candidates)
+        new._counts = self._counts
+        if hasattr(self, "lv_history"):
+            new.lv_history = copy.deepcopy(self.lv_history, memo)
+        new.train(self.training)
+        return new
+
     def counts(self) -> OpCounts:
         """Operations of one sample, the source model's; in an int8 model the MACs of every
         convolution and matrix product are int8 (what the QDQ graph quantizes)."""

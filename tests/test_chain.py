@@ -1,0 +1,58 @@
+"""The chain of issue 19 as a recipe: dense -> ghost -> l1_filter -> kd -> int8, every step
+measured side by side on its deployed runtime; and a recipe that starts from trained weights."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import leanvision as lv
+from leanvision.errors import RecipeError
+from leanvision.recipe import recipe_from_dict
+from leanvision.runner import run_recipe
+
+SMALL = {"name": "mnist5k", "batch_size": 32, "max_train": 256, "max_val": 64, "max_test": 64}
+
+
+def test_chain_recipe_measures_every_step_deployed(tmp_path):
+    torch.manual_seed(0)
+    base = lv.create_model("resnet20_cifar", num_classes=10, in_chans=1, width=0.5)
+    lv.train(base, lv.load_data(**SMALL), epochs=1, max_steps=4, progress=False, log=False,
+             out_dir=str(tmp_path / "base"))  # fmt: skip
+    raw = {
+        "name": "chain",
+        "data": SMALL,
+        "model": {"name": "resnet20_cifar", "kwargs": {"width": 0.5},
+                  "weights": str(tmp_path / "base" / "last.pt")},
+        "train": {"epochs": 0},
+        "stages": [
+            {"method": "ghost", "finetune_epochs": 1, "max_steps": 2},
+            {"method": "l1_filter", "target_macs_ratio": 0.5, "finetune_epochs": 0},
+            {"method": "kd", "teacher": "baseline", "finetune_epochs": 1, "max_steps": 2},
+            {"method": "int8", "calib_batches": 2, "backend": "onnxruntime"},
+        ],
+        "measure": {"batch": 4, "threads": 1, "repeats": 3, "backend": "onnxruntime"},
+    }  # fmt: skip
+    run = run_recipe(recipe_from_dict(raw), tmp_path / "run", progress=False)
+    rows = json.loads((run / "results.json").read_text())["models"]
+    assert [r["method_chain"] for r in rows] == [
+        [], ["ghost"], ["ghost", "l1_filter"], ["ghost", "l1_filter", "kd"],
+        ["ghost", "l1_filter", "kd", "int8"],
+    ]  # fmt: skip
+    backends = [r["latency_ms"]["backend"] for r in rows]
+    assert all(b.startswith("onnxruntime-") for b in backends)
+    assert backends[-1].endswith("int8") and all(b.endswith("fp32") for b in backends[:-1])
+    macs = [r["macs"] for r in rows]
+    assert macs[1] < macs[0] and macs[2] < macs[1] and macs[3] == macs[2] == macs[4]
+    assert rows[0]["top1"] == pytest.approx(lv.evaluate(base, lv.load_data(**SMALL).test)["top1"])
+    assert (run / "models" / "resnet20_cifar_ghost_l1_filter_kd_int8.onnx").is_file()
+    assert (run / "models" / "resnet20_cifar_ghost_l1_filter_kd.pt").is_file()
+
+
+def test_recipe_weights_and_measure_backend_are_checked_at_the_door(tmp_path):
+    with pytest.raises(RecipeError, match="model.weights"):
+        recipe_from_dict({"model": {"name": "resnet20_cifar", "weights": str(tmp_path / "no")}})
+    with pytest.raises(RecipeError, match="measure.backend"):
+        recipe_from_dict({"measure": {"backend": "tensorrt"}})
