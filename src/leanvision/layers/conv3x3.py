@@ -22,7 +22,7 @@ from leanvision.errors import ConfigError
 from leanvision.opcounts import register_op_handler
 from leanvision.shapes import check_conv_input
 
-__all__ = ["FusedConv3x3", "eligible", "kernel_runs"]
+__all__ = ["FusedConv3x3", "check_fused_call", "eligible", "kernel_runs"]
 
 
 def eligible(conv: nn.Module) -> bool:
@@ -83,17 +83,8 @@ class FusedConv3x3(nn.Module):
         return f"{c}, {o}, kernel_size=3, relu={self.relu}, residual={self.residual}"
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
-        if self.residual != (residual is not None):
-            raise ConfigError(
-                f"FusedConv3x3 built with residual={self.residual} was called "
-                f"{'without' if residual is None else 'with'} a residual"
-            )
         o, c = self.weight.shape[:2]
-        check_conv_input(f"FusedConv3x3({c}, {o})", x, c)
-        grad = torch.is_grad_enabled() and (
-            x.requires_grad or (residual is not None and residual.requires_grad)
-        )
-        reason = kernels.why_not("conv3x3", x, grad=grad)
+        reason = check_fused_call(self, f"FusedConv3x3({c}, {o})", x, c, residual)
         if reason is None and kernel_runs():
             return torch.ops.leanvision.conv3x3_nhwc(x, self.packed, self.bias, residual, self.relu)
         kernels.fell_back(self, reason or "disabled")
@@ -101,6 +92,33 @@ class FusedConv3x3(nn.Module):
         if residual is not None:
             y = y + residual
         return F.relu(y) if self.relu else y
+
+
+def check_fused_call(
+    layer: nn.Module,
+    name: str,
+    x: torch.Tensor,
+    in_channels: int,
+    residual: torch.Tensor | None,
+) -> str | None:
+    """The checks a fused ``act(op(x) + residual)`` layer of this kernel makes per call: the
+    residual given iff the layer was built for one, ``x`` (N, in_channels, H, W); returns why
+    the kernel cannot run it (``kernels.why_not``), None when it can.
+
+    Raises:
+        ConfigError: a residual where none was built for, or none where one was.
+        InputShapeError: ``x`` is not (N, in_channels, H, W).
+    """
+    if layer.residual != (residual is not None):
+        raise ConfigError(
+            f"{type(layer).__name__} built with residual={layer.residual} was called "
+            f"{'without' if residual is None else 'with'} a residual"
+        )
+    check_conv_input(name, x, in_channels)
+    grad = torch.is_grad_enabled() and (
+        x.requires_grad or (residual is not None and residual.requires_grad)
+    )
+    return kernels.why_not("conv3x3", x, grad=grad)
 
 
 def kernel_runs() -> bool:

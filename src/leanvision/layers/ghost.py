@@ -18,8 +18,8 @@ from torch import nn
 from leanvision import kernels
 from leanvision.derived import DerivedCache
 from leanvision.errors import ConfigError
+from leanvision.layers.conv3x3 import check_fused_call
 from leanvision.opcounts import register_op_handler
-from leanvision.shapes import check_conv_input
 
 __all__ = ["FusedGhost3x3", "GhostConv2d", "ghost_eligible"]
 
@@ -216,17 +216,8 @@ class FusedGhost3x3(nn.Module):
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         """(N, C_in, H, W) → (N, 2m, H, W)."""
-        if self.residual != (residual is not None):
-            raise ConfigError(
-                f"FusedGhost3x3 built with residual={self.residual} was called "
-                f"{'without' if residual is None else 'with'} a residual"
-            )
         m, c = self.w_primary.shape[:2]
-        check_conv_input(f"FusedGhost3x3({c}, {2 * m})", x, c)
-        grad = torch.is_grad_enabled() and (
-            x.requires_grad or (residual is not None and residual.requires_grad)
-        )
-        reason = kernels.why_not("conv3x3", x, grad=grad)
+        reason = check_fused_call(self, f"FusedGhost3x3({c}, {2 * m})", x, c, residual)
         if reason is None:
             wp, wc = self.packed
             return torch.ops.leanvision.ghost3x3_nhwc(

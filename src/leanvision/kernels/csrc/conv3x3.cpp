@@ -82,6 +82,25 @@ inline void tile(const float* xp, int rs, int cin, const float* wp, int cout, co
     }
 }
 
+// Padded rows first..last (inclusive) of one image's zero-padded NHWC copy (row stride
+// (W+2)*C floats) hold its input rows first-1..last-1: zero outside the image and in the
+// left and right border columns.
+inline void pad_rows(float* pad, const float* xn, int64_t first, int64_t last, int64_t h,
+                     int64_t wd, int64_t c) {
+  const int64_t rs = (wd + 2) * c;
+  for (int64_t pr = first; pr <= last; ++pr) {
+    float* dst = pad + pr * rs;
+    const int64_t src = pr - 1;
+    if (src < 0 || src >= h) {
+      std::memset(dst, 0, sizeof(float) * rs);
+    } else {
+      std::memset(dst, 0, sizeof(float) * c);
+      std::memcpy(dst + c, xn + src * wd * c, sizeof(float) * wd * c);
+      std::memset(dst + (wd + 1) * c, 0, sizeof(float) * c);
+    }
+  }
+}
+
 struct Row {
   const float* xp;  // padded input, first of the three rows this output row reads
   int rs, cin, cout, width;
@@ -261,18 +280,7 @@ at::Tensor conv3x3_nhwc(const at::Tensor& x_in, const at::Tensor& w_in, const at
     for (int64_t r = r0; r < r1;) {
       const int64_t img = r / h, h0 = r % h, h1 = std::min<int64_t>(h, h0 + (r1 - r));
       const float* xn = xd + img * h * wd * c;
-      // padded rows h0 .. h1+1 hold input rows h0-1 .. h1 (zero outside the image)
-      for (int64_t pr = h0; pr <= h1 + 1; ++pr) {
-        float* dst = pad.data() + pr * rs;
-        const int64_t src = pr - 1;
-        if (src < 0 || src >= h) {
-          std::memset(dst, 0, sizeof(float) * rs);
-        } else {
-          std::memset(dst, 0, sizeof(float) * c);
-          std::memcpy(dst + c, xn + src * wd * c, sizeof(float) * wd * c);
-          std::memset(dst + (wd + 1) * c, 0, sizeof(float) * c);
-        }
-      }
+      pad_rows(pad.data(), xn, h0, h1 + 1, h, wd, c);
       for (int64_t hh = h0; hh < h1; ++hh) {
         const int64_t off = ((img * h) + hh) * wd * o;
         const Row rw{pad.data() + hh * rs, rs, static_cast<int>(c), static_cast<int>(o),
@@ -354,18 +362,7 @@ at::Tensor ghost3x3_nhwc(const at::Tensor& x_in, const at::Tensor& wp_in, const 
       if (h0 >= h1) continue;
       const float* xn = xd + img * h * wd * c;
       const int64_t a = std::max<int64_t>(0, h0 - 1), b = std::min<int64_t>(h, h1 + 1);
-      // padded input rows a .. b+1 hold input rows a-1 .. b (zero outside the image)
-      for (int64_t pr = a; pr <= b + 1; ++pr) {
-        float* dst = pad.data() + pr * rs;
-        const int64_t src = pr - 1;
-        if (src < 0 || src >= h) {
-          std::memset(dst, 0, sizeof(float) * rs);
-        } else {
-          std::memset(dst, 0, sizeof(float) * c);
-          std::memcpy(dst + c, xn + src * wd * c, sizeof(float) * wd * c);
-          std::memset(dst + (wd + 1) * c, 0, sizeof(float) * c);
-        }
-      }
+      pad_rows(pad.data(), xn, a, b + 1, h, wd, c);
       // primary rows a .. b-1 into padded scratch rows a+1 .. b; rows 0 and h+1 and the
       // edge columns stay zero (the cheap op's zero padding)
       for (int64_t r = a; r < b; ++r) {
