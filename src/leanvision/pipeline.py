@@ -129,7 +129,10 @@ def measure_models(
                 "threads": stats.threads,
                 "backend": stats.backend,
             },
-            "peak_mem_mb": peak_memory_mb(model, size, batch=batch),
+            # torch's allocator does not see an onnxruntime or OpenVINO model's memory
+            "peak_mem_mb": None
+            if isinstance(model, DeployedModel) and not model.in_torch
+            else peak_memory_mb(model, size, batch=batch),
             "energy_uj": energy_uj(ops),
             "baseline": baseline,
             "seed": seed,

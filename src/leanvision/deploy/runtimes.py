@@ -84,6 +84,8 @@ class DeployedModel(nn.Module):
         precision: ``"fp32"``, ``"bf16"`` or ``"int8"``.
         input_size: One sample's shape the model was deployed for (the batch may vary).
         threads: The runtime's threads (None: torch's current setting, for torch-based ones).
+        in_torch: Whether it runs PyTorch modules (torch, leanvision), whose memory torch's
+            allocator sees; onnxruntime and OpenVINO keep their own.
         candidates: For ``backend="auto"``: backend → median ms at the batch it was chosen at.
     """
 
@@ -105,6 +107,7 @@ class DeployedModel(nn.Module):
         # the float model it was deployed from: its parameters are the deployed model's (for
         # counting and reports); not what runs
         self.source = source
+        self.in_torch = backend.startswith(("torch", "leanvision"))  # runs PyTorch modules
         self._onnx = onnx
         self._counts: OpCounts | None = None
 
