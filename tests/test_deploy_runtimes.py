@@ -67,6 +67,35 @@ def test_int8_is_quantized_and_close(backend, ghost, x):
     assert d.backend.endswith("int8")
 
 
+def test_int8_graph_is_u8_activations_s8_weights(tmp_path):
+    """onnxruntime's fast x86 int8 path is u8 activations × s8 weights (s8 × s8 ran slower
+    than fp32); 7-bit weights only where the CPU has no VNNI."""
+    import onnx
+
+    calib = [torch.randn(4, *SIZE) for _ in range(2)]
+    d = lv.deploy(_model(), "onnxruntime", "int8", SIZE, batch=2, threads=1, calib=calib)
+    graph = onnx.load(str(d.save_onnx(tmp_path / "q.onnx"))).graph
+    zero = {i.name: i for i in graph.initializer}
+    kinds: dict[str, set[int]] = {"act": set(), "const": set()}
+    for n in graph.node:
+        if n.op_type in ("QuantizeLinear", "DequantizeLinear") and len(n.input) > 2:
+            kind = "const" if n.input[0] in zero else "act"
+            kinds[kind].add(zero[n.input[2]].data_type)
+    t = onnx.TensorProto
+    assert kinds == {"act": {t.UINT8}, "const": {t.INT8, t.INT32}}  # int32: the biases
+
+
+def test_vnni_is_read_from_the_cpu_flags(tmp_path):
+    from leanvision import kernels
+
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor : 0\nflags : fpu avx2 avx512f avx512_vnni\n")
+    assert kernels.has_vnni(info)
+    info.write_text("processor : 0\nflags : fpu avx2 avx512f\n")
+    assert not kernels.has_vnni(info)
+    assert not kernels.has_vnni(tmp_path / "missing")
+
+
 def test_bf16_on_openvino_or_a_clear_error(x):
     model = _model()
     if "openvino" not in supported("bf16"):

@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import sys
 import warnings
 from collections.abc import Iterator
@@ -96,6 +97,22 @@ def vector_width() -> int:
     AVX2: 8, otherwise 4, e.g. NEON): the channel multiple that fills them, the default
     rounding of pruned widths."""
     return _FP32_LANES.get(_machine_level(), 4)
+
+
+_VNNI_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
+
+
+def has_vnni(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
+    """Whether this x86 CPU has a u8×s8 dot-product instruction (AVX512-VNNI, AVX-VNNI or
+    AMX-INT8), read from /proc/cpuinfo; False where that cannot be read. Without one,
+    onnxruntime's u8×s8 kernels use VPMADDUBSW, whose 16-bit pair sums can saturate, and its
+    quantizer's ``reduce_range`` (7-bit weights) avoids that."""
+    try:
+        text = Path(cpuinfo).read_text()
+    except OSError:
+        return False
+    first = re.search(r"^flags\s*:(.*)$", text, re.M)
+    return first is not None and bool(set(first.group(1).split()) & _VNNI_FLAGS)
 
 
 def capability() -> str:
