@@ -16,9 +16,9 @@ publishes no training schedule).
     python benchmarks/bimlp_cifar10.py --threads 1 report
 
 Each run resumes from ``runs/bench_bimlp_cifar10/<variant>/last.pt`` when re-run. ``report``
-tests the last checkpoint on the 10,000 test images after packing the 1×1 binary FCs to 1-bit
-XNOR-popcount layers (the grouped 1×7 / 7×1 token FCs stay in float form: the packed kernel
-handles ``groups=1`` square kernels only).
+tests the last checkpoint on the 10,000 test images after packing every binary layer to 1 bit
+(``pack_binary``: the 1×1 FCs to XNOR-popcount layers, the grouped 1×7 / 7×1 token FCs to the
+grouped binary kernel).
 """
 
 from __future__ import annotations
@@ -66,8 +66,7 @@ OPS_TOLERANCE = 0.10
 # notes are computed by _findings() from the same run's rows.
 INTERPRETATION = [
     "Interpretation: BiMLP runs many small ops (shifts, RPReLU, shortcuts, four max-pools "
-    "per down-sampling) and its grouped 1×7 / 7×1 token FCs stay float convs (the packed "
-    "kernel takes groups=1 only), so OPs do not predict its CPU time.",
+    "per down-sampling), so OPs do not predict its CPU time at batch 1.",
     "Interpretation: both nets are short-trained; the paper trains on ImageNet, and its "
     "number stands beside ours as a reference, not a target.",
 ]

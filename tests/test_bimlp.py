@@ -243,7 +243,8 @@ def test_tiny_bimlp_trains_on_a_fixed_batch():
 
 
 def test_pack_binary_keeps_the_outputs():
-    """1×1 binary FCs pack to 1-bit layers; grouped token FCs stay float; outputs agree."""
+    """Every binary layer packs to 1 bit: the 1×1 FCs (popcount) and the grouped 1×7 / 7×1
+    token FCs (the grouped kernel); outputs agree."""
     from leanvision.layers import PackedBinaryConv2d
     from leanvision.methods.lowbit import pack_binary
 
@@ -255,5 +256,7 @@ def test_pack_binary_keeps_the_outputs():
         packed = pack_binary(model)
         out = packed(x)
     kinds = {type(m) for m in packed.modules()}
-    assert PackedBinaryConv2d in kinds and BinaryConv2d in kinds  # the grouped ones
+    assert PackedBinaryConv2d in kinds and BinaryConv2d not in kinds
+    grouped = [m for m in packed.modules() if getattr(m, "grouped", False)]
+    assert grouped and {m.kernel_size for m in grouped} == {(1, 7), (7, 1)}
     torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)

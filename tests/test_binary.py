@@ -116,6 +116,39 @@ def test_packed_conv_equals_float_binary_conv(shape, monkeypatch):
         torch.testing.assert_close(packed(x), ref, rtol=1e-5, atol=1e-5)
 
 
+# grouped, depthwise (BiMLP's 1x7 / 7x1 token FCs) and rectangular: the binary_gconv2d kernel
+GROUPED = [  # n, c, o, groups, kernel, stride, padding, h, w
+    (1, 32, 32, 32, (1, 7), 1, (0, 3), 16, 16),
+    (2, 64, 32, 32, (7, 1), 1, (3, 0), 9, 5),
+    (1, 70, 140, 70, (3, 5), (2, 1), (1, 2), 7, 9),
+    (2, 96, 48, 4, 3, 1, 1, 6, 6),
+    (1, 130, 65, 65, (1, 7), 1, (0, 3), 3, 10),
+    (1, 12, 8, 1, (2, 3), (1, 2), 0, 5, 7),
+]
+
+
+@pytest.mark.parametrize("shape", GROUPED)
+def test_packed_grouped_conv_equals_float_binary_conv(shape, monkeypatch):
+    n, c, o, g, k, s, p, h, w = shape
+    torch.manual_seed(0)
+    layer = BinaryConv2d(c, o, k, s, p, groups=g, bias=True).eval()
+    x = torch.randn(n, c, h, w)
+    x[0, 0, 0, 0] = 0.0
+    with torch.no_grad():
+        ref = layer(x)
+        packed = PackedBinaryConv2d(layer)
+        assert packed.grouped and packed.weight_bits.dtype == torch.int64
+        torch.testing.assert_close(packed(x), ref, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(packed.float_weight(), layer.binary_weight())
+        monkeypatch.setattr(lb, "_binary_kernel", lambda x=None: False)
+        torch.testing.assert_close(packed(x), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_dilated_binary_conv_is_not_packed():
+    with pytest.raises(ConfigError, match="no dilation"):
+        PackedBinaryConv2d(BinaryConv2d(8, 8, 3, dilation=2).eval())
+
+
 def test_packed_linear_equals_float_and_storage_is_one_bit():
     torch.manual_seed(0)
     layer = BinaryLinear(200, 30).eval()

@@ -102,6 +102,48 @@ def test_binary_ops_check_arguments():
         ops.binary_linear(xl, lin.weight_bits, lin.scale, lin.bias, 100, 0)
 
 
+def test_grouped_binary_op_checks_arguments():
+    """binary_gconv2d (grouped / rectangular binary convs) refuses what would read past its
+    buffers: groups that do not divide the channels, wrong plane shapes, short biases."""
+    torch.manual_seed(0)
+    layer = PackedBinaryConv2d(BinaryConv2d(64, 32, (1, 7), padding=(0, 3), groups=32).eval())
+    assert layer.grouped
+    xp = ops.binary_pack(torch.randn(1, 64, 8, 8), 64)
+    names = ["xp", "wp", "scale", "bias", "channels", "out", "groups", "kh", "kw", "sh", "sw",
+             "ph", "pw"]  # fmt: skip
+    good = dict(zip(names, (xp, layer.weight_bits, layer.scale, layer.bias, 64, 32, 32, 1, 7,
+                            1, 1, 0, 3)))  # fmt: skip
+    assert ops.binary_gconv2d(*good.values()).shape == (1, 32, 8, 8)
+
+    def conv(**kw):  # type: ignore[no-untyped-def]
+        return ops.binary_gconv2d(*(good | kw).values())
+
+    with pytest.raises(RuntimeError, match="groups 3 must divide"):
+        conv(groups=3)
+    with pytest.raises(RuntimeError, match="groups must be >= 1"):
+        conv(groups=0)
+    with pytest.raises(RuntimeError, match="packed weight must be int64 .O / groups"):
+        conv(groups=16)  # two planes expected, one given
+    with pytest.raises(RuntimeError, match="packed weight"):
+        conv(kw=5)
+    with pytest.raises(RuntimeError, match="must be >= 1"):
+        conv(sw=0)
+    with pytest.raises(RuntimeError, match="padding .* >= 0"):
+        conv(ph=-1)
+    with pytest.raises(RuntimeError, match="bias must be a float32 vector of 32"):
+        conv(bias=torch.zeros(31))
+    with pytest.raises(RuntimeError, match="scale must be a float32 vector of 32"):
+        conv(scale=torch.ones(16))
+    with pytest.raises(RuntimeError, match="130 channels need 3 words"):
+        conv(channels=130, groups=2)
+    with pytest.raises(RuntimeError, match="smaller than the kernel"):
+        conv(xp=ops.binary_pack(torch.randn(1, 64, 8, 3), 64), pw=1)
+    with pytest.raises(InputShapeError, match=r"\(N, 64, H, W\).*60"):
+        layer(torch.randn(1, 60, 8, 8))
+    with pytest.raises(InputShapeError, match="smaller than the 1x7 kernel"):
+        PackedBinaryConv2d(BinaryConv2d(8, 8, (1, 7), groups=8).eval())(torch.randn(1, 8, 9, 6))
+
+
 # ----------------------------------------------------------------------- integer adder
 
 

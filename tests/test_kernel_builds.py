@@ -84,6 +84,7 @@ def test_all_kernels_build_and_portable_paths_match(isa, builds):
     vec = VECTOR[isa]
     assert backends == {
         "binary_conv": "+leanvision:binary_conv2d[scalar],binary_pack[scalar]",
+        "binary_gconv": "+leanvision:binary_gconv2d[scalar],binary_pack[scalar]",
         "binary_linear": "+leanvision:binary_linear[scalar],binary_pack[scalar]",
         "adder_int8": "+leanvision:adder_int8_forward[scalar]",
         "adder_int16": "+leanvision:adder_int16_forward[scalar]",

@@ -357,11 +357,16 @@ def guarded_forward(
 
 
 def check_conv_input(
-    layer: str, x: torch.Tensor, in_channels: int, kernel: int = 1, padding: int = 0
+    layer: str,
+    x: torch.Tensor,
+    in_channels: int,
+    kernel: int | tuple[int, int] = 1,
+    padding: int | tuple[int, int] = 0,
 ) -> None:
     """Raise InputShapeError unless ``x`` is ``(N, in_channels, H, W)`` with H and W, padded by
-    ``padding``, at least ``kernel``: the check a native conv-like layer makes before handing
-    ``x`` to a kernel that would read garbage past a wrong shape.
+    ``padding``, at least ``kernel`` (ints, or (height, width) pairs): the check a native
+    conv-like layer makes before handing ``x`` to a kernel that would read garbage past a
+    wrong shape.
 
     Args:
         layer: The layer as the message names it, e.g. ``"PackedBinaryConv2d(64, 64, k=3)"``.
@@ -370,8 +375,10 @@ def check_conv_input(
         raise InputShapeError(
             f"{layer} expects an input (N, {in_channels}, H, W), got {tuple(x.shape)}"
         )
-    if min(x.shape[2], x.shape[3]) + 2 * padding < kernel:
+    kh, kw = (kernel, kernel) if isinstance(kernel, int) else kernel
+    ph, pw = (padding, padding) if isinstance(padding, int) else padding
+    if x.shape[2] + 2 * ph < kh or x.shape[3] + 2 * pw < kw:
+        pad = padding if isinstance(padding, int) else tuple(padding)
         raise InputShapeError(
-            f"{layer}: input {tuple(x.shape)} padded by {padding} is smaller than the "
-            f"{kernel}x{kernel} kernel"
+            f"{layer}: input {tuple(x.shape)} padded by {pad} is smaller than the {kh}x{kw} kernel"
         )

@@ -71,6 +71,14 @@ for n, c, o, h, w, k, s, p, bias in CONV_SHAPES:
     with torch.no_grad():
         want = layer(x)
     close(run("binary_conv", packed, x), want, f"PackedBinaryConv2d {c}->{o} k{k} s{s}")
+# grouped / depthwise / rectangular: the word-operation counters of binary_gconv2d
+for c, o, g, k, p in ((64, 32, 32, (1, 7), (0, 3)), (70, 140, 70, (3, 5), (1, 2))):
+    layer = BinaryConv2d(c, o, k, 1, p, groups=g, bias=True).eval()
+    x = torch.randn(2, c, 7, 9)
+    packed = PackedBinaryConv2d(layer)
+    with torch.no_grad():
+        want = layer(x)
+    close(run("binary_gconv", packed, x), want, f"PackedBinaryConv2d {c}->{o} groups {g} k{k}")
 for c, o, bias in ((70, 20, True), (200, 9, False)):
     layer = BinaryLinear(c, o, bias=bias).eval()
     x = torch.randn(5, c)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from leanvision.errors import ConfigError
 from leanvision.layers.binary import (
     BinaryConv2d,
     BinaryLinear,
@@ -24,7 +25,7 @@ def pack_binary(model: nn.Module) -> nn.Module:
             return PackedBinaryLinear(m)
         try:
             return PackedBinaryConv2d(m)
-        except Exception:  # noqa: BLE001 - grouped/dilated convs stay in the float form
+        except ConfigError:  # dilated convs stay in the float form
             return None
 
     replace_modules(model, make, lambda m, name: isinstance(m, BinaryConv2d | BinaryLinear))

@@ -73,7 +73,7 @@ _OPENMP = {"adder", "adder_int8", "binary", "conv3x3"}
 OPS: dict[str, tuple[str, ...]] = {
     "adder": ("adder_forward", "adder_backward_input"),
     "adder_int8": ("adder_int8_forward", "adder_int16_forward"),
-    "binary": ("binary_pack", "binary_conv2d", "binary_linear"),
+    "binary": ("binary_pack", "binary_conv2d", "binary_gconv2d", "binary_linear"),
     "conv3x3": ("conv3x3_nhwc", "ghost3x3_nhwc"),
     "gated_block": ("gated_basic_block", "gated_block_chain"),
 }

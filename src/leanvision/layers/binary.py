@@ -247,13 +247,24 @@ def _run_packed(layer: nn.Module, x: torch.Tensor) -> bool:
 
 class PackedBinaryConv2d(nn.Module):
     """Inference form of :class:`BinaryConv2d`: weights stored at 1 bit (``weight_bits``,
-    int64 words: (k, k, ⌈C/64⌉, O rounded up to 8)), activations packed per pixel at run time,
-    ``scale_o · Σ_valid taps (C − 2·popcount(a XOR w))`` by the native kernel (AVX-512
-    VPOPCNTDQ where the build and the CPU have it, else a scalar popcount loop; see
-    ``kernels.status()``). Equal to the float binary layer in eval mode. Without the kernel
-    (no compiler, GPU, float64) the same values come from ``F.conv2d`` on the unpacked ±1
-    weights. The packed form derives nothing from ``weight_bits`` between calls, so a loaded
-    state dict takes effect at once.
+    int64 words), activations packed per pixel at run time, ``scale_o · Σ_valid taps
+    (C − 2·popcount(a XOR w))`` by the native kernel. Equal to the float binary layer in eval
+    mode. Without the kernel (no compiler, GPU, float64) the same values come from
+    ``F.conv2d`` on the unpacked ±1 weights. The packed form derives nothing from
+    ``weight_bits`` between calls, so a loaded state dict takes effect at once.
+
+    Two kernels (see ``kernels.status()``):
+
+    - square kernel, equal strides and paddings, ``groups=1``: ``binary_conv2d``, weights
+      (k, k, ⌈C/64⌉, O rounded up to 8), AVX-512 VPOPCNTDQ where the build and the CPU have
+      it, else a scalar popcount loop;
+    - any other (grouped or depthwise, e.g. BiMLP's 1×7 / 7×1 token FCs, rectangular kernels
+      or strides): ``binary_gconv2d``, weights as ``O / groups`` bit-planes (O/groups, kh, kw,
+      ⌈C/64⌉) where bit c of plane m is the weight of input channel c for its group's m-th
+      output; products counted per input channel in bit-sliced counters (word operations on
+      every CPU), then summed over each group.
+
+    Dilation and non-zero padding modes are not packed (``ConfigError``).
 
     Raises (forward):
         InputShapeError: ``x`` is not (N, in_channels, H, W) or is smaller than the kernel.
@@ -262,34 +273,51 @@ class PackedBinaryConv2d(nn.Module):
     def __init__(self, layer: BinaryConv2d) -> None:
         super().__init__()
         k, s, p = layer.kernel_size, layer.stride, layer.padding
-        if (
-            layer.groups != 1 or layer.dilation != (1, 1) or k[0] != k[1] or s[0] != s[1]
-            or isinstance(p, str) or p[0] != p[1] or layer.padding_mode != "zeros"
-        ):  # fmt: skip
+        if layer.dilation != (1, 1) or isinstance(p, str) or layer.padding_mode != "zeros":
             raise ConfigError(
-                f"PackedBinaryConv2d cannot pack {layer}: needs a square kernel, equal strides "
-                "and paddings, zero padding, no groups or dilation"
+                f"PackedBinaryConv2d cannot pack {layer}: needs zero padding given as numbers "
+                "and no dilation"
             )
         self.in_channels, self.out_channels = layer.in_channels, layer.out_channels
-        self.kernel_size, self.stride, self.padding = k[0], s[0], p[0]
+        self.groups = layer.groups
+        self.grouped = self.groups != 1 or k[0] != k[1] or s[0] != s[1] or p[0] != p[1]
         w, scale = layer.packable()
-        o, c = w.shape[:2]
-        op = -(-o // 8) * 8
-        bits = _pack_bits(F.pad(w, (0, 0, 0, 0, 0, 0, 0, op - o), value=1.0).permute(2, 3, 0, 1))
-        self.register_buffer("weight_bits", bits.permute(0, 1, 3, 2).contiguous())  # k,k,CW,Op
+        if self.grouped:
+            self.kernel_size, self.stride, self.padding = tuple(k), tuple(s), tuple(p)
+            g, o = self.groups, w.shape[0]
+            og, cg = o // g, w.shape[1]
+            # plane m, tap (ky, kx), input channel c = gi·cg + j  ←  w[gi·og + m, j, ky, kx]
+            planes = w.reshape(g, og, cg, k[0], k[1]).permute(1, 3, 4, 0, 2)
+            bits = _pack_bits(planes.reshape(og, k[0], k[1], g * cg))  # (og, kh, kw, CW)
+            self.register_buffer("weight_bits", bits.contiguous())
+        else:
+            self.kernel_size, self.stride, self.padding = k[0], s[0], p[0]
+            o = w.shape[0]
+            op = -(-o // 8) * 8
+            pad = F.pad(w, (0, 0, 0, 0, 0, 0, 0, op - o), value=1.0).permute(2, 3, 0, 1)
+            bits = _pack_bits(pad)  # (k, k, Op, CW)
+            self.register_buffer("weight_bits", bits.permute(0, 1, 3, 2).contiguous())
         self.register_buffer("scale", scale.float())
         self.register_buffer("bias", None if layer.bias is None else layer.bias.detach().clone())
 
     def extra_repr(self) -> str:
+        groups = f", groups={self.groups}" if self.groups != 1 else ""
         return (
             f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
-            f"stride={self.stride}, padding={self.padding}, 1-bit"
+            f"stride={self.stride}, padding={self.padding}{groups}, 1-bit"
         )
 
     def float_weight(self) -> torch.Tensor:
-        """The ±1·scale weights the bits stand for, (O, C, k, k)."""
-        signs = _unpack_bits(self.weight_bits.permute(0, 1, 3, 2), self.in_channels)
-        w = signs[:, :, : self.out_channels].permute(2, 3, 0, 1)
+        """The ±1·scale weights the bits stand for, (O, C / groups, kh, kw)."""
+        if self.grouped:
+            og, kh, kw, _ = self.weight_bits.shape
+            g = self.groups
+            signs = _unpack_bits(self.weight_bits, self.in_channels)  # (og, kh, kw, C)
+            w = signs.reshape(og, kh, kw, g, -1).permute(3, 0, 4, 1, 2)
+            w = w.reshape(self.out_channels, -1, kh, kw)
+        else:
+            signs = _unpack_bits(self.weight_bits.permute(0, 1, 3, 2), self.in_channels)
+            w = signs[:, :, : self.out_channels].permute(2, 3, 0, 1)
         return w * self.scale.view(-1, 1, 1, 1)
 
     def _check(self, x: torch.Tensor) -> None:
@@ -302,12 +330,18 @@ class PackedBinaryConv2d(nn.Module):
         self._check(x)
         if _run_packed(self, x):
             xp = torch.ops.leanvision.binary_pack(x, self.in_channels)
+            if self.grouped:
+                (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
+                return torch.ops.leanvision.binary_gconv2d(
+                    xp, self.weight_bits, self.scale, self.bias, self.in_channels,
+                    self.out_channels, self.groups, kh, kw, sh, sw, ph, pw,
+                )  # fmt: skip
             return torch.ops.leanvision.binary_conv2d(
                 xp, self.weight_bits, self.scale, self.bias, self.in_channels,
                 self.out_channels, self.kernel_size, self.stride, self.padding,
             )  # fmt: skip
         return F.conv2d(sign_pm1(x), self.float_weight().to(x), self.bias, self.stride,
-                        self.padding)  # fmt: skip
+                        self.padding, 1, self.groups)  # fmt: skip
 
 
 class PackedBinaryLinear(nn.Module):

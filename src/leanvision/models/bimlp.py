@@ -42,10 +42,10 @@ Small inputs (CIFAR, 32×32): unless ``stem_stride`` is given, inputs whose shor
 below 64 px get a 3×3 stride-2 stem (total reduction 16: 16², 8², 4², 2² maps) instead of the
 7×7 stride-4 one (total reduction 32, 56², 28², 14², 7² at 224).
 
-Deployment: the 1×1 binary FCs pack to 1-bit XNOR-popcount layers
-(``methods.lowbit.pack_binary``); the grouped / depthwise 1×7 and 7×1 binary convs stay in their
-float form there (:class:`~leanvision.layers.PackedBinaryConv2d` packs ``groups=1`` square
-kernels only). Training: the reweighting MLP runs BatchNorm on pooled 1×1 maps, so training
+Deployment (``methods.lowbit.pack_binary``): the 1×1 binary FCs pack to 1-bit
+XNOR-popcount layers, and the grouped / depthwise 1×7 and 7×1 binary token FCs to 1-bit
+grouped layers (:class:`~leanvision.layers.PackedBinaryConv2d`'s ``binary_gconv2d`` kernel).
+Training: the reweighting MLP runs BatchNorm on pooled 1×1 maps, so training
 needs a batch of at least 2 (as the official code).
 
 ``torch.export`` works (static shapes; the "same" padding of the pools is computed at trace time).

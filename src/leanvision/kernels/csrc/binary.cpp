@@ -8,7 +8,8 @@
 //
 // Layouts: activations packed per pixel, (N, H, W, CW) uint64 with CW = ceil(C / 64);
 // conv weights (k, k, CW, Op) uint64 with Op = O rounded up to 8 (output channel fastest,
-// so 8 of them fill one 512-bit vector); linear weights (CW, Op).
+// so 8 of them fill one 512-bit vector); linear weights (CW, Op); grouped conv weights
+// (O / groups, kh, kw, CW) bit-planes (binary_gconv2d, below: word operations in every build).
 //
 // Paths: a build for AVX-512 (LEANVISION_ISA_AVX512, see leanvision/kernels/__init__.py)
 // carries a VPOPCNTDQ vector path, taken at run time where the CPU has that extension; every
@@ -295,6 +296,113 @@ at::Tensor binary_conv2d(const at::Tensor& xp_in, const at::Tensor& wp_in, const
   return y;
 }
 
+// Grouped binary convolution (groups > 1, e.g. depthwise, or any rectangular kernel), on the
+// same packed input. Output o = g * og + m (g its group, og = O / groups) sums the cg = C /
+// groups input channels g * cg + j. Weight plane m (og planes, (og, kh, kw, CW)) holds at
+// bit c the sign of w[g(c) * og + m, c - g(c) * cg, ky, kx]: one XOR of a packed pixel with a
+// plane gives every input channel's product bit for its group's m-th output. The bits are
+// counted per input channel over the valid taps in bit-sliced counters (a ripple-carry add of
+// one bit-plane per tap: word operations only, the same on every CPU), then each output is
+// scale * (cg * valid - 2 * sum of its group's counts) + bias.
+void count_planes(const uint64_t* planes, int64_t k_bits, int64_t n, int32_t* counts) {
+  for (int64_t j = 0; j < n; ++j) {
+    int32_t c = 0;
+    for (int64_t k = 0; k < k_bits; ++k) c |= static_cast<int32_t>((planes[k] >> j) & 1u) << k;
+    counts[j] = c;
+  }
+}
+
+at::Tensor binary_gconv2d(const at::Tensor& xp_in, const at::Tensor& wp_in, const at::Tensor& scale,
+                          const c10::optional<at::Tensor>& bias_in, int64_t channels,
+                          int64_t out_channels, int64_t groups, int64_t kh, int64_t kw,
+                          int64_t sh, int64_t sw, int64_t ph, int64_t pw) {
+  const char* fn = "binary_gconv2d";
+  TORCH_CHECK(channels >= 1 && out_channels >= 1 && groups >= 1, fn,
+              ": channels, out_channels and groups must be >= 1, got ", channels, ", ",
+              out_channels, ", ", groups);
+  TORCH_CHECK(channels % groups == 0 && out_channels % groups == 0, fn, ": groups ", groups,
+              " must divide channels ", channels, " and out_channels ", out_channels);
+  TORCH_CHECK(kh >= 1 && kw >= 1 && kh * kw <= 65535 && sh >= 1 && sw >= 1 && ph >= 0 && pw >= 0,
+              fn, ": kernel (", kh, ", ", kw, ") and stride (", sh, ", ", sw,
+              ") must be >= 1 (at most 65535 taps), padding (", ph, ", ", pw, ") >= 0");
+  check_cpu(xp_in, fn, "packed input");
+  check_cpu(wp_in, fn, "packed weight");
+  TORCH_CHECK(xp_in.dim() == 4 && xp_in.scalar_type() == at::kLong, fn,
+              ": packed input must be int64 (N, H, W, CW), got ", xp_in.sizes(), " ",
+              xp_in.scalar_type());
+  const int64_t n = xp_in.size(0), h = xp_in.size(1), wd = xp_in.size(2), cw = xp_in.size(3);
+  const int64_t o = out_channels, og = o / groups, cg = channels / groups;
+  TORCH_CHECK(cw == (channels + 63) / 64, fn, ": ", channels, " channels need ",
+              (channels + 63) / 64, " words per pixel, the packed input has ", cw);
+  TORCH_CHECK(wp_in.dim() == 4 && wp_in.scalar_type() == at::kLong && wp_in.size(0) == og &&
+                  wp_in.size(1) == kh && wp_in.size(2) == kw && wp_in.size(3) == cw,
+              fn, ": packed weight must be int64 (O / groups, kh, kw, CW) = (", og, ", ", kh, ", ",
+              kw, ", ", cw, "), got ", wp_in.sizes(), " ", wp_in.scalar_type());
+  check_scale(scale, o, fn);
+  check_bias(bias_in, o, fn);
+  TORCH_CHECK(h + 2 * ph >= kh && wd + 2 * pw >= kw, fn, ": the input (", h, " x ", wd,
+              ") padded by (", ph, ", ", pw, ") is smaller than the kernel (", kh, ", ", kw, ")");
+  const int64_t ho = (h + 2 * ph - kh) / sh + 1, wo = (wd + 2 * pw - kw) / sw + 1;
+  at::Tensor bias;
+  if (bias_in.has_value()) bias = bias_in->contiguous();
+  const at::Tensor xp = xp_in.contiguous(), wp = wp_in.contiguous(), sc = scale.contiguous();
+  if (n == 0) return at::empty({0, o, ho, wo}, at::kFloat);
+  at::Tensor y = at::empty({n, o, ho, wo},
+                           at::TensorOptions().dtype(at::kFloat).memory_format(at::MemoryFormat::ChannelsLast));
+  const auto* xd = reinterpret_cast<const uint64_t*>(xp.data_ptr<int64_t>());
+  const auto* wdp = reinterpret_cast<const uint64_t*>(wp.data_ptr<int64_t>());
+  const float* sd = sc.data_ptr<float>();
+  const float* bd = bias.defined() ? bias.data_ptr<float>() : nullptr;
+  float* yd = y.data_ptr<float>();
+  int64_t k_bits = 1;
+  while ((int64_t{1} << k_bits) <= kh * kw) ++k_bits;  // counters up to kh * kw
+  at::parallel_for(0, n * ho, 1, [&](int64_t r0, int64_t r1) {
+    std::vector<uint64_t> planes(static_cast<size_t>(cw * k_bits));
+    std::vector<int32_t> counts(static_cast<size_t>(cw * 64));
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t img = r / ho, oy = r % ho;
+      for (int64_t ox = 0; ox < wo; ++ox) {
+        float* out = yd + (r * wo + ox) * o;
+        for (int64_t m = 0; m < og; ++m) {
+          std::fill(planes.begin(), planes.end(), 0);
+          int64_t valid = 0;
+          for (int64_t ky = 0; ky < kh; ++ky) {
+            const int64_t iy = oy * sh + ky - ph;
+            if (iy < 0 || iy >= h) continue;
+            for (int64_t kx = 0; kx < kw; ++kx) {
+              const int64_t ix = ox * sw + kx - pw;
+              if (ix < 0 || ix >= wd) continue;
+              ++valid;
+              const uint64_t* xv = xd + ((img * h + iy) * wd + ix) * cw;
+              const uint64_t* wv = wdp + ((m * kh + ky) * kw + kx) * cw;
+              for (int64_t w = 0; w < cw; ++w) {
+                uint64_t carry = xv[w] ^ wv[w];
+                uint64_t* pl = planes.data() + w * k_bits;
+                for (int64_t k = 0; k < k_bits && carry; ++k) {
+                  const uint64_t t = pl[k] & carry;
+                  pl[k] ^= carry;
+                  carry = t;
+                }
+              }
+            }
+          }
+          for (int64_t w = 0; w < cw; ++w)
+            count_planes(planes.data() + w * k_bits, k_bits, std::min<int64_t>(64, channels - 64 * w),
+                         counts.data() + 64 * w);
+          const int64_t full = valid * cg;
+          for (int64_t g = 0; g < groups; ++g) {
+            int64_t total = 0;
+            for (int64_t j = 0; j < cg; ++j) total += counts[g * cg + j];
+            const int64_t q = g * og + m;
+            out[q] = sd[q] * static_cast<float>(full - 2 * total) + (bd ? bd[q] : 0.f);
+          }
+        }
+      }
+    }
+  });
+  return y;
+}
+
 at::Tensor binary_linear(const at::Tensor& xp_in, const at::Tensor& wp_in, const at::Tensor& scale,
                          const c10::optional<at::Tensor>& bias_in, int64_t features,
                          int64_t out_features) {
@@ -343,9 +451,12 @@ TORCH_LIBRARY_FRAGMENT(leanvision, m) {
   m.def("binary_pack(Tensor x, int channels) -> Tensor");
   m.def("binary_conv2d(Tensor xp, Tensor wp, Tensor scale, Tensor? bias, int channels, "
         "int out_channels, int kernel, int stride, int padding) -> Tensor");
+  m.def("binary_gconv2d(Tensor xp, Tensor wp, Tensor scale, Tensor? bias, int channels, "
+        "int out_channels, int groups, int kh, int kw, int sh, int sw, int ph, int pw) -> Tensor");
   m.def("binary_linear(Tensor xp, Tensor wp, Tensor scale, Tensor? bias, int features, "
         "int out_features) -> Tensor");
   m.impl("binary_pack", c10::DispatchKey::CPU, &binary_pack);
   m.impl("binary_conv2d", c10::DispatchKey::CPU, &binary_conv2d);
+  m.impl("binary_gconv2d", c10::DispatchKey::CPU, &binary_gconv2d);
   m.impl("binary_linear", c10::DispatchKey::CPU, &binary_linear);
 }
