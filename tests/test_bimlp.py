@@ -21,6 +21,8 @@ from leanvision.models.bimlp import (
     BiMLPBlock,
     BinaryFC,
     CheapDownsample,
+    LearnableBias,
+    RPReLU,
     UniShortcut,
     channel_shortcut,
 )
@@ -250,11 +252,23 @@ def test_pack_binary_keeps_the_outputs():
 
     torch.manual_seed(0)
     model = lv.create_model("bimlp_s", **TINY).eval()
+    with torch.no_grad():  # trained-looking statistics and shifts, so the folds matter
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.2, 0.2)
+            if isinstance(m, LearnableBias):
+                m.bias.uniform_(-0.2, 0.2)
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         ref = model(x)
         packed = pack_binary(model)
         out = packed(x)
+    fcs = [m for m in packed.modules() if isinstance(m, BinaryFC)]
+    assert fcs and all(isinstance(m.norm, nn.Identity) for m in fcs)  # BN folded in
+    assert all(isinstance(m.act.move1, nn.Identity) for m in fcs if isinstance(m.act, RPReLU))
     kinds = {type(m) for m in packed.modules()}
     assert PackedBinaryConv2d in kinds and BinaryConv2d not in kinds
     grouped = [m for m in packed.modules() if getattr(m, "grouped", False)]

@@ -144,6 +144,20 @@ def test_packed_grouped_conv_equals_float_binary_conv(shape, monkeypatch):
         torch.testing.assert_close(packed(x), ref, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("groups", [1, 8])
+def test_fold_output_affine_equals_the_affine_after_the_layer(groups):
+    torch.manual_seed(0)
+    packed = PackedBinaryConv2d(BinaryConv2d(16, 8, 3, padding=1, groups=groups).eval())
+    x = torch.randn(2, 16, 6, 6)
+    a, c = torch.randn(8), torch.randn(8)
+    with torch.no_grad():
+        want = packed(x) * a.view(1, -1, 1, 1) + c.view(1, -1, 1, 1)
+        packed.fold_output_affine(a, c)
+        torch.testing.assert_close(packed(x), want, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ConfigError, match="expected 8 values"):
+        packed.fold_output_affine(torch.ones(4), torch.zeros(8))
+
+
 def test_dilated_binary_conv_is_not_packed():
     with pytest.raises(ConfigError, match="no dilation"):
         PackedBinaryConv2d(BinaryConv2d(8, 8, 3, dilation=2).eval())

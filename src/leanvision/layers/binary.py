@@ -320,6 +320,21 @@ class PackedBinaryConv2d(nn.Module):
             w = signs[:, :, : self.out_channels].permute(2, 3, 0, 1)
         return w * self.scale.view(-1, 1, 1, 1)
 
+    def fold_output_affine(self, a: torch.Tensor, c: torch.Tensor) -> None:
+        """Fold a per-output-channel affine ``y → a·y + c`` that follows the layer (an eval
+        BatchNorm, a learnable shift) into ``scale`` and ``bias``: the kernel's epilogue then
+        computes it (equal up to float rounding)."""
+        a = a.detach().reshape(-1).to(self.scale)
+        c = c.detach().reshape(-1).to(self.scale)
+        if a.numel() != self.out_channels or c.numel() != self.out_channels:
+            raise ConfigError(
+                f"fold_output_affine: expected {self.out_channels} values, got {a.numel()} "
+                f"and {c.numel()}"
+            )
+        bias = self.bias if self.bias is not None else torch.zeros_like(self.scale)
+        self.scale = self.scale * a
+        self.bias = a * bias + c
+
     def _check(self, x: torch.Tensor) -> None:
         check_conv_input(
             f"PackedBinaryConv2d({self.in_channels}, {self.out_channels}, k={self.kernel_size})",

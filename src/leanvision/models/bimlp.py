@@ -69,7 +69,7 @@ from timm.models._features import feature_take_indices
 from torch import nn
 
 from leanvision.errors import ConfigError
-from leanvision.layers.binary import BinaryConv2d
+from leanvision.layers.binary import BinaryConv2d, PackedBinaryConv2d
 
 from ._device import DeviceLike, build_on, device_dtype
 
@@ -196,6 +196,25 @@ class BinaryFC(nn.Module):
             None if plain else UniShortcut(in_channels, out_channels, norm=shortcut_norm)
         )
         self.act = nn.Hardtanh() if plain else RPReLU(out_channels)
+
+    def fold_for_inference(self) -> None:
+        """Called by ``pack_binary`` once the conv is packed (eval mode): the BN after the conv
+        and RPReLU's first shift (``(BN(conv) + S) + m₁ = (BN(conv) + m₁) + S``) fold into the
+        packed conv's scale and bias, two element-wise passes fewer per FC."""
+        conv, bn = self.conv, self.norm
+        if not isinstance(conv, PackedBinaryConv2d) or not isinstance(bn, nn.BatchNorm2d):
+            return
+        if bn.running_var is None or bn.running_mean is None:
+            return  # batch statistics at inference: nothing fixed to fold
+        a = torch.rsqrt(bn.running_var + bn.eps)
+        if bn.weight is not None:
+            a = a * bn.weight
+        c = -a * bn.running_mean + (bn.bias if bn.bias is not None else 0.0)
+        if isinstance(self.act, RPReLU) and isinstance(self.act.move1, LearnableBias):
+            c = c + self.act.move1.bias.reshape(-1)
+            self.act.move1 = nn.Identity()
+        conv.fold_output_affine(a, c)
+        self.norm = nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, in, H, W) → (B, out, H, W)."""
