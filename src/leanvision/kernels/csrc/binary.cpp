@@ -77,6 +77,46 @@ void check_scale(const at::Tensor& scale, int64_t o, const char* op) {
               scale.sizes(), " ", scale.scalar_type());
 }
 
+// The contiguous operands and the channels-last float output of a packed conv, as pointers.
+struct PackedConvIO {
+  at::Tensor xp, wp, sc, bias_t, y;
+  const uint64_t* x;
+  const uint64_t* w;
+  const float* scale;
+  const float* bias;
+  float* out;
+  PackedConvIO(const at::Tensor& xp_in, const at::Tensor& wp_in, const at::Tensor& scale_in,
+               const c10::optional<at::Tensor>& bias_in, at::IntArrayRef out_shape)
+      : xp(xp_in.contiguous()), wp(wp_in.contiguous()), sc(scale_in.contiguous()),
+        bias_t(bias_in.has_value() ? bias_in->contiguous() : at::Tensor()),
+        y(at::empty(out_shape, at::TensorOptions().dtype(at::kFloat).memory_format(
+                                   at::MemoryFormat::ChannelsLast))),
+        x(reinterpret_cast<const uint64_t*>(xp.data_ptr<int64_t>())),
+        w(reinterpret_cast<const uint64_t*>(wp.data_ptr<int64_t>())),
+        scale(sc.data_ptr<float>()),
+        bias(bias_t.defined() ? bias_t.data_ptr<float>() : nullptr),
+        out(y.data_ptr<float>()) {}
+};
+
+// Calls f(tap, pixel) for every tap (ky * kw + kx) of output (oy, ox) of image img that falls
+// inside the (h, wd) input, pixel being that input pixel's index; returns how many did.
+template <typename F>
+int64_t for_valid_taps(int64_t img, int64_t oy, int64_t ox, int64_t h, int64_t wd, int64_t kh,
+                       int64_t kw, int64_t sh, int64_t sw, int64_t ph, int64_t pw, F&& f) {
+  int64_t valid = 0;
+  for (int64_t ky = 0; ky < kh; ++ky) {
+    const int64_t iy = oy * sh + ky - ph;
+    if (iy < 0 || iy >= h) continue;
+    for (int64_t kx = 0; kx < kw; ++kx) {
+      const int64_t ix = ox * sw + kx - pw;
+      if (ix < 0 || ix >= wd) continue;
+      ++valid;
+      f(ky * kw + kx, (img * h + iy) * wd + ix);
+    }
+  }
+  return valid;
+}
+
 // acc[o] += popcount(x[w] ^ wt[w][o]) for o < op (multiple of 8), w < cw.
 void popxor_scalar(const uint64_t* x, const uint64_t* wt, int64_t cw, int64_t op, int64_t* acc) {
   for (int64_t w = 0; w < cw; ++w) {
@@ -229,17 +269,13 @@ at::Tensor binary_conv2d(const at::Tensor& xp_in, const at::Tensor& wp_in, const
               " x ", wd, ") padded by ", padding, " is smaller than the kernel ", kernel);
   const int64_t ho = (h + 2 * padding - kernel) / stride + 1;
   const int64_t wo = (wd + 2 * padding - kernel) / stride + 1;
-  at::Tensor bias;
-  if (bias_in.has_value()) bias = bias_in->contiguous();
-  const at::Tensor xp = xp_in.contiguous(), wp = wp_in.contiguous(), sc = scale.contiguous();
   if (n == 0) return at::empty({0, o, ho, wo}, at::kFloat);
-  at::Tensor y = at::empty({n, o, ho, wo},
-                           at::TensorOptions().dtype(at::kFloat).memory_format(at::MemoryFormat::ChannelsLast));
-  const auto* xd = reinterpret_cast<const uint64_t*>(xp.data_ptr<int64_t>());
-  const auto* wdp = reinterpret_cast<const uint64_t*>(wp.data_ptr<int64_t>());
-  const float* sd = sc.data_ptr<float>();
-  const float* bd = bias.defined() ? bias.data_ptr<float>() : nullptr;
-  float* yd = y.data_ptr<float>();
+  const PackedConvIO io(xp_in, wp_in, scale, bias_in, {n, o, ho, wo});
+  const uint64_t* xd = io.x;
+  const uint64_t* wdp = io.w;
+  const float *sd = io.scale, *bd = io.bias;
+  float* yd = io.out;
+  at::Tensor y = io.y;
   const bool vec = has_vpopcnt();
   at::parallel_for(0, n * ho, 1, [&](int64_t r0, int64_t r1) {
     std::vector<int64_t> acc(static_cast<size_t>(op));
@@ -274,18 +310,11 @@ at::Tensor binary_conv2d(const at::Tensor& xp_in, const at::Tensor& wp_in, const
 #endif
       for (int64_t ox = 0; ox < wo; ++ox) {
         std::fill(acc.begin(), acc.end(), 0);
-        int64_t valid = 0;
-        for (int64_t ky = 0; ky < kernel; ++ky) {
-          const int64_t iy = oy * stride + ky - padding;
-          if (iy < 0 || iy >= h) continue;
-          for (int64_t kx = 0; kx < kernel; ++kx) {
-            const int64_t ix = ox * stride + kx - padding;
-            if (ix < 0 || ix >= wd) continue;
-            ++valid;
-            popxor(xd + ((img * h + iy) * wd + ix) * cw, wdp + (ky * kernel + kx) * cw * op, cw,
-                   op, acc.data(), vec);
-          }
-        }
+        const int64_t valid = for_valid_taps(
+            img, oy, ox, h, wd, kernel, kernel, stride, stride, padding, padding,
+            [&](int64_t tap, int64_t px) {
+              popxor(xd + px * cw, wdp + tap * cw * op, cw, op, acc.data(), vec);
+            });
         float* out = yd + (r * wo + ox) * o;
         const int64_t full = valid * channels;
         for (int64_t q = 0; q < o; ++q)
@@ -343,17 +372,13 @@ at::Tensor binary_gconv2d(const at::Tensor& xp_in, const at::Tensor& wp_in, cons
   TORCH_CHECK(h + 2 * ph >= kh && wd + 2 * pw >= kw, fn, ": the input (", h, " x ", wd,
               ") padded by (", ph, ", ", pw, ") is smaller than the kernel (", kh, ", ", kw, ")");
   const int64_t ho = (h + 2 * ph - kh) / sh + 1, wo = (wd + 2 * pw - kw) / sw + 1;
-  at::Tensor bias;
-  if (bias_in.has_value()) bias = bias_in->contiguous();
-  const at::Tensor xp = xp_in.contiguous(), wp = wp_in.contiguous(), sc = scale.contiguous();
   if (n == 0) return at::empty({0, o, ho, wo}, at::kFloat);
-  at::Tensor y = at::empty({n, o, ho, wo},
-                           at::TensorOptions().dtype(at::kFloat).memory_format(at::MemoryFormat::ChannelsLast));
-  const auto* xd = reinterpret_cast<const uint64_t*>(xp.data_ptr<int64_t>());
-  const auto* wdp = reinterpret_cast<const uint64_t*>(wp.data_ptr<int64_t>());
-  const float* sd = sc.data_ptr<float>();
-  const float* bd = bias.defined() ? bias.data_ptr<float>() : nullptr;
-  float* yd = y.data_ptr<float>();
+  const PackedConvIO io(xp_in, wp_in, scale, bias_in, {n, o, ho, wo});
+  const uint64_t* xd = io.x;
+  const uint64_t* wdp = io.w;
+  const float *sd = io.scale, *bd = io.bias;
+  float* yd = io.out;
+  at::Tensor y = io.y;
   int64_t k_bits = 1;
   while ((int64_t{1} << k_bits) <= kh * kw) ++k_bits;  // counters up to kh * kw
   at::parallel_for(0, n * ho, 1, [&](int64_t r0, int64_t r1) {
@@ -365,27 +390,20 @@ at::Tensor binary_gconv2d(const at::Tensor& xp_in, const at::Tensor& wp_in, cons
         float* out = yd + (r * wo + ox) * o;
         for (int64_t m = 0; m < og; ++m) {
           std::fill(planes.begin(), planes.end(), 0);
-          int64_t valid = 0;
-          for (int64_t ky = 0; ky < kh; ++ky) {
-            const int64_t iy = oy * sh + ky - ph;
-            if (iy < 0 || iy >= h) continue;
-            for (int64_t kx = 0; kx < kw; ++kx) {
-              const int64_t ix = ox * sw + kx - pw;
-              if (ix < 0 || ix >= wd) continue;
-              ++valid;
-              const uint64_t* xv = xd + ((img * h + iy) * wd + ix) * cw;
-              const uint64_t* wv = wdp + ((m * kh + ky) * kw + kx) * cw;
-              for (int64_t w = 0; w < cw; ++w) {
-                uint64_t carry = xv[w] ^ wv[w];
-                uint64_t* pl = planes.data() + w * k_bits;
-                for (int64_t k = 0; k < k_bits && carry; ++k) {
-                  const uint64_t t = pl[k] & carry;
-                  pl[k] ^= carry;
-                  carry = t;
+          const int64_t valid = for_valid_taps(
+              img, oy, ox, h, wd, kh, kw, sh, sw, ph, pw, [&](int64_t tap, int64_t px) {
+                const uint64_t* xv = xd + px * cw;
+                const uint64_t* wv = wdp + (m * kh * kw + tap) * cw;
+                for (int64_t w = 0; w < cw; ++w) {
+                  uint64_t carry = xv[w] ^ wv[w];  // ripple-carry add into the counters
+                  uint64_t* pl = planes.data() + w * k_bits;
+                  for (int64_t k = 0; k < k_bits && carry; ++k) {
+                    const uint64_t t = pl[k] & carry;
+                    pl[k] ^= carry;
+                    carry = t;
+                  }
                 }
-              }
-            }
-          }
+              });
           for (int64_t w = 0; w < cw; ++w)
             count_planes(planes.data() + w * k_bits, k_bits, std::min<int64_t>(64, channels - 64 * w),
                          counts.data() + 64 * w);
