@@ -355,7 +355,10 @@ def cmd_report(args: argparse.Namespace) -> None:
             "trained by us (10 epochs on the 45k training images), test top-1 "
             f"{t_top1:.2f}%. Test set: all 10,000 CIFAR-10 test images. Paper numbers are "
             "DeiT-Tiny on ImageNet (300 epochs, 1.28M images; CaiT-S24 teacher for manifold "
-            "KD, RegNetY-16GF for the DeiT token): compare the direction, not the level."
+            "KD, RegNetY-16GF for the DeiT token): compare the direction, not the level. Manifold "
+            "KD's logit term: the KL summed over classes and averaged over the batch "
+            f"(kd_reduction={MANIFOLD.get('kd_reduction', 'batchmean')!r}, as the official "
+            "ManifoldKD losses.py)."
         ),
         "command": "python benchmarks/distill_cifar10.py teacher && "
         "python benchmarks/distill_cifar10.py train --variant <v> [--seed 1] (each) && "
