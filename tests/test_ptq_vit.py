@@ -227,6 +227,30 @@ def test_qdq_onnx_runs_integer_matmuls_and_matches_fake_quant(bits, tmp_path):
     assert all(z.dtype == "uint8" and int(z) == 0 for z in zero_points)
 
 
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_deploy_runs_the_methods_own_int8_graph(backend):
+    """lv.deploy of a ptq_vit model: its own QDQ graph with the searched steps (no calib, no
+    second quantizer), on each int8 runtime; other precisions and uncalibrated models fail."""
+    pytest.importorskip(backend)
+    model = _vit()
+    q = quantize_vit(model, 8)
+    with pytest.raises(ConfigError, match="calibrate it first"):
+        lv.deploy(q, backend, "int8", (3, 32, 32), threads=1)
+    x = torch.randn(8, 3, 32, 32)
+    calibrate(q, x, PTQViTConfig(bits=8, num_images=8))
+    d = lv.deploy(q, backend, "int8", (3, 32, 32), batch=8, threads=1)  # no calib needed
+    assert d.backend.endswith("int8")
+    with torch.no_grad():
+        ref, full = q(x), model(x)
+    got = d(x)
+    torch.testing.assert_close(got, ref, rtol=0.05, atol=0.05)  # the fake-quant model's grid
+    # what ran is the method's graph: nearer the fake-quant model than the float one is
+    assert (got - ref).abs().max() < (full - ref).abs().max()
+    for precision in ("fp32", "bf16"):
+        with pytest.raises(ConfigError, match="precision='int8'"):
+            lv.deploy(q, "onnxruntime", precision, (3, 32, 32), threads=1)
+
+
 @pytest.mark.parametrize(
     "bad",
     [

@@ -8,6 +8,8 @@ beside any other. Backends (``BACKENDS``) and the precisions each runs:
 - ``"torch"``: eager PyTorch, batch norms folded, channels-last: fp32 (the plain baseline).
 - ``"leanvision"``: :func:`~leanvision.deploy.optimize_for_cpu` (the fused 3×3 kernel where it
   is measured faster than ATen): fp32.
+- ``"inductor"``: ``torch.compile`` (TorchInductor, weights frozen) of the BN-folded model: fp32;
+  int8 through torchao's PT2E x86 quantization (:mod:`leanvision.deploy.inductor`).
 - ``"onnxruntime"``: the ONNX of :func:`~leanvision.deploy.export_onnx` on onnxruntime's CPU
   execution provider, all graph optimizations: fp32; int8.
 - ``"openvino"``: the same ONNX on OpenVINO's CPU plugin (``openvino.Core().read_model``),
@@ -17,7 +19,10 @@ beside any other. Backends (``BACKENDS``) and the precisions each runs:
 int8 is static post-training quantization (onnxruntime's ``quantize_static``): per-channel
 int8 weights, uint8 activations calibrated (min/max) on batches the caller passes (the
 validation split, never the test split), as a QDQ ONNX graph that onnxruntime and OpenVINO
-both run with integer kernels. The deployed accuracy is measured on the deployed model.
+both run with integer kernels. A model a method has already quantized (``ptq_vit``'s
+calibrated fake-quant layers, :func:`~leanvision.layers.quant.quantization_state`) deploys its
+own QDQ graph with the method's steps instead, and needs no ``calib``. The deployed accuracy
+is measured on the deployed model.
 
 ``backend="auto"`` builds every backend that runs the precision, times them side by side on
 the same input (``compare``), and returns the fastest; ``DeployedModel.candidates`` keeps
@@ -46,20 +51,23 @@ from torch import nn
 from leanvision import kernels
 from leanvision.deploy.cpu import optimize_for_cpu
 from leanvision.deploy.fold import fold_batchnorm
+from leanvision.deploy.inductor import InductorRun, has_torchao
 from leanvision.deploy.onnx import export_onnx
 from leanvision.errors import ConfigError, InputShapeError
 from leanvision.fileio import atomic_write
+from leanvision.layers.quant import quantization_state
 from leanvision.opcounts import OpCounts, register_module_counter
 from leanvision.profiling import compare, count_ops
 from leanvision.shapes import check_batch, eval_mode, guarded_forward, resolve_input_size
 
 __all__ = ["BACKENDS", "PRECISIONS", "DeployedModel", "deploy", "supported"]
 
-BACKENDS = ("torch", "leanvision", "onnxruntime", "openvino")
+BACKENDS = ("torch", "leanvision", "inductor", "onnxruntime", "openvino")
 PRECISIONS = ("fp32", "bf16", "int8")
 _RUNS = {
     "torch": ("fp32",),
     "leanvision": ("fp32",),
+    "inductor": ("fp32", "int8"),
     "onnxruntime": ("fp32", "int8"),
     "openvino": ("fp32", "bf16", "int8"),
 }
@@ -72,6 +80,8 @@ def supported(precision: str = "fp32") -> list[str]:
     out = [b for b in BACKENDS if precision in _RUNS[b]]
     if precision == "bf16" and not _openvino_has_bf16():
         out.remove("openvino")
+    if precision == "int8" and not has_torchao():
+        out.remove("inductor")
     return out
 
 
@@ -189,7 +199,8 @@ def deploy(
         batch: The batch the runtime is tuned and (for ``"auto"``) timed at; any batch runs.
         threads: The runtime's threads; None: torch's current setting.
         calib: For int8: batches of calibration images (``(x, y)`` pairs or tensors), e.g.
-            ``data.val``; never the test split.
+            ``data.val``; never the test split. Not needed (and not read) for a model its method
+            has quantized already (``ptq_vit``): its own steps are deployed.
         calib_batches: At most this many batches of ``calib`` are read.
         repeats: For ``"auto"``: timed runs per backend.
 
@@ -198,7 +209,8 @@ def deploy(
 
     Raises:
         ConfigError: an unknown backend or precision, a backend that does not run the
-            precision on this machine, int8 without ``calib``, bad ``batch`` or ``threads``.
+            precision on this machine, int8 without ``calib``, bad ``batch`` or ``threads``;
+            a model its method quantized, at another precision than int8, or uncalibrated.
         InputShapeError: the model cannot run on a ``(batch, *input_size)`` input.
     """
     _check_choice("backend", backend, ("auto", *BACKENDS))
@@ -206,19 +218,37 @@ def deploy(
     n = check_batch(batch)
     if threads is not None and (not isinstance(threads, int) or threads < 1):
         raise ConfigError(f"threads must be an int >= 1 or None, got {threads!r}")
+    own = quantization_state(model)  # a model quantized by its method (ptq_vit) keeps it
+    if own == "uncalibrated":
+        raise ConfigError(
+            "the model has fake-quantized layers without steps: calibrate it first "
+            "(e.g. lv.compress(model, 'ptq_vit', data=...))"
+        )
+    if own == "calibrated" and precision != "int8":
+        raise ConfigError(
+            f"the model is already quantized by its method (its own QDQ int8 graph): deploy it "
+            f"with precision='int8', not {precision!r}"
+        )
     runs = supported(precision)
+    if own == "calibrated":  # its QDQ graph is what runs: the ONNX runtimes run it in int8
+        runs = [b for b in runs if b in _ONNX_BACKENDS]
     if backend != "auto" and backend not in runs:
         why = "this CPU has no bf16 (OpenVINO's CPU plugin)" if precision == "bf16" else ""
+        if own == "calibrated":
+            why = "a model its method quantized deploys its QDQ graph, which the ONNX runtimes run"
         raise ConfigError(
             f"backend {backend!r} does not run {precision}{': ' + why if why else ''}; "
             f"backends that do here: {', '.join(runs) or 'none'}"
         )
-    if precision == "int8":
+    if precision == "int8" and own == "none":
         if calib is None:
             raise ConfigError("precision='int8' needs calib= (validation batches, e.g. data.val)")
         if not isinstance(calib_batches, int) or calib_batches < 1:
             raise ConfigError(f"calib_batches must be an int >= 1, got {calib_batches!r}")
     size = resolve_input_size(model, input_size)
+    batches: list[torch.Tensor] = []
+    if precision == "int8" and own == "none":
+        batches = _calibration_batches(calib, calib_batches, size)
     model = copy.deepcopy(model).to("cpu").eval()
     with eval_mode(model), torch.no_grad():
         guarded_forward(model, torch.randn(n, *size), size, batch=n)
@@ -227,14 +257,14 @@ def deploy(
     built: dict[str, DeployedModel] = {}
     with tempfile.TemporaryDirectory(prefix="leanvision-deploy-") as tmp:
         onnx_path = None
-        if any(b in ("onnxruntime", "openvino") for b in names):
+        if any(b in _ONNX_BACKENDS for b in names):
             onnx_path = export_onnx(model, Path(tmp) / "model.onnx", size, batch=n)
-            if precision == "int8":
-                onnx_path = _quantize_int8(onnx_path, calib, calib_batches, size)
+            if precision == "int8" and own == "none":
+                onnx_path = _quantize_int8(onnx_path, batches)
         for name in names:
-            built[name] = _build(name, model, precision, size, n, threads, onnx_path)
+            built[name] = _build(name, model, precision, size, n, threads, onnx_path, batches)
             built[name].source = model
-            if name in ("onnxruntime", "openvino"):
+            if name in _ONNX_BACKENDS:
                 assert onnx_path is not None
                 built[name]._onnx = onnx_path.read_bytes()
     if len(built) == 1:
@@ -260,6 +290,7 @@ def _build(
     batch: int,
     threads: int | None,
     onnx_path: Path | None,
+    calib: list[torch.Tensor],
 ) -> DeployedModel:
     if name == "torch":
         folded = fold_batchnorm(model)[0]
@@ -275,6 +306,9 @@ def _build(
         run = _TorchRun(fast, torch.channels_last)
         label = f"leanvision-cpu-fp32[{kernel}/{len(choices)} layers on the kernels]"
         return DeployedModel(run, label, precision, size, threads)
+    if name == "inductor":
+        run = InductorRun(model, precision, size, threads, calib)
+        return DeployedModel(run, run.label, precision, size, threads)
     assert onnx_path is not None
     if name == "onnxruntime":
         run = _OrtRun(onnx_path, threads)
@@ -369,11 +403,27 @@ class _OpenVinoRun:
 # 2026.4's CPU plugin segfault while compiling, and a BatchNormalization that follows it
 # would get a per-tensor int8 scale; both run fp32 between their int8 neighbours.
 _KEEP_FLOAT_OPS = frozenset({"Concat", "BatchNormalization"})
+_ONNX_BACKENDS = ("onnxruntime", "openvino")
 
 
-def _quantize_int8(
-    path: Path, calib: Iterable[Any], max_batches: int, size: tuple[int, ...]
-) -> Path:
+def _calibration_batches(
+    calib: Iterable[Any], max_batches: int, size: tuple[int, ...]
+) -> list[torch.Tensor]:
+    """At most ``max_batches`` float image batches of ``calib`` (``(x, y)`` pairs or tensors),
+    each checked against ``size``; no batch is read past them."""
+    batches = []
+    for i, b in enumerate(itertools.islice(calib, max_batches)):
+        x = b[0] if isinstance(b, (tuple, list)) else b
+        if not isinstance(x, torch.Tensor) or tuple(x.shape[1:]) != tuple(size):
+            got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise InputShapeError(f"calibration batch {i}: expected (N, *{size}), got {got}")
+        batches.append(x.detach().float().cpu())
+    if not batches:
+        raise ConfigError("calib gave no batches")
+    return batches
+
+
+def _quantize_int8(path: Path, calib: list[torch.Tensor]) -> Path:
     """Static int8 QDQ ONNX: per-channel weights, min/max-calibrated activations."""
     from onnxruntime.quantization import (
         CalibrationDataReader,
@@ -384,15 +434,7 @@ def _quantize_int8(
     from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    batches = []
-    for i, b in enumerate(itertools.islice(calib, max_batches)):  # no batch read past it
-        x = b[0] if isinstance(b, (tuple, list)) else b
-        if not isinstance(x, torch.Tensor) or tuple(x.shape[1:]) != tuple(size):
-            got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-            raise InputShapeError(f"calibration batch {i}: expected (N, *{size}), got {got}")
-        batches.append(_numpy(x.float().cpu()))
-    if not batches:
-        raise ConfigError("calib gave no batches")
+    batches = [_numpy(x) for x in calib]
 
     class _Reader(CalibrationDataReader):
         def __init__(self) -> None:

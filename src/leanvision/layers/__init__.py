@@ -13,7 +13,7 @@ from .gated import ChannelGate, GatedBasicBlock, GatedStage, gated_blocks
 from .ghost import GhostConv2d
 from .issa import InterlacedSparseAttention, NonLocal2d
 from .long_short_attention import LongShortAttention
-from .quant import QuantAttention, QuantLinear, QuantMatMul, fake_quant
+from .quant import QuantAttention, QuantLinear, QuantMatMul, fake_quant, quantization_state
 from .token_pruning import (
     DynamicViT,
     SlimmedViT,
@@ -48,6 +48,7 @@ __all__ = [
     "TokenPredictor",
     "embed_tokens",
     "fake_quant",
+    "quantization_state",
     "gated_blocks",
     "require_token_vit",
     "softmax_with_policy",

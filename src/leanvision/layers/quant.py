@@ -26,7 +26,14 @@ from torch import nn
 from leanvision.errors import ConfigError, UnsupportedModelError
 from leanvision.opcounts import OpCounts, register_module_counter
 
-__all__ = ["SOFTMAX_GRIDS", "QuantAttention", "QuantLinear", "QuantMatMul", "fake_quant"]
+__all__ = [
+    "SOFTMAX_GRIDS",
+    "QuantAttention",
+    "QuantLinear",
+    "QuantMatMul",
+    "fake_quant",
+    "quantization_state",
+]
 
 SOFTMAX_GRIDS = ("unsigned", "signed")  # the grids of A·V's probabilities (QuantAttention)
 
@@ -146,6 +153,16 @@ class QuantAttention(nn.Module):
         out = self.av(scores.softmax(dim=-1), v)
         out = self.norm(out.transpose(1, 2).reshape(b, n, self.attn_dim))
         return self.proj(out)
+
+
+def quantization_state(model: nn.Module) -> str:
+    """``"none"``: no fake-quantized op; ``"calibrated"``: every :class:`QuantLinear` /
+    :class:`QuantMatMul` has its steps, so the model exports its own QDQ int8 graph;
+    ``"uncalibrated"``: some have none yet (they run, and export, in full precision)."""
+    ops = [m for m in model.modules() if isinstance(m, (QuantLinear, QuantMatMul))]
+    if not ops:
+        return "none"
+    return "calibrated" if all(float(m.delta_w) > 0 for m in ops) else "uncalibrated"
 
 
 def _macs(n: int, op: nn.Module, name: str) -> Any:

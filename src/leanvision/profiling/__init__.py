@@ -7,6 +7,7 @@ Every function takes ``input_size``, one sample's shape without the batch (defau
 :mod:`leanvision.shapes`.
 """
 
+from leanvision.profiling._common import num_threads
 from leanvision.profiling.counting import (
     OpCounts,
     count_ops,
@@ -29,6 +30,7 @@ __all__ = [
     "count_params",
     "energy_uj",
     "measure_latency",
+    "num_threads",
     "peak_memory_mb",
     "profile",
     "register_module_counter",

@@ -5,8 +5,9 @@ Only Inference", CVPR 2018 (arXiv 1712.05877): weights and activations as 8-bit 
 an affine scale, integer multiply-accumulates. Here post-training and static: per-output-
 channel int8 weights, per-tensor int8 activations whose ranges are measured (min/max) on
 calibration images of the validation split (never the test split), written as a QDQ ONNX graph
-by onnxruntime's quantization tools and run by the CPU runtime that runs it fastest,
-onnxruntime or OpenVINO, both timed side by side (``backend="auto"``), or the one named.
+by onnxruntime's quantization tools (run by onnxruntime or OpenVINO), or quantized by torchao's
+PT2E x86 quantizer and compiled by TorchInductor (``"inductor"``); the path that runs fastest
+is deployed, all timed side by side (``backend="auto"``), or the one named.
 
 The result is a :class:`~leanvision.deploy.DeployedModel`: called like the model, evaluated
 and timed like any other (its accuracy is the deployed graph's), counted with the source's
@@ -27,14 +28,15 @@ from leanvision.methods.registry import register_method
 
 __all__ = ["Int8Config", "apply_int8"]
 
-_BACKENDS = ("auto", "onnxruntime", "openvino")
+_BACKENDS = ("auto", "inductor", "onnxruntime", "openvino")
 _SPLITS = ("val", "train")
 
 
 @dataclass
 class Int8Config(MethodConfig):
-    """``backend``: ``"auto"`` (the faster of onnxruntime and OpenVINO, timed at ``batch``
-    with ``threads``), ``"onnxruntime"`` or ``"openvino"``; ``calib_split``: the split the
+    """``backend``: ``"auto"`` (the fastest of torchao + Inductor, onnxruntime and OpenVINO,
+    timed at ``batch`` with ``threads``), ``"inductor"``, ``"onnxruntime"`` or
+    ``"openvino"``; ``calib_split``: the split the
     activation ranges are measured on (``"val"`` or ``"train"``; never ``"test"``);
     ``calib_batches``: at most that many batches of it; ``input_size``: (C, H, W), default the
     data's.
