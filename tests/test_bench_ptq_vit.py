@@ -1,5 +1,5 @@
 """Smoke test of benchmarks/ptq_vit_cifar10.py: a tiny random ViT is calibrated in three
-variants, deployed on onnxruntime and timed; the results file has every row and the table."""
+variants, deployed on onnxruntime and OpenVINO and timed; the results file has every row."""
 
 from __future__ import annotations
 
@@ -31,6 +31,7 @@ def test_ptq_vit_benchmark_smoke(bench):
     rows = {r["name"]: r for r in res["models"]}
     assert rows["vit_fp32"]["extra"]["int8_macs"] == 0
     assert rows["vit_w8a8"]["extra"]["int8_macs"] > 0
-    (table,) = res["run"]["tables"]
-    assert {r[1] for r in table["rows"]} == {1, 8} and all(r[5] > 0 for r in table["rows"])
-    assert any("Acceptance, W8A8" in n for n in res["run"]["notes"])
+    assert "int8" in rows["vit_w8a8"]["latency_ms"]["backend"]  # deployed, on its runtime
+    assert rows["vit_fp32"]["latency_ms"]["median"] > 0
+    (acc,) = [n for n in res["run"]["notes"] if "Acceptance, W8A8" in n]
+    assert "onnxruntime" in acc and "openvino" in acc  # the deployed top-1 on each runtime
