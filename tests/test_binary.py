@@ -144,6 +144,31 @@ def test_packed_grouped_conv_equals_float_binary_conv(shape, monkeypatch):
         torch.testing.assert_close(packed(x), ref, rtol=1e-5, atol=1e-5)
 
 
+def test_packed_net_compiles_as_one_graph_with_the_native_ops():
+    """lv.deploy(..., "inductor") of a packed binary net: the ops' shape contracts
+    (kernels/fake.py) let torch.compile trace it without a graph break, and it computes what
+    the eager packed net does, at two batch sizes."""
+    if not lb._binary_kernel():
+        pytest.skip("the binary kernel is not built here (its fallback is tested above)")
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        BinaryConv2d(8, 16, 3, 1, 1), nn.Hardtanh(),
+        BinaryConv2d(16, 16, (1, 7), 1, (0, 3), groups=16), nn.BatchNorm2d(16), nn.Hardtanh(),
+        BinaryConv2d(16, 32, 3, 2, 1), nn.Flatten(), BinaryLinear(32 * 4 * 4, 10),
+    ).eval()  # fmt: skip
+    packed = pack_binary(net).eval()
+    x = torch.randn(3, 8, 8, 8)
+    with torch.no_grad():
+        ref = packed(x)
+    explained = torch._dynamo.explain(packed)(x)
+    assert explained.graph_break_count == 0, explained.break_reasons
+    ops = {str(n.target) for g in explained.graphs for n in g.graph.nodes}
+    assert {"leanvision.binary_gconv2d", "leanvision.binary_linear", "leanvision.binary_pack"} <= ops
+    d = lv.deploy(packed, "inductor", "fp32", (8, 8, 8), threads=1)
+    torch.testing.assert_close(d(x), ref, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(d(x[:1]), ref[:1], rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("groups", [1, 8])
 def test_fold_output_affine_equals_the_affine_after_the_layer(groups):
     torch.manual_seed(0)

@@ -39,6 +39,7 @@ from typing import Any
 import torch
 
 from leanvision.errors import ConfigError, KernelError, UnknownNameError
+from leanvision.kernels import fake
 
 __all__ = [
     "KernelStatus",
@@ -229,6 +230,7 @@ def _build(name: str, warn: bool) -> bool:
             )
         return False
     _errors.pop(name, None)
+    fake.register(name)  # its ops' shapes, so torch.compile traces models that call them
     return True
 
 
