@@ -11,17 +11,38 @@ ROOT = Path(__file__).resolve().parents[1]
 CIFAR_ROOT = ROOT.parent / "shared" / "data" / "cifar10"
 
 
+def load_benchmark(name: str):
+    """``benchmarks/<name>.py`` as a module (benchmarks are scripts, not a package)."""
+    import importlib.util
+
+    path = ROOT / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture()
+def benchmark_module(tmp_path, monkeypatch):
+    """``load(name)``: ``benchmarks/<name>.py`` as a module writing its results under
+    ``tmp_path`` (its ``SMOKE`` left as it is)."""
+
+    def load(name: str):
+        mod = load_benchmark(name)
+        monkeypatch.setattr(mod, "OUT", tmp_path / "out")
+        return mod
+
+    yield load
+    torch.set_num_threads(1)
+
+
 @pytest.fixture()
 def smoke_benchmark(tmp_path, monkeypatch):
     """``load(name)``: ``benchmarks/<name>.py`` as a module in SMOKE mode, writing its runs and
     results under ``tmp_path`` (skips when CIFAR-10 is not in the shared folder)."""
-    import importlib.util
 
     def load(name: str):
-        path = ROOT / "benchmarks" / f"{name}.py"
-        spec = importlib.util.spec_from_file_location(f"bench_{name}", path)
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
+        mod = load_benchmark(name)
         if not (mod.DATA / "train.zip").exists():
             pytest.skip(f"CIFAR-10 not found at {mod.DATA}")
         monkeypatch.setattr(mod, "RUNS", tmp_path / "runs")

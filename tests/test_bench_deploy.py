@@ -3,20 +3,12 @@ on the fastest runtime of the same precision and batch (the fairest pair), bar b
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
-
-PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "deploy_cpu.py"
 
 
 @pytest.fixture()
-def bench():
-    spec = importlib.util.spec_from_file_location("bench_deploy_cpu", PATH)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+def bench(benchmark_module):
+    return benchmark_module("deploy_cpu")
 
 
 def test_notes_judge_each_model_on_its_fastest_runtime(bench):

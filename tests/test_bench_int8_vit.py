@@ -3,22 +3,14 @@ smoke run (a tiny ViT) deploys and times every runtime's pair."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
-PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "int8_vit_cpu.py"
-
 
 @pytest.fixture()
-def bench(tmp_path, monkeypatch):
-    spec = importlib.util.spec_from_file_location("bench_int8_vit_cpu", PATH)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    monkeypatch.setattr(mod, "OUT", tmp_path / "out")
-    return mod
+def bench(benchmark_module):
+    return benchmark_module("int8_vit_cpu")
 
 
 def test_notes_judge_against_the_fairer_fp32(bench):

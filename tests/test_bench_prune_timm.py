@@ -3,22 +3,14 @@ runtime, the bar on leanvision's), and a smoke run on two small timm CNNs."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
-PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "prune_timm_cpu.py"
-
 
 @pytest.fixture()
-def bench(tmp_path, monkeypatch):
-    spec = importlib.util.spec_from_file_location("bench_prune_timm_cpu", PATH)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    monkeypatch.setattr(mod, "OUT", tmp_path / "out")
-    return mod
+def bench(benchmark_module):
+    return benchmark_module("prune_timm_cpu")
 
 
 def test_notes_take_the_median_per_runtime(bench):
