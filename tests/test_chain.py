@@ -58,3 +58,22 @@ def test_recipe_weights_and_measure_backend_are_checked_at_the_door(tmp_path):
         recipe_from_dict({"model": {"name": "resnet20_cifar", "weights": str(tmp_path / "no")}})
     with pytest.raises(RecipeError, match="measure.backend"):
         recipe_from_dict({"measure": {"backend": "tensorrt"}})
+
+
+def test_an_int8_step_on_inductor_keeps_what_it_was_deployed_from(tmp_path):
+    """An int8 model compiled in memory (torchao + Inductor) has no ONNX graph to save: the
+    run keeps the float model it was deployed from, to deploy again."""
+    raw = {
+        "name": "int8_inductor",
+        "data": SMALL,
+        "model": {"name": "resnet8_cifar", "kwargs": {"width": 0.5}},
+        "train": {"epochs": 1, "max_steps": 2},
+        "stages": [{"method": "int8", "calib_batches": 2, "backend": "inductor"}],
+        "measure": {"batch": 4, "threads": 1, "repeats": 3, "backend": "torch"},
+    }  # fmt: skip
+    run = run_recipe(recipe_from_dict(raw), tmp_path / "run", progress=False)
+    rows = json.loads((run / "results.json").read_text())["models"]
+    assert "inductor" in rows[-1]["latency_ms"]["backend"] and rows[-1]["top1"] >= 0
+    source = run / "models" / "resnet8_cifar_int8_source.pt"
+    assert source.is_file() and not (run / "models" / "resnet8_cifar_int8.onnx").exists()
+    assert isinstance(lv.load(source), torch.nn.Module)

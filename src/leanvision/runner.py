@@ -110,8 +110,10 @@ def run_recipe(
         models[name], chains[name] = current, list(chain)
     for name, model in models.items():  # reloadable with lv.load / `leanvision eval --checkpoint`
         stem = run_dir / "models" / name.replace("+", "_")
-        if isinstance(model, DeployedModel):  # runs outside PyTorch: its graph
+        if isinstance(model, DeployedModel) and model.has_onnx:  # runs outside PyTorch: its graph
             model.save_onnx(stem.with_suffix(".onnx"))
+        elif isinstance(model, DeployedModel):  # compiled in memory (inductor): what it came
+            save(model.source, stem.with_name(stem.name + "_source.pt"))  # from; lv.deploy again
         else:
             save(model, stem.with_suffix(".pt"))
     m = recipe.measure

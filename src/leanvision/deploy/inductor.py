@@ -87,7 +87,9 @@ class InductorRun:
                 folded = _quantize_pt2e(folded, size, calib)
         self.model = folded
         self.label = _versions(precision)
-        self.compiled = torch.compile(self.model)
+        # static shapes: one graph per batch size (a dynamic-batch recompile of the int8 graph
+        # failed an output-stride check of its quantized conv lowering, torch 2.14)
+        self.compiled = torch.compile(self.model, dynamic=False)
 
     def _threads(self) -> Any:
         return num_threads(self.threads) if self.threads else contextlib.nullcontext()

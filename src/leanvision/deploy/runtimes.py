@@ -147,6 +147,12 @@ class DeployedModel(nn.Module):
             self._counts = c
         return self._counts
 
+    @property
+    def has_onnx(self) -> bool:
+        """Whether it runs an ONNX graph (onnxruntime, OpenVINO) that :meth:`save_onnx` writes;
+        torch-based runtimes (torch, leanvision, inductor) run PyTorch modules instead."""
+        return self._onnx is not None
+
     def save_onnx(self, path: str | Path) -> Path:
         """Write the ONNX graph the runtime runs (the QDQ graph for int8)."""
         if self._onnx is None:
