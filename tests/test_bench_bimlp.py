@@ -27,3 +27,7 @@ def test_bimlp_benchmark_smoke(bench):
     assert a["bitops"] > 0 and a["baseline"] == b["name"]
     for r in rows:
         assert 0.0 <= r["top1"] <= 100.0 and r["energy_uj"] > 0
+    res = json.loads((bench.OUT / "results.json").read_text())
+    (table,) = res["run"]["tables"]
+    assert table["rows"][0][0] == "torch" and table["rows"][0][1] > 0 and table["rows"][0][2] > 0
+    assert any(n.startswith("Acceptance, BiMLP's batch-1 latency") for n in res["run"]["notes"])
