@@ -77,3 +77,27 @@ def test_an_int8_step_on_inductor_keeps_what_it_was_deployed_from(tmp_path):
     source = run / "models" / "resnet8_cifar_int8_source.pt"
     assert source.is_file() and not (run / "models" / "resnet8_cifar_int8.onnx").exists()
     assert isinstance(lv.load(source), torch.nn.Module)
+
+
+def test_step_notes_compare_each_stage_with_the_one_before():
+    from leanvision.runner import step_notes
+
+    def row(name, chain, ms, macs, top1):
+        lat = {"median": ms, "batch": 32, "threads": 2, "backend": f"rt-{name}[x]"}
+        return {"name": name, "method_chain": chain, "latency_ms": lat, "macs": macs,
+                "top1": top1}  # fmt: skip
+
+    rows = [row("base", [], 40.0, 100, 80.0), row("g", ["ghost"], 20.0, 50, 75.0),
+            row("k", ["ghost", "kd"], 25.0, 50, 78.0)]  # fmt: skip
+    notes = step_notes(rows)
+    assert notes[0] == (
+        "ghost: 2.00x the speed of the step before (40.00 -> 20.00 ms, rt-g), 2.00x the "
+        "baseline's; MACs 2.00x fewer than the baseline; top-1 75.00 % (-5.00 pt on the step "
+        "before)."
+    )
+    assert notes[1].startswith("kd: 0.80x the speed of the step before")
+    assert notes[-1] == (
+        "Every step faster than the one before (batch 32, 2 threads): no (kd not faster); the "
+        "last model 1.60x the baseline's speed."
+    )
+    assert step_notes(rows[:1]) == []

@@ -130,8 +130,38 @@ def run_recipe(
         recipe=recipe.source or recipe.name,
         seed=recipe.seed,
     )
-    write_results(
-        run_dir, rows, run_info={"name": recipe.name, "command": command, "cpu": cpu_info()}
-    )
+    info = {"name": recipe.name, "command": command, "cpu": cpu_info(), "notes": step_notes(rows)}
+    write_results(run_dir, rows, run_info=info)
     write_report(run_dir)
     return run_dir
+
+
+def step_notes(rows: list[dict[str, Any]]) -> list[str]:
+    """Each stage's model against the one before it and against the first (the baseline):
+    latency speed-up (each on the runtime it was measured on), MACs and top-1, computed from
+    the measured rows; then whether every stage was faster than the one before."""
+    notes, slower = [], []
+    if len(rows) < 2:
+        return notes
+    first = rows[0]
+    for prev, row in zip(rows, rows[1:]):
+        step = row["method_chain"][-1] if row["method_chain"] else row["name"]
+        lat, lat_prev = row["latency_ms"]["median"], prev["latency_ms"]["median"]
+        speed = lat_prev / lat
+        if speed <= 1.0:
+            slower.append(step)
+        notes.append(
+            f"{step}: {speed:.2f}x the speed of the step before ({lat_prev:.2f} -> {lat:.2f} ms, "
+            f"{row['latency_ms']['backend'].split('[')[0]}), "
+            f"{first['latency_ms']['median'] / lat:.2f}x the baseline's; MACs "
+            f"{first['macs'] / row['macs']:.2f}x fewer than the baseline; top-1 "
+            f"{row['top1']:.2f} % ({row['top1'] - prev['top1']:+.2f} pt on the step before)."
+        )
+    lat = rows[-1]["latency_ms"]
+    verdict = "yes" if not slower else f"no ({', '.join(slower)} not faster)"
+    notes.append(
+        f"Every step faster than the one before (batch {lat['batch']}, {lat['threads']} "
+        f"threads): {verdict}; the last model {first['latency_ms']['median'] / lat['median']:.2f}x "
+        "the baseline's speed."
+    )
+    return notes
