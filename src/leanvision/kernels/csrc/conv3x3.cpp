@@ -190,41 +190,71 @@ void row_mixed(const Row& r) {
   }
 }
 
-inline __mmask16 lanes(int left) {
-  return left >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << left) - 1);
+// The Ghost module's epilogue for one output row, channels [c, c + V) with V = 16 (512-bit)
+// or 8 (256-bit): the cheap op's nine taps, the scales and biases stay in registers over the
+// row's pixels.
+template <typename Vec, int V>
+struct Lanes;
+template <>
+struct Lanes<__m512, 16> {
+  static __m512 load(const float* p) { return _mm512_loadu_ps(p); }
+  static void store(float* p, __m512 v) { _mm512_storeu_ps(p, v); }
+  static __m512 fma(__m512 a, __m512 b, __m512 c) { return _mm512_fmadd_ps(a, b, c); }
+  static __m512 add(__m512 a, __m512 b) { return _mm512_add_ps(a, b); }
+  static __m512 max0(__m512 a) { return _mm512_max_ps(a, _mm512_setzero_ps()); }
+};
+template <>
+struct Lanes<__m256, 8> {
+  static __m256 load(const float* p) { return _mm256_loadu_ps(p); }
+  static void store(float* p, __m256 v) { _mm256_storeu_ps(p, v); }
+  static __m256 fma(__m256 a, __m256 b, __m256 c) { return _mm256_fmadd_ps(a, b, c); }
+  static __m256 add(__m256 a, __m256 b) { return _mm256_add_ps(a, b); }
+  static __m256 max0(__m256 a) { return _mm256_max_ps(a, _mm256_setzero_ps()); }
+};
+
+template <typename Vec, int V>
+inline void ghost_chunk(const float* const* rows, int width, int m, int c, const float* scale1,
+                        const float* bias1, const float* wd, const float* bias2, float* y,
+                        const float* res, bool relu) {
+  using L = Lanes<Vec, V>;
+  Vec w[9];
+#pragma GCC unroll 9
+  for (int k = 0; k < 9; ++k) w[k] = L::load(wd + k * m + c);
+  const Vec s1 = L::load(scale1 + c), b1 = L::load(bias1 + c), b2 = L::load(bias2 + c);
+  const float* up = rows[0] + c;
+  const float* mid = rows[1] + c;
+  const float* down = rows[2] + c;
+  for (int x = 0; x < width; ++x) {
+    float* yo = y + static_cast<int64_t>(x) * 2 * m + c;
+    const int64_t o = static_cast<int64_t>(x) * m;
+    Vec v = L::fma(s1, L::load(mid + o + m), b1);
+    Vec g = b2;
+#pragma GCC unroll 3
+    for (int kx = 0; kx < 3; ++kx) {
+      g = L::fma(w[kx], L::load(up + o + kx * m), g);
+      g = L::fma(w[3 + kx], L::load(mid + o + kx * m), g);
+      g = L::fma(w[6 + kx], L::load(down + o + kx * m), g);
+    }
+    if (res) {
+      const float* ro = res + static_cast<int64_t>(x) * 2 * m + c;
+      v = L::add(v, L::load(ro));
+      g = L::add(g, L::load(ro + m));
+    }
+    if (relu) v = L::max0(v), g = L::max0(g);
+    L::store(yo, v);
+    L::store(yo + m, g);
+  }
 }
 
-// The Ghost module's epilogue for one output row: from the primary's raw rows (padded, m
-// channels per pixel, rows hh-1..hh+1 at s_up, s_mid, s_down), writes
-// y[:, :m] = act(scale1 * P + bias1 (+ res)) and y[:, m:] = act(dw3x3(P) + bias2 (+ res)).
 void ghost_row(const float* s_up, const float* s_mid, const float* s_down, int width, int m,
                const float* scale1, const float* bias1, const float* wd, const float* bias2,
                float* y, const float* res, bool relu) {
-  const __m512 zero = _mm512_setzero_ps();
   const float* rows[3] = {s_up, s_mid, s_down};
-  for (int w = 0; w < width; ++w) {
-    float* yo = y + static_cast<int64_t>(w) * 2 * m;
-    const float* ro = res ? res + static_cast<int64_t>(w) * 2 * m : nullptr;
-    for (int c = 0; c < m; c += 16) {
-      const __mmask16 k = lanes(m - c);
-      __m512 v = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(k, scale1 + c),
-                                 _mm512_maskz_loadu_ps(k, s_mid + (w + 1) * m + c),
-                                 _mm512_maskz_loadu_ps(k, bias1 + c));
-      if (ro) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(k, ro + c));
-      if (relu) v = _mm512_max_ps(v, zero);
-      _mm512_mask_storeu_ps(yo + c, k, v);
-      __m512 g = _mm512_maskz_loadu_ps(k, bias2 + c);
-#pragma GCC unroll 3
-      for (int ky = 0; ky < 3; ++ky)
-#pragma GCC unroll 3
-        for (int kx = 0; kx < 3; ++kx)
-          g = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(k, wd + (ky * 3 + kx) * m + c),
-                              _mm512_maskz_loadu_ps(k, rows[ky] + (w + kx) * m + c), g);
-      if (ro) g = _mm512_add_ps(g, _mm512_maskz_loadu_ps(k, ro + m + c));
-      if (relu) g = _mm512_max_ps(g, zero);
-      _mm512_mask_storeu_ps(yo + m + c, k, g);
-    }
-  }
+  int c = 0;
+  for (; c + 16 <= m; c += 16)
+    ghost_chunk<__m512, 16>(rows, width, m, c, scale1, bias1, wd, bias2, y, res, relu);
+  if (c < m)  // m is a multiple of 8: one 8-channel chunk left
+    ghost_chunk<__m256, 8>(rows, width, m, c, scale1, bias1, wd, bias2, y, res, relu);
 }
 #endif
 
@@ -276,7 +306,9 @@ at::Tensor conv3x3_nhwc(const at::Tensor& x_in, const at::Tensor& w_in, const at
   const int rs = static_cast<int>((wd + 2) * c);
   // rows of all images, split over threads; a chunk pads the input rows it reads
   at::parallel_for(0, n * h, std::max<int64_t>(1, h / 4), [&](int64_t r0, int64_t r1) {
-    std::vector<float> pad(static_cast<size_t>(h + 2) * rs, 0.f);
+    // per-thread scratch, reused across calls (pad_rows writes every row it hands out whole)
+    thread_local std::vector<float> pad;
+    if (pad.size() < static_cast<size_t>(h + 2) * rs) pad.resize(static_cast<size_t>(h + 2) * rs);
     for (int64_t r = r0; r < r1;) {
       const int64_t img = r / h, h0 = r % h, h1 = std::min<int64_t>(h, h0 + (r1 - r));
       const float* xn = xd + img * h * wd * c;
@@ -354,28 +386,36 @@ at::Tensor ghost3x3_nhwc(const at::Tensor& x_in, const at::Tensor& wp_in, const 
   const int64_t bands = n >= threads ? 1 : std::min<int64_t>(h, (threads + n - 1) / n);
   const int64_t band_h = (h + bands - 1) / bands;
   at::parallel_for(0, n * bands, 1, [&](int64_t t0, int64_t t1) {
-    std::vector<float> pad(static_cast<size_t>(h + 2) * rs, 0.f);
-    std::vector<float> sp(static_cast<size_t>(h + 2) * ss, 0.f);
+    // per-thread scratch, reused across calls: the padded input rows are written whole by
+    // pad_rows, the primary's rows between their zeroed edge columns
+    thread_local std::vector<float> pad_buf, sp_buf;
+    if (pad_buf.size() < static_cast<size_t>(h + 2) * rs) pad_buf.resize((h + 2) * rs);
+    if (sp_buf.size() < static_cast<size_t>(h + 2) * ss) sp_buf.resize((h + 2) * ss);
+    float* pad = pad_buf.data();
+    float* sp = sp_buf.data();
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t img = t / bands, h0 = (t % bands) * band_h;
       const int64_t h1 = std::min<int64_t>(h, h0 + band_h);
       if (h0 >= h1) continue;
       const float* xn = xd + img * h * wd * c;
       const int64_t a = std::max<int64_t>(0, h0 - 1), b = std::min<int64_t>(h, h1 + 1);
-      pad_rows(pad.data(), xn, a, b + 1, h, wd, c);
+      pad_rows(pad, xn, a, b + 1, h, wd, c);
       // primary rows a .. b-1 into padded scratch rows a+1 .. b; rows 0 and h+1 and the
-      // edge columns stay zero (the cheap op's zero padding)
+      // edge columns zero (the cheap op's zero padding)
       for (int64_t r = a; r < b; ++r) {
-        const Row rw{pad.data() + r * rs, rs, static_cast<int>(c), static_cast<int>(m),
+        float* srow = sp + (r + 1) * ss;
+        std::memset(srow, 0, sizeof(float) * m);
+        std::memset(srow + (wd + 1) * m, 0, sizeof(float) * m);
+        const Row rw{pad + r * rs, rs, static_cast<int>(c), static_cast<int>(m),
                      static_cast<int>(wd), wp.data_ptr<float>(), bp.data_ptr<float>(),
-                     sp.data() + (r + 1) * ss + m, nullptr, false};
+                     srow + m, nullptr, false};
         row_mixed(rw);
       }
-      if (h0 - 1 < 0) std::memset(sp.data(), 0, sizeof(float) * ss);
-      if (h1 + 1 > h) std::memset(sp.data() + (h + 1) * ss, 0, sizeof(float) * ss);
+      if (h0 - 1 < 0) std::memset(sp, 0, sizeof(float) * ss);
+      if (h1 + 1 > h) std::memset(sp + (h + 1) * ss, 0, sizeof(float) * ss);
       for (int64_t hh = h0; hh < h1; ++hh) {
         const int64_t off = ((img * h) + hh) * wd * 2 * m;
-        ghost_row(sp.data() + hh * ss, sp.data() + (hh + 1) * ss, sp.data() + (hh + 2) * ss,
+        ghost_row(sp + hh * ss, sp + (hh + 1) * ss, sp + (hh + 2) * ss,
                   static_cast<int>(wd), static_cast<int>(m), s1.data_ptr<float>(),
                   b1.data_ptr<float>(), wdw.data_ptr<float>(), b2.data_ptr<float>(), yd + off,
                   rd ? rd + off : nullptr, relu);
