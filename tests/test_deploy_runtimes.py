@@ -157,3 +157,35 @@ def test_wrong_inputs_are_named(x):
         d(x.double())
     with pytest.raises(InputShapeError):
         lv.deploy(_model(), "torch", input_size=(1, 16, 16))
+
+
+@pytest.mark.parametrize("ghost", [False, True], ids=["resnet20", "ghost_resnet20"])
+def test_leanvision_runtime_calls_its_kernels_without_python_layers(ghost, x):
+    """The leanvision runtime runs optimize_for_cpu's graph with every fused layer a direct
+    op call on frozen weights: same output, no fused module left, the source model's later
+    edits not followed (the runtime owns its copy)."""
+    from leanvision.deploy.cpu import freeze_kernel_calls
+    from leanvision.layers import FusedConv3x3
+    from leanvision.layers.conv3x3 import kernel_runs
+    from leanvision.layers.ghost import FusedGhost3x3
+
+    model = _model(ghost)
+    fast, choices = lv.optimize_for_cpu(model, SIZE, batch=3, autotune=False)
+    frozen = freeze_kernel_calls(fast)
+    fused = (FusedConv3x3, FusedGhost3x3)
+    n_fused = sum(isinstance(m, fused) for m in fast.modules())
+    assert n_fused == (len(choices) if kernel_runs() else 0)
+    assert not any(isinstance(m, fused) for m in frozen.modules())
+    calls = [n for n in frozen.graph.nodes if n.op == "call_function"
+             and str(n.target).startswith("leanvision.")]  # fmt: skip
+    assert len(calls) == n_fused
+    with torch.inference_mode():
+        xc = x.contiguous(memory_format=torch.channels_last)
+        ref = fast(xc)
+        torch.testing.assert_close(frozen(xc), ref, rtol=0, atol=0)
+        if n_fused:  # the frozen copy keeps its weights when the module's change
+            layer = next(m for m in fast.modules() if isinstance(m, fused))
+            for b in layer.buffers():
+                b.mul_(2.0)
+            assert not torch.equal(fast(xc), ref)
+            torch.testing.assert_close(frozen(xc), ref, rtol=0, atol=0)

@@ -11,6 +11,7 @@ treatment.
 
 from __future__ import annotations
 
+import copy
 import operator
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
@@ -27,7 +28,7 @@ from leanvision.layers.ghost import FusedGhost3x3, ghost_eligible
 from leanvision.profiling import compare
 from leanvision.shapes import check_batch, eval_mode, guarded_forward, resolve_input_size
 
-__all__ = ["ConvChoice", "optimize_for_cpu"]
+__all__ = ["ConvChoice", "freeze_kernel_calls", "optimize_for_cpu"]
 
 _RELU_FUNCS = {torch.relu, torch.relu_, F.relu}
 _ADD_FUNCS = {operator.add, operator.iadd, torch.add}
@@ -274,3 +275,41 @@ def optimize_for_cpu(
     gm.delete_all_unused_submodules()
     gm.recompile()
     return gm, choices
+
+
+def freeze_kernel_calls(gm: fx.GraphModule) -> fx.GraphModule:
+    """A copy of an :func:`optimize_for_cpu` module whose fused layers are direct calls of
+    their native ops on frozen copies of the packed weights (``kernel_call``): no Python
+    module, no per-call checks or cache lookups per layer (about 10 µs each, a third of a
+    batch-1 ResNet-56's time on 2 threads).
+
+    The copy runs only what the kernels take, which its caller guarantees: float32 CPU
+    inputs of the shape it was optimized for, no autograd (``lv.deploy``'s runtime checks the
+    input and runs under ``inference_mode``). Its constants do not follow later edits of
+    ``gm``'s weights.
+    """
+    gm = copy.deepcopy(gm)
+    modules = dict(gm.named_modules())
+    graph = gm.graph
+    count = 0
+    for node in list(graph.nodes):
+        layer = modules.get(node.target) if node.op == "call_module" else None
+        if not isinstance(layer, (FusedConv3x3, FusedGhost3x3)):
+            continue
+        op, weights, relu = layer.kernel_call()
+        residual = node.args[1] if len(node.args) > 1 else node.kwargs.get("residual")
+        with graph.inserting_before(node):
+            consts = []
+            for t in weights:
+                name = f"_frozen{count}"
+                count += 1
+                gm.register_buffer(name, t)
+                consts.append(graph.get_attr(name))
+            call = graph.call_function(op, (node.args[0], *consts, residual, relu))
+        call.meta = dict(node.meta)
+        node.replace_all_uses_with(call)
+        graph.erase_node(node)
+    graph.lint()
+    gm.delete_all_unused_submodules()
+    gm.recompile()
+    return gm

@@ -7,7 +7,8 @@ beside any other. Backends (``BACKENDS``) and the precisions each runs:
 
 - ``"torch"``: eager PyTorch, batch norms folded, channels-last: fp32 (the plain baseline).
 - ``"leanvision"``: :func:`~leanvision.deploy.optimize_for_cpu` (the fused 3×3 kernel where it
-  is measured faster than ATen): fp32.
+  is measured faster than ATen), its kernel calls frozen (no Python per fused layer,
+  :func:`~leanvision.deploy.cpu.freeze_kernel_calls`): fp32.
 - ``"inductor"``: ``torch.compile`` (TorchInductor, weights frozen) of the BN-folded model: fp32;
   int8 through torchao's PT2E x86 quantization (:mod:`leanvision.deploy.inductor`).
 - ``"onnxruntime"``: the ONNX of :func:`~leanvision.deploy.export_onnx` on onnxruntime's CPU
@@ -49,7 +50,7 @@ import torch
 from torch import nn
 
 from leanvision import kernels
-from leanvision.deploy.cpu import optimize_for_cpu
+from leanvision.deploy.cpu import freeze_kernel_calls, optimize_for_cpu
 from leanvision.deploy.fold import fold_batchnorm
 from leanvision.deploy.inductor import InductorRun, has_torchao
 from leanvision.deploy.onnx import export_onnx
@@ -309,7 +310,7 @@ def _build(
             raise ConfigError(f"backend 'leanvision' runs image models (C, H, W), got {size}")
         fast, choices = optimize_for_cpu(model, size, batch=batch)
         kernel = sum(c.used == "kernel" for c in choices)
-        run = _TorchRun(fast, torch.channels_last)
+        run = _TorchRun(freeze_kernel_calls(fast), torch.channels_last)
         label = f"leanvision-cpu-fp32[{kernel}/{len(choices)} layers on the kernels]"
         return DeployedModel(run, label, precision, size, threads)
     if name == "inductor":

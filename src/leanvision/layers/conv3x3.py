@@ -78,6 +78,17 @@ class FusedConv3x3(nn.Module):
         w = self.weight.detach()
         return w.permute(2, 3, 1, 0).reshape(-1, w.shape[0]).contiguous()
 
+    def kernel_call(self) -> tuple[Any, tuple[torch.Tensor, ...], bool]:
+        """The native op, frozen copies of its weight arguments and ``relu``: the kernel's call
+        is ``op(x, *weights, residual, relu)``. For a runtime that owns the layer and never
+        changes its weights (``lv.deploy``'s), which then calls the op with no Python per
+        layer; the copies do not follow later edits of this layer."""
+        return (
+            torch.ops.leanvision.conv3x3_nhwc.default,
+            (self.packed.detach().clone(), self.bias.detach().clone()),
+            self.relu,
+        )
+
     def extra_repr(self) -> str:
         o, c = self.weight.shape[:2]
         return f"{c}, {o}, kernel_size=3, relu={self.relu}, residual={self.residual}"

@@ -210,6 +210,17 @@ class FusedGhost3x3(nn.Module):
         primary = wp.permute(2, 3, 1, 0).reshape(-1, wp.shape[0]).contiguous()
         return primary, wc.reshape(wc.shape[0], 9).t().contiguous()
 
+    def kernel_call(self) -> tuple[Any, tuple[torch.Tensor, ...], bool]:
+        """The native op, frozen copies of its weight arguments and ``relu``, as
+        :meth:`FusedConv3x3.kernel_call <leanvision.layers.FusedConv3x3.kernel_call>`."""
+        wp, wc = self.packed
+        weights = (wp, self.b_primary, self.scale1, self.bias1, wc, self.bias2)
+        return (
+            torch.ops.leanvision.ghost3x3_nhwc.default,
+            tuple(t.detach().clone() for t in weights),
+            self.relu,
+        )
+
     def extra_repr(self) -> str:
         m, c = self.w_primary.shape[:2]
         return f"{c}, {2 * m}, s=2, d=3, relu={self.relu}, residual={self.residual}"
