@@ -315,3 +315,17 @@ def test_lns_method_trains_the_mapping(mnist_small, tmp_path):
     x = torch.randn(2, 1, 28, 28)
     with torch.no_grad():
         torch.testing.assert_close(lv.load(tmp_path / "l.pt").eval()(x), small(x))
+
+
+def test_bit_packing_stays_on_the_tensors_device():
+    """Packing and unpacking build their bit masks on the words' device: a packed layer moved
+    to a GPU unpacks there (a GPU check found the masks on the CPU: a device-mismatch error)."""
+    signs = torch.ones(3, 70, device="meta")
+    words = lb._pack_bits(signs)
+    assert words.device.type == "meta" and words.shape == (3, 2)
+    back = lb._unpack_bits(torch.zeros(3, 2, dtype=torch.int64, device="meta"), 70)
+    assert back.device.type == "meta" and back.shape == (3, 70)
+    cpu = torch.randn(5, 130).sign()
+    torch.testing.assert_close(
+        lb._unpack_bits(lb._pack_bits(cpu), 130), torch.where(cpu < 0, -1.0, 1.0)
+    )

@@ -219,14 +219,17 @@ def _pack_bits(signs_last: torch.Tensor) -> torch.Tensor:
     *lead, c = signs_last.shape
     cw = -(-c // 64)
     bits = F.pad((signs_last < 0).to(torch.int64), (0, cw * 64 - c)).reshape(*lead, cw, 64)
-    weights = torch.ones(64, dtype=torch.int64) << torch.arange(64, dtype=torch.int64)
+    dev = signs_last.device
+    weights = torch.ones(64, dtype=torch.int64, device=dev) << torch.arange(
+        64, dtype=torch.int64, device=dev
+    )
     # bit 63 overflows int64 to its two's-complement value: the same 64-bit pattern
     return (bits * weights).sum(-1)
 
 
 def _unpack_bits(words: torch.Tensor, c: int) -> torch.Tensor:
     """Inverse of :func:`_pack_bits`: ±1 float values of the first ``c`` bits."""
-    shifts = torch.arange(64, dtype=torch.int64)
+    shifts = torch.arange(64, dtype=torch.int64, device=words.device)
     bits = (words.unsqueeze(-1) >> shifts) & 1
     flat = bits.reshape(*words.shape[:-1], -1)[..., :c]
     return 1.0 - 2.0 * flat.to(torch.float32)
