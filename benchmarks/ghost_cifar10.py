@@ -136,6 +136,7 @@ def cmd_report(args: argparse.Namespace) -> None:
 DEPLOYS = [
     ("torch", "fp32"),
     ("leanvision", "fp32"),
+    ("inductor", "fp32"),
     ("onnxruntime", "fp32"),
     ("openvino", "fp32"),
     ("openvino", "bf16"),
