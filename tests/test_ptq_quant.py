@@ -237,3 +237,21 @@ def test_quantize_vit_rejects_other_models():
 
     with pytest.raises(UnsupportedModelError, match="blocks"):
         quantize_vit(torch.nn.Linear(3, 4))
+
+
+def test_quant_matmul_transpose_b_quantizes_b_before_the_transpose():
+    """``qk(a, k, transpose_b=True)`` is ``q(a) @ q(k)ᵀ``: the values of ``qk(a, kᵀ)`` (a
+    per-tensor grid commutes with the transpose), and calibration records ``kᵀ``."""
+    from leanvision.layers import QuantMatMul
+
+    torch.manual_seed(0)
+    op = QuantMatMul(8, 8)
+    a, k = torch.randn(2, 3, 5, 4), torch.randn(2, 3, 6, 4)
+    torch.testing.assert_close(op(a, k, transpose_b=True), a @ k.transpose(-2, -1))
+    op.delta_w.fill_(0.05)
+    op.delta_x.fill_(0.03)
+    torch.testing.assert_close(op(a, k, transpose_b=True), op(a, k.transpose(-2, -1)))
+    seen = []
+    op.record = lambda x, y: seen.append(y.shape)
+    op(a, k, transpose_b=True)
+    assert seen == [torch.Size([2, 3, 4, 6])]

@@ -225,6 +225,20 @@ def test_qdq_onnx_runs_integer_matmuls_and_matches_fake_quant(bits, tmp_path):
     ]
     assert len(zero_points) == 2  # one A·V per block
     assert all(z.dtype == "uint8" and int(z) == 0 for z in zero_points)
+    # every other quantizer is signed int8 with zero point 0 (OpenVINO then runs the attention
+    # and the linear layers in int8 without zero-point subtractions)
+    others = [
+        onnx.numpy_helper.to_array(consts[n.input[2]])
+        for n in graph.node
+        if n.op_type == "QuantizeLinear" and not from_softmax(n.input[0])
+    ]
+    assert others and all(z.dtype == "int8" and int(z.max()) == 0 for z in others)
+    # Q·Kᵀ: K is quantized before its transpose (the transpose sits next to the matmul)
+    qk = [n for n in graph.node if n.op_type == "MatMul" and "/qk/" in n.name]
+    assert len(qk) == 2
+    for mm in qk:
+        t = producer[mm.input[1]]
+        assert t.op_type == "Transpose" and producer[t.input[0]].op_type == "DequantizeLinear"
 
 
 @pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])

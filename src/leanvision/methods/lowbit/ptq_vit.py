@@ -23,9 +23,10 @@ every row. The searches run on those rows, then the quantized block produces the
 input, so later blocks are calibrated on the inputs they will see when deployed.
 
 Deployment: exported with :func:`leanvision.export_onnx`, every quantizer becomes an 8-bit
-QuantizeLinear → DequantizeLinear pair (int8 weights, uint8 activations: zero point 128 for the
-signed grid, 0 for the probabilities; fewer bits clip first), which onnxruntime fuses into
-integer matmuls (``MatMulIntegerToFloat``, ``QLinearMatMul``).
+QuantizeLinear → DequantizeLinear pair (zero point 0: int8 weights and activations, uint8 for
+the probabilities; fewer bits clip first), which onnxruntime fuses into integer matmuls
+(``MatMulIntegerToFloat``, ``QLinearMatMul``) and OpenVINO runs as int8 linear layers and an
+int8 fused attention (K is quantized before its transpose, which the attention then folds).
 """
 
 from __future__ import annotations
