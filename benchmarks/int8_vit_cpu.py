@@ -13,8 +13,10 @@ and 32, on the 32-px CIFAR ViT and on DeiT-Small at 224. The int8 models:
 Latency only: random weights; ptq_vit's steps come from the max over 16 random images (no
 search: the graph, and so its speed, does not depend on the steps), torchao's observers see 4
 batches of 8 random images. Accuracy is measured in ``benchmarks/ptq_vit_cifar10.py``. At each
-setting the six deployed models are timed side by side in one process (``compare``,
-interleaved, in sessions); the ratio is the median over sessions of fp32 ms / int8 ms.
+setting each runtime's two models (fp32 and int8) are timed side by side in one process
+(``compare``, interleaved, in sessions), one runtime after the other, so that no other
+runtime's thread pool competes for the cores; the ratio is the median over sessions of fp32
+ms / int8 ms.
 
     python benchmarks/int8_vit_cpu.py          # on a quiet machine, about 25 minutes
 """
@@ -97,16 +99,21 @@ def time_setting(models: dict[str, Any], px: int, batch: int, threads: int, sess
             FAILED.append(f"{rt} at {px} px, {threads} thread(s), batch {batch}: {_why(exc)}")
             models = {k: m for k, m in models.items() if k not in pair}
     per: dict[str, list[float]] = {k: [] for k in models}
-    # about 3 s of timed calls per model per session, at least 5 calls
-    probe = compare(models, (3, px, px), batch=batch, threads=threads, warmup=1, repeats=1)
-    slowest = max(s.median_ms for s in probe.values())
-    repeats = 3 if SMOKE else max(5, min(30, int(3000 / slowest)))
-    labels = {k: s.backend for k, s in probe.items()}
-    for _ in range(sessions):
-        stats = compare(models, (3, px, px), batch=batch, threads=threads, warmup=2,
-                        repeats=repeats)  # fmt: skip
-        for k, s in stats.items():
-            per[k].append(s.median_ms)
+    labels: dict[str, str] = {}
+    for rt in RUNTIMES:  # one runtime's pair at a time: the others' thread pools stay idle
+        pair = {k: models[k] for k in (f"{rt}/fp32", f"{rt}/int8") if k in models}
+        if not pair:
+            continue
+        # about 3 s of timed calls per model per session, at least 5 calls
+        probe = compare(pair, (3, px, px), batch=batch, threads=threads, warmup=1, repeats=1)
+        slowest = max(s.median_ms for s in probe.values())
+        repeats = 3 if SMOKE else max(5, min(30, int(3000 / slowest)))
+        labels.update({k: s.backend for k, s in probe.items()})
+        for _ in range(sessions):
+            stats = compare(pair, (3, px, px), batch=batch, threads=threads, warmup=2,
+                            repeats=repeats)  # fmt: skip
+            for k, s in stats.items():
+                per[k].append(s.median_ms)
     rows = []
     for rt in (r for r in RUNTIMES if f"{r}/fp32" in per):
         f, q = per[f"{rt}/fp32"], per[f"{rt}/int8"]
