@@ -45,7 +45,18 @@ def _reference(g, bn, x, r, relu):
 @needs_kernel
 @pytest.mark.parametrize(
     "b,c,n,h,w",
-    [(2, 16, 16, 8, 8), (1, 8, 16, 7, 5), (3, 3, 64, 6, 6), (1, 16, 48, 9, 11), (2, 24, 16, 1, 1)],
+    [
+        (2, 16, 16, 8, 8),
+        (1, 8, 16, 7, 5),
+        (3, 3, 64, 6, 6),
+        (1, 16, 48, 9, 11),
+        (2, 24, 16, 1, 1),
+        # m = 4, 12, 20, 28: the 128-bit (and 256-bit) remainders of a pruned Ghost module
+        (2, 16, 8, 7, 9),
+        (1, 8, 24, 5, 19),
+        (2, 5, 40, 6, 3),
+        (1, 32, 56, 4, 17),
+    ],
 )
 @pytest.mark.parametrize("residual", [False, True])
 @pytest.mark.parametrize("relu", [False, True])
@@ -121,8 +132,8 @@ def test_op_and_layer_reject_bad_arguments():
     args = (wp, f.b_primary, f.scale1, f.bias1, wc, f.bias2)
     with pytest.raises(RuntimeError, match=r"\(9\*C, m\)"):
         op(torch.randn(1, 15, 4, 4), *args, None, False)
-    with pytest.raises(RuntimeError, match="multiple of 8"):
-        op(x, torch.randn(144, 12), *args[1:], None, False)
+    with pytest.raises(RuntimeError, match="multiple of 4"):
+        op(x, torch.randn(144, 10), *args[1:], None, False)
     with pytest.raises(RuntimeError, match="16 values"):
         op(x, wp, f.b_primary, torch.ones(15), f.bias1, wc, f.bias2, None, False)
     with pytest.raises(RuntimeError, match="cheap weight"):
@@ -139,7 +150,9 @@ def test_eligible():
     g, bn = _parts(16, 32)
     assert ghost_eligible(g.primary, g.cheap, bn)
     assert not ghost_eligible(g.primary, g.cheap, nn.BatchNorm2d(32))  # training mode
-    odd = GhostConv2d(16, 20, 3, 1, 1)  # m = 10: not a multiple of 8
+    narrow = GhostConv2d(16, 8, 3, 1, 1)  # m = 4, as l1 pruning leaves Ghost-ResNet's stage 1
+    assert ghost_eligible(narrow.primary, narrow.cheap, nn.BatchNorm2d(8).eval())
+    odd = GhostConv2d(16, 20, 3, 1, 1)  # m = 10: not a multiple of 4
     assert not ghost_eligible(odd.primary, odd.cheap, nn.BatchNorm2d(20).eval())
     strided = GhostConv2d(16, 32, 3, 2, 1)
     assert not ghost_eligible(strided.primary, strided.cheap, bn)

@@ -134,13 +134,13 @@ def _plain3x3(conv: nn.Module, groups: int = 1) -> bool:
 
 def ghost_eligible(primary: nn.Module, cheap: nn.Module, norm: nn.Module) -> bool:
     """Whether :class:`FusedGhost3x3` computes ``norm(cat([primary(x), cheap(primary(x))]))``:
-    a 3×3 stride-1 primary convolution with a multiple of 8 outputs m, a 3×3 depthwise cheap
+    a 3×3 stride-1 primary convolution with a multiple of 4 outputs m, a 3×3 depthwise cheap
     operation with m outputs (ratio s = 2, d = 3), and an eval-mode BatchNorm over the 2m."""
     if not (_plain3x3(primary) and isinstance(cheap, nn.Conv2d)):
         return False
     m = primary.out_channels
     return (
-        m % 8 == 0
+        m % 4 == 0
         and _plain3x3(cheap, groups=m)
         and cheap.in_channels == m
         and cheap.out_channels == m

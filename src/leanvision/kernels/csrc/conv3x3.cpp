@@ -133,44 +133,87 @@ void row(const Row& r) {
     span<CB, 1>(r, c0, w);
   }
 }
-// P output pixels x 8 channels (one 256-bit vector): the primary convolution of a Ghost
-// module with 8k + 8 channels (e.g. the 8 of Ghost-ResNet's first stage), at full lane use.
-template <int P>
-inline void tile8(const float* xp, int rs, int cin, const float* wp, int cout, const float* bias,
-                  float* y) {
-  __m256 acc[P];
-  const __m256 b = _mm256_loadu_ps(bias);
+// Vector lanes of V floats (512-, 256- or 128-bit), for the Ghost module's narrow widths.
+template <typename Vec, int V>
+struct Lanes;
+template <>
+struct Lanes<__m512, 16> {
+  static __m512 load(const float* p) { return _mm512_loadu_ps(p); }
+  static void store(float* p, __m512 v) { _mm512_storeu_ps(p, v); }
+  static __m512 fma(__m512 a, __m512 b, __m512 c) { return _mm512_fmadd_ps(a, b, c); }
+  static __m512 add(__m512 a, __m512 b) { return _mm512_add_ps(a, b); }
+  static __m512 max0(__m512 a) { return _mm512_max_ps(a, _mm512_setzero_ps()); }
+  static __m512 set1(float a) { return _mm512_set1_ps(a); }
+};
+template <>
+struct Lanes<__m256, 8> {
+  static __m256 load(const float* p) { return _mm256_loadu_ps(p); }
+  static void store(float* p, __m256 v) { _mm256_storeu_ps(p, v); }
+  static __m256 fma(__m256 a, __m256 b, __m256 c) { return _mm256_fmadd_ps(a, b, c); }
+  static __m256 add(__m256 a, __m256 b) { return _mm256_add_ps(a, b); }
+  static __m256 max0(__m256 a) { return _mm256_max_ps(a, _mm256_setzero_ps()); }
+  static __m256 set1(float a) { return _mm256_set1_ps(a); }
+};
+template <>
+struct Lanes<__m128, 4> {
+  static __m128 load(const float* p) { return _mm_loadu_ps(p); }
+  static void store(float* p, __m128 v) { _mm_storeu_ps(p, v); }
+  static __m128 fma(__m128 a, __m128 b, __m128 c) { return _mm_fmadd_ps(a, b, c); }
+  static __m128 add(__m128 a, __m128 b) { return _mm_add_ps(a, b); }
+  static __m128 max0(__m128 a) { return _mm_max_ps(a, _mm_setzero_ps()); }
+  static __m128 set1(float a) { return _mm_set1_ps(a); }
+};
+
+// P output pixels x V channels (one 256- or 128-bit vector): the primary convolution of a
+// Ghost module whose m is not a multiple of 16 (e.g. Ghost-ResNet's first stage, m = 8, or 4
+// once pruned), at full lane use.
+template <typename Vec, int V, int P>
+inline void tile_narrow(const float* xp, int rs, int cin, const float* wp, int cout,
+                        const float* bias, float* y) {
+  using L = Lanes<Vec, V>;
+  Vec acc[P];
+  const Vec b = L::load(bias);
 #pragma GCC unroll 32
   for (int p = 0; p < P; ++p) acc[p] = b;
   for (int ky = 0; ky < 3; ++ky) {
     const float* xr = xp + ky * rs;
     const float* wr = wp + ky * 3 * cin * cout;
     for (int ci = 0; ci < cin; ++ci) {
-      __m256 w[3];
+      Vec w[3];
 #pragma GCC unroll 3
-      for (int kx = 0; kx < 3; ++kx) w[kx] = _mm256_loadu_ps(wr + (kx * cin + ci) * cout);
+      for (int kx = 0; kx < 3; ++kx) w[kx] = L::load(wr + (kx * cin + ci) * cout);
 #pragma GCC unroll 32
       for (int j = 0; j < P + 2; ++j) {
-        const __m256 xv = _mm256_set1_ps(xr[j * cin + ci]);
+        const Vec xv = L::set1(xr[j * cin + ci]);
 #pragma GCC unroll 3
         for (int kx = 0; kx < 3; ++kx) {
           const int p = j - kx;
-          if (p >= 0 && p < P) acc[p] = _mm256_fmadd_ps(xv, w[kx], acc[p]);
+          if (p >= 0 && p < P) acc[p] = L::fma(xv, w[kx], acc[p]);
         }
       }
     }
   }
 #pragma GCC unroll 32
-  for (int p = 0; p < P; ++p) _mm256_storeu_ps(y + p * cout, acc[p]);
+  for (int p = 0; p < P; ++p) L::store(y + p * cout, acc[p]);
 }
 
-template <int P>
-inline void span8(const Row& r, int c0, int& w) {
+template <typename Vec, int V, int P>
+inline void span_narrow(const Row& r, int c0, int& w) {
   for (; w + P <= r.width; w += P)
-    tile8<P>(r.xp + w * r.cin, r.rs, r.cin, r.w + c0, r.cout, r.bias + c0, r.y + w * r.cout + c0);
+    tile_narrow<Vec, V, P>(r.xp + w * r.cin, r.rs, r.cin, r.w + c0, r.cout, r.bias + c0,
+                           r.y + w * r.cout + c0);
 }
 
-// One output row, any multiple of 8 channels: 32-, 16-, then 8-channel tiles (no epilogue).
+template <typename Vec, int V>
+inline void row_narrow(const Row& r, int c0) {
+  int w = 0;
+  span_narrow<Vec, V, 16>(r, c0, w), span_narrow<Vec, V, 8>(r, c0, w);
+  span_narrow<Vec, V, 4>(r, c0, w), span_narrow<Vec, V, 2>(r, c0, w);
+  span_narrow<Vec, V, 1>(r, c0, w);
+}
+
+// One output row, any multiple of 4 channels: 32-, 16-, 8-, then 4-channel tiles (no
+// epilogue).
 void row_mixed(const Row& r) {
   int c0 = 0;
   for (; c0 + 32 <= r.cout; c0 += 32) {
@@ -183,35 +226,12 @@ void row_mixed(const Row& r) {
     span<1, 16>(r, c0, w), span<1, 8>(r, c0, w), span<1, 4>(r, c0, w);
     span<1, 2>(r, c0, w), span<1, 1>(r, c0, w);
   }
-  if (c0 + 8 <= r.cout) {
-    int w = 0;
-    span8<16>(r, c0, w), span8<8>(r, c0, w), span8<4>(r, c0, w);
-    span8<2>(r, c0, w), span8<1>(r, c0, w);
-  }
+  if (c0 + 8 <= r.cout) row_narrow<__m256, 8>(r, c0), c0 += 8;
+  if (c0 + 4 <= r.cout) row_narrow<__m128, 4>(r, c0);
 }
 
-// The Ghost module's epilogue for one output row, channels [c, c + V) with V = 16 (512-bit)
-// or 8 (256-bit): the cheap op's nine taps, the scales and biases stay in registers over the
-// row's pixels.
-template <typename Vec, int V>
-struct Lanes;
-template <>
-struct Lanes<__m512, 16> {
-  static __m512 load(const float* p) { return _mm512_loadu_ps(p); }
-  static void store(float* p, __m512 v) { _mm512_storeu_ps(p, v); }
-  static __m512 fma(__m512 a, __m512 b, __m512 c) { return _mm512_fmadd_ps(a, b, c); }
-  static __m512 add(__m512 a, __m512 b) { return _mm512_add_ps(a, b); }
-  static __m512 max0(__m512 a) { return _mm512_max_ps(a, _mm512_setzero_ps()); }
-};
-template <>
-struct Lanes<__m256, 8> {
-  static __m256 load(const float* p) { return _mm256_loadu_ps(p); }
-  static void store(float* p, __m256 v) { _mm256_storeu_ps(p, v); }
-  static __m256 fma(__m256 a, __m256 b, __m256 c) { return _mm256_fmadd_ps(a, b, c); }
-  static __m256 add(__m256 a, __m256 b) { return _mm256_add_ps(a, b); }
-  static __m256 max0(__m256 a) { return _mm256_max_ps(a, _mm256_setzero_ps()); }
-};
-
+// The Ghost module's epilogue for one output row, channels [c, c + V) with V = 16, 8 or 4:
+// the cheap op's nine taps, the scales and biases stay in registers over the row's pixels.
 template <typename Vec, int V>
 inline void ghost_chunk(const float* const* rows, int width, int m, int c, const float* scale1,
                         const float* bias1, const float* wd, const float* bias2, float* y,
@@ -253,8 +273,9 @@ void ghost_row(const float* s_up, const float* s_mid, const float* s_down, int w
   int c = 0;
   for (; c + 16 <= m; c += 16)
     ghost_chunk<__m512, 16>(rows, width, m, c, scale1, bias1, wd, bias2, y, res, relu);
-  if (c < m)  // m is a multiple of 8: one 8-channel chunk left
-    ghost_chunk<__m256, 8>(rows, width, m, c, scale1, bias1, wd, bias2, y, res, relu);
+  if (c + 8 <= m)  // m is a multiple of 4: an 8- and a 4-channel chunk may be left
+    ghost_chunk<__m256, 8>(rows, width, m, c, scale1, bias1, wd, bias2, y, res, relu), c += 8;
+  if (c < m) ghost_chunk<__m128, 4>(rows, width, m, c, scale1, bias1, wd, bias2, y, res, relu);
 }
 #endif
 
@@ -333,7 +354,7 @@ at::Tensor conv3x3_nhwc(const at::Tensor& x_in, const at::Tensor& w_in, const at
 //   y[:, :m] = act(scale1 * P + bias1 (+ res[:, :m]))
 //   y[:, m:] = act(depthwise3x3(P, w_cheap) + bias2 (+ res[:, m:]))
 // y is written once, both halves in place: no concatenation copy. w_primary packed (9*C, m)
-// as [ky][kx][ci][co]; w_cheap (9, m) as [ky][kx][c]; m a multiple of 8. Work is split over
+// as [ky][kx][ci][co]; w_cheap (9, m) as [ky][kx][c]; m a multiple of 4. Work is split over
 // whole images, or over row bands of one image when there are fewer images than threads (a
 // band recomputes the primary rows at its edges).
 at::Tensor ghost3x3_nhwc(const at::Tensor& x_in, const at::Tensor& wp_in, const at::Tensor& bp_in,
@@ -348,11 +369,11 @@ at::Tensor ghost3x3_nhwc(const at::Tensor& x_in, const at::Tensor& wp_in, const 
               x_in.scalar_type());
   const int64_t n = x_in.size(0), c = x_in.size(1), h = x_in.size(2), wd = x_in.size(3);
   TORCH_CHECK(c >= 1, "ghost3x3_nhwc: x has no channels");
-  TORCH_CHECK(wp_in.dim() == 2 && wp_in.size(0) == 9 * c && wp_in.size(1) >= 8 &&
-                  wp_in.size(1) % 8 == 0 && wp_in.scalar_type() == at::kFloat &&
+  TORCH_CHECK(wp_in.dim() == 2 && wp_in.size(0) == 9 * c && wp_in.size(1) >= 4 &&
+                  wp_in.size(1) % 4 == 0 && wp_in.scalar_type() == at::kFloat &&
                   wp_in.device().is_cpu(),
               "ghost3x3_nhwc: packed primary weight must be float32 CPU (9*C, m) with m a "
-              "multiple of 8; got ", wp_in.sizes(), " for C = ", c);
+              "multiple of 4; got ", wp_in.sizes(), " for C = ", c);
   const int64_t m = wp_in.size(1);
   for (const at::Tensor* v : {&bp_in, &s1_in, &b1_in, &b2_in})
     TORCH_CHECK(v->dim() == 1 && v->numel() == m && v->scalar_type() == at::kFloat &&
