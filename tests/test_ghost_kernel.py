@@ -51,11 +51,14 @@ def _reference(g, bn, x, r, relu):
         (3, 3, 64, 6, 6),
         (1, 16, 48, 9, 11),
         (2, 24, 16, 1, 1),
-        # m = 4, 12, 20, 28: the 128-bit (and 256-bit) remainders of a pruned Ghost module
+        # m = 4, 12, 20, 28: the last m % 16 channels of a pruned Ghost module
         (2, 16, 8, 7, 9),
         (1, 8, 24, 5, 19),
         (2, 5, 40, 6, 3),
         (1, 32, 56, 4, 17),
+        # the quad tiles (C % 4 == 0) at every tile width, and single pixels after them
+        (1, 12, 8, 3, 21),
+        (2, 4, 8, 5, 13),
     ],
 )
 @pytest.mark.parametrize("residual", [False, True])

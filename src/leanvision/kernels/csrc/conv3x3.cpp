@@ -212,9 +212,123 @@ inline void row_narrow(const Row& r, int c0) {
   span_narrow<Vec, V, 1>(r, c0, w);
 }
 
-// One output row, any multiple of 4 channels: 32-, 16-, 8-, then 4-channel tiles (no
-// epilogue).
-void row_mixed(const Row& r) {
+// The last m % 16 (4, 8 or 12) channels of a Ghost primary on full 512-bit lanes. With one
+// broadcast input value per 128- or 256-bit FMA (tile_narrow) they ran at about a third
+// (m = 4) and two thirds (m = 8) of the 16-channel tiles' rate. Here a vector holds 4 input
+// x 4 output channels: the 4 input channels, contiguous in NHWC, come in one 128-bit
+// broadcast, and each output's 4 partial sums are added once per tile. Needs C % 4 == 0.
+// wq: [ky][kx][C/4][CB][16], lane 4k + j = w[ky][kx][4q + j][c0 + 4cb + k]; bq: [CB][16],
+// the bias in lanes 4k.
+template <int P, int CB>
+inline void tile_quads(const float* xp, int rs, int cin, const float* wq, const float* bq,
+                       float* y, int cout) {
+  static_assert((P * CB) % 4 == 0, "partial sums are reduced four accumulators at a time");
+  __m512 acc[P][CB];
+#pragma GCC unroll 4
+  for (int cb = 0; cb < CB; ++cb) {
+    const __m512 b = _mm512_loadu_ps(bq + 16 * cb);
+#pragma GCC unroll 16
+    for (int p = 0; p < P; ++p) acc[p][cb] = b;
+  }
+  const int nq = cin / 4;
+  for (int ky = 0; ky < 3; ++ky) {
+    const float* xr = xp + ky * rs;
+    const float* wr = wq + ky * 3 * nq * CB * 16;
+    for (int q = 0; q < nq; ++q) {
+      __m512 w[3][CB];
+#pragma GCC unroll 3
+      for (int kx = 0; kx < 3; ++kx)
+#pragma GCC unroll 4
+        for (int cb = 0; cb < CB; ++cb)
+          w[kx][cb] = _mm512_loadu_ps(wr + ((kx * nq + q) * CB + cb) * 16);
+#pragma GCC unroll 18
+      for (int j = 0; j < P + 2; ++j) {
+        const __m512 xv = _mm512_broadcast_f32x4(_mm_loadu_ps(xr + j * cin + 4 * q));
+#pragma GCC unroll 3
+        for (int kx = 0; kx < 3; ++kx) {
+          const int p = j - kx;
+          if (p >= 0 && p < P) {
+#pragma GCC unroll 4
+            for (int cb = 0; cb < CB; ++cb)
+              acc[p][cb] = _mm512_fmadd_ps(xv, w[kx][cb], acc[p][cb]);
+          }
+        }
+      }
+    }
+  }
+  // four accumulators at a time: sum each one's 4 lanes per output, 4 outputs per 128 bits
+  const __m512i tr = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+#pragma GCC unroll 8
+  for (int g = 0; g < P * CB / 4; ++g) {
+    const __m512 a0 = acc[(4 * g) / CB][(4 * g) % CB];
+    const __m512 a1 = acc[(4 * g + 1) / CB][(4 * g + 1) % CB];
+    const __m512 a2 = acc[(4 * g + 2) / CB][(4 * g + 2) % CB];
+    const __m512 a3 = acc[(4 * g + 3) / CB][(4 * g + 3) % CB];
+    const __m512 t0 = _mm512_add_ps(_mm512_unpacklo_ps(a0, a1), _mm512_unpackhi_ps(a0, a1));
+    const __m512 t1 = _mm512_add_ps(_mm512_unpacklo_ps(a2, a3), _mm512_unpackhi_ps(a2, a3));
+    const __m512 u = _mm512_add_ps(_mm512_shuffle_ps(t0, t1, _MM_SHUFFLE(1, 0, 1, 0)),
+                                   _mm512_shuffle_ps(t0, t1, _MM_SHUFFLE(3, 2, 3, 2)));
+    const __m512 v = _mm512_permutexvar_ps(tr, u);  // 128-bit chunk i: accumulator 4g + i
+    auto at = [&](int i) { return y + ((4 * g + i) / CB) * cout + 4 * ((4 * g + i) % CB); };
+    _mm_storeu_ps(at(0), _mm512_castps512_ps128(v));
+    _mm_storeu_ps(at(1), _mm512_extractf32x4_ps(v, 1));
+    _mm_storeu_ps(at(2), _mm512_extractf32x4_ps(v, 2));
+    _mm_storeu_ps(at(3), _mm512_extractf32x4_ps(v, 3));
+  }
+}
+
+template <int P, int CB>
+inline void span_quads(const Row& r, int c0, const float* wq, const float* bq, int& w) {
+  for (; w + P <= r.width; w += P)
+    tile_quads<P, CB>(r.xp + w * r.cin, r.rs, r.cin, wq, bq, r.y + w * r.cout + c0, r.cout);
+}
+
+// Channels [c0, c0 + 4 CB) of one row: quad tiles, then single pixels on the narrow tiles.
+template <int CB>
+void row_quads(const Row& r, int c0, const float* wq, const float* bq) {
+  int w = 0;
+  if constexpr (CB == 1) {
+    span_quads<16, 1>(r, c0, wq, bq, w), span_quads<8, 1>(r, c0, wq, bq, w);
+    span_quads<4, 1>(r, c0, wq, bq, w);
+  } else if constexpr (CB == 2) {
+    span_quads<8, 2>(r, c0, wq, bq, w), span_quads<4, 2>(r, c0, wq, bq, w);
+    span_quads<2, 2>(r, c0, wq, bq, w);
+  } else {
+    span_quads<4, 3>(r, c0, wq, bq, w);
+  }
+  for (; w < r.width; ++w) {
+    int c = c0;
+    if (CB >= 2) {
+      tile_narrow<__m256, 8, 1>(r.xp + w * r.cin, r.rs, r.cin, r.w + c, r.cout, r.bias + c,
+                                r.y + w * r.cout + c);
+      c += 8;
+    }
+    if (CB % 2)
+      tile_narrow<__m128, 4, 1>(r.xp + w * r.cin, r.rs, r.cin, r.w + c, r.cout, r.bias + c,
+                                r.y + w * r.cout + c);
+  }
+}
+
+// The quad tiles' weights and biases for channels [c0, m) (see tile_quads).
+std::vector<float> quad_weights(const float* wp, const float* bias, int c, int m, int c0) {
+  const int cb_n = (m - c0) / 4, nq = c / 4;
+  std::vector<float> out(static_cast<size_t>(9 * nq * cb_n + cb_n) * 16, 0.0f);
+  for (int kk = 0; kk < 9; ++kk)
+    for (int q = 0; q < nq; ++q)
+      for (int cb = 0; cb < cb_n; ++cb)
+        for (int k = 0; k < 4; ++k)
+          for (int j = 0; j < 4; ++j)
+            out[((static_cast<size_t>(kk) * nq + q) * cb_n + cb) * 16 + 4 * k + j] =
+                wp[(static_cast<int64_t>(kk) * c + 4 * q + j) * m + c0 + 4 * cb + k];
+  float* bq = out.data() + static_cast<size_t>(9 * nq * cb_n) * 16;
+  for (int cb = 0; cb < cb_n; ++cb)
+    for (int k = 0; k < 4; ++k) bq[cb * 16 + 4 * k] = bias[c0 + 4 * cb + k];
+  return out;
+}
+
+// One output row, any multiple of 4 channels: 32- and 16-channel tiles, then the last m % 16
+// on the quad tiles (wq: quad_weights, when C % 4 == 0) or the narrow ones (no epilogue).
+void row_mixed(const Row& r, const float* wq) {
   int c0 = 0;
   for (; c0 + 32 <= r.cout; c0 += 32) {
     int w = 0;
@@ -225,6 +339,14 @@ void row_mixed(const Row& r) {
     int w = 0;
     span<1, 16>(r, c0, w), span<1, 8>(r, c0, w), span<1, 4>(r, c0, w);
     span<1, 2>(r, c0, w), span<1, 1>(r, c0, w);
+  }
+  const int cb_n = (r.cout - c0) / 4;
+  if (wq && cb_n) {
+    const float* bq = wq + static_cast<size_t>(9 * (r.cin / 4) * cb_n) * 16;
+    if (cb_n == 1) row_quads<1>(r, c0, wq, bq);
+    else if (cb_n == 2) row_quads<2>(r, c0, wq, bq);
+    else row_quads<3>(r, c0, wq, bq);
+    return;
   }
   if (c0 + 8 <= r.cout) row_narrow<__m256, 8>(r, c0), c0 += 8;
   if (c0 + 4 <= r.cout) row_narrow<__m128, 4>(r, c0);
@@ -406,6 +528,11 @@ at::Tensor ghost3x3_nhwc(const at::Tensor& x_in, const at::Tensor& wp_in, const 
   const int64_t threads = at::get_num_threads();
   const int64_t bands = n >= threads ? 1 : std::min<int64_t>(h, (threads + n - 1) / n);
   const int64_t band_h = (h + bands - 1) / bands;
+  const std::vector<float> quads =
+      m % 16 && c % 4 == 0
+          ? quad_weights(wp.data_ptr<float>(), bp.data_ptr<float>(), static_cast<int>(c),
+                         static_cast<int>(m), static_cast<int>(m / 16 * 16))
+          : std::vector<float>();
   at::parallel_for(0, n * bands, 1, [&](int64_t t0, int64_t t1) {
     // per-thread scratch, reused across calls: the padded input rows are written whole by
     // pad_rows, the primary's rows between their zeroed edge columns
@@ -430,7 +557,7 @@ at::Tensor ghost3x3_nhwc(const at::Tensor& x_in, const at::Tensor& wp_in, const 
         const Row rw{pad + r * rs, rs, static_cast<int>(c), static_cast<int>(m),
                      static_cast<int>(wd), wp.data_ptr<float>(), bp.data_ptr<float>(),
                      srow + m, nullptr, false};
-        row_mixed(rw);
+        row_mixed(rw, quads.empty() ? nullptr : quads.data());
       }
       if (h0 - 1 < 0) std::memset(sp, 0, sizeof(float) * ss);
       if (h1 + 1 > h) std::memset(sp + (h + 1) * ss, 0, sizeof(float) * ss);
