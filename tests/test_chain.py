@@ -96,8 +96,13 @@ def test_step_notes_compare_each_stage_with_the_one_before():
         "before)."
     )
     assert notes[1].startswith("kd: 0.80x the speed of the step before")
+    assert "weights only" not in notes[1]  # another runtime: a measured difference
     assert notes[-1] == (
         "Every step faster than the one before (batch 32, 2 threads): no (kd not faster); the "
         "last model 1.60x the baseline's speed."
     )
+    rows[2]["latency_ms"]["backend"] = "rt-g[y]"  # the ghost model's network and runtime
+    notes = step_notes(rows)
+    assert notes[1].endswith("(weights only): the speed ratio is timing noise.")
+    assert "no (kd not faster (weights only))" in notes[-1]
     assert step_notes(rows[:1]) == []
