@@ -42,8 +42,9 @@ DESCRIPTION = (
     "arguments (widths rounded to the CPU's vector width; SCOP's factors trained {steps} "
     "steps); l1 with round_to=1 (any width); Ghost-ResNet-56 (s 2, d 3). Each deployed with "
     "lv.deploy on every runtime and precision this machine runs (fp32: torch, leanvision, "
-    "TorchInductor, onnxruntime, OpenVINO; bf16: OpenVINO; int8: torchao PT2E on Inductor, "
-    "onnxruntime and OpenVINO, static, calibrated on 4 CIFAR-10 validation batches), one "
+    "TorchInductor, onnxruntime, OpenVINO; bf16: OpenVINO; int8: leanvision's runtime (VNNI), "
+    "torchao PT2E on Inductor, onnxruntime and OpenVINO, static, calibrated on 4 CIFAR-10 "
+    "validation batches), one "
     "runtime's models timed side by side in one process, {threads} threads, batch 32 and 1. "
     "Issue 19's bars: a pruned model's speed-up >= 0.9 x its MACs gain, Ghost's >= 0.8 x, each "
     "model on its fastest runtime of the precision; the default deploy path (backend 'auto') is"
@@ -56,6 +57,7 @@ RUNTIMES = [
     ("onnxruntime", "fp32"),
     ("openvino", "fp32"),
     ("openvino", "bf16"),
+    ("leanvision", "int8"),
     ("inductor", "int8"),
     ("onnxruntime", "int8"),
     ("openvino", "int8"),

@@ -25,10 +25,11 @@ from leanvision.deploy.fold import fold_batchnorm
 from leanvision.errors import ConfigError
 from leanvision.layers.conv3x3 import FusedConv3x3, eligible, kernel_runs
 from leanvision.layers.ghost import FusedGhost3x3, ghost_eligible
+from leanvision.layers.int8_conv3x3 import Int8Conv3x3, Int8Ghost3x3
 from leanvision.profiling import compare
 from leanvision.shapes import check_batch, eval_mode, guarded_forward, resolve_input_size
 
-__all__ = ["ConvChoice", "freeze_kernel_calls", "optimize_for_cpu"]
+__all__ = ["ConvChoice", "freeze_kernel_calls", "optimize_for_cpu", "quantize_for_cpu"]
 
 _RELU_FUNCS = {torch.relu, torch.relu_, F.relu}
 _ADD_FUNCS = {operator.add, operator.iadd, torch.add}
@@ -294,9 +295,9 @@ def freeze_kernel_calls(gm: fx.GraphModule) -> fx.GraphModule:
     count = 0
     for node in list(graph.nodes):
         layer = modules.get(node.target) if node.op == "call_module" else None
-        if not isinstance(layer, (FusedConv3x3, FusedGhost3x3)):
+        if not isinstance(layer, (FusedConv3x3, FusedGhost3x3, Int8Conv3x3, Int8Ghost3x3)):
             continue
-        op, weights, relu = layer.kernel_call()
+        op, weights, relu, *scalars = layer.kernel_call()
         residual = node.args[1] if len(node.args) > 1 else node.kwargs.get("residual")
         with graph.inserting_before(node):
             consts = []
@@ -305,7 +306,8 @@ def freeze_kernel_calls(gm: fx.GraphModule) -> fx.GraphModule:
                 count += 1
                 gm.register_buffer(name, t)
                 consts.append(graph.get_attr(name))
-            call = graph.call_function(op, (node.args[0], *consts, residual, relu))
+            args = (node.args[0], *consts, residual, relu, *(scalars[0] if scalars else ()))
+            call = graph.call_function(op, args)
         call.meta = dict(node.meta)
         node.replace_all_uses_with(call)
         graph.erase_node(node)
@@ -313,3 +315,84 @@ def freeze_kernel_calls(gm: fx.GraphModule) -> fx.GraphModule:
     gm.delete_all_unused_submodules()
     gm.recompile()
     return gm
+
+
+def _nonnegative(node: Any, modules: dict[str, nn.Module]) -> bool:
+    """Whether ``node``'s output is ≥ 0 by construction: a ReLU, or a fused layer that ends in
+    one."""
+    if not isinstance(node, fx.Node):
+        return False
+    if _is_relu(node, modules):
+        return True
+    layer = modules.get(node.target) if node.op == "call_module" else None
+    return isinstance(layer, (FusedConv3x3, FusedGhost3x3)) and layer.relu
+
+
+@torch.no_grad()
+def quantize_for_cpu(
+    gm: fx.GraphModule, calib: Sequence[torch.Tensor]
+) -> tuple[fx.GraphModule, list[str]]:
+    """A copy of an :func:`optimize_for_cpu` module whose fused layers run int8 products
+    (:class:`~leanvision.layers.Int8Conv3x3`, :class:`~leanvision.layers.Int8Ghost3x3`):
+    static post-training quantization, weights per output channel, each layer's input per
+    tensor on a u8 grid whose step is its largest value over the calibration batches / 255.
+
+    Only layers whose input is a ReLU's output (by the graph) and never negative over the
+    calibration are quantized (the u8 grid has no negative values); the rest, and every layer
+    that is not fused, stay fp32. Needs the kernel with AVX512-VNNI (else nothing changes).
+
+    Args:
+        gm: From :func:`optimize_for_cpu` (left unchanged).
+        calib: Calibration batches, float (N, C, H, W) as the model takes them (validation
+            images, never the test split).
+
+    Returns:
+        The copy and the names of the layers it quantized.
+
+    Raises:
+        ConfigError: no calibration batch.
+    """
+    from leanvision.layers.int8_conv3x3 import has_int8_kernel
+
+    if not calib:
+        raise ConfigError("quantize_for_cpu needs at least one calibration batch")
+    gm = copy.deepcopy(gm)
+    if not has_int8_kernel():
+        return gm, []
+    modules = dict(gm.named_modules())
+    fused = [
+        n for n in gm.graph.nodes
+        if n.op == "call_module" and isinstance(modules[n.target], (FusedConv3x3, FusedGhost3x3))
+        and _nonnegative(n.args[0], modules)
+    ]  # fmt: skip
+    lo: dict[str, float] = {}
+    hi: dict[str, float] = {}
+
+    def record(name: str) -> Any:
+        def hook(_: nn.Module, args: tuple[Any, ...]) -> None:
+            x = args[0]
+            lo[name] = min(lo.get(name, 0.0), float(x.min()))
+            hi[name] = max(hi.get(name, 0.0), float(x.max()))
+
+        return hook
+
+    handles = [modules[n.target].register_forward_pre_hook(record(n.target)) for n in fused]
+    try:
+        with eval_mode(gm), torch.inference_mode():
+            for x in calib:
+                gm(x.contiguous(memory_format=torch.channels_last))
+    finally:
+        for h in handles:
+            h.remove()
+    done = []
+    for node in fused:
+        name = node.target
+        if lo.get(name, -1.0) < 0.0 or hi.get(name, 0.0) <= 0.0:
+            continue
+        layer = modules[name]
+        cls = Int8Ghost3x3 if isinstance(layer, FusedGhost3x3) else Int8Conv3x3
+        parent, _, leaf = name.rpartition(".")
+        setattr(gm.get_submodule(parent) if parent else gm, leaf, cls(layer, hi[name] / 255.0))
+        done.append(name)
+    gm.recompile()
+    return gm, done

@@ -8,7 +8,9 @@ beside any other. Backends (``BACKENDS``) and the precisions each runs:
 - ``"torch"``: eager PyTorch, batch norms folded, channels-last: fp32 (the plain baseline).
 - ``"leanvision"``: :func:`~leanvision.deploy.optimize_for_cpu` (the fused 3×3 kernel where it
   is measured faster than ATen), its kernel calls frozen (no Python per fused layer,
-  :func:`~leanvision.deploy.cpu.freeze_kernel_calls`): fp32.
+  :func:`~leanvision.deploy.cpu.freeze_kernel_calls`): fp32; int8 where the CPU has
+  AVX512-VNNI (:func:`~leanvision.deploy.cpu.quantize_for_cpu`: the fused layers that read
+  ReLU outputs get int8 products, calibrated on ``calib``; the rest of the graph stays fp32).
 - ``"inductor"``: ``torch.compile`` (TorchInductor, weights frozen) of the BN-folded model: fp32;
   int8 through torchao's PT2E x86 quantization (:mod:`leanvision.deploy.inductor`).
 - ``"onnxruntime"``: the ONNX of :func:`~leanvision.deploy.export_onnx` on onnxruntime's CPU
@@ -17,10 +19,12 @@ beside any other. Backends (``BACKENDS``) and the precisions each runs:
   compiled for a latency run with the given threads: fp32; bf16 where the CPU has it (the
   plugin's ``INFERENCE_PRECISION_HINT``, its default on such a CPU); int8.
 
-int8 is static post-training quantization (onnxruntime's ``quantize_static``): per-channel
-int8 weights, uint8 activations calibrated (min/max) on batches the caller passes (the
-validation split, never the test split), as a QDQ ONNX graph that onnxruntime and OpenVINO
-both run with integer kernels. A model a method has already quantized (``ptq_vit``'s
+int8 is static post-training quantization, per-channel int8 weights and uint8 activations
+calibrated (min/max) on batches the caller passes (the validation split, never the test
+split): for the ONNX runtimes onnxruntime's ``quantize_static``, a QDQ ONNX graph that
+onnxruntime and OpenVINO both run with integer kernels; for leanvision's runtime
+:func:`~leanvision.deploy.cpu.quantize_for_cpu`; for Inductor torchao's PT2E x86 path. A
+model a method has already quantized (``ptq_vit``'s
 calibrated fake-quant layers, :func:`~leanvision.layers.quant.quantization_state`) deploys its
 own QDQ graph with the method's steps instead, and needs no ``calib``. The deployed accuracy
 is measured on the deployed model.
@@ -50,12 +54,13 @@ import torch
 from torch import nn
 
 from leanvision import kernels
-from leanvision.deploy.cpu import freeze_kernel_calls, optimize_for_cpu
+from leanvision.deploy.cpu import freeze_kernel_calls, optimize_for_cpu, quantize_for_cpu
 from leanvision.deploy.fold import fold_batchnorm
 from leanvision.deploy.inductor import InductorRun, has_torchao
 from leanvision.deploy.onnx import export_onnx
 from leanvision.errors import ConfigError, InputShapeError
 from leanvision.fileio import atomic_write
+from leanvision.layers.int8_conv3x3 import has_int8_kernel
 from leanvision.layers.quant import quantization_state
 from leanvision.opcounts import OpCounts, register_module_counter
 from leanvision.profiling import compare, count_ops
@@ -67,7 +72,7 @@ BACKENDS = ("torch", "leanvision", "inductor", "onnxruntime", "openvino")
 PRECISIONS = ("fp32", "bf16", "int8")
 _RUNS = {
     "torch": ("fp32",),
-    "leanvision": ("fp32",),
+    "leanvision": ("fp32", "int8"),
     "inductor": ("fp32", "int8"),
     "onnxruntime": ("fp32", "int8"),
     "openvino": ("fp32", "bf16", "int8"),
@@ -83,6 +88,8 @@ def supported(precision: str = "fp32") -> list[str]:
         out.remove("openvino")
     if precision == "int8" and not has_torchao():
         out.remove("inductor")
+    if precision == "int8" and not has_int8_kernel():
+        out.remove("leanvision")
     return out
 
 
@@ -310,9 +317,12 @@ def _build(
             raise ConfigError(f"backend 'leanvision' runs image models (C, H, W), got {size}")
         fast, choices = optimize_for_cpu(model, size, batch=batch)
         kernel = sum(c.used == "kernel" for c in choices)
+        label = f"leanvision-cpu-{precision}[{kernel}/{len(choices)} layers on the kernels"
+        if precision == "int8":
+            fast, quantized = quantize_for_cpu(fast, calib)
+            label += f", {len(quantized)} in int8"
         run = _TorchRun(freeze_kernel_calls(fast), torch.channels_last)
-        label = f"leanvision-cpu-fp32[{kernel}/{len(choices)} layers on the kernels]"
-        return DeployedModel(run, label, precision, size, threads)
+        return DeployedModel(run, label + "]", precision, size, threads)
     if name == "inductor":
         run = InductorRun(model, precision, size, threads, calib)
         return DeployedModel(run, run.label, precision, size, threads)

@@ -75,7 +75,7 @@ OPS: dict[str, tuple[str, ...]] = {
     "adder": ("adder_forward", "adder_backward_input"),
     "adder_int8": ("adder_int8_forward", "adder_int16_forward"),
     "binary": ("binary_pack", "binary_conv2d", "binary_gconv2d", "binary_linear"),
-    "conv3x3": ("conv3x3_nhwc", "ghost3x3_nhwc"),
+    "conv3x3": ("conv3x3_nhwc", "ghost3x3_nhwc", "conv3x3_u8s8_nhwc", "ghost3x3_u8s8_nhwc"),
     "gated_block": ("gated_basic_block", "gated_block_chain"),
 }
 _KERNEL_OF = {op: name for name, ops in OPS.items() for op in ops}

@@ -11,6 +11,7 @@ from .circulant import CirculantLinear
 from .conv3x3 import FusedConv3x3
 from .gated import ChannelGate, GatedBasicBlock, GatedStage, gated_blocks
 from .ghost import GhostConv2d
+from .int8_conv3x3 import Int8Conv3x3, Int8Ghost3x3
 from .issa import InterlacedSparseAttention, NonLocal2d
 from .long_short_attention import LongShortAttention
 from .quant import QuantAttention, QuantLinear, QuantMatMul, fake_quant, quantization_state
@@ -38,6 +39,8 @@ __all__ = [
     "GatedBasicBlock",
     "GatedStage",
     "GhostConv2d",
+    "Int8Conv3x3",
+    "Int8Ghost3x3",
     "InterlacedSparseAttention",
     "LongShortAttention",
     "NonLocal2d",

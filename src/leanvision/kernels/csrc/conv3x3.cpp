@@ -22,6 +22,8 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cmath>
+#include <cstdint>
 #include <cstring>
 #include <string>
 #include <vector>
@@ -470,6 +472,54 @@ at::Tensor conv3x3_nhwc(const at::Tensor& x_in, const at::Tensor& w_in, const at
 #endif
 }
 
+#ifdef __AVX512F__
+// The band loop of a Ghost op over n images of h x wd, m intrinsic channels: per image (or
+// row band of one, when there are fewer images than threads) `prepare(img, first, last)`
+// readies that thread's padded input rows first..last, `primary(r, out)` writes primary row r
+// (m floats per pixel) to `out`, then the cheap op and epilogue write y's rows.
+template <int Slot>
+std::vector<float>& scratch(size_t size) {
+  thread_local std::vector<float> buf;  // per thread, reused across calls
+  if (buf.size() < size) buf.resize(size);
+  return buf;
+}
+
+template <typename Prepare, typename Primary>
+void ghost_bands(int64_t n, int64_t h, int64_t wd, int64_t m, const float* s1, const float* b1,
+                 const float* wdw, const float* b2, float* yd, const float* rd, bool relu,
+                 Prepare prepare, Primary primary) {
+  const int64_t ss = (wd + 2) * m;  // padded primary row
+  const int64_t threads = at::get_num_threads();
+  const int64_t bands = n >= threads ? 1 : std::min<int64_t>(h, (threads + n - 1) / n);
+  const int64_t band_h = (h + bands - 1) / bands;
+  at::parallel_for(0, n * bands, 1, [&](int64_t t0, int64_t t1) {
+    float* sp = scratch<1>(static_cast<size_t>(h + 2) * ss).data();
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t img = t / bands, h0 = (t % bands) * band_h;
+      const int64_t h1 = std::min<int64_t>(h, h0 + band_h);
+      if (h0 >= h1) continue;
+      const int64_t a = std::max<int64_t>(0, h0 - 1), b = std::min<int64_t>(h, h1 + 1);
+      prepare(img, a, b + 1);
+      // primary rows a .. b-1 into padded scratch rows a+1 .. b; rows 0 and h+1 and the
+      // edge columns zero (the cheap op's zero padding)
+      for (int64_t r = a; r < b; ++r) {
+        float* srow = sp + (r + 1) * ss;
+        std::memset(srow, 0, sizeof(float) * m);
+        std::memset(srow + (wd + 1) * m, 0, sizeof(float) * m);
+        primary(r, srow + m);
+      }
+      if (h0 - 1 < 0) std::memset(sp, 0, sizeof(float) * ss);
+      if (h1 + 1 > h) std::memset(sp + (h + 1) * ss, 0, sizeof(float) * ss);
+      for (int64_t hh = h0; hh < h1; ++hh) {
+        const int64_t off = ((img * h) + hh) * wd * 2 * m;
+        ghost_row(sp + hh * ss, sp + (hh + 1) * ss, sp + (hh + 2) * ss, static_cast<int>(wd),
+                  static_cast<int>(m), s1, b1, wdw, b2, yd + off, rd ? rd + off : nullptr, relu);
+      }
+    }
+  });
+}
+#endif
+
 // Ghost module (GhostNet, arXiv 1911.11907) with ratio 2 and a 3x3 cheap operation, and the
 // host's folded BN, residual add and ReLU, in one pass over NHWC:
 //   P = conv3x3(x, w_primary) + b_primary                     (m channels, kept in a scratch)
@@ -521,55 +571,360 @@ at::Tensor ghost3x3_nhwc(const at::Tensor& x_in, const at::Tensor& wp_in, const 
   at::Tensor y = at::empty({n, 2 * m, h, wd}, x.options().memory_format(cl));
   if (y.numel() == 0) return y;
   const float* xd = x.data_ptr<float>();
-  const float* rd = res.defined() ? res.data_ptr<float>() : nullptr;
-  float* yd = y.data_ptr<float>();
-  const int rs = static_cast<int>((wd + 2) * c);        // padded input row
-  const int64_t ss = (wd + 2) * m;                       // padded primary row
-  const int64_t threads = at::get_num_threads();
-  const int64_t bands = n >= threads ? 1 : std::min<int64_t>(h, (threads + n - 1) / n);
-  const int64_t band_h = (h + bands - 1) / bands;
+  const int rs = static_cast<int>((wd + 2) * c);  // padded input row
   const std::vector<float> quads =
       m % 16 && c % 4 == 0
           ? quad_weights(wp.data_ptr<float>(), bp.data_ptr<float>(), static_cast<int>(c),
                          static_cast<int>(m), static_cast<int>(m / 16 * 16))
           : std::vector<float>();
-  at::parallel_for(0, n * bands, 1, [&](int64_t t0, int64_t t1) {
-    // per-thread scratch, reused across calls: the padded input rows are written whole by
-    // pad_rows, the primary's rows between their zeroed edge columns
-    thread_local std::vector<float> pad_buf, sp_buf;
-    if (pad_buf.size() < static_cast<size_t>(h + 2) * rs) pad_buf.resize((h + 2) * rs);
-    if (sp_buf.size() < static_cast<size_t>(h + 2) * ss) sp_buf.resize((h + 2) * ss);
-    float* pad = pad_buf.data();
-    float* sp = sp_buf.data();
-    for (int64_t t = t0; t < t1; ++t) {
-      const int64_t img = t / bands, h0 = (t % bands) * band_h;
-      const int64_t h1 = std::min<int64_t>(h, h0 + band_h);
-      if (h0 >= h1) continue;
-      const float* xn = xd + img * h * wd * c;
-      const int64_t a = std::max<int64_t>(0, h0 - 1), b = std::min<int64_t>(h, h1 + 1);
-      pad_rows(pad, xn, a, b + 1, h, wd, c);
-      // primary rows a .. b-1 into padded scratch rows a+1 .. b; rows 0 and h+1 and the
-      // edge columns zero (the cheap op's zero padding)
-      for (int64_t r = a; r < b; ++r) {
-        float* srow = sp + (r + 1) * ss;
-        std::memset(srow, 0, sizeof(float) * m);
-        std::memset(srow + (wd + 1) * m, 0, sizeof(float) * m);
-        const Row rw{pad + r * rs, rs, static_cast<int>(c), static_cast<int>(m),
-                     static_cast<int>(wd), wp.data_ptr<float>(), bp.data_ptr<float>(),
-                     srow + m, nullptr, false};
+  const float* wpp = wp.data_ptr<float>();
+  const float* bpp = bp.data_ptr<float>();
+  ghost_bands(
+      n, h, wd, m, s1.data_ptr<float>(), b1.data_ptr<float>(), wdw.data_ptr<float>(),
+      b2.data_ptr<float>(), y.data_ptr<float>(), res.defined() ? res.data_ptr<float>() : nullptr,
+      relu,
+      [&](int64_t img, int64_t first, int64_t last) {
+        float* pad = scratch<0>(static_cast<size_t>(h + 2) * rs).data();
+        pad_rows(pad, xd + img * h * wd * c, first, last, h, wd, c);
+      },
+      [&](int64_t r, float* out) {
+        const Row rw{scratch<0>(0).data() + r * rs, rs, static_cast<int>(c), static_cast<int>(m),
+                     static_cast<int>(wd), wpp, bpp, out, nullptr, false};
         row_mixed(rw, quads.empty() ? nullptr : quads.data());
+      });
+  return y;
+#endif
+}
+
+
+#ifdef __AVX512F__
+// This thread's quantized padded rows, for the Ghost int8 op's primary.
+inline const uint8_t*& u8_pad() {
+  thread_local const uint8_t* p = nullptr;
+  return p;
+}
+#endif
+
+// ---- W8A8: the same layers with int8 products (AVX512-VNNI) ------------------------------
+// Activations are quantized on the way in (per tensor, zero point 0: these layers read ReLU
+// outputs, u8 = clamp(round(x / s_x), 0, 255)), weights per output channel (s8, symmetric),
+// products summed exactly in int32 by VPDPBUSD (4 u8 x s8 pairs per 32-bit lane: four times
+// the fp32 FMA's multiply-adds per instruction), then y = acc * s_x * s_w + bias in fp32 and
+// the epilogue as above. Maps stay fp32 NHWC between layers. Weights packed (9, C4/4, O, 4)
+// as [ky][kx][ci/4][co][ci%4], C4 = C rounded up to 4 (zero weights for the extra channels).
+
+bool has_vnni() {
+#ifdef __AVX512F__
+  static const bool ok = __builtin_cpu_supports("avx512vnni");
+  return ok;
+#else
+  return false;
+#endif
+}
+
+#ifdef __AVX512F__
+#define LV_VNNI __attribute__((target("avx512vnni")))
+
+template <int V>
+struct Q8;
+template <>
+struct Q8<16> {
+  using I = __m512i;
+  using F = __m512;
+  LV_VNNI static I zero() { return _mm512_setzero_si512(); }
+  LV_VNNI static I set1(int32_t a) { return _mm512_set1_epi32(a); }
+  LV_VNNI static I loadw(const int8_t* p) { return _mm512_loadu_si512(p); }
+  LV_VNNI static I dp(I acc, I x, I w) { return _mm512_dpbusd_epi32(acc, x, w); }
+  LV_VNNI static F cvt(I a) { return _mm512_cvtepi32_ps(a); }
+  LV_VNNI static F load(const float* p) { return _mm512_loadu_ps(p); }
+  LV_VNNI static F fma(F a, F b, F c) { return _mm512_fmadd_ps(a, b, c); }
+  LV_VNNI static F add(F a, F b) { return _mm512_add_ps(a, b); }
+  LV_VNNI static F max0(F a) { return _mm512_max_ps(a, _mm512_setzero_ps()); }
+  LV_VNNI static void store(float* p, F v) { _mm512_storeu_ps(p, v); }
+};
+template <>
+struct Q8<8> {
+  using I = __m256i;
+  using F = __m256;
+  LV_VNNI static I zero() { return _mm256_setzero_si256(); }
+  LV_VNNI static I set1(int32_t a) { return _mm256_set1_epi32(a); }
+  LV_VNNI static I loadw(const int8_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
+  LV_VNNI static I dp(I acc, I x, I w) { return _mm256_dpbusd_epi32(acc, x, w); }
+  LV_VNNI static F cvt(I a) { return _mm256_cvtepi32_ps(a); }
+  LV_VNNI static F load(const float* p) { return _mm256_loadu_ps(p); }
+  LV_VNNI static F fma(F a, F b, F c) { return _mm256_fmadd_ps(a, b, c); }
+  LV_VNNI static F add(F a, F b) { return _mm256_add_ps(a, b); }
+  LV_VNNI static F max0(F a) { return _mm256_max_ps(a, _mm256_setzero_ps()); }
+  LV_VNNI static void store(float* p, F v) { _mm256_storeu_ps(p, v); }
+};
+template <>
+struct Q8<4> {
+  using I = __m128i;
+  using F = __m128;
+  LV_VNNI static I zero() { return _mm_setzero_si128(); }
+  LV_VNNI static I set1(int32_t a) { return _mm_set1_epi32(a); }
+  LV_VNNI static I loadw(const int8_t* p) { return _mm_loadu_si128(reinterpret_cast<const __m128i*>(p)); }
+  LV_VNNI static I dp(I acc, I x, I w) { return _mm_dpbusd_epi32(acc, x, w); }
+  LV_VNNI static F cvt(I a) { return _mm_cvtepi32_ps(a); }
+  LV_VNNI static F load(const float* p) { return _mm_loadu_ps(p); }
+  LV_VNNI static F fma(F a, F b, F c) { return _mm_fmadd_ps(a, b, c); }
+  LV_VNNI static F add(F a, F b) { return _mm_add_ps(a, b); }
+  LV_VNNI static F max0(F a) { return _mm_max_ps(a, _mm_setzero_ps()); }
+  LV_VNNI static void store(float* p, F v) { _mm_storeu_ps(p, v); }
+};
+
+// Padded rows first..last of one image's u8 copy (row stride (W+2)*C4 bytes), quantized
+// from its fp32 NHWC rows as pad_rows copies them: zero outside the image, in the border
+// columns and in the channels past C.
+void pad_rows_u8(uint8_t* pad, const float* xn, int64_t first, int64_t last, int64_t h,
+                 int64_t wd, int64_t c, int64_t c4, float inv) {
+  const int64_t rs = (wd + 2) * c4;
+  const __m512 vinv = _mm512_set1_ps(inv), top = _mm512_set1_ps(255.0f);
+  for (int64_t pr = first; pr <= last; ++pr) {
+    uint8_t* dst = pad + pr * rs;
+    const int64_t src = pr - 1;
+    if (src < 0 || src >= h) {
+      std::memset(dst, 0, rs);
+      continue;
+    }
+    std::memset(dst, 0, c4);
+    std::memset(dst + (wd + 1) * c4, 0, c4);
+    const float* row = xn + src * wd * c;
+    for (int64_t x = 0; x < wd; ++x) {
+      uint8_t* d = dst + (x + 1) * c4;
+      const float* v = row + x * c;
+      for (int64_t ci = 0; ci < c; ci += 16) {
+        const int64_t k = std::min<int64_t>(16, c - ci);
+        const __mmask16 mk = k == 16 ? 0xFFFF : static_cast<__mmask16>((1u << k) - 1);
+        const __m512 f = _mm512_min_ps(_mm512_mul_ps(_mm512_maskz_loadu_ps(mk, v + ci), vinv), top);
+        const __m512i q = _mm512_max_epi32(_mm512_cvtps_epi32(f), _mm512_setzero_si512());
+        _mm_mask_storeu_epi8(d + ci, mk, _mm512_cvtusepi32_epi8(q));
       }
-      if (h0 - 1 < 0) std::memset(sp, 0, sizeof(float) * ss);
-      if (h1 + 1 > h) std::memset(sp + (h + 1) * ss, 0, sizeof(float) * ss);
-      for (int64_t hh = h0; hh < h1; ++hh) {
-        const int64_t off = ((img * h) + hh) * wd * 2 * m;
-        ghost_row(sp + hh * ss, sp + (hh + 1) * ss, sp + (hh + 2) * ss,
-                  static_cast<int>(wd), static_cast<int>(m), s1.data_ptr<float>(),
-                  b1.data_ptr<float>(), wdw.data_ptr<float>(), b2.data_ptr<float>(), yd + off,
-                  rd ? rd + off : nullptr, relu);
+      for (int64_t ci = c; ci < c4; ++ci) d[ci] = 0;
+    }
+  }
+}
+
+struct RowQ {
+  const uint8_t* xp;  // padded u8 input, first of the three rows this output row reads
+  int rs, c4, cout, width;
+  const int8_t* w;     // (9, C4/4, cout, 4)
+  const float* scale;  // per output channel: s_x * s_w
+  const float* bias;
+  float* y;
+  const float* res;
+  bool relu;
+};
+
+// P output pixels x CB vectors of V channels from c0: every 4 input channels of a pixel come
+// as one 32-bit broadcast, each weight vector holds V outputs x 4 inputs.
+template <int V, int P, int CB>
+LV_VNNI inline void tile_q(const RowQ& r, int c0, int w0) {
+  using T = Q8<V>;
+  typename T::I acc[P][CB];
+#pragma GCC unroll 16
+  for (int p = 0; p < P; ++p)
+#pragma GCC unroll 2
+    for (int c = 0; c < CB; ++c) acc[p][c] = T::zero();
+  const int cq = r.c4 / 4;
+  for (int ky = 0; ky < 3; ++ky) {
+    const uint8_t* xr = r.xp + static_cast<int64_t>(ky) * r.rs + static_cast<int64_t>(w0) * r.c4;
+    const int8_t* wr = r.w + static_cast<int64_t>(ky) * 3 * cq * r.cout * 4;
+    for (int q = 0; q < cq; ++q) {
+      typename T::I w[3][CB];
+#pragma GCC unroll 3
+      for (int kx = 0; kx < 3; ++kx)
+#pragma GCC unroll 2
+        for (int c = 0; c < CB; ++c)
+          w[kx][c] = T::loadw(wr + (static_cast<int64_t>(kx * cq + q) * r.cout + c0 + V * c) * 4);
+#pragma GCC unroll 18
+      for (int j = 0; j < P + 2; ++j) {
+        int32_t four;
+        std::memcpy(&four, xr + j * r.c4 + 4 * q, 4);
+        const typename T::I xv = T::set1(four);
+#pragma GCC unroll 3
+        for (int kx = 0; kx < 3; ++kx) {
+          const int p = j - kx;
+          if (p >= 0 && p < P) {
+#pragma GCC unroll 2
+            for (int c = 0; c < CB; ++c) acc[p][c] = T::dp(acc[p][c], xv, w[kx][c]);
+          }
+        }
       }
     }
+  }
+#pragma GCC unroll 2
+  for (int c = 0; c < CB; ++c) {
+    const typename T::F s = T::load(r.scale + c0 + V * c), b = T::load(r.bias + c0 + V * c);
+#pragma GCC unroll 16
+    for (int p = 0; p < P; ++p) {
+      const int64_t o = static_cast<int64_t>(w0 + p) * r.cout + c0 + V * c;
+      typename T::F v = T::fma(T::cvt(acc[p][c]), s, b);
+      if (r.res) v = T::add(v, T::load(r.res + o));
+      if (r.relu) v = T::max0(v);
+      T::store(r.y + o, v);
+    }
+  }
+}
+
+template <int V, int CB, int P>
+LV_VNNI inline void span_q(const RowQ& r, int c0, int& w) {
+  for (; w + P <= r.width; w += P) tile_q<V, P, CB>(r, c0, w);
+}
+
+template <int V, int CB>
+LV_VNNI inline void row_q_chunk(const RowQ& r, int c0) {
+  int w = 0;
+  if constexpr (CB == 2) {
+    span_q<V, 2, 12>(r, c0, w), span_q<V, 2, 8>(r, c0, w), span_q<V, 2, 4>(r, c0, w);
+    span_q<V, 2, 2>(r, c0, w), span_q<V, 2, 1>(r, c0, w);
+  } else {
+    span_q<V, 1, 16>(r, c0, w), span_q<V, 1, 8>(r, c0, w), span_q<V, 1, 4>(r, c0, w);
+    span_q<V, 1, 2>(r, c0, w), span_q<V, 1, 1>(r, c0, w);
+  }
+}
+
+// One output row, any multiple of 4 channels: 32-, 16-, 8- then 4-channel tiles.
+LV_VNNI void row_q(const RowQ& r) {
+  int c0 = 0;
+  for (; c0 + 32 <= r.cout; c0 += 32) row_q_chunk<16, 2>(r, c0);
+  for (; c0 + 16 <= r.cout; c0 += 16) row_q_chunk<16, 1>(r, c0);
+  if (c0 + 8 <= r.cout) row_q_chunk<8, 1>(r, c0), c0 += 8;
+  if (c0 + 4 <= r.cout) row_q_chunk<4, 1>(r, c0);
+}
+#endif
+
+// The checks both int8 ops make on the packed weight, scale and input scale.
+void check_q(const char* op, const at::Tensor& x, const at::Tensor& wq, const at::Tensor& sc,
+             double inv_sx, int64_t* c4, int64_t* o) {
+  TORCH_CHECK(has_vnni(), op, ": this CPU has no AVX512-VNNI (use the fp32 layer)");
+  TORCH_CHECK(x.dim() == 4 && x.scalar_type() == at::kFloat && x.device().is_cpu(), op,
+              ": x must be a 4-D float32 CPU tensor, got ", x.sizes(), " ", x.scalar_type());
+  const int64_t c = x.size(1);
+  TORCH_CHECK(c >= 1, op, ": x has no channels");
+  *c4 = (c + 3) / 4 * 4;
+  TORCH_CHECK(wq.dim() == 4 && wq.size(0) == 9 && wq.size(1) == *c4 / 4 && wq.size(3) == 4 &&
+                  wq.size(2) >= 4 && wq.size(2) % 4 == 0 && wq.scalar_type() == at::kChar &&
+                  wq.device().is_cpu(),
+              op, ": packed weight must be int8 CPU (9, ", *c4 / 4, ", O, 4) with O a multiple "
+              "of 4 for C = ", c, "; got ", wq.sizes(), " ", wq.scalar_type());
+  *o = wq.size(2);
+  TORCH_CHECK(sc.dim() == 1 && sc.numel() == *o && sc.scalar_type() == at::kFloat &&
+                  sc.device().is_cpu(),
+              op, ": scale must be float32 CPU with ", *o, " values, got ", sc.sizes());
+  TORCH_CHECK(std::isfinite(inv_sx) && inv_sx > 0, op,
+              ": the input's inverse scale must be finite and > 0, got ", inv_sx);
+}
+
+at::Tensor conv3x3_u8s8_nhwc(const at::Tensor& x_in, const at::Tensor& wq_in,
+                             const at::Tensor& sc_in, const at::Tensor& b_in,
+                             const c10::optional<at::Tensor>& res_in, bool relu, double inv_sx) {
+#ifndef __AVX512F__
+  TORCH_CHECK(false, "conv3x3_u8s8_nhwc: this build has no AVX-512 (use the fp32 layer)");
+#else
+  int64_t c4 = 0, o = 0;
+  check_q("conv3x3_u8s8_nhwc", x_in, wq_in, sc_in, inv_sx, &c4, &o);
+  TORCH_CHECK(o % 16 == 0, "conv3x3_u8s8_nhwc: O must be a multiple of 16, got ", o);
+  const int64_t n = x_in.size(0), c = x_in.size(1), h = x_in.size(2), wd = x_in.size(3);
+  TORCH_CHECK(b_in.dim() == 1 && b_in.numel() == o && b_in.scalar_type() == at::kFloat &&
+                  b_in.device().is_cpu(),
+              "conv3x3_u8s8_nhwc: bias must be float32 CPU with ", o, " values");
+  const auto cl = at::MemoryFormat::ChannelsLast;
+  at::Tensor res;
+  if (res_in.has_value()) {
+    TORCH_CHECK(res_in->sizes() == at::IntArrayRef({n, o, h, wd}) &&
+                    res_in->scalar_type() == at::kFloat && res_in->device().is_cpu(),
+                "conv3x3_u8s8_nhwc: residual must be float32 CPU of shape ",
+                at::IntArrayRef({n, o, h, wd}), ", got ", res_in->sizes());
+    res = res_in->contiguous(cl);
+  }
+  const at::Tensor x = x_in.contiguous(cl), wq = wq_in.contiguous();
+  const at::Tensor sc = sc_in.contiguous(), b = b_in.contiguous();
+  at::Tensor y = at::empty({n, o, h, wd}, x.options().memory_format(cl));
+  if (y.numel() == 0) return y;
+  const float* xd = x.data_ptr<float>();
+  const float* rd = res.defined() ? res.data_ptr<float>() : nullptr;
+  float* yd = y.data_ptr<float>();
+  const int rs = static_cast<int>((wd + 2) * c4);
+  const float inv = static_cast<float>(inv_sx);
+  at::parallel_for(0, n * h, std::max<int64_t>(1, h / 4), [&](int64_t r0, int64_t r1) {
+    thread_local std::vector<uint8_t> pad;
+    if (pad.size() < static_cast<size_t>(h + 2) * rs) pad.resize(static_cast<size_t>(h + 2) * rs);
+    for (int64_t r = r0; r < r1;) {
+      const int64_t img = r / h, h0 = r % h, h1 = std::min<int64_t>(h, h0 + (r1 - r));
+      pad_rows_u8(pad.data(), xd + img * h * wd * c, h0, h1 + 1, h, wd, c, c4, inv);
+      for (int64_t hh = h0; hh < h1; ++hh) {
+        const int64_t off = ((img * h) + hh) * wd * o;
+        const RowQ rw{pad.data() + hh * rs, rs, static_cast<int>(c4), static_cast<int>(o),
+                      static_cast<int>(wd), wq.data_ptr<int8_t>(), sc.data_ptr<float>(),
+                      b.data_ptr<float>(), yd + off, rd ? rd + off : nullptr, relu};
+        row_q(rw);
+      }
+      r += h1 - h0;
+    }
   });
+  return y;
+#endif
+}
+
+// ghost3x3_nhwc with the primary convolution in int8 (the cheap op and epilogue fp32, on the
+// primary's dequantized output). sp: the primary's per-channel s_x * s_w.
+at::Tensor ghost3x3_u8s8_nhwc(const at::Tensor& x_in, const at::Tensor& wq_in,
+                              const at::Tensor& sp_in, const at::Tensor& bp_in,
+                              const at::Tensor& s1_in, const at::Tensor& b1_in,
+                              const at::Tensor& wd_in, const at::Tensor& b2_in,
+                              const c10::optional<at::Tensor>& res_in, bool relu,
+                              double inv_sx) {
+#ifndef __AVX512F__
+  TORCH_CHECK(false, "ghost3x3_u8s8_nhwc: this build has no AVX-512 (use the fp32 layer)");
+#else
+  int64_t c4 = 0, m = 0;
+  check_q("ghost3x3_u8s8_nhwc", x_in, wq_in, sp_in, inv_sx, &c4, &m);
+  const int64_t n = x_in.size(0), c = x_in.size(1), h = x_in.size(2), wd = x_in.size(3);
+  for (const at::Tensor* v : {&bp_in, &s1_in, &b1_in, &b2_in})
+    TORCH_CHECK(v->dim() == 1 && v->numel() == m && v->scalar_type() == at::kFloat &&
+                    v->device().is_cpu(),
+                "ghost3x3_u8s8_nhwc: bias and scale vectors must be float32 CPU with ", m,
+                " values, got ", v->sizes());
+  TORCH_CHECK(wd_in.dim() == 2 && wd_in.size(0) == 9 && wd_in.size(1) == m &&
+                  wd_in.scalar_type() == at::kFloat && wd_in.device().is_cpu(),
+              "ghost3x3_u8s8_nhwc: cheap weight must be float32 CPU (9, ", m, "), got ",
+              wd_in.sizes());
+  const auto cl = at::MemoryFormat::ChannelsLast;
+  at::Tensor res;
+  if (res_in.has_value()) {
+    TORCH_CHECK(res_in->sizes() == at::IntArrayRef({n, 2 * m, h, wd}) &&
+                    res_in->scalar_type() == at::kFloat && res_in->device().is_cpu(),
+                "ghost3x3_u8s8_nhwc: residual must be float32 CPU of shape ",
+                at::IntArrayRef({n, 2 * m, h, wd}), ", got ", res_in->sizes());
+    res = res_in->contiguous(cl);
+  }
+  const at::Tensor x = x_in.contiguous(cl), wq = wq_in.contiguous(), sp = sp_in.contiguous();
+  const at::Tensor bp = bp_in.contiguous(), s1 = s1_in.contiguous(), b1 = b1_in.contiguous();
+  const at::Tensor wdw = wd_in.contiguous(), b2 = b2_in.contiguous();
+  at::Tensor y = at::empty({n, 2 * m, h, wd}, x.options().memory_format(cl));
+  if (y.numel() == 0) return y;
+  const float* xd = x.data_ptr<float>();
+  const int rs = static_cast<int>((wd + 2) * c4);
+  const float inv = static_cast<float>(inv_sx);
+  const int8_t* wqp = wq.data_ptr<int8_t>();
+  const float* spp = sp.data_ptr<float>();
+  const float* bpp = bp.data_ptr<float>();
+  ghost_bands(
+      n, h, wd, m, s1.data_ptr<float>(), b1.data_ptr<float>(), wdw.data_ptr<float>(),
+      b2.data_ptr<float>(), y.data_ptr<float>(), res.defined() ? res.data_ptr<float>() : nullptr,
+      relu,
+      [&](int64_t img, int64_t first, int64_t last) {
+        thread_local std::vector<uint8_t> pad;
+        if (pad.size() < static_cast<size_t>(h + 2) * rs) pad.resize((h + 2) * rs);
+        pad_rows_u8(pad.data(), xd + img * h * wd * c, first, last, h, wd, c, c4, inv);
+        u8_pad() = pad.data();
+      },
+      [&](int64_t r, float* out) {
+        const RowQ rw{u8_pad() + r * rs, rs, static_cast<int>(c4), static_cast<int>(m),
+                      static_cast<int>(wd), wqp, spp, bpp, out, nullptr, false};
+        row_q(rw);
+      });
   return y;
 #endif
 }
@@ -584,4 +939,12 @@ TORCH_LIBRARY_FRAGMENT(leanvision, m) {
   m.def("ghost3x3_nhwc(Tensor x, Tensor w_primary, Tensor b_primary, Tensor scale1, "
         "Tensor bias1, Tensor w_cheap, Tensor bias2, Tensor? residual, bool relu) -> Tensor");
   m.impl("ghost3x3_nhwc", c10::DispatchKey::CPU, &ghost3x3_nhwc);
+  m.def("conv3x3_vnni() -> bool", &has_vnni);
+  m.def("conv3x3_u8s8_nhwc(Tensor x, Tensor w_q, Tensor scale, Tensor bias, Tensor? residual, "
+        "bool relu, float inv_sx) -> Tensor");
+  m.impl("conv3x3_u8s8_nhwc", c10::DispatchKey::CPU, &conv3x3_u8s8_nhwc);
+  m.def("ghost3x3_u8s8_nhwc(Tensor x, Tensor w_q, Tensor scale_primary, Tensor b_primary, "
+        "Tensor scale1, Tensor bias1, Tensor w_cheap, Tensor bias2, Tensor? residual, bool relu, "
+        "float inv_sx) -> Tensor");
+  m.impl("ghost3x3_u8s8_nhwc", c10::DispatchKey::CPU, &ghost3x3_u8s8_nhwc);
 }

@@ -5,9 +5,11 @@ Only Inference", CVPR 2018 (arXiv 1712.05877): weights and activations as 8-bit 
 an affine scale, integer multiply-accumulates. Here post-training and static: per-output-
 channel int8 weights, per-tensor int8 activations whose ranges are measured (min/max) on
 calibration images of the validation split (never the test split), written as a QDQ ONNX graph
-by onnxruntime's quantization tools (run by onnxruntime or OpenVINO), or quantized by torchao's
-PT2E x86 quantizer and compiled by TorchInductor (``"inductor"``); the path that runs fastest
-is deployed, all timed side by side (``backend="auto"``), or the one named.
+by onnxruntime's quantization tools (run by onnxruntime or OpenVINO), quantized by torchao's
+PT2E x86 quantizer and compiled by TorchInductor (``"inductor"``), or leanvision's own runtime
+with int8 products in its fused 3×3 layers (``"leanvision"``, on AVX512-VNNI CPUs:
+:func:`~leanvision.deploy.cpu.quantize_for_cpu`); the path that runs fastest is deployed, all
+timed side by side (``backend="auto"``), or the one named.
 
 The result is a :class:`~leanvision.deploy.DeployedModel`: called like the model, evaluated
 and timed like any other (its accuracy is the deployed graph's), counted with the source's
@@ -28,15 +30,16 @@ from leanvision.methods.registry import register_method
 
 __all__ = ["Int8Config", "apply_int8"]
 
-_BACKENDS = ("auto", "inductor", "onnxruntime", "openvino")
+_BACKENDS = ("auto", "leanvision", "inductor", "onnxruntime", "openvino")
 _SPLITS = ("val", "train")
 
 
 @dataclass
 class Int8Config(MethodConfig):
-    """``backend``: ``"auto"`` (the fastest of torchao + Inductor, onnxruntime and OpenVINO,
-    timed at ``batch`` with ``threads``), ``"inductor"``, ``"onnxruntime"`` or
-    ``"openvino"``; ``calib_split``: the split the
+    """``backend``: ``"auto"`` (the fastest of leanvision's runtime where the CPU has
+    AVX512-VNNI, torchao + Inductor, onnxruntime and OpenVINO, timed at ``batch`` with
+    ``threads``), ``"leanvision"``, ``"inductor"``, ``"onnxruntime"`` or ``"openvino"``;
+    ``calib_split``: the split the
     activation ranges are measured on (``"val"`` or ``"train"``; never ``"test"``);
     ``calib_batches``: at most that many batches of it; ``input_size``: (C, H, W), default the
     data's.
@@ -81,7 +84,8 @@ class Int8Config(MethodConfig):
     config=Int8Config,
 )
 def apply_int8(model: nn.Module, data: Any, cfg: Int8Config) -> DeployedModel:
-    """Static post-training int8 (per-channel weights), deployed on onnxruntime or OpenVINO."""
+    """Static post-training int8 (per-channel weights), deployed on the fastest int8 runtime
+    (or the one named)."""
     if data is None:
         raise ConfigError("int8 calibrates on validation images: pass data=")
     if isinstance(model, DeployedModel):
