@@ -113,6 +113,27 @@ def test_fallback_path_is_the_same_arithmetic(monkeypatch):
 
 
 @needs_kernel
+@pytest.mark.parametrize(
+    "b,c,n,h,w", [(2, 16, 32, 8, 8), (1, 8, 16, 7, 5), (3, 5, 24, 9, 6), (2, 32, 64, 33, 17)]
+)
+@pytest.mark.parametrize("relu", [False, True])
+def test_kernel_stride2_matches_ghost_bn_epilogue(b, c, n, h, w, relu):
+    """A stage's first Ghost module halves the map: its primary convolution has stride 2."""
+    torch.manual_seed(0)
+    g = GhostConv2d(c, n, 3, 2, 1)
+    _, bn = _parts(c, n)
+    f = FusedGhost3x3(g.primary, g.cheap, bn, relu=relu)
+    x = torch.randn(b, c, h, w).contiguous(memory_format=CL)
+    with torch.inference_mode():
+        out = f(x)
+        ref = _reference(g, bn, x, None, relu)
+        one = torch.cat([f(x[i : i + 1]) for i in range(b)])  # row bands of one image
+    assert out.shape == ref.shape == (b, n, (h + 1) // 2, (w + 1) // 2)
+    torch.testing.assert_close(out, ref, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(one, ref, atol=1e-4, rtol=1e-4)
+
+
+@needs_kernel
 def test_kernel_repacks_after_load_state_dict():
     g, bn = _parts(16, 32)
     f = FusedGhost3x3(g.primary, g.cheap, bn)
@@ -157,7 +178,9 @@ def test_eligible():
     assert ghost_eligible(narrow.primary, narrow.cheap, nn.BatchNorm2d(8).eval())
     odd = GhostConv2d(16, 20, 3, 1, 1)  # m = 10: not a multiple of 4
     assert not ghost_eligible(odd.primary, odd.cheap, nn.BatchNorm2d(20).eval())
-    strided = GhostConv2d(16, 32, 3, 2, 1)
+    halving = GhostConv2d(16, 32, 3, 2, 1)  # a stage's first block: stride 2
+    assert ghost_eligible(halving.primary, halving.cheap, bn)
+    strided = GhostConv2d(16, 32, 3, 3, 1)
     assert not ghost_eligible(strided.primary, strided.cheap, bn)
     wide = GhostConv2d(16, 32, 3, 1, 1, dw_size=5)
     assert not ghost_eligible(wide.primary, wide.cheap, bn)
@@ -176,14 +199,15 @@ def _ghost_resnet20():
 
 
 @needs_kernel
-def test_optimize_for_cpu_fuses_every_stride1_ghost_module():
+def test_optimize_for_cpu_fuses_every_ghost_module():
     model = _ghost_resnet20()
     fast, choices = lv.optimize_for_cpu(model, (3, 32, 32), batch=2, autotune=False)
     ghosts = [c for c in choices if c.fused.startswith("ghost")]
-    # 9 blocks × 2 Ghost modules minus the two stride-2 ones; the stem conv stays a conv
-    assert len(ghosts) == 16 and all(c.used == "kernel" for c in choices)
+    # 9 blocks × 2 Ghost modules, the two stride-2 ones too; the stem conv stays a conv
+    assert len(ghosts) == 18 and all(c.used == "kernel" for c in choices)
     assert sum(c.fused == "ghost+bn+add+relu" for c in ghosts) == 9
-    assert sum(isinstance(m, FusedGhost3x3) for m in fast.modules()) == 16
+    assert sum(isinstance(m, FusedGhost3x3) for m in fast.modules()) == 18
+    assert sum(getattr(m, "stride", 1) == 2 for m in fast.modules()) == 2
     x = torch.randn(2, 3, 32, 32)
     with torch.inference_mode():
         torch.testing.assert_close(fast(x), model(x), atol=1e-4, rtol=1e-4)

@@ -36,9 +36,9 @@ def _conv(c: int, o: int, seed: int = 0) -> FusedConv3x3:
     return conv
 
 
-def _ghost(c: int, n: int, seed: int = 0, relu: bool = False, residual: bool = False):
+def _ghost(c, n, seed=0, relu=False, residual=False, stride=1):
     torch.manual_seed(seed)
-    g = GhostConv2d(c, n, 3, 1, 1)
+    g = GhostConv2d(c, n, 3, stride, 1)
     bn = nn.BatchNorm2d(n).eval()
     with torch.no_grad():
         bn.running_mean.uniform_(-1, 1)
@@ -101,6 +101,20 @@ def test_ghost_kernel_matches_its_arithmetic(b, c, n, h, w, residual, relu, monk
         ref = _fallback(layer, x, r, monkeypatch)
     assert out.shape == (b, n, h, w) and out.is_contiguous(memory_format=CL)
     torch.testing.assert_close(out, ref, atol=1e-4, rtol=1e-4)
+
+
+@needs_vnni
+@pytest.mark.parametrize("b,c,n,h,w", [(2, 16, 32, 8, 8), (1, 8, 16, 7, 5), (3, 6, 24, 9, 6)])
+def test_ghost_stride2_kernel_matches_its_arithmetic(b, c, n, h, w, monkeypatch):
+    layer = Int8Ghost3x3(_ghost(c, n, relu=True, stride=2), 0.03)
+    x = (torch.rand(b, c, h, w) * 4).contiguous(memory_format=CL)
+    with torch.inference_mode():
+        out = layer(x)
+        one = torch.cat([layer(x[i : i + 1]) for i in range(b)])
+        ref = _fallback(layer, x, None, monkeypatch)
+    assert out.shape == (b, n, (h + 1) // 2, (w + 1) // 2)
+    torch.testing.assert_close(out, ref, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(one, ref, atol=1e-4, rtol=1e-4)
 
 
 @needs_vnni

@@ -118,11 +118,11 @@ class GhostConv2d(nn.Module):
         return f"{self.in_channels}, {self.out_channels}, s={self.ratio}, d={self.dw_size}"
 
 
-def _plain3x3(conv: nn.Module, groups: int = 1) -> bool:
+def _plain3x3(conv: nn.Module, groups: int = 1, strides: tuple = ((1, 1),)) -> bool:
     return (
         type(conv) is nn.Conv2d
         and conv.kernel_size == (3, 3)
-        and conv.stride == (1, 1)
+        and conv.stride in strides
         and conv.padding in ((1, 1), "same")
         and conv.dilation == (1, 1)
         and conv.groups == groups
@@ -134,9 +134,10 @@ def _plain3x3(conv: nn.Module, groups: int = 1) -> bool:
 
 def ghost_eligible(primary: nn.Module, cheap: nn.Module, norm: nn.Module) -> bool:
     """Whether :class:`FusedGhost3x3` computes ``norm(cat([primary(x), cheap(primary(x))]))``:
-    a 3×3 stride-1 primary convolution with a multiple of 4 outputs m, a 3×3 depthwise cheap
-    operation with m outputs (ratio s = 2, d = 3), and an eval-mode BatchNorm over the 2m."""
-    if not (_plain3x3(primary) and isinstance(cheap, nn.Conv2d)):
+    a 3×3 primary convolution of stride 1 or 2 (padding 1) with a multiple of 4 outputs m, a
+    3×3 stride-1 depthwise cheap operation with m outputs (ratio s = 2, d = 3), and an
+    eval-mode BatchNorm over the 2m."""
+    if not (_plain3x3(primary, strides=((1, 1), (2, 2))) and isinstance(cheap, nn.Conv2d)):
         return False
     m = primary.out_channels
     return (
@@ -184,6 +185,7 @@ class FusedGhost3x3(nn.Module):
                 "leanvision.layers.ghost.ghost_eligible)"
             )
         self.relu, self.residual = relu, residual
+        self.stride = primary.stride[0]
         m = primary.out_channels
         with torch.no_grad():
             scale = norm.weight / torch.sqrt(norm.running_var + norm.eps)
@@ -210,20 +212,25 @@ class FusedGhost3x3(nn.Module):
         primary = wp.permute(2, 3, 1, 0).reshape(-1, wp.shape[0]).contiguous()
         return primary, wc.reshape(wc.shape[0], 9).t().contiguous()
 
-    def kernel_call(self) -> tuple[Any, tuple[torch.Tensor, ...], bool]:
-        """The native op, frozen copies of its weight arguments and ``relu``, as
-        :meth:`FusedConv3x3.kernel_call <leanvision.layers.FusedConv3x3.kernel_call>`."""
+    def kernel_call(self) -> tuple[Any, tuple[torch.Tensor, ...], bool, tuple[int, ...]]:
+        """The native op, frozen copies of its weight arguments, ``relu`` and the op's trailing
+        scalar (the stride), as :meth:`FusedConv3x3.kernel_call
+        <leanvision.layers.FusedConv3x3.kernel_call>`."""
         wp, wc = self.packed
         weights = (wp, self.b_primary, self.scale1, self.bias1, wc, self.bias2)
         return (
             torch.ops.leanvision.ghost3x3_nhwc.default,
             tuple(t.detach().clone() for t in weights),
             self.relu,
+            (self.stride,),
         )
 
     def extra_repr(self) -> str:
         m, c = self.w_primary.shape[:2]
-        return f"{c}, {2 * m}, s=2, d=3, relu={self.relu}, residual={self.residual}"
+        return (
+            f"{c}, {2 * m}, s=2, d=3, stride={self.stride}, relu={self.relu}, "
+            f"residual={self.residual}"
+        )
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         """(N, C_in, H, W) → (N, 2m, H, W)."""
@@ -233,10 +240,10 @@ class FusedGhost3x3(nn.Module):
             wp, wc = self.packed
             return torch.ops.leanvision.ghost3x3_nhwc(
                 x, wp, self.b_primary, self.scale1, self.bias1, wc, self.bias2, residual,
-                self.relu,
+                self.relu, self.stride,
             )  # fmt: skip
         kernels.fell_back(self, reason)
-        p = F.conv2d(x, self.w_primary, self.b_primary, padding=1)
+        p = F.conv2d(x, self.w_primary, self.b_primary, stride=self.stride, padding=1)
         y1 = p * self.scale1.view(1, -1, 1, 1) + self.bias1.view(1, -1, 1, 1)
         y2 = F.conv2d(p, self.w_cheap, self.bias2, padding=1, groups=m)
         y = torch.cat([y1, y2], dim=1)

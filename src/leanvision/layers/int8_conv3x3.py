@@ -140,7 +140,7 @@ class Int8Ghost3x3(nn.Module):
 
     def __init__(self, layer: FusedGhost3x3, input_scale: float) -> None:
         super().__init__()
-        self.relu, self.residual = layer.relu, layer.residual
+        self.relu, self.residual, self.stride = layer.relu, layer.residual, layer.stride
         self.input_scale = _check_scale(input_scale)
         q, s = quantize_weight(layer.w_primary)
         self.register_buffer("weight_q", q)
@@ -162,19 +162,23 @@ class Int8Ghost3x3(nn.Module):
         return (self.weight_scale * self.input_scale).float()
 
     def kernel_call(self) -> tuple[Any, tuple[torch.Tensor, ...], bool, tuple[float, ...]]:
-        """As :meth:`Int8Conv3x3.kernel_call`."""
+        """As :meth:`Int8Conv3x3.kernel_call`; the trailing scalars are 1 / s_x and the
+        stride."""
         wq, wc = self.packed
         weights = (wq, self._scale(), self.b_primary, self.scale1, self.bias1, wc, self.bias2)
         return (
             torch.ops.leanvision.ghost3x3_u8s8_nhwc.default,
             tuple(t.detach().clone() for t in weights),
             self.relu,
-            (1.0 / self.input_scale,),
+            (1.0 / self.input_scale, self.stride),
         )
 
     def extra_repr(self) -> str:
         m, c = self.weight_q.shape[:2]
-        return f"{c}, {2 * m}, s=2, d=3, int8, s_x={self.input_scale:.4g}, relu={self.relu}"
+        return (
+            f"{c}, {2 * m}, s=2, d=3, stride={self.stride}, int8, s_x={self.input_scale:.4g}, "
+            f"relu={self.relu}"
+        )
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         m, c = self.weight_q.shape[:2]
@@ -184,10 +188,12 @@ class Int8Ghost3x3(nn.Module):
             wq, wc = self.packed
             return torch.ops.leanvision.ghost3x3_u8s8_nhwc(
                 x, wq, self._scale(), self.b_primary, self.scale1, self.bias1, wc, self.bias2,
-                residual, self.relu, inv,
+                residual, self.relu, inv, self.stride,
             )  # fmt: skip
         kernels.fell_back(self, reason or "no AVX512-VNNI")
-        acc = F.conv2d(_quantized_input(x, inv), self.weight_q.float(), padding=1)
+        acc = F.conv2d(
+            _quantized_input(x, inv), self.weight_q.float(), stride=self.stride, padding=1
+        )
         p = acc * self._scale().view(1, -1, 1, 1) + self.b_primary.view(1, -1, 1, 1)
         y1 = p * self.scale1.view(1, -1, 1, 1) + self.bias1.view(1, -1, 1, 1)
         y2 = F.conv2d(p, self.w_cheap, self.bias2, padding=1, groups=m)

@@ -38,7 +38,7 @@ namespace {
 // P output pixels x CB 16-channel vectors of one output row, from the zero-padded input rows
 // starting at xp (row stride `rs` floats); for each input channel the three weight vectors of
 // one kernel row stay in registers and every input value is broadcast once for all three taps.
-template <int P, int CB>
+template <int P, int CB, int S = 1>
 inline void tile(const float* xp, int rs, int cin, const float* wp, int cout, const float* bias,
                  float* y, const float* res, bool relu) {
   __m512 acc[P][CB];
@@ -58,13 +58,13 @@ inline void tile(const float* xp, int rs, int cin, const float* wp, int cout, co
 #pragma GCC unroll 16
         for (int c = 0; c < CB; ++c)
           w[kx][c] = _mm512_loadu_ps(wr + (kx * cin + ci) * cout + 16 * c);
-#pragma GCC unroll 32
-      for (int j = 0; j < P + 2; ++j) {
+#pragma GCC unroll 40
+      for (int j = 0; j < S * (P - 1) + 3; ++j) {
         const __m512 xv = _mm512_set1_ps(xr[j * cin + ci]);
 #pragma GCC unroll 3
         for (int kx = 0; kx < 3; ++kx) {
-          const int p = j - kx;
-          if (p >= 0 && p < P) {
+          const int p = (j - kx) / S;  // input column j = S p + kx
+          if (j >= kx && (j - kx) % S == 0 && p < P) {
 #pragma GCC unroll 16
             for (int c = 0; c < CB; ++c) acc[p][c] = _mm512_fmadd_ps(xv, w[kx][c], acc[p][c]);
           }
@@ -114,10 +114,10 @@ struct Row {
 };
 
 // Output pixels [w, width) in tiles of P while they fit; advances w.
-template <int CB, int P>
+template <int CB, int P, int S = 1>
 inline void span(const Row& r, int c0, int& w) {
   for (; w + P <= r.width; w += P)
-    tile<P, CB>(r.xp + w * r.cin, r.rs, r.cin, r.w + c0, r.cout, r.bias + c0,
+    tile<P, CB, S>(r.xp + S * w * r.cin, r.rs, r.cin, r.w + c0, r.cout, r.bias + c0,
                 r.y + w * r.cout + c0, r.res ? r.res + w * r.cout + c0 : nullptr, r.relu);
 }
 
@@ -169,7 +169,7 @@ struct Lanes<__m128, 4> {
 // P output pixels x V channels (one 256- or 128-bit vector): the primary convolution of a
 // Ghost module whose m is not a multiple of 16 (e.g. Ghost-ResNet's first stage, m = 8, or 4
 // once pruned), at full lane use.
-template <typename Vec, int V, int P>
+template <typename Vec, int V, int P, int S = 1>
 inline void tile_narrow(const float* xp, int rs, int cin, const float* wp, int cout,
                         const float* bias, float* y) {
   using L = Lanes<Vec, V>;
@@ -184,13 +184,13 @@ inline void tile_narrow(const float* xp, int rs, int cin, const float* wp, int c
       Vec w[3];
 #pragma GCC unroll 3
       for (int kx = 0; kx < 3; ++kx) w[kx] = L::load(wr + (kx * cin + ci) * cout);
-#pragma GCC unroll 32
-      for (int j = 0; j < P + 2; ++j) {
+#pragma GCC unroll 40
+      for (int j = 0; j < S * (P - 1) + 3; ++j) {
         const Vec xv = L::set1(xr[j * cin + ci]);
 #pragma GCC unroll 3
         for (int kx = 0; kx < 3; ++kx) {
-          const int p = j - kx;
-          if (p >= 0 && p < P) acc[p] = L::fma(xv, w[kx], acc[p]);
+          const int p = (j - kx) / S;  // input column j = S p + kx
+          if (j >= kx && (j - kx) % S == 0 && p < P) acc[p] = L::fma(xv, w[kx], acc[p]);
         }
       }
     }
@@ -199,19 +199,19 @@ inline void tile_narrow(const float* xp, int rs, int cin, const float* wp, int c
   for (int p = 0; p < P; ++p) L::store(y + p * cout, acc[p]);
 }
 
-template <typename Vec, int V, int P>
+template <typename Vec, int V, int P, int S = 1>
 inline void span_narrow(const Row& r, int c0, int& w) {
   for (; w + P <= r.width; w += P)
-    tile_narrow<Vec, V, P>(r.xp + w * r.cin, r.rs, r.cin, r.w + c0, r.cout, r.bias + c0,
+    tile_narrow<Vec, V, P, S>(r.xp + S * w * r.cin, r.rs, r.cin, r.w + c0, r.cout, r.bias + c0,
                            r.y + w * r.cout + c0);
 }
 
-template <typename Vec, int V>
+template <typename Vec, int V, int S>
 inline void row_narrow(const Row& r, int c0) {
   int w = 0;
-  span_narrow<Vec, V, 16>(r, c0, w), span_narrow<Vec, V, 8>(r, c0, w);
-  span_narrow<Vec, V, 4>(r, c0, w), span_narrow<Vec, V, 2>(r, c0, w);
-  span_narrow<Vec, V, 1>(r, c0, w);
+  span_narrow<Vec, V, 16, S>(r, c0, w), span_narrow<Vec, V, 8, S>(r, c0, w);
+  span_narrow<Vec, V, 4, S>(r, c0, w), span_narrow<Vec, V, 2, S>(r, c0, w);
+  span_narrow<Vec, V, 1, S>(r, c0, w);
 }
 
 // The last m % 16 (4, 8 or 12) channels of a Ghost primary on full 512-bit lanes. With one
@@ -221,7 +221,7 @@ inline void row_narrow(const Row& r, int c0) {
 // broadcast, and each output's 4 partial sums are added once per tile. Needs C % 4 == 0.
 // wq: [ky][kx][C/4][CB][16], lane 4k + j = w[ky][kx][4q + j][c0 + 4cb + k]; bq: [CB][16],
 // the bias in lanes 4k.
-template <int P, int CB>
+template <int P, int CB, int S = 1>
 inline void tile_quads(const float* xp, int rs, int cin, const float* wq, const float* bq,
                        float* y, int cout) {
   static_assert((P * CB) % 4 == 0, "partial sums are reduced four accumulators at a time");
@@ -243,13 +243,13 @@ inline void tile_quads(const float* xp, int rs, int cin, const float* wq, const 
 #pragma GCC unroll 4
         for (int cb = 0; cb < CB; ++cb)
           w[kx][cb] = _mm512_loadu_ps(wr + ((kx * nq + q) * CB + cb) * 16);
-#pragma GCC unroll 18
-      for (int j = 0; j < P + 2; ++j) {
+#pragma GCC unroll 40
+      for (int j = 0; j < S * (P - 1) + 3; ++j) {
         const __m512 xv = _mm512_broadcast_f32x4(_mm_loadu_ps(xr + j * cin + 4 * q));
 #pragma GCC unroll 3
         for (int kx = 0; kx < 3; ++kx) {
-          const int p = j - kx;
-          if (p >= 0 && p < P) {
+          const int p = (j - kx) / S;  // input column j = S p + kx
+          if (j >= kx && (j - kx) % S == 0 && p < P) {
 #pragma GCC unroll 4
             for (int cb = 0; cb < CB; ++cb)
               acc[p][cb] = _mm512_fmadd_ps(xv, w[kx][cb], acc[p][cb]);
@@ -279,35 +279,36 @@ inline void tile_quads(const float* xp, int rs, int cin, const float* wq, const 
   }
 }
 
-template <int P, int CB>
+template <int P, int CB, int S = 1>
 inline void span_quads(const Row& r, int c0, const float* wq, const float* bq, int& w) {
   for (; w + P <= r.width; w += P)
-    tile_quads<P, CB>(r.xp + w * r.cin, r.rs, r.cin, wq, bq, r.y + w * r.cout + c0, r.cout);
+    tile_quads<P, CB, S>(r.xp + S * w * r.cin, r.rs, r.cin, wq, bq, r.y + w * r.cout + c0, r.cout);
 }
 
 // Channels [c0, c0 + 4 CB) of one row: quad tiles, then single pixels on the narrow tiles.
-template <int CB>
+template <int CB, int S>
 void row_quads(const Row& r, int c0, const float* wq, const float* bq) {
   int w = 0;
   if constexpr (CB == 1) {
-    span_quads<16, 1>(r, c0, wq, bq, w), span_quads<8, 1>(r, c0, wq, bq, w);
-    span_quads<4, 1>(r, c0, wq, bq, w);
+    span_quads<16, 1, S>(r, c0, wq, bq, w), span_quads<8, 1, S>(r, c0, wq, bq, w);
+    span_quads<4, 1, S>(r, c0, wq, bq, w);
   } else if constexpr (CB == 2) {
-    span_quads<8, 2>(r, c0, wq, bq, w), span_quads<4, 2>(r, c0, wq, bq, w);
-    span_quads<2, 2>(r, c0, wq, bq, w);
+    span_quads<8, 2, S>(r, c0, wq, bq, w), span_quads<4, 2, S>(r, c0, wq, bq, w);
+    span_quads<2, 2, S>(r, c0, wq, bq, w);
   } else {
-    span_quads<4, 3>(r, c0, wq, bq, w);
+    span_quads<4, 3, S>(r, c0, wq, bq, w);
   }
   for (; w < r.width; ++w) {
     int c = c0;
+    const float* xw = r.xp + S * w * r.cin;
     if (CB >= 2) {
-      tile_narrow<__m256, 8, 1>(r.xp + w * r.cin, r.rs, r.cin, r.w + c, r.cout, r.bias + c,
-                                r.y + w * r.cout + c);
+      tile_narrow<__m256, 8, 1, S>(xw, r.rs, r.cin, r.w + c, r.cout, r.bias + c,
+                                   r.y + w * r.cout + c);
       c += 8;
     }
     if (CB % 2)
-      tile_narrow<__m128, 4, 1>(r.xp + w * r.cin, r.rs, r.cin, r.w + c, r.cout, r.bias + c,
-                                r.y + w * r.cout + c);
+      tile_narrow<__m128, 4, 1, S>(xw, r.rs, r.cin, r.w + c, r.cout, r.bias + c,
+                                   r.y + w * r.cout + c);
   }
 }
 
@@ -330,28 +331,31 @@ std::vector<float> quad_weights(const float* wp, const float* bias, int c, int m
 
 // One output row, any multiple of 4 channels: 32- and 16-channel tiles, then the last m % 16
 // on the quad tiles (wq: quad_weights, when C % 4 == 0) or the narrow ones (no epilogue).
+// S: the convolution's stride (1, or 2 for a Ghost module that halves the map); r.xp is the
+// first padded input row of the output row, r.width the output's.
+template <int S>
 void row_mixed(const Row& r, const float* wq) {
   int c0 = 0;
   for (; c0 + 32 <= r.cout; c0 += 32) {
     int w = 0;
-    span<2, 12>(r, c0, w), span<2, 8>(r, c0, w), span<2, 4>(r, c0, w);
-    span<2, 2>(r, c0, w), span<2, 1>(r, c0, w);
+    span<2, 12, S>(r, c0, w), span<2, 8, S>(r, c0, w), span<2, 4, S>(r, c0, w);
+    span<2, 2, S>(r, c0, w), span<2, 1, S>(r, c0, w);
   }
   for (; c0 + 16 <= r.cout; c0 += 16) {
     int w = 0;
-    span<1, 16>(r, c0, w), span<1, 8>(r, c0, w), span<1, 4>(r, c0, w);
-    span<1, 2>(r, c0, w), span<1, 1>(r, c0, w);
+    span<1, 16, S>(r, c0, w), span<1, 8, S>(r, c0, w), span<1, 4, S>(r, c0, w);
+    span<1, 2, S>(r, c0, w), span<1, 1, S>(r, c0, w);
   }
   const int cb_n = (r.cout - c0) / 4;
   if (wq && cb_n) {
     const float* bq = wq + static_cast<size_t>(9 * (r.cin / 4) * cb_n) * 16;
-    if (cb_n == 1) row_quads<1>(r, c0, wq, bq);
-    else if (cb_n == 2) row_quads<2>(r, c0, wq, bq);
-    else row_quads<3>(r, c0, wq, bq);
+    if (cb_n == 1) row_quads<1, S>(r, c0, wq, bq);
+    else if (cb_n == 2) row_quads<2, S>(r, c0, wq, bq);
+    else row_quads<3, S>(r, c0, wq, bq);
     return;
   }
-  if (c0 + 8 <= r.cout) row_narrow<__m256, 8>(r, c0), c0 += 8;
-  if (c0 + 4 <= r.cout) row_narrow<__m128, 4>(r, c0);
+  if (c0 + 8 <= r.cout) row_narrow<__m256, 8, S>(r, c0), c0 += 8;
+  if (c0 + 4 <= r.cout) row_narrow<__m128, 4, S>(r, c0);
 }
 
 // The Ghost module's epilogue for one output row, channels [c, c + V) with V = 16, 8 or 4:
@@ -474,7 +478,8 @@ at::Tensor conv3x3_nhwc(const at::Tensor& x_in, const at::Tensor& w_in, const at
 
 #ifdef __AVX512F__
 // The band loop of a Ghost op over n images of h x wd, m intrinsic channels: per image (or
-// row band of one, when there are fewer images than threads) `prepare(img, first, last)`
+// row band of one, when there are fewer images than threads; h x wd: the output's, stride:
+// the primary's) `prepare(img, first, last)`
 // readies that thread's padded input rows first..last, `primary(r, out)` writes primary row r
 // (m floats per pixel) to `out`, then the cheap op and epilogue write y's rows.
 template <int Slot>
@@ -485,7 +490,8 @@ std::vector<float>& scratch(size_t size) {
 }
 
 template <typename Prepare, typename Primary>
-void ghost_bands(int64_t n, int64_t h, int64_t wd, int64_t m, const float* s1, const float* b1,
+void ghost_bands(int64_t n, int64_t h, int64_t wd, int64_t m, int64_t stride, const float* s1,
+                 const float* b1,
                  const float* wdw, const float* b2, float* yd, const float* rd, bool relu,
                  Prepare prepare, Primary primary) {
   const int64_t ss = (wd + 2) * m;  // padded primary row
@@ -499,7 +505,7 @@ void ghost_bands(int64_t n, int64_t h, int64_t wd, int64_t m, const float* s1, c
       const int64_t h1 = std::min<int64_t>(h, h0 + band_h);
       if (h0 >= h1) continue;
       const int64_t a = std::max<int64_t>(0, h0 - 1), b = std::min<int64_t>(h, h1 + 1);
-      prepare(img, a, b + 1);
+      prepare(img, stride * a, stride * (b - 1) + 2);
       // primary rows a .. b-1 into padded scratch rows a+1 .. b; rows 0 and h+1 and the
       // edge columns zero (the cheap op's zero padding)
       for (int64_t r = a; r < b; ++r) {
@@ -532,15 +538,17 @@ void ghost_bands(int64_t n, int64_t h, int64_t wd, int64_t m, const float* s1, c
 at::Tensor ghost3x3_nhwc(const at::Tensor& x_in, const at::Tensor& wp_in, const at::Tensor& bp_in,
                          const at::Tensor& s1_in, const at::Tensor& b1_in,
                          const at::Tensor& wd_in, const at::Tensor& b2_in,
-                         const c10::optional<at::Tensor>& res_in, bool relu) {
+                         const c10::optional<at::Tensor>& res_in, bool relu, int64_t stride) {
 #ifndef __AVX512F__
   TORCH_CHECK(false, "ghost3x3_nhwc: this build has no AVX-512 (use torch's convolution)");
 #else
   TORCH_CHECK(x_in.dim() == 4 && x_in.scalar_type() == at::kFloat && x_in.device().is_cpu(),
               "ghost3x3_nhwc: x must be a 4-D float32 CPU tensor, got ", x_in.sizes(), " ",
               x_in.scalar_type());
-  const int64_t n = x_in.size(0), c = x_in.size(1), h = x_in.size(2), wd = x_in.size(3);
+  const int64_t n = x_in.size(0), c = x_in.size(1), hi = x_in.size(2), wi = x_in.size(3);
   TORCH_CHECK(c >= 1, "ghost3x3_nhwc: x has no channels");
+  TORCH_CHECK(stride == 1 || stride == 2, "ghost3x3_nhwc: stride must be 1 or 2, got ", stride);
+  const int64_t h = (hi - 1) / stride + 1, wd = (wi - 1) / stride + 1;  // padding 1
   TORCH_CHECK(wp_in.dim() == 2 && wp_in.size(0) == 9 * c && wp_in.size(1) >= 4 &&
                   wp_in.size(1) % 4 == 0 && wp_in.scalar_type() == at::kFloat &&
                   wp_in.device().is_cpu(),
@@ -571,7 +579,7 @@ at::Tensor ghost3x3_nhwc(const at::Tensor& x_in, const at::Tensor& wp_in, const 
   at::Tensor y = at::empty({n, 2 * m, h, wd}, x.options().memory_format(cl));
   if (y.numel() == 0) return y;
   const float* xd = x.data_ptr<float>();
-  const int rs = static_cast<int>((wd + 2) * c);  // padded input row
+  const int rs = static_cast<int>((wi + 2) * c);  // padded input row
   const std::vector<float> quads =
       m % 16 && c % 4 == 0
           ? quad_weights(wp.data_ptr<float>(), bp.data_ptr<float>(), static_cast<int>(c),
@@ -580,17 +588,19 @@ at::Tensor ghost3x3_nhwc(const at::Tensor& x_in, const at::Tensor& wp_in, const 
   const float* wpp = wp.data_ptr<float>();
   const float* bpp = bp.data_ptr<float>();
   ghost_bands(
-      n, h, wd, m, s1.data_ptr<float>(), b1.data_ptr<float>(), wdw.data_ptr<float>(),
+      n, h, wd, m, stride, s1.data_ptr<float>(), b1.data_ptr<float>(), wdw.data_ptr<float>(),
       b2.data_ptr<float>(), y.data_ptr<float>(), res.defined() ? res.data_ptr<float>() : nullptr,
       relu,
       [&](int64_t img, int64_t first, int64_t last) {
-        float* pad = scratch<0>(static_cast<size_t>(h + 2) * rs).data();
-        pad_rows(pad, xd + img * h * wd * c, first, last, h, wd, c);
+        float* pad = scratch<0>(static_cast<size_t>(hi + 2) * rs).data();
+        pad_rows(pad, xd + img * hi * wi * c, first, last, hi, wi, c);
       },
       [&](int64_t r, float* out) {
-        const Row rw{scratch<0>(0).data() + r * rs, rs, static_cast<int>(c), static_cast<int>(m),
-                     static_cast<int>(wd), wpp, bpp, out, nullptr, false};
-        row_mixed(rw, quads.empty() ? nullptr : quads.data());
+        const Row rw{scratch<0>(0).data() + stride * r * rs, rs, static_cast<int>(c),
+                     static_cast<int>(m), static_cast<int>(wd), wpp, bpp, out, nullptr, false};
+        const float* wq = quads.empty() ? nullptr : quads.data();
+        if (stride == 2) row_mixed<2>(rw, wq);
+        else row_mixed<1>(rw, wq);
       });
   return y;
 #endif
@@ -718,7 +728,7 @@ struct RowQ {
 
 // P output pixels x CB vectors of V channels from c0: every 4 input channels of a pixel come
 // as one 32-bit broadcast, each weight vector holds V outputs x 4 inputs.
-template <int V, int P, int CB>
+template <int V, int P, int CB, int S = 1>
 LV_VNNI inline void tile_q(const RowQ& r, int c0, int w0) {
   using T = Q8<V>;
   typename T::I acc[P][CB];
@@ -728,7 +738,8 @@ LV_VNNI inline void tile_q(const RowQ& r, int c0, int w0) {
     for (int c = 0; c < CB; ++c) acc[p][c] = T::zero();
   const int cq = r.c4 / 4;
   for (int ky = 0; ky < 3; ++ky) {
-    const uint8_t* xr = r.xp + static_cast<int64_t>(ky) * r.rs + static_cast<int64_t>(w0) * r.c4;
+    const uint8_t* xr =
+        r.xp + static_cast<int64_t>(ky) * r.rs + static_cast<int64_t>(S) * w0 * r.c4;
     const int8_t* wr = r.w + static_cast<int64_t>(ky) * 3 * cq * r.cout * 4;
     for (int q = 0; q < cq; ++q) {
       typename T::I w[3][CB];
@@ -737,15 +748,15 @@ LV_VNNI inline void tile_q(const RowQ& r, int c0, int w0) {
 #pragma GCC unroll 2
         for (int c = 0; c < CB; ++c)
           w[kx][c] = T::loadw(wr + (static_cast<int64_t>(kx * cq + q) * r.cout + c0 + V * c) * 4);
-#pragma GCC unroll 18
-      for (int j = 0; j < P + 2; ++j) {
+#pragma GCC unroll 40
+      for (int j = 0; j < S * (P - 1) + 3; ++j) {
         int32_t four;
         std::memcpy(&four, xr + j * r.c4 + 4 * q, 4);
         const typename T::I xv = T::set1(four);
 #pragma GCC unroll 3
         for (int kx = 0; kx < 3; ++kx) {
-          const int p = j - kx;
-          if (p >= 0 && p < P) {
+          const int p = (j - kx) / S;  // input column j = S p + kx
+          if (j >= kx && (j - kx) % S == 0 && p < P) {
 #pragma GCC unroll 2
             for (int c = 0; c < CB; ++c) acc[p][c] = T::dp(acc[p][c], xv, w[kx][c]);
           }
@@ -767,30 +778,31 @@ LV_VNNI inline void tile_q(const RowQ& r, int c0, int w0) {
   }
 }
 
-template <int V, int CB, int P>
+template <int V, int CB, int P, int S>
 LV_VNNI inline void span_q(const RowQ& r, int c0, int& w) {
-  for (; w + P <= r.width; w += P) tile_q<V, P, CB>(r, c0, w);
+  for (; w + P <= r.width; w += P) tile_q<V, P, CB, S>(r, c0, w);
 }
 
-template <int V, int CB>
+template <int V, int CB, int S>
 LV_VNNI inline void row_q_chunk(const RowQ& r, int c0) {
   int w = 0;
   if constexpr (CB == 2) {
-    span_q<V, 2, 12>(r, c0, w), span_q<V, 2, 8>(r, c0, w), span_q<V, 2, 4>(r, c0, w);
-    span_q<V, 2, 2>(r, c0, w), span_q<V, 2, 1>(r, c0, w);
+    span_q<V, 2, 12, S>(r, c0, w), span_q<V, 2, 8, S>(r, c0, w), span_q<V, 2, 4, S>(r, c0, w);
+    span_q<V, 2, 2, S>(r, c0, w), span_q<V, 2, 1, S>(r, c0, w);
   } else {
-    span_q<V, 1, 16>(r, c0, w), span_q<V, 1, 8>(r, c0, w), span_q<V, 1, 4>(r, c0, w);
-    span_q<V, 1, 2>(r, c0, w), span_q<V, 1, 1>(r, c0, w);
+    span_q<V, 1, 16, S>(r, c0, w), span_q<V, 1, 8, S>(r, c0, w), span_q<V, 1, 4, S>(r, c0, w);
+    span_q<V, 1, 2, S>(r, c0, w), span_q<V, 1, 1, S>(r, c0, w);
   }
 }
 
 // One output row, any multiple of 4 channels: 32-, 16-, 8- then 4-channel tiles.
+template <int S>
 LV_VNNI void row_q(const RowQ& r) {
   int c0 = 0;
-  for (; c0 + 32 <= r.cout; c0 += 32) row_q_chunk<16, 2>(r, c0);
-  for (; c0 + 16 <= r.cout; c0 += 16) row_q_chunk<16, 1>(r, c0);
-  if (c0 + 8 <= r.cout) row_q_chunk<8, 1>(r, c0), c0 += 8;
-  if (c0 + 4 <= r.cout) row_q_chunk<4, 1>(r, c0);
+  for (; c0 + 32 <= r.cout; c0 += 32) row_q_chunk<16, 2, S>(r, c0);
+  for (; c0 + 16 <= r.cout; c0 += 16) row_q_chunk<16, 1, S>(r, c0);
+  if (c0 + 8 <= r.cout) row_q_chunk<8, 1, S>(r, c0), c0 += 8;
+  if (c0 + 4 <= r.cout) row_q_chunk<4, 1, S>(r, c0);
 }
 #endif
 
@@ -858,7 +870,7 @@ at::Tensor conv3x3_u8s8_nhwc(const at::Tensor& x_in, const at::Tensor& wq_in,
         const RowQ rw{pad.data() + hh * rs, rs, static_cast<int>(c4), static_cast<int>(o),
                       static_cast<int>(wd), wq.data_ptr<int8_t>(), sc.data_ptr<float>(),
                       b.data_ptr<float>(), yd + off, rd ? rd + off : nullptr, relu};
-        row_q(rw);
+        row_q<1>(rw);
       }
       r += h1 - h0;
     }
@@ -874,13 +886,16 @@ at::Tensor ghost3x3_u8s8_nhwc(const at::Tensor& x_in, const at::Tensor& wq_in,
                               const at::Tensor& s1_in, const at::Tensor& b1_in,
                               const at::Tensor& wd_in, const at::Tensor& b2_in,
                               const c10::optional<at::Tensor>& res_in, bool relu,
-                              double inv_sx) {
+                              double inv_sx, int64_t stride) {
 #ifndef __AVX512F__
   TORCH_CHECK(false, "ghost3x3_u8s8_nhwc: this build has no AVX-512 (use the fp32 layer)");
 #else
   int64_t c4 = 0, m = 0;
   check_q("ghost3x3_u8s8_nhwc", x_in, wq_in, sp_in, inv_sx, &c4, &m);
-  const int64_t n = x_in.size(0), c = x_in.size(1), h = x_in.size(2), wd = x_in.size(3);
+  const int64_t n = x_in.size(0), c = x_in.size(1), hi = x_in.size(2), wi = x_in.size(3);
+  TORCH_CHECK(stride == 1 || stride == 2, "ghost3x3_u8s8_nhwc: stride must be 1 or 2, got ",
+              stride);
+  const int64_t h = (hi - 1) / stride + 1, wd = (wi - 1) / stride + 1;  // padding 1
   for (const at::Tensor* v : {&bp_in, &s1_in, &b1_in, &b2_in})
     TORCH_CHECK(v->dim() == 1 && v->numel() == m && v->scalar_type() == at::kFloat &&
                     v->device().is_cpu(),
@@ -905,25 +920,26 @@ at::Tensor ghost3x3_u8s8_nhwc(const at::Tensor& x_in, const at::Tensor& wq_in,
   at::Tensor y = at::empty({n, 2 * m, h, wd}, x.options().memory_format(cl));
   if (y.numel() == 0) return y;
   const float* xd = x.data_ptr<float>();
-  const int rs = static_cast<int>((wd + 2) * c4);
+  const int rs = static_cast<int>((wi + 2) * c4);
   const float inv = static_cast<float>(inv_sx);
   const int8_t* wqp = wq.data_ptr<int8_t>();
   const float* spp = sp.data_ptr<float>();
   const float* bpp = bp.data_ptr<float>();
   ghost_bands(
-      n, h, wd, m, s1.data_ptr<float>(), b1.data_ptr<float>(), wdw.data_ptr<float>(),
+      n, h, wd, m, stride, s1.data_ptr<float>(), b1.data_ptr<float>(), wdw.data_ptr<float>(),
       b2.data_ptr<float>(), y.data_ptr<float>(), res.defined() ? res.data_ptr<float>() : nullptr,
       relu,
       [&](int64_t img, int64_t first, int64_t last) {
         thread_local std::vector<uint8_t> pad;
-        if (pad.size() < static_cast<size_t>(h + 2) * rs) pad.resize((h + 2) * rs);
-        pad_rows_u8(pad.data(), xd + img * h * wd * c, first, last, h, wd, c, c4, inv);
+        if (pad.size() < static_cast<size_t>(hi + 2) * rs) pad.resize((hi + 2) * rs);
+        pad_rows_u8(pad.data(), xd + img * hi * wi * c, first, last, hi, wi, c, c4, inv);
         u8_pad() = pad.data();
       },
       [&](int64_t r, float* out) {
-        const RowQ rw{u8_pad() + r * rs, rs, static_cast<int>(c4), static_cast<int>(m),
+        const RowQ rw{u8_pad() + stride * r * rs, rs, static_cast<int>(c4), static_cast<int>(m),
                       static_cast<int>(wd), wqp, spp, bpp, out, nullptr, false};
-        row_q(rw);
+        if (stride == 2) row_q<2>(rw);
+        else row_q<1>(rw);
       });
   return y;
 #endif
@@ -937,7 +953,8 @@ TORCH_LIBRARY_FRAGMENT(leanvision, m) {
         "-> Tensor");
   m.impl("conv3x3_nhwc", c10::DispatchKey::CPU, &conv3x3_nhwc);
   m.def("ghost3x3_nhwc(Tensor x, Tensor w_primary, Tensor b_primary, Tensor scale1, "
-        "Tensor bias1, Tensor w_cheap, Tensor bias2, Tensor? residual, bool relu) -> Tensor");
+        "Tensor bias1, Tensor w_cheap, Tensor bias2, Tensor? residual, bool relu, int stride=1) "
+        "-> Tensor");
   m.impl("ghost3x3_nhwc", c10::DispatchKey::CPU, &ghost3x3_nhwc);
   m.def("conv3x3_vnni() -> bool", &has_vnni);
   m.def("conv3x3_u8s8_nhwc(Tensor x, Tensor w_q, Tensor scale, Tensor bias, Tensor? residual, "
@@ -945,6 +962,6 @@ TORCH_LIBRARY_FRAGMENT(leanvision, m) {
   m.impl("conv3x3_u8s8_nhwc", c10::DispatchKey::CPU, &conv3x3_u8s8_nhwc);
   m.def("ghost3x3_u8s8_nhwc(Tensor x, Tensor w_q, Tensor scale_primary, Tensor b_primary, "
         "Tensor scale1, Tensor bias1, Tensor w_cheap, Tensor bias2, Tensor? residual, bool relu, "
-        "float inv_sx) -> Tensor");
+        "float inv_sx, int stride=1) -> Tensor");
   m.impl("ghost3x3_u8s8_nhwc", c10::DispatchKey::CPU, &ghost3x3_u8s8_nhwc);
 }
