@@ -25,7 +25,7 @@ from leanvision.deploy.fold import fold_batchnorm
 from leanvision.errors import ConfigError
 from leanvision.layers.conv3x3 import FusedConv3x3, eligible, kernel_runs
 from leanvision.layers.ghost import FusedGhost3x3, ghost_eligible
-from leanvision.layers.int8_conv3x3 import Int8Conv3x3, Int8Ghost3x3
+from leanvision.layers.int8_conv3x3 import Int8Conv3x3, Int8Ghost3x3, has_int8_kernel
 from leanvision.profiling import compare
 from leanvision.shapes import check_batch, eval_mode, guarded_forward, resolve_input_size
 
@@ -352,8 +352,6 @@ def quantize_for_cpu(
     Raises:
         ConfigError: no calibration batch.
     """
-    from leanvision.layers.int8_conv3x3 import has_int8_kernel
-
     if not calib:
         raise ConfigError("quantize_for_cpu needs at least one calibration batch")
     gm = copy.deepcopy(gm)

@@ -244,12 +244,19 @@ class FusedGhost3x3(nn.Module):
             )  # fmt: skip
         kernels.fell_back(self, reason)
         p = F.conv2d(x, self.w_primary, self.b_primary, stride=self.stride, padding=1)
-        y1 = p * self.scale1.view(1, -1, 1, 1) + self.bias1.view(1, -1, 1, 1)
-        y2 = F.conv2d(p, self.w_cheap, self.bias2, padding=1, groups=m)
-        y = torch.cat([y1, y2], dim=1)
-        if residual is not None:
-            y = y + residual
-        return F.relu(y) if self.relu else y
+        return ghost_epilogue(self, p, residual)
+
+
+def ghost_epilogue(layer: nn.Module, p: torch.Tensor, residual: torch.Tensor | None) -> Any:
+    """The PyTorch form of the fused Ghost layers' epilogue on the primary's output ``p``:
+    ``act(cat([scale1 · p + bias1, cheap(p) + bias2]) (+ residual))``, with ``layer``'s
+    ``scale1``, ``bias1``, ``w_cheap``, ``bias2`` and ``relu``."""
+    y1 = p * layer.scale1.view(1, -1, 1, 1) + layer.bias1.view(1, -1, 1, 1)
+    y2 = F.conv2d(p, layer.w_cheap, layer.bias2, padding=1, groups=p.shape[1])
+    y = torch.cat([y1, y2], dim=1)
+    if residual is not None:
+        y = y + residual
+    return F.relu(y) if layer.relu else y
 
 
 def _ghost3x3_flops(x: Any, wp: Any, *rest: Any, out_shape: Any = None, **kw: Any) -> int:

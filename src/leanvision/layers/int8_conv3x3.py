@@ -27,7 +27,7 @@ from leanvision import kernels
 from leanvision.derived import DerivedCache
 from leanvision.errors import ConfigError
 from leanvision.layers.conv3x3 import FusedConv3x3, check_fused_call
-from leanvision.layers.ghost import FusedGhost3x3
+from leanvision.layers.ghost import FusedGhost3x3, ghost_epilogue
 from leanvision.opcounts import register_op_handler
 
 __all__ = ["Int8Conv3x3", "Int8Ghost3x3", "has_int8_kernel", "pack_u8s8", "quantize_weight"]
@@ -195,12 +195,7 @@ class Int8Ghost3x3(nn.Module):
             _quantized_input(x, inv), self.weight_q.float(), stride=self.stride, padding=1
         )
         p = acc * self._scale().view(1, -1, 1, 1) + self.b_primary.view(1, -1, 1, 1)
-        y1 = p * self.scale1.view(1, -1, 1, 1) + self.bias1.view(1, -1, 1, 1)
-        y2 = F.conv2d(p, self.w_cheap, self.bias2, padding=1, groups=m)
-        y = torch.cat([y1, y2], dim=1)
-        if residual is not None:
-            y = y + residual
-        return F.relu(y) if self.relu else y
+        return ghost_epilogue(self, p, residual)
 
 
 def _u8s8_macs(x: Any, w: Any, *rest: Any, out_shape: Any = None, **kw: Any) -> int:

@@ -635,10 +635,11 @@ bool has_vnni() {
 #ifdef __AVX512F__
 #define LV_VNNI __attribute__((target("avx512vnni")))
 
+// The int8 side of V lanes (VPDPBUSD, int32 to float); the float side is Lanes'.
 template <int V>
 struct Q8;
 template <>
-struct Q8<16> {
+struct Q8<16> : Lanes<__m512, 16> {
   using I = __m512i;
   using F = __m512;
   LV_VNNI static I zero() { return _mm512_setzero_si512(); }
@@ -646,41 +647,30 @@ struct Q8<16> {
   LV_VNNI static I loadw(const int8_t* p) { return _mm512_loadu_si512(p); }
   LV_VNNI static I dp(I acc, I x, I w) { return _mm512_dpbusd_epi32(acc, x, w); }
   LV_VNNI static F cvt(I a) { return _mm512_cvtepi32_ps(a); }
-  LV_VNNI static F load(const float* p) { return _mm512_loadu_ps(p); }
-  LV_VNNI static F fma(F a, F b, F c) { return _mm512_fmadd_ps(a, b, c); }
-  LV_VNNI static F add(F a, F b) { return _mm512_add_ps(a, b); }
-  LV_VNNI static F max0(F a) { return _mm512_max_ps(a, _mm512_setzero_ps()); }
-  LV_VNNI static void store(float* p, F v) { _mm512_storeu_ps(p, v); }
 };
 template <>
-struct Q8<8> {
+struct Q8<8> : Lanes<__m256, 8> {
   using I = __m256i;
   using F = __m256;
   LV_VNNI static I zero() { return _mm256_setzero_si256(); }
   LV_VNNI static I set1(int32_t a) { return _mm256_set1_epi32(a); }
-  LV_VNNI static I loadw(const int8_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
+  LV_VNNI static I loadw(const int8_t* p) {
+    return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  }
   LV_VNNI static I dp(I acc, I x, I w) { return _mm256_dpbusd_epi32(acc, x, w); }
   LV_VNNI static F cvt(I a) { return _mm256_cvtepi32_ps(a); }
-  LV_VNNI static F load(const float* p) { return _mm256_loadu_ps(p); }
-  LV_VNNI static F fma(F a, F b, F c) { return _mm256_fmadd_ps(a, b, c); }
-  LV_VNNI static F add(F a, F b) { return _mm256_add_ps(a, b); }
-  LV_VNNI static F max0(F a) { return _mm256_max_ps(a, _mm256_setzero_ps()); }
-  LV_VNNI static void store(float* p, F v) { _mm256_storeu_ps(p, v); }
 };
 template <>
-struct Q8<4> {
+struct Q8<4> : Lanes<__m128, 4> {
   using I = __m128i;
   using F = __m128;
   LV_VNNI static I zero() { return _mm_setzero_si128(); }
   LV_VNNI static I set1(int32_t a) { return _mm_set1_epi32(a); }
-  LV_VNNI static I loadw(const int8_t* p) { return _mm_loadu_si128(reinterpret_cast<const __m128i*>(p)); }
+  LV_VNNI static I loadw(const int8_t* p) {
+    return _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  }
   LV_VNNI static I dp(I acc, I x, I w) { return _mm_dpbusd_epi32(acc, x, w); }
   LV_VNNI static F cvt(I a) { return _mm_cvtepi32_ps(a); }
-  LV_VNNI static F load(const float* p) { return _mm_loadu_ps(p); }
-  LV_VNNI static F fma(F a, F b, F c) { return _mm_fmadd_ps(a, b, c); }
-  LV_VNNI static F add(F a, F b) { return _mm_add_ps(a, b); }
-  LV_VNNI static F max0(F a) { return _mm_max_ps(a, _mm_setzero_ps()); }
-  LV_VNNI static void store(float* p, F v) { _mm_storeu_ps(p, v); }
 };
 
 // Padded rows first..last of one image's u8 copy (row stride (W+2)*C4 bytes), quantized
