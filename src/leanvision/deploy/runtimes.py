@@ -248,6 +248,8 @@ def deploy(
         runs = [b for b in runs if b in _ONNX_BACKENDS]
     if backend != "auto" and backend not in runs:
         why = "this CPU has no bf16 (OpenVINO's CPU plugin)" if precision == "bf16" else ""
+        if backend == "leanvision" and precision == "int8":
+            why = "its int8 layers need the AVX-512 kernel build and an AVX512-VNNI CPU"
         if own == "calibrated":
             why = "a model its method quantized deploys its QDQ graph, which the ONNX runtimes run"
         raise ConfigError(
