@@ -215,3 +215,101 @@ def test_quantize_for_cpu_leaves_layers_whose_input_can_be_negative():
     assert names == []
     with pytest.raises(ConfigError, match="calibration batch"):
         quantize_for_cpu(fast, [])
+
+
+def _u8(*shape: int, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, shape, generator=g, dtype=torch.uint8).contiguous(memory_format=CL)
+
+
+def _u8_layers(c: int, o: int, stride: int) -> list[nn.Module]:
+    ghost = Int8Ghost3x3(_ghost(c, o, relu=True, residual=True, stride=stride), 0.02)
+    if stride == 2:
+        return [ghost]
+    return [Int8Conv3x3(FusedConv3x3(_conv(c, o), relu=True, residual=True), 0.02), ghost]
+
+
+@needs_vnni
+@pytest.mark.parametrize(
+    "b,c,o,h,w,stride",
+    [(2, 16, 16, 8, 8, 1), (1, 6, 32, 7, 5, 1), (3, 16, 48, 5, 13, 1), (1, 32, 8, 6, 9, 2)],
+)
+def test_u8_maps_in_and_out(b, c, o, h, w, stride, monkeypatch):
+    """u8 input on the layer's grid, u8 residual, u8 output: the same values as the fp32 maps
+    they stand for, and as the PyTorch fallback."""
+    ho, wo = (h - 1) // stride + 1, (w - 1) // stride + 1
+    x8, r8 = _u8(b, c, h, w), _u8(b, o, ho, wo, seed=1)
+    for layer in _u8_layers(c, o, stride):
+        with torch.inference_mode():
+            x32 = (x8.float() * layer.input_scale).contiguous(memory_format=CL)
+            fp32 = layer(x32, r8.float() * 0.03)  # fp32 maps in and out
+            layer.set_u8_maps(0.02, 0.03)
+            out = layer(x8, r8)
+            ref = _fallback(layer, x8, r8, monkeypatch)
+            layer.set_u8_maps(None, 0.03)
+            mixed = layer(x8, r8)  # u8 in, fp32 out
+        assert out.dtype == torch.uint8 and out.shape == (b, o, ho, wo)
+        assert out.is_contiguous(memory_format=CL)
+        torch.testing.assert_close(mixed, fp32, atol=1e-4, rtol=1e-5)
+        # the u8 output is the fp32 output on the grid: round(y / 0.02), saturated at 255
+        grid = torch.round(mixed * (1.0 / 0.02)).clamp(0, 255).to(torch.uint8)
+        assert (out.int() - grid.int()).abs().max() <= 1
+        assert (out == grid).float().mean() > 0.999
+        assert (out.int() - ref.int()).abs().max() <= 1 and (out == ref).float().mean() > 0.99
+        assert (mixed * 50 > 255.5).any() and (mixed * 50 < 254.5).float().mean() > 0.5
+
+
+@needs_vnni
+def test_u8_maps_reject_bad_arguments(monkeypatch):
+    layer = Int8Conv3x3(FusedConv3x3(_conv(16, 16), relu=False, residual=True), 0.1)
+    op = torch.ops.leanvision.conv3x3_u8s8_nhwc
+    x, r8 = _u8(1, 16, 4, 4), _u8(1, 16, 4, 4)
+    args = (layer.packed, layer._scale(), layer.bias)
+    with pytest.raises(RuntimeError, match="needs relu"):
+        op(x, *args, None, False, 10.0, 20.0)
+    with pytest.raises(RuntimeError, match="res_scale"):
+        op(x, *args, r8, True, 10.0, 20.0, 0.0)
+    with pytest.raises(RuntimeError, match="out_inv"):
+        op(x, *args, None, True, 10.0, -1.0)
+    with pytest.raises(RuntimeError, match="uint8"):
+        op(x.to(torch.int8), *args, None, True, 10.0)
+    with pytest.raises(ConfigError, match="ReLU"):
+        layer.set_u8_maps(0.1, None)
+    with pytest.raises(ConfigError, match="residual_scale must be finite"):
+        layer.set_u8_maps(None, float("nan"))
+    with pytest.raises(ConfigError, match="residual_scale"):  # the fallback needs the scale
+        _fallback(layer, x, r8, monkeypatch)
+
+
+@needs_vnni
+@pytest.mark.parametrize("ghost", [False, True], ids=["resnet20", "ghost_resnet20"])
+def test_quantize_for_cpu_keeps_maps_u8_between_int8_layers(ghost):
+    torch.manual_seed(0)
+    model = lv.create_model("resnet20_cifar", num_classes=10)
+    if ghost:
+        model = ghostify(model, ratio=2, dw_size=3)[0]
+    model.eval()
+    fast, _ = lv.optimize_for_cpu(model, (3, 16, 16), batch=4, autotune=False)
+    calib = [torch.randn(4, 3, 16, 16) for _ in range(3)]
+    plain, names = quantize_for_cpu(fast, calib, u8_maps=False)
+    q, same = quantize_for_cpu(fast, calib)
+    assert same == names
+    layers = {n: m for n, m in q.named_modules() if isinstance(m, (Int8Conv3x3, Int8Ghost3x3))}
+    u8_out = [n for n, m in layers.items() if m.out_scale is not None]
+    assert u8_out and len(u8_out) < len(layers)  # the last map (read by the pooling) is fp32
+    assert not any(m.out_scale for m in plain.modules() if isinstance(m, type(layers[u8_out[0]])))
+    for n in u8_out:  # written on the grid its int8 readers quantize to
+        node = next(nd for nd in q.graph.nodes if nd.target == n)
+        for user in node.users:
+            reader = layers[user.target]
+            if user.args[0] is node:
+                assert reader.input_scale == layers[n].out_scale
+            else:
+                assert reader.residual_scale == layers[n].out_scale
+    x = torch.randn(4, 3, 16, 16).contiguous(memory_format=CL)
+    run = freeze_kernel_calls(q)
+    with torch.inference_mode():
+        ref, out, frozen = plain(x), q(x), run(x)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(frozen, out, rtol=0, atol=0)
+    assert (out - ref).abs().max() < 0.1 * ref.abs().max()

@@ -298,7 +298,7 @@ def freeze_kernel_calls(gm: fx.GraphModule) -> fx.GraphModule:
         if not isinstance(layer, (FusedConv3x3, FusedGhost3x3, Int8Conv3x3, Int8Ghost3x3)):
             continue
         op, weights, relu, *scalars = layer.kernel_call()
-        residual = node.args[1] if len(node.args) > 1 else node.kwargs.get("residual")
+        residual = _residual_arg(node)
         with graph.inserting_before(node):
             consts = []
             for t in weights:
@@ -317,6 +317,44 @@ def freeze_kernel_calls(gm: fx.GraphModule) -> fx.GraphModule:
     return gm
 
 
+def _residual_arg(node: fx.Node) -> Any:
+    """The residual a fused layer's call node passes (None when it has none)."""
+    return node.args[1] if len(node.args) > 1 else node.kwargs.get("residual")
+
+
+def _u8_maps(gm: fx.GraphModule) -> int:
+    """Maps that only int8 layers read become u8: the int8 layer that writes one (after its
+    ReLU) writes it on its readers' input grid (``out_scale``), the readers take it as their
+    input (already quantized) or as a u8 residual (``residual_scale``). A map any other node
+    reads (a shortcut left in ATen, the pooling, the output) stays fp32. Returns how many
+    maps became u8."""
+    modules = dict(gm.named_modules())
+
+    def int8(n: fx.Node) -> Any:
+        layer = modules.get(n.target) if n.op == "call_module" else None
+        return layer if isinstance(layer, (Int8Conv3x3, Int8Ghost3x3)) else None
+
+    count = 0
+    for node in gm.graph.nodes:
+        layer = int8(node)
+        readers = list(node.users)
+        if layer is None or not layer.relu or not readers or not all(map(int8, readers)):
+            continue
+        scales = {int8(u).input_scale for u in readers if u.args[0] is node}
+        if len(scales) != 1 or any(
+            u.args[0] is not node and _residual_arg(u) is not node for u in readers
+        ):
+            continue
+        (scale,) = scales
+        layer.set_u8_maps(scale, layer.residual_scale)
+        for u in readers:
+            if _residual_arg(u) is node:
+                reader = int8(u)
+                reader.set_u8_maps(reader.out_scale, scale)
+        count += 1
+    return count
+
+
 def _nonnegative(node: Any, modules: dict[str, nn.Module]) -> bool:
     """Whether ``node``'s output is ≥ 0 by construction: a ReLU, or a fused layer that ends in
     one."""
@@ -330,7 +368,7 @@ def _nonnegative(node: Any, modules: dict[str, nn.Module]) -> bool:
 
 @torch.no_grad()
 def quantize_for_cpu(
-    gm: fx.GraphModule, calib: Sequence[torch.Tensor]
+    gm: fx.GraphModule, calib: Sequence[torch.Tensor], *, u8_maps: bool = True
 ) -> tuple[fx.GraphModule, list[str]]:
     """A copy of an :func:`optimize_for_cpu` module whose fused layers run int8 products
     (:class:`~leanvision.layers.Int8Conv3x3`, :class:`~leanvision.layers.Int8Ghost3x3`):
@@ -340,11 +378,14 @@ def quantize_for_cpu(
     Only layers whose input is a ReLU's output (by the graph) and never negative over the
     calibration are quantized (the u8 grid has no negative values); the rest, and every layer
     that is not fused, stay fp32. Needs the kernel with AVX512-VNNI (else nothing changes).
+    With ``u8_maps``, a map read only by int8 layers is written and read as u8 (a quarter of
+    the bytes, no quantizing copy; its residual use is rounded to the same grid).
 
     Args:
         gm: From :func:`optimize_for_cpu` (left unchanged).
         calib: Calibration batches, float (N, C, H, W) as the model takes them (validation
             images, never the test split).
+        u8_maps: Keep the maps between int8 layers u8 (else every map is fp32).
 
     Returns:
         The copy and the names of the layers it quantized.
@@ -392,5 +433,7 @@ def quantize_for_cpu(
         parent, _, leaf = name.rpartition(".")
         setattr(gm.get_submodule(parent) if parent else gm, leaf, cls(layer, hi[name] / 255.0))
         done.append(name)
+    if u8_maps:
+        _u8_maps(gm)
     gm.recompile()
     return gm, done

@@ -10,7 +10,8 @@ beside any other. Backends (``BACKENDS``) and the precisions each runs:
   is measured faster than ATen), its kernel calls frozen (no Python per fused layer,
   :func:`~leanvision.deploy.cpu.freeze_kernel_calls`): fp32; int8 where the CPU has
   AVX512-VNNI (:func:`~leanvision.deploy.cpu.quantize_for_cpu`: the fused layers that read
-  ReLU outputs get int8 products, calibrated on ``calib``; the rest of the graph stays fp32).
+  ReLU outputs get int8 products, calibrated on ``calib``, and a map only such layers read
+  stays uint8; the rest of the graph stays fp32).
 - ``"inductor"``: ``torch.compile`` (TorchInductor, weights frozen) of the BN-folded model: fp32;
   int8 through torchao's PT2E x86 quantization (:mod:`leanvision.deploy.inductor`).
 - ``"onnxruntime"``: the ONNX of :func:`~leanvision.deploy.export_onnx` on onnxruntime's CPU

@@ -111,10 +111,13 @@ def check_fused_call(
     x: torch.Tensor,
     in_channels: int,
     residual: torch.Tensor | None,
+    *,
+    u8_ok: bool = False,
 ) -> str | None:
     """The checks a fused ``act(op(x) + residual)`` layer of this kernel makes per call: the
     residual given iff the layer was built for one, ``x`` (N, in_channels, H, W); returns why
-    the kernel cannot run it (``kernels.why_not``), None when it can.
+    the kernel cannot run it (``kernels.why_not``), None when it can. The kernel takes ``x``
+    in float32, or also in uint8 with ``u8_ok`` (the int8 layers' quantized maps).
 
     Raises:
         ConfigError: a residual where none was built for, or none where one was.
@@ -129,7 +132,8 @@ def check_fused_call(
     grad = torch.is_grad_enabled() and (
         x.requires_grad or (residual is not None and residual.requires_grad)
     )
-    return kernels.why_not("conv3x3", x, grad=grad)
+    dtype = torch.uint8 if u8_ok and x.dtype == torch.uint8 else torch.float32
+    return kernels.why_not("conv3x3", x, dtype=dtype, grad=grad)
 
 
 def kernel_runs() -> bool:

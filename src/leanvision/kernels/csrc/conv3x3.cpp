@@ -26,6 +26,7 @@
 #include <cstdint>
 #include <cstring>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #ifdef __AVX512F__
@@ -146,6 +147,16 @@ struct Lanes<__m512, 16> {
   static __m512 add(__m512 a, __m512 b) { return _mm512_add_ps(a, b); }
   static __m512 max0(__m512 a) { return _mm512_max_ps(a, _mm512_setzero_ps()); }
   static __m512 set1(float a) { return _mm512_set1_ps(a); }
+  static __m512 mul(__m512 a, __m512 b) { return _mm512_mul_ps(a, b); }
+  static __m512 load_u8(const uint8_t* p) {
+    return _mm512_cvtepi32_ps(
+        _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+  }
+  // rounded to nearest even, saturated to 255 (a negative value must not reach it)
+  static void store_u8(uint8_t* p, __m512 v) {
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(p),
+                     _mm512_cvtusepi32_epi8(_mm512_cvtps_epi32(v)));
+  }
 };
 template <>
 struct Lanes<__m256, 8> {
@@ -155,6 +166,15 @@ struct Lanes<__m256, 8> {
   static __m256 add(__m256 a, __m256 b) { return _mm256_add_ps(a, b); }
   static __m256 max0(__m256 a) { return _mm256_max_ps(a, _mm256_setzero_ps()); }
   static __m256 set1(float a) { return _mm256_set1_ps(a); }
+  static __m256 mul(__m256 a, __m256 b) { return _mm256_mul_ps(a, b); }
+  static __m256 load_u8(const uint8_t* p) {
+    return _mm256_cvtepi32_ps(
+        _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
+  }
+  static void store_u8(uint8_t* p, __m256 v) {
+    _mm_storel_epi64(reinterpret_cast<__m128i*>(p),
+                     _mm256_cvtusepi32_epi8(_mm256_cvtps_epi32(v)));
+  }
 };
 template <>
 struct Lanes<__m128, 4> {
@@ -164,6 +184,61 @@ struct Lanes<__m128, 4> {
   static __m128 add(__m128 a, __m128 b) { return _mm_add_ps(a, b); }
   static __m128 max0(__m128 a) { return _mm_max_ps(a, _mm_setzero_ps()); }
   static __m128 set1(float a) { return _mm_set1_ps(a); }
+  static __m128 mul(__m128 a, __m128 b) { return _mm_mul_ps(a, b); }
+  static __m128 load_u8(const uint8_t* p) {
+    int32_t four;
+    std::memcpy(&four, p, 4);
+    return _mm_cvtepi32_ps(_mm_cvtepu8_epi32(_mm_cvtsi32_si128(four)));
+  }
+  static void store_u8(uint8_t* p, __m128 v) {
+    const int32_t four = _mm_cvtsi128_si32(_mm_cvtusepi32_epi8(_mm_cvtps_epi32(v)));
+    std::memcpy(p, &four, 4);
+  }
+};
+
+// Where an epilogue's values go and what it adds: y fp32, or u8 on the next layer's input
+// grid (y8: round(v / s_y) saturated to [0, 255], out_inv = 1 / s_y; only after a ReLU);
+// the residual fp32 (res) or u8 (res8, dequantized by res_scale). The pointers address
+// element 0 of the maps, or of the row an `at` copy points to.
+struct Out {
+  float* y = nullptr;
+  uint8_t* y8 = nullptr;
+  float out_inv = 0.0f;
+  const float* res = nullptr;
+  const uint8_t* res8 = nullptr;
+  float res_scale = 0.0f;
+  bool relu = false;
+  Out at(int64_t off) const {
+    Out o = *this;
+    if (o.y) o.y += off;
+    if (o.y8) o.y8 += off;
+    if (o.res) o.res += off;
+    if (o.res8) o.res8 += off;
+    return o;
+  }
+};
+
+// An Out's pointers and constants held as locals (out of reach of the stores' aliasing), and
+// the epilogue of one vector v at element i: (+ residual), ReLU, stored fp32 or u8.
+template <typename Vec, int V>
+struct Finish {
+  using L = Lanes<Vec, V>;
+  float* y;
+  uint8_t* y8;
+  const float* res;
+  const uint8_t* res8;
+  Vec inv, rscale;
+  bool relu;
+  explicit Finish(const Out& o)
+      : y(o.y), y8(o.y8), res(o.res), res8(o.res8), inv(L::set1(o.out_inv)),
+        rscale(L::set1(o.res_scale)), relu(o.relu) {}
+  inline void operator()(int64_t i, Vec v) const {
+    if (res) v = L::add(v, L::load(res + i));
+    else if (res8) v = L::fma(L::load_u8(res8 + i), rscale, v);
+    if (relu) v = L::max0(v);
+    if (y8) L::store_u8(y8 + i, L::mul(v, inv));
+    else L::store(y + i, v);
+  }
 };
 
 // P output pixels x V channels (one 256- or 128-bit vector): the primary convolution of a
@@ -362,9 +437,9 @@ void row_mixed(const Row& r, const float* wq) {
 // the cheap op's nine taps, the scales and biases stay in registers over the row's pixels.
 template <typename Vec, int V>
 inline void ghost_chunk(const float* const* rows, int width, int m, int c, const float* scale1,
-                        const float* bias1, const float* wd, const float* bias2, float* y,
-                        const float* res, bool relu) {
+                        const float* bias1, const float* wd, const float* bias2, const Out& out) {
   using L = Lanes<Vec, V>;
+  const Finish<Vec, V> finish(out);
   Vec w[9];
 #pragma GCC unroll 9
   for (int k = 0; k < 9; ++k) w[k] = L::load(wd + k * m + c);
@@ -373,7 +448,7 @@ inline void ghost_chunk(const float* const* rows, int width, int m, int c, const
   const float* mid = rows[1] + c;
   const float* down = rows[2] + c;
   for (int x = 0; x < width; ++x) {
-    float* yo = y + static_cast<int64_t>(x) * 2 * m + c;
+    const int64_t yo = static_cast<int64_t>(x) * 2 * m + c;
     const int64_t o = static_cast<int64_t>(x) * m;
     Vec v = L::fma(s1, L::load(mid + o + m), b1);
     Vec g = b2;
@@ -383,27 +458,21 @@ inline void ghost_chunk(const float* const* rows, int width, int m, int c, const
       g = L::fma(w[3 + kx], L::load(mid + o + kx * m), g);
       g = L::fma(w[6 + kx], L::load(down + o + kx * m), g);
     }
-    if (res) {
-      const float* ro = res + static_cast<int64_t>(x) * 2 * m + c;
-      v = L::add(v, L::load(ro));
-      g = L::add(g, L::load(ro + m));
-    }
-    if (relu) v = L::max0(v), g = L::max0(g);
-    L::store(yo, v);
-    L::store(yo + m, g);
+    finish(yo, v);
+    finish(yo + m, g);
   }
 }
 
 void ghost_row(const float* s_up, const float* s_mid, const float* s_down, int width, int m,
                const float* scale1, const float* bias1, const float* wd, const float* bias2,
-               float* y, const float* res, bool relu) {
+               const Out& out) {
   const float* rows[3] = {s_up, s_mid, s_down};
   int c = 0;
   for (; c + 16 <= m; c += 16)
-    ghost_chunk<__m512, 16>(rows, width, m, c, scale1, bias1, wd, bias2, y, res, relu);
+    ghost_chunk<__m512, 16>(rows, width, m, c, scale1, bias1, wd, bias2, out);
   if (c + 8 <= m)  // m is a multiple of 4: an 8- and a 4-channel chunk may be left
-    ghost_chunk<__m256, 8>(rows, width, m, c, scale1, bias1, wd, bias2, y, res, relu), c += 8;
-  if (c < m) ghost_chunk<__m128, 4>(rows, width, m, c, scale1, bias1, wd, bias2, y, res, relu);
+    ghost_chunk<__m256, 8>(rows, width, m, c, scale1, bias1, wd, bias2, out), c += 8;
+  if (c < m) ghost_chunk<__m128, 4>(rows, width, m, c, scale1, bias1, wd, bias2, out);
 }
 #endif
 
@@ -489,11 +558,25 @@ std::vector<float>& scratch(size_t size) {
   return buf;
 }
 
+// The Out of an op's output y and optional residual, by their dtypes (u8 or fp32).
+Out out_of(const at::Tensor& y, const at::Tensor& res, bool relu, double out_inv = 0.0,
+           double res_scale = 0.0) {
+  Out o;
+  if (y.scalar_type() == at::kByte) o.y8 = y.data_ptr<uint8_t>(), o.out_inv = out_inv;
+  else o.y = y.data_ptr<float>();
+  if (res.defined()) {
+    if (res.scalar_type() == at::kByte) o.res8 = res.data_ptr<uint8_t>(), o.res_scale = res_scale;
+    else o.res = res.data_ptr<float>();
+  }
+  o.relu = relu;
+  return o;
+}
+
 template <typename Prepare, typename Primary>
 void ghost_bands(int64_t n, int64_t h, int64_t wd, int64_t m, int64_t stride, const float* s1,
                  const float* b1,
-                 const float* wdw, const float* b2, float* yd, const float* rd, bool relu,
-                 Prepare prepare, Primary primary) {
+                 const float* wdw, const float* b2, const Out& out, Prepare prepare,
+                 Primary primary) {
   const int64_t ss = (wd + 2) * m;  // padded primary row
   const int64_t threads = at::get_num_threads();
   const int64_t bands = n >= threads ? 1 : std::min<int64_t>(h, (threads + n - 1) / n);
@@ -519,7 +602,7 @@ void ghost_bands(int64_t n, int64_t h, int64_t wd, int64_t m, int64_t stride, co
       for (int64_t hh = h0; hh < h1; ++hh) {
         const int64_t off = ((img * h) + hh) * wd * 2 * m;
         ghost_row(sp + hh * ss, sp + (hh + 1) * ss, sp + (hh + 2) * ss, static_cast<int>(wd),
-                  static_cast<int>(m), s1, b1, wdw, b2, yd + off, rd ? rd + off : nullptr, relu);
+                  static_cast<int>(m), s1, b1, wdw, b2, out.at(off));
       }
     }
   });
@@ -589,8 +672,7 @@ at::Tensor ghost3x3_nhwc(const at::Tensor& x_in, const at::Tensor& wp_in, const 
   const float* bpp = bp.data_ptr<float>();
   ghost_bands(
       n, h, wd, m, stride, s1.data_ptr<float>(), b1.data_ptr<float>(), wdw.data_ptr<float>(),
-      b2.data_ptr<float>(), y.data_ptr<float>(), res.defined() ? res.data_ptr<float>() : nullptr,
-      relu,
+      b2.data_ptr<float>(), out_of(y, res, relu),
       [&](int64_t img, int64_t first, int64_t last) {
         float* pad = scratch<0>(static_cast<size_t>(hi + 2) * rs).data();
         pad_rows(pad, xd + img * hi * wi * c, first, last, hi, wi, c);
@@ -620,7 +702,9 @@ inline const uint8_t*& u8_pad() {
 // outputs, u8 = clamp(round(x / s_x), 0, 255)), weights per output channel (s8, symmetric),
 // products summed exactly in int32 by VPDPBUSD (4 u8 x s8 pairs per 32-bit lane: four times
 // the fp32 FMA's multiply-adds per instruction), then y = acc * s_x * s_w + bias in fp32 and
-// the epilogue as above. Maps stay fp32 NHWC between layers. Weights packed (9, C4/4, O, 4)
+// the epilogue as above. Maps between layers are fp32 NHWC, or u8 NHWC on the reader's grid
+// (x uint8: already quantized; out_inv > 0: y written as u8 after the ReLU; a uint8 residual
+// dequantized by res_scale as it is added). Weights packed (9, C4/4, O, 4)
 // as [ky][kx][ci/4][co][ci%4], C4 = C rounded up to 4 (zero weights for the extra channels).
 
 bool has_vnni() {
@@ -676,7 +760,9 @@ struct Q8<4> : Lanes<__m128, 4> {
 // Padded rows first..last of one image's u8 copy (row stride (W+2)*C4 bytes), quantized
 // from its fp32 NHWC rows as pad_rows copies them: zero outside the image, in the border
 // columns and in the channels past C.
-void pad_rows_u8(uint8_t* pad, const float* xn, int64_t first, int64_t last, int64_t h,
+// A u8 source is already on the grid: its rows are copied.
+template <typename Src>
+void pad_rows_u8(uint8_t* pad, const Src* xn, int64_t first, int64_t last, int64_t h,
                  int64_t wd, int64_t c, int64_t c4, float inv) {
   const int64_t rs = (wd + 2) * c4;
   const __m512 vinv = _mm512_set1_ps(inv), top = _mm512_set1_ps(255.0f);
@@ -689,10 +775,21 @@ void pad_rows_u8(uint8_t* pad, const float* xn, int64_t first, int64_t last, int
     }
     std::memset(dst, 0, c4);
     std::memset(dst + (wd + 1) * c4, 0, c4);
-    const float* row = xn + src * wd * c;
+    const Src* row = xn + src * wd * c;
+    if constexpr (std::is_same_v<Src, uint8_t>) {
+      if (c == c4) {
+        std::memcpy(dst + c4, row, wd * c);
+      } else {
+        for (int64_t x = 0; x < wd; ++x) {
+          std::memcpy(dst + (x + 1) * c4, row + x * c, c);
+          std::memset(dst + (x + 1) * c4 + c, 0, c4 - c);
+        }
+      }
+      continue;
+    }
     for (int64_t x = 0; x < wd; ++x) {
       uint8_t* d = dst + (x + 1) * c4;
-      const float* v = row + x * c;
+      const Src* v = row + x * c;
       for (int64_t ci = 0; ci < c; ci += 16) {
         const int64_t k = std::min<int64_t>(16, c - ci);
         const __mmask16 mk = k == 16 ? 0xFFFF : static_cast<__mmask16>((1u << k) - 1);
@@ -711,9 +808,7 @@ struct RowQ {
   const int8_t* w;     // (9, C4/4, cout, 4)
   const float* scale;  // per output channel: s_x * s_w
   const float* bias;
-  float* y;
-  const float* res;
-  bool relu;
+  Out out;  // at the row
 };
 
 // P output pixels x CB vectors of V channels from c0: every 4 input channels of a pixel come
@@ -754,17 +849,14 @@ LV_VNNI inline void tile_q(const RowQ& r, int c0, int w0) {
       }
     }
   }
+  const Finish<typename T::F, V> finish(r.out);
 #pragma GCC unroll 2
   for (int c = 0; c < CB; ++c) {
     const typename T::F s = T::load(r.scale + c0 + V * c), b = T::load(r.bias + c0 + V * c);
 #pragma GCC unroll 16
-    for (int p = 0; p < P; ++p) {
-      const int64_t o = static_cast<int64_t>(w0 + p) * r.cout + c0 + V * c;
-      typename T::F v = T::fma(T::cvt(acc[p][c]), s, b);
-      if (r.res) v = T::add(v, T::load(r.res + o));
-      if (r.relu) v = T::max0(v);
-      T::store(r.y + o, v);
-    }
+    for (int p = 0; p < P; ++p)
+      finish(static_cast<int64_t>(w0 + p) * r.cout + c0 + V * c,
+             T::fma(T::cvt(acc[p][c]), s, b));
   }
 }
 
@@ -798,10 +890,20 @@ LV_VNNI void row_q(const RowQ& r) {
 
 // The checks both int8 ops make on the packed weight, scale and input scale.
 void check_q(const char* op, const at::Tensor& x, const at::Tensor& wq, const at::Tensor& sc,
-             double inv_sx, int64_t* c4, int64_t* o) {
+             double inv_sx, bool relu, double out_inv, double res_scale,
+             const c10::optional<at::Tensor>& res, int64_t* c4, int64_t* o) {
   TORCH_CHECK(has_vnni(), op, ": this CPU has no AVX512-VNNI (use the fp32 layer)");
-  TORCH_CHECK(x.dim() == 4 && x.scalar_type() == at::kFloat && x.device().is_cpu(), op,
-              ": x must be a 4-D float32 CPU tensor, got ", x.sizes(), " ", x.scalar_type());
+  TORCH_CHECK(x.dim() == 4 && (x.scalar_type() == at::kFloat || x.scalar_type() == at::kByte) &&
+                  x.device().is_cpu(),
+              op, ": x must be a 4-D float32 or uint8 (on the input's grid) CPU tensor, got ",
+              x.sizes(), " ", x.scalar_type());
+  TORCH_CHECK(std::isfinite(out_inv) && out_inv >= 0, op,
+              ": out_inv must be finite and >= 0 (0: fp32 output), got ", out_inv);
+  TORCH_CHECK(out_inv == 0 || relu, op, ": a uint8 output (out_inv > 0) needs relu");
+  TORCH_CHECK(!res.has_value() || res->scalar_type() == at::kFloat ||
+                  (res->scalar_type() == at::kByte && std::isfinite(res_scale) && res_scale > 0),
+              op, ": residual must be float32, or uint8 with a finite res_scale > 0; got ",
+              res.has_value() ? res->scalar_type() : at::kFloat, " and res_scale ", res_scale);
   const int64_t c = x.size(1);
   TORCH_CHECK(c >= 1, op, ": x has no channels");
   *c4 = (c + 3) / 4 * 4;
@@ -818,35 +920,56 @@ void check_q(const char* op, const at::Tensor& x, const at::Tensor& wq, const at
               ": the input's inverse scale must be finite and > 0, got ", inv_sx);
 }
 
+// The residual check of both int8 ops: (n, o, h, wd), float32 or uint8, channels-last.
+at::Tensor q_residual(const char* op, const c10::optional<at::Tensor>& res_in,
+                      at::IntArrayRef shape) {
+  if (!res_in.has_value()) return at::Tensor();
+  TORCH_CHECK(res_in->sizes() == shape && res_in->device().is_cpu(), op,
+              ": residual must be a CPU tensor of shape ", shape, ", got ", res_in->sizes());
+  return res_in->contiguous(at::MemoryFormat::ChannelsLast);
+}
+
+// The output map: uint8 on the next layer's grid when out_inv > 0, else float32.
+at::Tensor q_output(const at::Tensor& x, at::IntArrayRef shape, double out_inv) {
+  return at::empty(shape, x.options()
+                              .dtype(out_inv > 0 ? at::kByte : at::kFloat)
+                              .memory_format(at::MemoryFormat::ChannelsLast));
+}
+
+#ifdef __AVX512F__
+// One image's padded u8 rows first..last, from x's float32 or uint8 data.
+void pad_image_u8(uint8_t* pad, const at::Tensor& x, int64_t img, int64_t first, int64_t last,
+                  int64_t c4, float inv) {
+  const int64_t c = x.size(1), h = x.size(2), wd = x.size(3), off = img * h * wd * c;
+  if (x.scalar_type() == at::kByte)
+    pad_rows_u8(pad, x.data_ptr<uint8_t>() + off, first, last, h, wd, c, c4, inv);
+  else
+    pad_rows_u8(pad, x.data_ptr<float>() + off, first, last, h, wd, c, c4, inv);
+}
+#endif
+
 at::Tensor conv3x3_u8s8_nhwc(const at::Tensor& x_in, const at::Tensor& wq_in,
                              const at::Tensor& sc_in, const at::Tensor& b_in,
-                             const c10::optional<at::Tensor>& res_in, bool relu, double inv_sx) {
+                             const c10::optional<at::Tensor>& res_in, bool relu, double inv_sx,
+                             double out_inv, double res_scale) {
 #ifndef __AVX512F__
   TORCH_CHECK(false, "conv3x3_u8s8_nhwc: this build has no AVX-512 (use the fp32 layer)");
 #else
+  const char* op = "conv3x3_u8s8_nhwc";
   int64_t c4 = 0, o = 0;
-  check_q("conv3x3_u8s8_nhwc", x_in, wq_in, sc_in, inv_sx, &c4, &o);
-  TORCH_CHECK(o % 16 == 0, "conv3x3_u8s8_nhwc: O must be a multiple of 16, got ", o);
-  const int64_t n = x_in.size(0), c = x_in.size(1), h = x_in.size(2), wd = x_in.size(3);
+  check_q(op, x_in, wq_in, sc_in, inv_sx, relu, out_inv, res_scale, res_in, &c4, &o);
+  TORCH_CHECK(o % 16 == 0, op, ": O must be a multiple of 16, got ", o);
+  const int64_t n = x_in.size(0), h = x_in.size(2), wd = x_in.size(3);
   TORCH_CHECK(b_in.dim() == 1 && b_in.numel() == o && b_in.scalar_type() == at::kFloat &&
                   b_in.device().is_cpu(),
-              "conv3x3_u8s8_nhwc: bias must be float32 CPU with ", o, " values");
-  const auto cl = at::MemoryFormat::ChannelsLast;
-  at::Tensor res;
-  if (res_in.has_value()) {
-    TORCH_CHECK(res_in->sizes() == at::IntArrayRef({n, o, h, wd}) &&
-                    res_in->scalar_type() == at::kFloat && res_in->device().is_cpu(),
-                "conv3x3_u8s8_nhwc: residual must be float32 CPU of shape ",
-                at::IntArrayRef({n, o, h, wd}), ", got ", res_in->sizes());
-    res = res_in->contiguous(cl);
-  }
-  const at::Tensor x = x_in.contiguous(cl), wq = wq_in.contiguous();
+              op, ": bias must be float32 CPU with ", o, " values");
+  const std::vector<int64_t> shape{n, o, h, wd};
+  const at::Tensor res = q_residual(op, res_in, shape);
+  const at::Tensor x = x_in.contiguous(at::MemoryFormat::ChannelsLast), wq = wq_in.contiguous();
   const at::Tensor sc = sc_in.contiguous(), b = b_in.contiguous();
-  at::Tensor y = at::empty({n, o, h, wd}, x.options().memory_format(cl));
+  at::Tensor y = q_output(x, shape, out_inv);
   if (y.numel() == 0) return y;
-  const float* xd = x.data_ptr<float>();
-  const float* rd = res.defined() ? res.data_ptr<float>() : nullptr;
-  float* yd = y.data_ptr<float>();
+  const Out out = out_of(y, res, relu, out_inv, res_scale);
   const int rs = static_cast<int>((wd + 2) * c4);
   const float inv = static_cast<float>(inv_sx);
   at::parallel_for(0, n * h, std::max<int64_t>(1, h / 4), [&](int64_t r0, int64_t r1) {
@@ -854,12 +977,11 @@ at::Tensor conv3x3_u8s8_nhwc(const at::Tensor& x_in, const at::Tensor& wq_in,
     if (pad.size() < static_cast<size_t>(h + 2) * rs) pad.resize(static_cast<size_t>(h + 2) * rs);
     for (int64_t r = r0; r < r1;) {
       const int64_t img = r / h, h0 = r % h, h1 = std::min<int64_t>(h, h0 + (r1 - r));
-      pad_rows_u8(pad.data(), xd + img * h * wd * c, h0, h1 + 1, h, wd, c, c4, inv);
+      pad_image_u8(pad.data(), x, img, h0, h1 + 1, c4, inv);
       for (int64_t hh = h0; hh < h1; ++hh) {
-        const int64_t off = ((img * h) + hh) * wd * o;
         const RowQ rw{pad.data() + hh * rs, rs, static_cast<int>(c4), static_cast<int>(o),
                       static_cast<int>(wd), wq.data_ptr<int8_t>(), sc.data_ptr<float>(),
-                      b.data_ptr<float>(), yd + off, rd ? rd + off : nullptr, relu};
+                      b.data_ptr<float>(), out.at(((img * h) + hh) * wd * o)};
         row_q<1>(rw);
       }
       r += h1 - h0;
@@ -876,40 +998,31 @@ at::Tensor ghost3x3_u8s8_nhwc(const at::Tensor& x_in, const at::Tensor& wq_in,
                               const at::Tensor& s1_in, const at::Tensor& b1_in,
                               const at::Tensor& wd_in, const at::Tensor& b2_in,
                               const c10::optional<at::Tensor>& res_in, bool relu,
-                              double inv_sx, int64_t stride) {
+                              double inv_sx, int64_t stride, double out_inv, double res_scale) {
 #ifndef __AVX512F__
   TORCH_CHECK(false, "ghost3x3_u8s8_nhwc: this build has no AVX-512 (use the fp32 layer)");
 #else
+  const char* op = "ghost3x3_u8s8_nhwc";
   int64_t c4 = 0, m = 0;
-  check_q("ghost3x3_u8s8_nhwc", x_in, wq_in, sp_in, inv_sx, &c4, &m);
-  const int64_t n = x_in.size(0), c = x_in.size(1), hi = x_in.size(2), wi = x_in.size(3);
-  TORCH_CHECK(stride == 1 || stride == 2, "ghost3x3_u8s8_nhwc: stride must be 1 or 2, got ",
-              stride);
+  check_q(op, x_in, wq_in, sp_in, inv_sx, relu, out_inv, res_scale, res_in, &c4, &m);
+  const int64_t n = x_in.size(0), hi = x_in.size(2), wi = x_in.size(3);
+  TORCH_CHECK(stride == 1 || stride == 2, op, ": stride must be 1 or 2, got ", stride);
   const int64_t h = (hi - 1) / stride + 1, wd = (wi - 1) / stride + 1;  // padding 1
   for (const at::Tensor* v : {&bp_in, &s1_in, &b1_in, &b2_in})
     TORCH_CHECK(v->dim() == 1 && v->numel() == m && v->scalar_type() == at::kFloat &&
                     v->device().is_cpu(),
-                "ghost3x3_u8s8_nhwc: bias and scale vectors must be float32 CPU with ", m,
-                " values, got ", v->sizes());
+                op, ": bias and scale vectors must be float32 CPU with ", m, " values, got ",
+                v->sizes());
   TORCH_CHECK(wd_in.dim() == 2 && wd_in.size(0) == 9 && wd_in.size(1) == m &&
                   wd_in.scalar_type() == at::kFloat && wd_in.device().is_cpu(),
-              "ghost3x3_u8s8_nhwc: cheap weight must be float32 CPU (9, ", m, "), got ",
-              wd_in.sizes());
-  const auto cl = at::MemoryFormat::ChannelsLast;
-  at::Tensor res;
-  if (res_in.has_value()) {
-    TORCH_CHECK(res_in->sizes() == at::IntArrayRef({n, 2 * m, h, wd}) &&
-                    res_in->scalar_type() == at::kFloat && res_in->device().is_cpu(),
-                "ghost3x3_u8s8_nhwc: residual must be float32 CPU of shape ",
-                at::IntArrayRef({n, 2 * m, h, wd}), ", got ", res_in->sizes());
-    res = res_in->contiguous(cl);
-  }
-  const at::Tensor x = x_in.contiguous(cl), wq = wq_in.contiguous(), sp = sp_in.contiguous();
-  const at::Tensor bp = bp_in.contiguous(), s1 = s1_in.contiguous(), b1 = b1_in.contiguous();
-  const at::Tensor wdw = wd_in.contiguous(), b2 = b2_in.contiguous();
-  at::Tensor y = at::empty({n, 2 * m, h, wd}, x.options().memory_format(cl));
+              op, ": cheap weight must be float32 CPU (9, ", m, "), got ", wd_in.sizes());
+  const std::vector<int64_t> shape{n, 2 * m, h, wd};
+  const at::Tensor res = q_residual(op, res_in, shape);
+  const at::Tensor x = x_in.contiguous(at::MemoryFormat::ChannelsLast), wq = wq_in.contiguous();
+  const at::Tensor sp = sp_in.contiguous(), bp = bp_in.contiguous(), s1 = s1_in.contiguous();
+  const at::Tensor b1 = b1_in.contiguous(), wdw = wd_in.contiguous(), b2 = b2_in.contiguous();
+  at::Tensor y = q_output(x, shape, out_inv);
   if (y.numel() == 0) return y;
-  const float* xd = x.data_ptr<float>();
   const int rs = static_cast<int>((wi + 2) * c4);
   const float inv = static_cast<float>(inv_sx);
   const int8_t* wqp = wq.data_ptr<int8_t>();
@@ -917,17 +1030,16 @@ at::Tensor ghost3x3_u8s8_nhwc(const at::Tensor& x_in, const at::Tensor& wq_in,
   const float* bpp = bp.data_ptr<float>();
   ghost_bands(
       n, h, wd, m, stride, s1.data_ptr<float>(), b1.data_ptr<float>(), wdw.data_ptr<float>(),
-      b2.data_ptr<float>(), y.data_ptr<float>(), res.defined() ? res.data_ptr<float>() : nullptr,
-      relu,
+      b2.data_ptr<float>(), out_of(y, res, relu, out_inv, res_scale),
       [&](int64_t img, int64_t first, int64_t last) {
         thread_local std::vector<uint8_t> pad;
         if (pad.size() < static_cast<size_t>(hi + 2) * rs) pad.resize((hi + 2) * rs);
-        pad_rows_u8(pad.data(), xd + img * hi * wi * c, first, last, hi, wi, c, c4, inv);
+        pad_image_u8(pad.data(), x, img, first, last, c4, inv);
         u8_pad() = pad.data();
       },
-      [&](int64_t r, float* out) {
+      [&](int64_t r, float* o) {
         const RowQ rw{u8_pad() + stride * r * rs, rs, static_cast<int>(c4), static_cast<int>(m),
-                      static_cast<int>(wd), wqp, spp, bpp, out, nullptr, false};
+                      static_cast<int>(wd), wqp, spp, bpp, Out{o}};
         if (stride == 2) row_q<2>(rw);
         else row_q<1>(rw);
       });
@@ -948,10 +1060,10 @@ TORCH_LIBRARY_FRAGMENT(leanvision, m) {
   m.impl("ghost3x3_nhwc", c10::DispatchKey::CPU, &ghost3x3_nhwc);
   m.def("conv3x3_vnni() -> bool", &has_vnni);
   m.def("conv3x3_u8s8_nhwc(Tensor x, Tensor w_q, Tensor scale, Tensor bias, Tensor? residual, "
-        "bool relu, float inv_sx) -> Tensor");
+        "bool relu, float inv_sx, float out_inv=0., float res_scale=0.) -> Tensor");
   m.impl("conv3x3_u8s8_nhwc", c10::DispatchKey::CPU, &conv3x3_u8s8_nhwc);
   m.def("ghost3x3_u8s8_nhwc(Tensor x, Tensor w_q, Tensor scale_primary, Tensor b_primary, "
         "Tensor scale1, Tensor bias1, Tensor w_cheap, Tensor bias2, Tensor? residual, bool relu, "
-        "float inv_sx, int stride=1) -> Tensor");
+        "float inv_sx, int stride=1, float out_inv=0., float res_scale=0.) -> Tensor");
   m.impl("ghost3x3_u8s8_nhwc", c10::DispatchKey::CPU, &ghost3x3_u8s8_nhwc);
 }
