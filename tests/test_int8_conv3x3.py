@@ -104,7 +104,9 @@ def test_ghost_kernel_matches_its_arithmetic(b, c, n, h, w, residual, relu, monk
 
 
 @needs_vnni
-@pytest.mark.parametrize("b,c,n,h,w", [(2, 16, 32, 8, 8), (1, 8, 16, 7, 5), (3, 6, 24, 9, 6)])
+@pytest.mark.parametrize(
+    "b,c,n,h,w", [(2, 16, 32, 8, 8), (1, 8, 16, 7, 5), (3, 6, 24, 9, 6), (2, 16, 8, 9, 39)]
+)
 def test_ghost_stride2_kernel_matches_its_arithmetic(b, c, n, h, w, monkeypatch):
     layer = Int8Ghost3x3(_ghost(c, n, relu=True, stride=2), 0.03)
     x = (torch.rand(b, c, h, w) * 4).contiguous(memory_format=CL)

@@ -809,6 +809,7 @@ struct RowQ {
   const float* scale;  // per output channel: s_x * s_w
   const float* bias;
   Out out;  // at the row
+  const int8_t* w4 = nullptr;  // the last 4 channels' quad weights (quad_weights_q), or none
 };
 
 // P output pixels x CB vectors of V channels from c0: every 4 input channels of a pixel come
@@ -877,14 +878,93 @@ LV_VNNI inline void row_q_chunk(const RowQ& r, int c0) {
   }
 }
 
-// One output row, any multiple of 4 channels: 32-, 16-, 8- then 4-channel tiles.
+// The last 4 output channels of a Ghost primary (m % 8 == 4, e.g. a pruned first stage's
+// m = 4) on 512-bit VPDPBUSD instead of 128-bit: lane 4k + j holds output c0 + k x input quad
+// 4g + j, so one 128-bit broadcast brings 16 input channels (C4 % 16 == 0) and each output's
+// four partial sums are added once per tile (exact, int32). P pixels, P % 4 == 0; fp32 output
+// with the scale and bias, no epilogue (the primary's). w4: [ky][kx][C4/16][16 lanes][4].
+template <int P, int S>
+LV_VNNI inline void tile_q4(const RowQ& r, int c0, int w0) {
+  static_assert(P % 4 == 0, "partial sums are reduced four pixels at a time");
+  __m512i acc[P];
+#pragma GCC unroll 16
+  for (int p = 0; p < P; ++p) acc[p] = _mm512_setzero_si512();
+  const int ng = r.c4 / 16;
+  for (int ky = 0; ky < 3; ++ky) {
+    const uint8_t* xr =
+        r.xp + static_cast<int64_t>(ky) * r.rs + static_cast<int64_t>(S) * w0 * r.c4;
+    const int8_t* wr = r.w4 + static_cast<int64_t>(ky) * 3 * ng * 64;
+    for (int g = 0; g < ng; ++g) {
+      __m512i w[3];
+#pragma GCC unroll 3
+      for (int kx = 0; kx < 3; ++kx) w[kx] = _mm512_loadu_si512(wr + (kx * ng + g) * 64);
+#pragma GCC unroll 40
+      for (int j = 0; j < S * (P - 1) + 3; ++j) {
+        const __m512i xv = _mm512_broadcast_i32x4(
+            _mm_loadu_si128(reinterpret_cast<const __m128i*>(xr + j * r.c4 + 16 * g)));
+#pragma GCC unroll 3
+        for (int kx = 0; kx < 3; ++kx) {
+          const int p = (j - kx) / S;  // input column j = S p + kx
+          if (j >= kx && (j - kx) % S == 0 && p < P) acc[p] = _mm512_dpbusd_epi32(acc[p], xv, w[kx]);
+        }
+      }
+    }
+  }
+  const __m512 sc = _mm512_broadcast_f32x4(_mm_loadu_ps(r.scale + c0));
+  const __m512 bi = _mm512_broadcast_f32x4(_mm_loadu_ps(r.bias + c0));
+  const __m512i tr = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+  auto pick = [](__m512i a, __m512i b, int imm) {  // shuffle_ps's lane moves, on int32
+    return imm == 0x44 ? _mm512_castps_si512(_mm512_shuffle_ps(_mm512_castsi512_ps(a),
+                                                                _mm512_castsi512_ps(b), 0x44))
+                       : _mm512_castps_si512(_mm512_shuffle_ps(_mm512_castsi512_ps(a),
+                                                                _mm512_castsi512_ps(b), 0xEE));
+  };
+#pragma GCC unroll 4
+  for (int q = 0; q < P / 4; ++q) {
+    const __m512i* a = acc + 4 * q;
+    const __m512i t0 = _mm512_add_epi32(_mm512_unpacklo_epi32(a[0], a[1]),
+                                        _mm512_unpackhi_epi32(a[0], a[1]));
+    const __m512i t1 = _mm512_add_epi32(_mm512_unpacklo_epi32(a[2], a[3]),
+                                        _mm512_unpackhi_epi32(a[2], a[3]));
+    // 128-bit block k: output c0 + k of the four pixels; then chunk i: pixel i's 4 outputs
+    const __m512i u = _mm512_add_epi32(pick(t0, t1, 0x44), pick(t0, t1, 0xEE));
+    const __m512 v = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_permutexvar_epi32(tr, u)), sc, bi);
+    float* y = r.out.y + static_cast<int64_t>(w0 + 4 * q) * r.cout + c0;
+    _mm_storeu_ps(y, _mm512_castps512_ps128(v));
+    _mm_storeu_ps(y + r.cout, _mm512_extractf32x4_ps(v, 1));
+    _mm_storeu_ps(y + 2 * r.cout, _mm512_extractf32x4_ps(v, 2));
+    _mm_storeu_ps(y + 3 * r.cout, _mm512_extractf32x4_ps(v, 3));
+  }
+}
+
+// One output row, any multiple of 4 channels: 32-, 16-, 8- then 4-channel tiles (the last 4
+// on tile_q4 where r.w4 is given, its last pixels on the 128-bit tiles).
 template <int S>
 LV_VNNI void row_q(const RowQ& r) {
   int c0 = 0;
   for (; c0 + 32 <= r.cout; c0 += 32) row_q_chunk<16, 2, S>(r, c0);
   for (; c0 + 16 <= r.cout; c0 += 16) row_q_chunk<16, 1, S>(r, c0);
   if (c0 + 8 <= r.cout) row_q_chunk<8, 1, S>(r, c0), c0 += 8;
-  if (c0 + 4 <= r.cout) row_q_chunk<4, 1, S>(r, c0);
+  if (c0 + 4 > r.cout) return;
+  if (!r.w4) return row_q_chunk<4, 1, S>(r, c0);
+  int w = 0;
+  for (; w + 16 <= r.width; w += 16) tile_q4<16, S>(r, c0, w);
+  for (; w + 8 <= r.width; w += 8) tile_q4<8, S>(r, c0, w);
+  for (; w + 4 <= r.width; w += 4) tile_q4<4, S>(r, c0, w);
+  span_q<4, 1, 2, S>(r, c0, w), span_q<4, 1, 1, S>(r, c0, w);
+}
+
+// tile_q4's weights for output channels [c0, c0 + 4) from the packed (9, C4/4, O, 4) ones.
+std::vector<int8_t> quad_weights_q(const int8_t* wq, int64_t c4, int64_t o, int64_t c0) {
+  const int64_t cq = c4 / 4, ng = c4 / 16;
+  std::vector<int8_t> out(static_cast<size_t>(9 * ng * 64));
+  for (int64_t kk = 0; kk < 9; ++kk)
+    for (int64_t g = 0; g < ng; ++g)
+      for (int64_t k = 0; k < 4; ++k)
+        for (int64_t j = 0; j < 4; ++j)
+          std::memcpy(out.data() + ((kk * ng + g) * 16 + 4 * k + j) * 4,
+                      wq + ((kk * cq + 4 * g + j) * o + c0 + k) * 4, 4);
+  return out;
 }
 #endif
 
@@ -1028,6 +1108,8 @@ at::Tensor ghost3x3_u8s8_nhwc(const at::Tensor& x_in, const at::Tensor& wq_in,
   const int8_t* wqp = wq.data_ptr<int8_t>();
   const float* spp = sp.data_ptr<float>();
   const float* bpp = bp.data_ptr<float>();
+  const std::vector<int8_t> w4 =
+      m % 8 == 4 && c4 % 16 == 0 ? quad_weights_q(wqp, c4, m, m - 4) : std::vector<int8_t>();
   ghost_bands(
       n, h, wd, m, stride, s1.data_ptr<float>(), b1.data_ptr<float>(), wdw.data_ptr<float>(),
       b2.data_ptr<float>(), out_of(y, res, relu, out_inv, res_scale),
@@ -1039,7 +1121,8 @@ at::Tensor ghost3x3_u8s8_nhwc(const at::Tensor& x_in, const at::Tensor& wq_in,
       },
       [&](int64_t r, float* o) {
         const RowQ rw{u8_pad() + stride * r * rs, rs, static_cast<int>(c4), static_cast<int>(m),
-                      static_cast<int>(wd), wqp, spp, bpp, Out{o}};
+                      static_cast<int>(wd), wqp, spp, bpp, Out{o},
+                      w4.empty() ? nullptr : w4.data()};
         if (stride == 2) row_q<2>(rw);
         else row_q<1>(rw);
       });
