@@ -437,7 +437,8 @@ void row_mixed(const Row& r, const float* wq) {
 // the cheap op's nine taps, the scales and biases stay in registers over the row's pixels.
 template <typename Vec, int V>
 inline void ghost_chunk(const float* const* rows, int width, int m, int c, const float* scale1,
-                        const float* bias1, const float* wd, const float* bias2, const Out& out) {
+                        const float* bias1, const float* wd, const float* bias2, const Out& out,
+                        int x0 = 0) {
   using L = Lanes<Vec, V>;
   const Finish<Vec, V> finish(out);
   Vec w[9];
@@ -447,7 +448,7 @@ inline void ghost_chunk(const float* const* rows, int width, int m, int c, const
   const float* up = rows[0] + c;
   const float* mid = rows[1] + c;
   const float* down = rows[2] + c;
-  for (int x = 0; x < width; ++x) {
+  for (int x = x0; x < width; ++x) {
     const int64_t yo = static_cast<int64_t>(x) * 2 * m + c;
     const int64_t o = static_cast<int64_t>(x) * m;
     Vec v = L::fma(s1, L::load(mid + o + m), b1);
@@ -463,10 +464,66 @@ inline void ghost_chunk(const float* const* rows, int width, int m, int c, const
   }
 }
 
+// The epilogue of a Ghost module with m = M = 4 or 8 on 512-bit vectors: a vector holds the
+// M channels of 16 / M neighbouring pixels (contiguous in the primary's scratch row), the
+// scales and the cheap op's taps repeated per pixel; the two halves are interleaved back to
+// y's [pixel][2M] order for the stores. Returns the first pixel it left (width % (16 / M)).
+template <int M>
+inline int ghost_packed(const float* const* rows, int width, const float* scale1,
+                        const float* bias1, const float* wd, const float* bias2,
+                        const Out& out) {
+  static_assert(M == 4 || M == 8, "16 / M pixels per vector");
+  using L = Lanes<__m512, 16>;
+  const Finish<__m512, 16> finish(out);
+  auto rep = [](const float* p) {  // M floats, repeated 16 / M times
+    if constexpr (M == 8) return _mm512_broadcast_f32x8(_mm256_loadu_ps(p));
+    else return _mm512_broadcast_f32x4(_mm_loadu_ps(p));
+  };
+  __m512 w[9];
+#pragma GCC unroll 9
+  for (int k = 0; k < 9; ++k) w[k] = rep(wd + k * M);
+  const __m512 s1 = rep(scale1), b1 = rep(bias1), b2 = rep(bias2);
+  // y order from v = [v_0 .. v_n), g = [g_0 .. g_n): [v_0 g_0 v_1 g_1 ...]
+  const __m512i lo4 = _mm512_setr_epi32(0, 1, 2, 3, 16, 17, 18, 19, 4, 5, 6, 7, 20, 21, 22, 23);
+  const __m512i hi4 = _mm512_setr_epi32(8, 9, 10, 11, 24, 25, 26, 27, 12, 13, 14, 15, 28, 29,
+                                        30, 31);
+  constexpr int PX = 16 / M;
+  int x = 0;
+  for (; x + PX <= width; x += PX) {
+    const int64_t o = static_cast<int64_t>(x) * M;
+    const __m512 v = L::fma(s1, L::load(rows[1] + o + M), b1);
+    __m512 g = b2;
+#pragma GCC unroll 3
+    for (int kx = 0; kx < 3; ++kx) {
+      g = L::fma(w[kx], L::load(rows[0] + o + kx * M), g);
+      g = L::fma(w[3 + kx], L::load(rows[1] + o + kx * M), g);
+      g = L::fma(w[6 + kx], L::load(rows[2] + o + kx * M), g);
+    }
+    __m512 a, b;
+    if constexpr (M == 8) {
+      a = _mm512_shuffle_f32x4(v, g, _MM_SHUFFLE(1, 0, 1, 0));
+      b = _mm512_shuffle_f32x4(v, g, _MM_SHUFFLE(3, 2, 3, 2));
+    } else {
+      a = _mm512_permutex2var_ps(v, lo4, g);
+      b = _mm512_permutex2var_ps(v, hi4, g);
+    }
+    finish(2 * o, a);
+    finish(2 * o + 16, b);
+  }
+  return x;
+}
+
 void ghost_row(const float* s_up, const float* s_mid, const float* s_down, int width, int m,
                const float* scale1, const float* bias1, const float* wd, const float* bias2,
                const Out& out) {
   const float* rows[3] = {s_up, s_mid, s_down};
+  if (m == 8 || m == 4) {
+    const int x = m == 8 ? ghost_packed<8>(rows, width, scale1, bias1, wd, bias2, out)
+                         : ghost_packed<4>(rows, width, scale1, bias1, wd, bias2, out);
+    if (m == 8) ghost_chunk<__m256, 8>(rows, width, m, 0, scale1, bias1, wd, bias2, out, x);
+    else ghost_chunk<__m128, 4>(rows, width, m, 0, scale1, bias1, wd, bias2, out, x);
+    return;
+  }
   int c = 0;
   for (; c + 16 <= m; c += 16)
     ghost_chunk<__m512, 16>(rows, width, m, c, scale1, bias1, wd, bias2, out);
