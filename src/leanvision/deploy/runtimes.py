@@ -323,7 +323,8 @@ def _build(
         label = f"leanvision-cpu-{precision}[{kernel}/{len(choices)} layers on the kernels"
         if precision == "int8":
             fast, quantized = quantize_for_cpu(fast, calib)
-            label += f", {len(quantized)} in int8"
+            u8 = sum(getattr(m, "out_scale", None) is not None for m in fast.modules())
+            label += f", {len(quantized)} in int8, {u8} u8 maps"
         run = _TorchRun(freeze_kernel_calls(fast), torch.channels_last)
         return DeployedModel(run, label + "]", precision, size, threads)
     if name == "inductor":
