@@ -194,3 +194,30 @@ def test_leanvision_runtime_calls_its_kernels_without_python_layers(ghost, x):
                 b.mul_(2.0)
             assert not torch.equal(fast(xc), ref)
             torch.testing.assert_close(frozen(xc), ref, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("ghost", [False, True], ids=["resnet20", "ghost_resnet20"])
+def test_leanvision_runtime_runs_the_frozen_graph_by_torchscript(ghost, x):
+    """script_frozen: the trace gives the frozen graph's outputs exactly, at the traced batch
+    and at others; a graph whose trace bakes in its batch size is run as it is."""
+    from leanvision.deploy.cpu import freeze_kernel_calls, script_frozen
+
+    fast, _ = lv.optimize_for_cpu(_model(ghost), SIZE, batch=2, autotune=False)
+    frozen = freeze_kernel_calls(fast)
+    example = torch.randn(2, *SIZE).contiguous(memory_format=torch.channels_last)
+    run, scripted = script_frozen(frozen, example)
+    assert scripted and isinstance(run, torch.jit.ScriptModule)
+    with torch.inference_mode():
+        for n in (1, 2, 5):
+            xb = torch.randn(n, *SIZE).contiguous(memory_format=torch.channels_last)
+            torch.testing.assert_close(run(xb), frozen(xb), rtol=0, atol=0)
+    d = lv.deploy(_model(ghost), "leanvision", input_size=SIZE, batch=2)
+    assert "torchscript" in d.backend
+
+    class BatchBaked(torch.nn.Module):  # int() of a size: a constant in the trace
+        def forward(self, t: torch.Tensor) -> torch.Tensor:
+            return t * int(t.shape[0])
+
+    baked = BatchBaked()
+    same, scripted = script_frozen(baked, example)
+    assert same is baked and not scripted

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import operator
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -29,7 +30,13 @@ from leanvision.layers.int8_conv3x3 import Int8Conv3x3, Int8Ghost3x3, has_int8_k
 from leanvision.profiling import compare
 from leanvision.shapes import check_batch, eval_mode, guarded_forward, resolve_input_size
 
-__all__ = ["ConvChoice", "freeze_kernel_calls", "optimize_for_cpu", "quantize_for_cpu"]
+__all__ = [
+    "ConvChoice",
+    "freeze_kernel_calls",
+    "optimize_for_cpu",
+    "quantize_for_cpu",
+    "script_frozen",
+]
 
 _RELU_FUNCS = {torch.relu, torch.relu_, F.relu}
 _ADD_FUNCS = {operator.add, operator.iadd, torch.add}
@@ -353,6 +360,36 @@ def _u8_maps(gm: fx.GraphModule) -> int:
                 reader.set_u8_maps(reader.out_scale, scale)
         count += 1
     return count
+
+
+def script_frozen(gm: nn.Module, example: torch.Tensor) -> tuple[nn.Module, bool]:
+    """The TorchScript trace of a :func:`freeze_kernel_calls` module: the same op calls, run
+    by TorchScript's interpreter instead of the graph's Python code (about 8 µs less per
+    layer: a third of a batch-1 Ghost-ResNet-56 on 2 threads).
+
+    ``torch.jit.trace`` is deprecated in favour of ``torch.compile`` / ``torch.export``, whose
+    generated code still calls each custom op from Python (or needs a C++ build per model);
+    the trace runs in the pinned PyTorch, and where it fails, or its output on a batch of
+    another size than ``example``'s is not exactly ``gm``'s, ``gm`` is returned instead.
+
+    Args:
+        gm: The frozen module (inference only: inputs as its caller guarantees).
+        example: An input it takes (its batch size is not baked in: checked).
+
+    Returns:
+        (the module to run, whether it is the trace).
+    """
+    other = torch.cat([example, example[:1]]).contiguous(memory_format=torch.channels_last)
+    try:
+        with warnings.catch_warnings(), torch.inference_mode():
+            warnings.simplefilter("ignore")  # the deprecation and tracer warnings
+            traced = torch.jit.trace(gm.eval(), example, check_trace=False)
+            same = torch.equal(traced(other), gm(other)) and torch.equal(
+                traced(example), gm(example)
+            )
+    except Exception:  # noqa: BLE001 (any tracing failure: run the graph as it is)
+        return gm, False
+    return (traced, True) if same else (gm, False)
 
 
 def _nonnegative(node: Any, modules: dict[str, nn.Module]) -> bool:

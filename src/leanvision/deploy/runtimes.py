@@ -8,8 +8,9 @@ beside any other. Backends (``BACKENDS``) and the precisions each runs:
 - ``"torch"``: eager PyTorch, batch norms folded, channels-last: fp32 (the plain baseline).
 - ``"leanvision"``: :func:`~leanvision.deploy.optimize_for_cpu` (the fused 3×3 kernel where it
   is measured faster than ATen), its kernel calls frozen (no Python per fused layer,
-  :func:`~leanvision.deploy.cpu.freeze_kernel_calls`): fp32; int8 where the CPU has
-  AVX512-VNNI (:func:`~leanvision.deploy.cpu.quantize_for_cpu`: the fused layers that read
+  :func:`~leanvision.deploy.cpu.freeze_kernel_calls`) and run by TorchScript where its trace
+  gives the same outputs (:func:`~leanvision.deploy.cpu.script_frozen`): fp32; int8 where the
+  CPU has AVX512-VNNI (:func:`~leanvision.deploy.cpu.quantize_for_cpu`: the fused layers that read
   ReLU outputs get int8 products, calibrated on ``calib``, and a map only such layers read
   stays uint8; the rest of the graph stays fp32).
 - ``"inductor"``: ``torch.compile`` (TorchInductor, weights frozen) of the BN-folded model: fp32;
@@ -55,7 +56,12 @@ import torch
 from torch import nn
 
 from leanvision import kernels
-from leanvision.deploy.cpu import freeze_kernel_calls, optimize_for_cpu, quantize_for_cpu
+from leanvision.deploy.cpu import (
+    freeze_kernel_calls,
+    optimize_for_cpu,
+    quantize_for_cpu,
+    script_frozen,
+)
 from leanvision.deploy.fold import fold_batchnorm
 from leanvision.deploy.inductor import InductorRun, has_torchao
 from leanvision.deploy.onnx import export_onnx
@@ -328,7 +334,10 @@ def _build(
             fast, quantized = quantize_for_cpu(fast, calib)
             u8 = sum(getattr(m, "out_scale", None) is not None for m in fast.modules())
             label += f", {len(quantized)} in int8, {u8} u8 maps"
-        run = _TorchRun(freeze_kernel_calls(fast), torch.channels_last)
+        example = torch.randn(batch, *size).contiguous(memory_format=torch.channels_last)
+        graph, scripted = script_frozen(freeze_kernel_calls(fast), example)
+        run = _TorchRun(graph, torch.channels_last)
+        label += ", torchscript" if scripted else ""
         return DeployedModel(run, label + "]", precision, size, threads)
     if name == "inductor":
         run = InductorRun(model, precision, size, threads, calib)
