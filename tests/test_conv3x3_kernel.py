@@ -20,15 +20,15 @@ needs_kernel = pytest.mark.skipif(
 )
 
 
-def _reference(x, w, b, r, relu):
-    y = F.conv2d(x, w, b, padding=1)
+def _reference(x, w, b, r, relu, stride=1):
+    y = F.conv2d(x, w, b, stride=stride, padding=1)
     y = y + r if r is not None else y
     return F.relu(y) if relu else y
 
 
-def _op(x, w, b, r, relu):
+def _op(x, w, b, r, relu, stride=1):
     packed = w.permute(2, 3, 1, 0).reshape(-1, w.shape[0]).contiguous()
-    return torch.ops.leanvision.conv3x3_nhwc(x, packed, b, r, relu)
+    return torch.ops.leanvision.conv3x3_nhwc(x, packed, b, r, relu, stride)
 
 
 @needs_kernel
@@ -44,15 +44,18 @@ def _op(x, w, b, r, relu):
 )
 @pytest.mark.parametrize("residual", [False, True])
 @pytest.mark.parametrize("relu", [False, True])
-def test_op_matches_conv2d(n, c, o, h, w, residual, relu):
+@pytest.mark.parametrize("stride", [1, 2])
+def test_op_matches_conv2d(n, c, o, h, w, residual, relu, stride):
     assert kernels.load("conv3x3")
     torch.manual_seed(0)
     x = torch.randn(n, c, h, w).contiguous(memory_format=CL)
     wt, b = torch.randn(o, c, 3, 3), torch.randn(o)
-    r = torch.randn(n, o, h, w) if residual else None  # NCHW: the op converts it
-    out = _op(x, wt, b, r, relu)
-    assert out.shape == (n, o, h, w) and out.is_contiguous(memory_format=CL)
-    torch.testing.assert_close(out, _reference(x, wt, b, r, relu), atol=1e-4, rtol=1e-4)
+    ho, wo = (h - 1) // stride + 1, (w - 1) // stride + 1
+    r = torch.randn(n, o, ho, wo) if residual else None  # NCHW: the op converts it
+    out = _op(x, wt, b, r, relu, stride)
+    assert out.shape == (n, o, ho, wo) and out.is_contiguous(memory_format=CL)
+    ref = _reference(x, wt, b, r, relu, stride)
+    torch.testing.assert_close(out, ref, atol=1e-4, rtol=1e-4)
 
 
 @needs_kernel
@@ -85,6 +88,11 @@ def test_op_rejects_bad_arguments():
         torch.ops.leanvision.conv3x3_nhwc(x, good, torch.zeros(3), None, False)
     with pytest.raises(RuntimeError, match="residual"):
         torch.ops.leanvision.conv3x3_nhwc(x, good, torch.zeros(16), torch.zeros(1, 16, 4, 5), False)
+    r4 = torch.zeros(1, 16, 4, 4)
+    with pytest.raises(RuntimeError, match="residual"):  # stride 2: the output is 2x2
+        torch.ops.leanvision.conv3x3_nhwc(x, good, torch.zeros(16), r4, False, 2)
+    with pytest.raises(RuntimeError, match="stride must be 1 or 2"):
+        torch.ops.leanvision.conv3x3_nhwc(x, good, torch.zeros(16), None, False, 3)
     with pytest.raises(RuntimeError, match="float32"):
         torch.ops.leanvision.conv3x3_nhwc(x.double(), good, torch.zeros(16), None, False)
 
@@ -92,12 +100,14 @@ def test_op_rejects_bad_arguments():
 def test_eligible():
     assert kc.eligible(nn.Conv2d(3, 16, 3, padding=1))
     assert not kc.eligible(nn.Conv2d(16, 24, 3, padding=1))  # 24 outputs
-    assert not kc.eligible(nn.Conv2d(16, 16, 3, stride=2, padding=1))
+    assert kc.eligible(nn.Conv2d(16, 16, 3, stride=2, padding=1))
+    assert not kc.eligible(nn.Conv2d(16, 16, 3, stride=(1, 2), padding=1))
+    assert not kc.eligible(nn.Conv2d(16, 16, 3, stride=3, padding=1))
     assert not kc.eligible(nn.Conv2d(16, 16, 1))
     assert not kc.eligible(nn.Conv2d(16, 16, 3, padding=1, groups=2))
     assert not kc.eligible(nn.Conv2d(16, 16, 3, padding=1, padding_mode="reflect"))
     with pytest.raises(ConfigError, match="cannot compute"):
-        kc.FusedConv3x3(nn.Conv2d(16, 16, 3, stride=2, padding=1))
+        kc.FusedConv3x3(nn.Conv2d(16, 16, 3, stride=3, padding=1))
 
 
 def test_fused_module_autograd_path_and_arguments():
@@ -125,11 +135,11 @@ def test_optimize_resnet20_fuses_blocks_and_keeps_outputs_and_macs():
     torch.manual_seed(0)
     model = lv.create_model("resnet20_cifar", num_classes=10).eval()
     fast, choices = lv.optimize_for_cpu(model, (3, 32, 32), batch=2, autotune=False)
-    # stem conv + 9 blocks × 2 convs minus the two stride-2 convs = 17 eligible convs
-    assert len(choices) == 17 and all(c.used == "kernel" for c in choices)
+    # stem conv + 9 blocks × 2 convs (the two stride-2 ones too) = 19 eligible convs
+    assert len(choices) == 19 and all(c.used == "kernel" for c in choices)
     kinds = [c.fused for c in choices]
-    assert kinds.count("add+relu") == 9 and kinds.count("relu") == 8
-    assert len(_fused(fast)) == 17
+    assert kinds.count("add+relu") == 9 and kinds.count("relu") == 10
+    assert len(_fused(fast)) == 19
     x = torch.randn(2, 3, 32, 32)
     with torch.inference_mode():
         torch.testing.assert_close(fast(x), model(x), atol=1e-4, rtol=1e-4)
@@ -142,7 +152,8 @@ def test_optimize_timm_resnet_and_pruned_model():
     torch.manual_seed(0)
     model = lv.create_model("resnet18").eval()  # Identity modules and `x += shortcut`
     fast, choices = lv.optimize_for_cpu(model, (3, 64, 64), autotune=False)
-    assert len(choices) == 13 and len(_fused(fast)) == 13
+    # 16 3x3 convs (3 of stride 2), the 7x7 stem and the 1x1 downsamples not: 16 fused
+    assert len(choices) == 16 and len(_fused(fast)) == 16
     x = torch.randn(1, 3, 64, 64)
     with torch.inference_mode():
         torch.testing.assert_close(fast(x), model(x), atol=1e-4, rtol=1e-4)

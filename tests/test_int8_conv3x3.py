@@ -74,14 +74,18 @@ def test_quantize_and_pack():
 )
 @pytest.mark.parametrize("residual", [False, True])
 @pytest.mark.parametrize("relu", [False, True])
-def test_conv_kernel_matches_its_arithmetic(b, c, o, h, w, residual, relu, monkeypatch):
-    layer = Int8Conv3x3(FusedConv3x3(_conv(c, o), relu=relu, residual=residual), 0.02)
+@pytest.mark.parametrize("stride", [1, 2])
+def test_conv_kernel_matches_its_arithmetic(b, c, o, h, w, residual, relu, stride, monkeypatch):
+    conv = _conv(c, o)
+    conv.stride = (stride, stride)
+    layer = Int8Conv3x3(FusedConv3x3(conv, relu=relu, residual=residual), 0.02)
     x = (torch.rand(b, c, h, w) * 6).contiguous(memory_format=CL)  # up past 255 steps: clamps
-    r = torch.randn(b, o, h, w) if residual else None
+    ho, wo = (h - 1) // stride + 1, (w - 1) // stride + 1
+    r = torch.randn(b, o, ho, wo) if residual else None
     with torch.inference_mode():
         out = layer(x, r)
         ref = _fallback(layer, x, r, monkeypatch)
-    assert out.shape == (b, o, h, w) and out.is_contiguous(memory_format=CL)
+    assert out.shape == (b, o, ho, wo) and out.is_contiguous(memory_format=CL)
     torch.testing.assert_close(out, ref, atol=1e-4, rtol=1e-4)
 
 
@@ -268,11 +272,11 @@ def test_u8_maps_reject_bad_arguments(monkeypatch):
     x, r8 = _u8(1, 16, 4, 4), _u8(1, 16, 4, 4)
     args = (layer.packed, layer._scale(), layer.bias)
     with pytest.raises(RuntimeError, match="needs relu"):
-        op(x, *args, None, False, 10.0, 20.0)
+        op(x, *args, None, False, 10.0, out_inv=20.0)
     with pytest.raises(RuntimeError, match="res_scale"):
-        op(x, *args, r8, True, 10.0, 20.0, 0.0)
+        op(x, *args, r8, True, 10.0, out_inv=20.0, res_scale=0.0)
     with pytest.raises(RuntimeError, match="out_inv"):
-        op(x, *args, None, True, 10.0, -1.0)
+        op(x, *args, None, True, 10.0, out_inv=-1.0)
     with pytest.raises(RuntimeError, match="uint8"):
         op(x.to(torch.int8), *args, None, True, 10.0)
     with pytest.raises(ConfigError, match="ReLU"):

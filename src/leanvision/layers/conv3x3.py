@@ -26,13 +26,15 @@ __all__ = ["FusedConv3x3", "check_fused_call", "eligible", "kernel_runs"]
 
 
 def eligible(conv: nn.Module) -> bool:
-    """Whether the kernel computes ``conv``: a plain float32 CPU 3×3 convolution with stride 1,
-    padding 1, no dilation or groups, zero padding, and a multiple of 16 output channels."""
+    """Whether the kernel computes ``conv``: a plain float32 CPU 3×3 convolution with stride 1
+    or 2, padding 1, no dilation or groups, zero padding, and a multiple of 16 output
+    channels."""
     return (
         type(conv) is nn.Conv2d
         and conv.kernel_size == (3, 3)
-        and conv.stride == (1, 1)
+        and conv.stride in ((1, 1), (2, 2))
         and conv.padding in ((1, 1), "same")
+        and (conv.padding == (1, 1) or conv.stride == (1, 1))
         and conv.dilation == (1, 1)
         and conv.groups == 1
         and conv.padding_mode == "zeros"
@@ -62,7 +64,7 @@ class FusedConv3x3(nn.Module):
             raise ConfigError(
                 f"FusedConv3x3 cannot compute {conv} (see leanvision.layers.conv3x3.eligible)"
             )
-        self.relu, self.residual = relu, residual
+        self.relu, self.residual, self.stride = relu, residual, conv.stride[0]
         w = conv.weight.detach().clone()
         b = conv.bias.detach().clone() if conv.bias is not None else w.new_zeros(w.shape[0])
         self.register_buffer("weight", w)
@@ -78,28 +80,35 @@ class FusedConv3x3(nn.Module):
         w = self.weight.detach()
         return w.permute(2, 3, 1, 0).reshape(-1, w.shape[0]).contiguous()
 
-    def kernel_call(self) -> tuple[Any, tuple[torch.Tensor, ...], bool]:
-        """The native op, frozen copies of its weight arguments and ``relu``: the kernel's call
-        is ``op(x, *weights, residual, relu)``. For a runtime that owns the layer and never
-        changes its weights (``lv.deploy``'s), which then calls the op with no Python per
-        layer; the copies do not follow later edits of this layer."""
+    def kernel_call(self) -> tuple[Any, tuple[torch.Tensor, ...], bool, tuple[int, ...]]:
+        """The native op, frozen copies of its weight arguments, ``relu`` and the trailing
+        scalars (the stride): the kernel's call is ``op(x, *weights, residual, relu,
+        *scalars)``. For a runtime that owns the layer and never changes its weights
+        (``lv.deploy``'s), which then calls the op with no Python per layer; the copies do not
+        follow later edits of this layer."""
         return (
             torch.ops.leanvision.conv3x3_nhwc.default,
             (self.packed.detach().clone(), self.bias.detach().clone()),
             self.relu,
+            (self.stride,),
         )
 
     def extra_repr(self) -> str:
         o, c = self.weight.shape[:2]
-        return f"{c}, {o}, kernel_size=3, relu={self.relu}, residual={self.residual}"
+        return (
+            f"{c}, {o}, kernel_size=3, stride={self.stride}, relu={self.relu}, "
+            f"residual={self.residual}"
+        )
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         o, c = self.weight.shape[:2]
         reason = check_fused_call(self, f"FusedConv3x3({c}, {o})", x, c, residual)
         if reason is None and kernel_runs():
-            return torch.ops.leanvision.conv3x3_nhwc(x, self.packed, self.bias, residual, self.relu)
+            return torch.ops.leanvision.conv3x3_nhwc(
+                x, self.packed, self.bias, residual, self.relu, self.stride
+            )
         kernels.fell_back(self, reason or "disabled")
-        y = F.conv2d(x, self.weight, self.bias, padding=1)
+        y = F.conv2d(x, self.weight, self.bias, stride=self.stride, padding=1)
         if residual is not None:
             y = y + residual
         return F.relu(y) if self.relu else y

@@ -131,7 +131,7 @@ class Int8Conv3x3(_U8Maps, nn.Module):
 
     def __init__(self, layer: FusedConv3x3, input_scale: float) -> None:
         super().__init__()
-        self.relu, self.residual = layer.relu, layer.residual
+        self.relu, self.residual, self.stride = layer.relu, layer.residual, layer.stride
         self.input_scale = _check_scale(input_scale)
         self.out_scale: float | None = None
         self.residual_scale: float | None = None
@@ -149,20 +149,21 @@ class Int8Conv3x3(_U8Maps, nn.Module):
         return (self.weight_scale * self.input_scale).float()
 
     def kernel_call(self) -> tuple[Any, tuple[torch.Tensor, ...], bool, tuple[float, ...]]:
-        """As :meth:`FusedConv3x3.kernel_call`, plus the op's trailing scalars (1 / s_x, then
-        ``out_inv`` and ``res_scale``)."""
+        """As :meth:`FusedConv3x3.kernel_call`; the trailing scalars are 1 / s_x, the stride,
+        ``out_inv`` and ``res_scale``."""
         weights = (self.packed, self._scale(), self.bias)
         return (
             torch.ops.leanvision.conv3x3_u8s8_nhwc.default,
             tuple(t.detach().clone() for t in weights),
             self.relu,
-            (1.0 / self.input_scale, *self._u8_scalars()),
+            (1.0 / self.input_scale, self.stride, *self._u8_scalars()),
         )
 
     def extra_repr(self) -> str:
         o, c = self.weight_q.shape[:2]
         return (
-            f"{c}, {o}, kernel_size=3, int8, s_x={self.input_scale:.4g}, relu={self.relu}"
+            f"{c}, {o}, kernel_size=3, stride={self.stride}, int8, s_x={self.input_scale:.4g}, "
+            f"relu={self.relu}"
             + _u8_repr(self)
         )
 
@@ -172,11 +173,13 @@ class Int8Conv3x3(_U8Maps, nn.Module):
         inv = 1.0 / self.input_scale
         if reason is None and has_int8_kernel():
             return torch.ops.leanvision.conv3x3_u8s8_nhwc(
-                x, self.packed, self._scale(), self.bias, residual, self.relu, inv,
+                x, self.packed, self._scale(), self.bias, residual, self.relu, inv, self.stride,
                 *self._u8_scalars(),
             )  # fmt: skip
         kernels.fell_back(self, reason or "no AVX512-VNNI")
-        acc = F.conv2d(_quantized_input(x, inv), self.weight_q.float(), padding=1)
+        acc = F.conv2d(
+            _quantized_input(x, inv), self.weight_q.float(), stride=self.stride, padding=1
+        )
         y = acc * self._scale().view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
         residual = self._fallback_residual(residual)
         if residual is not None:

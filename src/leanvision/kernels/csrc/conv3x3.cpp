@@ -124,16 +124,16 @@ inline void span(const Row& r, int c0, int& w) {
 
 // One output row: 16 pixels x 16 channels or 12 pixels x 32 channels per tile (24 of the 32
 // vector registers for accumulators), then smaller tiles for the rest of the row.
-template <int CB>
+template <int CB, int S = 1>
 void row(const Row& r) {
   for (int c0 = 0; c0 < r.cout; c0 += 16 * CB) {
     int w = 0;
-    if constexpr (CB == 1) span<CB, 16>(r, c0, w);
-    if constexpr (CB == 2) span<CB, 12>(r, c0, w);
-    span<CB, 8>(r, c0, w);
-    span<CB, 4>(r, c0, w);
-    span<CB, 2>(r, c0, w);
-    span<CB, 1>(r, c0, w);
+    if constexpr (CB == 1) span<CB, 16, S>(r, c0, w);
+    if constexpr (CB == 2) span<CB, 12, S>(r, c0, w);
+    span<CB, 8, S>(r, c0, w);
+    span<CB, 4, S>(r, c0, w);
+    span<CB, 2, S>(r, c0, w);
+    span<CB, 1, S>(r, c0, w);
   }
 }
 // Vector lanes of V floats (512-, 256- or 128-bit), for the Ghost module's narrow widths.
@@ -542,7 +542,7 @@ std::string conv3x3_isa() {
 }
 
 at::Tensor conv3x3_nhwc(const at::Tensor& x_in, const at::Tensor& w_in, const at::Tensor& b_in,
-                        const c10::optional<at::Tensor>& res_in, bool relu) {
+                        const c10::optional<at::Tensor>& res_in, bool relu, int64_t stride) {
 #ifndef __AVX512F__
   TORCH_CHECK(false, "conv3x3_nhwc: this build has no AVX-512 (use torch's convolution)");
 #else
@@ -551,8 +551,10 @@ at::Tensor conv3x3_nhwc(const at::Tensor& x_in, const at::Tensor& w_in, const at
               x_in.scalar_type());
   TORCH_CHECK(w_in.device().is_cpu() && b_in.device().is_cpu(),
               "conv3x3_nhwc: packed weight and bias must be CPU tensors");
-  const int64_t n = x_in.size(0), c = x_in.size(1), h = x_in.size(2), wd = x_in.size(3);
+  const int64_t n = x_in.size(0), c = x_in.size(1), hi = x_in.size(2), wi = x_in.size(3);
   TORCH_CHECK(c >= 1, "conv3x3_nhwc: x has no channels");
+  TORCH_CHECK(stride == 1 || stride == 2, "conv3x3_nhwc: stride must be 1 or 2, got ", stride);
+  const int64_t h = (hi - 1) / stride + 1, wd = (wi - 1) / stride + 1;  // padding 1
   TORCH_CHECK(w_in.dim() == 2 && w_in.size(0) == 9 * c && w_in.size(1) % 16 == 0 &&
                   w_in.scalar_type() == at::kFloat,
               "conv3x3_nhwc: packed weight must be float32 (9*C, O) with O a multiple of 16; "
@@ -578,22 +580,26 @@ at::Tensor conv3x3_nhwc(const at::Tensor& x_in, const at::Tensor& w_in, const at
   const float* xd = x.data_ptr<float>();
   const float* rd = res.defined() ? res.data_ptr<float>() : nullptr;
   float* yd = y.data_ptr<float>();
-  const int rs = static_cast<int>((wd + 2) * c);
-  // rows of all images, split over threads; a chunk pads the input rows it reads
+  const int rs = static_cast<int>((wi + 2) * c);
+  // output rows of all images, split over threads; a chunk pads the input rows it reads
   at::parallel_for(0, n * h, std::max<int64_t>(1, h / 4), [&](int64_t r0, int64_t r1) {
     // per-thread scratch, reused across calls (pad_rows writes every row it hands out whole)
     thread_local std::vector<float> pad;
-    if (pad.size() < static_cast<size_t>(h + 2) * rs) pad.resize(static_cast<size_t>(h + 2) * rs);
+    if (pad.size() < static_cast<size_t>(hi + 2) * rs) pad.resize(static_cast<size_t>(hi + 2) * rs);
     for (int64_t r = r0; r < r1;) {
       const int64_t img = r / h, h0 = r % h, h1 = std::min<int64_t>(h, h0 + (r1 - r));
-      const float* xn = xd + img * h * wd * c;
-      pad_rows(pad.data(), xn, h0, h1 + 1, h, wd, c);
+      const float* xn = xd + img * hi * wi * c;
+      pad_rows(pad.data(), xn, stride * h0, stride * (h1 - 1) + 2, hi, wi, c);
       for (int64_t hh = h0; hh < h1; ++hh) {
         const int64_t off = ((img * h) + hh) * wd * o;
-        const Row rw{pad.data() + hh * rs, rs, static_cast<int>(c), static_cast<int>(o),
+        const Row rw{pad.data() + stride * hh * rs, rs, static_cast<int>(c), static_cast<int>(o),
                      static_cast<int>(wd), w.data_ptr<float>(), b.data_ptr<float>(), yd + off,
                      rd ? rd + off : nullptr, relu};
-        if (o % 32 == 0) row<2>(rw); else row<1>(rw);
+        if (stride == 2) {
+          if (o % 32 == 0) row<2, 2>(rw); else row<1, 2>(rw);
+        } else {
+          if (o % 32 == 0) row<2>(rw); else row<1>(rw);
+        }
       }
       r += h1 - h0;
     }
@@ -1088,7 +1094,7 @@ void pad_image_u8(uint8_t* pad, const at::Tensor& x, int64_t img, int64_t first,
 at::Tensor conv3x3_u8s8_nhwc(const at::Tensor& x_in, const at::Tensor& wq_in,
                              const at::Tensor& sc_in, const at::Tensor& b_in,
                              const c10::optional<at::Tensor>& res_in, bool relu, double inv_sx,
-                             double out_inv, double res_scale) {
+                             int64_t stride, double out_inv, double res_scale) {
 #ifndef __AVX512F__
   TORCH_CHECK(false, "conv3x3_u8s8_nhwc: this build has no AVX-512 (use the fp32 layer)");
 #else
@@ -1096,7 +1102,9 @@ at::Tensor conv3x3_u8s8_nhwc(const at::Tensor& x_in, const at::Tensor& wq_in,
   int64_t c4 = 0, o = 0;
   check_q(op, x_in, wq_in, sc_in, inv_sx, relu, out_inv, res_scale, res_in, &c4, &o);
   TORCH_CHECK(o % 16 == 0, op, ": O must be a multiple of 16, got ", o);
-  const int64_t n = x_in.size(0), h = x_in.size(2), wd = x_in.size(3);
+  TORCH_CHECK(stride == 1 || stride == 2, op, ": stride must be 1 or 2, got ", stride);
+  const int64_t n = x_in.size(0), hi = x_in.size(2), wi = x_in.size(3);
+  const int64_t h = (hi - 1) / stride + 1, wd = (wi - 1) / stride + 1;  // padding 1
   TORCH_CHECK(b_in.dim() == 1 && b_in.numel() == o && b_in.scalar_type() == at::kFloat &&
                   b_in.device().is_cpu(),
               op, ": bias must be float32 CPU with ", o, " values");
@@ -1107,19 +1115,20 @@ at::Tensor conv3x3_u8s8_nhwc(const at::Tensor& x_in, const at::Tensor& wq_in,
   at::Tensor y = q_output(x, shape, out_inv);
   if (y.numel() == 0) return y;
   const Out out = out_of(y, res, relu, out_inv, res_scale);
-  const int rs = static_cast<int>((wd + 2) * c4);
+  const int rs = static_cast<int>((wi + 2) * c4);
   const float inv = static_cast<float>(inv_sx);
   at::parallel_for(0, n * h, std::max<int64_t>(1, h / 4), [&](int64_t r0, int64_t r1) {
     thread_local std::vector<uint8_t> pad;
-    if (pad.size() < static_cast<size_t>(h + 2) * rs) pad.resize(static_cast<size_t>(h + 2) * rs);
+    if (pad.size() < static_cast<size_t>(hi + 2) * rs) pad.resize(static_cast<size_t>(hi + 2) * rs);
     for (int64_t r = r0; r < r1;) {
       const int64_t img = r / h, h0 = r % h, h1 = std::min<int64_t>(h, h0 + (r1 - r));
-      pad_image_u8(pad.data(), x, img, h0, h1 + 1, c4, inv);
+      pad_image_u8(pad.data(), x, img, stride * h0, stride * (h1 - 1) + 2, c4, inv);
       for (int64_t hh = h0; hh < h1; ++hh) {
-        const RowQ rw{pad.data() + hh * rs, rs, static_cast<int>(c4), static_cast<int>(o),
+        const RowQ rw{pad.data() + stride * hh * rs, rs, static_cast<int>(c4), static_cast<int>(o),
                       static_cast<int>(wd), wq.data_ptr<int8_t>(), sc.data_ptr<float>(),
                       b.data_ptr<float>(), out.at(((img * h) + hh) * wd * o)};
-        row_q<1>(rw);
+        if (stride == 2) row_q<2>(rw);
+        else row_q<1>(rw);
       }
       r += h1 - h0;
     }
@@ -1191,8 +1200,8 @@ at::Tensor ghost3x3_u8s8_nhwc(const at::Tensor& x_in, const at::Tensor& wq_in,
 
 TORCH_LIBRARY_FRAGMENT(leanvision, m) {
   m.def("conv3x3_isa() -> str", &conv3x3_isa);
-  m.def("conv3x3_nhwc(Tensor x, Tensor w_packed, Tensor bias, Tensor? residual, bool relu) "
-        "-> Tensor");
+  m.def("conv3x3_nhwc(Tensor x, Tensor w_packed, Tensor bias, Tensor? residual, bool relu, "
+        "int stride=1) -> Tensor");
   m.impl("conv3x3_nhwc", c10::DispatchKey::CPU, &conv3x3_nhwc);
   m.def("ghost3x3_nhwc(Tensor x, Tensor w_primary, Tensor b_primary, Tensor scale1, "
         "Tensor bias1, Tensor w_cheap, Tensor bias2, Tensor? residual, bool relu, int stride=1) "
@@ -1200,7 +1209,7 @@ TORCH_LIBRARY_FRAGMENT(leanvision, m) {
   m.impl("ghost3x3_nhwc", c10::DispatchKey::CPU, &ghost3x3_nhwc);
   m.def("conv3x3_vnni() -> bool", &has_vnni);
   m.def("conv3x3_u8s8_nhwc(Tensor x, Tensor w_q, Tensor scale, Tensor bias, Tensor? residual, "
-        "bool relu, float inv_sx, float out_inv=0., float res_scale=0.) -> Tensor");
+        "bool relu, float inv_sx, int stride=1, float out_inv=0., float res_scale=0.) -> Tensor");
   m.impl("conv3x3_u8s8_nhwc", c10::DispatchKey::CPU, &conv3x3_u8s8_nhwc);
   m.def("ghost3x3_u8s8_nhwc(Tensor x, Tensor w_q, Tensor scale_primary, Tensor b_primary, "
         "Tensor scale1, Tensor bias1, Tensor w_cheap, Tensor bias2, Tensor? residual, bool relu, "
