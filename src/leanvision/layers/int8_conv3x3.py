@@ -163,8 +163,7 @@ class Int8Conv3x3(_U8Maps, nn.Module):
         o, c = self.weight_q.shape[:2]
         return (
             f"{c}, {o}, kernel_size=3, stride={self.stride}, int8, s_x={self.input_scale:.4g}, "
-            f"relu={self.relu}"
-            + _u8_repr(self)
+            f"relu={self.relu}" + _u8_repr(self)
         )
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
