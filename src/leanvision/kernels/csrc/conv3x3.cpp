@@ -1,5 +1,6 @@
-// 3x3 convolution, stride 1, padding 1, on channels-last (NHWC) fp32 maps, with the block
-// epilogue fused: y = act(conv(x, w) + b (+ residual)), act = ReLU or identity.
+// 3x3 convolution, stride 1 or 2, padding 1, on channels-last (NHWC) fp32 maps, with the
+// block epilogue fused: y = act(conv(x, w) + b (+ residual)), act = ReLU or identity. Below
+// it: the Ghost module in one pass (ghost3x3_nhwc), and both in int8 (u8 x s8, VNNI).
 //
 // Why: oneDNN's convolution loses efficiency on the narrow layers a pruned network ends with
 // (16 channels at 16x16, batch 32: ~90 GMAC/s on one AVX-512 core, against ~135 for 64
@@ -10,7 +11,8 @@
 // (leanvision.deploy.optimize_for_cpu) and keep whichever is faster.
 //
 // Layout: x (N, C, H, W) in channels_last memory; w packed (9*C, O) as [ky][kx][ci][co];
-// O a multiple of 16. Work is split over output rows with at::parallel_for.
+// O a multiple of 16. Work is split over output rows with at::parallel_for (an output row
+// at stride S reads padded input rows S*r .. S*r + 2).
 //
 // AVX-512 only: a build without it (the AVX2 or no ISA flags, other architectures) refuses,
 // conv3x3_isa() says "none", and FusedConv3x3 runs F.conv2d (optimize_for_cpu then fuses
