@@ -124,6 +124,9 @@ GROUPED = [  # n, c, o, groups, kernel, stride, padding, h, w
     (2, 96, 48, 4, 3, 1, 1, 6, 6),
     (1, 130, 65, 65, (1, 7), 1, (0, 3), 3, 10),
     (1, 12, 8, 1, (2, 3), (1, 2), 0, 5, 7),
+    (1, 16, 48, 16, 1, 1, 0, 4, 4),  # depthwise, 3 outputs per channel (og > 1, cg = 1)
+    (1, 66, 33, 33, (3, 1), 1, (1, 0), 5, 3),  # pairs across a word boundary
+    (1, 8, 8, 8, 17, 1, 8, 17, 17),  # 289 taps: more than the byte counters of the vector path hold
 ]
 
 

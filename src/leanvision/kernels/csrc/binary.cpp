@@ -341,6 +341,70 @@ void count_planes(const uint64_t* planes, int64_t k_bits, int64_t n, int32_t* co
   }
 }
 
+#if defined(LV_BINARY_VECTOR)
+bool has_avx512bw() {
+  static const bool ok = has_vpopcnt() && __builtin_cpu_supports("avx512bw");
+  return ok;
+}
+
+// The AVX-512 path of binary_gconv2d for at most 255 taps: per output pixel and weight plane,
+// 64 input channels' product bits per tap become 64 byte counters (a mask-to-bytes and a
+// subtract per word), not bit-sliced ones; then each output sums its group's cg counters. For
+// og == 1 and cg <= 2 (BiMLP's depthwise and pair-wise token FCs) the sums and the epilogue
+// run 16 outputs per vector. Same integers as the word path.
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma"))) void gconv_row_avx512(
+    const uint64_t* xd, const uint64_t* wdp, int64_t img, int64_t oy, int64_t h, int64_t wd,
+    int64_t wo, int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t ph, int64_t pw,
+    int64_t cw, int64_t channels, int64_t groups, int64_t og, int64_t cg, const float* sd,
+    const float* bd, float* out_row, uint8_t* counts) {
+  const int64_t o = groups * og;
+  for (int64_t ox = 0; ox < wo; ++ox) {
+    float* out = out_row + ox * o;
+    for (int64_t m = 0; m < og; ++m) {
+      int64_t valid = 0;
+      for (int64_t w = 0; w < cw; ++w) {
+        __m512i cnt = _mm512_setzero_si512();
+        valid = for_valid_taps(img, oy, ox, h, wd, kh, kw, sh, sw, ph, pw,
+                               [&](int64_t tap, int64_t px) {
+                                 const uint64_t bits = xd[px * cw + w] ^ wdp[(m * kh * kw + tap) * cw + w];
+                                 cnt = _mm512_sub_epi8(cnt, _mm512_movm_epi8(bits));  // +1 per set bit
+                               });
+        _mm512_storeu_si512(counts + 64 * w, cnt);
+      }
+      const float full = static_cast<float>(valid * cg);
+      if (og == 1 && cg <= 2) {
+        const __m512 vfull = _mm512_set1_ps(full), two = _mm512_set1_ps(2.f);
+        for (int64_t g0 = 0; g0 < groups; g0 += 16) {
+          const int64_t left = std::min<int64_t>(16, groups - g0);
+          const __mmask16 k = static_cast<__mmask16>((1u << left) - 1);
+          __m512i total;
+          if (cg == 1) {
+            total = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(k, counts + g0));
+          } else {  // adjacent byte pairs: 16 groups from 32 counters
+            const __m256i pairs = _mm256_maddubs_epi16(
+                _mm256_maskz_loadu_epi8(static_cast<__mmask32>((uint64_t{1} << (2 * left)) - 1),
+                                        counts + 2 * g0),
+                _mm256_set1_epi8(1));
+            total = _mm512_cvtepi16_epi32(pairs);
+          }
+          const __m512 dot = _mm512_fnmadd_ps(two, _mm512_cvtepi32_ps(total), vfull);
+          const __m512 sc = _mm512_maskz_loadu_ps(k, sd + g0);
+          const __m512 bi = bd ? _mm512_maskz_loadu_ps(k, bd + g0) : _mm512_setzero_ps();
+          _mm512_mask_storeu_ps(out + g0, k, _mm512_fmadd_ps(dot, sc, bi));
+        }
+        continue;
+      }
+      for (int64_t g = 0; g < groups; ++g) {
+        int64_t total = 0;
+        for (int64_t j = 0; j < cg; ++j) total += counts[g * cg + j];
+        const int64_t q = g * og + m;
+        out[q] = sd[q] * (full - 2.f * static_cast<float>(total)) + (bd ? bd[q] : 0.f);
+      }
+    }
+  }
+}
+#endif
+
 at::Tensor binary_gconv2d(const at::Tensor& xp_in, const at::Tensor& wp_in, const at::Tensor& scale,
                           const c10::optional<at::Tensor>& bias_in, int64_t channels,
                           int64_t out_channels, int64_t groups, int64_t kh, int64_t kw,
@@ -381,6 +445,17 @@ at::Tensor binary_gconv2d(const at::Tensor& xp_in, const at::Tensor& wp_in, cons
   at::Tensor y = io.y;
   int64_t k_bits = 1;
   while ((int64_t{1} << k_bits) <= kh * kw) ++k_bits;  // counters up to kh * kw
+#if defined(LV_BINARY_VECTOR)
+  if (kh * kw <= 255 && has_avx512bw()) {  // byte counters hold up to 255 taps
+    at::parallel_for(0, n * ho, 1, [&](int64_t r0, int64_t r1) {
+      std::vector<uint8_t> counts(static_cast<size_t>(cw * 64));
+      for (int64_t r = r0; r < r1; ++r)
+        gconv_row_avx512(xd, wdp, r / ho, r % ho, h, wd, wo, kh, kw, sh, sw, ph, pw, cw, channels,
+                         groups, og, cg, sd, bd, yd + r * wo * o, counts.data());
+    });
+    return y;
+  }
+#endif
   at::parallel_for(0, n * ho, 1, [&](int64_t r0, int64_t r1) {
     std::vector<uint64_t> planes(static_cast<size_t>(cw * k_bits));
     std::vector<int32_t> counts(static_cast<size_t>(cw * 64));
