@@ -221,3 +221,27 @@ def test_leanvision_runtime_runs_the_frozen_graph_by_torchscript(ghost, x):
     baked = BatchBaked()
     same, scripted = script_frozen(baked, example)
     assert same is baked and not scripted
+
+
+def test_inductor_fp32_is_ahead_of_time_and_falls_back_loudly(x, monkeypatch):
+    """fp32 on inductor is one AOTInductor library for every batch size; a failed export or
+    build, or a library whose output is not the model's, falls back to torch.compile with a
+    warning, and the label says which ran."""
+    from leanvision.deploy import inductor as ind
+
+    model = _model(False, "resnet8_cifar")
+    with torch.no_grad():
+        ref = model(x)
+    d = lv.deploy(model, "inductor", input_size=SIZE, batch=3, threads=1)
+    assert "aotinductor" in d.backend
+    torch.testing.assert_close(d(x), ref, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(d(x[:2]), ref[:2], rtol=1e-4, atol=1e-4)
+
+    def broken(*args):
+        return lambda t: torch.zeros(t.shape[0], 10)  # a "compiled" model that is wrong
+
+    monkeypatch.setattr(ind, "_aot_compile", broken)
+    with pytest.warns(UserWarning, match="AOTInductor could not compile.*differs"):
+        d = lv.deploy(model, "inductor", input_size=SIZE, batch=3, threads=1)
+    assert "aotinductor" not in d.backend and "inductor" in d.backend
+    torch.testing.assert_close(d(x), ref, rtol=1e-4, atol=1e-4)

@@ -13,8 +13,10 @@ beside any other. Backends (``BACKENDS``) and the precisions each runs:
   CPU has AVX512-VNNI (:func:`~leanvision.deploy.cpu.quantize_for_cpu`: the fused layers that read
   ReLU outputs get int8 products, calibrated on ``calib``, and a map only such layers read
   stays uint8; the rest of the graph stays fp32).
-- ``"inductor"``: ``torch.compile`` (TorchInductor, weights frozen) of the BN-folded model: fp32;
-  int8 through torchao's PT2E x86 quantization (:mod:`leanvision.deploy.inductor`).
+- ``"inductor"``: TorchInductor, ahead of time (AOTInductor: one library for every batch size,
+  no Python at call time; ``torch.compile`` where export fails), weights frozen, of the
+  BN-folded model: fp32; int8 through torchao's PT2E x86 quantization
+  (:mod:`leanvision.deploy.inductor`).
 - ``"onnxruntime"``: the ONNX of :func:`~leanvision.deploy.export_onnx` on onnxruntime's CPU
   execution provider, all graph optimizations: fp32; int8.
 - ``"openvino"``: the same ONNX on OpenVINO's CPU plugin (``openvino.Core().read_model``),
