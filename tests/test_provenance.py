@@ -233,3 +233,20 @@ def test_committed_benchmark_results_all_load_with_a_commit_label() -> None:
         meta = dict(_meta(rf.run, rf.models))
         label = meta.get("Git commit") or meta["Git commits"]
         assert re.search(r"\((clean|dirty: unknown|DIRTY TREE: [^)]*)\)$", label), (path, label)
+
+
+def test_results_name_the_cpu_model(repo: Path, tmp_path: Path) -> None:
+    """Latencies depend on the CPU, and hosts change between runs: the results record its
+    model name and the summary's Host line shows it."""
+    from leanvision.report.writer import cpu_model
+
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nvendor_id\t: X\nmodel name\t: Test CPU 9000 @ 3 GHz\n")
+    assert cpu_model(info) == "Test CPU 9000 @ 3 GHz"
+    assert isinstance(cpu_model(tmp_path / "missing"), str)  # platform's answer, maybe ""
+    path = write_results(repo / "benchmarks" / "results" / "run", [_row()])
+    host = json.loads(path.read_text())["run"]["host"]
+    assert host["cpu_model"] == cpu_model()
+    summary = build_summary([path], tmp_path / "RESULTS.md").read_text()
+    if host["cpu_model"]:
+        assert f"CPUs ({host['cpu_model']})" in summary

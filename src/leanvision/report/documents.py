@@ -72,7 +72,8 @@ def _meta(run: Mapping[str, Any], models: Sequence[ModelResult]) -> list[tuple[s
             shown = ("torch", "timm", "onnxruntime")
             parts += [f"{k} {packages[k]}" for k in shown if k in packages]
         if host.get("cpu_count"):
-            parts.append(f"{host['cpu_count']} CPUs")
+            model = f" ({host['cpu_model']})" if host.get("cpu_model") else ""
+            parts.append(f"{host['cpu_count']} CPUs{model}")
         if parts:
             out.append(("Host", ", ".join(parts)))
     return out

@@ -6,6 +6,7 @@ import dataclasses
 import json
 import os
 import platform
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -71,6 +72,16 @@ def git_commit() -> str:
     return provenance.git_state().commit
 
 
+def cpu_model(cpuinfo: str | Path = "/proc/cpuinfo") -> str:
+    """The CPU's model name as /proc/cpuinfo gives it (Linux), else ``platform.processor()``
+    ("" where neither says): latencies depend on it, and hosts change between runs."""
+    try:
+        found = re.search(r"^model name\s*:\s*(.+)$", Path(cpuinfo).read_text(), re.M)
+    except OSError:
+        found = None
+    return found.group(1).strip() if found else platform.processor()
+
+
 def _host_info() -> dict[str, Any]:
     packages = {}
     for name in _RECORDED_PACKAGES:
@@ -83,6 +94,7 @@ def _host_info() -> dict[str, Any]:
         "machine": platform.machine(),
         "python": platform.python_version(),
         "cpu_count": os.cpu_count(),
+        "cpu_model": cpu_model(),
         "packages": packages,
     }
 
