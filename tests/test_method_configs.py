@@ -28,6 +28,7 @@ TRAINING = [s for s in SPECS if issubclass(s.config_cls, FinetuneConfig)]
 BAD = {
     "adder": ("eta", 0.0),
     "adder_quant": ("bits", 1),
+    "winograd_adder": ("p_reach", 0.0),
     "bnn_ste": ("exclude", "conv1"),
     "deit_kd": ("kind", "medium"),
     "dynamicvit": ("keep_ratio", 1.5),

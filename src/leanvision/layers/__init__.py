@@ -23,6 +23,7 @@ from .token_pruning import (
     require_token_vit,
     softmax_with_policy,
 )
+from .winograd_adder import WinogradAdderConv2d, winograd_adder2d
 
 __all__ = [
     "AdderConv2d",
@@ -49,10 +50,12 @@ __all__ = [
     "QuantMatMul",
     "SlimmedViT",
     "TokenPredictor",
+    "WinogradAdderConv2d",
     "embed_tokens",
     "fake_quant",
     "quantization_state",
     "gated_blocks",
     "require_token_vit",
     "softmax_with_policy",
+    "winograd_adder2d",
 ]

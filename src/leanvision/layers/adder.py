@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -254,6 +255,7 @@ def adderize(
     keep_first: bool = True,
     exclude: list[str] | None = None,
     add_bn: list[str] | None = None,
+    make_layer: Callable[[nn.Conv2d], nn.Module] | None = None,
 ) -> tuple[nn.Module, dict[str, Any]]:
     """A copy of ``model`` with its convolutions (all but the stem and ``exclude``) replaced by
     adder layers, each followed by batch norm.
@@ -265,6 +267,9 @@ def adderize(
         add_bn: names of replaced convolutions that get a new BatchNorm2d after them; by default
             found with torch.fx (those not already feeding a BN; if fx cannot trace the model,
             none).
+        make_layer: the adder layer for one convolution (raises ConfigError where it cannot
+            stand in); default :meth:`AdderConv2d.from_conv` (the Winograd adder method picks
+            its layer per convolution).
 
     Returns:
         (new model, the architecture record ``{"keep_first", "exclude", "add_bn"}``).
@@ -273,6 +278,7 @@ def adderize(
         UnsupportedModelError: a convolution an adder layer cannot stand in for (grouped,
             dilated, non-square, non-zero padding mode), naming it; or nothing to replace.
     """
+    factory = make_layer or AdderConv2d.from_conv
     exclude_set = set(exclude or [])
     skip = {first_conv_name(model)} if keep_first else set()
     targets = []
@@ -280,7 +286,7 @@ def adderize(
         if name in exclude_set or name in skip or not isinstance(m, nn.Conv2d):
             continue
         try:
-            AdderConv2d.from_conv(m)
+            factory(m)
         except Exception as exc:
             raise UnsupportedModelError(
                 f"adder: layer {name!r} ({m}) cannot become an adder layer ({exc}); pass "
@@ -301,7 +307,7 @@ def adderize(
             add_bn = [n for n in targets if n not in with_bn]
 
     def make(conv: nn.Module, name: str) -> nn.Module:
-        layer = AdderConv2d.from_conv(conv).to(dtype=conv.weight.dtype)
+        layer = factory(conv).to(dtype=conv.weight.dtype)
         if name in add_bn:
             layer = nn.Sequential(layer, nn.BatchNorm2d(conv.out_channels).to(conv.weight.device))
         return layer

@@ -14,6 +14,10 @@
 // padding becomes this one stride-1 full correlation (the caller builds it). The weight
 // gradient, sum_p gy (x - w), is a convolution weight gradient minus w * sum_p gy: ATen's.
 //
+// Winograd adder forward (winograd_adder_forward, Li et al., ICML 2021): the 3x3 stride-1 layer on
+// F(2x2, 3x3) tiles, the core the same min-and-add as above on 16 Winograd positions (4/9 of
+// the direct layer's terms); see the section at the end of this file.
+//
 // AVX-512 only: in a build without it (the AVX2 or no ISA flags, other architectures) both ops
 // refuse, adder_isa() says "none", and leanvision.layers.adder runs its PyTorch path (the
 // same values). Every argument is checked before any arithmetic.
@@ -317,6 +321,229 @@ at::Tensor adder_backward_input(const at::Tensor& e_in, const at::Tensor& x_in,
 #endif
 }
 
+
+#ifdef __AVX512F__
+// ---------------------------------------------------------------------------------------------
+// Winograd adder layer (Li et al., ICML 2021, arXiv 2105.05530), 3x3 stride 1, on F(2x2, 3x3)
+// tiles: V = B^T d B per 4x4 input tile (tiles at stride 2) and channel, then at each of the 16
+// Winograd positions k the adder core M_k[t, o] = -sum_c |U_k[c, o] - V_k[t, c]|, written as
+// 2 sum_c min(U, V) - sum_c V - sum_c U as in the direct layer (one min and one add per term),
+// then Y = A^T M A per tile. B^T is the standard one for every transform leanvision has (their
+// signs sit in G, folded into U by the caller, and in A^T, passed as 2x4 coefficients).
+// One tile row of one image per task: its 4 padded input rows, V (16 x TW x C), M (16 x TW x Op)
+// in the thread's buffers.
+
+struct WinoRow {
+  const float* v;   // [16][tw][c]
+  const float* vs;  // [16][tw]: sum over c of v
+  const float* u;   // packed (16*c, op) as [k][c][o]
+  const float* us;  // [16][op]: sum over c of u
+  int64_t tw, c, op;
+  float* m;  // [16][tw][op]
+};
+
+// P tiles x CB 16-wide output-channel vectors at position k.
+template <int P, int CB>
+inline void wino_core_tile(const WinoRow& r, int64_t k, int64_t t0, int64_t o0) {
+  __m512 acc[P][CB];
+#pragma GCC unroll 16
+  for (int p = 0; p < P; ++p)
+#pragma GCC unroll 4
+    for (int b = 0; b < CB; ++b) acc[p][b] = _mm512_setzero_ps();
+  const float* vk = r.v + (k * r.tw + t0) * r.c;
+  const float* uk = r.u + k * r.c * r.op + o0;
+  for (int64_t ci = 0; ci < r.c; ++ci) {
+    __m512 w[CB];
+#pragma GCC unroll 4
+    for (int b = 0; b < CB; ++b) w[b] = _mm512_loadu_ps(uk + ci * r.op + 16 * b);
+#pragma GCC unroll 16
+    for (int p = 0; p < P; ++p) {
+      const __m512 xv = _mm512_set1_ps(vk[p * r.c + ci]);
+#pragma GCC unroll 4
+      for (int b = 0; b < CB; ++b) acc[p][b] = _mm512_add_ps(acc[p][b], _mm512_min_ps(xv, w[b]));
+    }
+  }
+  const __m512 two = _mm512_set1_ps(2.f);
+#pragma GCC unroll 4
+  for (int b = 0; b < CB; ++b) {
+    const __m512 usv = _mm512_loadu_ps(r.us + k * r.op + o0 + 16 * b);
+#pragma GCC unroll 16
+    for (int p = 0; p < P; ++p) {
+      const __m512 val = _mm512_sub_ps(
+          _mm512_fmsub_ps(two, acc[p][b], _mm512_set1_ps(r.vs[k * r.tw + t0 + p])), usv);
+      _mm512_storeu_ps(r.m + (k * r.tw + t0 + p) * r.op + o0 + 16 * b, val);
+    }
+  }
+}
+
+template <int CB, int P>
+inline void wino_core_span(const WinoRow& r, int64_t k, int64_t o0, int64_t& t) {
+  for (; t + P <= r.tw; t += P) wino_core_tile<P, CB>(r, k, t, o0);
+}
+
+template <int CB>
+void wino_core(const WinoRow& r) {
+  for (int64_t k = 0; k < 16; ++k)
+    for (int64_t o0 = 0; o0 < r.op; o0 += 16 * CB) {
+      int64_t t = 0;
+      if constexpr (CB == 1) wino_core_span<CB, 16>(r, k, o0, t);
+      if constexpr (CB == 2) wino_core_span<CB, 12>(r, k, o0, t);
+      wino_core_span<CB, 8>(r, k, o0, t);
+      wino_core_span<CB, 4>(r, k, o0, t);
+      wino_core_span<CB, 2>(r, k, o0, t);
+      wino_core_span<CB, 1>(r, k, o0, t);
+    }
+}
+
+// V = B^T d B for the tile row's tiles (d: 4 padded rows of wp = 2 tw + 2 pixels x c), and
+// vs = its sums over the channels. B^T = [[1,0,-1,0],[0,1,1,0],[0,-1,1,0],[0,1,0,-1]].
+void wino_input(const float* pad, int64_t tw, int64_t c, float* v, float* vs) {
+  const int64_t wp = 2 * tw + 2;
+  for (int64_t t = 0; t < tw; ++t) {
+    __m512 sum[16];
+#pragma GCC unroll 16
+    for (int k = 0; k < 16; ++k) sum[k] = _mm512_setzero_ps();
+    for (int64_t c0 = 0; c0 < c; c0 += 16) {
+      const __mmask16 msk = tail_mask(c - c0);
+      __m512 d[4][4];
+#pragma GCC unroll 4
+      for (int u = 0; u < 4; ++u)
+#pragma GCC unroll 4
+        for (int q = 0; q < 4; ++q)
+          d[u][q] = _mm512_maskz_loadu_ps(msk, pad + (u * wp + 2 * t + q) * c + c0);
+      __m512 e[4][4];  // B^T d: rows
+#pragma GCC unroll 4
+      for (int q = 0; q < 4; ++q) {
+        e[0][q] = _mm512_sub_ps(d[0][q], d[2][q]);
+        e[1][q] = _mm512_add_ps(d[1][q], d[2][q]);
+        e[2][q] = _mm512_sub_ps(d[2][q], d[1][q]);
+        e[3][q] = _mm512_sub_ps(d[1][q], d[3][q]);
+      }
+#pragma GCC unroll 4
+      for (int i = 0; i < 4; ++i) {  // (B^T d) B: columns
+        const __m512 f[4] = {_mm512_sub_ps(e[i][0], e[i][2]), _mm512_add_ps(e[i][1], e[i][2]),
+                             _mm512_sub_ps(e[i][2], e[i][1]), _mm512_sub_ps(e[i][1], e[i][3])};
+#pragma GCC unroll 4
+        for (int j = 0; j < 4; ++j) {
+          _mm512_mask_storeu_ps(v + ((i * 4 + j) * tw + t) * c + c0, msk, f[j]);
+          sum[i * 4 + j] = _mm512_add_ps(sum[i * 4 + j], f[j]);
+        }
+      }
+    }
+#pragma GCC unroll 16
+    for (int k = 0; k < 16; ++k) vs[k * tw + t] = _mm512_reduce_add_ps(sum[k]);
+  }
+}
+
+// Y = A^T M A for the tile row's tiles into output rows 2 ty, 2 ty + 1 (those below ho), the
+// columns below wo; o real output channels of op.
+void wino_output(const float* m, const float* at, int64_t tw, int64_t op, int64_t o, int64_t ty,
+                 int64_t ho, int64_t wo, float* y_img) {
+  __m512 a[2][4];
+  for (int i = 0; i < 2; ++i)
+    for (int q = 0; q < 4; ++q) a[i][q] = _mm512_set1_ps(at[i * 4 + q]);
+  for (int64_t t = 0; t < tw; ++t)
+    for (int64_t o0 = 0; o0 < op; o0 += 16) {
+      if (o0 >= o) break;
+      const __mmask16 msk = tail_mask(o - o0);
+      __m512 r[2][4];  // A^T M
+#pragma GCC unroll 4
+      for (int q = 0; q < 4; ++q) {
+        __m512 mv[4];
+#pragma GCC unroll 4
+        for (int aa = 0; aa < 4; ++aa) mv[aa] = _mm512_loadu_ps(m + ((aa * 4 + q) * tw + t) * op + o0);
+#pragma GCC unroll 2
+        for (int i = 0; i < 2; ++i) {
+          __m512 acc = _mm512_mul_ps(a[i][0], mv[0]);
+#pragma GCC unroll 3
+          for (int aa = 1; aa < 4; ++aa) acc = _mm512_fmadd_ps(a[i][aa], mv[aa], acc);
+          r[i][q] = acc;
+        }
+      }
+#pragma GCC unroll 2
+      for (int i = 0; i < 2; ++i) {
+        const int64_t yy = 2 * ty + i;
+        if (yy >= ho) break;
+#pragma GCC unroll 2
+        for (int j = 0; j < 2; ++j) {
+          const int64_t xx = 2 * t + j;
+          if (xx >= wo) break;
+          __m512 acc = _mm512_mul_ps(a[j][0], r[i][0]);
+#pragma GCC unroll 3
+          for (int q = 1; q < 4; ++q) acc = _mm512_fmadd_ps(a[j][q], r[i][q], acc);
+          _mm512_mask_storeu_ps(y_img + (yy * wo + xx) * o + o0, msk, acc);
+        }
+      }
+    }
+}
+#endif
+
+at::Tensor winograd_adder_forward(const at::Tensor& x_in, const at::Tensor& u_packed,
+                                  const at::Tensor& u_sum, const at::Tensor& a_t,
+                                  int64_t out_channels, int64_t padding) {
+#ifndef __AVX512F__
+  no_avx512("winograd_adder_forward");
+#else
+  const char* op_name = "winograd_adder_forward";
+  TORCH_CHECK(x_in.dim() == 4 && x_in.scalar_type() == at::kFloat && x_in.device().is_cpu(),
+              op_name, ": x must be a 4-D float32 CPU tensor, got ", x_in.sizes(), " ",
+              x_in.scalar_type(), " on ", x_in.device());
+  TORCH_CHECK(out_channels >= 1 && padding >= 0, op_name,
+              ": out_channels must be >= 1 and padding >= 0, got ", out_channels, ", ", padding);
+  TORCH_CHECK(u_packed.device().is_cpu() && u_sum.device().is_cpu() && a_t.device().is_cpu(),
+              op_name, ": u_packed, u_sum and a_t must be CPU tensors");
+  const int64_t n = x_in.size(0), c = x_in.size(1), h = x_in.size(2), wd = x_in.size(3);
+  const int64_t o = out_channels, op = (o + 15) / 16 * 16;
+  TORCH_CHECK(c >= 1, op_name, ": x has no channels");
+  TORCH_CHECK(u_packed.dim() == 2 && u_packed.size(0) == 16 * c && u_packed.size(1) == op &&
+                  u_packed.scalar_type() == at::kFloat,
+              op_name, ": packed U must be float32 (16*C, O rounded up to 16) = (", 16 * c, ", ",
+              op, "), got ", u_packed.sizes());
+  TORCH_CHECK(u_sum.numel() == 16 * op && u_sum.scalar_type() == at::kFloat, op_name,
+              ": u_sum must hold 16 * ", op, " float32 values");
+  TORCH_CHECK(a_t.numel() == 8 && a_t.scalar_type() == at::kFloat, op_name,
+              ": a_t must be the 2x4 float32 output transform");
+  const int64_t ho = h + 2 * padding - 2, wo = wd + 2 * padding - 2;
+  TORCH_CHECK(ho >= 1 && wo >= 1, op_name, ": input smaller than the 3x3 kernel");
+  const int64_t th = (ho + 1) / 2, tw = (wo + 1) / 2, wp = 2 * tw + 2;
+  const auto cl = at::MemoryFormat::ChannelsLast;
+  const at::Tensor x = x_in.contiguous(cl), u = u_packed.contiguous(), us = u_sum.contiguous();
+  const at::Tensor atc = a_t.contiguous();
+  at::Tensor y = at::empty({n, o, ho, wo}, x.options().memory_format(cl));
+  if (y.numel() == 0) return y;
+  const float* xd = x.data_ptr<float>();
+  float* yd = y.data_ptr<float>();
+  const float* atd = atc.data_ptr<float>();
+  at::parallel_for(0, n * th, std::max<int64_t>(1, th / 4), [&](int64_t r0, int64_t r1) {
+    std::vector<float> pad(static_cast<size_t>(4 * wp * c));
+    std::vector<float> v(static_cast<size_t>(16 * tw * c)), vs(static_cast<size_t>(16 * tw));
+    std::vector<float> m(static_cast<size_t>(16 * tw * op));
+    const WinoRow row{v.data(), vs.data(), u.data_ptr<float>(), us.data_ptr<float>(), tw, c, op,
+                      m.data()};
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t img = r / th, ty = r % th;
+      const float* xn = xd + img * h * wd * c;
+      for (int64_t uu = 0; uu < 4; ++uu) {  // padded rows 2 ty - padding + uu
+        float* dst = pad.data() + uu * wp * c;
+        const int64_t src = 2 * ty - padding + uu;
+        std::memset(dst, 0, sizeof(float) * wp * c);
+        if (src < 0 || src >= h) continue;
+        // padded column q holds input column q - padding (those inside the image)
+        const int64_t q0 = std::max<int64_t>(0, padding), q1 = std::min<int64_t>(wp, wd + padding);
+        if (q1 > q0)
+          std::memcpy(dst + q0 * c, xn + (src * wd + q0 - padding) * c,
+                      sizeof(float) * (q1 - q0) * c);
+      }
+      wino_input(pad.data(), tw, c, v.data(), vs.data());
+      if (op % 32 == 0) wino_core<2>(row);
+      else wino_core<1>(row);
+      wino_output(m.data(), atd, tw, op, o, ty, ho, wo, yd + img * ho * wo * o);
+    }
+  });
+  return y;
+#endif
+}
+
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(leanvision, m) {
@@ -326,4 +553,7 @@ TORCH_LIBRARY_FRAGMENT(leanvision, m) {
   m.def("adder_backward_input(Tensor e, Tensor x, Tensor wt_packed, int kernel) -> Tensor");
   m.impl("adder_forward", c10::DispatchKey::CPU, &adder_forward);
   m.impl("adder_backward_input", c10::DispatchKey::CPU, &adder_backward_input);
+  m.def("winograd_adder_forward(Tensor x, Tensor u_packed, Tensor u_sum, Tensor a_t, "
+        "int out_channels, int padding) -> Tensor");
+  m.impl("winograd_adder_forward", c10::DispatchKey::CPU, &winograd_adder_forward);
 }

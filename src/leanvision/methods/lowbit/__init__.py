@@ -1,7 +1,7 @@
-"""Low-bit and multiplication-free networks: AdderNet (+ PKKD, integer), binary networks,
-post-training quantization of ViTs."""
+"""Low-bit and multiplication-free networks: AdderNet (+ PKKD, integer, Winograd), binary
+networks, post-training quantization of ViTs."""
 
-from . import adder, adder_quant, binary, int8, pkkd, ptq_vit
+from . import adder, adder_quant, binary, int8, pkkd, ptq_vit, winograd_adder
 from .adder import AdderConfig, AdderLRHook, adderize
 from .adder_quant import AdderQuantConfig, calibrate_adder_inputs, quantize_adders
 from .binary import (
@@ -16,6 +16,7 @@ from .binary import (
 from .int8 import Int8Config, apply_int8
 from .pkkd import PKKDConfig, PKKDHook
 from .ptq_vit import PTQViTConfig, calibrate, quantize_vit
+from .winograd_adder import PScheduleHook, WinogradAdderConfig, winograd_adderize
 
 __all__ = [
     "AdderConfig",
@@ -29,7 +30,9 @@ __all__ = [
     "LNSHook",
     "PKKDConfig",
     "PKKDHook",
+    "PScheduleHook",
     "PTQViTConfig",
+    "WinogradAdderConfig",
     "adder",
     "adder_quant",
     "adderize",
@@ -44,4 +47,6 @@ __all__ = [
     "ptq_vit",
     "quantize_adders",
     "quantize_vit",
+    "winograd_adder",
+    "winograd_adderize",
 ]

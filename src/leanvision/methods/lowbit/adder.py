@@ -22,6 +22,7 @@ from torch import nn
 
 from leanvision.engine.hooks import Hook
 from leanvision.layers.adder import AdderConv2d, adderize
+from leanvision.layers.winograd_adder import WinogradAdderConv2d
 from leanvision.methods.common import FinetuneConfig, finetune
 from leanvision.methods.config import check_real
 from leanvision.methods.registry import record_transform, register_method
@@ -48,19 +49,22 @@ class AdderConfig(FinetuneConfig):
 
 class AdderLRHook(Hook):
     """AdderNet's adaptive learning rate (§3.3): before each optimizer step, every adder
-    layer's weight gradient g becomes ``η·√k·g / ‖g‖₂`` (k = number of weights)."""
+    layer's weight gradient g becomes ``η·√k·g / ‖g‖₂`` (k = number of weights); Winograd
+    adder layers' too (their weight is the 3×3 filter)."""
 
     name = "adder_lr"
 
     def __init__(self, model: nn.Module, eta: float = 0.2) -> None:
         self.eta = float(eta)
-        self.layers = [m for m in model.modules() if isinstance(m, AdderConv2d)]
+        self.layers = [
+            m for m in model.modules() if isinstance(m, (AdderConv2d, WinogradAdderConv2d))
+        ]
 
     def before_optimizer_step(self, trainer: Any) -> None:
         rescale_adder_grads(self.layers, self.eta)
 
 
-def rescale_adder_grads(layers: list[AdderConv2d], eta: float = 0.2) -> None:
+def rescale_adder_grads(layers: list[nn.Module], eta: float = 0.2) -> None:
     """Apply the adaptive learning rate to the layers' current weight gradients."""
     with torch.no_grad():
         for m in layers:
