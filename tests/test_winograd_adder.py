@@ -263,3 +263,41 @@ def test_kernel_checks_its_arguments():
         op(torch.randn(1, 8, 1, 1), u, us, at, 10, 0)
     with pytest.raises(RuntimeError, match="float32"):
         op(x.double(), u, us, at, 10, 1)
+
+
+@needs_avx512
+@pytest.mark.parametrize("p", [1.0, 1.3, 1.7, 2.0])
+def test_training_core_kernels_match_float64(p):
+    """The native core and its backward (fp32) against the PyTorch path in float64: values and
+    both gradients, odd sizes (L, C and O not multiples of 16)."""
+    for lc, c, o in [(7, 5, 3), (97, 33, 20), (130, 64, 64)]:
+        torch.manual_seed(6)
+        v, u, gm = torch.randn(16, lc, c), torch.randn(16, o, c), torch.randn(16, lc, o)
+        v1, u1 = v.clone().requires_grad_(), u.clone().requires_grad_()
+        m = wa._Core.apply(v1, u1, p)
+        m.backward(gm)
+        v2, u2 = v.double().requires_grad_(), u.double().requires_grad_()
+        m2 = wa._Core.apply(v2, u2, p)
+        m2.backward(gm.double())
+        for a, b in ((m, m2), (v1.grad, v2.grad), (u1.grad, u2.grad)):
+            assert (a.double() - b).abs().max() <= 2e-6 * b.abs().max()
+
+
+@needs_avx512
+def test_training_core_kernels_check_their_arguments():
+    core = torch.ops.leanvision.winograd_adder_core
+    back = torch.ops.leanvision.winograd_adder_core_backward
+    v, u, us = torch.randn(16, 9, 8), torch.randn(16 * 8, 16), torch.randn(16, 16)
+    assert core(v, u, us, 10, 1.5).shape == (16, 9, 10)
+    with pytest.raises(RuntimeError, match="p must be in"):
+        core(v, u, us, 10, 2.5)
+    with pytest.raises(RuntimeError, match="packed U"):
+        core(torch.randn(16, 9, 7), u, us, 10, 1.0)
+    with pytest.raises(RuntimeError, match=r"\(16, L, C\)"):
+        core(torch.randn(4, 9, 8), u, us, 10, 1.0)
+    gm, ut = torch.randn(16, 9, 10), torch.randn(16, 10, 8)
+    gv, gu = back(gm, v, ut, 1.5)
+    assert gv.shape == v.shape and gu.shape == ut.shape
+    assert back(gm, v, ut, 1.0)[1].numel() == 0  # p = 1: the caller's matrix product
+    with pytest.raises(RuntimeError, match="disagree"):
+        back(gm, v, torch.randn(16, 11, 8), 1.5)

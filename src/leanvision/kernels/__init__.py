@@ -72,7 +72,13 @@ _FLAGS = {
 _OPENMP = {"adder", "adder_int8", "binary", "conv3x3"}
 # the ops each kernel registers (its `<name>_isa` op aside)
 OPS: dict[str, tuple[str, ...]] = {
-    "adder": ("adder_forward", "adder_backward_input", "winograd_adder_forward"),
+    "adder": (
+        "adder_forward",
+        "adder_backward_input",
+        "winograd_adder_forward",
+        "winograd_adder_core",
+        "winograd_adder_core_backward",
+    ),
     "adder_int8": ("adder_int8_forward", "adder_int16_forward"),
     "binary": ("binary_pack", "binary_conv2d", "binary_gconv2d", "binary_linear"),
     "conv3x3": ("conv3x3_nhwc", "ghost3x3_nhwc", "conv3x3_u8s8_nhwc", "ghost3x3_u8s8_nhwc"),

@@ -121,33 +121,85 @@ def _tiles(x: torch.Tensor, padding: int) -> tuple[torch.Tensor, int, int, int, 
     return F.pad(x, (padding, right, padding, bottom)), h, w, th, tw
 
 
+def _combine(coeffs: list[float], parts: list[torch.Tensor]) -> torch.Tensor:
+    """Σ coeffs[i]·parts[i] over the non-zero coefficients (±1: an add or a subtract)."""
+    out = None
+    for a, t in zip(coeffs, parts, strict=True):
+        if a == 0:
+            continue
+        if out is None:
+            out = t if a == 1 else -t if a == -1 else a * t
+        elif a == 1:
+            out = out + t
+        elif a == -1:
+            out = out - t
+        else:
+            out = out + a * t
+    assert out is not None  # every row of a transform has a non-zero entry
+    return out
+
+
 def _input_transform(x: torch.Tensor, bt: torch.Tensor, padding: int):
-    """V = Bᵀ d B of every 4×4 tile: (16, N·T, C), and the output's geometry."""
+    """V = Bᵀ d B of every 4×4 tile: (16, N·T, C), T tiles per image in row-major order, and
+    the output's geometry. Strided views and adds over NHWC, no unfold: row u of every tile
+    is the map's rows u, u + 2, ...; the column pass likewise."""
     xp, h, w, th, tw = _tiles(x, padding)
     n, c = x.shape[:2]
-    kern = torch.einsum("iu,jv->ijuv", bt, bt).reshape(16, 1, 4, 4)
-    v = F.conv2d(xp.reshape(n * c, 1, *xp.shape[2:]), kern, stride=2)  # (N·C, 16, th, tw)
-    v = v.reshape(n, c, 16, th * tw).permute(2, 0, 3, 1).reshape(16, n * th * tw, c)
-    return v, (n, h, w, th, tw)
+    xh = xp.permute(0, 2, 3, 1)  # (N, Hp, Wp, C) view
+    b = bt.tolist()
+    rows = [xh[:, u : u + 2 * th : 2] for u in range(4)]  # (N, th, Wp, C)
+    tiles = []
+    for i in range(4):
+        e = _combine(b[i], rows)
+        cols = [e[:, :, v : v + 2 * tw : 2] for v in range(4)]  # (N, th, tw, C)
+        tiles += [_combine(b[j], cols) for j in range(4)]
+    v = torch.stack(tiles)  # (16, N, th, tw, C)
+    return v.reshape(16, n * th * tw, c), (n, h, w, th, tw)
 
 
 def _output_transform(m: torch.Tensor, at: torch.Tensor, geo: tuple[int, ...]) -> torch.Tensor:
-    """Y = Aᵀ M A per tile, from M (16, N·T, O), back to (N, O, H, W)."""
+    """Y = Aᵀ M A per tile, from M (16, N·T, O), back to (N, O, H, W) (channels-last): one
+    (4 × 16) matrix product."""
     n, h, w, th, tw = geo
     o = m.shape[-1]
-    m = m.reshape(4, 4, n, th, tw, o)
-    y = torch.einsum("ia,jb,abnsto->nositj", at, at, m)  # (N, O, th, 2, tw, 2)
-    return y.reshape(n, o, 2 * th, 2 * tw)[:, :, :h, :w]
+    k = torch.einsum("ia,jb->ijab", at, at).reshape(4, 16).to(m.dtype)
+    y = (k @ m.reshape(16, -1)).reshape(2, 2, n, th, tw, o)
+    y = y.permute(2, 3, 0, 4, 1, 5).reshape(n, 2 * th, 2 * tw, o)  # (N, H', W', O)
+    return y[:, :h, :w].permute(0, 3, 1, 2)
+
+
+def _pack_u(u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """U (16, O, C) packed for the kernels: (16·C, O rounded up to 16) as [k][c][o], and its
+    sums over C (16, O rounded up)."""
+    o, c = u.shape[1:]
+    op = -(-o // 16) * 16
+    packed = F.pad(u.detach().transpose(1, 2), (0, op - o))  # (16, C, Op)
+    return packed.reshape(16 * c, op).contiguous(), packed.sum(1).contiguous()
 
 
 class _Core(torch.autograd.Function):
     """M = −Σ_c |U − V|^p over 16 independent positions: V (16, L, C), U (16, O, C) →
-    (16, L, O). Backward: AdderNet's rule at p = 1, the true gradient for p > 1."""
+    (16, L, O). Backward: AdderNet's rule at p = 1, the true gradient for p > 1. fp32 on
+    AVX-512 CPUs runs the native kernels (``winograd_adder_core`` and its backward; p = 2 and
+    the p = 1 weight gradient as matrix products); elsewhere ``torch.cdist`` and a chunked
+    pairwise backward."""
 
     @staticmethod
     def forward(ctx, v, u, p: float):  # type: ignore[override]
         ctx.save_for_backward(v, u)
         ctx.p = p
+        ctx.native = kernels.why_not("adder", v, dtype=torch.float32) is None
+        if p == 2.0 and ctx.native:  # −Σ(U − V)² = 2 V·U − ΣU² − ΣV²
+            return (
+                2.0 * torch.bmm(v, u.transpose(1, 2))
+                - (u * u).sum(2).unsqueeze(1)
+                - (v * v).sum(2, keepdim=True)
+            )
+        if ctx.native:
+            packed, usum = _pack_u(u)
+            return torch.ops.leanvision.winograd_adder_core(
+                v.contiguous(), packed, usum, u.shape[1], p
+            )
         if p == 1.0:
             return -torch.cdist(v, u, p=1.0)
         if p == 2.0:  # exact, not the matmul form cdist may take for p = 2
@@ -171,6 +223,11 @@ class _Core(torch.autograd.Function):
                 gv = 2.0 * (torch.bmm(gm, u) - v * gm.sum(2, keepdim=True))
         need_v = ctx.needs_input_grad[0] and gv is None
         need_u = ctx.needs_input_grad[1] and gu is None
+        if (need_v or need_u) and ctx.native:
+            gv_k, gu_k = torch.ops.leanvision.winograd_adder_core_backward(
+                gm.contiguous(), v.contiguous(), u.contiguous(), p
+            )
+            return (gv_k if need_v else gv), (gu_k if need_u else gu), None
         if need_v or need_u:
             gv = torch.zeros_like(v) if need_v else gv
             gu = torch.zeros_like(u) if need_u else gu
@@ -239,13 +296,10 @@ def _why_not(x: torch.Tensor, weight: torch.Tensor) -> str | None:
 
 def _forward_native(x: torch.Tensor, u: torch.Tensor, at: torch.Tensor, padding: int):
     """``winograd_adder_forward`` of ``kernels/csrc/adder.cpp`` on U (16, O, C)."""
-    o, c = u.shape[1:]
-    op = -(-o // 16) * 16
-    packed = F.pad(u.detach().transpose(1, 2), (0, op - o))  # (16, C, Op)
+    packed, usum = _pack_u(u)
     return torch.ops.leanvision.winograd_adder_forward(
-        x, packed.reshape(16 * c, op).contiguous(), packed.sum(1).contiguous(),
-        at.contiguous(), o, padding,
-    )  # fmt: skip
+        x, packed, usum, at.contiguous(), u.shape[1], padding
+    )
 
 
 @register_notrace_module  # a leaf for timm's fx feature extraction, like AdderConv2d

@@ -24,10 +24,13 @@
 // ATen's per-operator headers, not <ATen/ATen.h>: about a quarter less compile time per build
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <algorithm>
+#include <climits>
+#include <cstdint>
 #include <cstring>
 #include <string>
 #include <vector>
@@ -382,17 +385,27 @@ inline void wino_core_span(const WinoRow& r, int64_t k, int64_t o0, int64_t& t) 
 }
 
 template <int CB>
+void wino_core_at(const WinoRow& r, int64_t k) {
+  for (int64_t o0 = 0; o0 < r.op; o0 += 16 * CB) {
+    int64_t t = 0;
+    if constexpr (CB == 1) wino_core_span<CB, 16>(r, k, o0, t);
+    if constexpr (CB == 2) wino_core_span<CB, 12>(r, k, o0, t);
+    wino_core_span<CB, 8>(r, k, o0, t);
+    wino_core_span<CB, 4>(r, k, o0, t);
+    wino_core_span<CB, 2>(r, k, o0, t);
+    wino_core_span<CB, 1>(r, k, o0, t);
+  }
+}
+
+template <int CB>
 void wino_core(const WinoRow& r) {
-  for (int64_t k = 0; k < 16; ++k)
-    for (int64_t o0 = 0; o0 < r.op; o0 += 16 * CB) {
-      int64_t t = 0;
-      if constexpr (CB == 1) wino_core_span<CB, 16>(r, k, o0, t);
-      if constexpr (CB == 2) wino_core_span<CB, 12>(r, k, o0, t);
-      wino_core_span<CB, 8>(r, k, o0, t);
-      wino_core_span<CB, 4>(r, k, o0, t);
-      wino_core_span<CB, 2>(r, k, o0, t);
-      wino_core_span<CB, 1>(r, k, o0, t);
-    }
+  for (int64_t k = 0; k < 16; ++k) wino_core_at<CB>(r, k);
+}
+
+// One position of a row view (its v, vs, u, us and m already offset to that position).
+template <int CB>
+void wino_core_pos(const WinoRow& r) {
+  wino_core_at<CB>(r, 0);
 }
 
 // V = B^T d B for the tile row's tiles (d: 4 padded rows of wp = 2 tw + 2 pixels x c), and
@@ -544,6 +557,243 @@ at::Tensor winograd_adder_forward(const at::Tensor& x_in, const at::Tensor& u_pa
 #endif
 }
 
+
+#ifdef __AVX512F__
+// ---------------------------------------------------------------------------------------------
+// The Winograd adder core for training, at any p in [1, 2]: V (16, L, C) and U (16, O, C) from
+// the PyTorch transforms, M = -sum_c |U - V|^p (16, L, O); and its backward: at p = 1 the input
+// gradient HardTanh(U - V) (AdderNet's; the weight gradient is a matrix product, ATen's), for
+// 1 < p < 2 the true gradients of -|U - V|^p to both. |d|^p = exp2(p log2 |d|) with polynomial
+// log2 (degree 8 on [1, 2), error 2e-7) and exp2 (degree 6 on [0, 1), error 1e-8) fitted by us;
+// 0 at d = 0.
+
+inline __m512 fast_log2(__m512 x) {  // x > 0
+  const __m512 e = _mm512_getexp_ps(x);
+  const __m512 t = _mm512_sub_ps(_mm512_getmant_ps(x, _MM_MANT_NORM_1_2, _MM_MANT_SIGN_zero),
+                                 _mm512_set1_ps(1.f));
+  __m512 r = _mm512_set1_ps(-9.118374304e-03f);
+  r = _mm512_fmadd_ps(r, t, _mm512_set1_ps(5.115548122e-02f));
+  r = _mm512_fmadd_ps(r, t, _mm512_set1_ps(-1.358053435e-01f));
+  r = _mm512_fmadd_ps(r, t, _mm512_set1_ps(2.401819118e-01f));
+  r = _mm512_fmadd_ps(r, t, _mm512_set1_ps(-3.463914453e-01f));
+  r = _mm512_fmadd_ps(r, t, _mm512_set1_ps(4.784176480e-01f));
+  r = _mm512_fmadd_ps(r, t, _mm512_set1_ps(-7.211279418e-01f));
+  r = _mm512_fmadd_ps(r, t, _mm512_set1_ps(1.442687955e+00f));
+  return _mm512_fmadd_ps(r, t, e);
+}
+
+inline __m512 fast_exp2(__m512 y) {
+  y = _mm512_max_ps(y, _mm512_set1_ps(-126.f));  // below: 0 for our purpose (|d| tiny)
+  const __m512 n = _mm512_roundscale_ps(y, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+  const __m512 f = _mm512_sub_ps(y, n);
+  __m512 r = _mm512_set1_ps(2.187126232e-04f);
+  r = _mm512_fmadd_ps(r, f, _mm512_set1_ps(1.238241554e-03f));
+  r = _mm512_fmadd_ps(r, f, _mm512_set1_ps(9.686186290e-03f));
+  r = _mm512_fmadd_ps(r, f, _mm512_set1_ps(5.547891246e-02f));
+  r = _mm512_fmadd_ps(r, f, _mm512_set1_ps(2.402310968e-01f));
+  r = _mm512_fmadd_ps(r, f, _mm512_set1_ps(6.931468377e-01f));
+  r = _mm512_fmadd_ps(r, f, _mm512_set1_ps(1.000000006e+00f));
+  return _mm512_scalef_ps(r, n);
+}
+
+// |d|^q for d >= 0 (0 where d == 0)
+inline __m512 pow_abs(__m512 d, __m512 q) {
+  const __mmask16 nz = _mm512_cmp_ps_mask(d, _mm512_setzero_ps(), _CMP_GT_OQ);
+  return _mm512_maskz_mov_ps(nz, fast_exp2(_mm512_mul_ps(q, fast_log2(d))));
+}
+
+inline __m512 abs_ps(__m512 a) {
+  return _mm512_castsi512_ps(
+      _mm512_and_si512(_mm512_castps_si512(a), _mm512_set1_epi32(0x7fffffff)));
+}
+
+// M rows [l0, l1) at position k: -sum_c |U - V|^p; U packed [k][c][op]. P rows x 16 outputs.
+template <int P>
+inline void core_pow_tile(const float* vk, const float* uk, int64_t c, int64_t op, int64_t o,
+                          int64_t o0, __m512 pv, float* mk) {
+  __m512 acc[P];
+#pragma GCC unroll 8
+  for (int q = 0; q < P; ++q) acc[q] = _mm512_setzero_ps();
+  for (int64_t ci = 0; ci < c; ++ci) {
+    const __m512 w = _mm512_loadu_ps(uk + ci * op + o0);
+#pragma GCC unroll 8
+    for (int q = 0; q < P; ++q) {
+      const __m512 d = abs_ps(_mm512_sub_ps(_mm512_set1_ps(vk[q * c + ci]), w));
+      acc[q] = _mm512_add_ps(acc[q], pow_abs(d, pv));
+    }
+  }
+  const __mmask16 msk = tail_mask(o - o0);
+#pragma GCC unroll 8
+  for (int q = 0; q < P; ++q)
+    _mm512_mask_storeu_ps(mk + q * o + o0, msk, _mm512_sub_ps(_mm512_setzero_ps(), acc[q]));
+}
+#endif
+
+// M = -sum_c |U - V|^p: v (16, L, C), u_packed (16*C, O rounded up to 16) as [k][c][o], u_sum
+// (16, Op) its sums over c (used at p = 1); returns (16, L, O).
+at::Tensor winograd_adder_core(const at::Tensor& v_in, const at::Tensor& u_packed,
+                               const at::Tensor& u_sum, int64_t out_channels, double p) {
+#ifndef __AVX512F__
+  no_avx512("winograd_adder_core");
+#else
+  const char* op_name = "winograd_adder_core";
+  TORCH_CHECK(v_in.dim() == 3 && v_in.size(0) == 16 && v_in.scalar_type() == at::kFloat &&
+                  v_in.device().is_cpu(),
+              op_name, ": v must be float32 CPU (16, L, C), got ", v_in.sizes());
+  TORCH_CHECK(p >= 1.0 && p <= 2.0, op_name, ": p must be in [1, 2], got ", p);
+  const int64_t l = v_in.size(1), c = v_in.size(2), o = out_channels, op = (o + 15) / 16 * 16;
+  TORCH_CHECK(o >= 1 && c >= 1, op_name, ": no channels");
+  TORCH_CHECK(u_packed.dim() == 2 && u_packed.size(0) == 16 * c && u_packed.size(1) == op &&
+                  u_packed.scalar_type() == at::kFloat && u_packed.device().is_cpu(),
+              op_name, ": packed U must be float32 CPU (16*C, O rounded up to 16) = (", 16 * c,
+              ", ", op, "), got ", u_packed.sizes());
+  TORCH_CHECK(u_sum.numel() == 16 * op && u_sum.scalar_type() == at::kFloat &&
+                  u_sum.device().is_cpu(),
+              op_name, ": u_sum must hold 16 * ", op, " float32 values");
+  const at::Tensor v = v_in.contiguous(), u = u_packed.contiguous(), us = u_sum.contiguous();
+  at::Tensor m = at::empty({16, l, o}, v.options());
+  if (l == 0) return m;
+  const float* vd = v.data_ptr<float>();
+  const float* ud = u.data_ptr<float>();
+  const float* usd = us.data_ptr<float>();
+  float* md = m.data_ptr<float>();
+  constexpr int64_t kRows = 48;  // rows of M per task
+  const int64_t blocks = (l + kRows - 1) / kRows;
+  if (p == 1.0) {
+    std::vector<float> vsum(static_cast<size_t>(16 * l));
+    at::parallel_for(0, 16 * l, 256, [&](int64_t i0, int64_t i1) {
+      for (int64_t i = i0; i < i1; ++i) {
+        float t = 0.f;
+        for (int64_t ci = 0; ci < c; ++ci) t += vd[i * c + ci];
+        vsum[i] = t;
+      }
+    });
+    at::parallel_for(0, 16 * blocks, 1, [&](int64_t b0, int64_t b1) {
+      std::vector<float> buf(static_cast<size_t>(16 * kRows * op));
+      for (int64_t b = b0; b < b1; ++b) {
+        const int64_t k = b / blocks, r0 = (b % blocks) * kRows, r1 = std::min(l, r0 + kRows);
+        // the inference kernel's tiles on rows r0..r1 of position k (one position: k = 0 of a
+        // row view), into buf, then the real outputs copied out
+        const WinoRow row{vd + (k * l + r0) * c, vsum.data() + k * l + r0, ud + k * c * op,
+                          usd + k * op, r1 - r0, c, op, buf.data()};
+        if (op % 32 == 0) wino_core_pos<2>(row);
+        else wino_core_pos<1>(row);
+        for (int64_t r = r0; r < r1; ++r)
+          std::memcpy(md + (k * l + r) * o, buf.data() + (r - r0) * op, sizeof(float) * o);
+      }
+    });
+    return m;
+  }
+  const __m512 pv = _mm512_set1_ps(static_cast<float>(p));
+  at::parallel_for(0, 16 * blocks, 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t k = b / blocks, r0 = (b % blocks) * kRows, r1 = std::min(l, r0 + kRows);
+      const float* uk = ud + k * c * op;
+      for (int64_t o0 = 0; o0 < o; o0 += 16) {
+        int64_t r = r0;
+        for (; r + 8 <= r1; r += 8)
+          core_pow_tile<8>(vd + (k * l + r) * c, uk, c, op, o, o0, pv, md + (k * l + r) * o);
+        for (; r < r1; ++r)
+          core_pow_tile<1>(vd + (k * l + r) * c, uk, c, op, o, o0, pv, md + (k * l + r) * o);
+      }
+    }
+  });
+  return m;
+#endif
+}
+
+// The core's backward: gm (16, L, O), v (16, L, C), u (16, O, C). Returns gv (16, L, C) and,
+// for p > 1, gu (16, O, C) (at p = 1 an empty tensor: the caller's matrix product gives it):
+//   p = 1:  gv = sum_o gm HardTanh(U - V)
+//   p > 1:  t = p |U - V|^(p-1) sign(U - V);  gv = sum_o gm t;  gu = -sum_l gm t
+std::vector<at::Tensor> winograd_adder_core_backward(const at::Tensor& gm_in,
+                                                     const at::Tensor& v_in,
+                                                     const at::Tensor& u_in, double p) {
+#ifndef __AVX512F__
+  no_avx512("winograd_adder_core_backward");
+#else
+  const char* op_name = "winograd_adder_core_backward";
+  TORCH_CHECK(gm_in.dim() == 3 && v_in.dim() == 3 && u_in.dim() == 3 && gm_in.size(0) == 16 &&
+                  v_in.size(0) == 16 && u_in.size(0) == 16,
+              op_name, ": gm, v and u must be (16, L, O), (16, L, C), (16, O, C)");
+  const int64_t l = v_in.size(1), c = v_in.size(2), o = u_in.size(1);
+  TORCH_CHECK(gm_in.size(1) == l && gm_in.size(2) == o && u_in.size(2) == c, op_name,
+              ": shapes disagree: gm ", gm_in.sizes(), ", v ", v_in.sizes(), ", u ",
+              u_in.sizes());
+  for (const at::Tensor* t : {&gm_in, &v_in, &u_in})
+    TORCH_CHECK(t->scalar_type() == at::kFloat && t->device().is_cpu(), op_name,
+                ": gm, v and u must be float32 CPU tensors");
+  TORCH_CHECK(p >= 1.0 && p <= 2.0, op_name, ": p must be in [1, 2], got ", p);
+  const at::Tensor gm = gm_in.contiguous(), v = v_in.contiguous(), u = u_in.contiguous();
+  at::Tensor gv = at::zeros({16, l, c}, v.options());
+  const bool grad_u = p > 1.0;
+  at::Tensor gu = grad_u ? at::zeros({16, o, c}, v.options()) : at::empty({0}, v.options());
+  if (l == 0) return {gv, gu};
+  const float* gmd = gm.data_ptr<float>();
+  const float* vd = v.data_ptr<float>();
+  const float* ud = u.data_ptr<float>();
+  float* gvd = gv.data_ptr<float>();
+  float* gud = grad_u ? gu.data_ptr<float>() : nullptr;
+  const __m512 lo = _mm512_set1_ps(-1.f), hi = _mm512_set1_ps(1.f);
+  const __m512 pv = _mm512_set1_ps(static_cast<float>(p)), qv = _mm512_set1_ps(static_cast<float>(p - 1.0));
+  constexpr int P = 6;
+  // one position per task: gu[k] has one writer
+  at::parallel_for(0, 16, 1, [&](int64_t k0, int64_t k1) {
+    for (int64_t k = k0; k < k1; ++k) {
+      const float* uk = ud + k * o * c;
+      float* guk = grad_u ? gud + k * o * c : nullptr;
+      for (int64_t c0 = 0; c0 < c; c0 += 16) {
+        const __mmask16 msk = tail_mask(c - c0);
+        for (int64_t r0 = 0; r0 < l; r0 += P) {
+          const int np = static_cast<int>(std::min<int64_t>(P, l - r0));
+          __m512 vv[P], acc[P];
+          for (int q = 0; q < P; ++q) {
+            vv[q] = _mm512_maskz_loadu_ps(msk, vd + (k * l + r0 + std::min(q, np - 1)) * c + c0);
+            acc[q] = _mm512_setzero_ps();
+          }
+          const float* gk = gmd + (k * l + r0) * o;
+          for (int64_t oc = 0; oc < o; ++oc) {
+            const __m512 w = _mm512_maskz_loadu_ps(msk, uk + oc * c + c0);
+            if (!grad_u) {
+#pragma GCC unroll 8
+              for (int q = 0; q < P; ++q) {
+                if (q >= np) break;
+                const __m512 g = _mm512_set1_ps(gk[q * o + oc]);
+                const __m512 d = _mm512_min_ps(_mm512_max_ps(_mm512_sub_ps(w, vv[q]), lo), hi);
+                acc[q] = _mm512_fmadd_ps(g, d, acc[q]);
+              }
+            } else {
+              __m512 gsum = _mm512_setzero_ps();
+#pragma GCC unroll 8
+              for (int q = 0; q < P; ++q) {
+                if (q >= np) break;
+                const __m512 g = _mm512_set1_ps(gk[q * o + oc]);
+                const __m512 d = _mm512_sub_ps(w, vv[q]);
+                // p |d|^(p-1) sign(d): the magnitude, then d's sign bit
+                const __m512 mag = _mm512_mul_ps(pv, pow_abs(abs_ps(d), qv));
+                const __m512 t = _mm512_castsi512_ps(_mm512_or_si512(
+                    _mm512_castps_si512(mag),
+                    _mm512_and_si512(_mm512_castps_si512(d), _mm512_set1_epi32(INT32_MIN))));
+                const __mmask16 nz = _mm512_cmp_ps_mask(d, _mm512_setzero_ps(), _CMP_NEQ_OQ);
+                const __m512 tz = _mm512_maskz_mov_ps(nz, t);  // sign(0) = 0
+                acc[q] = _mm512_fmadd_ps(g, tz, acc[q]);
+                gsum = _mm512_fmadd_ps(g, tz, gsum);
+              }
+              float* gp = guk + oc * c + c0;
+              _mm512_mask_storeu_ps(gp, msk,
+                                    _mm512_sub_ps(_mm512_maskz_loadu_ps(msk, gp), gsum));
+            }
+          }
+          for (int q = 0; q < np; ++q)
+            _mm512_mask_storeu_ps(gvd + (k * l + r0 + q) * c + c0, msk, acc[q]);
+        }
+      }
+    }
+  });
+  return {gv, gu};
+#endif
+}
+
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(leanvision, m) {
@@ -556,4 +806,9 @@ TORCH_LIBRARY_FRAGMENT(leanvision, m) {
   m.def("winograd_adder_forward(Tensor x, Tensor u_packed, Tensor u_sum, Tensor a_t, "
         "int out_channels, int padding) -> Tensor");
   m.impl("winograd_adder_forward", c10::DispatchKey::CPU, &winograd_adder_forward);
+  m.def("winograd_adder_core(Tensor v, Tensor u_packed, Tensor u_sum, int out_channels, "
+        "float p) -> Tensor");
+  m.impl("winograd_adder_core", c10::DispatchKey::CPU, &winograd_adder_core);
+  m.def("winograd_adder_core_backward(Tensor gm, Tensor v, Tensor u, float p) -> Tensor[]");
+  m.impl("winograd_adder_core_backward", c10::DispatchKey::CPU, &winograd_adder_core_backward);
 }
