@@ -139,21 +139,62 @@ def _combine(coeffs: list[float], parts: list[torch.Tensor]) -> torch.Tensor:
     return out
 
 
-def _input_transform(x: torch.Tensor, bt: torch.Tensor, padding: int):
-    """V = Bᵀ d B of every 4×4 tile: (16, N·T, C), T tiles per image in row-major order, and
-    the output's geometry. Strided views and adds over NHWC, no unfold: row u of every tile
-    is the map's rows u, u + 2, ...; the column pass likewise."""
-    xp, h, w, th, tw = _tiles(x, padding)
-    n, c = x.shape[:2]
-    xh = xp.permute(0, 2, 3, 1)  # (N, Hp, Wp, C) view
-    b = bt.tolist()
-    rows = [xh[:, u : u + 2 * th : 2] for u in range(4)]  # (N, th, Wp, C)
-    tiles = []
+def _bt_rows_cols(x: torch.Tensor, b: list[list[float]], th: int, tw: int) -> torch.Tensor:
+    """V = Bᵀ d B of every tile of the padded NHWC map ``x`` (N, Hp, Wp, C): (16, N, th, tw,
+    C). Row u of every tile is the map's rows u, u + 2, ...; the column pass likewise; each
+    of the 16 results written in place into the output (no stacking copy)."""
+    rows = [x[:, u : u + 2 * th : 2] for u in range(4)]  # (N, th, Wp, C)
+    out = x.new_empty(16, x.shape[0], th, tw, x.shape[3])
     for i in range(4):
         e = _combine(b[i], rows)
         cols = [e[:, :, v : v + 2 * tw : 2] for v in range(4)]  # (N, th, tw, C)
-        tiles += [_combine(b[j], cols) for j in range(4)]
-    v = torch.stack(tiles)  # (16, N, th, tw, C)
+        for j in range(4):
+            nz = sorted(((a, t) for a, t in zip(b[j], cols, strict=True) if a != 0),
+                        key=lambda at: -at[0])  # fmt: skip
+            if len(nz) == 2 and nz[0][0] == 1 and nz[1][0] in (1, -1):  # a ± b (Bᵀ's rows)
+                op = torch.add if nz[1][0] == 1 else torch.sub
+                op(nz[0][1], nz[1][1], out=out[4 * i + j])
+            else:
+                out[4 * i + j].copy_(_combine(b[j], cols))
+    return out
+
+
+class _InputTransform(torch.autograd.Function):
+    """V = Bᵀ d B over the padded NHWC map, with a backward that adds B gV Bᵀ of every tile
+    into one gradient map (16 strided adds; autograd's slices would zero-fill the whole map
+    once per slice)."""
+
+    @staticmethod
+    def forward(ctx, xh, bt, th: int, tw: int):  # type: ignore[override]
+        ctx.bt, ctx.shape, ctx.th, ctx.tw = bt.tolist(), xh.shape, th, tw
+        return _bt_rows_cols(xh, ctx.bt, th, tw)
+
+    @staticmethod
+    def backward(ctx, gv):  # type: ignore[override]
+        b, th, tw = ctx.bt, ctx.th, ctx.tw
+        bt_cols = [[b[j][v] for j in range(4)] for v in range(4)]  # B's rows: Bᵀ's columns
+        gx = gv.new_zeros(ctx.shape)
+        ge = []  # ge[i][v] = Σ_j Bᵀ[j][v] gV[i][j]
+        for i in range(4):
+            parts = [gv[4 * i + j] for j in range(4)]
+            ge.append([_combine(bt_cols[v], parts) for v in range(4)])
+        for u in range(4):
+            for v in range(4):
+                g = _combine(bt_cols[u], [ge[i][v] for i in range(4)])  # Σ_i Bᵀ[i][u] ge[i][v]
+                gx[:, u : u + 2 * th : 2, v : v + 2 * tw : 2].add_(g)
+        return gx, None, None, None
+
+
+def _input_transform(x: torch.Tensor, bt: torch.Tensor, padding: int):
+    """V = Bᵀ d B of every 4×4 tile: (16, N·T, C), T tiles per image in row-major order, and
+    the output's geometry. Strided views and adds over NHWC, no unfold."""
+    xp, h, w, th, tw = _tiles(x, padding)
+    n, c = x.shape[:2]
+    xh = xp.permute(0, 2, 3, 1)  # (N, Hp, Wp, C) view
+    if torch.is_grad_enabled() and xh.requires_grad:
+        v = _InputTransform.apply(xh, bt, th, tw)
+    else:
+        v = _bt_rows_cols(xh, bt.tolist(), th, tw)
     return v.reshape(16, n * th * tw, c), (n, h, w, th, tw)
 
 

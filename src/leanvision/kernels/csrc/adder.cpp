@@ -669,17 +669,20 @@ at::Tensor winograd_adder_core(const at::Tensor& v_in, const at::Tensor& u_packe
       }
     });
     at::parallel_for(0, 16 * blocks, 1, [&](int64_t b0, int64_t b1) {
-      std::vector<float> buf(static_cast<size_t>(16 * kRows * op));
+      // padded outputs (o % 16 != 0) go through a buffer; else straight into m
+      std::vector<float> buf(o == op ? 0 : static_cast<size_t>(kRows * op));
       for (int64_t b = b0; b < b1; ++b) {
         const int64_t k = b / blocks, r0 = (b % blocks) * kRows, r1 = std::min(l, r0 + kRows);
         // the inference kernel's tiles on rows r0..r1 of position k (one position: k = 0 of a
-        // row view), into buf, then the real outputs copied out
+        // row view)
+        float* dst = o == op ? md + (k * l + r0) * o : buf.data();
         const WinoRow row{vd + (k * l + r0) * c, vsum.data() + k * l + r0, ud + k * c * op,
-                          usd + k * op, r1 - r0, c, op, buf.data()};
+                          usd + k * op, r1 - r0, c, op, dst};
         if (op % 32 == 0) wino_core_pos<2>(row);
         else wino_core_pos<1>(row);
-        for (int64_t r = r0; r < r1; ++r)
-          std::memcpy(md + (k * l + r) * o, buf.data() + (r - r0) * op, sizeof(float) * o);
+        if (o != op)
+          for (int64_t r = r0; r < r1; ++r)
+            std::memcpy(md + (k * l + r) * o, buf.data() + (r - r0) * op, sizeof(float) * o);
       }
     });
     return m;
@@ -725,7 +728,7 @@ std::vector<at::Tensor> winograd_adder_core_backward(const at::Tensor& gm_in,
                 ": gm, v and u must be float32 CPU tensors");
   TORCH_CHECK(p >= 1.0 && p <= 2.0, op_name, ": p must be in [1, 2], got ", p);
   const at::Tensor gm = gm_in.contiguous(), v = v_in.contiguous(), u = u_in.contiguous();
-  at::Tensor gv = at::zeros({16, l, c}, v.options());
+  at::Tensor gv = at::empty({16, l, c}, v.options());  // every element is written below
   const bool grad_u = p > 1.0;
   at::Tensor gu = grad_u ? at::zeros({16, o, c}, v.options()) : at::empty({0}, v.options());
   if (l == 0) return {gv, gu};
