@@ -89,6 +89,7 @@ def test_all_kernels_build_and_portable_paths_match(isa, builds):
         "adder_int8": "+leanvision:adder_int8_forward[scalar]",
         "adder_int16": "+leanvision:adder_int16_forward[scalar]",
         "adder": "+fallback:AdderConv2d[no-avx512]",
+        "winograd_adder": "+fallback:WinogradAdderConv2d[no-avx512]",
         "conv3x3": "+fallback:FusedConv3x3[no-avx512]",
         "gated_block": f"+leanvision:gated_basic_block[{vec}],gated_block_chain[{vec}]",
     }

@@ -30,6 +30,7 @@ from leanvision.layers.binary import (
 )
 from leanvision.layers.conv3x3 import FusedConv3x3
 from leanvision.layers.gated import GatedBasicBlock
+from leanvision.layers.winograd_adder import WinogradAdderConv2d, winograd_adder2d
 from leanvision.methods.pruning.manidp import gate_model
 from leanvision.profiling.latency import native_backend
 
@@ -107,6 +108,10 @@ for bits in (8, 16):
 f = la.AdderConv2d(70, 20, 3, 2, 1)
 x = torch.randn(2, 70, 7, 9)
 close(run("adder", f, x), la.adder2d_reference(x, f.weight, 2, 1), "AdderConv2d", 1e-3)
+wino = WinogradAdderConv2d(24, 20)  # its kernels live in adder.cpp: PyTorch here too
+x = torch.randn(2, 24, 7, 9)
+ref = winograd_adder2d(x.double(), wino.weight.double(), wino.transform)
+close(run("winograd_adder", wino, x), ref, "WinogradAdderConv2d", 1e-3)
 conv = nn.Conv2d(24, 32, 3, padding=1)
 fused = FusedConv3x3(conv, relu=True).eval()
 x = torch.randn(2, 24, 9, 7)
