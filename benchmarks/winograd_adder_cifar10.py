@@ -354,9 +354,11 @@ def cmd_report(args: argparse.Namespace) -> None:
         "command": "\n".join(
             ["python benchmarks/winograd_adder_cifar10.py --threads 2 speed"]
             + [
-                f"python benchmarks/winograd_adder_cifar10.py --threads 1 train --variant {v}"
-                for v in VARIANTS
-            ]  # fmt: skip
+                f"python benchmarks/winograd_adder_cifar10.py --threads 1 --max-train {n} train "
+                f"--variant {r[0]} --epochs {e}"
+                for r in acc_rows
+                for e, n in sorted(schedule)
+            ]
             + ["python benchmarks/winograd_adder_cifar10.py report"]
         ),
         "cpu": cpu_info(),

@@ -37,3 +37,5 @@ def test_winograd_adder_benchmark_smoke(bench):
     layers = {r[0]: r for r in speed["rows"]}
     assert "winograd_adder_forward" in layers["winograd_adder"][-1]  # the kernel ran
     assert any(n.startswith("Acceptance, layer speed") for n in out["run"]["notes"])
+    # the command reproduces the schedule that ran
+    assert "--max-train 64 train --variant standard_p1 --epochs 1" in out["run"]["command"]
