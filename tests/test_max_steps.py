@@ -75,6 +75,7 @@ def _vit(name: str = "deit_tiny_patch16_224") -> nn.Module:
 # method id → (method, model factory, hyper-parameters, training stages)
 CASES: dict[str, tuple[str, Any, dict[str, Any], int]] = {
     "adder": ("adder", _cnn, {"finetune_epochs": 30}, 1),
+    "winograd_adder": ("winograd_adder", _cnn, {"finetune_epochs": 30}, 1),
     "bnn_ste": ("bnn_ste", _cnn, {"finetune_epochs": 30}, 1),
     "deit_kd": (
         "deit_kd",
