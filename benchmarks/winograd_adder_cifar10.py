@@ -36,7 +36,7 @@ from typing import Any
 import torch
 
 import leanvision as lv
-from leanvision.engine import load_checkpoint, training_note, training_record
+from leanvision.engine import evaluate, load_checkpoint, training_note, training_record
 from leanvision.layers import AdderConv2d, WinogradAdderConv2d
 from leanvision.layers.winograd_adder import TRANSFORMS, winograd_adder_counts
 from leanvision.methods.lowbit import adderize, winograd_adderize
@@ -252,16 +252,6 @@ def _findings(acc_rows: list[list[Any]], schedule: set[tuple[int, int]]) -> list
     return notes
 
 
-@torch.no_grad()
-def _top1(model: torch.nn.Module, loader: Any) -> float:
-    model.eval()
-    hit = n = 0
-    for x, y in loader:
-        hit += (model(x).argmax(1) == y).sum().item()
-        n += len(y)
-    return 100.0 * hit / n
-
-
 def cmd_speed(args: argparse.Namespace) -> None:
     """Time the layers and write ``runs/.../speed.json`` for the report."""
     table = layer_speed(args.threads)
@@ -292,7 +282,7 @@ def cmd_report(args: argparse.Namespace) -> None:
         state = load_checkpoint(RUNS / variant / "last.pt")
         model = build(variant)
         model.load_state_dict(state["model"])
-        top1 = _top1(model, data.test)
+        top1 = evaluate(model, data.test)["top1"]
         counts = count_ops(model, (3, 32, 32))
         spec = VARIANTS[variant]
         schedule.add((summary["epochs"], summary["max_train"]))
