@@ -66,7 +66,7 @@ def main() -> None:
     x = torch.cat([images for images, _ in data.loader("test")])[: args.images]
 
     values: dict[tuple[str, str], list[float]] = {}
-    rows = []
+    rows, summaries = [], []
     for key in MODELS:
         model = build(key)
         values[key, "init"] = lv.analysis.feature_diversity(model, x).values
@@ -74,6 +74,7 @@ def main() -> None:
         if not summary_path.exists():
             raise SystemExit(f"{summary_path} is missing: run the sanity training first")
         summary = json.loads(summary_path.read_text())
+        summaries.append(summary)
         model.load_state_dict(load_checkpoint(RUNS / key / "last.pt")["model"])
         values[key, "trained"] = lv.analysis.feature_diversity(model, x).values
         rows.append(
@@ -109,6 +110,9 @@ def main() -> None:
         for i in range(depth)
     ]
     aug_higher = sum(a > d for _, _, _, d, a in table)
+    schedule = " and ".join(
+        sorted({f"{s['epochs']} epochs on {s['max_train']} CIFAR images" for s in summaries})
+    )
     verdict = (
         f"After training, Aug-ViT-Ti is more diverse than DeiT-Ti at {aug_higher} of {depth} "
         "blocks"
@@ -119,7 +123,7 @@ def main() -> None:
             "verified): each circulant2 path ends in a GELU, whose output has a positive mean "
             "shared by all tokens; that common component is a rank-one term, which raises "
             "||Z|| but not ||Z - 1 z̄ᵀ||. The paper measures ImageNet-trained models (300 "
-            "epochs); these trained 2 epochs on 8000 CIFAR images."
+            f"epochs); these trained {schedule}."
         )
     )
     path = write_results(

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from timm.models import get_pretrained_cfg
 
 import leanvision as lv
 from leanvision.fileio import atomic_write_text
@@ -33,7 +34,6 @@ from leanvision.report import write_results
 ROOT = Path(__file__).resolve().parents[1]
 RUNS = ROOT / "runs" / "bench_zoo_sizes"
 OUT = ROOT / "benchmarks" / "results" / "zoo_sizes"
-CIFAR_BASELINES = ("_cifar", "vgg_small")
 # Where our count differs from the published one, why.
 # Interpretation of a row's distance from the paper (the distance itself is computed per run)
 NOTES = {
@@ -66,13 +66,16 @@ def _row_note(name: str, m: dict[str, Any], ref: Any) -> str:
     return " ".join(x for x in (f"{text}." if text else "", NOTES.get(name, "")) if x)
 
 
+def is_cifar_model(name: str) -> bool:
+    """A CIFAR-only architecture (ResNet-20, its adder form, VGG-Small): its default input is
+    32x32, so it has no ImageNet size to compare (read from its config, nothing built)."""
+    cfg = get_pretrained_cfg(name)
+    return cfg is not None and max(cfg.input_size[1:]) <= 32
+
+
 def zoo_models() -> list[str]:
-    """Our families first (alphabetical), then the verified timm architectures."""
-    ours = [
-        n
-        for n in lv.list_models()
-        if n not in TIMM_VERIFIED and not any(t in n for t in CIFAR_BASELINES)
-    ]
+    """Our ImageNet-sized families first (alphabetical), then the verified timm architectures."""
+    ours = [n for n in lv.list_models() if n not in TIMM_VERIFIED and not is_cifar_model(n)]
     return sorted(ours) + list(TIMM_VERIFIED)
 
 
@@ -122,6 +125,19 @@ def cmd_measure(args: argparse.Namespace) -> None:
 
 def _pct(ours: float, theirs: float | None) -> float | None:
     return None if not theirs else round(100.0 * (ours - theirs) / theirs, 2)
+
+
+def _alias_note(rows: list[dict], batch: int) -> str:
+    """How far apart two names of one network were timed in this run: the timing noise."""
+    by = {r["name"]: batch * 1000 / r["latency_ms"]["median"] for r in rows}
+    pairs = [(n, f"{n}_circulant2") for n in sorted(by) if f"{n}_circulant2" in by]
+    if not pairs:
+        return ""
+    spread = ", ".join(f"{a} {by[a]:.1f} vs {b} {by[b]:.1f} img/s" for a, b in pairs)
+    return (
+        "Timing noise, measured: aliases of one network (the same architecture registered "
+        f"under two names) were timed in this run at {spread}."
+    )
 
 
 def cmd_report(args: argparse.Namespace) -> None:
@@ -180,10 +196,12 @@ def cmd_report(args: argparse.Namespace) -> None:
             cifar_rows.append(
                 [name, round(m["cifar"]["params"] / 1e6, 3), round(m["cifar"]["macs"] / 1e6, 1)]
             )
-    if missing:
-        print(f"not measured yet (run `measure`): {', '.join(missing)}")
-    batch = rows[0]["latency_ms"]["batch"] if rows else args.batch
-    threads = rows[0]["latency_ms"]["threads"] if rows else args.threads
+    if missing:  # a partial table would pass for the whole zoo
+        raise SystemExit(f"not measured yet (run `measure`): {', '.join(missing)}")
+    timed_at = {(r["latency_ms"]["batch"], r["latency_ms"]["threads"]) for r in rows}
+    if len(timed_at) != 1:
+        raise SystemExit(f"the models were timed at different (batch, threads): {timed_at}")
+    ((batch, threads),) = timed_at
     tables = [
         {
             "title": "Published vs measured sizes",
@@ -220,12 +238,10 @@ def cmd_report(args: argparse.Namespace) -> None:
             f"batch {batch}, {threads} threads, nothing else running) and peak activation "
             f"memory of one forward at batch {batch}. Random weights and inputs (no ImageNet "
             "here), so there is no accuracy.",
-            "command": "python benchmarks/zoo_sizes.py measure && "
-            "python benchmarks/zoo_sizes.py report",
+            "command": f"python benchmarks/zoo_sizes.py measure --batch {batch} --threads "
+            f"{threads} && python benchmarks/zoo_sizes.py report",
             "cpu": cpu_info(),
-            "notes": "Interpretation: throughput on this shared 2-core machine varies between "
-            "runs; compare aliases of one network (augvit_base and augvit_base_circulant2) "
-            "to see how much.",
+            "notes": _alias_note(rows, batch),
             "tables": tables,
         },
         allow_dirty=args.allow_dirty,
@@ -233,7 +249,7 @@ def cmd_report(args: argparse.Namespace) -> None:
     print(f"wrote {path}")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument(
         "--allow-dirty",
@@ -247,10 +263,8 @@ def main() -> None:
     m.add_argument("--force", action="store_true", help="re-measure models already measured")
     m.add_argument("--batch", type=int, default=8)
     m.add_argument("--threads", type=int, default=2)
-    r = sub.add_parser("report")
-    r.add_argument("--batch", type=int, default=8)
-    r.add_argument("--threads", type=int, default=2)
-    args = p.parse_args()
+    sub.add_parser("report", help="the table from the measurements (batch and threads theirs)")
+    args = p.parse_args(argv)
     {"measure": cmd_measure, "report": cmd_report}[args.cmd](args)
 
 
