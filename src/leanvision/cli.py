@@ -1,10 +1,11 @@
-"""``leanvision <command>``: quickstart, train, compress, eval, profile, list, report."""
+"""``leanvision <command>``: quickstart, train, compress, search, eval, profile, list, report."""
 
 from __future__ import annotations
 
 import argparse
 import shlex
 import sys
+from pathlib import Path
 
 from leanvision.errors import CheckpointError, LeanVisionError
 
@@ -79,6 +80,69 @@ def cmd_compress(args: argparse.Namespace) -> None:
     recipe = _recipe_or_args(args, stages)
     out = run_recipe(recipe, args.out, command=" ".join(map(shlex.quote, sys.argv)))
     print(f"results: {out / 'results.json'}\nreport: {out / 'report.html'}")
+
+
+SEARCH_RECIPE_KEYS = ("space", "method", "data", "n_trials", "budget", "storage", "study", "out",
+                      "hparams")  # fmt: skip
+
+
+def _search_settings(args: argparse.Namespace) -> dict:
+    """The search's settings: the recipe's (if any), then the flags given, then ``--set``."""
+    import yaml
+
+    from leanvision.recipe import _apply_override
+
+    raw: dict = {"data": {}, "hparams": {}}
+    if args.recipe:
+        try:
+            loaded = yaml.safe_load(Path(args.recipe).read_text()) or {}
+        except (OSError, yaml.YAMLError) as e:
+            raise LeanVisionError(f"search recipe {args.recipe}: {e}") from e
+        if not isinstance(loaded, dict):
+            raise LeanVisionError(f"search recipe {args.recipe}: a mapping at the top, please")
+        unknown = sorted(set(loaded) - set(SEARCH_RECIPE_KEYS))
+        if unknown:
+            raise LeanVisionError(
+                f"search recipe {args.recipe}: unknown key(s) {unknown}; allowed: "
+                f"{', '.join(SEARCH_RECIPE_KEYS)}"
+            )
+        raw.update(loaded)
+    raw["data"] = {**raw.get("data", {}), **_given(
+        name=args.data, root=args.data_dir, batch_size=args.batch_size,
+        max_train=args.max_train, max_val=args.max_val,
+    )}  # fmt: skip
+    raw.update(_given(
+        space=args.space, method=args.method, n_trials=args.n_trials, budget=args.budget,
+        storage=args.storage, study=args.study, out=args.out,
+    ))  # fmt: skip
+    for item in args.set or []:
+        _apply_override(raw, item if "." in item.split("=", 1)[0] else f"hparams.{item}")
+    if not raw.get("space"):
+        raise LeanVisionError("give a SPACE (see `leanvision list spaces`) or a --recipe with one")
+    return raw
+
+
+def cmd_search(args: argparse.Namespace) -> None:
+    import leanvision as lv
+
+    cfg = _search_settings(args)
+    data_args = dict(cfg["data"])
+    data = lv.load_data(data_args.pop("name", "mnist5k"), **data_args)
+    out = cfg.get("out") or f"runs/search/{cfg['space']}"
+    result = lv.search(
+        cfg["space"], data, cfg.get("method", "standalone"), budget=cfg.get("budget"),
+        storage=cfg.get("storage"), study=cfg.get("study"), n_trials=cfg.get("n_trials", 20),
+        out_dir=out, progress=sys.stderr.isatty(), **cfg["hparams"],
+    )  # fmt: skip
+    best = result.best
+    values = ", ".join(f"{k} {v:g}" for k, v in best.values.items())
+    print(
+        f"study {result.study.study_name}: {len(result.candidates)} completed trials "
+        f"({result.distinct()} architectures), {result.cpu_hours:.3f} CPU-hours\n"
+        f"best: trial {best.number}: {values}\n"
+        f"spec: {best.spec.as_dict()}\n"
+        f"Pareto front: trials {[c.number for c in result.pareto]}"
+    )
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
@@ -165,6 +229,19 @@ def cmd_list(args: argparse.Namespace) -> None:
         for spec in method_specs():
             print(f"{spec.name:16s} {spec.family:14s} {spec.paper}")
         return
+    elif args.what == "search":
+        from leanvision.search import get_search_method, list_search_methods
+
+        for name in list_search_methods():
+            print(f"{name:16s} {get_search_method(name).paper}")
+        return
+    elif args.what == "spaces":
+        from leanvision.search import get_space, list_spaces
+
+        for name in list_spaces():
+            space = get_space(name)
+            print(f"{name:16s} {space.size():9.3g} archs  {space.description}")
+        return
     else:
         names = lv.list_datasets()
     print("\n".join(names))
@@ -219,6 +296,33 @@ def build_parser() -> argparse.ArgumentParser:
             s.add_argument("--method", default=None, help="method key (see `list methods`)")
         s.set_defaults(fn=fn)
 
+    se = sub.add_parser(
+        "search",
+        help="architecture search on an Optuna study (several workers may share one --storage)",
+    )
+    se.add_argument("space", nargs="?", default=None, help="a search space (`list spaces`)")
+    se.add_argument("--recipe", default=None, help="search recipe YAML: " + ", ".join(
+        SEARCH_RECIPE_KEYS))  # fmt: skip
+    se.add_argument("--method", default=None, help="search method (`list search`; standalone)")
+    _add_data_args(se)
+    se.add_argument("--max-train", type=int, default=None, help="training images per epoch")
+    se.add_argument("--max-val", type=int, default=None, help="validation images")
+    se.add_argument("--n-trials", type=int, default=None, help="completed trials, all workers")
+    se.add_argument("--budget", type=float, default=None, help="most MACs a found model may have")
+    se.add_argument(
+        "--storage",
+        default=None,
+        help="Optuna RDB URL (sqlite:///x.db, postgresql://...) or a journal file; "
+        "default: <out>/search.db",
+    )
+    se.add_argument("--study", default=None, help="study name (an existing study resumes)")
+    se.add_argument("--out", default=None, help="run folder (default runs/search/<space>)")
+    se.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE",
+        help="a method hyper-parameter, e.g. sampler=nsga2 or max_steps=20",
+    )  # fmt: skip
+    se.set_defaults(fn=cmd_search)
+
     e = sub.add_parser("eval", help="evaluate a model (optionally from a checkpoint)")
     e.add_argument("--model", default=None, help="needed unless --checkpoint is a saved model")
     e.add_argument("--checkpoint", default=None)
@@ -239,8 +343,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_input_size_args(ex, "batch of the example input (the exported batch is dynamic)")
     ex.set_defaults(fn=cmd_export)
 
-    ls = sub.add_parser("list", help="list models, methods or datasets")
-    ls.add_argument("what", choices=["models", "methods", "datasets"])
+    ls = sub.add_parser("list", help="list models, methods, search methods, spaces or datasets")
+    ls.add_argument("what", choices=["models", "methods", "search", "spaces", "datasets"])
     ls.add_argument("pattern", nargs="?", default=None)
     ls.add_argument("--all", action="store_true", help="models: include all of timm's")
     ls.set_defaults(fn=cmd_list)
