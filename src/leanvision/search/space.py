@@ -87,6 +87,8 @@ class SearchSpace:
         description: one line for reports and ``--help``.
         smallest: the sample with the fewest MACs, if the space knows it (a budget is checked
             against it at the door); else the smallest is found by enumerating a small space.
+        supernet: ``supernet(**build_kwargs) -> nn.Module``, the weight-sharing network holding
+            every member (one-shot methods need it); ``activate(net, spec)`` selects a member.
     """
 
     def __init__(
@@ -96,7 +98,11 @@ class SearchSpace:
         build: Callable[[dict[str, Any]], ModelSpec],
         description: str = "",
         smallest: Mapping[str, Any] | None = None,
+        supernet: Callable[..., nn.Module] | None = None,
+        activate: Callable[[nn.Module, ModelSpec], None] | None = None,
     ) -> None:
+        if (supernet is None) != (activate is None):
+            raise ConfigError(f"space {name!r}: give supernet and activate together")
         keys = [c.key for c in choices]
         if len(set(keys)) != len(keys):
             dup = sorted({k for k in keys if keys.count(k) > 1})
@@ -108,6 +114,25 @@ class SearchSpace:
         self._build = build
         self.description = description
         self.smallest = None if smallest is None else self.check(smallest)
+        self._supernet, self._activate = supernet, activate
+
+    @property
+    def has_supernet(self) -> bool:
+        return self._supernet is not None
+
+    def supernet(self, **build: Any) -> nn.Module:
+        """The space's weight-sharing supernet (``build``: e.g. num_classes, in_chans)."""
+        if self._supernet is None:
+            raise ConfigError(f"space {self.name!r} has no supernet (one-shot methods need one)")
+        return self._supernet(**build)
+
+    def activate(self, net: nn.Module, sample: Mapping[str, Any]) -> ModelSpec:
+        """Select ``sample``'s member in the supernet ``net``; returns its spec."""
+        spec = self.spec(sample)
+        if self._activate is None:
+            raise ConfigError(f"space {self.name!r} has no supernet (one-shot methods need one)")
+        self._activate(net, spec)
+        return spec
 
     def __repr__(self) -> str:
         return f"SearchSpace({self.name!r}, {len(self.choices)} choices, {self.size():.3g} archs)"

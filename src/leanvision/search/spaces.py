@@ -58,7 +58,7 @@ def _divisible(value: float, divisor: int = 8) -> int:
 
 @register_space("mbv2_cifar")
 def mbv2_cifar() -> SearchSpace:
-    from leanvision.models.mbnas import MBNAS_STAGES
+    from leanvision.models.mbnas import MBNAS_STAGES, MBNASSuperNet
 
     choices = []
     for s, (_, n, _) in enumerate(MBNAS_STAGES):
@@ -90,4 +90,6 @@ def mbv2_cifar() -> SearchSpace:
         description="MobileNetV2-style CIFAR networks: per block kernel 3/5/7 x expansion 3/6 "
         "or skip, per stage width 0.5/0.75/1.0",
         smallest=smallest,
+        supernet=lambda num_classes=10, in_chans=3: MBNASSuperNet(num_classes, in_chans),
+        activate=lambda net, spec: net.set_arch(spec.kwargs["arch"]),
     )

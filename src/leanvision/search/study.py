@@ -149,6 +149,7 @@ def open_study(
     """
     import optuna
 
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # leanvision reports its own progress
     name = study or f"{method}-{space.name}"
     directions = [o.direction for o in objectives]
     try:

@@ -31,7 +31,7 @@ from leanvision.search import (
 )
 from leanvision.search.verb import build_kwargs
 
-__all__ = ["StandaloneSearchConfig", "objectives_for", "run_standalone"]
+__all__ = ["OBJECTIVES", "StandaloneSearchConfig", "objectives_for", "run_standalone", "seed_for"]
 
 OBJECTIVES = ("accuracy", "accuracy_macs")
 
@@ -66,7 +66,7 @@ class StandaloneSearchConfig(MethodConfig):
             raise ConfigError("stand-alone search trains every candidate: pass data=")
 
 
-def objectives_for(config: StandaloneSearchConfig, data: Any) -> list[Objective]:
+def objectives_for(config: Any, data: Any) -> list[Objective]:
     """The primary metric of the data's task (``val_<name>``), then MACs if asked for."""
     from leanvision.engine.trainer import resolve_task
 
@@ -77,7 +77,7 @@ def objectives_for(config: StandaloneSearchConfig, data: Any) -> list[Objective]
     return out
 
 
-def _seed_for(config: StandaloneSearchConfig, ctx: SearchContext) -> int:
+def seed_for(config: Any, ctx: SearchContext) -> int:
     """The sampler's seed: the config's for the default (one-process) storage; mixed with the
     pid for a shared storage, so that concurrent workers do not propose the same samples."""
     return config.seed if ctx.storage is None else config.seed * 100_003 + os.getpid()
@@ -99,7 +99,7 @@ def run_standalone(
 
     objectives = objectives_for(config, data)
     storage = open_storage(ctx.storage, ctx.out_dir)
-    sampler = make_sampler(config.sampler, _seed_for(config, ctx))
+    sampler = make_sampler(config.sampler, seed_for(config, ctx))
     study = open_study(
         space, objectives, storage=storage, study=ctx.study, method="standalone", sampler=sampler
     )
