@@ -123,3 +123,28 @@ def test_oneshot_search_end_to_end(mnist_small, tmp_path):
                                               (1, 28, 28)).macs  # fmt: skip
     with pytest.raises(ConfigError, match="bn_batches=0"):
         lv.search("mbv2_cifar", mnist_small, method="oneshot", bn_batches=0, out_dir=tmp_path)
+
+
+def test_hournas_searches_the_vital_blocks_first(mnist_small, tmp_path):
+    space = get_space("mbv2_cifar")
+    hourglass = space.hourglass()
+    assert set(space.vital) == {k for k in space.choices if k.endswith(("_b0", "_width"))}
+    assert set(hourglass) == set(space.choices) - set(space.vital)
+    assert set(hourglass.values()) == {"skip"}
+    res = lv.search(
+        "mbv2_cifar", mnist_small, method="hournas", n_trials=3, out_dir=tmp_path,
+        progress=False, vital_epochs=1, rest_epochs=1, vital_trials=3, max_steps=2,
+        bn_batches=1, sampler="random", budget=20e6,
+    )  # fmt: skip
+    vital = res.extra["vital"]
+    assert len(res.extra["vital_result"].candidates) == 3 and len(res.candidates) == 3
+    # the vital stage tried hourglass networks only; the main study kept its vital choices
+    for c in res.extra["vital_result"].candidates:
+        assert all(c.sample[k] == "skip" for k in hourglass)
+    for c in res.candidates:
+        assert {k: c.sample[k] for k in space.vital} == vital and c.values["macs"] <= 20e6
+    records = res.extra["supernet_records"]
+    assert records["vital"]["epochs"] == 1 and records["rest"]["epochs"] == 1
+    assert res.cpu_hours > res.extra["supernet_cpu_hours"] > 0
+    with pytest.raises(ConfigError, match="vital choice"):
+        type(space)("x", list(space.choices.values()), lambda s: None, vital=["nope"])

@@ -89,6 +89,9 @@ class SearchSpace:
             against it at the door); else the smallest is found by enumerating a small space.
         supernet: ``supernet(**build_kwargs) -> nn.Module``, the weight-sharing network holding
             every member (one-shot methods need it); ``activate(net, spec)`` selects a member.
+        vital: the choices on the network's shortest path (stage entries, down-sampling, the
+            widths), HourNAS's "vital blocks"; ``skip_value``: the value of a non-vital
+            choice that removes its block (the hourglass network holds the vital ones only).
     """
 
     def __init__(
@@ -100,6 +103,8 @@ class SearchSpace:
         smallest: Mapping[str, Any] | None = None,
         supernet: Callable[..., nn.Module] | None = None,
         activate: Callable[[nn.Module, ModelSpec], None] | None = None,
+        vital: Sequence[str] | None = None,
+        skip_value: Any = None,
     ) -> None:
         if (supernet is None) != (activate is None):
             raise ConfigError(f"space {name!r}: give supernet and activate together")
@@ -115,6 +120,25 @@ class SearchSpace:
         self.description = description
         self.smallest = None if smallest is None else self.check(smallest)
         self._supernet, self._activate = supernet, activate
+        self.vital = list(vital or [])
+        unknown = sorted(set(self.vital) - set(self.choices))
+        if unknown:
+            raise ConfigError(f"space {name!r}: vital choice(s) {unknown} are not its keys")
+        self.skip_value = skip_value
+        if self.vital:
+            rest = [k for k in self.choices if k not in self.vital]
+            cannot = [k for k in rest if not self.choices[k].allows(skip_value)]
+            if cannot:
+                raise ConfigError(
+                    f"space {name!r}: non-vital choice(s) {cannot} cannot take the skip value "
+                    f"{skip_value!r} (the hourglass network must drop them)"
+                )
+
+    def hourglass(self) -> dict[str, Any]:
+        """Every non-vital choice at the skip value: the vital blocks' network."""
+        if not self.vital:
+            raise ConfigError(f"space {self.name!r} declares no vital choices")
+        return {k: self.skip_value for k in self.choices if k not in self.vital}
 
     @property
     def has_supernet(self) -> bool:

@@ -92,4 +92,8 @@ def mbv2_cifar() -> SearchSpace:
         smallest=smallest,
         supernet=lambda num_classes=10, in_chans=3: MBNASSuperNet(num_classes, in_chans),
         activate=lambda net, spec: net.set_arch(spec.kwargs["arch"]),
+        # HourNAS's vital blocks: each stage's entry block (down-sampling where the stage
+        # strides) and the widths, the network's shortest path; the other blocks may skip
+        vital=[c.key for c in choices if c.key.endswith(("_b0", "_width"))],
+        skip_value="skip",
     )

@@ -33,6 +33,7 @@ __all__ = [
     "HEARTBEAT_S",
     "SAMPLERS",
     "Objective",
+    "fixed_sampler",
     "make_sampler",
     "open_storage",
     "open_study",
@@ -131,6 +132,16 @@ def make_sampler(name: str, seed: int | None, **kwargs: Any) -> Any:
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     raise ConfigError(f"sampler={name!r} is not allowed; allowed: {list(SAMPLERS)}")
+
+
+def fixed_sampler(fixed: dict[str, Any], base: Any) -> Any:
+    """``base`` with some choices held at ``fixed`` values (Optuna's PartialFixedSampler)."""
+    import optuna
+    from optuna.exceptions import ExperimentalWarning
+
+    with warnings.catch_warnings():  # "experimental" in Optuna since 2.4
+        warnings.simplefilter("ignore", ExperimentalWarning)
+        return optuna.samplers.PartialFixedSampler(fixed, base)
 
 
 def open_study(
