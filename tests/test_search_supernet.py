@@ -148,3 +148,21 @@ def test_hournas_searches_the_vital_blocks_first(mnist_small, tmp_path):
     assert res.cpu_hours > res.extra["supernet_cpu_hours"] > 0
     with pytest.raises(ConfigError, match="vital choice"):
         type(space)("x", list(space.choices.values()), lambda s: None, vital=["nope"])
+
+
+def test_dcnas_clusters_members_and_scores_each_with_its_cluster(mnist_small, tmp_path):
+    with pytest.raises(ConfigError, match="n_clusters=5 is more than"):
+        lv.search("mbv2_cifar", mnist_small, method="dcnas", n_trials=4, n_clusters=5,
+                  out_dir=tmp_path)  # fmt: skip
+    res = lv.search(
+        "mbv2_cifar", mnist_small, method="dcnas", n_trials=6, out_dir=tmp_path,
+        progress=False, supernet_epochs=1, max_steps=2, bn_batches=1, n_clusters=2,
+        probe_images=16, budget=25e6,
+    )  # fmt: skip
+    assert len(res.candidates) == 6 == res.distinct()
+    clusters = {c.metrics["cluster"] for c in res.candidates}
+    assert clusters == {0, 1} and set(res.extra["cluster_records"]) == {0, 1}
+    for c in res.candidates:
+        assert c.values["macs"] <= 25e6 and "oneshot_val_top1" in c.metrics
+    # each cluster's weights were fine-tuned apart from the shared supernet
+    assert all((tmp_path / f"cluster_{c}" / "last.pt").exists() for c in (0, 1))

@@ -18,25 +18,39 @@ from torch import nn
 
 from leanvision.engine import Hook, StepContext, evaluate
 from leanvision.engine.trainer import resolve_task
+from leanvision.errors import ConfigError
 from leanvision.search.space import SearchSpace
 
-__all__ = ["UniformPathHook", "recalibrate_bn", "score_member"]
+__all__ = ["UniformPathHook", "member_outputs", "recalibrate_bn", "score_member"]
 
 
 class UniformPathHook(Hook):
     """Before every training step, activate a member drawn uniformly from ``space`` (its own
-    seeded generator: a resumed run draws the same sequence)."""
+    seeded generator: a resumed run draws the same sequence). ``fixed``: choices held at one
+    value; ``members``: draw from these samples only (a cluster of the space)."""
 
-    def __init__(self, space: SearchSpace, seed: int = 0, fixed: dict[str, Any] | None = None):
+    def __init__(
+        self,
+        space: SearchSpace,
+        seed: int = 0,
+        fixed: dict[str, Any] | None = None,
+        members: list[dict[str, Any]] | None = None,
+    ) -> None:
         self.space, self.rng = space, random.Random(seed)
         self.fixed = dict(fixed or {})  # choices held at one value (a stage of a search)
         if self.fixed:
             space.check({**space.sample(random.Random(0)), **self.fixed})
+        self.members = [space.check(m) for m in members] if members is not None else None
+        if self.members is not None and not self.members:
+            raise ConfigError("UniformPathHook: members is empty")
 
     def before_forward(self, trainer: Any, ctx: StepContext) -> None:
         if not trainer.model.training:
             return
-        sample = {**self.space.sample(self.rng), **self.fixed}
+        if self.members is not None:
+            sample = {**self.rng.choice(self.members), **self.fixed}
+        else:
+            sample = {**self.space.sample(self.rng), **self.fixed}
         self.space.activate(trainer.model, sample)
 
     def state_dict(self) -> dict[str, Any]:
@@ -87,3 +101,15 @@ def score_member(
     recalibrate_bn(net, data.loader("train"), bn_batches, task)
     metrics = evaluate(net, data.loader("val"), task=task)
     return {f"val_{k}": v for k, v in metrics.items()}
+
+
+@torch.no_grad()
+def member_outputs(
+    net: nn.Module, space: SearchSpace, sample: dict[str, Any], data: Any, probe: torch.Tensor,
+    bn_batches: int,
+) -> torch.Tensor:  # fmt: skip
+    """The member's softmax outputs on a fixed probe batch, flattened: what it computes, as a
+    vector (DC-NAS clusters members by it)."""
+    space.activate(net, sample)
+    recalibrate_bn(net, data.loader("train"), bn_batches, resolve_task(None, data))
+    return torch.softmax(net(probe), dim=-1).flatten()

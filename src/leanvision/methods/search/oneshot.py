@@ -72,10 +72,11 @@ class OneShotSearchConfig(MethodConfig):
 
 
 def train_supernet(
-    space: SearchSpace, data: Any, config: OneShotSearchConfig, ctx: SearchContext
+    space: SearchSpace, data: Any, config: Any, ctx: SearchContext
 ) -> tuple[Any, dict[str, Any]]:
     """The trained supernet (resumed from ``<out_dir>/supernet`` if a run was cut short) and
-    its training record (epochs, wall time, commits)."""
+    its training record (epochs, wall time, commits). ``config``: a one-shot method's (its
+    supernet_epochs, max_steps, lr, weight_decay, opt, seed, num_threads)."""
     import torch
 
     import leanvision as lv
