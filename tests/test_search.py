@@ -3,6 +3,7 @@ worker's trial re-run, and a stand-alone search end to end on the embedded data.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -278,6 +279,24 @@ def test_standalone_search_end_to_end_and_its_cli(mnist_small, tmp_path, capsys)
                "--set", "sampler=random", "--budget", "20e6"])  # fmt: skip
     out = capsys.readouterr().out
     assert rc == 0 and "4 completed trials" in out  # the same study, resumed: 3 + 1
+    # the run's results: the Pareto members timed side by side, a report with the plots
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["models"] and all(r["latency_ms"]["median"] > 0 for r in results["models"])
+    assert "CPU-hours" in results["run"]["notes"][0]
+    assert len(results["run"]["tables"][0]["rows"]) == 4
+    assert (tmp_path / "report.html").exists()
+    # a search recipe: unknown keys named, flags and --set over the recipe
+    recipe = tmp_path / "search.yaml"
+    recipe.write_text("space: mbv2_cifar\nrounds: 3\n")
+    assert main(["search", "--recipe", str(recipe)]) == 2
+    assert "unknown key(s) ['rounds']" in capsys.readouterr().err
+    recipe.write_text(
+        "space: mbv2_cifar\ndata: {name: mnist5k, max_train: 64, max_val: 64}\n"
+        f"n_trials: 5\nout: {tmp_path}\nbudget: 20.0e6\n"
+        "hparams: {max_steps: 1, sampler: random}\n"
+    )
+    assert main(["search", "--recipe", str(recipe), "--set", "n_trials=5"]) == 0
+    assert "5 completed trials" in capsys.readouterr().out
     assert main(["search", "mbv2_cifar", "--out", str(tmp_path), "--set", "sampler=x"]) == 2
     assert main(["list", "spaces"]) == 0 and "mbv2_cifar" in capsys.readouterr().out
     assert main(["list", "search"]) == 0 and "standalone" in capsys.readouterr().out

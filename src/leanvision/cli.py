@@ -115,10 +115,16 @@ def _search_settings(args: argparse.Namespace) -> dict:
         space=args.space, method=args.method, n_trials=args.n_trials, budget=args.budget,
         storage=args.storage, study=args.study, out=args.out,
     ))  # fmt: skip
-    for item in args.set or []:
-        _apply_override(raw, item if "." in item.split("=", 1)[0] else f"hparams.{item}")
+    for item in args.set or []:  # a recipe key (n_trials, data.max_train) or a method option
+        top = item.split("=", 1)[0].split(".", 1)[0]
+        _apply_override(raw, item if top in SEARCH_RECIPE_KEYS else f"hparams.{item}")
     if not raw.get("space"):
         raise LeanVisionError("give a SPACE (see `leanvision list spaces`) or a --recipe with one")
+    if isinstance(raw.get("budget"), str):  # YAML 1.1 reads 30e6 (no exponent sign) as text
+        try:
+            raw["budget"] = float(raw["budget"])
+        except ValueError:
+            raise LeanVisionError(f"budget={raw['budget']!r} is not a number of MACs") from None
     return raw
 
 
@@ -134,6 +140,9 @@ def cmd_search(args: argparse.Namespace) -> None:
         storage=cfg.get("storage"), study=cfg.get("study"), n_trials=cfg.get("n_trials", 20),
         out_dir=out, progress=sys.stderr.isatty(), **cfg["hparams"],
     )  # fmt: skip
+    from leanvision.search.results import write_search_results
+
+    path = write_search_results(result, data, out, command=" ".join(map(shlex.quote, sys.argv)))
     best = result.best
     values = ", ".join(f"{k} {v:g}" for k, v in best.values.items())
     print(
@@ -141,7 +150,8 @@ def cmd_search(args: argparse.Namespace) -> None:
         f"({result.distinct()} architectures), {result.cpu_hours:.3f} CPU-hours\n"
         f"best: trial {best.number}: {values}\n"
         f"spec: {best.spec.as_dict()}\n"
-        f"Pareto front: trials {[c.number for c in result.pareto]}"
+        f"Pareto front: trials {[c.number for c in result.pareto]} (timed side by side)\n"
+        f"results: {path}\nreport: {path.parent / 'report.html'}"
     )
 
 
