@@ -300,3 +300,17 @@ def test_standalone_search_end_to_end_and_its_cli(mnist_small, tmp_path, capsys)
     assert main(["search", "mbv2_cifar", "--out", str(tmp_path), "--set", "sampler=x"]) == 2
     assert main(["list", "spaces"]) == 0 and "mbv2_cifar" in capsys.readouterr().out
     assert main(["list", "search"]) == 0 and "standalone" in capsys.readouterr().out
+
+
+SEARCH_RECIPES = sorted((HERE.parent / "recipes" / "search").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", SEARCH_RECIPES, ids=[p.name for p in SEARCH_RECIPES])
+def test_every_search_recipe_loads_and_its_options_are_valid(path):
+    from leanvision.recipe import load_search_recipe
+    from leanvision.search import get_search_method
+
+    raw = load_search_recipe(path)
+    get_space(raw["space"])
+    get_search_method(raw["method"]).make_config(**raw.get("hparams", {}))
+    assert isinstance(raw["budget"], float) and raw["n_trials"] >= 1

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
-from pathlib import Path
 
 from leanvision.errors import CheckpointError, LeanVisionError
 
@@ -82,31 +81,13 @@ def cmd_compress(args: argparse.Namespace) -> None:
     print(f"results: {out / 'results.json'}\nreport: {out / 'report.html'}")
 
 
-SEARCH_RECIPE_KEYS = ("space", "method", "data", "n_trials", "budget", "storage", "study", "out",
-                      "hparams")  # fmt: skip
-
-
 def _search_settings(args: argparse.Namespace) -> dict:
     """The search's settings: the recipe's (if any), then the flags given, then ``--set``."""
-    import yaml
-
-    from leanvision.recipe import _apply_override
+    from leanvision.recipe import SEARCH_RECIPE_KEYS, _apply_override, load_search_recipe
 
     raw: dict = {"data": {}, "hparams": {}}
     if args.recipe:
-        try:
-            loaded = yaml.safe_load(Path(args.recipe).read_text()) or {}
-        except (OSError, yaml.YAMLError) as e:
-            raise LeanVisionError(f"search recipe {args.recipe}: {e}") from e
-        if not isinstance(loaded, dict):
-            raise LeanVisionError(f"search recipe {args.recipe}: a mapping at the top, please")
-        unknown = sorted(set(loaded) - set(SEARCH_RECIPE_KEYS))
-        if unknown:
-            raise LeanVisionError(
-                f"search recipe {args.recipe}: unknown key(s) {unknown}; allowed: "
-                f"{', '.join(SEARCH_RECIPE_KEYS)}"
-            )
-        raw.update(loaded)
+        raw.update(load_search_recipe(args.recipe))
     raw["data"] = {**raw.get("data", {}), **_given(
         name=args.data, root=args.data_dir, batch_size=args.batch_size,
         max_train=args.max_train, max_val=args.max_val,
@@ -120,11 +101,6 @@ def _search_settings(args: argparse.Namespace) -> dict:
         _apply_override(raw, item if top in SEARCH_RECIPE_KEYS else f"hparams.{item}")
     if not raw.get("space"):
         raise LeanVisionError("give a SPACE (see `leanvision list spaces`) or a --recipe with one")
-    if isinstance(raw.get("budget"), str):  # YAML 1.1 reads 30e6 (no exponent sign) as text
-        try:
-            raw["budget"] = float(raw["budget"])
-        except ValueError:
-            raise LeanVisionError(f"budget={raw['budget']!r} is not a number of MACs") from None
     return raw
 
 
@@ -311,8 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="architecture search on an Optuna study (several workers may share one --storage)",
     )
     se.add_argument("space", nargs="?", default=None, help="a search space (`list spaces`)")
-    se.add_argument("--recipe", default=None, help="search recipe YAML: " + ", ".join(
-        SEARCH_RECIPE_KEYS))  # fmt: skip
+    se.add_argument("--recipe", default=None, help="search recipe YAML (recipes/search/)")
     se.add_argument("--method", default=None, help="search method (`list search`; standalone)")
     _add_data_args(se)
     se.add_argument("--max-train", type=int, default=None, help="training images per epoch")
@@ -331,7 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--set", action="append", default=[], metavar="KEY=VALUE",
         help="a method hyper-parameter, e.g. sampler=nsga2 or max_steps=20",
     )  # fmt: skip
-    se.set_defaults(fn=cmd_search)
+    se.set_defaults(fn=cmd_search, data=None)  # a recipe's data unless --data is given
 
     e = sub.add_parser("eval", help="evaluate a model (optionally from a checkpoint)")
     e.add_argument("--model", default=None, help="needed unless --checkpoint is a saved model")
