@@ -29,17 +29,19 @@ import random
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from leanvision.checks import check_choice, check_int, check_real
+from leanvision.checks import check_int
 from leanvision.errors import ConfigError
-from leanvision.methods.config import MethodConfig
+from leanvision.methods.search.common import (
+    SearchConfig,
+    method_study,
+    objectives_for,
+    train_stage,
+)
 from leanvision.methods.search.oneshot import train_supernet
-from leanvision.methods.search.standalone import OBJECTIVES, objectives_for
 from leanvision.search import (
     SearchContext,
     SearchSpace,
     make_sampler,
-    open_storage,
-    open_study,
     register_search_method,
     run_study,
 )
@@ -50,39 +52,20 @@ __all__ = ["DCNASConfig", "run_dcnas"]
 
 
 @dataclass
-class DCNASConfig(MethodConfig):
+class DCNASConfig(SearchConfig):
     """DC-NAS: the shared supernet, the clustering and each cluster's fine-tuning."""
 
     version: ClassVar[int] = 1
-    objectives: str = "accuracy_macs"
     supernet_epochs: int = 10
     n_clusters: int = 4
     cluster_epochs: int = 1
     probe_images: int = 64
-    max_steps: int | None = None
-    lr: float = 0.05
-    weight_decay: float = 4e-5
-    opt: str = "sgd"
     bn_batches: int = 4
-    seed: int = 0
-    num_threads: int | None = None
 
     def validate(self) -> None:
         super().validate()
-        check_choice("objectives", self.objectives, OBJECTIVES)
-        check_int("supernet_epochs", self.supernet_epochs, 1)
-        check_int("n_clusters", self.n_clusters, 1)
-        check_int("cluster_epochs", self.cluster_epochs, 1)
-        check_int("probe_images", self.probe_images, 1)
-        check_int("max_steps", self.max_steps, 1, none_ok=True)
-        check_real("lr", self.lr, 0.0, lo_open=True)
-        check_real("weight_decay", self.weight_decay, 0.0)
-        check_int("bn_batches", self.bn_batches, 1)
-        check_int("num_threads", self.num_threads, 1, none_ok=True)
-
-    def check_inputs(self, data: Any) -> None:
-        if data is None:
-            raise ConfigError("DC-NAS trains a supernet: pass data=")
+        for name in ("n_clusters", "cluster_epochs", "probe_images"):
+            check_int(name, getattr(self, name), 1)
 
 
 def _members(space: SearchSpace, n: int, seed: int, fits: Any) -> list[dict[str, Any]]:
@@ -114,8 +97,6 @@ def run_dcnas(space: SearchSpace, data: Any, config: DCNASConfig, ctx: SearchCon
     import torch
     from sklearn.cluster import KMeans
 
-    import leanvision as lv
-    from leanvision.engine import training_record
     from leanvision.engine.trainer import resolve_task
 
     if config.n_clusters > ctx.n_trials:
@@ -157,21 +138,15 @@ def run_dcnas(space: SearchSpace, data: Any, config: DCNASConfig, ctx: SearchCon
         group = [m for m, lab in zip(members, labels, strict=True) if lab == c]
         torch.manual_seed(config.seed + 1 + c)
         out = ctx.out_dir / f"cluster_{c}"
-        result = lv.train(
-            copy.deepcopy(net), data, epochs=config.cluster_epochs, max_steps=config.max_steps,
-            lr=config.lr, weight_decay=config.weight_decay, opt=config.opt, seed=config.seed,
-            out_dir=str(out), resume=True, progress=ctx.progress,
-            num_threads=config.num_threads,
-            hooks=[UniformPathHook(space, config.seed + 1 + c, members=group)],
-        )  # fmt: skip
-        cluster_nets[c], cluster_records[c] = result.model, training_record(out / "last.pt")
+        hooks = [UniformPathHook(space, config.seed + 1 + c, members=group)]
+        cluster_nets[c], cluster_records[c] = train_stage(
+            copy.deepcopy(net), data, config, out, config.cluster_epochs, hooks, ctx
+        )
     cluster_of = {key(m): int(lab) for m, lab in zip(members, labels, strict=True)}
 
-    storage = open_storage(ctx.storage, ctx.out_dir)
-    study = open_study(
-        space, objectives, storage=storage, study=ctx.study, method="dcnas",
-        sampler=make_sampler("random", config.seed),
-    )  # fmt: skip
+    study, _ = method_study(
+        space, data, config, ctx, "dcnas", sampler=make_sampler("random", config.seed)
+    )
     done = {key(t.params) for t in study.trials}
     for m in members:  # the members, in order; a resumed study keeps those it holds
         if key(m) not in done:

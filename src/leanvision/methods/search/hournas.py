@@ -26,17 +26,20 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from leanvision.checks import check_choice, check_int, check_real
+from leanvision.checks import check_int
 from leanvision.errors import ConfigError
-from leanvision.methods.config import MethodConfig
-from leanvision.methods.search.standalone import OBJECTIVES, objectives_for, seed_for
+from leanvision.methods.search.common import (
+    SearchConfig,
+    check_budget,
+    method_study,
+    objectives_for,
+    seed_for,
+    train_stage,
+)
 from leanvision.search import (
-    SAMPLERS,
     SearchContext,
     SearchSpace,
     make_sampler,
-    open_storage,
-    open_study,
     register_search_method,
     run_study,
 )
@@ -48,54 +51,20 @@ __all__ = ["HourNASConfig", "run_hournas"]
 
 
 @dataclass
-class HourNASConfig(MethodConfig):
+class HourNASConfig(SearchConfig):
     """HourNAS: the vital stage's and the rest's supernet training and trials."""
 
     version: ClassVar[int] = 1
     sampler: str = "nsga2"
-    objectives: str = "accuracy_macs"
     vital_epochs: int = 10
     rest_epochs: int = 5
     vital_trials: int = 20
-    max_steps: int | None = None
-    lr: float = 0.05
-    weight_decay: float = 4e-5
-    opt: str = "sgd"
     bn_batches: int = 4
-    seed: int = 0
-    num_threads: int | None = None
 
     def validate(self) -> None:
         super().validate()
-        check_choice("sampler", self.sampler, SAMPLERS)
-        check_choice("objectives", self.objectives, OBJECTIVES)
-        check_int("vital_epochs", self.vital_epochs, 1)
-        check_int("rest_epochs", self.rest_epochs, 1)
-        check_int("vital_trials", self.vital_trials, 1)
-        check_int("max_steps", self.max_steps, 1, none_ok=True)
-        check_real("lr", self.lr, 0.0, lo_open=True)
-        check_real("weight_decay", self.weight_decay, 0.0)
-        check_int("bn_batches", self.bn_batches, 1)
-        check_int("num_threads", self.num_threads, 1, none_ok=True)
-
-    def check_inputs(self, data: Any) -> None:
-        if data is None:
-            raise ConfigError("HourNAS trains a supernet: pass data=")
-
-
-def _train(
-    net: Any, data: Any, config: HourNASConfig, out: Any, epochs: int, hook: Any, ctx: Any
-) -> tuple[Any, dict[str, Any]]:
-    """One supernet stage: a resumable run of its own in ``out``; the model and its record."""
-    import leanvision as lv
-    from leanvision.engine import training_record
-
-    result = lv.train(
-        net, data, epochs=epochs, max_steps=config.max_steps, lr=config.lr,
-        weight_decay=config.weight_decay, opt=config.opt, seed=config.seed, out_dir=str(out),
-        resume=True, progress=ctx.progress, num_threads=config.num_threads, hooks=[hook],
-    )  # fmt: skip
-    return result.model, training_record(out / "last.pt")
+        for name in ("vital_epochs", "rest_epochs", "vital_trials"):
+            check_int(name, getattr(self, name), 1)
 
 
 @register_search_method(
@@ -105,7 +74,6 @@ def _train(
     summary="vital blocks searched first on the hourglass supernet, then the rest around them",
 )
 def run_hournas(space: SearchSpace, data: Any, config: HourNASConfig, ctx: SearchContext) -> Any:
-    import optuna
     import torch
 
     if not space.has_supernet or not space.vital:
@@ -113,7 +81,6 @@ def run_hournas(space: SearchSpace, data: Any, config: HourNASConfig, ctx: Searc
     objectives = objectives_for(config, data)
     threads = config.num_threads or torch.get_num_threads()
     size, build = tuple(data.input_size), build_kwargs(data)
-    storage = open_storage(ctx.storage, ctx.out_dir)
     base = ctx.study or f"hournas-{space.name}"
     hourglass = space.hourglass()
 
@@ -122,9 +89,7 @@ def run_hournas(space: SearchSpace, data: Any, config: HourNASConfig, ctx: Searc
             full = {**sample, **fixed}
             spec = space.spec(full)
             macs = spec_macs(spec, size, **build)
-            trial.set_user_attr("lv_macs", macs)
-            if ctx.budget_macs is not None and macs > ctx.budget_macs:
-                raise optuna.TrialPruned(f"{macs:,} MACs over the budget {ctx.budget_macs:,.0f}")
+            check_budget(trial, macs, ctx)
             return {**score_member(net, space, full, data, config.bn_batches), "macs": macs}
 
         return evaluate
@@ -132,15 +97,14 @@ def run_hournas(space: SearchSpace, data: Any, config: HourNASConfig, ctx: Searc
     # 1. the vital stage on the hourglass network
     torch.manual_seed(config.seed)
     net = space.supernet(**build)
-    net, vital_record = _train(
+    net, vital_record = train_stage(
         net, data, config, ctx.out_dir / "supernet_vital", config.vital_epochs,
-        UniformPathHook(space, config.seed, fixed=hourglass), ctx,
+        [UniformPathHook(space, config.seed, fixed=hourglass)], ctx,
     )  # fmt: skip
     vital_sampler = fixed_sampler(hourglass, make_sampler(config.sampler, seed_for(config, ctx)))
-    vital_study = open_study(
-        space, objectives, storage=storage, study=f"{base}-vital", method="hournas-vital",
-        sampler=vital_sampler,
-    )  # fmt: skip
+    vital_study, _ = method_study(
+        space, data, config, ctx, "hournas-vital", sampler=vital_sampler, study=f"{base}-vital"
+    )
     vital_result = run_study(
         vital_study, space, objectives, scorer(net, hourglass), n_trials=config.vital_trials,
         threads=threads, progress=ctx.progress,
@@ -148,14 +112,12 @@ def run_hournas(space: SearchSpace, data: Any, config: HourNASConfig, ctx: Searc
     best_vital = {k: vital_result.best.sample[k] for k in space.vital}
 
     # 2. the rest, around the vital choices found (the same supernet, trained on)
-    net, rest_record = _train(
+    net, rest_record = train_stage(
         net, data, config, ctx.out_dir / "supernet_rest", config.rest_epochs,
-        UniformPathHook(space, config.seed + 1, fixed=best_vital), ctx,
+        [UniformPathHook(space, config.seed + 1, fixed=best_vital)], ctx,
     )  # fmt: skip
     sampler = fixed_sampler(best_vital, make_sampler(config.sampler, seed_for(config, ctx) + 1))
-    study = open_study(
-        space, objectives, storage=storage, study=base, method="hournas", sampler=sampler
-    )
+    study, _ = method_study(space, data, config, ctx, "hournas", sampler=sampler, study=base)
     result = run_study(
         study, space, objectives, scorer(net, best_vital), n_trials=ctx.n_trials,
         threads=threads, progress=ctx.progress,

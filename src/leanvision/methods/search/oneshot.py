@@ -18,18 +18,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from leanvision.checks import check_choice, check_int, check_real
 from leanvision.errors import ConfigError
-from leanvision.methods.config import MethodConfig
-from leanvision.methods.search.standalone import OBJECTIVES, seed_for
+from leanvision.methods.search.common import (
+    SearchConfig,
+    check_budget,
+    method_study,
+    train_stage,
+)
 from leanvision.search import (
-    SAMPLERS,
-    Objective,
     SearchContext,
     SearchSpace,
-    make_sampler,
-    open_storage,
-    open_study,
     register_search_method,
     run_study,
 )
@@ -40,35 +38,13 @@ __all__ = ["OneShotSearchConfig", "run_oneshot", "train_supernet"]
 
 
 @dataclass
-class OneShotSearchConfig(MethodConfig):
+class OneShotSearchConfig(SearchConfig):
     """One-shot search: the supernet's training and the search on it."""
 
     version: ClassVar[int] = 1
     sampler: str = "nsga2"
-    objectives: str = "accuracy_macs"
     supernet_epochs: int = 10
-    max_steps: int | None = None
-    lr: float = 0.05
-    weight_decay: float = 4e-5
-    opt: str = "sgd"
     bn_batches: int = 4
-    seed: int = 0
-    num_threads: int | None = None
-
-    def validate(self) -> None:
-        super().validate()
-        check_choice("sampler", self.sampler, SAMPLERS)
-        check_choice("objectives", self.objectives, OBJECTIVES)
-        check_int("supernet_epochs", self.supernet_epochs, 1)
-        check_int("max_steps", self.max_steps, 1, none_ok=True)
-        check_real("lr", self.lr, 0.0, lo_open=True)
-        check_real("weight_decay", self.weight_decay, 0.0)
-        check_int("bn_batches", self.bn_batches, 1)
-        check_int("num_threads", self.num_threads, 1, none_ok=True)
-
-    def check_inputs(self, data: Any) -> None:
-        if data is None:
-            raise ConfigError("one-shot search trains a supernet: pass data=")
 
 
 def train_supernet(
@@ -79,21 +55,13 @@ def train_supernet(
     supernet_epochs, max_steps, lr, weight_decay, opt, seed, num_threads)."""
     import torch
 
-    import leanvision as lv
-    from leanvision.engine import training_record
-
     if not space.has_supernet:
         raise ConfigError(f"space {space.name!r} has no supernet: one-shot search needs one")
     torch.manual_seed(config.seed)
     net = space.supernet(**build_kwargs(data))
-    out = ctx.out_dir / "supernet"
-    result = lv.train(
-        net, data, epochs=config.supernet_epochs, max_steps=config.max_steps, lr=config.lr,
-        weight_decay=config.weight_decay, opt=config.opt, seed=config.seed, out_dir=str(out),
-        resume=True, progress=ctx.progress, num_threads=config.num_threads,
-        hooks=[UniformPathHook(space, config.seed)],
-    )  # fmt: skip
-    return result.model, training_record(out / "last.pt")
+    hooks = [UniformPathHook(space, config.seed)]
+    return train_stage(net, data, config, ctx.out_dir / "supernet", config.supernet_epochs,
+                       hooks, ctx)  # fmt: skip
 
 
 @register_search_method(
@@ -107,25 +75,14 @@ def run_oneshot(
 ) -> Any:
     import torch
 
-    from leanvision.methods.search.standalone import objectives_for
-
-    objectives: list[Objective] = objectives_for(config, data)
     net, record = train_supernet(space, data, config, ctx)
-    storage = open_storage(ctx.storage, ctx.out_dir)
-    sampler = make_sampler(config.sampler, seed_for(config, ctx))
-    study = open_study(
-        space, objectives, storage=storage, study=ctx.study, method="oneshot", sampler=sampler
-    )
+    study, objectives = method_study(space, data, config, ctx, "oneshot")
     threads = config.num_threads or torch.get_num_threads()
     size = tuple(data.input_size)
 
     def evaluate(sample: dict, spec: Any, trial: Any) -> dict:
-        import optuna
-
         macs = spec_macs(spec, size, **build_kwargs(data))
-        trial.set_user_attr("lv_macs", macs)
-        if ctx.budget_macs is not None and macs > ctx.budget_macs:
-            raise optuna.TrialPruned(f"{macs:,} MACs over the budget {ctx.budget_macs:,.0f}")
+        check_budget(trial, macs, ctx)
         row: dict[str, Any] = score_member(net, space, sample, data, config.bn_batches)
         row["macs"] = macs
         return row
