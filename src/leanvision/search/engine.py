@@ -3,7 +3,9 @@
 :func:`run_study` asks the study for trials until it holds ``n_trials`` completed ones, counted
 over every worker sharing it: before each trial a worker counts the completed and running
 trials, so several workers stop together (at most one trial per extra worker beyond
-``n_trials``). Each trial samples the space through the study's sampler, builds the spec and
+``n_trials``); a worker left with nothing to start waits for the others' running trials on
+storage with heartbeats, so a dead worker's trial is re-run and the study ends complete. Each
+trial samples the space through the study's sampler, builds the spec and
 calls the method's ``evaluate(sample, spec, trial) -> metrics``; the objectives are read from
 those metrics by name. An architecture the study already completed is not evaluated again:
 the trial copies the earlier values (``lv_duplicate_of``). A candidate over the budget is
@@ -33,6 +35,7 @@ __all__ = ["Candidate", "Evaluate", "SearchResult", "run_study"]
 
 Evaluate = Callable[[dict[str, Any], ModelSpec, Any], Mapping[str, Any]]
 MAX_ATTEMPTS_PER_TRIAL = 20  # pruned (over-budget) trials allowed per wanted completed trial
+WAIT_S = 1.0  # how often a worker with nothing left to start checks the others' trials
 
 
 @dataclass
@@ -191,8 +194,17 @@ def run_study(
             _fail_stale(study)  # a dead worker's trial is not "running": fail and re-queue it
             complete, running, _ = _counts(study)
             bar.update(task, completed=min(complete, n_trials))
-            if complete + running >= n_trials:
+            if complete >= n_trials:
                 break
+            if complete + running >= n_trials:
+                # the rest are other workers' trials: wait for them where a dead worker's
+                # trial will be seen (heartbeats); without heartbeats, leave them to their
+                # workers (a rerun finishes the study)
+                if not _heartbeats(study):
+                    break
+                time.sleep(WAIT_S)
+                requeue_dead_workers(study)  # a worker on this host that died meanwhile
+                continue
             if attempts >= MAX_ATTEMPTS_PER_TRIAL * n_trials:
                 console.print(
                     f"search {study.study_name}: stopped after {attempts} trials, "
@@ -209,8 +221,16 @@ def run_study(
                     "same command again to resume"
                 )
                 raise
-    # wait for nothing: other workers' running trials stay theirs
     return collect(study, space, objectives)
+
+
+def _heartbeats(study: Any) -> bool:
+    """Whether the study's storage sends heartbeats (RDB storage with an interval)."""
+    try:
+        from optuna.storages._heartbeat import is_heartbeat_enabled
+    except ImportError:  # a future Optuna: assume none, never wait
+        return False
+    return bool(is_heartbeat_enabled(study._storage))
 
 
 def _fail_stale(study: Any) -> None:
