@@ -136,7 +136,8 @@ def main() -> None:
             "rises (Aug-DeiT-S 80.4 % vs DeiT-S 79.8 % on ImageNet [paper, from memory]). "
             "Tiny models in the CIFAR adaptation (patch 4), same seed; diversity averaged "
             f"over {args.images} CIFAR-10 test images.",
-            "command": "python benchmarks/augvit_diversity.py",
+            "command": "python benchmarks/augvit_diversity.py --images "
+            f"{args.images} --threads {args.threads}",
             "notes": verdict,
             "cpu": cpu_info(),
             "tables": [

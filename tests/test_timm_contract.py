@@ -32,6 +32,7 @@ FAMILY = {
     "vil_ls_medium": dict(img_size=32),
     "ghost_resnet50": dict(img_size=32),
     "tinynet_custom": dict(img_size=32, w=0.25, d=0.3),
+    "mbnas_cifar": {},
     "bimlp_s": dict(img_size=32, layers=(1, 1), embed_dims=(32, 64)),
 }
 # Families whose features are a (B, C, H, W) map (the others give tokens).

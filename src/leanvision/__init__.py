@@ -28,12 +28,14 @@ from leanvision.methods import compress, list_methods
 from leanvision.methods.saving import load, save
 from leanvision.models import create_model, list_models
 from leanvision.profiling import Profile, profile
+from leanvision.search import SearchResult, search
 
 __version__ = "0.1.0"
 
 __all__ = [
     "DataBundle",
     "Profile",
+    "SearchResult",
     "TrainResult",
     "analysis",
     "compress",
@@ -50,6 +52,7 @@ __all__ = [
     "optimize_for_cpu",
     "profile",
     "save",
+    "search",
     "train",
 ]
 

@@ -1,4 +1,4 @@
-"""``leanvision <command>``: quickstart, train, compress, eval, profile, list, report."""
+"""``leanvision <command>``: quickstart, train, compress, search, eval, profile, list, report."""
 
 from __future__ import annotations
 
@@ -79,6 +79,56 @@ def cmd_compress(args: argparse.Namespace) -> None:
     recipe = _recipe_or_args(args, stages)
     out = run_recipe(recipe, args.out, command=" ".join(map(shlex.quote, sys.argv)))
     print(f"results: {out / 'results.json'}\nreport: {out / 'report.html'}")
+
+
+def _search_settings(args: argparse.Namespace) -> dict:
+    """The search's settings: the recipe's (if any), then the flags given, then ``--set``."""
+    from leanvision.recipe import SEARCH_RECIPE_KEYS, _apply_override, load_search_recipe
+
+    raw: dict = {"data": {}, "hparams": {}}
+    if args.recipe:
+        raw.update(load_search_recipe(args.recipe))
+    raw["data"] = {**raw.get("data", {}), **_given(
+        name=args.data, root=args.data_dir, batch_size=args.batch_size,
+        max_train=args.max_train, max_val=args.max_val,
+    )}  # fmt: skip
+    raw.update(_given(
+        space=args.space, method=args.method, n_trials=args.n_trials, budget=args.budget,
+        storage=args.storage, study=args.study, out=args.out,
+    ))  # fmt: skip
+    for item in args.set or []:  # a recipe key (n_trials, data.max_train) or a method option
+        top = item.split("=", 1)[0].split(".", 1)[0]
+        _apply_override(raw, item if top in SEARCH_RECIPE_KEYS else f"hparams.{item}")
+    if not raw.get("space"):
+        raise LeanVisionError("give a SPACE (see `leanvision list spaces`) or a --recipe with one")
+    return raw
+
+
+def cmd_search(args: argparse.Namespace) -> None:
+    import leanvision as lv
+
+    cfg = _search_settings(args)
+    data_args = dict(cfg["data"])
+    data = lv.load_data(data_args.pop("name", "mnist5k"), **data_args)
+    out = cfg.get("out") or f"runs/search/{cfg['space']}"
+    result = lv.search(
+        cfg["space"], data, cfg.get("method", "standalone"), budget=cfg.get("budget"),
+        storage=cfg.get("storage"), study=cfg.get("study"), n_trials=cfg.get("n_trials", 20),
+        out_dir=out, progress=sys.stderr.isatty(), **cfg["hparams"],
+    )  # fmt: skip
+    from leanvision.search.results import write_search_results
+
+    path = write_search_results(result, data, out, command=" ".join(map(shlex.quote, sys.argv)))
+    best = result.best
+    values = ", ".join(f"{k} {v:g}" for k, v in best.values.items())
+    print(
+        f"study {result.study.study_name}: {len(result.candidates)} completed trials "
+        f"({result.distinct()} architectures), {result.cpu_hours:.3f} CPU-hours\n"
+        f"best: trial {best.number}: {values}\n"
+        f"spec: {best.spec.as_dict()}\n"
+        f"Pareto front: trials {[c.number for c in result.pareto]} (timed side by side)\n"
+        f"results: {path}\nreport: {path.parent / 'report.html'}"
+    )
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
@@ -165,6 +215,19 @@ def cmd_list(args: argparse.Namespace) -> None:
         for spec in method_specs():
             print(f"{spec.name:16s} {spec.family:14s} {spec.paper}")
         return
+    elif args.what == "search":
+        from leanvision.search import get_search_method, list_search_methods
+
+        for name in list_search_methods():
+            print(f"{name:16s} {get_search_method(name).paper}")
+        return
+    elif args.what == "spaces":
+        from leanvision.search import get_space, list_spaces
+
+        for name in list_spaces():
+            space = get_space(name)
+            print(f"{name:16s} {space.size():9.3g} archs  {space.description}")
+        return
     else:
         names = lv.list_datasets()
     print("\n".join(names))
@@ -219,6 +282,32 @@ def build_parser() -> argparse.ArgumentParser:
             s.add_argument("--method", default=None, help="method key (see `list methods`)")
         s.set_defaults(fn=fn)
 
+    se = sub.add_parser(
+        "search",
+        help="architecture search on an Optuna study (several workers may share one --storage)",
+    )
+    se.add_argument("space", nargs="?", default=None, help="a search space (`list spaces`)")
+    se.add_argument("--recipe", default=None, help="search recipe YAML (recipes/search/)")
+    se.add_argument("--method", default=None, help="search method (`list search`; standalone)")
+    _add_data_args(se)
+    se.add_argument("--max-train", type=int, default=None, help="training images per epoch")
+    se.add_argument("--max-val", type=int, default=None, help="validation images")
+    se.add_argument("--n-trials", type=int, default=None, help="completed trials, all workers")
+    se.add_argument("--budget", type=float, default=None, help="most MACs a found model may have")
+    se.add_argument(
+        "--storage",
+        default=None,
+        help="Optuna RDB URL (sqlite:///x.db, postgresql://...) or a journal file; "
+        "default: <out>/search.db",
+    )
+    se.add_argument("--study", default=None, help="study name (an existing study resumes)")
+    se.add_argument("--out", default=None, help="run folder (default runs/search/<space>)")
+    se.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE",
+        help="a method hyper-parameter, e.g. sampler=nsga2 or max_steps=20",
+    )  # fmt: skip
+    se.set_defaults(fn=cmd_search, data=None)  # a recipe's data unless --data is given
+
     e = sub.add_parser("eval", help="evaluate a model (optionally from a checkpoint)")
     e.add_argument("--model", default=None, help="needed unless --checkpoint is a saved model")
     e.add_argument("--checkpoint", default=None)
@@ -239,8 +328,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_input_size_args(ex, "batch of the example input (the exported batch is dynamic)")
     ex.set_defaults(fn=cmd_export)
 
-    ls = sub.add_parser("list", help="list models, methods or datasets")
-    ls.add_argument("what", choices=["models", "methods", "datasets"])
+    ls = sub.add_parser("list", help="list models, methods, search methods, spaces or datasets")
+    ls.add_argument("what", choices=["models", "methods", "search", "spaces", "datasets"])
     ls.add_argument("pattern", nargs="?", default=None)
     ls.add_argument("--all", action="store_true", help="models: include all of timm's")
     ls.set_defaults(fn=cmd_list)

@@ -219,3 +219,41 @@ def load_recipe(path: str | os.PathLike, overrides: list[str] | None = None) -> 
     for item in overrides or []:
         _apply_override(raw, item)
     return recipe_from_dict(raw, source=str(path))
+
+
+SEARCH_RECIPE_KEYS = ("space", "method", "data", "n_trials", "budget", "storage", "study", "out",
+                      "hparams")  # fmt: skip
+
+
+def load_search_recipe(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a search recipe (``leanvision search --recipe``): a mapping with the keys of
+    :data:`SEARCH_RECIPE_KEYS` (``data`` and ``hparams`` mappings); ``hparams`` go to the
+    search method, the rest to :func:`leanvision.search`.
+
+    Raises:
+        RecipeError: unreadable YAML, not a mapping, unknown keys (named, with the allowed).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError(f"search recipe {str(path)!r} does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise RecipeError(f"search recipe {str(path)!r} is not valid YAML: {e}") from e
+    if not isinstance(raw, dict):
+        raise RecipeError(f"search recipe {str(path)!r}: a mapping at the top, please")
+    unknown = sorted(set(raw) - set(SEARCH_RECIPE_KEYS))
+    if unknown:
+        raise RecipeError(
+            f"search recipe {str(path)!r}: unknown key(s) {unknown}; allowed: "
+            f"{', '.join(SEARCH_RECIPE_KEYS)}"
+        )
+    for key in ("data", "hparams"):
+        if not isinstance(raw.get(key, {}), dict):
+            raise RecipeError(f"search recipe {str(path)!r}: {key} must be a mapping")
+    if isinstance(raw.get("budget"), str):  # YAML 1.1 reads 30e6 (no exponent sign) as text
+        try:
+            raw["budget"] = float(raw["budget"])
+        except ValueError:
+            raise RecipeError(f"budget={raw['budget']!r} is not a number of MACs") from None
+    return raw

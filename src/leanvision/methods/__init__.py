@@ -16,7 +16,7 @@ from .registry import (
 )
 
 # isort: split
-from . import distillation, ghost, lowbit, pruning  # noqa: F401  (importing registers them)
+from . import distillation, ghost, lowbit, pruning, search  # noqa: F401  (registers them)
 from .common import FinetuneConfig
 from .config import MethodConfig
 from .distillation.feature_kd import FeatureKDConfig

@@ -23,6 +23,7 @@ from . import (  # noqa: F401  (importing a family registers its models in timm)
     bimlp,
     cmt,
     ghost_resnet,
+    mbnas,
     pyramid_tnt,
     resnet_cifar,
     tinynet,
@@ -51,6 +52,7 @@ _OUR_MODULES = (
     "ghost_resnet",
     "tinynet",
     "bimlp",
+    "mbnas",
 )
 
 

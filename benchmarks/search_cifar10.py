@@ -1,0 +1,287 @@
+"""Architecture search on CIFAR-10 (the mbv2_cifar space): HourNAS against a joint one-shot
+search and random search at one MACs budget, and DC-NAS's ranking against plain one-shot's.
+
+    python benchmarks/search_cifar10.py search --method hournas
+    python benchmarks/search_cifar10.py search --method oneshot
+    python benchmarks/search_cifar10.py search --method random     # until its CPU-hours reach
+                                                                    # HourNAS's (equal budget)
+    python benchmarks/search_cifar10.py retrain --method hournas   # each found model, from
+    python benchmarks/search_cifar10.py retrain --method oneshot   # scratch, one schedule
+    python benchmarks/search_cifar10.py retrain --method random
+    python benchmarks/search_cifar10.py rank      # DC-NAS: 20 members scored two ways + alone
+    python benchmarks/search_cifar10.py report    # -> benchmarks/results/search_cifar10/
+
+HourNAS's claim (CVPR 2021): searching the vital blocks first finds, at a given search cost, a
+model at least as accurate as a joint search. The one-shot search trains its supernet as long
+as HourNAS's two supernet stretches together and scores as many members; random search trains
+candidates alone (``standalone``, random sampler) until it has spent HourNAS's CPU-hours. Every
+found model is then trained from scratch with the same schedule (``RETRAIN``) and tested on the
+10k test images. DC-NAS's claim: ranking members with per-cluster weights agrees better with
+their stand-alone ranking than plain weight sharing does; ``rank`` scores ``RANK_MEMBERS``
+members both ways and trains each alone (``ALONE``), and the report gives Kendall's tau of
+both rankings against the stand-alone one, with a bootstrap spread over the members.
+
+Searches, supernets and trainings resume from ``runs/bench_search/``; every search's study is
+in its folder's ``search.db``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import random
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import leanvision as lv
+from leanvision.engine import training_note, training_record
+from leanvision.pipeline import cpu_info
+from leanvision.profiling import count_ops
+from leanvision.provenance import git_state
+from leanvision.report import check_results_target, write_results
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data" / "cifar10"
+RUNS = ROOT / "runs" / "bench_search"
+OUT = ROOT / "benchmarks" / "results" / "search_cifar10"
+SMOKE = False  # tests set it: a few steps everywhere
+
+SPACE = "mbv2_cifar"
+BUDGET = 30e6  # MACs of one 32x32 image
+SEARCH_DATA = {"max_train": 10000, "max_val": 2000}
+SUPERNET = {"lr": 0.05, "weight_decay": 4e-5, "bn_batches": 4}
+METHODS: dict[str, dict[str, Any]] = {
+    "hournas": {"method": "hournas", "vital_epochs": 6, "rest_epochs": 3, "vital_trials": 30,
+                "n_trials": 30, **SUPERNET},
+    "oneshot": {"method": "oneshot", "supernet_epochs": 9, "n_trials": 60, **SUPERNET},
+    "random": {"method": "standalone", "sampler": "random", "epochs": 1, "lr": 0.05},
+}  # fmt: skip
+RETRAIN = {"epochs": 10, "max_train": 45000, "lr": 0.05, "weight_decay": 4e-5}
+RANK_MEMBERS, ALONE = 20, {"epochs": 3, "max_train": 10000, "lr": 0.05}
+DESCRIPTION = (
+    "HourNAS's claim (CVPR 2021): searching the vital blocks first finds, at a given search "
+    "cost, a model at least as accurate as a joint search. The joint one-shot search trains its "
+    "supernet as long as HourNAS's two supernet stretches together and scores as many members; "
+    "random search trains candidates alone until it has spent HourNAS's CPU-hours. Every found "
+    "model is trained from scratch with one schedule and tested on the 10k test images. "
+    "DC-NAS's claim: ranking members with per-cluster weights agrees better with their "
+    "stand-alone ranking than plain weight sharing does (Kendall's tau, bootstrap spread)."
+)
+COMMAND = " && ".join(
+    [f"python benchmarks/search_cifar10.py search --method {m}" for m in ("hournas", "oneshot",
+     "random")] + [f"python benchmarks/search_cifar10.py retrain --method {m}" for m in (
+     "hournas", "oneshot", "random")] + ["python benchmarks/search_cifar10.py rank",
+     "python benchmarks/search_cifar10.py report"]
+)  # fmt: skip
+RANK = {"method": "dcnas", "supernet_epochs": 9, "n_clusters": 4, "cluster_epochs": 1,
+        **SUPERNET}  # fmt: skip
+
+
+def _data(args: argparse.Namespace, **limits: Any) -> Any:
+    if SMOKE:
+        limits = {"max_train": 64, "max_val": 32, "max_test": 32}
+    return lv.load_data("cifar10", root=args.data, batch_size=128, seed=0, **limits)
+
+
+def _smoke(hp: dict[str, Any]) -> dict[str, Any]:
+    if not SMOKE:
+        return hp
+    small = {k: 1 for k in ("vital_epochs", "rest_epochs", "supernet_epochs", "epochs")}
+    small.update(vital_trials=2, n_trials=2, n_clusters=2, bn_batches=1, max_steps=2)
+    return {**hp, **{k: v for k, v in small.items() if k in hp or k == "max_steps"}}
+
+
+def _search(method: str, data: Any, n_trials: int | None = None) -> Any:
+    hp = _smoke(dict(METHODS[method]))
+    name, trials = hp.pop("method"), n_trials or hp.pop("n_trials", 1)
+    hp.pop("n_trials", None)
+    return lv.search(
+        SPACE, data, name, budget=BUDGET, n_trials=trials, out_dir=RUNS / method,
+        progress=sys.stderr.isatty(), **hp,
+    )  # fmt: skip
+
+
+def _write_summary(path: Path, summary: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(summary, indent=1, default=str))
+
+
+def cmd_search(args: argparse.Namespace) -> None:
+    torch.set_num_threads(args.threads)
+    data = _data(args, **SEARCH_DATA)
+    if args.method == "random":  # equal budget: as many CPU-hours as HourNAS's search
+        target = json.loads((RUNS / "hournas" / "summary.json").read_text())["cpu_hours"]
+        n = 1
+        while True:
+            result = _search("random", data, n_trials=n)
+            if result.cpu_hours >= target or (SMOKE and n >= 2):
+                break
+            n += 1
+    else:
+        result = _search(args.method, data)
+    best = result.best
+    _write_summary(RUNS / args.method / "summary.json", {
+        "method": args.method, "settings": _smoke(METHODS[args.method]),
+        "cpu_hours": result.cpu_hours, "trials": len(result.candidates),
+        "distinct": result.distinct(), "best": {"number": best.number, "values": best.values,
+        "spec": best.spec.as_dict(), "sample": best.sample},
+        "pareto": [c.number for c in result.pareto], "threads": args.threads,
+        "git": dataclasses.asdict(git_state()),
+    })  # fmt: skip
+    print(f"{args.method}: {len(result.candidates)} trials, {result.cpu_hours:.2f} CPU-h, "
+          f"best {best.values}")  # fmt: skip
+
+
+def _train_alone(spec: dict[str, Any], out: Path, data: Any, hp: dict[str, Any], threads: int):
+    """Train one spec from scratch (resumes); its test top-1 and how it trained."""
+    summary_path = out / "summary.json"
+    if summary_path.exists():
+        return json.loads(summary_path.read_text())
+    torch.manual_seed(0)
+    model = lv.create_model(spec["name"], **spec["kwargs"], num_classes=data.num_classes)
+    res = lv.train(
+        model, data, epochs=hp["epochs"], lr=hp["lr"], weight_decay=hp.get("weight_decay", 5e-4),
+        seed=0, out_dir=str(out), resume=True, num_threads=threads,
+        progress=sys.stderr.isatty(), max_steps=2 if SMOKE else None,
+    )  # fmt: skip
+    summary = {
+        "spec": spec, "test_top1": lv.evaluate(res.model, data.loader("test"))["top1"],
+        "macs": int(count_ops(model.eval(), (3, 32, 32)).macs),
+        "params": sum(p.numel() for p in model.parameters()), "schedule": hp,
+        "threads": threads, "git": dataclasses.asdict(git_state()),
+    }  # fmt: skip
+    _write_summary(summary_path, summary)
+    return summary
+
+
+def cmd_retrain(args: argparse.Namespace) -> None:
+    torch.set_num_threads(args.threads)
+    found = json.loads((RUNS / args.method / "summary.json").read_text())
+    data = _data(args, max_train=RETRAIN["max_train"])
+    s = _train_alone(found["best"]["spec"], RUNS / args.method / "retrain", data, RETRAIN,
+                     args.threads)  # fmt: skip
+    print(f"{args.method}: retrained test top-1 {s['test_top1']:.2f} % at {s['macs'] / 1e6:.1f} M")
+
+
+def cmd_rank(args: argparse.Namespace) -> None:
+    torch.set_num_threads(args.threads)
+    data = _data(args, **SEARCH_DATA)
+    hp = _smoke(dict(RANK))
+    hp.pop("method")
+    n = 4 if SMOKE else RANK_MEMBERS
+    result = lv.search(
+        SPACE, data, "dcnas", budget=BUDGET, n_trials=n, out_dir=RUNS / "rank",
+        progress=sys.stderr.isatty(), **hp,
+    )  # fmt: skip
+    alone_data = _data(args, max_train=ALONE["max_train"])
+    rows = []
+    for c in sorted(result.candidates, key=lambda c: c.number):
+        s = _train_alone(c.spec.as_dict(), RUNS / "rank" / "alone" / str(c.number), alone_data,
+                         ALONE, args.threads)  # fmt: skip
+        rows.append({
+            "number": c.number, "cluster": c.metrics["cluster"], "dcnas": c.values["val_top1"],
+            "oneshot": c.metrics["oneshot_val_top1"], "alone": s["test_top1"],
+            "macs": c.values["macs"],
+        })  # fmt: skip
+    _write_summary(RUNS / "rank" / "summary.json", {
+        "members": rows, "cpu_hours": result.cpu_hours, "settings": hp, "alone": ALONE,
+        "threads": args.threads, "git": dataclasses.asdict(git_state()),
+    })  # fmt: skip
+
+
+def kendall_with_spread(x: list[float], y: list[float], reps: int = 1000) -> tuple[float, float]:
+    """Kendall's tau (scipy) and the standard deviation of its bootstrap over the members."""
+    from scipy.stats import kendalltau
+
+    tau = float(kendalltau(x, y).statistic)
+    rng, taus = random.Random(0), []
+    for _ in range(reps):
+        idx = [rng.randrange(len(x)) for _ in x]
+        t = kendalltau([x[i] for i in idx], [y[i] for i in idx]).statistic
+        if t == t:  # not NaN (a resample of ties)
+            taus.append(float(t))
+    mean = sum(taus) / len(taus)
+    return tau, (sum((t - mean) ** 2 for t in taus) / max(1, len(taus) - 1)) ** 0.5
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    check_results_target(OUT, allow_dirty=args.allow_dirty)
+    rows, table, notes = [], [], []
+    found = {m: RUNS / m / "summary.json" for m in METHODS}
+    for method, path in found.items():
+        retrain = RUNS / method / "retrain" / "summary.json"
+        if not path.exists() or not retrain.exists():
+            raise SystemExit(f"{method}: run `search --method {method}` and `retrain` first")
+        s, r = json.loads(path.read_text()), json.loads(retrain.read_text())
+        how = training_note(training_record(RUNS / method / "retrain" / "last.pt"), r["threads"])
+        rows.append({
+            "name": f"{method}_found", "dataset": "cifar10", "split": "test",
+            "top1": r["test_top1"], "params": r["params"], "macs": r["macs"], "seed": 0,
+            "method_chain": [f"search:{method}"],
+            "notes": f"search {s['cpu_hours']:.2f} CPU-h, {s['trials']} trials; retrained {how}",
+            "extra": {"spec": s["best"]["spec"], "search": s},
+        })  # fmt: skip
+        table.append([method, round(s["cpu_hours"], 2), s["trials"], round(r["macs"] / 1e6, 2),
+                      round(r["test_top1"], 2)])  # fmt: skip
+    by = {t[0]: t for t in table}
+    verdict = all(by["hournas"][-1] >= by[m][-1] for m in ("oneshot", "random"))
+    notes.append(
+        f"HourNAS {by['hournas'][-1]:.2f} % vs joint one-shot {by['oneshot'][-1]:.2f} % and "
+        f"random {by['random'][-1]:.2f} % at <= {BUDGET / 1e6:g} M MACs: the claim "
+        + ("holds" if verdict else "does not hold")
+        + " here. Search CPU-hours: "
+        + ", ".join(f"{t[0]} {t[1]}" for t in table)
+        + "."
+    )
+    tables = [{"title": "Found models, retrained from scratch", "columns": [
+        "search", "search CPU-h", "trials", "MMACs", "test top-1 %"], "rows": table}]  # fmt: skip
+    rank_path = RUNS / "rank" / "summary.json"
+    if rank_path.exists():
+        members = json.loads(rank_path.read_text())["members"]
+        alone = [m["alone"] for m in members]
+        t_dc = kendall_with_spread([m["dcnas"] for m in members], alone)
+        t_os = kendall_with_spread([m["oneshot"] for m in members], alone)
+        tables.append({"title": f"Ranking of {len(members)} members against stand-alone training",
+                       "columns": ["scorer", "Kendall tau", "bootstrap sd"],
+                       "rows": [["DC-NAS (per-cluster weights)", round(t_dc[0], 3),
+                                 round(t_dc[1], 3)],
+                                ["one-shot (shared weights)", round(t_os[0], 3),
+                                 round(t_os[1], 3)]]})  # fmt: skip
+        notes.append(
+            f"DC-NAS tau {t_dc[0]:.3f} (sd {t_dc[1]:.3f}) vs one-shot {t_os[0]:.3f} "
+            f"(sd {t_os[1]:.3f}): DC-NAS's ranking is "
+            + ("closer to" if t_dc[0] > t_os[0] else "not closer to")
+            + " the stand-alone one here."
+        )
+    run = {
+        "name": "Architecture search on CIFAR-10 (mbv2_cifar)", "description": DESCRIPTION,
+        "command": COMMAND,
+        "cpu": cpu_info(), "tables": tables, "notes": notes,
+    }  # fmt: skip
+    print(f"wrote {write_results(OUT, rows, run_info=run, allow_dirty=args.allow_dirty)}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--allow-dirty", action="store_true", default=None, help="see write_results")
+    p.add_argument("--data", default=str(DATA))
+    p.add_argument("--threads", type=int, default=1)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("search")
+    s.add_argument("--method", choices=list(METHODS), required=True)
+    r = sub.add_parser("retrain")
+    r.add_argument("--method", choices=list(METHODS), required=True)
+    sub.add_parser("rank")
+    sub.add_parser("report")
+    args = p.parse_args(argv)
+    commands = {"search": cmd_search, "retrain": cmd_retrain, "rank": cmd_rank}
+    commands["report"] = cmd_report
+    commands[args.cmd](args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,119 @@
+"""What every search method shares: its config's common options, objectives, seeds, budget."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from leanvision.checks import check_choice, check_int, check_real
+from leanvision.errors import ConfigError
+from leanvision.methods.config import MethodConfig
+from leanvision.search import SAMPLERS, Objective, SearchContext
+
+__all__ = [
+    "OBJECTIVES",
+    "SearchConfig",
+    "check_budget",
+    "method_study",
+    "objectives_for",
+    "seed_for",
+    "train_stage",
+]
+
+OBJECTIVES = ("accuracy", "accuracy_macs")
+
+
+@dataclass
+class SearchConfig(MethodConfig):
+    """Options every search method has: the objectives, the training of whatever it trains
+    (candidates or a supernet: SGD by default, ``max_steps`` caps every stage), the seed and
+    the threads. Methods add their own fields (and may change a default)."""
+
+    version: ClassVar[int] = 1
+    objectives: str = "accuracy_macs"
+    max_steps: int | None = None
+    lr: float = 0.05
+    weight_decay: float = 4e-5
+    opt: str = "sgd"
+    seed: int = 0
+    num_threads: int | None = None
+
+    def validate(self) -> None:
+        super().validate()
+        check_choice("objectives", self.objectives, OBJECTIVES)
+        check_int("max_steps", self.max_steps, 1, none_ok=True)
+        check_real("lr", self.lr, 0.0, lo_open=True)
+        check_real("weight_decay", self.weight_decay, 0.0)
+        check_int("num_threads", self.num_threads, 1, none_ok=True)
+        for name in ("sampler",):
+            if hasattr(self, name):
+                check_choice(name, getattr(self, name), SAMPLERS)
+        for name in ("bn_batches", "epochs", "supernet_epochs"):
+            if hasattr(self, name):
+                check_int(name, getattr(self, name), 1)
+
+    def check_inputs(self, data: Any) -> None:
+        if data is None:
+            raise ConfigError("this search trains its candidates or a supernet: pass data=")
+
+
+def objectives_for(config: SearchConfig, data: Any) -> list[Objective]:
+    """The primary metric of the data's task (``val_<name>``), then MACs if asked for."""
+    from leanvision.engine.trainer import resolve_task
+
+    task = resolve_task(None, data)
+    out = [Objective(f"val_{task.primary}", "maximize" if task.higher_is_better else "minimize")]
+    if config.objectives == "accuracy_macs":
+        out.append(Objective("macs", "minimize"))
+    return out
+
+
+def seed_for(config: SearchConfig, ctx: SearchContext) -> int:
+    """The sampler's seed: the config's for the default (one-process) storage; mixed with the
+    pid for a shared storage, so that concurrent workers do not propose the same samples."""
+    return config.seed if ctx.storage is None else config.seed * 100_003 + os.getpid()
+
+
+def check_budget(trial: Any, macs: int, ctx: SearchContext) -> None:
+    """Record a candidate's MACs on its trial; prune it (before any training) over budget."""
+    import optuna
+
+    trial.set_user_attr("lv_macs", int(macs))
+    if ctx.budget_macs is not None and macs > ctx.budget_macs:
+        raise optuna.TrialPruned(f"{macs:,} MACs over the budget {ctx.budget_macs:,.0f}")
+
+
+def method_study(
+    space: Any, data: Any, config: SearchConfig, ctx: SearchContext, method: str, *,
+    sampler: Any = None, study: str | None = None,
+) -> tuple[Any, list[Objective]]:  # fmt: skip
+    """The method's study on ``ctx``'s storage (created or resumed) and its objectives;
+    ``sampler`` defaults to the config's, seeded by :func:`seed_for`."""
+    from leanvision.search import make_sampler, open_storage, open_study
+
+    objectives = objectives_for(config, data)
+    if sampler is None:
+        sampler = make_sampler(config.sampler, seed_for(config, ctx))
+    opened = open_study(
+        space, objectives, storage=open_storage(ctx.storage, ctx.out_dir),
+        study=study or ctx.study, method=method, sampler=sampler,
+    )  # fmt: skip
+    return opened, objectives
+
+
+def train_stage(
+    net: Any, data: Any, config: SearchConfig, out: Any, epochs: int, hooks: list[Any],
+    ctx: SearchContext,
+) -> tuple[Any, dict[str, Any]]:  # fmt: skip
+    """One training stretch of a search (a supernet, a cluster's copy): a resumable run of its
+    own in ``out`` with the config's options; the model and its training record."""
+    import leanvision as lv
+    from leanvision.engine import training_record
+
+    result = lv.train(
+        net, data, epochs=epochs, max_steps=config.max_steps, lr=config.lr,
+        weight_decay=config.weight_decay, opt=config.opt, seed=config.seed, out_dir=str(out),
+        resume=True, progress=ctx.progress, num_threads=config.num_threads, hooks=hooks,
+    )  # fmt: skip
+    return result.model, training_record(out / "last.pt")

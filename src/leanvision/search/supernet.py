@@ -1,0 +1,115 @@
+"""Weight-sharing supernets: single-path uniform sampling, BN recalibration, candidate scoring.
+
+Single-path one-shot NAS (Guo et al., ECCV 2020, arXiv 1904.00420): the supernet holds every
+member of a space; each training step activates one member drawn uniformly
+(:class:`UniformPathHook`, trained by the one trainer), so every operator trains about equally
+and a member's accuracy with the shared weights ranks it. Batch-norm statistics belong to the
+path that collected them, so a member is scored after its statistics are recomputed on a few
+training batches (:func:`recalibrate_bn`, as the paper does).
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import torch
+from torch import nn
+
+from leanvision.engine import Hook, StepContext, evaluate
+from leanvision.engine.trainer import resolve_task
+from leanvision.errors import ConfigError
+from leanvision.search.space import SearchSpace
+
+__all__ = ["UniformPathHook", "member_outputs", "recalibrate_bn", "score_member"]
+
+
+class UniformPathHook(Hook):
+    """Before every training step, activate a member drawn uniformly from ``space`` (its own
+    seeded generator: a resumed run draws the same sequence). ``fixed``: choices held at one
+    value; ``members``: draw from these samples only (a cluster of the space)."""
+
+    def __init__(
+        self,
+        space: SearchSpace,
+        seed: int = 0,
+        fixed: dict[str, Any] | None = None,
+        members: list[dict[str, Any]] | None = None,
+    ) -> None:
+        self.space, self.rng = space, random.Random(seed)
+        self.fixed = dict(fixed or {})  # choices held at one value (a stage of a search)
+        if self.fixed:
+            space.check({**space.sample(random.Random(0)), **self.fixed})
+        self.members = [space.check(m) for m in members] if members is not None else None
+        if self.members is not None and not self.members:
+            raise ConfigError("UniformPathHook: members is empty")
+
+    def before_forward(self, trainer: Any, ctx: StepContext) -> None:
+        if not trainer.model.training:
+            return
+        if self.members is not None:
+            sample = {**self.rng.choice(self.members), **self.fixed}
+        else:
+            sample = {**self.space.sample(self.rng), **self.fixed}
+        self.space.activate(trainer.model, sample)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rng": self.rng.getstate()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if "rng" in state:
+            self.rng.setstate(_as_state(state["rng"]))
+
+
+def _as_state(value: Any) -> Any:
+    """random's state after a round trip through a checkpoint (lists back to tuples)."""
+    if isinstance(value, list):
+        return tuple(_as_state(v) for v in value)
+    return value
+
+
+@torch.no_grad()
+def recalibrate_bn(model: nn.Module, loader: Any, batches: int, task: Any = None) -> None:
+    """Recompute every batch norm's running statistics over ``batches`` training batches
+    (a cumulative average, not a momentum one); the model is left in eval mode. ``task``
+    splits a batch into inputs and targets (default: classification's ``(x, y)``)."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None
+    model.train()
+    try:
+        for i, batch in enumerate(loader):
+            if i >= batches:
+                break
+            x = task.split_batch(batch)[0] if task is not None else batch[0]
+            model(x)
+    finally:
+        for m, momentum in zip(norms, saved, strict=True):
+            m.momentum = momentum
+        model.eval()
+
+
+def score_member(
+    net: nn.Module, space: SearchSpace, sample: dict[str, Any], data: Any, bn_batches: int
+) -> dict[str, float]:
+    """The member's validation metrics with the supernet's weights (``val_<metric>``), after
+    its batch-norm statistics are recalibrated."""
+    task = resolve_task(None, data)
+    space.activate(net, sample)
+    recalibrate_bn(net, data.loader("train"), bn_batches, task)
+    metrics = evaluate(net, data.loader("val"), task=task)
+    return {f"val_{k}": v for k, v in metrics.items()}
+
+
+@torch.no_grad()
+def member_outputs(
+    net: nn.Module, space: SearchSpace, sample: dict[str, Any], data: Any, probe: torch.Tensor,
+    bn_batches: int,
+) -> torch.Tensor:  # fmt: skip
+    """The member's softmax outputs on a fixed probe batch, flattened: what it computes, as a
+    vector (DC-NAS clusters members by it)."""
+    space.activate(net, sample)
+    recalibrate_bn(net, data.loader("train"), bn_batches, resolve_task(None, data))
+    return torch.softmax(net(probe), dim=-1).flatten()
