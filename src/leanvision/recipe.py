@@ -203,19 +203,24 @@ def _apply_override(raw: dict[str, Any], item: str) -> None:
         node[last] = parsed
 
 
+def _read_yaml(path: Path, what: str) -> Any:
+    """The YAML document of ``path`` (``{}`` when empty); a RecipeError naming ``what`` when
+    the file is missing or not YAML."""
+    if not path.is_file():
+        raise RecipeError(f"{what} file {str(path)!r} does not exist")
+    try:
+        return yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise RecipeError(f"{what} {str(path)!r} is not valid YAML: {e}") from e
+
+
 def load_recipe(path: str | os.PathLike, overrides: list[str] | None = None) -> Recipe:
     """Read a YAML recipe, apply ``key=value`` overrides, validate it.
 
     Raises:
         RecipeError: unreadable YAML, unknown keys (named, with the allowed ones), bad values.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise RecipeError(f"recipe file {str(path)!r} does not exist")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise RecipeError(f"recipe {str(path)!r} is not valid YAML: {e}") from e
+    raw = _read_yaml(Path(path), "recipe")
     for item in overrides or []:
         _apply_override(raw, item)
     return recipe_from_dict(raw, source=str(path))
@@ -234,12 +239,7 @@ def load_search_recipe(path: str | os.PathLike) -> dict[str, Any]:
         RecipeError: unreadable YAML, not a mapping, unknown keys (named, with the allowed).
     """
     path = Path(path)
-    if not path.is_file():
-        raise RecipeError(f"search recipe {str(path)!r} does not exist")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise RecipeError(f"search recipe {str(path)!r} is not valid YAML: {e}") from e
+    raw = _read_yaml(path, "search recipe")
     if not isinstance(raw, dict):
         raise RecipeError(f"search recipe {str(path)!r}: a mapping at the top, please")
     unknown = sorted(set(raw) - set(SEARCH_RECIPE_KEYS))
