@@ -314,3 +314,20 @@ def test_every_search_recipe_loads_and_its_options_are_valid(path):
     get_space(raw["space"])
     get_search_method(raw["method"]).make_config(**raw.get("hparams", {}))
     assert isinstance(raw["budget"], float) and raw["n_trials"] >= 1
+
+
+def test_vit_res_cifar_space_holds_vit_res_tiny_and_checks_budgets(mnist_small):
+    space = get_space("vit_res_cifar")
+    tiny_like = {"s0_width": 192, "s1_width": 384, "s2_width": 768}
+    for s, heads in enumerate((3, 6, 12)):
+        tiny_like.update({f"s{s}_b{b}": f"h{heads}m4" for b in range(4)})
+    member = space.spec(tiny_like).build(num_classes=10)
+    reference = lv.create_model("vit_res_tiny", img_size=32, patch_size=4, num_classes=10)
+    assert lv.profile(member).macs == lv.profile(reference).macs  # the hand design is a member
+    assert lv.profile(member).params == lv.profile(reference).params
+    small = lv.profile(space.spec(space.smallest).build(num_classes=10)).macs
+    assert small < lv.profile(member).macs / 10
+    from leanvision.search import smallest_macs
+
+    assert smallest_macs(space, (3, 32, 32), num_classes=10)[0] == small  # the budget's floor
+    assert "skip" not in space.choices["s1_b0"].options and space.hourglass()["s2_b3"] == "skip"

@@ -5,6 +5,12 @@
   operator set), or ``skip`` for every block but a stage's first (so depth is searched too);
   per stage a width multiplier 0.5/0.75/1.0. Four stages of 2, 3, 3, 2 blocks: about 1.2e10
   architectures from 10.7 M to 68.8 M MACs at 32x32.
+* ``vit_res_cifar``: multi-stage ViTs with residual spatial reduction (ViT-ResNAS, Liao et al.
+  2021) in the CIFAR adaptation (conv patch embedding, patch 4: 8x8, 4x4 and 2x2 token grids).
+  Per stage an embedding width; per block a head count (64-dim heads, as the official space)
+  and an MLP ratio, or ``skip`` for every block but a stage's first (the official "layer
+  skip"). Three stages of four blocks, like ViT-Res-Tiny; built as ``vit_res_tiny`` with the
+  official ``network_def`` encoding (``arch=``). No supernet yet (stand-alone search only).
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ from collections.abc import Callable
 from leanvision.errors import ConfigError, UnknownNameError
 from leanvision.search.space import Choice, ModelSpec, SearchSpace
 
-__all__ = ["get_space", "list_spaces", "mbv2_cifar", "register_space"]
+__all__ = ["get_space", "list_spaces", "mbv2_cifar", "register_space", "vit_res_cifar"]
 
 _SPACES: dict[str, Callable[[], SearchSpace]] = {}
 
@@ -94,6 +100,59 @@ def mbv2_cifar() -> SearchSpace:
         activate=lambda net, spec: net.set_arch(spec.kwargs["arch"]),
         # HourNAS's vital blocks: each stage's entry block (down-sampling where the stage
         # strides) and the widths, the network's shortest path; the other blocks may skip
+        vital=[c.key for c in choices if c.key.endswith(("_b0", "_width"))],
+        skip_value="skip",
+    )
+
+
+# ViT-ResNAS in the CIFAR adaptation: (width choices, head-count choices) per stage
+VIT_STAGES: tuple[tuple[tuple[int, ...], tuple[int, ...]], ...] = (
+    ((96, 128, 160, 192), (2, 3)),
+    ((192, 256, 320, 384), (3, 4, 6)),
+    ((384, 512, 640, 768), (6, 8, 12)),
+)
+VIT_BLOCKS, VIT_MLP_RATIOS, VIT_HEAD_DIM = 4, (2, 3, 4), 64
+
+
+@register_space("vit_res_cifar")
+def vit_res_cifar() -> SearchSpace:
+    choices = []
+    for s, (widths, heads) in enumerate(VIT_STAGES):
+        choices.append(Choice(f"s{s}_width", widths, "the stage's embedding width"))
+        ops = tuple(f"h{h}m{m}" for h in heads for m in VIT_MLP_RATIOS)
+        for b in range(VIT_BLOCKS):
+            choices.append(Choice(f"s{s}_b{b}", ops if b == 0 else (*ops, "skip"),
+                                  "hH mM: H heads of 64, MLP ratio M; or skip"))  # fmt: skip
+
+    def build(sample: dict) -> ModelSpec:
+        dim = sample["s0_width"]
+        net: list = [[4, dim]]  # conv patch embedding
+        for s in range(len(VIT_STAGES)):
+            width = sample[f"s{s}_width"]
+            if s > 0:
+                net.append([3, dim, width])  # residual spatial reduction
+            dim = width
+            for b in range(VIT_BLOCKS):
+                op = sample[f"s{s}_b{b}"]
+                if op == "skip":
+                    continue
+                h, m = (int(v) for v in op[1:].split("m"))
+                net.append([1, [dim, h, VIT_HEAD_DIM], [dim, dim * m], 1])
+        net.append([2, dim, 1000])  # the head's class count is the build's num_classes
+        return ModelSpec("vit_res_tiny", {"arch": net, "img_size": 32, "patch_size": 4})
+
+    smallest: dict = {}
+    for s, (widths, heads) in enumerate(VIT_STAGES):
+        smallest[f"s{s}_width"] = widths[0]
+        smallest[f"s{s}_b0"] = f"h{heads[0]}m{VIT_MLP_RATIOS[0]}"
+        smallest.update({f"s{s}_b{b}": "skip" for b in range(1, VIT_BLOCKS)})
+    return SearchSpace(
+        "vit_res_cifar",
+        choices,
+        build,
+        description="ViT-ResNAS-style multi-stage ViTs at 32x32 (patch 4): per stage width, "
+        "per block heads x MLP ratio or skip",
+        smallest=smallest,
         vital=[c.key for c in choices if c.key.endswith(("_b0", "_width"))],
         skip_value="skip",
     )
