@@ -67,6 +67,15 @@ def mnist_small():
     return lv.load_data("mnist5k", batch_size=32, max_train=256, max_val=64, max_test=64)
 
 
+@pytest.fixture(scope="session")
+def cifar_tiny():
+    """16 training, 8 validation and 8 test CIFAR-10 images (32x32 models need 32x32 data)."""
+    import leanvision as lv
+
+    return lv.load_data("cifar10", root=CIFAR_ROOT, batch_size=8, max_train=16, max_val=8,
+                        max_test=8)  # fmt: skip
+
+
 @pytest.fixture
 def tiny_augvit():
     """A 4-block, width-32 Aug-ViT at 32x32 / patch 4 (our plain-ViT family), seeded, eval."""

@@ -33,8 +33,12 @@ def toy_space(name: str = "toy") -> SearchSpace:
 
 
 def main() -> None:
-    storage_url, n_trials, sleep_s = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
     marker = Path(sys.argv[4]) if len(sys.argv) > 4 else None
+    run_worker(sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), marker)
+
+
+def run_worker(storage_url: str, n_trials: int, sleep_s: float, marker: Path | None = None):
+    """One worker's share of the toy study (a subprocess's, or the test's own)."""
     storage = open_storage(storage_url, ".", heartbeat_s=1)
     space, objectives = toy_space(), [Objective("score", "maximize")]
     study = open_study(

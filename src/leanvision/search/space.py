@@ -88,7 +88,9 @@ class SearchSpace:
         smallest: the sample with the fewest MACs, if the space knows it (a budget is checked
             against it at the door); else the smallest is found by enumerating a small space.
         supernet: ``supernet(**build_kwargs) -> nn.Module``, the weight-sharing network holding
-            every member (one-shot methods need it); ``activate(net, spec)`` selects a member.
+            every member (one-shot methods need it); ``activate(net, spec)`` selects a member;
+            ``activate_group(net, specs)``, if the supernet can, several members that share one
+            batch (multi-architecture sampling).
         vital: the choices on the network's shortest path (stage entries, down-sampling, the
             widths), HourNAS's "vital blocks"; ``skip_value``: the value of a non-vital
             choice that removes its block (the hourglass network holds the vital ones only).
@@ -103,11 +105,14 @@ class SearchSpace:
         smallest: Mapping[str, Any] | None = None,
         supernet: Callable[..., nn.Module] | None = None,
         activate: Callable[[nn.Module, ModelSpec], None] | None = None,
+        activate_group: Callable[[nn.Module, list[ModelSpec]], None] | None = None,
         vital: Sequence[str] | None = None,
         skip_value: Any = None,
     ) -> None:
         if (supernet is None) != (activate is None):
             raise ConfigError(f"space {name!r}: give supernet and activate together")
+        if activate_group is not None and supernet is None:
+            raise ConfigError(f"space {name!r}: activate_group needs a supernet")
         keys = [c.key for c in choices]
         if len(set(keys)) != len(keys):
             dup = sorted({k for k in keys if keys.count(k) > 1})
@@ -120,6 +125,7 @@ class SearchSpace:
         self.description = description
         self.smallest = None if smallest is None else self.check(smallest)
         self._supernet, self._activate = supernet, activate
+        self._activate_group = activate_group
         self.vital = list(vital or [])
         unknown = sorted(set(self.vital) - set(self.choices))
         if unknown:
@@ -157,6 +163,22 @@ class SearchSpace:
             raise ConfigError(f"space {self.name!r} has no supernet (one-shot methods need one)")
         self._activate(net, spec)
         return spec
+
+    @property
+    def can_share_batches(self) -> bool:
+        """Whether its supernet runs several members on the parts of one batch."""
+        return self._activate_group is not None
+
+    def activate_group(self, net: nn.Module, samples: Sequence[Mapping[str, Any]]) -> list:
+        """Select several members of ``net``, each computing its own part of a batch."""
+        if self._activate_group is None:
+            raise ConfigError(
+                f"space {self.name!r}: its supernet runs one member per batch "
+                "(multi-architecture sampling needs activate_group)"
+            )
+        specs = [self.spec(s) for s in samples]
+        self._activate_group(net, specs)
+        return specs
 
     def __repr__(self) -> str:
         return f"SearchSpace({self.name!r}, {len(self.choices)} choices, {self.size():.3g} archs)"

@@ -10,7 +10,9 @@
   Per stage an embedding width; per block a head count (64-dim heads, as the official space)
   and an MLP ratio, or ``skip`` for every block but a stage's first (the official "layer
   skip"). Three stages of four blocks, like ViT-Res-Tiny; built as ``vit_res_tiny`` with the
-  official ``network_def`` encoding (``arch=``). No supernet yet (stand-alone search only).
+  official ``network_def`` encoding (``arch=``, any ViT-Res network). Its supernet
+  (:class:`~leanvision.models.vit_res_supernet.ViTResSuperNet`) holds every member and runs
+  several members on the parts of one batch (multi-architecture sampling).
 """
 
 from __future__ import annotations
@@ -116,6 +118,8 @@ VIT_BLOCKS, VIT_MLP_RATIOS, VIT_HEAD_DIM = 4, (2, 3, 4), 64
 
 @register_space("vit_res_cifar")
 def vit_res_cifar() -> SearchSpace:
+    from leanvision.models.vit_res_supernet import ViTResSuperNet
+
     choices = []
     for s, (widths, heads) in enumerate(VIT_STAGES):
         choices.append(Choice(f"s{s}_width", widths, "the stage's embedding width"))
@@ -153,6 +157,19 @@ def vit_res_cifar() -> SearchSpace:
         description="ViT-ResNAS-style multi-stage ViTs at 32x32 (patch 4): per stage width, "
         "per block heads x MLP ratio or skip",
         smallest=smallest,
+        supernet=lambda num_classes=10, in_chans=3: ViTResSuperNet(
+            widths=[w[-1] for w, _ in VIT_STAGES],
+            heads=[h[-1] for _, h in VIT_STAGES],
+            depths=[VIT_BLOCKS] * len(VIT_STAGES),
+            mlp_ratio=max(VIT_MLP_RATIOS),
+            head_dim=VIT_HEAD_DIM,
+            img_size=32,
+            patch_size=4,
+            in_chans=in_chans,
+            num_classes=num_classes,
+        ),  # fmt: skip
+        activate=lambda net, spec: net.set_arch(spec.kwargs["arch"]),
+        activate_group=lambda net, specs: net.set_archs([s.kwargs["arch"] for s in specs]),
         vital=[c.key for c in choices if c.key.endswith(("_b0", "_width"))],
         skip_value="skip",
     )

@@ -27,7 +27,9 @@ __all__ = ["UniformPathHook", "member_outputs", "recalibrate_bn", "score_member"
 class UniformPathHook(Hook):
     """Before every training step, activate a member drawn uniformly from ``space`` (its own
     seeded generator: a resumed run draws the same sequence). ``fixed``: choices held at one
-    value; ``members``: draw from these samples only (a cluster of the space)."""
+    value; ``members``: draw from these samples only (a cluster of the space);
+    ``archs_per_step`` > 1: that many members share each batch, one part each (ViT-ResNAS's
+    multi-architecture sampling; the space's supernet must support it)."""
 
     def __init__(
         self,
@@ -35,8 +37,17 @@ class UniformPathHook(Hook):
         seed: int = 0,
         fixed: dict[str, Any] | None = None,
         members: list[dict[str, Any]] | None = None,
+        archs_per_step: int = 1,
     ) -> None:
         self.space, self.rng = space, random.Random(seed)
+        if not isinstance(archs_per_step, int) or archs_per_step < 1:
+            raise ConfigError(f"archs_per_step must be an integer >= 1, got {archs_per_step!r}")
+        if archs_per_step > 1 and not space.can_share_batches:
+            raise ConfigError(
+                f"archs_per_step={archs_per_step}: space {space.name!r}'s supernet runs one "
+                "member per batch (use 1)"
+            )
+        self.archs_per_step = archs_per_step
         self.fixed = dict(fixed or {})  # choices held at one value (a stage of a search)
         if self.fixed:
             space.check({**space.sample(random.Random(0)), **self.fixed})
@@ -47,11 +58,16 @@ class UniformPathHook(Hook):
     def before_forward(self, trainer: Any, ctx: StepContext) -> None:
         if not trainer.model.training:
             return
-        if self.members is not None:
-            sample = {**self.rng.choice(self.members), **self.fixed}
+        samples = [self._draw() for _ in range(self.archs_per_step)]
+        if self.archs_per_step == 1:
+            self.space.activate(trainer.model, samples[0])
         else:
-            sample = {**self.space.sample(self.rng), **self.fixed}
-        self.space.activate(trainer.model, sample)
+            self.space.activate_group(trainer.model, samples)
+
+    def _draw(self) -> dict[str, Any]:
+        if self.members is not None:
+            return {**self.rng.choice(self.members), **self.fixed}
+        return {**self.space.sample(self.rng), **self.fixed}
 
     def state_dict(self) -> dict[str, Any]:
         return {"rng": self.rng.getstate()}

@@ -18,23 +18,26 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from leanvision.checks import check_int
 from leanvision.errors import ConfigError
 from leanvision.methods.search.common import (
     SearchConfig,
     check_budget,
     method_study,
+    seed_for,
     train_stage,
 )
 from leanvision.search import (
     SearchContext,
     SearchSpace,
+    make_sampler,
     register_search_method,
     run_study,
 )
 from leanvision.search.supernet import UniformPathHook, score_member
 from leanvision.search.verb import build_kwargs, spec_macs
 
-__all__ = ["OneShotSearchConfig", "run_oneshot", "train_supernet"]
+__all__ = ["OneShotSearchConfig", "oneshot_search", "run_oneshot", "train_supernet"]
 
 
 @dataclass
@@ -45,6 +48,18 @@ class OneShotSearchConfig(SearchConfig):
     sampler: str = "nsga2"
     supernet_epochs: int = 10
     bn_batches: int = 4
+    archs_per_step: int = 1
+    population: int | None = None
+
+    def validate(self) -> None:
+        super().validate()
+        check_int("archs_per_step", self.archs_per_step, 1)
+        check_int("population", self.population, 2, none_ok=True)
+        if self.population is not None and self.sampler != "nsga2":
+            raise ConfigError(
+                f"population={self.population} sizes NSGA-II's generations; sampler is "
+                f"{self.sampler!r} (use sampler='nsga2' or drop population)"
+            )
 
 
 def train_supernet(
@@ -52,14 +67,15 @@ def train_supernet(
 ) -> tuple[Any, dict[str, Any]]:
     """The trained supernet (resumed from ``<out_dir>/supernet`` if a run was cut short) and
     its training record (epochs, wall time, commits). ``config``: a one-shot method's (its
-    supernet_epochs, max_steps, lr, weight_decay, opt, seed, num_threads)."""
+    supernet_epochs, archs_per_step, max_steps, lr, weight_decay, opt, seed, num_threads)."""
     import torch
 
     if not space.has_supernet:
         raise ConfigError(f"space {space.name!r} has no supernet: one-shot search needs one")
     torch.manual_seed(config.seed)
     net = space.supernet(**build_kwargs(data))
-    hooks = [UniformPathHook(space, config.seed)]
+    per_step = getattr(config, "archs_per_step", 1)  # multi-architecture sampling, if asked
+    hooks = [UniformPathHook(space, config.seed, archs_per_step=per_step)]
     return train_stage(net, data, config, ctx.out_dir / "supernet", config.supernet_epochs,
                        hooks, ctx)  # fmt: skip
 
@@ -73,10 +89,20 @@ def train_supernet(
 def run_oneshot(
     space: SearchSpace, data: Any, config: OneShotSearchConfig, ctx: SearchContext
 ) -> Any:
+    return oneshot_search(space, data, config, ctx, "oneshot")
+
+
+def oneshot_search(
+    space: SearchSpace, data: Any, config: OneShotSearchConfig, ctx: SearchContext, method: str
+) -> Any:
+    """Train the supernet, then search it with the config's sampler; the study is ``method``'s."""
     import torch
 
     net, record = train_supernet(space, data, config, ctx)
-    study, objectives = method_study(space, data, config, ctx, "oneshot")
+    sampler = None
+    if config.population is not None:
+        sampler = make_sampler("nsga2", seed_for(config, ctx), population_size=config.population)
+    study, objectives = method_study(space, data, config, ctx, method, sampler=sampler)
     threads = config.num_threads or torch.get_num_threads()
     size = tuple(data.input_size)
 
