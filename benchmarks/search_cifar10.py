@@ -9,6 +9,9 @@ search and random search at one MACs budget, and DC-NAS's ranking against plain 
     python benchmarks/search_cifar10.py retrain --method oneshot   # scratch, one schedule
     python benchmarks/search_cifar10.py retrain --method random
     python benchmarks/search_cifar10.py rank      # DC-NAS: 20 members scored two ways + alone
+    python benchmarks/search_cifar10.py search --method vit_resnas   # the vit_res_cifar space
+    python benchmarks/search_cifar10.py retrain --method vit_resnas  # at <= the hand design's
+    python benchmarks/search_cifar10.py retrain --method vit_hand    # MACs, same schedule
     python benchmarks/search_cifar10.py report    # -> benchmarks/results/search_cifar10/
 
 HourNAS's claim (CVPR 2021): searching the vital blocks first finds, at a given search cost, a
@@ -20,6 +23,10 @@ found model is then trained from scratch with the same schedule (``RETRAIN``) an
 their stand-alone ranking than plain weight sharing does; ``rank`` scores ``RANK_MEMBERS``
 members both ways and trains each alone (``ALONE``), and the report gives Kendall's tau of
 both rankings against the stand-alone one, with a bootstrap spread over the members.
+ViT-ResNAS's claim: its search finds a multi-stage ViT more accurate than the hand design
+ViT-Res-Tiny at <= its MACs; here the hand design is ViT-Res-Tiny's pattern at half its widths
+(``VIT_HAND``, CPU-sized), the budget is its MACs, and both are retrained with ``VIT_RETRAIN``.
+The report times every found model and the hand design side by side in one process.
 
 Searches, supernets and trainings resume from ``runs/bench_search/``; every search's study is
 in its folder's ``search.db``.
@@ -52,6 +59,13 @@ SMOKE = False  # tests set it: a few steps everywhere
 
 SPACE = "mbv2_cifar"
 BUDGET = 30e6  # MACs of one 32x32 image
+VIT_SPACE = "vit_res_cifar"
+# ViT-Res-Tiny's pattern (4 blocks a stage, MLP ratio 4, widths doubling, 64-dim heads filling
+# the width) at half its widths, 96/192/384 (stage 0 rounds its 1.5 heads up to 2)
+VIT_HAND = {"s0_width": 96, "s1_width": 192, "s2_width": 384} | {
+    f"s{s}_b{b}": f"h{h}m4" for s, h in enumerate((2, 3, 6)) for b in range(4)}  # fmt: skip
+VIT_RETRAIN = {"epochs": 10, "max_train": 45000, "lr": 5e-4, "weight_decay": 0.05,
+               "opt": "adamw"}  # fmt: skip
 SEARCH_DATA = {"max_train": 10000, "max_val": 2000}
 SUPERNET = {"lr": 0.05, "weight_decay": 4e-5, "bn_batches": 4}
 METHODS: dict[str, dict[str, Any]] = {
@@ -59,7 +73,11 @@ METHODS: dict[str, dict[str, Any]] = {
                 "n_trials": 30, **SUPERNET},
     "oneshot": {"method": "oneshot", "supernet_epochs": 9, "n_trials": 60, **SUPERNET},
     "random": {"method": "standalone", "sampler": "random", "epochs": 1, "lr": 0.05},
+    # the official supernet recipe (AdamW 5e-4, wd 0.05, 2 members a batch), CPU-sized
+    "vit_resnas": {"method": "vit_resnas", "space": VIT_SPACE, "supernet_epochs": 10,
+                   "n_trials": 60, "population": 20, "bn_batches": 4},
 }  # fmt: skip
+RETRAINED = [*METHODS, "vit_hand"]  # what `retrain` trains: each search's find, the hand ViT
 RETRAIN = {"epochs": 10, "max_train": 45000, "lr": 0.05, "weight_decay": 4e-5}
 RANK_MEMBERS, ALONE = 20, {"epochs": 3, "max_train": 10000, "lr": 0.05}
 DESCRIPTION = (
@@ -69,13 +87,17 @@ DESCRIPTION = (
     "random search trains candidates alone until it has spent HourNAS's CPU-hours. Every found "
     "model is trained from scratch with one schedule and tested on the 10k test images. "
     "DC-NAS's claim: ranking members with per-cluster weights agrees better with their "
-    "stand-alone ranking than plain weight sharing does (Kendall's tau, bootstrap spread)."
+    "stand-alone ranking than plain weight sharing does (Kendall's tau, bootstrap spread). "
+    "ViT-ResNAS's claim: its search (multi-stage ViT supernet, several members per batch, "
+    "NSGA-II under a MACs budget) finds a ViT more accurate than the hand design at <= its MACs; "
+    "here the hand design is ViT-Res-Tiny's pattern at half its widths and the budget its MACs. "
+    "Latencies: every model timed side by side in one process, batch 1."
 )
 COMMAND = " && ".join(
     [f"python benchmarks/search_cifar10.py search --method {m}" for m in ("hournas", "oneshot",
-     "random")] + [f"python benchmarks/search_cifar10.py retrain --method {m}" for m in (
-     "hournas", "oneshot", "random")] + ["python benchmarks/search_cifar10.py rank",
-     "python benchmarks/search_cifar10.py report"]
+     "random", "vit_resnas")] + [f"python benchmarks/search_cifar10.py retrain --method {m}"
+     for m in ("hournas", "oneshot", "random", "vit_resnas", "vit_hand")]
+    + ["python benchmarks/search_cifar10.py rank", "python benchmarks/search_cifar10.py report"]
 )  # fmt: skip
 RANK = {"method": "dcnas", "supernet_epochs": 9, "n_clusters": 4, "cluster_epochs": 1,
         **SUPERNET}  # fmt: skip
@@ -91,16 +113,35 @@ def _smoke(hp: dict[str, Any]) -> dict[str, Any]:
     if not SMOKE:
         return hp
     small = {k: 1 for k in ("vital_epochs", "rest_epochs", "supernet_epochs", "epochs")}
-    small.update(vital_trials=2, n_trials=2, n_clusters=2, bn_batches=1, max_steps=2)
-    return {**hp, **{k: v for k, v in small.items() if k in hp or k == "max_steps"}}
+    small.update(vital_trials=2, n_trials=2, n_clusters=2, bn_batches=1, population=2)
+    return {**hp, **{k: v for k, v in small.items() if k in hp}, "max_steps": 2}
+
+
+def vit_hand() -> dict[str, Any]:
+    """The hand-designed ViT's sample; smoke runs take ViT-Res-Tiny at 2/3 width (186 M MACs,
+    about half the space's random members fit under it, against ~5 % under VIT_HAND's)."""
+    if not SMOKE:
+        return VIT_HAND
+    return {"s0_width": 128, "s1_width": 256, "s2_width": 512} | {
+        f"s{s}_b{b}": f"h{h}m4" for s, h in enumerate((2, 4, 8)) for b in range(4)}  # fmt: skip
+
+
+def vit_budget() -> int:
+    """The ViT search's MACs budget: the hand design's MACs (counted, not typed)."""
+    from leanvision.search import get_space
+    from leanvision.search.verb import spec_macs
+
+    return spec_macs(get_space(VIT_SPACE).spec(vit_hand()), (3, 32, 32), num_classes=10)
 
 
 def _search(method: str, data: Any, n_trials: int | None = None) -> Any:
     hp = _smoke(dict(METHODS[method]))
     name, trials = hp.pop("method"), n_trials or hp.pop("n_trials", 1)
     hp.pop("n_trials", None)
+    space = hp.pop("space", SPACE)
+    budget = vit_budget() if space == VIT_SPACE else BUDGET
     return lv.search(
-        SPACE, data, name, budget=BUDGET, n_trials=trials, out_dir=RUNS / method,
+        space, data, name, budget=budget, n_trials=trials, out_dir=RUNS / method,
         progress=sys.stderr.isatty(), **hp,
     )  # fmt: skip
 
@@ -145,7 +186,7 @@ def _train_alone(spec: dict[str, Any], out: Path, data: Any, hp: dict[str, Any],
     model = lv.create_model(spec["name"], **spec["kwargs"], num_classes=data.num_classes)
     res = lv.train(
         model, data, epochs=hp["epochs"], lr=hp["lr"], weight_decay=hp.get("weight_decay", 5e-4),
-        seed=0, out_dir=str(out), resume=True, num_threads=threads,
+        opt=hp.get("opt", "sgd"), seed=0, out_dir=str(out), resume=True, num_threads=threads,
         progress=sys.stderr.isatty(), max_steps=2 if SMOKE else None,
     )  # fmt: skip
     summary = {
@@ -160,10 +201,15 @@ def _train_alone(spec: dict[str, Any], out: Path, data: Any, hp: dict[str, Any],
 
 def cmd_retrain(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
-    found = json.loads((RUNS / args.method / "summary.json").read_text())
-    data = _data(args, max_train=RETRAIN["max_train"])
-    s = _train_alone(found["best"]["spec"], RUNS / args.method / "retrain", data, RETRAIN,
-                     args.threads)  # fmt: skip
+    if args.method == "vit_hand":
+        from leanvision.search import get_space
+
+        spec = get_space(VIT_SPACE).spec(vit_hand()).as_dict()
+    else:
+        spec = json.loads((RUNS / args.method / "summary.json").read_text())["best"]["spec"]
+    hp = VIT_RETRAIN if args.method.startswith("vit") else RETRAIN
+    data = _data(args, max_train=hp["max_train"])
+    s = _train_alone(spec, RUNS / args.method / "retrain", data, hp, args.threads)
     print(f"{args.method}: retrained test top-1 {s['test_top1']:.2f} % at {s['macs'] / 1e6:.1f} M")
 
 
@@ -210,23 +256,36 @@ def kendall_with_spread(x: list[float], y: list[float], reps: int = 1000) -> tup
 
 def cmd_report(args: argparse.Namespace) -> None:
     check_results_target(OUT, allow_dirty=args.allow_dirty)
-    rows, table, notes = [], [], []
-    found = {m: RUNS / m / "summary.json" for m in METHODS}
-    for method, path in found.items():
-        retrain = RUNS / method / "retrain" / "summary.json"
-        if not path.exists() or not retrain.exists():
+    rows, table, vit_table, notes = [], [], [], []
+    for method in RETRAINED:
+        path, retrain = RUNS / method / "summary.json", RUNS / method / "retrain" / "summary.json"
+        if (method != "vit_hand" and not path.exists()) or not retrain.exists():
             raise SystemExit(f"{method}: run `search --method {method}` and `retrain` first")
-        s, r = json.loads(path.read_text()), json.loads(retrain.read_text())
+        r = json.loads(retrain.read_text())
         how = training_note(training_record(RUNS / method / "retrain" / "last.pt"), r["threads"])
+        if method == "vit_hand":
+            rows.append({
+                "name": "vit_hand", "dataset": "cifar10", "split": "test", "top1": r["test_top1"],
+                "params": r["params"], "macs": r["macs"], "seed": 0, "method_chain": [],
+                "notes": f"ViT-Res-Tiny's pattern at half width; trained {how}",
+                "extra": {"spec": r["spec"]},
+            })  # fmt: skip
+            vit_table.append(["hand design (ViT-Res-Tiny at half width)", "", "",
+                              round(r["macs"] / 1e6, 2), round(r["test_top1"], 2)])  # fmt: skip
+            continue
+        s = json.loads(path.read_text())
         rows.append({
             "name": f"{method}_found", "dataset": "cifar10", "split": "test",
             "top1": r["test_top1"], "params": r["params"], "macs": r["macs"], "seed": 0,
             "method_chain": [f"search:{method}"],
+            **({"baseline": "vit_hand"} if method == "vit_resnas" else {}),
             "notes": f"search {s['cpu_hours']:.2f} CPU-h, {s['trials']} trials; retrained {how}",
             "extra": {"spec": s["best"]["spec"], "search": s},
         })  # fmt: skip
-        table.append([method, round(s["cpu_hours"], 2), s["trials"], round(r["macs"] / 1e6, 2),
-                      round(r["test_top1"], 2)])  # fmt: skip
+        line = [method, round(s["cpu_hours"], 2), s["trials"], round(r["macs"] / 1e6, 2),
+                round(r["test_top1"], 2)]  # fmt: skip
+        (vit_table if method == "vit_resnas" else table).append(line)
+    _time_side_by_side(rows, args.threads)
     by = {t[0]: t for t in table}
     verdict = all(by["hournas"][-1] >= by[m][-1] for m in ("oneshot", "random"))
     notes.append(
@@ -237,8 +296,19 @@ def cmd_report(args: argparse.Namespace) -> None:
         + ", ".join(f"{t[0]} {t[1]}" for t in table)
         + "."
     )
-    tables = [{"title": "Found models, retrained from scratch", "columns": [
-        "search", "search CPU-h", "trials", "MMACs", "test top-1 %"], "rows": table}]  # fmt: skip
+    vit, hand = vit_table
+    notes.append(
+        f"ViT-ResNAS's search {vit[-1]:.2f} % at {vit[3]:g} M MACs vs the hand design "
+        f"{hand[-1]:.2f} % at {hand[3]:g} M MACs (the budget): the claim "
+        + ("holds" if vit[-1] > hand[-1] and vit[3] <= hand[3] else "does not hold")
+        + " here."
+    )
+    columns = ["search", "search CPU-h", "trials", "MMACs", "test top-1 %"]
+    tables = [
+        {"title": "Found models, retrained from scratch", "columns": columns, "rows": table},
+        {"title": "ViT-ResNAS (vit_res_cifar) against the hand design, same retraining",
+         "columns": columns, "rows": vit_table},
+    ]  # fmt: skip
     rank_path = RUNS / "rank" / "summary.json"
     if rank_path.exists():
         members = json.loads(rank_path.read_text())["members"]
@@ -258,11 +328,27 @@ def cmd_report(args: argparse.Namespace) -> None:
             + " the stand-alone one here."
         )
     run = {
-        "name": "Architecture search on CIFAR-10 (mbv2_cifar)", "description": DESCRIPTION,
-        "command": COMMAND,
+        "name": "Architecture search on CIFAR-10 (mbv2_cifar, vit_res_cifar)",
+        "description": DESCRIPTION, "command": COMMAND,
         "cpu": cpu_info(), "tables": tables, "notes": notes,
     }  # fmt: skip
     print(f"wrote {write_results(OUT, rows, run_info=run, allow_dirty=args.allow_dirty)}")
+
+
+def _time_side_by_side(rows: list[dict[str, Any]], threads: int) -> None:
+    """Every row's model (random weights: latency does not depend on them), timed together in
+    this process at batch 1; its ``latency_ms`` set."""
+    from leanvision.profiling import compare
+
+    models = {
+        r["name"]: lv.create_model(r["extra"]["spec"]["name"], **r["extra"]["spec"]["kwargs"],
+                                   num_classes=10).eval()
+        for r in rows
+    }  # fmt: skip
+    timed = compare(models, (3, 32, 32), batch=1, threads=threads, warmup=3,
+                    repeats=5 if SMOKE else 50)  # fmt: skip
+    for r in rows:
+        r["latency_ms"] = timed[r["name"]].as_result()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -274,7 +360,7 @@ def main(argv: list[str] | None = None) -> None:
     s = sub.add_parser("search")
     s.add_argument("--method", choices=list(METHODS), required=True)
     r = sub.add_parser("retrain")
-    r.add_argument("--method", choices=list(METHODS), required=True)
+    r.add_argument("--method", choices=RETRAINED, required=True)
     sub.add_parser("rank")
     sub.add_parser("report")
     args = p.parse_args(argv)

@@ -91,9 +91,7 @@ def measure_one(name: str, batch: int, threads: int) -> dict:
     lat = measure_latency(
         model, size, batch=batch, threads=threads, warmup=3, repeats=10, min_time_s=6
     )
-    stats = lat.as_dict()
-    stats["runs"] = stats.pop("repeats")
-    row["latency_ms"] = stats
+    row["latency_ms"] = lat.as_result()
     if name not in TIMM_VERIFIED:
         small = lv.create_model(name, img_size=32, num_classes=10).eval()
         row["cifar"] = {

@@ -72,6 +72,8 @@ def cifar_tiny():
     """16 training, 8 validation and 8 test CIFAR-10 images (32x32 models need 32x32 data)."""
     import leanvision as lv
 
+    if not (CIFAR_ROOT / "train.zip").exists():
+        pytest.skip(f"CIFAR-10 not found at {CIFAR_ROOT}")
     return lv.load_data("cifar10", root=CIFAR_ROOT, batch_size=8, max_train=16, max_val=8,
                         max_test=8)  # fmt: skip
 

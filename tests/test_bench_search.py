@@ -16,16 +16,23 @@ def bench(smoke_benchmark):
 def test_search_benchmark_smoke(bench):
     with pytest.raises(SystemExit, match="run `search --method hournas`"):
         bench.main(["report"])
-    for method in ("hournas", "oneshot", "random"):  # random matches HourNAS's CPU-hours
+    for method in ("hournas", "oneshot", "random", "vit_resnas"):  # random: HourNAS's CPU-h
         bench.main(["search", "--method", method])
         bench.main(["retrain", "--method", method])
+    bench.main(["retrain", "--method", "vit_hand"])
     found = json.loads((bench.RUNS / "random" / "summary.json").read_text())
     assert found["trials"] >= 1 and found["best"]["values"]["macs"] <= bench.BUDGET
     bench.main(["rank"])
     bench.main(["report"])
     out = json.loads((bench.OUT / "results.json").read_text())
-    assert {r["name"] for r in out["models"]} == {"hournas_found", "oneshot_found", "random_found"}
-    found_table, rank_table = out["run"]["tables"]
+    names = {"hournas_found", "oneshot_found", "random_found", "vit_resnas_found", "vit_hand"}
+    assert {r["name"] for r in out["models"]} == names
+    assert all(r["latency_ms"]["runs"] == 5 for r in out["models"])  # timed side by side
+    vit = json.loads((bench.RUNS / "vit_resnas" / "summary.json").read_text())
+    assert vit["best"]["values"]["macs"] <= bench.vit_budget()  # at most the hand design's
+    found_table, vit_table, rank_table = out["run"]["tables"]
     assert [r[0] for r in found_table["rows"]] == ["hournas", "oneshot", "random"]
+    assert vit_table["rows"][0][0] == "vit_resnas" and len(vit_table["rows"]) == 2
     assert len(rank_table["rows"]) == 2 and "Kendall" in rank_table["columns"][1]
-    assert "the claim" in out["run"]["notes"][0] and "DC-NAS tau" in out["run"]["notes"][1]
+    notes = out["run"]["notes"]
+    assert "the claim" in notes[0] and "ViT-ResNAS" in notes[1] and "DC-NAS tau" in notes[2]

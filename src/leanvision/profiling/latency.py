@@ -100,6 +100,12 @@ class LatencyStats:
             "repeats": self.repeats,
         }
 
+    def as_result(self) -> dict[str, Any]:
+        """The ``latency_ms`` field of a results.json row (the schema calls repeats ``runs``)."""
+        stats = self.as_dict()
+        stats["runs"] = stats.pop("repeats")
+        return stats
+
 
 def _percentile(sorted_values: Sequence[float], q: float) -> float:
     pos = (len(sorted_values) - 1) * q

@@ -44,8 +44,7 @@ def write_search_results(
     timed = compare(models, size, batch=batch, threads=threads, warmup=3, repeats=repeats)
     rows = []
     for name, c in members.items():
-        stats = timed[name].as_dict()
-        stats["runs"] = stats.pop("repeats")  # the schema's name for the timed calls
+        stats = timed[name].as_result()
         scored = {metric: c.values[first]} if metric in ("top1", "top5") else {}
         rows.append({
             "name": name, "dataset": getattr(data, "name", "data"), "split": "val",
