@@ -58,6 +58,8 @@ class DataSpec:
     max_train: int | None = _LOAD("max_train")
     max_val: int | None = _LOAD("max_val")
     max_test: int | None = _LOAD("max_test")
+    # a dataset's own options, e.g. sr's {scale: 2, test_set: Set14}
+    options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

@@ -78,7 +78,9 @@ def run_recipe(
         train_kw.setdefault("out_dir", str(run_dir / "baseline"))
         train_kw.setdefault("resume", True)
     run_dir.mkdir(parents=True, exist_ok=True)
-    data = load_data(**dataclasses.asdict(recipe.data))
+    data_args = dataclasses.asdict(recipe.data)
+    data_options = data_args.pop("options")
+    data = load_data(**data_args, **data_options)
     for spec, config in configs:  # what the stages need from the data (before any training)
         spec.check_inputs(config, data)
     kwargs = {

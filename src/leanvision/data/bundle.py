@@ -105,14 +105,15 @@ class DataBundle:
             generator: RNG for shuffling (and worker seeds) instead of the global one.
 
         Returns:
-            A DataLoader yielding ``(images (B, C, H, W) float, labels (B,) int64)``.
+            A DataLoader yielding ``(images (B, C, H, W) float, labels (B,) int64)`` (or the
+            task's batches), with the bundle's task as ``lv_task``.
         """
         dataset = self.dataset(split)
         if batch_size is None:
             batch_size = self.batch_size if split == "train" else self.eval_batch_size
         if sampler is not None and shuffle:
             raise ConfigError("pass either shuffle=True or a sampler, not both")
-        return DataLoader(
+        loader = DataLoader(
             dataset,
             batch_size=batch_size,
             shuffle=shuffle,
@@ -121,6 +122,8 @@ class DataBundle:
             num_workers=self.num_workers,
             generator=generator,
         )
+        loader.lv_task = self.task  # lv.evaluate(model, data.test) measures the right task
+        return loader
 
     def describe(self) -> dict[str, Any]:
         """JSON-ready summary for reports: name, split sizes, classes, input size, mean/std."""

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from typing import Any
 
 from leanvision.data.bundle import DataBundle
 from leanvision.data.cifar import build_cifar10
 from leanvision.data.imagefolder import build_imagefolder
 from leanvision.data.mnist import build_mnist5k
+from leanvision.data.sr import build_sr
 from leanvision.errors import ConfigError, UnknownDatasetError
 
 __all__ = ["list_datasets", "load_data"]
@@ -17,6 +19,11 @@ _BUILDERS: dict[str, Callable[..., dict]] = {
     "mnist5k": build_mnist5k,
     "cifar10": build_cifar10,
     "imagefolder": build_imagefolder,
+    "sr": build_sr,
+}
+# options only some datasets take (``load_data(name, ..., **options)``)
+_OPTIONS: dict[str, tuple[str, ...]] = {
+    "sr": ("scale", "train_set", "test_set", "patch_size", "repeat"),
 }
 
 
@@ -49,6 +56,7 @@ def load_data(
     max_val: int | None = None,
     max_test: int | None = None,
     cache_dir: str | os.PathLike | None = None,
+    **options: Any,
 ) -> DataBundle:
     """Load a dataset as train/val/test splits.
 
@@ -73,6 +81,11 @@ def load_data(
             close to balanced).
         cache_dir: Cache of decoded images (cifar10 zips); default ``$LEANVISION_CACHE`` or
             ``~/.cache/leanvision``.
+        options: A dataset's own options: ``"sr"`` (super-resolution pairs made from the HR
+            images of ``root``, e.g. ``../shared/data/sr``, see ``build_sr``) takes ``scale``
+            (2, 3, 4), ``train_set`` (T91), ``test_set`` (Set5), ``patch_size`` (32 LR pixels)
+            and ``repeat`` (16 crops per image and epoch); its val and test loaders take one
+            whole image per batch.
 
     Returns:
         A :class:`DataBundle`.
@@ -84,6 +97,10 @@ def load_data(
     """
     if name not in _BUILDERS:
         raise UnknownDatasetError(name, list_datasets())
+    unknown = sorted(set(options) - set(_OPTIONS.get(name, ())))
+    if unknown:
+        allowed = list(_OPTIONS.get(name, ())) or "none"
+        raise ConfigError(f"dataset {name!r} takes no option(s) {unknown}; its options: {allowed}")
     _check_int("batch_size", batch_size, 1)
     _check_int("eval_batch_size", eval_batch_size, 1, optional=True)
     _check_int("num_workers", num_workers, 0)
@@ -104,7 +121,16 @@ def load_data(
         augment=augment,
         image_size=image_size,
         cache_dir=cache_dir,
+        **options,
     )
+    own_eval_batch = parts.pop("eval_batch_size", None)  # e.g. whole images of several sizes
+    if own_eval_batch is not None:
+        if eval_batch_size not in (None, own_eval_batch):
+            raise ConfigError(
+                f"eval_batch_size={eval_batch_size}: dataset {name!r} evaluates "
+                f"{own_eval_batch} per batch (its images differ in size)"
+            )
+        eval_batch_size = own_eval_batch
     for split, limit in (("train_set", max_train), ("val_set", max_val), ("test_set", max_test)):
         parts[split] = parts[split].head(limit)
     return DataBundle(

@@ -33,7 +33,8 @@ def evaluate(
         device: Where to run; default the model's.
         channels_last: Feed 4-D inputs in channels-last layout.
         max_batches: Read at most this many batches.
-        task: What to measure (:class:`leanvision.tasks.Task`); default classification.
+        task: What to measure (:class:`leanvision.tasks.Task`); default the task of the
+            DataBundle that built ``loader`` (its ``lv_task``), else classification.
 
     Returns:
         The task's metrics plus ``"n"`` (samples); for classification
@@ -42,7 +43,8 @@ def evaluate(
     Raises:
         InputShapeError: the loader's images do not fit the model (named, with what it expects).
     """
-    task = task if task is not None else Classification()
+    if task is None:  # a DataBundle's loader names its task; any other loader: classification
+        task = getattr(loader, "lv_task", None) or Classification()
     device = torch.device(device) if device is not None else _model_device(model)
     was_training = model.training
     model.eval()

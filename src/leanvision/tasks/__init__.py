@@ -2,5 +2,14 @@
 
 from .base import Metrics, Task, move_to
 from .classification import Classification, logits_of
+from .super_resolution import SuperResolution, y_channel
 
-__all__ = ["Classification", "Metrics", "Task", "logits_of", "move_to"]
+__all__ = [
+    "Classification",
+    "Metrics",
+    "SuperResolution",
+    "Task",
+    "logits_of",
+    "move_to",
+    "y_channel",
+]
