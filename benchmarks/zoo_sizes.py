@@ -73,9 +73,19 @@ def is_cifar_model(name: str) -> bool:
     return cfg is not None and max(cfg.input_size[1:]) <= 32
 
 
+def is_image_to_image(name: str) -> bool:
+    """A super-resolution network (no classifier: its config has no classes), not a backbone."""
+    cfg = get_pretrained_cfg(name)
+    return cfg is not None and cfg.num_classes == 0
+
+
 def zoo_models() -> list[str]:
-    """Our ImageNet-sized families first (alphabetical), then the verified timm architectures."""
-    ours = [n for n in lv.list_models() if n not in TIMM_VERIFIED and not is_cifar_model(n)]
+    """Our ImageNet-sized families first (alphabetical), then the verified timm architectures
+    (classifiers only: the SR networks are measured by their own benchmark)."""
+    ours = [
+        n for n in lv.list_models()
+        if n not in TIMM_VERIFIED and not is_cifar_model(n) and not is_image_to_image(n)
+    ]  # fmt: skip
     return sorted(ours) + list(TIMM_VERIFIED)
 
 

@@ -39,12 +39,13 @@ def benchmark_module(tmp_path, monkeypatch):
 @pytest.fixture()
 def smoke_benchmark(tmp_path, monkeypatch):
     """``load(name)``: ``benchmarks/<name>.py`` as a module in SMOKE mode, writing its runs and
-    results under ``tmp_path`` (skips when CIFAR-10 is not in the shared folder)."""
+    results under ``tmp_path`` (skips when its data is not in the shared folder)."""
 
     def load(name: str):
         mod = load_benchmark(name)
-        if not (mod.DATA / "train.zip").exists():
-            pytest.skip(f"CIFAR-10 not found at {mod.DATA}")
+        marker = getattr(mod, "DATA_MARKER", "train.zip")  # what its data folder must hold
+        if not (mod.DATA / marker).exists():
+            pytest.skip(f"no {marker} in {mod.DATA}")
         monkeypatch.setattr(mod, "RUNS", tmp_path / "runs")
         monkeypatch.setattr(mod, "OUT", tmp_path / "out")
         monkeypatch.setattr(mod, "SMOKE", True)

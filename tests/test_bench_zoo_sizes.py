@@ -18,6 +18,7 @@ def test_cifar_models_are_left_to_the_cifar_table(bench):
     for cifar in ("resnet20_cifar", "resnet20_adder", "vgg_small", "resnet56_cifar"):
         assert bench.is_cifar_model(cifar) and cifar not in names
     assert "cmt_ti" in names and "deit_tiny_patch16_224" in names
+    assert "edsr_baseline" not in names and bench.is_image_to_image("srnet_custom")
 
 
 def _row(name: str, median_ms: float, threads: int = 2) -> dict:

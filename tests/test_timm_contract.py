@@ -34,7 +34,12 @@ FAMILY = {
     "tinynet_custom": dict(img_size=32, w=0.25, d=0.3),
     "mbnas_cifar": {},
     "bimlp_s": dict(img_size=32, layers=(1, 1), embed_dims=(32, 64)),
+    "edsr_cpu": {},
 }
+# Image-to-image families (super-resolution): no classifier, so no classifier tests; they
+# refuse a class count instead (test below).
+IMAGE_TO_IMAGE = {"edsr_cpu"}
+CLASSIFIERS = sorted(set(FAMILY) - IMAGE_TO_IMAGE)
 # Families whose features are a (B, C, H, W) map (the others give tokens).
 MAP_FEATURES = ["resnet8_cifar", "vgg_small", "cmt_ti", "ghost_resnet50", "bimlp_s"]
 # TorchScript cannot compile autograd.Function layers (adder, binary sign).
@@ -63,7 +68,7 @@ def test_builds_on_the_requested_device_and_dtype(name):
         timm.create_model(name, device="meta", not_a_model_arg=1, **FAMILY[name])
 
 
-@pytest.mark.parametrize("name", sorted(FAMILY))
+@pytest.mark.parametrize("name", CLASSIFIERS)
 def test_reset_classifier_keeps_device_dtype_and_mode(name):
     model = timm.create_model(name, device="meta", **FAMILY[name]).eval()
     model.to(dtype=torch.float64)
@@ -86,6 +91,25 @@ def test_global_pool_none_gives_the_feature_map(name):
     assert model(x).shape == (2, model.head_hidden_size)
 
 
+@pytest.mark.parametrize("name", sorted(IMAGE_TO_IMAGE))
+def test_image_to_image_models_refuse_a_classifier(name):
+    from leanvision.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="no classifier"):
+        timm.create_model(name, num_classes=10, **FAMILY[name])
+    model = timm.create_model(name, device="meta", **FAMILY[name])
+    model.reset_classifier(0)  # nothing to reset
+    with pytest.raises(ConfigError, match="no classifier"):
+        model.reset_classifier(3)
+    x = torch.randn(2, *model.pretrained_cfg["input_size"], device="meta")
+    assert model(x).shape[-1] == x.shape[-1] * model.scale  # an image out
+
+
+def _classes(name: str) -> dict:
+    """A class count for the classifiers (the image-to-image models take none)."""
+    return {} if name in IMAGE_TO_IMAGE else {"num_classes": 10}
+
+
 def _inputs(model: torch.nn.Module) -> torch.Tensor:
     return torch.randn(2, *model.pretrained_cfg["input_size"], generator=torch.manual_seed(1))
 
@@ -93,7 +117,7 @@ def _inputs(model: torch.nn.Module) -> torch.Tensor:
 @pytest.mark.parametrize("name", sorted(FAMILY))
 def test_timm_fx_feature_extraction_traces_the_model(name):
     torch.manual_seed(0)
-    model = timm.create_model(name, num_classes=10, **FAMILY[name]).eval()
+    model = timm.create_model(name, **_classes(name), **FAMILY[name]).eval()
     _, eval_nodes = get_graph_node_names(model)
     traced = create_feature_extractor(model, return_nodes=[eval_nodes[-1]])
     x = _inputs(model)
@@ -104,7 +128,7 @@ def test_timm_fx_feature_extraction_traces_the_model(name):
 @pytest.mark.parametrize("name", sorted(set(FAMILY) - NOT_SCRIPTABLE))
 def test_torchscript_compiles_the_model(name):
     torch.manual_seed(0)
-    model = timm.create_model(name, num_classes=10, **FAMILY[name]).eval()
+    model = timm.create_model(name, **_classes(name), **FAMILY[name]).eval()
     scripted = torch.jit.script(model)
     x = _inputs(model)
     with torch.no_grad():

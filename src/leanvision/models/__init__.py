@@ -22,6 +22,7 @@ from . import (  # noqa: F401  (importing a family registers its models in timm)
     augvit,
     bimlp,
     cmt,
+    edsr,
     ghost_resnet,
     mbnas,
     pyramid_tnt,
@@ -53,6 +54,7 @@ _OUR_MODULES = (
     "tinynet",
     "bimlp",
     "mbnas",
+    "edsr",
 )
 
 

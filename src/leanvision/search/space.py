@@ -94,6 +94,8 @@ class SearchSpace:
         vital: the choices on the network's shortest path (stage entries, down-sampling, the
             widths), HourNAS's "vital blocks"; ``skip_value``: the value of a non-vital
             choice that removes its block (the hourglass network holds the vital ones only).
+        groups: an ordered partition of the choices by granularity, coarsest first (e.g.
+            path, operators, widths) for coarse-to-fine searches.
     """
 
     def __init__(
@@ -108,6 +110,7 @@ class SearchSpace:
         activate_group: Callable[[nn.Module, list[ModelSpec]], None] | None = None,
         vital: Sequence[str] | None = None,
         skip_value: Any = None,
+        groups: Mapping[str, Sequence[str]] | None = None,
     ) -> None:
         if (supernet is None) != (activate is None):
             raise ConfigError(f"space {name!r}: give supernet and activate together")
@@ -131,6 +134,16 @@ class SearchSpace:
         if unknown:
             raise ConfigError(f"space {name!r}: vital choice(s) {unknown} are not its keys")
         self.skip_value = skip_value
+        self.groups = {g: list(keys) for g, keys in (groups or {}).items()}
+        if self.groups:
+            grouped = [k for keys in self.groups.values() for k in keys]
+            if sorted(grouped) != sorted(self.choices):
+                raise ConfigError(
+                    f"space {name!r}: groups must hold every choice once; unknown "
+                    f"{sorted(set(grouped) - set(self.choices))}, missing "
+                    f"{sorted(set(self.choices) - set(grouped))}, repeated "
+                    f"{sorted({k for k in grouped if grouped.count(k) > 1})}"
+                )
         if self.vital:
             rest = [k for k in self.choices if k not in self.vital]
             cannot = [k for k in rest if not self.choices[k].allows(skip_value)]

@@ -13,6 +13,11 @@
   official ``network_def`` encoding (``arch=``, any ViT-Res network). Its supernet
   (:class:`~leanvision.models.vit_res_supernet.ViTResSuperNet`) holds every member and runs
   several members on the parts of one batch (multi-architecture sampling).
+* ``sr_generator``: x2 super-resolution generators (:mod:`leanvision.models.edsr`,
+  ``srnet_custom``) in three groups, coarse to fine: the path (``depth``, 2 to 8 residual
+  blocks), the operators (per block an EDSR conv block, a depthwise-separable or an inverted
+  residual block) and the widths (the trunk width and each block's inner width as a multiple
+  of it). Choices of blocks past ``depth`` are unused.
 """
 
 from __future__ import annotations
@@ -22,7 +27,14 @@ from collections.abc import Callable
 from leanvision.errors import ConfigError, UnknownNameError
 from leanvision.search.space import Choice, ModelSpec, SearchSpace
 
-__all__ = ["get_space", "list_spaces", "mbv2_cifar", "register_space", "vit_res_cifar"]
+__all__ = [
+    "get_space",
+    "list_spaces",
+    "mbv2_cifar",
+    "register_space",
+    "sr_generator",
+    "vit_res_cifar",
+]
 
 _SPACES: dict[str, Callable[[], SearchSpace]] = {}
 
@@ -172,4 +184,44 @@ def vit_res_cifar() -> SearchSpace:
         activate_group=lambda net, specs: net.set_archs([s.kwargs["arch"] for s in specs]),
         vital=[c.key for c in choices if c.key.endswith(("_b0", "_width"))],
         skip_value="skip",
+    )
+
+
+SR_DEPTHS, SR_WIDTHS, SR_MID_RATIOS = (2, 4, 6, 8), (16, 24, 32), (0.5, 1.0, 2.0)
+
+
+@register_space("sr_generator")
+def sr_generator() -> SearchSpace:
+    from leanvision.models.edsr import OPS
+
+    n = max(SR_DEPTHS)
+    choices = [Choice("depth", SR_DEPTHS, "residual blocks in the trunk (the path)")]
+    choices += [Choice(f"b{i}_op", OPS, "the block's operator") for i in range(n)]
+    choices.append(Choice("width", SR_WIDTHS, "the trunk's channels"))
+    choices += [Choice(f"b{i}_mid", SR_MID_RATIOS, "inner width / trunk width") for i in range(n)]
+
+    def build(sample: dict) -> ModelSpec:
+        width = sample["width"]
+        blocks = [
+            [sample[f"b{i}_op"], max(8, int(width * sample[f"b{i}_mid"]))]
+            for i in range(sample["depth"])
+        ]
+        return ModelSpec("srnet_custom", {"arch": {"width": width, "blocks": blocks}, "scale": 2})
+
+    # the cheapest member: shallowest, narrowest, inverted residuals at half width
+    smallest = {"depth": SR_DEPTHS[0], "width": SR_WIDTHS[0]}
+    smallest.update({f"b{i}_op": "ir" for i in range(n)})
+    smallest.update({f"b{i}_mid": SR_MID_RATIOS[0] for i in range(n)})
+    return SearchSpace(
+        "sr_generator",
+        choices,
+        build,
+        description="x2 SR generators: depth 2-8, per block conv/dsc/ir, trunk width 16-32, "
+        "inner width x0.5-2",
+        smallest=smallest,
+        groups={
+            "path": ["depth"],
+            "operator": [f"b{i}_op" for i in range(n)],
+            "channel": ["width", *(f"b{i}_mid" for i in range(n))],
+        },
     )
