@@ -18,6 +18,7 @@ __all__ = [
     "method_study",
     "objectives_for",
     "seed_for",
+    "train_candidate",
     "train_stage",
 ]
 
@@ -117,3 +118,34 @@ def train_stage(
         resume=True, progress=ctx.progress, num_threads=config.num_threads, hooks=hooks,
     )  # fmt: skip
     return result.model, training_record(out / "last.pt")
+
+
+def train_candidate(
+    spec: Any, data: Any, config: SearchConfig, ctx: SearchContext, trial: Any, out: Any,
+    epochs: int, hooks: list[Any] | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """A candidate trained alone: built from ``spec`` (seeded), its MACs recorded and checked
+    against the budget (pruned over it, before training), trained ``epochs`` with the config's
+    options (and ``hooks``) in ``out``, then scored on the validation split. Returns
+    ``val_<metric>`` for every metric of the data's task, ``macs``, ``params`` and ``epochs``."""
+    import torch
+
+    import leanvision as lv
+    from leanvision.profiling import count_ops
+    from leanvision.search.verb import build_kwargs
+
+    torch.manual_seed(config.seed)
+    model = spec.build(**build_kwargs(data))
+    macs = int(count_ops(model.eval(), tuple(data.input_size)).macs)
+    check_budget(trial, macs, ctx)
+    result = lv.train(
+        model, data, epochs=epochs, max_steps=config.max_steps, lr=config.lr,
+        weight_decay=config.weight_decay, opt=config.opt, seed=config.seed, out_dir=str(out),
+        resume=False, progress=False, num_threads=config.num_threads or torch.get_num_threads(),
+        hooks=hooks,
+    )  # fmt: skip
+    row: dict[str, Any] = {
+        f"val_{k}": v for k, v in lv.evaluate(result.model, data.loader("val")).items()
+    }
+    row.update(macs=macs, params=sum(p.numel() for p in model.parameters()), epochs=epochs)
+    return row

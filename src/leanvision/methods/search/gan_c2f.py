@@ -34,7 +34,12 @@ from leanvision.checks import check_int, check_real
 from leanvision.engine import StepContext
 from leanvision.errors import ConfigError
 from leanvision.methods.distillation.kd import TeacherHook
-from leanvision.methods.search.common import SearchConfig, check_budget, method_study, seed_for
+from leanvision.methods.search.common import (
+    SearchConfig,
+    method_study,
+    seed_for,
+    train_candidate,
+)
 from leanvision.search import (
     SearchContext,
     SearchSpace,
@@ -43,7 +48,6 @@ from leanvision.search import (
     run_study,
 )
 from leanvision.search.study import fixed_sampler
-from leanvision.search.verb import build_kwargs
 
 __all__ = ["GanC2FConfig", "OutputDistillHook", "run_gan_c2f"]
 
@@ -107,16 +111,12 @@ class GanC2FConfig(SearchConfig):
     summary="path, then operators, then widths, each step distilled from a teacher generator",
 )
 def run_gan_c2f(space: SearchSpace, data: Any, config: GanC2FConfig, ctx: SearchContext) -> Any:
-    import leanvision as lv
-    from leanvision.profiling import count_ops
-
     if not space.groups:
         raise ConfigError(f"gan_c2f searches a space's groups; space {space.name!r} has none")
     if space.smallest is None:
         raise ConfigError(f"gan_c2f holds later groups at the smallest member; {space.name!r} "
                           "declares none")  # fmt: skip
     threads = config.num_threads or torch.get_num_threads()
-    size = tuple(data.input_size)
     chosen: dict[str, Any] = {}
     steps: dict[str, Any] = {}
     base = ctx.study or f"gan_c2f-{space.name}"
@@ -128,22 +128,9 @@ def run_gan_c2f(space: SearchSpace, data: Any, config: GanC2FConfig, ctx: Search
                                          study=f"{base}-{group}")  # fmt: skip
 
         def evaluate(sample: dict, spec: Any, trial: Any, group: str = group) -> dict:
-            torch.manual_seed(config.seed)
-            model = spec.build(**build_kwargs(data))
-            macs = int(count_ops(model.eval(), size).macs)
-            check_budget(trial, macs, ctx)
+            hook = OutputDistillHook(config.teacher, config.distill_weight)
             out = ctx.out_dir / "trials" / f"{group}-{trial.number}"
-            result = lv.train(
-                model, data, epochs=config.epochs, max_steps=config.max_steps, lr=config.lr,
-                weight_decay=config.weight_decay, opt=config.opt, seed=config.seed,
-                out_dir=str(out), resume=False, progress=False, num_threads=threads,
-                hooks=[OutputDistillHook(config.teacher, config.distill_weight)],
-            )  # fmt: skip
-            row: dict[str, Any] = {
-                f"val_{k}": v for k, v in lv.evaluate(result.model, data.loader("val")).items()
-            }
-            row.update(macs=macs, params=sum(p.numel() for p in model.parameters()))
-            return row
+            return train_candidate(spec, data, config, ctx, trial, out, config.epochs, [hook])
 
         result = run_study(study, space, objectives, evaluate, n_trials=ctx.n_trials,
                            threads=threads, progress=ctx.progress)  # fmt: skip

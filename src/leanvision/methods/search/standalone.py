@@ -15,14 +15,13 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from leanvision.checks import check_int
-from leanvision.methods.search.common import SearchConfig, check_budget, method_study
+from leanvision.methods.search.common import SearchConfig, method_study, train_candidate
 from leanvision.search import (
     SearchContext,
     SearchSpace,
     register_search_method,
     run_study,
 )
-from leanvision.search.verb import build_kwargs
 
 __all__ = ["StandaloneSearchConfig", "run_standalone"]
 
@@ -52,29 +51,12 @@ def run_standalone(
 ) -> Any:
     import torch
 
-    import leanvision as lv
-    from leanvision.profiling import count_ops
-
     study, objectives = method_study(space, data, config, ctx, "standalone")
     threads = config.num_threads or torch.get_num_threads()
-    size = tuple(data.input_size)
 
     def evaluate(sample: dict, spec: Any, trial: Any) -> dict:
-        torch.manual_seed(config.seed)
-        model = spec.build(**build_kwargs(data))
-        macs = int(count_ops(model.eval(), size).macs)
-        params = sum(p.numel() for p in model.parameters())
-        check_budget(trial, macs, ctx)
         out = ctx.out_dir / "trials" / f"{study.study_name}-{trial.number}"
-        result = lv.train(
-            model, data, epochs=config.epochs, max_steps=config.max_steps, lr=config.lr,
-            weight_decay=config.weight_decay, opt=config.opt, seed=config.seed,
-            out_dir=str(out), resume=False, progress=False, num_threads=threads,
-        )  # fmt: skip
-        metrics = lv.evaluate(result.model, data.loader("val"))
-        row: dict[str, Any] = {f"val_{k}": v for k, v in metrics.items()}
-        row.update(macs=macs, params=params, epochs=config.epochs)
-        return row
+        return train_candidate(spec, data, config, ctx, trial, out, config.epochs)
 
     return run_study(
         study, space, objectives, evaluate, n_trials=ctx.n_trials, threads=threads,
