@@ -76,6 +76,13 @@ def test_gan_c2f_searches_path_then_operators_then_widths(sr_tiny, tmp_path):
 def test_gan_c2f_checks_its_inputs_at_the_door(sr_tiny, tmp_path):
     with pytest.raises(ConfigError, match="pass teacher="):
         lv.search("sr_generator", sr_tiny, method="gan_c2f", out_dir=tmp_path)
+    saved = lv.save(lv.create_model("edsr_cpu", scale=2), tmp_path / "teacher.pt")
+    from leanvision.search import get_search_method
+
+    config = get_search_method("gan_c2f").make_config(teacher=str(saved))
+    assert config.teacher.__class__.__name__ == "SRNet"  # a file of lv.save, loaded at the door
+    with pytest.raises(lv.errors.CheckpointError):
+        get_search_method("gan_c2f").make_config(teacher=str(tmp_path / "missing.pt"))
     x3 = lv.create_model("edsr_cpu", scale=3)
     with pytest.raises(ConfigError, match="not the target's"):
         lv.search("sr_generator", sr_tiny, method="gan_c2f", teacher=x3, out_dir=tmp_path)

@@ -13,7 +13,8 @@ their chosen values and the later ones at the space's smallest member's (so what
 step picks still fits the budget once the finer choices are filled in); every candidate over
 the MACs budget is pruned before it trains; the others train alone for ``epochs`` with
 ``L1(output, HR) + distill_weight * L1(output, teacher's output)`` and are scored by the
-validation split's primary metric (PSNR). ``n_trials`` completed trials per step.
+validation split's primary metric (PSNR). ``n_trials`` completed trials per step. ``teacher``: the
+teacher model, or a file written by ``lv.save`` (loaded at the door).
 
 Departures from the paper, which are ours to state since no code exists: no adversarial loss
 (the teacher here is an SR network trained with L1, so the generator is distilled with L1 to its
@@ -23,6 +24,7 @@ paper's search; the path is the trunk's depth only.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -34,6 +36,7 @@ from leanvision.checks import check_int, check_real
 from leanvision.engine import StepContext
 from leanvision.errors import ConfigError
 from leanvision.methods.distillation.kd import TeacherHook
+from leanvision.methods.saving import load
 from leanvision.methods.search.common import (
     SearchConfig,
     method_study,
@@ -82,10 +85,12 @@ class GanC2FConfig(SearchConfig):
         super().validate()
         check_int("epochs", self.epochs, 1)
         check_real("distill_weight", self.distill_weight, 0.0)
+        if isinstance(self.teacher, (str, os.PathLike)):  # a file of lv.save (CLI, recipes)
+            self.teacher = load(self.teacher)
         if not isinstance(self.teacher, nn.Module):
             raise ConfigError(
-                f"gan_c2f distils from a teacher generator: pass teacher= (an nn.Module), got "
-                f"{type(self.teacher).__name__}"
+                "gan_c2f distils from a teacher generator: pass teacher= (an nn.Module or a "
+                f"file written by lv.save), got {type(self.teacher).__name__}"
             )
 
     def check_inputs(self, data: Any) -> None:
