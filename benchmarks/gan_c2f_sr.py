@@ -153,6 +153,7 @@ def cmd_report(args: argparse.Namespace) -> None:
             "name": name, "dataset": "sr", "split": "test", "macs": macs,
             "params": sum(p.numel() for p in model.parameters()),
             "latency_ms": timed[name].as_result(), "seed": 0,
+            "metrics": {f"{k}@{t}": scores[t][k] for t in TEST_SETS for k in ("psnr", "ssim")},
             "method_chain": ["search:gan_c2f"] if name == "gan_c2f_found" else [],
             **({"baseline": "teacher"} if name != "teacher" else {}),
             "notes": f"trained {note}" if note else "PIL-bicubic down, torch-bicubic up",

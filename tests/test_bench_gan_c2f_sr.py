@@ -26,4 +26,5 @@ def test_gan_c2f_benchmark_smoke(bench):
     assert all(r["latency_ms"]["runs"] == 5 for r in out["models"])
     scores = out["models"][1]["extra"]["scores"]
     assert set(scores) == {"Set5", "Set14"} and scores["Set5"]["n"] == 2
+    assert out["models"][1]["metrics"]["psnr@Set5"] == scores["Set5"]["psnr"]
     assert "claim <= 0.25" in out["run"]["notes"][0] and "CPU-hours" in out["run"]["notes"][1]

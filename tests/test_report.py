@@ -412,3 +412,46 @@ def test_columns_nobody_filled_are_left_out():
     header = markdown_table(models).splitlines()[0]
     assert "Top-1" not in header and "Energy" not in header and "Speed-up" not in header
     assert "Params (M)" in header and "MACs (M)" in header
+
+
+def _sr_rows() -> list[dict]:
+    return [
+        dict(name=n, dataset="sr", split="test", params=p, macs=m, baseline="edsr",
+             metrics={"psnr@Set5": ps, "ssim@Set5": ss, "psnr@Set14": p14})
+        for n, p, m, ps, ss, p14 in (("edsr", 1_369_859, 5_600_000_000, 36.104, 0.95093, 32.05),
+                                     ("ghost", 700_000, 2_900_000_000, 36.0, 0.9501, 31.9))
+    ]  # fmt: skip
+
+
+def test_task_metrics_get_a_column_each_after_top1():
+    """An SR run's PSNR/SSIM per test set are columns (PSNR 2 decimals, SSIM 4); with no
+    top-1 the delta column is the first metric's."""
+    header, _, base, ghost = markdown_table(_sr_rows()).strip().splitlines()
+    cols = [c.strip() for c in header.strip("|").split("|")]
+    assert cols[:6] == ["Model", "Dataset", "Δ PSNR dB (Set5) vs baseline", "PSNR dB (Set5)",
+                        "SSIM (Set5)", "PSNR dB (Set14)"]  # fmt: skip
+    assert "Top-1" not in header
+    assert " baseline | 36.10 | 0.9509 | 32.05 " in base
+    assert " -0.10 | 36.00 | 0.9501 | 31.90 " in ghost
+    rows = _sr_rows()
+    del rows[1]["metrics"]["psnr@Set14"]  # a metric one row lacks: a dash, not an error
+    assert " 36.00 | 0.9501 | — " in markdown_table(rows)
+    assert ModelResult.from_dict(ModelResult.from_dict(rows[0]).to_dict()).metrics == {
+        "psnr@Set5": 36.104, "ssim@Set5": 0.95093, "psnr@Set14": 32.05}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "metrics, match",
+    [
+        ({"PSNR": 30.0}, "metric name 'PSNR'.*lowercase"),
+        ({"psnr@": 30.0}, "metric name 'psnr@'"),
+        ({"top1@Set5": 30.0}, "own keys"),
+        ({"psnr": None}, "leave a metric out"),
+        ({"psnr": float("nan")}, "must be finite"),
+        ({"psnr": "30"}, "must be a number"),
+        ([("psnr", 30.0)], "must be a dict"),
+    ],
+)
+def test_bad_metrics_raise_config_error_naming_them(metrics, match):
+    with pytest.raises(ConfigError, match=match):
+        ModelResult.from_dict(dict(_sr_rows()[0], metrics=metrics))

@@ -141,3 +141,28 @@ def test_the_one_trainer_trains_an_sr_net_and_evaluate_scores_it(tmp_path):
     assert "val_psnr" in row and "val_ssim" in row and row["val_psnr"] > 20
     after = lv.evaluate(res.model, data.test)
     assert after["psnr"] != before["psnr"]  # it trained
+
+
+def test_measure_models_and_the_cli_report_psnr_ssim_for_sr_models(tmp_path, capsys):
+    """An SR model's results row carries PSNR/SSIM under ``metrics`` (no top-1), the table
+    shows them, and ``leanvision eval`` prints them."""
+    from leanvision.cli import main
+    from leanvision.pipeline import measure_models
+    from leanvision.report import markdown_table, write_results
+
+    data = lv.load_data("sr", root=SR_ROOT, scale=2, patch_size=16, max_test=2)
+    torch.manual_seed(0)
+    models = {"bicubic": _TinySR(2), "edsr_cpu": lv.create_model("edsr_cpu", scale=2)}
+    rows = measure_models(models, data, baseline="bicubic", threads=1, repeats=2)
+    by = {r["name"]: r for r in rows}
+    assert by["bicubic"]["top1"] is None and set(by["bicubic"]["metrics"]) == {"psnr", "ssim"}
+    direct = lv.evaluate(models["bicubic"], data.test)
+    assert by["bicubic"]["metrics"]["psnr"] == pytest.approx(direct["psnr"])
+    assert by["edsr_cpu"]["metrics"]["psnr"] < by["bicubic"]["metrics"]["psnr"]  # untrained
+    write_results(tmp_path / "sr", rows, allow_dirty=True)
+    table = markdown_table(rows)
+    assert "PSNR dB" in table.splitlines()[0] and "Top-1" not in table.splitlines()[0]
+    assert main(["eval", "--model", "edsr_cpu", "--data", "sr", "--data-dir", str(SR_ROOT),
+                 "--split", "test"]) in (0, None)  # fmt: skip
+    out = capsys.readouterr().out
+    assert "PSNR dB " in out and "SSIM " in out and "top-1" not in out and "(n=5)" in out

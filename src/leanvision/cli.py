@@ -162,10 +162,20 @@ def cmd_eval(args: argparse.Namespace) -> None:
                     f"checkpoint {args.checkpoint!r} does not fit --model {name}: {exc}"
                 ) from exc
     res = lv.evaluate(model, data.loader(args.split))
-    print(
-        f"{name} on {args.data}/{args.split}: top-1 {res['top1']:.2f}%  "
-        f"top-5 {res['top5']:.2f}%  loss {res['loss']:.4f}  (n={res['n']})"
-    )
+    print(f"{name} on {args.data}/{args.split}: {_scores_line(res)}")
+
+
+def _scores_line(res: dict[str, float]) -> str:
+    """``lv.evaluate``'s scores in one line: top-1/top-5 for a classifier, the task's metrics
+    (PSNR dB, SSIM, ...) for another task, then the loss and the sample count."""
+    from leanvision.report.tables import fmt_metric, metric_header
+    from leanvision.tasks import task_metrics
+
+    parts = [f"top-{k[-1]} {res[k]:.2f}%" for k in ("top1", "top5") if k in res]
+    parts += [f"{metric_header(k)} {fmt_metric(k, v)}" for k, v in task_metrics(res).items()]
+    if "loss" in res:
+        parts.append(f"loss {res['loss']:.4f}")
+    return "  ".join(parts) + f"  (n={res['n']})"
 
 
 def cmd_profile(args: argparse.Namespace) -> None:

@@ -17,6 +17,7 @@ from torch import nn
 from leanvision.deploy import DeployedModel, deploy, fold_batchnorm
 from leanvision.engine import evaluate
 from leanvision.profiling import compare, count_ops, count_params, energy_uj, peak_memory_mb
+from leanvision.tasks import task_metrics
 
 
 class _Runner:
@@ -115,8 +116,9 @@ def measure_models(
             "method_chain": list((method_chains or {}).get(name, [])),
             "dataset": data.name,
             "split": split,
-            "top1": acc["top1"],
-            "top5": acc["top5"],
+            "top1": acc.get("top1"),
+            "top5": acc.get("top5"),
+            "metrics": task_metrics(acc),
             "params": count_params(model),
             "macs": ops.macs,
             "adds": ops.adds,

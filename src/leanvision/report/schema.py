@@ -12,7 +12,9 @@ A results file is a JSON object::
 Units: ``top1``/``top5`` in percent, ``macs`` are multiply-accumulates (FLOPs = 2 x MACs),
 ``adds``/``muls``/``bitops`` are counts per forward pass of one sample, ``latency_ms`` is in
 milliseconds for one batch of ``latency_ms["batch"]`` samples, ``peak_mem_mb`` in MiB and
-``energy_uj`` in microjoules. Reports and tables are built only from these files.
+``energy_uj`` in microjoules; ``metrics`` holds a task's other metrics (``psnr`` in dB,
+``ssim`` in [0, 1], ``map`` in percent, ...), a key ``"psnr@Set5"`` naming the test set it
+was measured on when a row holds several. Reports and tables are built only from these files.
 
 Provenance (``git_commit``, ``git_dirty``, ``git_diff_sha256``; see
 :mod:`leanvision.provenance`) is in the run object and in every model row. Files written
@@ -34,6 +36,7 @@ from leanvision.errors import ConfigError
 __all__ = [
     "LATENCY_KEYS",
     "LATENCY_REQUIRED",
+    "METRIC_LABELS",
     "RATIO_KEYS",
     "RUN_TABLE_KEYS",
     "SCHEMA_ID",
@@ -62,6 +65,10 @@ LATENCY_KEYS = (
 )
 RATIO_KEYS = ("params", "macs", "latency", "speedup", "top1_delta")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+_METRIC_KEY = re.compile(r"[a-z][a-z0-9_]*(@[^@\s|]+)?")
+# how reports name a task metric (a key of ``ModelResult.metrics`` before any '@set')
+METRIC_LABELS = {"psnr": "PSNR dB", "ssim": "SSIM", "map": "mAP %", "map50": "AP50 %",
+                 "map75": "AP75 %", "loss": "loss"}  # fmt: skip
 
 
 def _where(where: str) -> str:
@@ -134,6 +141,8 @@ class ModelResult:
         split: Split the accuracy was measured on (``"test"``, ``"val"``, ...).
         top1: Top-1 accuracy in percent, or None when not measured.
         top5: Top-5 accuracy in percent, or None.
+        metrics: The task's other metrics (see :data:`METRIC_LABELS`), ``{"psnr": 36.1}`` or,
+            for several test sets, ``{"psnr@Set5": 36.1, "psnr@Set14": 32.0}``.
         params: Number of parameters.
         macs: Multiply-accumulates per sample (FLOPs = 2 x MACs).
         adds: Additions per sample, or None.
@@ -152,7 +161,7 @@ class ModelResult:
         date: ISO-8601 date of the measurement.
         paper: Numbers the paper reports, e.g. ``{"top1": 92.7, "macs": 63e6, "source": ...}``.
         notes: Free text shown under the table.
-        extra: Anything else (task-specific metrics such as PSNR).
+        extra: Anything else (per-image scores, specs, search records).
     """
 
     name: str
@@ -162,6 +171,7 @@ class ModelResult:
     split: str
     top1: float | None = None
     top5: float | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
     params: int
     macs: int
     adds: int | None = None
@@ -215,6 +225,7 @@ class ModelResult:
         self.method_chain = list(self.method_chain)
         self.top1 = _percent(self.top1, "top1", where)
         self.top5 = _percent(self.top5, "top5", where)
+        self._validate_metrics(where)
         for key in ("params", "macs"):
             value = _number(getattr(self, key), key, where, integer=True)
             if value is None:
@@ -248,6 +259,32 @@ class ModelResult:
                     self.paper[key] = _number(self.paper[key], f"paper.{key}", where, integer=True)
         if not isinstance(self.extra, dict):
             raise ConfigError(f"'extra'{_where(where)} must be a dict")
+
+    def _validate_metrics(self, where: str) -> None:
+        if not isinstance(self.metrics, Mapping):
+            raise ConfigError(
+                f"'metrics'{_where(where)} must be a dict such as {{'psnr': 36.1}}, got "
+                f"{type(self.metrics).__name__}"
+            )
+        out = {}
+        for key, value in self.metrics.items():
+            if not isinstance(key, str) or not _METRIC_KEY.fullmatch(key):
+                raise ConfigError(
+                    f"metric name {key!r}{_where(where)} must be a lowercase name, optionally "
+                    "with '@' and the test set it was measured on (e.g. 'psnr', 'psnr@Set5')"
+                )
+            if key.split("@")[0] in ("top1", "top5"):
+                raise ConfigError(
+                    f"metric {key!r}{_where(where)}: top-1/top-5 have their own keys "
+                    "('top1', 'top5'), not 'metrics'"
+                )
+            out[key] = _number(value, f"metrics.{key}", where)
+            if out[key] is None:
+                raise ConfigError(
+                    f"'metrics.{key}'{_where(where)} is None; leave a metric out when it was "
+                    "not measured"
+                )
+        self.metrics = out
 
     def _validate_latency(self, where: str) -> None:
         lat = self.latency_ms

@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from leanvision.report.schema import ModelResult
+from leanvision.report.schema import METRIC_LABELS, ModelResult
 from leanvision.report.writer import compute_ratios
 
 if TYPE_CHECKING:
@@ -18,8 +18,10 @@ __all__ = [
     "fmt_cell",
     "fmt_energy",
     "fmt_millions",
+    "fmt_metric",
     "fmt_percent",
     "markdown_table",
+    "metric_header",
     "rich_table",
     "run_table_markdown",
     "table_data",
@@ -65,6 +67,33 @@ def _fmt_ms(value: float | None) -> str:
     if value is None:
         return MISSING
     return f"{value:.3g}" if abs(value) < 0.1 else f"{value:.2f}"
+
+
+def metric_header(key: str) -> str:
+    """A column header for a ``metrics`` key: ``"psnr@Set5"`` → ``"PSNR dB (Set5)"``."""
+    name, _, where = key.partition("@")
+    label = METRIC_LABELS.get(name, name)
+    return f"{label} ({where})" if where else label
+
+
+def fmt_metric(key: str, value: float | None) -> str:
+    """A task metric with the decimals its papers use (PSNR 2, SSIM 4); ``—`` when missing."""
+    if value is None:
+        return MISSING
+    name = key.partition("@")[0]
+    if name == "ssim":
+        return f"{value:.4f}"
+    if name in METRIC_LABELS:
+        return f"{value:.2f}"
+    return fmt_cell(value)
+
+
+def _metric_keys(results: Sequence[ModelResult]) -> list[str]:
+    """Every ``metrics`` key of the run, first seen first (a column each)."""
+    keys: dict[str, None] = {}
+    for m in results:
+        keys.update(dict.fromkeys(m.metrics))
+    return list(keys)
 
 
 def _fmt_speedup(value: float | None) -> str:
@@ -224,6 +253,26 @@ def table_data(models: Sequence[ModelResult | Mapping[str, Any]]) -> TableData:
             if paper_params:
                 row.append(fmt_millions(paper.get("params"), 2))
         rows.append(row)
+    metric_keys = _metric_keys(results)
+    if metric_keys:  # a task's metrics (PSNR/SSIM, mAP) beside top-1, after its delta
+        at = headers.index("Δ top-1 vs baseline (pts)") + 1
+        if all(m.top1 is None for m in results):  # no top-1: the delta of the first metric
+            first = metric_keys[0]
+            headers[at - 1] = f"Δ {metric_header(first)} vs baseline"
+            by_name = {m.name: m for m in results}
+            for m, row in zip(results, rows):
+                base = by_name.get(m.baseline) if m.baseline else None
+                mine = m.metrics.get(first)
+                theirs = base.metrics.get(first) if base is not None else None
+                if row[at - 1] != "baseline":
+                    row[at - 1] = (MISSING if mine is None or theirs is None
+                                   else fmt_metric(first, mine - theirs))  # fmt: skip
+                    if row[at - 1] != MISSING and mine >= theirs:
+                        row[at - 1] = "+" + row[at - 1]
+        headers[at:at] = [metric_header(k) for k in metric_keys]
+        numeric[at:at] = [True] * len(metric_keys)
+        for m, row in zip(results, rows):
+            row[at:at] = [fmt_metric(k, m.metrics.get(k)) for k in metric_keys]
     # Optional columns nobody filled in (no accuracy in a size table, no baseline, ...) go.
     keep = [
         i
@@ -245,7 +294,8 @@ def _md_cell(text: str) -> str:
 def markdown_table(models: Sequence[ModelResult | Mapping[str, Any]]) -> str:
     """A GitHub-flavoured Markdown table of one run's results.
 
-    Columns: model, method chain, dataset, top-1 %, Δ top-1 vs baseline, params (M),
+    Columns: model, method chain, dataset, top-1 %, Δ top-1 vs baseline, the task metrics
+    (``metrics``: PSNR dB / SSIM per test set, ...) when any row has them, params (M),
     MACs (M; multiply-accumulates), median latency (batch/threads in the header), speed-up,
     energy, and paper top-1 / paper MACs when any model carries ``paper`` numbers.
 

@@ -1,6 +1,6 @@
 """Tasks: what a batch is, the loss, the metrics and the primary metric (see ``base.py``)."""
 
-from .base import Metrics, Task, move_to
+from .base import Metrics, Task, move_to, task_metrics
 from .classification import Classification, logits_of
 from .super_resolution import SuperResolution, y_channel
 
@@ -11,5 +11,6 @@ __all__ = [
     "Task",
     "logits_of",
     "move_to",
+    "task_metrics",
     "y_channel",
 ]

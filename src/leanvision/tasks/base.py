@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["Metrics", "Task", "move_to"]
+__all__ = ["Metrics", "Task", "move_to", "task_metrics"]
 
 
 class Metrics(ABC):
@@ -73,6 +73,12 @@ class Task(ABC):
         if best is None or best != best:  # no best yet, or NaN
             return True
         return value >= best if self.higher_is_better else value <= best
+
+
+def task_metrics(scores: Mapping[str, float]) -> dict[str, float]:
+    """What a results row stores under ``metrics`` from :func:`leanvision.evaluate`'s dict:
+    every metric but top-1/top-5 (their own columns), the loss and the sample count."""
+    return {k: float(v) for k, v in scores.items() if k not in ("top1", "top5", "loss", "n")}
 
 
 def move_to(obj: Any, device: torch.device) -> Any:
