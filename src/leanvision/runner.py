@@ -164,8 +164,8 @@ def step_notes(rows: list[dict[str, Any]]) -> list[str]:
             f"{step}: {speed:.2f}x the speed of the step before ({lat_prev:.2f} -> {lat:.2f} ms, "
             f"{runtime}), "
             f"{first['latency_ms']['median'] / lat:.2f}x the baseline's; MACs "
-            f"{first['macs'] / row['macs']:.2f}x fewer than the baseline; top-1 "
-            f"{row['top1']:.2f} % ({row['top1'] - prev['top1']:+.2f} pt on the step before)."
+            f"{first['macs'] / row['macs']:.2f}x fewer than the baseline; "
+            f"{_score_change(row, prev)}."
             + (
                 " Same network as the step before on the same runtime (weights only): the "
                 "speed ratio is timing noise."
@@ -181,3 +181,17 @@ def step_notes(rows: list[dict[str, Any]]) -> list[str]:
         "the baseline's speed."
     )
     return notes
+
+
+def _score_change(row: dict[str, Any], prev: dict[str, Any]) -> str:
+    """The row's top-1 (or, for another task, its first metric) and the change on ``prev``."""
+    if row.get("top1") is not None and prev.get("top1") is not None:
+        change = row["top1"] - prev["top1"]
+        return f"top-1 {row['top1']:.2f} % ({change:+.2f} pt on the step before)"
+    from leanvision.report.tables import fmt_metric, metric_header
+
+    for key, value in (row.get("metrics") or {}).items():
+        before = (prev.get("metrics") or {}).get(key)
+        change = "" if before is None else f" ({value - before:+.2f} on the step before)"
+        return f"{metric_header(key)} {fmt_metric(key, value)}{change}"
+    return "no score measured"

@@ -15,6 +15,7 @@ from .int8_conv3x3 import Int8Conv3x3, Int8Ghost3x3
 from .issa import InterlacedSparseAttention, NonLocal2d
 from .long_short_attention import LongShortAttention
 from .quant import QuantAttention, QuantLinear, QuantMatMul, fake_quant, quantization_state
+from .shift_ghost import ShiftGhostConv2d, shift2d
 from .token_pruning import (
     DynamicViT,
     SlimmedViT,
@@ -48,6 +49,7 @@ __all__ = [
     "QuantAttention",
     "QuantLinear",
     "QuantMatMul",
+    "ShiftGhostConv2d",
     "SlimmedViT",
     "TokenPredictor",
     "WinogradAdderConv2d",
@@ -56,6 +58,7 @@ __all__ = [
     "quantization_state",
     "gated_blocks",
     "require_token_vit",
+    "shift2d",
     "softmax_with_policy",
     "winograd_adder2d",
 ]

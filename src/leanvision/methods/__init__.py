@@ -16,13 +16,14 @@ from .registry import (
 )
 
 # isort: split
-from . import distillation, ghost, lowbit, pruning, search  # noqa: F401  (registers them)
+from . import distillation, ghost, ghostsr, lowbit, pruning, search  # noqa: F401  (registers)
 from .common import FinetuneConfig
 from .config import MethodConfig
 from .distillation.feature_kd import FeatureKDConfig
 from .distillation.kd import DeiTConfig, KDConfig
 from .distillation.manifold_kd import ManifoldKDConfig
 from .ghost import GhostConfig
+from .ghostsr import GhostSRConfig
 from .lowbit.adder import AdderConfig
 from .lowbit.adder_quant import AdderQuantConfig
 from .lowbit.binary import BinaryConfig, FDAConfig, LNSConfig
@@ -45,6 +46,7 @@ __all__ = [
     "FeatureKDConfig",
     "FinetuneConfig",
     "GhostConfig",
+    "GhostSRConfig",
     "Int8Config",
     "KDConfig",
     "L1FilterConfig",
