@@ -9,6 +9,7 @@ from .binary import (
 )
 from .circulant import CirculantLinear
 from .conv3x3 import FusedConv3x3
+from .fadn import FrequencyAwareBlock, hard_gumbel_sigmoid
 from .gated import ChannelGate, GatedBasicBlock, GatedStage, gated_blocks
 from .ghost import GhostConv2d
 from .int8_conv3x3 import Int8Conv3x3, Int8Ghost3x3
@@ -38,6 +39,7 @@ __all__ = [
     "CirculantLinear",
     "DynamicViT",
     "FusedConv3x3",
+    "FrequencyAwareBlock",
     "GatedBasicBlock",
     "GatedStage",
     "GhostConv2d",
@@ -57,6 +59,7 @@ __all__ = [
     "fake_quant",
     "quantization_state",
     "gated_blocks",
+    "hard_gumbel_sigmoid",
     "require_token_vit",
     "shift2d",
     "softmax_with_policy",

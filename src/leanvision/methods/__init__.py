@@ -16,12 +16,13 @@ from .registry import (
 )
 
 # isort: split
-from . import distillation, ghost, ghostsr, lowbit, pruning, search  # noqa: F401  (registers)
+from . import distillation, fadn, ghost, ghostsr, lowbit, pruning, search  # noqa: F401
 from .common import FinetuneConfig
 from .config import MethodConfig
 from .distillation.feature_kd import FeatureKDConfig
 from .distillation.kd import DeiTConfig, KDConfig
 from .distillation.manifold_kd import ManifoldKDConfig
+from .fadn import FADNConfig
 from .ghost import GhostConfig
 from .ghostsr import GhostSRConfig
 from .lowbit.adder import AdderConfig
@@ -42,6 +43,7 @@ __all__ = [
     "BinaryConfig",
     "DeiTConfig",
     "DynamicViTConfig",
+    "FADNConfig",
     "FDAConfig",
     "FeatureKDConfig",
     "FinetuneConfig",
