@@ -34,6 +34,17 @@ _LEGEND = (
     "multiply-accumulates per sample (FLOPs = 2 × MACs); latency is the median time of one "
     "batch; speed-up = baseline latency / model latency; energy is an estimate per sample."
 )
+_METRICS_LEGEND = (
+    " PSNR in dB and SSIM on the Y channel (BT.601) with the scale's border cropped; a metric "
+    "named '(Set5)' was measured on that test set; with no top-1 the Δ column is the first "
+    "metric's difference from the baseline."
+)
+
+
+def _legend(models: list[Any]) -> str:
+    """The table's legend, with the task metrics' conventions when a row has any."""
+    with_metrics = any((m.metrics if hasattr(m, "metrics") else m.get("metrics")) for m in models)
+    return _LEGEND + (_METRICS_LEGEND if with_metrics else "")
 
 
 # -- metadata and notes -------------------------------------------------------------------------
@@ -136,7 +147,7 @@ def _markdown_body(
     if meta:
         lines.append("")
     if models:
-        lines += [markdown_table(models).rstrip("\n"), "", f"<sub>{_LEGEND}</sub>", ""]
+        lines += [markdown_table(models).rstrip("\n"), "", f"<sub>{_legend(models)}</sub>", ""]
     notes = _notes(run, models)
     if notes:
         lines += ["Notes:", ""] + [f"- {n}" for n in notes] + [""]
@@ -240,7 +251,7 @@ def _render_html(
         )
     if models:
         parts.append(_html_table(models))
-        parts.append(f'<p class="legend">{html.escape(_LEGEND)}</p>')
+        parts.append(f'<p class="legend">{html.escape(_legend(models))}</p>')
     notes = _notes(run, models)
     if notes:
         parts.append("<h2>Notes</h2><ul>")
