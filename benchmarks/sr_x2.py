@@ -33,7 +33,7 @@ import leanvision as lv
 from leanvision.engine import training_note, training_record
 from leanvision.models.edsr import edsr_arch
 from leanvision.pipeline import cpu_info
-from leanvision.profiling import compare, count_ops
+from leanvision.profiling import OnInputs, compare, count_ops
 from leanvision.provenance import git_state
 from leanvision.report import check_results_target, write_results
 
@@ -118,17 +118,6 @@ def _fadn_density(model: Any, images: list[torch.Tensor]) -> float | None:
     return sum(shares) / len(shares)
 
 
-class _OnImages:
-    """Runs a model over a fixed list of images (one timed call)."""
-
-    def __init__(self, model: Any, images: list[torch.Tensor]) -> None:
-        self.model, self.images = model, images
-
-    def __call__(self) -> None:
-        for x in self.images:
-            self.model(x)
-
-
 def cmd_report(args: argparse.Namespace) -> None:
     check_results_target(OUT, allow_dirty=args.allow_dirty)
     for m in METHODS:
@@ -138,7 +127,7 @@ def cmd_report(args: argparse.Namespace) -> None:
     models = {m: lv.load(RUNS / m / "model.pt").eval() for m in METHODS}
     images = {s: _images(args, s) for s in TEST_SETS}
     timed_images = {s: images[s][:TIME_IMAGES] for s in TIMED_SETS}
-    runners = {f"{m}@{s}": _OnImages(model, timed_images[s])
+    runners = {f"{m}@{s}": OnInputs(model, timed_images[s])
                for s in TIMED_SETS for m, model in models.items()}  # fmt: skip
     with torch.inference_mode():
         lat = compare(runners, batch=1, threads=args.threads, warmup=1,

@@ -14,6 +14,10 @@ published ones (say so beside them).
 * ``val``: whole images held out of the training set (``val_fraction``, by image, fixed by
   ``seed``); ``test``: a whole benchmark set (Set5 by default), never used for selection.
 
+A grayscale or palette image is converted to RGB (R = G = B, so its Y is its gray level; Set14's
+``bridge`` is one), as BasicSR's loaders read it. A side not divisible by ``scale`` is cropped,
+never refused (the mod-crop above).
+
 A sample is ``(lr, hr)``: float tensors in [0, 1], (3, h, w) and (3, h * scale, w * scale).
 Whole images differ in size, so the val and test loaders take one image per batch.
 """

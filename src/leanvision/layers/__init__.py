@@ -9,6 +9,7 @@ from .binary import (
 )
 from .circulant import CirculantLinear
 from .conv3x3 import FusedConv3x3
+from .dynamic_resolution import DynamicResolutionNet, ResolutionBatchNorm2d
 from .fadn import FrequencyAwareBlock, hard_gumbel_sigmoid
 from .gated import ChannelGate, GatedBasicBlock, GatedStage, gated_blocks
 from .ghost import GhostConv2d
@@ -37,6 +38,7 @@ __all__ = [
     "adder2d",
     "ChannelGate",
     "CirculantLinear",
+    "DynamicResolutionNet",
     "DynamicViT",
     "FusedConv3x3",
     "FrequencyAwareBlock",
@@ -51,6 +53,7 @@ __all__ = [
     "QuantAttention",
     "QuantLinear",
     "QuantMatMul",
+    "ResolutionBatchNorm2d",
     "ShiftGhostConv2d",
     "SlimmedViT",
     "TokenPredictor",

@@ -16,12 +16,13 @@ from .registry import (
 )
 
 # isort: split
-from . import distillation, fadn, ghost, ghostsr, lowbit, pruning, search  # noqa: F401
+from . import distillation, drnet, fadn, ghost, ghostsr, lowbit, pruning, search  # noqa: F401
 from .common import FinetuneConfig
 from .config import MethodConfig
 from .distillation.feature_kd import FeatureKDConfig
 from .distillation.kd import DeiTConfig, KDConfig
 from .distillation.manifold_kd import ManifoldKDConfig
+from .drnet import DRNetConfig
 from .fadn import FADNConfig
 from .ghost import GhostConfig
 from .ghostsr import GhostSRConfig
@@ -41,6 +42,7 @@ __all__ = [
     "AdderConfig",
     "AdderQuantConfig",
     "BinaryConfig",
+    "DRNetConfig",
     "DeiTConfig",
     "DynamicViTConfig",
     "FADNConfig",

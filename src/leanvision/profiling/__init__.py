@@ -16,13 +16,14 @@ from leanvision.profiling.counting import (
     register_op_handler,
 )
 from leanvision.profiling.energy import ENERGY_PJ, energy_uj
-from leanvision.profiling.latency import LatencyStats, compare, measure_latency
+from leanvision.profiling.latency import LatencyStats, OnInputs, compare, measure_latency
 from leanvision.profiling.memory import peak_memory_mb
 from leanvision.profiling.summary import Profile, profile
 
 __all__ = [
     "ENERGY_PJ",
     "LatencyStats",
+    "OnInputs",
     "OpCounts",
     "Profile",
     "compare",

@@ -61,7 +61,21 @@ from leanvision.profiling._common import (
     resolve_input_size,
 )
 
-__all__ = ["LatencyStats", "compare", "measure_latency", "native_backend"]
+__all__ = ["LatencyStats", "OnInputs", "compare", "measure_latency", "native_backend"]
+
+
+class OnInputs:
+    """A zero-argument callable that runs ``model`` on each of a fixed list of inputs: one
+    timed call of :func:`compare` for a model whose work depends on the input (dynamic
+    resolution, dynamic SR), timed on real images rather than a random tensor."""
+
+    def __init__(self, model: Callable[..., Any], inputs: Sequence[Any]) -> None:
+        self.model, self.inputs = model, list(inputs)
+        self.backend = "torch-eager-cpu"  # what the callable runs, as compare reports it
+
+    def __call__(self) -> None:
+        for x in self.inputs:
+            self.model(x)
 
 
 @dataclass
