@@ -35,6 +35,7 @@ BAD = {
     "fda": ("terms_end", 3),
     "feature_kd": ("beta", -1.0),
     "ghost": ("dw_size", 2),
+    "ipt": ("temperature", 0.0),
     "drnet": ("flops_target", 0.0),
     "fadn": ("density", 0.0),
     "ghostsr": ("noise_decay", 1.5),

@@ -10,7 +10,7 @@ from leanvision.data.bundle import DataBundle
 from leanvision.data.cifar import build_cifar10
 from leanvision.data.imagefolder import build_imagefolder
 from leanvision.data.mnist import build_mnist5k
-from leanvision.data.sr import build_sr
+from leanvision.data.sr import build_denoise, build_sr
 from leanvision.errors import ConfigError, UnknownDatasetError
 
 __all__ = ["list_datasets", "load_data"]
@@ -20,10 +20,12 @@ _BUILDERS: dict[str, Callable[..., dict]] = {
     "cifar10": build_cifar10,
     "imagefolder": build_imagefolder,
     "sr": build_sr,
+    "denoise": build_denoise,
 }
 # options only some datasets take (``load_data(name, ..., **options)``)
 _OPTIONS: dict[str, tuple[str, ...]] = {
     "sr": ("scale", "train_set", "test_set", "patch_size", "repeat"),
+    "denoise": ("sigma", "train_set", "test_set", "patch_size", "repeat"),
 }
 
 
@@ -85,7 +87,9 @@ def load_data(
             images of ``root``, e.g. ``../shared/data/sr``, see ``build_sr``) takes ``scale``
             (2, 3, 4), ``train_set`` (T91), ``test_set`` (Set5), ``patch_size`` (32 LR pixels)
             and ``repeat`` (16 crops per image and epoch); its val and test loaders take one
-            whole image per batch.
+            whole image per batch. ``"denoise"`` (Gaussian colour denoising on the same images,
+            see ``build_denoise``) takes ``sigma`` (30, on 0-255), ``train_set``, ``test_set``
+            (BSD100), ``patch_size`` (48) and ``repeat``.
 
     Returns:
         A :class:`DataBundle`.

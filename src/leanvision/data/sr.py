@@ -37,7 +37,8 @@ from torch.utils.data import Dataset
 
 from leanvision.errors import ConfigError, DataError
 
-__all__ = ["SR_SETS", "SRImages", "SRPatches", "build_sr", "hr_lr_pair"]
+__all__ = ["SR_SETS", "NoisyImages", "NoisyPatches", "SRImages", "SRPatches", "build_denoise",
+           "build_sr", "hr_lr_pair"]  # fmt: skip
 
 SR_SETS = ("Set5", "Set14", "BSD100", "T91")
 SCALES = (2, 3, 4)
@@ -50,7 +51,7 @@ def hr_lr_pair(path: str | os.PathLike[str], scale: int) -> tuple[torch.Tensor, 
         img = img.convert("RGB")  # Set14/bridge.png is single-channel
         w, h = img.size
         hr = img.crop((0, 0, w - w % scale, h - h % scale))
-        lr = hr.resize((hr.width // scale, hr.height // scale), Image.BICUBIC)
+        lr = hr if scale == 1 else hr.resize((hr.width // scale, hr.height // scale), Image.BICUBIC)
         return _chw(hr), _chw(lr)
 
 
@@ -151,6 +152,7 @@ def build_sr(
     test_set: str = "Set5",
     patch_size: int = 32,
     repeat: int = 16,
+    _scale_one: bool = False,
 ) -> dict[str, Any]:
     """The splits of ``load_data("sr", root, scale=...)`` (see the module docstring).
 
@@ -169,7 +171,9 @@ def build_sr(
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"sr root {root} is not a folder (e.g. ../shared/data/sr)")
-    if scale not in SCALES:
+    if _scale_one:  # denoising: the HR images themselves, no LR made
+        scale = 1
+    elif scale not in SCALES:
         raise ConfigError(f"scale={scale!r} is not allowed; allowed: {list(SCALES)}")
     for key, value in (("train_set", train_set), ("test_set", test_set)):
         if value not in SR_SETS:
@@ -203,3 +207,71 @@ def build_sr(
         "task": SuperResolution(scale),
         "eval_batch_size": 1,
     }  # fmt: skip
+
+
+class NoisyPatches(SRPatches):
+    """Random crops of the clean images with fresh Gaussian noise (σ on 0-255, not clipped) on
+    each draw: ``(noisy, clean)``; noise, positions and flips from torch's global generator."""
+
+    def __init__(self, pairs: list, names: list[str], sigma: float, patch_size: int,
+                 repeat: int, augment: bool) -> None:  # fmt: skip
+        super().__init__(pairs, names, 1, patch_size, repeat, augment)
+        self.sigma = sigma
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        _, clean = super().__getitem__(i)
+        return clean + torch.randn(clean.shape) * (self.sigma / 255.0), clean
+
+
+class NoisyImages(SRImages):
+    """Whole clean images with Gaussian noise fixed per image (seeded by ``seed`` and the
+    image's index): the same noisy test set on every run."""
+
+    def __init__(self, pairs: list, names: list[str], sigma: float, seed: int) -> None:
+        super().__init__(pairs, names, 1)
+        self.sigma, self.seed = sigma, seed
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        _, clean = super().__getitem__(i)
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + i)
+        return clean + torch.randn(clean.shape, generator=g) * (self.sigma / 255.0), clean
+
+
+def build_denoise(
+    root: str | os.PathLike[str] | None,
+    *,
+    val_fraction: float,
+    seed: int,
+    augment: bool,
+    image_size: int | None,
+    cache_dir: Any = None,
+    sigma: float = 30.0,
+    train_set: str = "T91",
+    test_set: str = "BSD100",
+    patch_size: int = 48,
+    repeat: int = 16,
+) -> dict[str, Any]:
+    """The splits of ``load_data("denoise", root, sigma=...)``: Gaussian colour denoising on the
+    sr folder's images (IPT's σ = 30 and 50 tasks). ``train``: crops of ``patch_size`` with fresh
+    noise each draw; ``val`` (held-out training images) and ``test`` (``test_set``, BSD100 by
+    default, the paper's CBSD68 being its 68-image subset): whole images with noise fixed per
+    image. Noise is added to the 8-bit images in [0, 1] and not clipped. Scored on RGB."""
+    if isinstance(sigma, bool) or not isinstance(sigma, int | float) or not 0 < sigma <= 255:
+        raise ConfigError(f"sigma must be a number in (0, 255] (noise on 0-255), got {sigma!r}")
+    parts = build_sr(
+        root, val_fraction=val_fraction, seed=seed, augment=augment, image_size=image_size,
+        cache_dir=cache_dir, train_set=train_set, test_set=test_set, patch_size=patch_size,
+        repeat=1, _scale_one=True,
+    )  # fmt: skip
+    from leanvision.tasks import Denoising
+
+    train, val, test = parts["train_set"], parts["val_set"], parts["test_set"]
+    parts.update(
+        train_set=NoisyPatches(
+            train.pairs, train.names, float(sigma), patch_size, repeat, augment
+        ),  # fmt: skip
+        val_set=NoisyImages(val.pairs, val.names, float(sigma), seed),
+        test_set=NoisyImages(test.pairs, test.names, float(sigma), seed + 1),
+        task=Denoising(float(sigma)),
+    )
+    return parts

@@ -569,7 +569,7 @@ class Trainer:
         if self.scheduler is not None:
             self.scheduler.step_update(num_updates=self.global_step)
         self._call("after_optimizer_step")
-        return loss, ctx.outputs, y, n
+        return loss, ctx.outputs, ctx.targets, n  # a hook may have replaced the targets
 
     def _sync_hook_grads(self) -> None:
         # Hook parameters live outside the DDP wrapper: average their gradients by hand.

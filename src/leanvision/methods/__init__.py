@@ -16,7 +16,7 @@ from .registry import (
 )
 
 # isort: split
-from . import distillation, drnet, fadn, ghost, ghostsr, lowbit, pruning, search  # noqa: F401
+from . import distillation, drnet, fadn, ghost, ghostsr, ipt, lowbit, pruning, search  # noqa: F401
 from .common import FinetuneConfig
 from .config import MethodConfig
 from .distillation.feature_kd import FeatureKDConfig
@@ -26,6 +26,7 @@ from .drnet import DRNetConfig
 from .fadn import FADNConfig
 from .ghost import GhostConfig
 from .ghostsr import GhostSRConfig
+from .ipt import IPTConfig
 from .lowbit.adder import AdderConfig
 from .lowbit.adder_quant import AdderQuantConfig
 from .lowbit.binary import BinaryConfig, FDAConfig, LNSConfig
@@ -51,6 +52,7 @@ __all__ = [
     "FinetuneConfig",
     "GhostConfig",
     "GhostSRConfig",
+    "IPTConfig",
     "Int8Config",
     "KDConfig",
     "L1FilterConfig",

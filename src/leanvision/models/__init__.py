@@ -24,6 +24,7 @@ from . import (  # noqa: F401  (importing a family registers its models in timm)
     cmt,
     edsr,
     ghost_resnet,
+    ipt,
     mbnas,
     pyramid_tnt,
     resnet_cifar,

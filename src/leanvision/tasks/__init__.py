@@ -2,10 +2,11 @@
 
 from .base import Metrics, Task, move_to, task_metrics
 from .classification import Classification, logits_of
-from .super_resolution import SuperResolution, y_channel
+from .super_resolution import Denoising, SuperResolution, y_channel
 
 __all__ = [
     "Classification",
+    "Denoising",
     "Metrics",
     "SuperResolution",
     "Task",

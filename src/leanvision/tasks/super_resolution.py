@@ -7,6 +7,9 @@ a border of ``scale`` pixels is cropped, and PSNR (peak 255) and SSIM (Gaussian 
 sigma 1.5, MATLAB's constants) are computed per image and averaged over images. Both metrics
 are scikit-image's (``peak_signal_noise_ratio``, ``structural_similarity`` with
 ``gaussian_weights=True, use_sample_covariance=False``, which is MATLAB's ``ssim``).
+
+Denoising (:class:`Denoising`) follows the colour-denoising tables (CBSD68, IPT's): the same
+8-bit rounding, PSNR and SSIM on the RGB image (SSIM per channel, averaged), no border.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from leanvision.errors import ConfigError, InputShapeError
 
 from .base import Metrics, Task
 
-__all__ = ["SuperResolution", "y_channel"]
+__all__ = ["Denoising", "SuperResolution", "y_channel"]
 
 _BT601 = (65.481, 128.553, 24.966)
 
@@ -34,12 +37,17 @@ def y_channel(images: torch.Tensor) -> np.ndarray:
     return (16.0 + _BT601[0] * r + _BT601[1] * g + _BT601[2] * b).cpu().numpy()
 
 
+def _rgb8(images: torch.Tensor) -> np.ndarray:
+    """(B, 3, H, W) RGB in [0, 1] -> (B, H, W, 3) float64 on 0-255 after 8-bit rounding."""
+    return (images.detach().clamp(0, 1) * 255).round().double().permute(0, 2, 3, 1).cpu().numpy()
+
+
 class _SRMetrics(Metrics):
     """Per-image PSNR and SSIM on Y with a border of ``border`` pixels cropped, their means
     over images, and the mean L1 loss."""
 
-    def __init__(self, border: int) -> None:
-        self.border = border
+    def __init__(self, border: int, rgb: bool = False) -> None:
+        self.border, self.rgb = border, rgb
         self.psnr: list[float] = []
         self.ssim: list[float] = []
         self.loss_sum, self.pixels = 0.0, 0
@@ -51,19 +59,20 @@ class _SRMetrics(Metrics):
         self.loss_sum += F.l1_loss(sr.float(), targets.float(), reduction="sum").item()
         self.pixels += targets.numel()
         b = self.border
-        for y_sr, y_hr in zip(y_channel(sr), y_channel(targets), strict=True):
+        to = _rgb8 if self.rgb else y_channel
+        for y_sr, y_hr in zip(to(sr), to(targets), strict=True):
             if b:
                 y_sr, y_hr = y_sr[b:-b, b:-b], y_hr[b:-b, b:-b]
-            if min(y_hr.shape) < 7:
+            if min(y_hr.shape[:2]) < 7:
                 raise InputShapeError(
-                    f"an image of {tuple(y_hr.shape)} Y pixels after the {b}-pixel border: SSIM "
-                    "needs at least 7x7"
+                    f"an image of {tuple(y_hr.shape[:2])} pixels after the {b}-pixel border: "
+                    "SSIM needs at least 7x7"
                 )
             with np.errstate(divide="ignore"):  # identical images: PSNR inf, as scikit-image
                 self.psnr.append(float(peak_signal_noise_ratio(y_hr, y_sr, data_range=255)))
             self.ssim.append(float(structural_similarity(
                 y_hr, y_sr, data_range=255, gaussian_weights=True, sigma=1.5,
-                use_sample_covariance=False,
+                use_sample_covariance=False, channel_axis=2 if self.rgb else None,
             )))  # fmt: skip
 
     def compute(self) -> dict[str, float]:
@@ -115,3 +124,23 @@ class SuperResolution(Task):
 
     def __repr__(self) -> str:
         return f"SuperResolution(scale={self.scale})"
+
+
+class Denoising(SuperResolution):
+    """Batches of ``(noisy, clean)`` images; L1 loss; PSNR and SSIM on RGB, no border.
+
+    Args:
+        sigma: The Gaussian noise's standard deviation on 0-255 (recorded, not used to score).
+    """
+
+    name = "denoising"
+
+    def __init__(self, sigma: float) -> None:
+        super().__init__(1)
+        self.sigma = float(sigma)
+
+    def metrics(self) -> Metrics:
+        return _SRMetrics(0, rgb=True)
+
+    def __repr__(self) -> str:
+        return f"Denoising(sigma={self.sigma:g})"
