@@ -63,6 +63,38 @@ def _data() -> DataBundle:
     )
 
 
+class CountingPairs(CountingImages):
+    """``n`` fixed random (lr 3×8×8, hr 3×16×16) pairs in [0, 1] (x2 super-resolution)."""
+
+    def __init__(self, n: int, seed: int) -> None:
+        super().__init__(n, seed)
+        self.hr = torch.rand(n, 3, 16, 16, generator=torch.Generator().manual_seed(seed))
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        self.reads += 1
+        return self.hr[i, :, ::2, ::2], self.hr[i]
+
+
+def _sr_data() -> DataBundle:
+    from leanvision.tasks import SuperResolution
+
+    return DataBundle(
+        name="synthetic-sr", train_set=CountingPairs(N_TRAIN, 0), val_set=CountingPairs(4, 1),
+        test_set=CountingPairs(4, 2), num_classes=0, input_size=(3, 8, 8), mean=(0.0,) * 3,
+        std=(1.0,) * 3, class_names=[], batch_size=BATCH, eval_batch_size=1,
+        task=SuperResolution(2),
+    )  # fmt: skip
+
+
+def _edsr() -> nn.Module:
+    return lv.create_model("srnet_custom", arch={"width": 8, "blocks": [["conv", 8]] * 2})
+
+
+def _ipt() -> nn.Module:
+    return lv.create_model("ipt_cpu", tasks=("sr2", "noise30"), n_feats=4, crop=6, num_heads=2,
+                           enc_layers=1, dec_layers=1, overlap=2)  # fmt: skip
+
+
 def _cnn(width: float = 0.25) -> nn.Module:
     return lv.create_model("resnet20_cifar", num_classes=10, width=width)
 
@@ -92,6 +124,10 @@ CASES: dict[str, tuple[str, Any, dict[str, Any], int]] = {
         1,
     ),
     "ghost": ("ghost", _cnn, {"finetune_epochs": 30, "distill": True}, 1),
+    "ghostsr": ("ghostsr", _edsr, {"finetune_epochs": 30}, 1),
+    "fadn": ("fadn", _edsr, {"finetune_epochs": 30, "tile": 4}, 1),
+    "ipt": ("ipt", _ipt, {"finetune_epochs": 30}, 1),
+    "drnet": ("drnet", _cnn, {"finetune_epochs": 30, "resolutions": [16, 12, 8]}, 1),
     "kd": ("kd", _cnn, {"teacher": _cnn()}, 1),
     "l1_filter": ("l1_filter", _cnn, {"finetune_epochs": 30, "pruning_ratio": 0.25}, 1),
     "lns": ("lns", _cnn, {"finetune_epochs": 30}, 1),
@@ -151,7 +187,8 @@ def test_max_steps_caps_every_stage(case):
     """... and leaves the caller's model (and teacher) as they were."""
     method, build, hparams, stages = CASES[case]
     torch.manual_seed(0)
-    model, data = build(), _data()
+    model = build()
+    data = _sr_data() if method in ("ghostsr", "fadn", "ipt") else _data()
     before = _snapshot(model)
     teacher = hparams.get("teacher")
     teacher_before = _snapshot(teacher) if teacher is not None else None

@@ -23,7 +23,7 @@ Where ours departs from the paper (whose public code is inference only, without 
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -47,10 +47,10 @@ def _tasks() -> tuple[str, ...]:
 
 @dataclass
 class IPTConfig(FinetuneConfig):
-    """IPT pre-training: the tasks, the contrastive term (the paper's λ = 0.1), Adam at the
-    paper's 5e-5."""
+    """IPT pre-training: the tasks (default every task the model has heads for), the
+    contrastive term (the paper's λ = 0.1), Adam at the paper's 5e-5."""
 
-    tasks: list[str] = field(default_factory=lambda: list(_tasks()))
+    tasks: list[str] | None = None
     contrastive_weight: float = 0.1
     temperature: float = 0.1
     opt: str = "adam"
@@ -58,10 +58,11 @@ class IPTConfig(FinetuneConfig):
     weight_decay: float = 0.0
 
     def validate(self) -> None:
-        """The fine-tuning checks; known, distinct tasks; weight ≥ 0; temperature > 0."""
+        """The fine-tuning checks; known, distinct tasks (None: all the model's); weight ≥ 0;
+        temperature > 0."""
         super().validate()
         known = _tasks()
-        if (not isinstance(self.tasks, (list, tuple)) or not self.tasks
+        if self.tasks is not None and (not isinstance(self.tasks, (list, tuple)) or not self.tasks
                 or len(set(self.tasks)) != len(self.tasks)
                 or any(t not in known for t in self.tasks)):  # fmt: skip
             raise field_error("tasks", self.tasks, f"distinct names of {list(known)}")
@@ -150,7 +151,8 @@ def _check(model: nn.Module, data: Any, cfg: IPTConfig) -> str:
     if not isinstance(model, IPT):
         raise UnsupportedModelError(f"ipt pre-trains an IPT (ipt_cpu, ipt_base), not "
                                     f"{type(model).__name__}")  # fmt: skip
-    missing = [t for t in cfg.tasks if t not in model.tasks]
+    tasks = list(cfg.tasks or model.tasks)
+    missing = [t for t in tasks if t not in model.tasks]
     if missing:
         raise ConfigError(f"ipt: tasks {missing} have no head and tail in this IPT "
                           f"(its tasks: {list(model.tasks)})")  # fmt: skip
@@ -165,10 +167,10 @@ def _check(model: nn.Module, data: Any, cfg: IPTConfig) -> str:
         raise ConfigError("ipt pre-trains on an image-restoration bundle (load_data('sr', ...) "
                           "or 'denoise'): its clean crops are corrupted for each task")  # fmt: skip
     side = data.input_size[-1] * getattr(task, "scale", 1)
-    need = model.crop * max(task_scale(t) for t in cfg.tasks)
+    need = model.crop * max(task_scale(t) for t in tasks)
     if side < need:
         raise ConfigError(
-            f"ipt: the bundle's clean crops are {side} pixels; the tasks {cfg.tasks} need "
+            f"ipt: the bundle's clean crops are {side} pixels; the tasks {tasks} need "
             f"{need} (crop {model.crop} x the largest scale): raise patch_size"
         )
     return own if own in model.tasks else model.task
@@ -188,7 +190,8 @@ def apply_ipt(model: nn.Module, data: Any, cfg: IPTConfig) -> nn.Module:
     source, model = model, copy.deepcopy(model)
     record_transform(model, source, "ipt", {})
     model.set_task(eval_task)
-    hook = IPTPretrainHook(model, list(cfg.tasks), eval_task, cfg.contrastive_weight,
+    hook = IPTPretrainHook(model, list(cfg.tasks or model.tasks), eval_task,
+                           cfg.contrastive_weight,
                            cfg.temperature)  # fmt: skip
     finetune(model, data, cfg, [hook], method="ipt")
     return model.eval()
