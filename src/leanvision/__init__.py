@@ -27,6 +27,7 @@ from leanvision.engine import TrainResult, evaluate, train
 from leanvision.methods import compress, list_methods
 from leanvision.methods.saving import load, save
 from leanvision.models import create_model, list_models
+from leanvision.models.detection import create_detector
 from leanvision.profiling import Profile, profile
 from leanvision.search import SearchResult, search
 
@@ -39,6 +40,7 @@ __all__ = [
     "TrainResult",
     "analysis",
     "compress",
+    "create_detector",
     "create_model",
     "deploy",
     "evaluate",

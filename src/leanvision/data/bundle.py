@@ -121,6 +121,7 @@ class DataBundle:
             drop_last=drop_last,
             num_workers=self.num_workers,
             generator=generator,
+            collate_fn=self.task.collate if self.task is not None else None,
         )
         loader.lv_task = self.task  # lv.evaluate(model, data.test) measures the right task
         return loader

@@ -8,6 +8,7 @@ from typing import Any
 
 from leanvision.data.bundle import DataBundle
 from leanvision.data.cifar import build_cifar10
+from leanvision.data.digits_det import build_digits_det
 from leanvision.data.imagefolder import build_imagefolder
 from leanvision.data.mnist import build_mnist5k
 from leanvision.data.sr import build_denoise, build_sr
@@ -21,11 +22,13 @@ _BUILDERS: dict[str, Callable[..., dict]] = {
     "imagefolder": build_imagefolder,
     "sr": build_sr,
     "denoise": build_denoise,
+    "digits_det": build_digits_det,
 }
 # options only some datasets take (``load_data(name, ..., **options)``)
 _OPTIONS: dict[str, tuple[str, ...]] = {
     "sr": ("scale", "train_set", "test_set", "patch_size", "repeat"),
     "denoise": ("sigma", "train_set", "test_set", "patch_size", "repeat"),
+    "digits_det": ("n_train", "n_val", "n_test", "canvas_size", "max_digits"),
 }
 
 
@@ -89,7 +92,9 @@ def load_data(
             and ``repeat`` (16 crops per image and epoch); its val and test loaders take one
             whole image per batch. ``"denoise"`` (Gaussian colour denoising on the same images,
             see ``build_denoise``) takes ``sigma`` (30, on 0-255), ``train_set``, ``test_set``
-            (BSD100), ``patch_size`` (48) and ``repeat``.
+            (BSD100), ``patch_size`` (48) and ``repeat``. ``"digits_det"`` (detection canvases
+            made from the embedded MNIST digits, see ``build_digits_det``) takes ``n_train``,
+            ``n_val``, ``n_test``, ``canvas_size`` (64) and ``max_digits`` (4).
 
     Returns:
         A :class:`DataBundle`.

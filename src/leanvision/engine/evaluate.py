@@ -58,11 +58,12 @@ def evaluate(
             x, y = move_to(x, device), move_to(y, device)
             if channels_last and isinstance(x, torch.Tensor) and x.dim() == 4:
                 x = x.contiguous(memory_format=torch.channels_last)
+            args = task.model_args(x, y, training=False)
             if i == 0:
                 size = tuple(x.shape) if isinstance(x, torch.Tensor) else ()
-                out = guarded_forward(model, x, size)
+                out = guarded_forward(model, args[0] if len(args) == 1 else args, size)
             else:
-                out = model(x)
+                out = model(*args)
             metrics.update(out, y)
             n += task.batch_size(x, y)
     finally:

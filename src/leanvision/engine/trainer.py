@@ -542,11 +542,13 @@ class Trainer:
         ctx = StepContext(inputs=x, targets=y)
         self._call("before_forward", ctx)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+            args = self.task.model_args(ctx.inputs, ctx.targets, training=True)
             if self._input_checked:
-                ctx.outputs = self.train_model(ctx.inputs)
+                ctx.outputs = self.train_model(*args)
             else:  # first step: a wrong-shaped input becomes a clear InputShapeError
                 size = tuple(x.shape) if isinstance(x, torch.Tensor) else ()
-                ctx.outputs = guarded_forward(self.train_model, ctx.inputs, size)
+                ctx.outputs = guarded_forward(self.train_model, args[0] if len(args) == 1
+                                              else args, size)  # fmt: skip
                 self._input_checked = True
             ctx.losses["task"] = self.task.loss(ctx.outputs, ctx.targets)
             self._call("on_loss", ctx)

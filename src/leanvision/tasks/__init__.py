@@ -2,11 +2,13 @@
 
 from .base import Metrics, Task, move_to, task_metrics
 from .classification import Classification, logits_of
+from .detection import Detection
 from .super_resolution import Denoising, SuperResolution, y_channel
 
 __all__ = [
     "Classification",
     "Denoising",
+    "Detection",
     "Metrics",
     "SuperResolution",
     "Task",

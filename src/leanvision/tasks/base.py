@@ -50,6 +50,17 @@ class Task(ABC):
         inputs, targets = batch
         return inputs, targets
 
+    def model_args(self, inputs: Any, targets: Any, training: bool) -> tuple[Any, ...]:
+        """The positional arguments of the model's forward for a batch; default
+        ``(inputs,)``. A detector takes its targets too while training (torchvision's)."""
+        return (inputs,)
+
+    def collate(self, samples: list[Any]) -> Any:
+        """Put a loader batch together from dataset items; default: torch's default collate."""
+        from torch.utils.data import default_collate
+
+        return default_collate(samples)
+
     def batch_size(self, inputs: Any, targets: Any) -> int:
         """Number of samples in a batch (weights the epoch means)."""
         first = inputs[0] if isinstance(inputs, (list, tuple)) else inputs

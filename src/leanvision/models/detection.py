@@ -1,0 +1,87 @@
+"""Detectors from torchvision's detection heads on any timm backbone (``features_only``) + FPN.
+
+``create_detector("fcos", backbone="resnet18", num_classes=10, image_size=64)`` builds
+torchvision's FCOS (or ``"retinanet"``) on the timm backbone's feature maps at the strides
+``out_indices`` picks, joined by torchvision's feature pyramid network; random initialisation
+(nothing is downloaded). Images are taken at ``image_size`` as given (the detector's own
+resizing is set to that size, its normalisation to the identity: the data bundle normalises).
+Labels are 0 .. num_classes - 1, as the :class:`~leanvision.tasks.Detection` task's.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Any
+
+import timm
+import torch
+from torch import nn
+
+from leanvision.errors import ConfigError
+
+__all__ = ["DETECTORS", "TimmFPN", "create_detector"]
+
+DETECTORS = ("fcos", "retinanet")
+
+
+class TimmFPN(nn.Module):
+    """A timm backbone's feature maps (``features_only``) through a feature pyramid network;
+    ``out_channels`` (what torchvision's heads read) is ``fpn_channels``."""
+
+    def __init__(self, backbone: nn.Module | str, out_indices: tuple[int, ...] = (2, 3, 4),
+                 fpn_channels: int = 64, **timm_kwargs: Any) -> None:  # fmt: skip
+        from torchvision.ops import FeaturePyramidNetwork
+
+        super().__init__()
+        if isinstance(backbone, str):
+            backbone = timm.create_model(backbone, features_only=True, out_indices=out_indices,
+                                         pretrained=False, **timm_kwargs)  # fmt: skip
+        if not hasattr(backbone, "feature_info"):
+            raise ConfigError("the backbone must be a timm features_only model (feature_info)")
+        self.body = backbone
+        self.strides = list(backbone.feature_info.reduction())
+        self.fpn = FeaturePyramidNetwork(list(backbone.feature_info.channels()), fpn_channels)
+        self.out_channels = fpn_channels
+
+    def forward(self, x: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
+        feats = self.body(x)
+        return self.fpn(OrderedDict((str(i), f) for i, f in enumerate(feats)))
+
+
+def create_detector(
+    kind: str = "fcos",
+    backbone: nn.Module | str = "resnet18",
+    num_classes: int = 80,
+    image_size: int = 640,
+    out_indices: tuple[int, ...] = (2, 3, 4),
+    fpn_channels: int = 64,
+    **kwargs: Any,
+) -> nn.Module:
+    """A torchvision detector (``kind``: ``"fcos"`` or ``"retinanet"``) on a timm backbone.
+
+    Args:
+        kind: The detection head.
+        backbone: A timm model name, or a timm ``features_only`` model (e.g. a pruned one).
+        num_classes: Object classes (no background class).
+        image_size: The images' side; the detector does not resize them.
+        out_indices: The backbone stages feeding the FPN.
+        fpn_channels: The FPN's width (a multiple of 32 for FCOS, whose head uses GroupNorm(32)).
+        kwargs: More options of the torchvision detector (e.g. ``score_thresh``).
+    """
+    from torchvision.models.detection import FCOS, RetinaNet
+    from torchvision.models.detection.anchor_utils import AnchorGenerator
+
+    if kind not in DETECTORS:
+        raise ConfigError(f"kind={kind!r} is not allowed; allowed: {list(DETECTORS)}")
+    if kind == "fcos" and fpn_channels % 32:
+        raise ConfigError(f"fpn_channels={fpn_channels}: FCOS's head normalises in 32 groups, so "
+                          "it must be a multiple of 32")  # fmt: skip
+    body = TimmFPN(backbone, out_indices, fpn_channels)
+    sizes = tuple((s,) if kind == "fcos" else (s * 4,) for s in body.strides)
+    anchors = AnchorGenerator(sizes, ((1.0,) if kind == "fcos" else (0.5, 1.0, 2.0),) * len(sizes))
+    common = dict(min_size=image_size, max_size=image_size, image_mean=[0.0, 0.0, 0.0],
+                  image_std=[1.0, 1.0, 1.0], anchor_generator=anchors)  # fmt: skip
+    cls = FCOS if kind == "fcos" else RetinaNet
+    model = cls(body, num_classes, **{**common, **kwargs})
+    model.num_classes = num_classes
+    return model
