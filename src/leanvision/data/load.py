@@ -8,6 +8,7 @@ from typing import Any
 
 from leanvision.data.bundle import DataBundle
 from leanvision.data.cifar import build_cifar10
+from leanvision.data.coco128 import build_coco128
 from leanvision.data.digits_det import build_digits_det
 from leanvision.data.imagefolder import build_imagefolder
 from leanvision.data.mnist import build_mnist5k
@@ -23,6 +24,7 @@ _BUILDERS: dict[str, Callable[..., dict]] = {
     "sr": build_sr,
     "denoise": build_denoise,
     "digits_det": build_digits_det,
+    "coco128": build_coco128,
 }
 # options only some datasets take (``load_data(name, ..., **options)``)
 _OPTIONS: dict[str, tuple[str, ...]] = {
@@ -94,7 +96,9 @@ def load_data(
             see ``build_denoise``) takes ``sigma`` (30, on 0-255), ``train_set``, ``test_set``
             (BSD100), ``patch_size`` (48) and ``repeat``. ``"digits_det"`` (detection canvases
             made from the embedded MNIST digits, see ``build_digits_det``) takes ``n_train``,
-            ``n_val``, ``n_test``, ``canvas_size`` (64) and ``max_digits`` (4).
+            ``n_val``, ``n_test``, ``canvas_size`` (64) and ``max_digits`` (4). ``"coco128"``
+            (``root`` holding ``coco128.zip``, see ``build_coco128``) letterboxes to
+            ``image_size`` (320) and tests on the val2017 half.
 
     Returns:
         A :class:`DataBundle`.
