@@ -56,6 +56,7 @@ _OUR_MODULES = (
     "bimlp",
     "mbnas",
     "edsr",
+    "ipt",
 )
 
 

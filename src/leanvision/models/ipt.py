@@ -30,6 +30,8 @@ from torch import nn
 
 from leanvision.errors import ConfigError
 
+from ._device import DeviceLike, build_on
+
 __all__ = ["IPT", "IPT_TASKS", "task_scale"]
 
 IPT_TASKS = ("sr2", "sr3", "sr4", "noise30", "noise50")
@@ -73,6 +75,7 @@ class IPT(nn.Module):
         overlap: Pixels two neighbouring crops share when an image is chopped.
         task: The task to run first (default the first of ``tasks``); ``set_task`` changes it.
         num_classes: Must be 0 (an image-to-image model; timm's builder passes it).
+        device, dtype: where and in what floating dtype the parameters are created.
     """
 
     def __init__(
@@ -89,6 +92,8 @@ class IPT(nn.Module):
         task: str | None = None,
         num_classes: int = 0,
         in_chans: int = 3,
+        device: DeviceLike = None,
+        dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
         if num_classes:
@@ -107,31 +112,33 @@ class IPT(nn.Module):
                               f"0 <= overlap={overlap} < crop")  # fmt: skip
         self.tasks, self.n_feats, self.crop, self.patch_dim = tasks, n_feats, crop, patch_dim
         self.overlap, self.num_classes, self.in_chans = overlap, 0, 3
-        dim = n_feats * patch_dim * patch_dim
-        tokens = (crop // patch_dim) ** 2
-        self.heads = nn.ModuleDict({
-            t: nn.Sequential(nn.Conv2d(3, n_feats, 3, padding=1), _ResBlock5(n_feats),
-                             _ResBlock5(n_feats))
-            for t in tasks
-        })  # fmt: skip
-        self.tails = nn.ModuleDict({t: _tail(t, n_feats) for t in tasks})
-        self.pos = nn.Parameter(torch.zeros(1, tokens, dim))
-        self.task_embed = nn.Parameter(torch.zeros(len(tasks), tokens, dim))
-        nn.init.trunc_normal_(self.pos, std=0.02)
-        nn.init.trunc_normal_(self.task_embed, std=0.02)
-        hidden = int(dim * mlp_ratio)
-        self.encoder = nn.TransformerEncoder(
-            nn.TransformerEncoderLayer(dim, num_heads, hidden, dropout=0.0, batch_first=True,
-                                       norm_first=True),
-            enc_layers, enable_nested_tensor=False,
-        )  # fmt: skip
-        self.decoder = nn.TransformerDecoder(
-            nn.TransformerDecoderLayer(dim, num_heads, hidden, dropout=0.0, batch_first=True,
-                                       norm_first=True),
-            dec_layers,
-        )  # fmt: skip
-        self.register_buffer("task_index", torch.zeros((), dtype=torch.long))
+        with build_on(device, dtype):
+            dim = n_feats * patch_dim * patch_dim
+            tokens = (crop // patch_dim) ** 2
+            self.heads = nn.ModuleDict({
+                t: nn.Sequential(nn.Conv2d(3, n_feats, 3, padding=1), _ResBlock5(n_feats),
+                                 _ResBlock5(n_feats))
+                for t in tasks
+            })  # fmt: skip
+            self.tails = nn.ModuleDict({t: _tail(t, n_feats) for t in tasks})
+            self.pos = nn.Parameter(torch.zeros(1, tokens, dim))
+            self.task_embed = nn.Parameter(torch.zeros(len(tasks), tokens, dim))
+            nn.init.trunc_normal_(self.pos, std=0.02)
+            nn.init.trunc_normal_(self.task_embed, std=0.02)
+            hidden = int(dim * mlp_ratio)
+            self.encoder = nn.TransformerEncoder(
+                nn.TransformerEncoderLayer(dim, num_heads, hidden, dropout=0.0, batch_first=True,
+                                           norm_first=True),
+                enc_layers, enable_nested_tensor=False,
+            )  # fmt: skip
+            self.decoder = nn.TransformerDecoder(
+                nn.TransformerDecoderLayer(dim, num_heads, hidden, dropout=0.0, batch_first=True,
+                                           norm_first=True),
+                dec_layers,
+            )  # fmt: skip
+            self.register_buffer("task_index", torch.zeros((), dtype=torch.long))
         self.last_features: torch.Tensor | None = None
+        self._task_i = 0  # the task's index as a Python int (the buffer holds it for saving)
         if task is not None:
             self.set_task(task)
 
@@ -140,14 +147,19 @@ class IPT(nn.Module):
     @property
     def task(self) -> str:
         """The task whose head and tail run."""
-        return self.tasks[int(self.task_index)]
+        return self.tasks[self._task_i]
 
     def set_task(self, task: str) -> IPT:
         """Run ``task``'s head and tail from now on (saved with the weights); returns self."""
         if task not in self.tasks:
             raise ConfigError(f"task {task!r} is not one of this IPT's {list(self.tasks)}")
-        self.task_index.fill_(self.tasks.index(task))
+        self._task_i = self.tasks.index(task)
+        self.task_index.fill_(self._task_i)  # saved with the weights
         return self
+
+    def _load_from_state_dict(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        super()._load_from_state_dict(*args, **kwargs)
+        self._task_i = int(self.task_index)  # the loaded task
 
     @property
     def scale(self) -> int:
@@ -164,7 +176,7 @@ class IPT(nn.Module):
         d, n = self.patch_dim, p // self.patch_dim
         tokens = F.unfold(f, d, stride=d).transpose(1, 2)  # (B, N, C·d²)
         memory = self.encoder(tokens + self.pos)
-        query = memory + self.task_embed[self.task_index].unsqueeze(0)
+        query = memory + self.task_embed[self._task_i].unsqueeze(0)
         out = self.decoder(query, memory)
         if self.training:
             self.last_features = out
