@@ -93,3 +93,21 @@ def test_one_trainer_trains_and_evaluates_a_torchvision_detector():
         create_detector("yolo")
     with pytest.raises(ConfigError, match="multiple of 32"):
         create_detector("fcos", fpn_channels=48)
+
+
+def test_a_detector_saves_loads_and_profiles(tmp_path):
+    torch.manual_seed(0)
+    model = lv.create_detector("retinanet", "resnet18", num_classes=5, image_size=64,
+                               fpn_channels=32, score_thresh=0.0).eval()  # fmt: skip
+    assert model.lv_spec["name"] == "retinanet_detector"
+    lv.save(model, tmp_path / "det.pt")
+    back = lv.load(tmp_path / "det.pt").eval()
+    state, loaded = model.state_dict(), back.state_dict()
+    assert state.keys() == loaded.keys() and all(torch.equal(state[k], loaded[k]) for k in state)
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        a, b = model(x), back(x)
+    assert len(a[0]["boxes"]) > 0 and torch.equal(a[0]["boxes"], b[0]["boxes"])
+    assert lv.profile(model, input_size=(3, 64, 64), threads=1).macs > 0
+    with pytest.raises(ConfigError, match="no pretrained weights"):
+        lv.create_model("fcos_detector", pretrained=True)

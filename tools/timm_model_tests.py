@@ -67,7 +67,7 @@ LV_EXCLUDE_JIT_FILTERS: list[str] = [
 # (Every model torch.fx traces: nothing is added to EXCLUDE_FX_FILTERS.)
 # Image-to-image models (super-resolution: no classifier, the output is an image): timm's
 # tests are written for classifiers; tests/test_timm_contract.py checks what applies to them.
-LV_EXCLUDE_FILTERS: list[str] = ["edsr_*", "srnet_*", "ipt_*"]
+LV_EXCLUDE_FILTERS: list[str] = ["edsr_*", "srnet_*", "ipt_*", "*_detector"]
 
 # Added when the test file first calls list_models, before it builds its parameter lists from
 # them (each list here is defined above that first call in timm's file).

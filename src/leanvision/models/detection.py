@@ -15,6 +15,7 @@ from typing import Any
 
 import timm
 import torch
+from timm.models import register_model
 from torch import nn
 
 from leanvision.errors import ConfigError
@@ -48,13 +49,13 @@ class TimmFPN(nn.Module):
         return self.fpn(OrderedDict((str(i), f) for i, f in enumerate(feats)))
 
 
-def create_detector(
-    kind: str = "fcos",
-    backbone: nn.Module | str = "resnet18",
-    num_classes: int = 80,
-    image_size: int = 640,
-    out_indices: tuple[int, ...] = (2, 3, 4),
-    fpn_channels: int = 64,
+def _build(
+    kind: str,
+    backbone: nn.Module | str,
+    num_classes: int,
+    image_size: int,
+    out_indices: tuple[int, ...],
+    fpn_channels: int,
     **kwargs: Any,
 ) -> nn.Module:
     """A torchvision detector (``kind``: ``"fcos"`` or ``"retinanet"``) on a timm backbone.
@@ -85,3 +86,56 @@ def create_detector(
     model = cls(body, num_classes, **{**common, **kwargs})
     model.num_classes = num_classes
     return model
+
+
+_TIMM_ARGS = ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir")
+
+
+def _registered(kind: str, pretrained: bool, kwargs: dict[str, Any]) -> nn.Module:
+    if pretrained:
+        raise ConfigError("leanvision's detectors have no pretrained weights (pretrained=False)")
+    for key in _TIMM_ARGS:  # timm's factory passes these; a detector has no pretrained config
+        kwargs.pop(key, None)
+    opts = {"backbone": "resnet18", "num_classes": 80, "image_size": 640,
+            "out_indices": (2, 3, 4), "fpn_channels": 64, **kwargs}  # fmt: skip
+    opts["out_indices"] = tuple(opts["out_indices"])
+    return _build(kind, **opts)
+
+
+@register_model
+def fcos_detector(pretrained: bool = False, **kwargs: Any) -> nn.Module:
+    """torchvision's FCOS on a timm backbone + FPN (see :func:`create_detector`)."""
+    return _registered("fcos", pretrained, kwargs)
+
+
+@register_model
+def retinanet_detector(pretrained: bool = False, **kwargs: Any) -> nn.Module:
+    """torchvision's RetinaNet on a timm backbone + FPN (see :func:`create_detector`)."""
+    return _registered("retinanet", pretrained, kwargs)
+
+
+def create_detector(
+    kind: str = "fcos",
+    backbone: nn.Module | str = "resnet18",
+    num_classes: int = 80,
+    image_size: int = 640,
+    out_indices: tuple[int, ...] = (2, 3, 4),
+    fpn_channels: int = 64,
+    **kwargs: Any,
+) -> nn.Module:
+    """A torchvision detector (``kind``: ``"fcos"`` or ``"retinanet"``) on a timm backbone,
+    built through :func:`leanvision.create_model` (``"<kind>_detector"``) so that
+    :func:`leanvision.save` records how to rebuild it (with a backbone given by name).
+
+    Args: see :func:`_build`.
+    """
+    if kind not in DETECTORS:
+        raise ConfigError(f"kind={kind!r} is not allowed; allowed: {list(DETECTORS)}")
+    if not isinstance(backbone, str):  # a module (e.g. pruned) is built directly: no record
+        return _build(kind, backbone, num_classes, image_size, tuple(out_indices), fpn_channels,
+                      **kwargs)  # fmt: skip
+    from leanvision.models import create_model
+
+    return create_model(f"{kind}_detector", backbone=backbone, num_classes=num_classes,
+                        image_size=image_size, out_indices=tuple(out_indices),
+                        fpn_channels=fpn_channels, **kwargs)  # fmt: skip
