@@ -111,3 +111,32 @@ def test_a_detector_saves_loads_and_profiles(tmp_path):
     assert lv.profile(model, input_size=(3, 64, 64), threads=1).macs > 0
     with pytest.raises(ConfigError, match="no pretrained weights"):
         lv.create_model("fcos_detector", pretrained=True)
+
+
+def test_a_pruned_backbone_inside_a_detector_trains_evaluates_saves_loads_and_profiles(tmp_path):
+    """Issue 23: a classifier pruned by l1_filter, plugged in as a detector's backbone."""
+    data = lv.load_data("digits_det", batch_size=4, n_train=8, n_val=4, n_test=4)
+    torch.manual_seed(0)
+    backbone = lv.create_model("test_resnet", num_classes=10)
+    pruned = lv.compress(backbone, "l1_filter", pruning_ratio=0.5, round_to=8,
+                         input_size=[3, 64, 64])  # fmt: skip
+    full = lv.create_detector("fcos", "test_resnet", num_classes=10, image_size=64,
+                              fpn_channels=32)  # fmt: skip
+    det = lv.create_detector("fcos", pruned, num_classes=10, image_size=64, fpn_channels=32)
+    widths = [b[0].in_channels for b in det.backbone.fpn.inner_blocks]
+    assert all(w < f for w, f in zip(widths, [b[0].in_channels for b in
+                                               full.backbone.fpn.inner_blocks]))  # fmt: skip
+    assert det.lv_spec["kwargs"]["backbone"]["history"][0]["method"] == "l1_filter"
+    res = lv.train(det, data, epochs=1, max_steps=2, lr=0.01, progress=False)
+    scores = lv.evaluate(res.model, data.test)
+    assert set(scores) == {"map", "map50", "map75", "n"}
+    lv.save(res.model, tmp_path / "pruned_det.pt")
+    back = lv.load(tmp_path / "pruned_det.pt").eval()
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        a, b = res.model.eval()(x), back(x)
+    assert torch.equal(a[0]["scores"], b[0]["scores"])
+    macs = lv.profile(back, input_size=(3, 64, 64), threads=1).macs
+    assert 0 < macs < lv.profile(full, input_size=(3, 64, 64), threads=1).macs
+    with pytest.raises(ConfigError, match="forward_intermediates"):
+        lv.create_detector("fcos", torch.nn.Conv2d(3, 8, 3), num_classes=10, image_size=64)

@@ -105,7 +105,9 @@ def rebuild(arch: dict[str, Any], *, source: str = "the architecture record") ->
     """Build the (untrained) architecture described by a saved ``arch`` record.
 
     Args:
-        arch: ``{"spec": {"name", "kwargs"}, "history": [{"method", "arch"}, ...]}``.
+        arch: ``{"spec": {"name", "kwargs"}, "history": [{"method", "arch"}, ...]}``; a kwarg
+            that is itself such a record (``{"spec", "history"}``, e.g. a detector's pruned
+            backbone) is rebuilt first and passed as the module.
         source: What the record came from, named in error messages (e.g. the file).
 
     Raises:
@@ -116,6 +118,9 @@ def rebuild(arch: dict[str, Any], *, source: str = "the architecture record") ->
     spec, history = _check_arch(arch, source)
     # the saved weights replace any pretrained ones: never download them to rebuild
     kwargs = {**spec.get("kwargs", {}), "pretrained": False}
+    for key, value in kwargs.items():  # a part with a record of its own (a detector's backbone)
+        if isinstance(value, Mapping) and set(value) == {"spec", "history"}:
+            kwargs[key] = rebuild(dict(value), source=f"{source} ({key})")
     try:
         model = create_model(spec["name"], **kwargs)
     except Exception as e:  # unknown name, bad kwargs: the file cannot be rebuilt here
