@@ -86,6 +86,35 @@ def _sr_data() -> DataBundle:
     )  # fmt: skip
 
 
+class CountingCanvases(CountingImages):
+    """``n`` fixed random 3×32×32 images, each with one or two boxes (detection)."""
+
+    def __init__(self, n: int, seed: int) -> None:
+        super().__init__(n, seed)
+        self.x = torch.rand(n, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        self.reads += 1
+        boxes = torch.tensor([[2.0, 3.0, 14.0, 17.0], [10.0, 12.0, 30.0, 31.0]])[: 1 + i % 2]
+        return self.x[i], {"boxes": boxes, "labels": self.y[i].repeat(len(boxes))}
+
+
+def _det_data() -> DataBundle:
+    from leanvision.tasks import Detection
+
+    return DataBundle(
+        name="synthetic-det", train_set=CountingCanvases(N_TRAIN, 0),
+        val_set=CountingCanvases(4, 1), test_set=CountingCanvases(4, 2), num_classes=10,
+        input_size=(3, 32, 32), mean=(0.0,) * 3, std=(1.0,) * 3, class_names=[],
+        batch_size=BATCH, task=Detection(10),
+    )  # fmt: skip
+
+
+def _det(backbone: str = "test_efficientnet") -> nn.Module:
+    return lv.create_detector("retinanet", backbone, num_classes=10, image_size=32,
+                              fpn_channels=16)  # fmt: skip
+
+
 def _edsr() -> nn.Module:
     return lv.create_model("srnet_custom", arch={"width": 8, "blocks": [["conv", 8]] * 2})
 
@@ -127,6 +156,7 @@ CASES: dict[str, tuple[str, Any, dict[str, Any], int]] = {
     "ghostsr": ("ghostsr", _edsr, {"finetune_epochs": 30}, 1),
     "fadn": ("fadn", _edsr, {"finetune_epochs": 30, "tile": 4}, 1),
     "ipt": ("ipt", _ipt, {"finetune_epochs": 30}, 1),
+    "defeat": ("defeat", _det, {"teacher": _det("test_resnet")}, 1),
     "drnet": ("drnet", _cnn, {"finetune_epochs": 30, "resolutions": [16, 12, 8]}, 1),
     "kd": ("kd", _cnn, {"teacher": _cnn()}, 1),
     "l1_filter": ("l1_filter", _cnn, {"finetune_epochs": 30, "pruning_ratio": 0.25}, 1),
@@ -189,6 +219,7 @@ def test_max_steps_caps_every_stage(case):
     torch.manual_seed(0)
     model = build()
     data = _sr_data() if method in ("ghostsr", "fadn", "ipt") else _data()
+    data = _det_data() if method == "defeat" else data
     before = _snapshot(model)
     teacher = hparams.get("teacher")
     teacher_before = _snapshot(teacher) if teacher is not None else None

@@ -31,6 +31,7 @@ BAD = {
     "winograd_adder": ("p_reach", 0.0),
     "bnn_ste": ("exclude", "conv1"),
     "deit_kd": ("kind", "medium"),
+    "defeat": ("feat_bg_weight", -1.0),
     "dynamicvit": ("keep_ratio", 1.5),
     "fda": ("terms_end", 3),
     "feature_kd": ("beta", -1.0),

@@ -19,6 +19,7 @@ from .registry import (
 from . import distillation, drnet, fadn, ghost, ghostsr, ipt, lowbit, pruning, search  # noqa: F401
 from .common import FinetuneConfig
 from .config import MethodConfig
+from .distillation.defeat import DeFeatConfig
 from .distillation.feature_kd import FeatureKDConfig
 from .distillation.kd import DeiTConfig, KDConfig
 from .distillation.manifold_kd import ManifoldKDConfig
@@ -44,6 +45,7 @@ __all__ = [
     "AdderQuantConfig",
     "BinaryConfig",
     "DRNetConfig",
+    "DeFeatConfig",
     "DeiTConfig",
     "DynamicViTConfig",
     "FADNConfig",

@@ -1,0 +1,39 @@
+"""Smoke test of benchmarks/defeat_digits.py: the teacher, the three student arms on both seeds
+and the report run a few steps each on a few canvases (the real runs take hours)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+
+@pytest.fixture()
+def bench(smoke_benchmark):
+    return smoke_benchmark("defeat_digits")
+
+
+def test_defeat_benchmark_smoke(bench):
+    with pytest.raises(SystemExit, match="run `teacher` first"):
+        bench.main(["student", "--arm", "defeat", "--seed", "0"])
+    bench.main(["teacher"])
+    for arm in bench.ARMS:
+        for seed in bench.SEEDS:
+            bench.main(["student", "--arm", arm, "--seed", str(seed)])
+    bench.main(["report"])
+    out = json.loads((bench.OUT / "defeat_digits" / "results.json").read_text())
+    rows = {r["name"]: r for r in out["models"]}
+    assert list(rows) == ["teacher"] + [f"{a}_s{s}" for a in bench.ARMS for s in bench.SEEDS]
+    assert all(set(r["metrics"]) == {"map", "map50", "map75"} for r in rows.values())
+    assert rows["defeat_s1"]["baseline"] == "alone_s1"
+    assert rows["alone_s0"]["macs"] < rows["teacher"]["macs"]
+    assert "DeFeat > foreground-only > alone" in out["run"]["notes"][1]
+
+
+def test_defeat_benchmark_runs_on_coco128(bench):
+    for step in [["teacher"]] + [["student", "--arm", a, "--seed", str(s)] for a in bench.ARMS
+                                 for s in bench.SEEDS] + [["report"]]:  # fmt: skip
+        bench.main(["--data", "coco128", *step])
+    out = json.loads((bench.OUT / "defeat_coco128" / "results.json").read_text())
+    assert {r["dataset"] for r in out["models"]} == {"coco128"}
+    assert "coco128: 115 training images" in out["run"]["notes"][-1]
