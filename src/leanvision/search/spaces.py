@@ -18,6 +18,11 @@
   blocks), the operators (per block an EDSR conv block, a depthwise-separable or an inverted
   residual block) and the widths (the trunk width and each block's inner width as a multiple
   of it). Choices of blocks past ``depth`` are unused.
+* ``hitdet_fcos``: FCOS detectors for small images (:mod:`leanvision.models.hitdet`) in three
+  groups, Hit-Detector's components: per backbone block (eight, in four stages) an operation
+  (inverted residuals of kernel 3/5, expansion 1/3/6, dilated ones, separable convs, a dense
+  3x3 conv; ``skip`` for a stage's second block), per neck level and per head-tower layer one
+  of the same or ``skip``. About 4e13 architectures.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from leanvision.search.space import Choice, ModelSpec, SearchSpace
 
 __all__ = [
     "get_space",
+    "hitdet_fcos",
     "list_spaces",
     "mbv2_cifar",
     "register_space",
@@ -224,4 +230,38 @@ def sr_generator() -> SearchSpace:
             "operator": [f"b{i}_op" for i in range(n)],
             "channel": ["width", *(f"b{i}_mid" for i in range(n))],
         },
+    )
+
+
+@register_space("hitdet_fcos")
+def hitdet_fcos() -> SearchSpace:
+    from leanvision.models.hitdet import BLOCKS, OPS, WIDTHS
+
+    entry = tuple(o for o in OPS if o != "skip")
+    backbone = [Choice(f"bb{i}", entry if i % BLOCKS == 0 else OPS,
+                       "the block's operation" + ("" if i % BLOCKS == 0 else " or skip"))
+                for i in range(len(WIDTHS) * BLOCKS)]  # fmt: skip
+    neck = [Choice(f"neck{i}", OPS, "the pyramid level's output operation") for i in range(3)]
+    head = [Choice(f"head{i}", OPS, "the towers' layer operation") for i in range(3)]
+    choices = backbone + neck + head
+
+    def build(sample: dict) -> ModelSpec:
+        return ModelSpec("hitdet_detector", {
+            part: [sample[c.key] for c in group]
+            for part, group in (("backbone", backbone), ("neck", neck), ("head", head))
+        })  # fmt: skip
+
+    smallest = {c.key: "skip" if "skip" in c.options else "ir_k3_e1" for c in choices}
+    return SearchSpace(
+        "hitdet_fcos",
+        choices,
+        build,
+        description="FCOS detectors for small images: per backbone block, neck level and head "
+        "layer an operation (ir k3/k5 e1/e3/e6, dilated ir, sep k3/k5, conv3, skip)",
+        smallest=smallest,
+        groups={
+            "backbone": [c.key for c in backbone],
+            "neck": [c.key for c in neck],
+            "head": [c.key for c in head],
+        },  # fmt: skip
     )

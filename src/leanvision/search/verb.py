@@ -17,10 +17,14 @@ ENUMERATE_MAX = 4096  # a space without a declared smallest member is enumerated
 
 
 def build_kwargs(data: Any) -> dict[str, Any]:
-    """What a candidate needs from the data to be built: its classes and input channels."""
+    """What a candidate needs from the data to be built: its classes and input channels (and,
+    for a detector, the image size it takes)."""
     if data is None:
         return {}
-    return {"num_classes": data.num_classes, "in_chans": int(data.input_size[0])}
+    out = {"num_classes": data.num_classes, "in_chans": int(data.input_size[0])}
+    if getattr(getattr(data, "task", None), "name", "") == "detection":
+        out["image_size"] = int(data.input_size[-1])
+    return out
 
 
 def spec_macs(spec: ModelSpec, input_size: tuple[int, ...] | None = None, **build: Any) -> int:
