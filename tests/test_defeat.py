@@ -40,9 +40,9 @@ def test_decoupled_feature_loss_matches_the_papers_normalisation():
     m = [torch.zeros(2, 4, 4)]
     m[0][0, 1:3, 1:3] = 1  # 4 foreground positions out of 32
     fg, bg = decoupled_feature_loss(s, t, m)
-    err = (s[0] - t[0]).pow(2).sum(1)
-    assert torch.allclose(fg, (err * m[0]).sum() / 8)
-    assert torch.allclose(bg, (err * (1 - m[0])).sum() / 56)
+    sq, mask = (s[0] - t[0]).pow(2), m[0][:, None].expand(-1, 3, -1, -1)  # mask per element
+    assert torch.allclose(fg, sq[mask > 0].mean() / 2)  # the official code: 2 x masked elements
+    assert torch.allclose(bg, sq[mask == 0].mean() / 2)
     fg0, _ = decoupled_feature_loss(s, t, [torch.zeros(2, 4, 4)])
     assert fg0 == 0  # no boxes: no foreground term, and no division by zero
 

@@ -4,7 +4,9 @@ Guo et al., "Distilling Object Detectors via Decoupled Features", CVPR 2021 (arX
 The student imitates the teacher's feature pyramid at every level, with the positions inside the
 ground-truth boxes (foreground, mask ``M``) and the rest (background) as two terms of their own
 weight, ``L_fg = Σ M·(S−T)² / max(1, 2·ΣM)`` and ``L_bg = Σ (1−M)·(S−T)² / max(1, 2·Σ(1−M))``
-(squared errors summed over channels, the sums over positions), each averaged over the levels;
+with the mask repeated over the channels, so each is half the mean squared error over its
+elements (positions x channels), as the official ``batch_processor_kd`` normalises; each is
+averaged over the levels;
 a 1×1 adaptation conv maps the student's pyramid to the teacher's width where they differ. The
 classification outputs are distilled apart on positive and negative positions as well: a
 KL divergence at temperature ``T``, summed over the selected positions and divided by their
@@ -79,9 +81,9 @@ def decoupled_feature_loss(
     fg = bg = 0.0
     for s, t, m in zip(student, teacher, masks, strict=True):
         err = (s.float() - t.float()).pow(2).sum(1)  # (B, H, W): summed over channels
-        m = m.to(err.device)
-        fg = fg + (err * m).sum() / max(1.0, 2.0 * float(m.sum()))
-        bg = bg + (err * (1 - m)).sum() / max(1.0, 2.0 * float((1 - m).sum()))
+        m, c = m.to(err.device), s.shape[1]  # the mask counts every channel of a position
+        fg = fg + (err * m).sum() / max(1.0, 2.0 * c * float(m.sum()))
+        bg = bg + (err * (1 - m)).sum() / max(1.0, 2.0 * c * float((1 - m).sum()))
     return fg / len(student), bg / len(student)
 
 
