@@ -45,7 +45,9 @@ def test_mixed_op_sums_weighted_operations_and_skips_zeroed_ones():
     m.ops[1].register_forward_hook(lambda *a: calls.append(1))
     with torch.no_grad():
         out = m(x)
-        assert torch.allclose(out, 0.5 * m.ops[0](x) + 2.0 * x, atol=1e-6)
+        assert torch.allclose(out, (0.5 * m.ops[0](x) + 2.0 * x) / 2.5, atol=1e-6)  # ℓ1 = 1
+        m.alpha = m.alpha * 0.1  # a shrunk group: the same output
+        assert torch.allclose(m(x), out, atol=1e-6)
     assert calls == []  # a zero weight is not computed
     m.mode = "softmax"
     w = m.alpha.softmax(0)

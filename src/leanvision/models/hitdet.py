@@ -76,9 +76,10 @@ class MixedOp(nn.Module):
     """Every candidate operation at one position, their outputs summed with weights.
 
     ``alpha`` (a tensor, one entry per operation; set by the search, shared by positions that
-    are one choice) weighs them: as given (``mode="raw"``, group-sparsity screening; an entry
-    of exactly 0 skips its operation) or through a softmax (``mode="softmax"``, the joint
-    search). The operations' batch norms are not affine, so a weight cannot be undone by a
+    are one choice) weighs them: divided by its ℓ1 norm (``mode="raw"``, group-sparsity
+    screening: shrinking every weight together leaves the output as it was, so only the
+    operations' relative strengths matter; an entry of exactly 0 skips its operation) or
+    through a softmax (``mode="softmax"``, the joint search). The operations' batch norms are not affine, so a weight cannot be undone by a
     norm's scale (DARTS' practice). ``shapes`` records the inputs seen (for MACs counts).
     """
 
@@ -98,7 +99,9 @@ class MixedOp(nn.Module):
     def weights(self) -> torch.Tensor:
         if self.alpha is None:
             return torch.full((len(self.ops),), 1.0 / len(self.ops))
-        return self.alpha.softmax(0) if self.mode == "softmax" else self.alpha
+        if self.mode == "softmax":
+            return self.alpha.softmax(0)
+        return self.alpha / self.alpha.abs().sum().clamp_min(1e-12)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.shapes.add(tuple(x.shape[1:]))

@@ -19,8 +19,9 @@ Ours, on ``hitdet_fcos`` (:mod:`leanvision.models.hitdet`, FCOS for small images
 - Each component is screened on its own, the two others held at the hand design
   (:func:`~leanvision.models.hitdet.hand_design`), so a supernet holds one component's mixed
   positions at a time; then the joint supernet holds the three sub-spaces.
-- The screening weights are raw (not a softmax), trained by proximal gradient: a plain SGD
-  step on the detection loss, then the group soft-threshold ``a_g <- a_g * max(0, 1 -
+- The screening weights are raw (not a softmax) and each position's mix divides them by
+  their ℓ1 norm, so the group shrinkage changes no output by itself; they are trained by
+  proximal gradient: a plain SGD step on the detection loss, then the group soft-threshold ``a_g <- a_g * max(0, 1 -
   arch_lr * sparsity / ||a_g||)``, which sets whole groups to exactly zero (a zeroed operation
   is no longer computed). The paper does not publish its regulariser's form beyond "group
   sparsity"; this is the group lasso's proximal step.
