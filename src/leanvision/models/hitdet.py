@@ -79,8 +79,9 @@ class MixedOp(nn.Module):
     are one choice) weighs them: divided by its ℓ1 norm (``mode="raw"``, group-sparsity
     screening: shrinking every weight together leaves the output as it was, so only the
     operations' relative strengths matter; an entry of exactly 0 skips its operation) or
-    through a softmax (``mode="softmax"``, the joint search). The operations' batch norms are not affine, so a weight cannot be undone by a
-    norm's scale (DARTS' practice). ``shapes`` records the inputs seen (for MACs counts).
+    through a softmax (``mode="softmax"``, the joint search). The operations' batch norms are
+    not affine, so a weight cannot be undone by a norm's scale (DARTS' practice). ``shapes``
+    records the inputs seen (for MACs counts).
     """
 
     def __init__(self, names: Sequence[str], cin: int, cout: int, stride: int = 1) -> None:

@@ -21,10 +21,11 @@ Ours, on ``hitdet_fcos`` (:mod:`leanvision.models.hitdet`, FCOS for small images
   positions at a time; then the joint supernet holds the three sub-spaces.
 - The screening weights are raw (not a softmax) and each position's mix divides them by
   their ℓ1 norm, so the group shrinkage changes no output by itself; they are trained by
-  proximal gradient: a plain SGD step on the detection loss, then the group soft-threshold ``a_g <- a_g * max(0, 1 -
-  arch_lr * sparsity / ||a_g||)``, which sets whole groups to exactly zero (a zeroed operation
-  is no longer computed). The paper does not publish its regulariser's form beyond "group
-  sparsity"; this is the group lasso's proximal step.
+  proximal gradient: a plain SGD step on the detection loss, then the group soft-threshold
+  ``a_g <- a_g * max(0, 1 - arch_lr * sparsity * sqrt(|g|) / ||a_g||)``, which sets whole
+  groups to exactly zero (a zeroed operation is no longer computed). The paper does not
+  publish its regulariser's form beyond "group sparsity"; this is the group lasso's proximal
+  step.
 - Architecture weights and network weights learn from the same training batches (single-level,
   first order), not DARTS' alternation with a held-out split; the joint weights are frozen for
   ``arch_warmup_epochs`` while the network warms up.
