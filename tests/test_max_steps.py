@@ -170,6 +170,8 @@ CASES: dict[str, tuple[str, Any, dict[str, Any], int]] = {
     ),
     "patch_slimming": ("patch_slimming", _vit, {"tolerance": 0.1, "finetune_epochs": 30}, 1),
     "pkkd": ("pkkd", _cnn, {"finetune_epochs": 30}, 1),
+    "sfda_de": ("sfda_de", _cnn, {"finetune_epochs": 30}, 1),
+    "shot_im": ("shot_im", _cnn, {"finetune_epochs": 30}, 1),
     "scop-resample": ("scop", _cnn, {"finetune_epochs": 30, "pruning_ratio": 0.25}, 2),
     "scop-gaussian": (
         "scop",

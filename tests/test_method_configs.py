@@ -50,6 +50,8 @@ BAD = {
     "pkkd": ("T", 0.0),
     "ptq_vit": ("calib_split", "test"),
     "scop": ("target_macs_ratio", 1.5),
+    "sfda_de": ("shrinkage", 1.5),
+    "shot_im": ("diversity_weight", -1.0),
 }
 
 # Bad values of the fine-tuning options every training method shares.

@@ -13,6 +13,7 @@ from leanvision.data.digits_det import build_digits_det
 from leanvision.data.imagefolder import build_imagefolder
 from leanvision.data.mnist import build_mnist5k
 from leanvision.data.sr import build_denoise, build_sr
+from leanvision.data.usps import build_usps
 from leanvision.errors import ConfigError, UnknownDatasetError
 
 __all__ = ["list_datasets", "load_data"]
@@ -25,6 +26,7 @@ _BUILDERS: dict[str, Callable[..., dict]] = {
     "denoise": build_denoise,
     "digits_det": build_digits_det,
     "coco128": build_coco128,
+    "usps": build_usps,
 }
 # options only some datasets take (``load_data(name, ..., **options)``)
 _OPTIONS: dict[str, tuple[str, ...]] = {
@@ -98,7 +100,9 @@ def load_data(
             made from the embedded MNIST digits, see ``build_digits_det``) takes ``n_train``,
             ``n_val``, ``n_test``, ``canvas_size`` (64) and ``max_digits`` (4). ``"coco128"``
             (``root`` holding ``coco128.zip``, see ``build_coco128``) letterboxes to
-            ``image_size`` (320) and tests on the val2017 half.
+            ``image_size`` (320) and tests on the val2017 half. ``"usps"`` (``root`` holding
+            ``usps.h5``, see ``build_usps``): 16x16 digits normalised as MNIST, the target
+            domain of MNIST -> USPS adaptation (``image_size=28`` for an MNIST model).
 
     Returns:
         A :class:`DataBundle`.

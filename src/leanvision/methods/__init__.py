@@ -16,7 +16,9 @@ from .registry import (
 )
 
 # isort: split
-from . import distillation, drnet, fadn, ghost, ghostsr, ipt, lowbit, pruning, search  # noqa: F401
+from . import adaptation, distillation, drnet, fadn, ghost, ghostsr, ipt, lowbit, pruning, search  # noqa: F401
+from .adaptation.sfda_de import SFDADEConfig
+from .adaptation.shot_im import IMConfig
 from .common import FinetuneConfig
 from .config import MethodConfig
 from .distillation.defeat import DeFeatConfig
@@ -54,6 +56,7 @@ __all__ = [
     "FinetuneConfig",
     "GhostConfig",
     "GhostSRConfig",
+    "IMConfig",
     "IPTConfig",
     "Int8Config",
     "KDConfig",
@@ -66,6 +69,7 @@ __all__ = [
     "PKKDConfig",
     "PTQViTConfig",
     "PatchSlimConfig",
+    "SFDADEConfig",
     "ScopConfig",
     "compress",
     "get_method",
