@@ -142,6 +142,17 @@ def test_hit_detector_refuses_bad_input_at_the_door(digits):
         lv.search("hitdet_fcos", digits, "hit_detector", budget=1000)
 
 
+def test_head_towers_hold_no_batch_statistics():
+    """Every pyramid level runs through the same towers: their norms are group norms."""
+    net = lv.create_model("hitdet_detector", num_classes=10, image_size=64,
+                          head=["ir_k5_e6", "sep_k3", [*OPS]])  # fmt: skip
+    for tower in (net.head.classification_head.conv, net.head.regression_head.conv):
+        kinds = {type(m).__name__ for m in tower.modules()}
+        assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in tower.modules()), kinds
+        assert any(isinstance(m, torch.nn.GroupNorm) for m in tower.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in net.backbone.modules())
+
+
 def test_mixed_positions_follow_the_space_keys():
     both = [list(OPS)] * 3
     net = lv.create_model("hitdet_detector", num_classes=10, image_size=64,

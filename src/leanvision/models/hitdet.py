@@ -11,7 +11,8 @@ detector together. Ours is CPU-sized, for small images (digits_det's 64x64 canva
   output layer is one operation (torchvision's FPN uses a plain 3x3 conv there).
 * **head**: torchvision's FCOS head whose classification and regression towers are
   ``len(head)`` operations (one choice per layer, separate weights per tower), in place of
-  FCOS's four GroupNorm convs.
+  FCOS's four GroupNorm convs; every pyramid level runs through the same towers, so their
+  operations normalise with group norms (batch statistics would mix the levels).
 
 The operations (Hit-Detector's primitives, after FBNet): inverted residuals ``ir_k{3,5}_e{1,3,6}``
 and dilated ``ir_k{3,5}_e3_d2``, depthwise-separable ``sep_k{3,5}``, a dense ``conv3``, and
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 import torch
@@ -52,23 +54,28 @@ OPS = ("ir_k3_e1", "ir_k3_e3", "ir_k3_e6", "ir_k5_e3", "ir_k5_e6", "ir_k3_e3_d2"
        "sep_k3", "sep_k5", "conv3", "skip")  # fmt: skip
 HEAD_OPS = OPS  # the neck and head take every operation (all are stride 1, width-preserving)
 WIDTHS, BLOCKS, STEM = (24, 40, 64, 96), 2, 16
+GROUPS = 8  # group norm's groups in the head towers (32, 96 and 192 channels divide by it)
 
 
-def make_op(name: str, cin: int, cout: int, stride: int = 1) -> nn.Module:
-    """The operation ``name`` from ``cin`` to ``cout`` channels at ``stride``."""
+def make_op(name: str, cin: int, cout: int, stride: int = 1, group_norm: bool = False
+            ) -> nn.Module:  # fmt: skip
+    """The operation ``name`` from ``cin`` to ``cout`` channels at ``stride``; its norms are
+    batch norms, or ``GROUPS``-group norms where ``group_norm`` (a head tower, which every
+    pyramid level shares: batch statistics would mix the levels)."""
     if name == "skip":
         if cin != cout or stride != 1:
             raise ConfigError(f"skip cannot change width or stride ({cin}->{cout}, s{stride})")
         return nn.Identity()
+    norm = {"norm_layer": partial(nn.GroupNorm, GROUPS)} if group_norm else {}
     if name == "conv3":
-        return ConvBnAct(cin, cout, 3, stride=stride)
+        return ConvBnAct(cin, cout, 3, stride=stride, **norm)
     kind, *parts = name.split("_")
     opts = {p[0]: int(p[1:]) for p in parts}
     if kind == "ir" and set(opts) <= {"k", "e", "d"} and "k" in opts and "e" in opts:
         return InvertedResidual(cin, cout, opts["k"], stride=stride, dilation=opts.get("d", 1),
-                                exp_ratio=float(opts["e"]))  # fmt: skip
+                                exp_ratio=float(opts["e"]), **norm)  # fmt: skip
     if kind == "sep" and set(opts) == {"k"}:
-        return DepthwiseSeparableConv(cin, cout, opts["k"], stride=stride, pw_act=True)
+        return DepthwiseSeparableConv(cin, cout, opts["k"], stride=stride, pw_act=True, **norm)
     raise ConfigError(f"unknown operation {name!r}; allowed: {list(OPS)}")
 
 
@@ -84,12 +91,13 @@ class MixedOp(nn.Module):
     records the inputs seen (for MACs counts).
     """
 
-    def __init__(self, names: Sequence[str], cin: int, cout: int, stride: int = 1) -> None:
+    def __init__(self, names: Sequence[str], cin: int, cout: int, stride: int = 1,
+                 group_norm: bool = False) -> None:  # fmt: skip
         super().__init__()
         self.names = list(names)
-        self.ops = nn.ModuleList(make_op(n, cin, cout, stride) for n in self.names)
+        self.ops = nn.ModuleList(make_op(n, cin, cout, stride, group_norm) for n in self.names)
         for m in self.ops.modules():
-            if isinstance(m, nn.BatchNorm2d):
+            if isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
                 m.affine = False
                 m.register_parameter("weight", None)
                 m.register_parameter("bias", None)
@@ -114,10 +122,11 @@ class MixedOp(nn.Module):
         return sum(w[i] * self.ops[i](x) for i in live)
 
 
-def _position(choice: str | Sequence[str], cin: int, cout: int, stride: int = 1) -> nn.Module:
+def _position(choice: str | Sequence[str], cin: int, cout: int, stride: int = 1,
+              group_norm: bool = False) -> nn.Module:  # fmt: skip
     if isinstance(choice, str):
-        return make_op(choice, cin, cout, stride)
-    return MixedOp(choice, cin, cout, stride)
+        return make_op(choice, cin, cout, stride, group_norm)
+    return MixedOp(choice, cin, cout, stride, group_norm)
 
 
 def positions(
@@ -171,7 +180,7 @@ class HitBody(nn.Module):
 
 
 def _tower(head: Sequence[Any], channels: int) -> nn.Sequential:
-    return nn.Sequential(*(_position(c, channels, channels) for c in head))
+    return nn.Sequential(*(_position(c, channels, channels, group_norm=True) for c in head))
 
 
 def _checked(choices: Any, what: str) -> list[Any]:
