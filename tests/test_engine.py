@@ -172,6 +172,7 @@ def test_a_checkpoint_from_before_stretches_says_what_it_leaves_out(mnist_small,
     assert record["unrecorded_epochs"] == 1
     assert record["unrecorded_train_s"] == pytest.approx(res.history[0]["time_s"])
     assert record["wall_s"] == pytest.approx(res.stretches[0]["wall_s"])
+    assert record["cpu_s"] == pytest.approx(res.stretches[0]["cpu_s"]) and record["cpu_s"] > 0
     assert "epoch 1 predates the stretch records" in training_note(record)
     assert "last stretch ran at commit abcdefabcd (dirty" in training_note(
         record, finished_at={"commit": "abcdefabcdef", "dirty": True}

@@ -158,6 +158,21 @@ def test_run_study_counts_completed_trials_reuses_duplicates_and_prunes(tmp_path
     assert len(more.candidates) == 35
 
 
+def test_search_cost_is_cpu_time_not_wall_time(tmp_path):
+    """A trial that waits (another job holding the cores, a paused worker) costs no CPU."""
+    study, objectives = _toy_study(tmp_path)
+
+    def evaluate(sample, spec, trial):
+        time.sleep(0.3)  # waiting: wall time, no CPU time
+        sum(i * i for i in range(200_000))  # working: both
+        return {"o0": sample["a"]}
+
+    result = run_study(study, toy_space(), objectives, evaluate, n_trials=2, progress=False)
+    fresh = [c for c in result.candidates if c.duplicate_of is None]
+    assert all(c.seconds >= 0.3 and 0 < c.cpu_seconds < c.seconds - 0.2 for c in fresh)
+    assert result.cpu_hours == pytest.approx(sum(c.cpu_seconds for c in fresh) / 3600)
+
+
 def test_run_study_gives_up_when_the_budget_prunes_everything(tmp_path, capsys):
     from leanvision.search.engine import MAX_ATTEMPTS_PER_TRIAL
 

@@ -148,7 +148,8 @@ def training_record(path: str | os.PathLike) -> dict[str, Any]:
     benchmark that times only its own call sees the last one. This reads them all.
 
     Returns:
-        ``epochs`` trained; ``wall_s``, the wall time of the recorded stretches;
+        ``epochs`` trained; ``wall_s``, the wall time of the recorded stretches; ``cpu_s``,
+        their CPU time (None when a stretch was recorded without it, by an older trainer);
         ``stretches``, their records; ``commits``, the distinct ``(commit, dirty)`` pairs
         they ran at, oldest first; ``unrecorded_epochs``, epochs trained before stretches
         were recorded (an older checkpoint), and ``unrecorded_train_s``, their training time
@@ -167,6 +168,11 @@ def training_record(path: str | os.PathLike) -> dict[str, Any]:
     return {
         "epochs": int(state["epoch"]),
         "wall_s": sum(float(r.get("wall_s", 0.0)) for r in stretches),
+        "cpu_s": (
+            sum(float(r["cpu_s"]) for r in stretches)
+            if all("cpu_s" in r for r in stretches)
+            else None
+        ),  # fmt: skip
         "stretches": stretches,
         "commits": commits,
         "unrecorded_epochs": first,

@@ -156,7 +156,9 @@ class TrainResult:
         steps: optimizer steps taken in total.
         stretches: one record per uninterrupted stretch of training, oldest first (empty
             without ``out_dir``): ``after_epoch`` (the epoch it resumed after, 0 for the
-            first), ``to_epoch``, ``wall_s``, ``started`` (UTC, ISO 8601) and ``git``
+            first), ``to_epoch``, ``wall_s``, ``cpu_s`` (the process's CPU time, every
+            thread: unlike the wall time, not inflated by other jobs sharing the cores or by a
+            paused process), ``started`` (UTC, ISO 8601) and ``git``
             (``commit``, ``dirty``, ``diff_sha256``). A checkpoint written before stretches
             were recorded yields none for its epochs.
     """
@@ -330,7 +332,7 @@ class Trainer:
 
     def _start_stretch(self) -> None:
         """Open this fit's record (after a resume); the git state only when it is saved."""
-        self._stretch_t0 = time.perf_counter()
+        self._stretch_t0, self._stretch_cpu0 = time.perf_counter(), time.process_time()
         git: dict[str, Any] = {}
         if self.out_dir is not None and self.dist.is_main:
             state = git_state()
@@ -355,6 +357,7 @@ class Trainer:
             **current,
             "to_epoch": self.epoch,
             "wall_s": time.perf_counter() - self._stretch_t0,
+            "cpu_s": time.process_time() - self._stretch_cpu0,
         }
         return [*self.past_stretches, now]
 

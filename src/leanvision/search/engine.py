@@ -42,7 +42,8 @@ WAIT_S = 1.0  # how often a worker with nothing left to start checks the others'
 
 @dataclass
 class Candidate:
-    """One completed trial: the sample, its spec, its objective values and every metric."""
+    """One completed trial: the sample, its spec, its objective values and every metric;
+    ``seconds`` its wall time, ``cpu_seconds`` its process CPU time (None if not recorded)."""
 
     number: int
     sample: dict[str, Any]
@@ -51,6 +52,7 @@ class Candidate:
     metrics: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
     duplicate_of: int | None = None
+    cpu_seconds: float | None = None
 
 
 @dataclass
@@ -59,9 +61,10 @@ class SearchResult:
 
     ``best``: the best completed candidate on the first objective; ``pareto``: the candidates
     no other candidate beats on every objective (Optuna's ``best_trials``; with one objective,
-    the best); ``candidates``: every completed trial; ``cpu_hours``: the summed trial time
-    times the threads each used, a lower bound of the search's cost (supernet training, when a
-    method has one, is added by the method).
+    the best); ``candidates``: every completed trial; ``cpu_hours``: the trials' summed CPU
+    time (the worker process's, every thread; a trial recorded before CPU time was, by its
+    wall time times its threads), so jobs sharing the cores do not inflate it (supernet
+    training, when a method has one, is added by the method, counted the same way).
     """
 
     space: SearchSpace
@@ -110,6 +113,7 @@ def _candidate(t: Any, space: SearchSpace, objectives: Sequence[Objective]) -> C
         metrics=dict(t.user_attrs.get("lv_metrics", {})),
         seconds=float(t.user_attrs.get("lv_seconds", 0.0)),
         duplicate_of=t.user_attrs.get("lv_duplicate_of"),
+        cpu_seconds=t.user_attrs.get("lv_cpu_seconds"),
     )
 
 
@@ -122,8 +126,8 @@ def collect(study: Any, space: SearchSpace, objectives: Sequence[Objective]) -> 
     by_number = {c.number: c for c in candidates}
     pareto = [by_number[t.number] for t in study.best_trials] if candidates else []
     threads = [float(t.user_attrs.get("lv_threads", 1)) for t in done]
-    seconds = [c.seconds for c in candidates]
-    cpu_h = sum(s * n for s, n in zip(seconds, threads, strict=True)) / 3600.0
+    cpu_h = sum(c.seconds * n if c.cpu_seconds is None else c.cpu_seconds
+                for c, n in zip(candidates, threads, strict=True)) / 3600.0  # fmt: skip
     return SearchResult(space, list(objectives), study, candidates, pareto, cpu_h)
 
 
@@ -167,9 +171,10 @@ def run_study(
                 trial.set_user_attr("lv_metrics", t.user_attrs.get("lv_metrics", {}))
                 values = list(t.values)
                 return values if len(values) > 1 else values[0]
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         metrics = evaluate(sample, spec, trial)
         trial.set_user_attr("lv_seconds", time.perf_counter() - start)
+        trial.set_user_attr("lv_cpu_seconds", time.process_time() - cpu)
         trial.set_user_attr("lv_metrics", _jsonable(metrics))
         missing = [o.name for o in objectives if o.name not in metrics]
         if missing:

@@ -18,6 +18,7 @@ __all__ = [
     "method_study",
     "objectives_for",
     "seed_for",
+    "stage_cpu_hours",
     "train_candidate",
     "train_stage",
 ]
@@ -74,6 +75,14 @@ def seed_for(config: SearchConfig, ctx: SearchContext) -> int:
     """The sampler's seed: the config's for the default (one-process) storage; mixed with the
     pid for a shared storage, so that concurrent workers do not propose the same samples."""
     return config.seed if ctx.storage is None else config.seed * 100_003 + os.getpid()
+
+
+def stage_cpu_hours(record: dict[str, Any], threads: int) -> float:
+    """A training stage's CPU-hours from its :func:`~leanvision.engine.training_record`: its
+    CPU time, or (a record without one) its wall time times its threads."""
+    if record.get("cpu_s") is not None:
+        return float(record["cpu_s"]) / 3600.0
+    return float(record["wall_s"]) * threads / 3600.0
 
 
 def check_budget(trial: Any, macs: int, ctx: SearchContext) -> None:

@@ -35,6 +35,7 @@ from leanvision.methods.search.common import (
     SearchConfig,
     method_study,
     objectives_for,
+    stage_cpu_hours,
     train_stage,
 )
 from leanvision.methods.search.oneshot import train_supernet
@@ -167,7 +168,7 @@ def run_dcnas(space: SearchSpace, data: Any, config: DCNASConfig, ctx: SearchCon
         progress=ctx.progress,
     )  # fmt: skip
     stretches = [record, *cluster_records.values()]
-    supernet_h = sum(r["wall_s"] for r in stretches) * threads / 3600.0
+    supernet_h = sum(stage_cpu_hours(r, threads) for r in stretches)
     result.extra.update(
         supernet=net, clusters={k: cluster_of[k] for k in cluster_of},
         oneshot_scores=plain, supernet_record=record, cluster_records=cluster_records,

@@ -55,6 +55,7 @@ from leanvision.errors import ConfigError
 from leanvision.methods.search.common import (
     SearchConfig,
     method_study,
+    stage_cpu_hours,
     train_candidate,
     train_stage,
 )
@@ -290,10 +291,6 @@ def derive(probs: dict[str, list[float]], names: dict[str, list[str]],
     return {k: names[k][i] for k, i in pick.items()}, total()
 
 
-def _stage_hours(record: dict[str, Any], threads: int) -> float:
-    return record["wall_s"] * threads / 3600
-
-
 @register_search_method(
     "hit_detector",
     paper="Guo et al., Hit-Detector: Hierarchical Trinity Architecture Search for Object "
@@ -328,7 +325,7 @@ def run_hit_detector(space: SearchSpace, data: Any, config: HitDetConfig,
             kept = hook.ranking()[: config.keep]
             done.write_text(json.dumps({"norms": hook.groups(), "died": hook.died, "kept": kept,
                                         "ranking": hook.ranking(),
-                                        "cpu_hours": _stage_hours(record, threads)},
+                                        "cpu_hours": stage_cpu_hours(record, threads)},
                                        indent=1))  # fmt: skip
         screened[part] = json.loads(done.read_text())
         hours += screened[part]["cpu_hours"]
@@ -356,7 +353,7 @@ def run_hit_detector(space: SearchSpace, data: Any, config: HitDetConfig,
         chosen, total = derive(probs, names, macs, fixed_macs, ctx.budget_macs)
         joint = {"options": options, "probs": probs, "names": names, "macs": macs,
                  "fixed_macs": fixed_macs, "chosen": {**single, **chosen}, "expected_macs": total,
-                 "cpu_hours": _stage_hours(record, threads)}  # fmt: skip
+                 "cpu_hours": stage_cpu_hours(record, threads)}  # fmt: skip
         joint_file.write_text(json.dumps(joint, indent=1))
     joint = json.loads(joint_file.read_text())
     hours += joint["cpu_hours"]

@@ -34,6 +34,7 @@ from leanvision.methods.search.common import (
     method_study,
     objectives_for,
     seed_for,
+    stage_cpu_hours,
     train_stage,
 )
 from leanvision.search import (
@@ -122,7 +123,7 @@ def run_hournas(space: SearchSpace, data: Any, config: HourNASConfig, ctx: Searc
         study, space, objectives, scorer(net, best_vital), n_trials=ctx.n_trials,
         threads=threads, progress=ctx.progress,
     )  # fmt: skip
-    supernet_h = (vital_record["wall_s"] + rest_record["wall_s"]) * threads / 3600.0
+    supernet_h = stage_cpu_hours(vital_record, threads) + stage_cpu_hours(rest_record, threads)
     result.extra.update(
         supernet=net, vital=best_vital, vital_result=vital_result,
         supernet_records={"vital": vital_record, "rest": rest_record},

@@ -25,6 +25,7 @@ from leanvision.methods.search.common import (
     check_budget,
     method_study,
     seed_for,
+    stage_cpu_hours,
     train_stage,
 )
 from leanvision.search import (
@@ -117,7 +118,7 @@ def oneshot_search(
         study, space, objectives, evaluate, n_trials=ctx.n_trials, threads=threads,
         progress=ctx.progress,
     )  # fmt: skip
-    supernet_h = record["wall_s"] * threads / 3600.0
+    supernet_h = stage_cpu_hours(record, threads)
     result.extra.update(supernet=net, supernet_record=record, supernet_cpu_hours=supernet_h)
     result.cpu_hours += supernet_h
     return result
