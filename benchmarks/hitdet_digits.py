@@ -43,7 +43,7 @@ OUT = ROOT / "benchmarks" / "results" / "hitdet_digits"
 SMOKE = False  # tests set it: a few steps everywhere
 
 DATA_ARGS = {"n_train": 2000, "n_val": 200, "n_test": 500, "batch_size": 16}
-SEARCH = {"screen_epochs": 2, "search_epochs": 4, "arch_warmup_epochs": 1, "epochs": 1,
+SEARCH = {"screen_epochs": 3, "search_epochs": 4, "arch_warmup_epochs": 1, "epochs": 1,
           "keep": 4, "sparsity": 0.05, "cost_weight": 0.5}  # fmt: skip
 SCHEDULE = {"epochs": 12, "lr": 0.002, "opt": "adamw", "weight_decay": 0.05, "warmup_epochs": 1}
 SEEDS = (0, 1)
@@ -76,7 +76,7 @@ def cmd_search(args: argparse.Namespace) -> None:
     data = _data()
     hp = dict(SEARCH)
     if SMOKE:
-        hp.update(screen_epochs=1, search_epochs=2, max_steps=1)
+        hp.update(screen_epochs=2, search_epochs=2, max_steps=1)
     torch.manual_seed(0)
     result = lv.search("hitdet_fcos", data, "hit_detector", budget=_budget(data),
                        out_dir=RUNS / "search", progress=sys.stderr.isatty(),

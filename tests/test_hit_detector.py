@@ -110,7 +110,7 @@ def test_derive_takes_the_argmax_then_repairs_the_budget():
 def test_hit_detector_search_end_to_end_resumes_and_fits_the_budget(digits, tmp_path):
     hand = lv.create_model("hitdet_detector", num_classes=10, image_size=64).eval()
     budget = count_ops(hand, (3, 64, 64)).macs
-    kw = {"budget": budget, "out_dir": tmp_path, "screen_epochs": 1, "search_epochs": 2,
+    kw = {"budget": budget, "out_dir": tmp_path, "screen_epochs": 2, "search_epochs": 2,
           "arch_warmup_epochs": 1, "max_steps": 1, "progress": False, "keep": 3}  # fmt: skip
     torch.manual_seed(0)
     res = lv.search("hitdet_fcos", digits, "hit_detector", **kw)
@@ -136,6 +136,8 @@ def test_hit_detector_refuses_bad_input_at_the_door(digits):
         lv.search("hitdet_fcos", lv.load_data("mnist5k", max_train=8), "hit_detector")
     with pytest.raises(ConfigError, match="arch_warmup_epochs=4"):
         lv.search("hitdet_fcos", digits, "hit_detector", search_epochs=4, arch_warmup_epochs=4)
+    with pytest.raises(ConfigError, match="screen_epochs=1"):
+        lv.search("hitdet_fcos", digits, "hit_detector", screen_epochs=1, arch_warmup_epochs=1)
     with pytest.raises(ConfigError, match="keep=0"):
         lv.search("hitdet_fcos", digits, "hit_detector", keep=0)
     with pytest.raises(ConfigError, match="smallest reachable"):
