@@ -15,7 +15,8 @@ foreground-only feature distillation, which beats the student alone; ``SEEDS`` s
 (the student's initialisation and the batch order; the canvases are fixed), the spread stated.
 All arms share the schedule (``SCHEDULE``); the teacher trains on the same data with it, for
 ``TEACHER_EPOCHS``. mAP is faster-coco-eval's mAP@[.5:.95] in percent. Latency: teacher and
-student side by side in one process, batch 1, one test image. On coco128 (115 training images
+student side by side in one process, batch 1: one timed call runs the first ``TIME_IMAGES`` (16)
+test images one by one, non-maximum suppression included. On coco128 (115 training images
 from scratch, no pretrained weights) every mAP is tiny: those numbers show the pipeline runs
 on real data, not the method's effect.
 """
