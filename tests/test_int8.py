@@ -50,7 +50,9 @@ def test_int8_auto_times_every_runtime_and_saves_its_graph(trained, mnist_small_
     q = lv.compress(trained, cfg, data=mnist_small_module)
     runs = supported("int8")  # leanvision's runtime where the CPU has AVX512-VNNI
     assert len(q.candidates) == len(runs) >= 3 and all("int8" in k for k in q.candidates)
-    assert q.candidates[q.backend] == min(q.candidates.values())  # the fastest is deployed
+    # the fastest is deployed; a key adds the native kernels the timing probe saw running
+    chosen = [k for k in q.candidates if k.startswith(q.backend)]
+    assert chosen and q.candidates[chosen[0]] == min(q.candidates.values())
     if not q.has_onnx:  # inductor or leanvision: no ONNX graph, and it says so
         with pytest.raises(ConfigError, match="no ONNX graph"):
             q.save_onnx(tmp_path / "int8.onnx")
