@@ -158,6 +158,15 @@ def test_run_study_counts_completed_trials_reuses_duplicates_and_prunes(tmp_path
     assert len(more.candidates) == 35
 
 
+def test_a_resumed_search_proposes_new_architectures(mnist_small, tmp_path):
+    """Extending a study in a new call (a new process) must not redraw its first samples."""
+    kw = {"budget": 30e6, "out_dir": tmp_path, "progress": False, "max_steps": 1,
+          "sampler": "random"}  # fmt: skip
+    for n in (1, 2, 3):
+        result = lv.search("mbv2_cifar", mnist_small, n_trials=n, **kw)
+    assert len(result.candidates) == 3 and result.distinct() == 3
+
+
 def test_search_cost_is_cpu_time_not_wall_time(tmp_path):
     """A trial that waits (another job holding the cores, a paused worker) costs no CPU."""
     study, objectives = _toy_study(tmp_path)

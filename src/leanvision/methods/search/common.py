@@ -99,16 +99,22 @@ def method_study(
     sampler: Any = None, study: str | None = None,
 ) -> tuple[Any, list[Objective]]:  # fmt: skip
     """The method's study on ``ctx``'s storage (created or resumed) and its objectives;
-    ``sampler`` defaults to the config's, seeded by :func:`seed_for`."""
+    ``sampler`` defaults to the config's, seeded by :func:`seed_for`, plus the trials the study
+    already holds when it resumes (a sampler seeded as before would propose the same first
+    architectures again: duplicates, which cost nothing and add nothing)."""
     from leanvision.search import make_sampler, open_storage, open_study
 
     objectives = objectives_for(config, data)
-    if sampler is None:
+    default = sampler is None
+    if default:
         sampler = make_sampler(config.sampler, seed_for(config, ctx))
     opened = open_study(
         space, objectives, storage=open_storage(ctx.storage, ctx.out_dir),
         study=study or ctx.study, method=method, sampler=sampler,
     )  # fmt: skip
+    done = len(opened.get_trials(deepcopy=False))
+    if default and done:  # resumed: the same seed would propose the first trials again
+        opened.sampler = make_sampler(config.sampler, seed_for(config, ctx) + done)
     return opened, objectives
 
 
