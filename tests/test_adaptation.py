@@ -52,6 +52,24 @@ def test_class_gaussians_are_the_shrunk_covariances():
     assert torch.allclose(chol[1] @ chol[1].T, want1, atol=1e-4)
 
 
+@pytest.mark.parametrize("on_sphere", [True, False])
+def test_surrogates_follow_the_class_gaussians(on_sphere):
+    from leanvision.methods.adaptation.sfda_de import SFDADEConfig, SFDADEHook
+
+    hook = SFDADEHook(None, SFDADEConfig(on_sphere=on_sphere, seed=0))
+    hook.anchors = F.normalize(torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]), dim=1)
+    hook.chol = torch.stack([torch.eye(3) * 0.05, torch.eye(3) * 0.05])
+    feats, labels = hook.surrogates(torch.tensor([3000, 1000]))
+    assert labels.tolist() == [0] * 3000 + [1] * 1000
+    mean0 = feats[:3000].mean(0)
+    assert torch.allclose(F.normalize(mean0, dim=0), hook.anchors[0], atol=0.01)
+    norms = feats.norm(dim=1)
+    if on_sphere:  # projected onto the unit sphere, where the target features lie
+        assert torch.allclose(norms, torch.ones_like(norms))
+    else:  # a Gaussian around a unit anchor: norms above one on average, spread 0.05
+        assert norms.mean() > 1.0 and abs(feats[:3000, 1].std().item() - 0.05) < 0.005
+
+
 def test_cdd_is_intra_class_mmd_minus_inter_class_mmd():
     torch.manual_seed(0)
     x = torch.randn(12, 5)

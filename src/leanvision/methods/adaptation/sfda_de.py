@@ -20,6 +20,9 @@ Ours, where the paper is not specific or we depart:
 - Per batch, as many surrogate features are drawn for a pseudo-class as the batch holds target
   samples of it; the kernels' bandwidths follow CAN (``kernel_num`` Gaussians, spaced by
   ``kernel_mul``, around the batch's mean squared distance).
+- The surrogates are projected onto the unit sphere (``on_sphere``), where the normalised
+  target features lie: a Gaussian around a unit anchor has a mean norm above one, a class of
+  unit features a mean below one, and CDD would otherwise spend itself on that gap.
 - ``pseudo_weight`` > 0 adds cross-entropy on the pseudo-labels (0 by default: CDD alone).
 """
 
@@ -137,14 +140,19 @@ class SFDADEHook(FeatureHook):
         self.centres, labels = spherical_kmeans(feats_all, self.anchors, cfg.kmeans_iters)
         self.chol = class_gaussians(feats_all, labels, len(self.anchors), cfg.shrinkage)
 
+    def surrogates(self, counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``counts[c]`` features sampled from class c's estimated source Gaussian (on the
+        sphere if ``on_sphere``), and their labels."""
+        labels = torch.repeat_interleave(torch.arange(len(counts)), counts)
+        eps = torch.randn(len(labels), self.anchors.shape[1], generator=self.generator)
+        feats = self.anchors[labels] + (self.chol[labels] @ eps[..., None])[..., 0]
+        return (F.normalize(feats, dim=1) if self.cfg.on_sphere else feats), labels
+
     def on_loss(self, trainer: Any, ctx: StepContext) -> None:
         super().on_loss(trainer, ctx)
         f = F.normalize(ctx.extras["features"].float(), dim=1)
         labels = (f.detach().cpu() @ self.centres.T).argmax(1)
-        counts = torch.bincount(labels, minlength=len(self.anchors))
-        s_labels = torch.repeat_interleave(torch.arange(len(counts)), counts)
-        eps = torch.randn(len(s_labels), f.shape[1], generator=self.generator)
-        surrogate = self.anchors[s_labels] + (self.chol[s_labels] @ eps[..., None])[..., 0]
+        surrogate, s_labels = self.surrogates(torch.bincount(labels, minlength=len(self.anchors)))
         dev = f.device
         ctx.losses["cdd"] = self.cfg.cdd_weight * cdd(
             f, labels.to(dev), surrogate.to(dev), s_labels.to(dev), self.cfg.kernel_num,
@@ -168,6 +176,7 @@ class SFDADEConfig(FinetuneConfig):
     kernel_num: int = 5
     kernel_mul: float = 2.0
     pseudo_weight: float = 0.0
+    on_sphere: bool = True
     finetune_epochs: int = 10
     lr: float = 0.01
 
