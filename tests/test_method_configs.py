@@ -52,6 +52,8 @@ BAD = {
     "scop": ("target_macs_ratio", 1.5),
     "sfda_de": ("shrinkage", 1.5),
     "shot_im": ("diversity_weight", -1.0),
+    "fedpu": ("pu_weight", -1.0),
+    "fedavg": ("labels", "unlabelled"),
 }
 
 # Bad values of the fine-tuning options every training method shares.

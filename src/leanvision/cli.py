@@ -1,4 +1,5 @@
-"""``leanvision <command>``: quickstart, train, compress, search, eval, profile, list, report."""
+"""``leanvision <command>``: quickstart, train, compress, search, fed, eval, profile, list,
+report."""
 
 from __future__ import annotations
 
@@ -128,6 +129,41 @@ def cmd_search(args: argparse.Namespace) -> None:
         f"spec: {best.spec.as_dict()}\n"
         f"Pareto front: trials {[c.number for c in result.pareto]} (timed side by side)\n"
         f"results: {path}\nreport: {path.parent / 'report.html'}"
+    )
+
+
+def cmd_fed(args: argparse.Namespace) -> None:
+    """A federation's server or one of its clients, as a real process (Flower over gRPC)."""
+    from pathlib import Path
+
+    import torch
+
+    import leanvision as lv
+    from leanvision.methods.federated.processes import run_client, run_server
+    from leanvision.recipe import _apply_override
+
+    hparams: dict = {}
+    for item in args.set or []:
+        _apply_override(hparams, item)
+    data = lv.load_data(args.data, **_given(
+        root=args.data_dir, batch_size=args.batch_size, max_train=args.max_train,
+        max_val=args.max_val, seed=args.seed,
+    ))  # fmt: skip
+    torch.manual_seed(args.seed)  # the server's initial model is the one sent to the clients
+    model = lv.create_model(args.model, num_classes=data.num_classes, in_chans=data.input_size[0])
+    if args.role == "client":
+        run_client(args.method, model, data, args.client_id, args.address,
+                   timeout_s=args.timeout, seed=args.seed, log=False, **hparams)  # fmt: skip
+        print(f"client {args.client_id}: the server ended the federation")
+        return
+    out = Path(args.out)
+    model = run_server(args.method, model, data, args.address, out_dir=str(out),
+                       resume=args.resume, seed=args.seed, **hparams)  # fmt: skip
+    lv.save(model, out / "model.pt")
+    last = model.lv_federation["history"][-1]
+    print(
+        f"{args.method}: {last['round']} rounds, val top-1 {last['val_top1']:.2f} %; "
+        f"global model: {out / 'model.pt'}, history: {out / 'history.json'}"
     )
 
 
@@ -317,6 +353,32 @@ def build_parser() -> argparse.ArgumentParser:
         help="a method hyper-parameter, e.g. sampler=nsga2 or max_steps=20",
     )  # fmt: skip
     se.set_defaults(fn=cmd_search, data=None)  # a recipe's data unless --data is given
+
+    fed = sub.add_parser("fed", help="a federation's server or client process (Flower)")
+    roles = fed.add_subparsers(dest="role", required=True)
+    for role, helptext in (
+        ("server", "serve a federation until its rounds are done; saves the global model"),
+        ("client", "be client --client-id of the federation at --address"),
+    ):
+        f = roles.add_parser(role, help=helptext)
+        f.add_argument("--method", default="fedpu", help="fedpu or fedavg")
+        f.add_argument("--model", required=True, help="the architecture every process builds")
+        _add_data_args(f)
+        f.add_argument("--max-train", type=int, default=None, help="training images dealt")
+        f.add_argument("--max-val", type=int, default=None, help="validation images (server)")
+        f.add_argument("--address", default="127.0.0.1:8080", help="the server's HOST:PORT")
+        f.add_argument("--seed", type=int, default=0, help="the same in every process")
+        f.add_argument(
+            "--set", action="append", default=[], metavar="KEY=VALUE",
+            help="a method option, the same in every process, e.g. num_clients=2 rounds=3",
+        )  # fmt: skip
+        if role == "server":
+            f.add_argument("--out", default="runs/fed", help="global model and history")
+            f.add_argument("--resume", action="store_true", help="continue from --out")
+        else:
+            f.add_argument("--client-id", type=int, required=True)
+            f.add_argument("--timeout", type=float, default=30.0, help="s to reach the server")
+        f.set_defaults(fn=cmd_fed)
 
     e = sub.add_parser("eval", help="evaluate a model (optionally from a checkpoint)")
     e.add_argument("--model", default=None, help="needed unless --checkpoint is a saved model")

@@ -16,7 +16,19 @@ from .registry import (
 )
 
 # isort: split
-from . import adaptation, distillation, drnet, fadn, ghost, ghostsr, ipt, lowbit, pruning, search  # noqa: F401
+from . import (  # noqa: F401
+    adaptation,
+    distillation,
+    drnet,
+    fadn,
+    federated,
+    ghost,
+    ghostsr,
+    ipt,
+    lowbit,
+    pruning,
+    search,
+)
 from .adaptation.sfda_de import SFDADEConfig
 from .adaptation.shot_im import IMConfig
 from .common import FinetuneConfig
@@ -27,6 +39,8 @@ from .distillation.kd import DeiTConfig, KDConfig
 from .distillation.manifold_kd import ManifoldKDConfig
 from .drnet import DRNetConfig
 from .fadn import FADNConfig
+from .federated.fedavg import FedAvgConfig
+from .federated.fedpu import FedPUConfig
 from .ghost import GhostConfig
 from .ghostsr import GhostSRConfig
 from .ipt import IPTConfig
@@ -51,6 +65,8 @@ __all__ = [
     "DeiTConfig",
     "DynamicViTConfig",
     "FADNConfig",
+    "FedAvgConfig",
+    "FedPUConfig",
     "FDAConfig",
     "FeatureKDConfig",
     "FinetuneConfig",

@@ -3,6 +3,7 @@
 from .base import Metrics, Task, move_to, task_metrics
 from .classification import Classification, logits_of
 from .detection import Detection
+from .pu import UNLABELLED, PositiveUnlabelled
 from .super_resolution import Denoising, SuperResolution, y_channel
 
 __all__ = [
@@ -10,8 +11,10 @@ __all__ = [
     "Denoising",
     "Detection",
     "Metrics",
+    "PositiveUnlabelled",
     "SuperResolution",
     "Task",
+    "UNLABELLED",
     "logits_of",
     "move_to",
     "task_metrics",
