@@ -44,7 +44,7 @@ MODEL = {"name": "resnet20_cifar", "in_chans": 1}
 SOURCE = {"epochs": 8, "lr": 0.1, "weight_decay": 5e-4, "opt": "sgd"}
 ADAPT = {"finetune_epochs": 3, "lr": 0.01, "weight_decay": 5e-4, "opt": "sgd"}
 METHODS = ("sfda_de", "shot_im")
-SEEDS = (0, 1)
+SEEDS = (0, 1, 2, 3, 4)
 COMMAND = " && ".join(["python benchmarks/sfda_mnist_usps.py source"]
                       + [f"python benchmarks/sfda_mnist_usps.py adapt --method {m} --seed {s}"
                          for m in METHODS for s in SEEDS]
