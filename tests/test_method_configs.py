@@ -54,6 +54,7 @@ BAD = {
     "shot_im": ("diversity_weight", -1.0),
     "fedpu": ("pu_weight", -1.0),
     "fedavg": ("labels", "unlabelled"),
+    "esvit": ("teacher_temp", 0.0),
 }
 
 # Bad values of the fine-tuning options every training method shares.

@@ -28,6 +28,7 @@ from . import (  # noqa: F401
     lowbit,
     pruning,
     search,
+    selfsup,
 )
 from .adaptation.sfda_de import SFDADEConfig
 from .adaptation.shot_im import IMConfig
@@ -55,6 +56,7 @@ from .pruning.l1_filter import L1FilterConfig
 from .pruning.manidp import ManiDPConfig
 from .pruning.patch_slimming import PatchSlimConfig
 from .pruning.scop import ScopConfig
+from .selfsup.esvit import ESViTConfig
 
 __all__ = [
     "AdderConfig",
@@ -64,6 +66,7 @@ __all__ = [
     "DeFeatConfig",
     "DeiTConfig",
     "DynamicViTConfig",
+    "ESViTConfig",
     "FADNConfig",
     "FedAvgConfig",
     "FedPUConfig",

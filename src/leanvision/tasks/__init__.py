@@ -4,6 +4,7 @@ from .base import Metrics, Task, move_to, task_metrics
 from .classification import Classification, logits_of
 from .detection import Detection
 from .pu import UNLABELLED, PositiveUnlabelled
+from .self_supervised import SelfSupervised
 from .super_resolution import Denoising, SuperResolution, y_channel
 
 __all__ = [
@@ -12,6 +13,7 @@ __all__ = [
     "Detection",
     "Metrics",
     "PositiveUnlabelled",
+    "SelfSupervised",
     "SuperResolution",
     "Task",
     "UNLABELLED",

@@ -16,7 +16,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
-import logging
 import math
 import shutil
 import socket
@@ -29,6 +28,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from rich.console import Console
 from torch import nn
 
 from leanvision.checks import check_int, check_real
@@ -53,7 +53,7 @@ __all__ = [
     "simulate",
 ]
 
-log = logging.getLogger("leanvision.federated")
+console = Console(stderr=True)
 
 
 @dataclass
@@ -316,8 +316,10 @@ class Federation:
         self.history.append(row)
         self._save(r)
         if self.cfg.log:
-            log.info("round %d/%d %s", r, self.cfg.rounds,
-                     " ".join(f"{k} {v:.4g}" for k, v in row.items() if k != "round"))  # fmt: skip
+            console.log(
+                f"round {r}/{self.cfg.rounds} "
+                + " ".join(f"{k} {v:.4g}" for k, v in row.items() if k != "round")
+            )
         return float(metrics.get("loss", float("nan"))), {k: float(v) for k, v in metrics.items()}
 
     def _save(self, server_round: int) -> None:
