@@ -12,15 +12,9 @@ import torch.nn.functional as F
 import leanvision as lv
 from leanvision.data.multicrop import MultiCrop
 from leanvision.errors import ConfigError
-from leanvision.methods.selfsup import (
-    ESViTConfig,
-    ESViTLearner,
-    backbone_tokens,
-    esvit_loss,
-    knn_accuracy,
-    linear_probe_accuracy,
-)
-from leanvision.methods.selfsup.esvit import dino_ce
+from leanvision.layers.self_distillation import dino_ce, esvit_loss
+from leanvision.methods.selfsup import ESViTConfig, knn_accuracy, linear_probe_accuracy
+from leanvision.models.self_distillation import SelfDistillationLearner, backbone_tokens
 
 TINY = (
     "l1,h1,d16,n1,s0,g0,p2,f7,a0,r8_l2,h2,d32,n1,s0,g0,p2,f7,a0,r8_l3,h2,d32,n1,s0,g0,p1,f7,a0,r8"
@@ -69,7 +63,7 @@ def test_region_loss_pairs_each_student_token_with_its_most_similar_teacher_toke
 
 
 def test_the_teacher_is_an_exponential_moving_average_of_the_student():
-    learner = ESViTLearner(_vil(), ESViTConfig(out_dim=16, hidden=8, bottleneck=4))
+    learner = SelfDistillationLearner(_vil(), out_dim=16, hidden=8, bottleneck=4)
     with torch.no_grad():
         for p in learner.student.parameters():
             p.add_(1.0)

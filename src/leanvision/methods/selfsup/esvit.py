@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from leanvision.checks import check_int, check_real
@@ -35,168 +34,9 @@ from leanvision.engine import Hook, train
 from leanvision.errors import ConfigError
 from leanvision.methods.config import MethodConfig
 from leanvision.methods.registry import record_transform, register_method
+from leanvision.models.self_distillation import SelfDistillationLearner
 
-__all__ = ["DINOHead", "ESViTConfig", "ESViTLearner", "backbone_tokens", "esvit_loss"]
-
-
-def backbone_tokens(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The pooled feature (B, C) and the final-stage region tokens (B, N, C) of a timm-style
-    backbone (``forward_features`` then ``forward_head(pre_logits=True)``): tokens (B, N, C)
-    less their prefix (class / global) tokens, or a feature map (NHWC as timm's Swin, NCHW as
-    a CNN) flattened."""
-    feats = model.forward_features(x)
-    pooled = model.forward_head(feats, pre_logits=True)
-    dim = int(getattr(model, "num_features", 0))
-    if feats.dim() == 4 and feats.shape[-1] == dim:  # NHWC (timm's Swin)
-        regions = feats.flatten(1, 2)
-    elif feats.dim() == 4 and feats.shape[1] == dim:  # NCHW (a CNN's map)
-        regions = feats.flatten(2).transpose(1, 2)
-    elif feats.dim() == 3:
-        prefix = int(getattr(model, "num_prefix_tokens", getattr(model, "nglo_last", 0)))
-        regions = feats[:, prefix:]
-    else:
-        raise ConfigError(
-            f"esvit needs a backbone whose forward_features gives tokens (B, N, C) or a "
-            f"feature map of num_features={dim} channels; {type(model).__name__} gave shape "
-            f"{tuple(feats.shape)}"
-        )
-    if pooled.dim() != 2 or regions.shape[1] < 1:
-        raise ConfigError(f"{type(model).__name__}: no pooled feature or no region tokens")
-    return pooled, regions
-
-
-class DINOHead(nn.Module):
-    """MLP (``dim`` → ``hidden`` → ``hidden`` → ``bottleneck``, GELU), ℓ2 normalisation and a
-    weight-normed linear layer to ``out_dim`` prototypes (DINO's head)."""
-
-    def __init__(self, dim: int, out_dim: int, hidden: int, bottleneck: int) -> None:
-        super().__init__()
-        self.mlp = nn.Sequential(
-            nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, hidden), nn.GELU(),
-            nn.Linear(hidden, bottleneck),
-        )  # fmt: skip
-        self.last = nn.utils.parametrizations.weight_norm(
-            nn.Linear(bottleneck, out_dim, bias=False)
-        )
-        self.last.parametrizations.weight.original0.data.fill_(1.0)
-        self.last.parametrizations.weight.original0.requires_grad_(False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.last(F.normalize(self.mlp(x), dim=-1))
-
-
-def dino_ce(teacher: torch.Tensor, student: torch.Tensor, center: torch.Tensor, t_temp: float,
-            s_temp: float) -> torch.Tensor:  # fmt: skip
-    """Mean cross-entropy between the centred, sharpened teacher distribution and the
-    student's (over the last dimension; the teacher gets no gradient)."""
-    target = F.softmax((teacher.detach() - center) / t_temp, dim=-1)
-    return -(target * F.log_softmax(student / s_temp, dim=-1)).sum(-1).mean()
-
-
-def esvit_loss(
-    s_view: list[torch.Tensor], t_view: list[torch.Tensor],
-    s_region: list[torch.Tensor], t_region: list[torch.Tensor],
-    s_tokens: list[torch.Tensor], t_tokens: list[torch.Tensor],
-    centers: tuple[torch.Tensor, torch.Tensor], t_temp: float, s_temp: float,
-    region_weight: float,
-) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
-    """(view loss, region loss) over every pair of a teacher global view t and a student view
-    s ≠ t: the view heads' cross-entropy, and the region heads' on each student token and its
-    most cosine-similar teacher token (matched on the backbone tokens)."""
-    view, region, pairs = 0.0, 0.0, 0
-    for ti, t_out in enumerate(t_view):
-        for si, s_out in enumerate(s_view):
-            if si == ti:
-                continue
-            view = view + dino_ce(t_out, s_out, centers[0], t_temp, s_temp)
-            if region_weight > 0:
-                sim = torch.einsum("bnc,bmc->bnm", F.normalize(s_tokens[si].detach(), dim=-1),
-                                   F.normalize(t_tokens[ti], dim=-1))  # fmt: skip
-                match = sim.argmax(-1)  # (B, N_s): the teacher token of each student token
-                t_matched = torch.gather(
-                    t_region[ti], 1, match[..., None].expand(-1, -1, t_region[ti].shape[-1])
-                )
-                region = region + dino_ce(t_matched, s_region[si], centers[1], t_temp, s_temp)
-            pairs += 1
-    if pairs == 0:
-        raise ConfigError("esvit needs at least two views per image (a global one and another)")
-    return view / pairs, region / pairs
-
-
-class ESViTLearner(nn.Module):
-    """The student backbone and heads, their momentum teacher, and the two centres; forward
-    on (B, V, C, H, W) views (the first ``global_crops`` global) returns the loss."""
-
-    def __init__(self, backbone: nn.Module, cfg: ESViTConfig) -> None:
-        super().__init__()
-        self.cfg = cfg
-        self.student = backbone
-        dim = int(getattr(backbone, "num_features", 0))
-        if dim <= 0:
-            raise ConfigError(f"{type(backbone).__name__} has no num_features (timm's)")
-        self.view_head = DINOHead(dim, cfg.out_dim, cfg.hidden, cfg.bottleneck)
-        self.region_head = DINOHead(dim, cfg.out_dim, cfg.hidden, cfg.bottleneck)
-        self.teacher = copy.deepcopy(backbone)
-        self.t_view_head = copy.deepcopy(self.view_head)
-        self.t_region_head = copy.deepcopy(self.region_head)
-        for module in self.teacher_modules():
-            for p in module.parameters():
-                p.requires_grad_(False)
-        self.register_buffer("view_center", torch.zeros(cfg.out_dim))
-        self.register_buffer("region_center", torch.zeros(cfg.out_dim))
-        self.last_terms: dict[str, float] = {}
-
-    def teacher_modules(self) -> tuple[nn.Module, ...]:
-        return self.teacher, self.t_view_head, self.t_region_head
-
-    def student_modules(self) -> tuple[nn.Module, ...]:
-        return self.student, self.view_head, self.region_head
-
-    def forward(self, views: torch.Tensor) -> torch.Tensor:
-        if views.dim() != 5:
-            raise ConfigError(f"esvit takes (B, V, C, H, W) views, got {tuple(views.shape)}")
-        cfg, g = self.cfg, self.cfg.global_crops
-        s_view, s_region, s_tokens = [], [], []
-        for v in range(views.shape[1]):
-            pooled, tokens = backbone_tokens(self.student, views[:, v])
-            s_view.append(self.view_head(pooled))
-            s_region.append(self.region_head(tokens) if cfg.region_weight > 0 else tokens)
-            s_tokens.append(tokens)
-        with torch.no_grad():
-            self.teacher.train(self.training)
-            t_view, t_region, t_tokens = [], [], []
-            for v in range(g):
-                pooled, tokens = backbone_tokens(self.teacher, views[:, v])
-                t_view.append(self.t_view_head(pooled))
-                t_region.append(self.t_region_head(tokens) if cfg.region_weight > 0 else tokens)
-                t_tokens.append(tokens)
-        view, region = esvit_loss(s_view, t_view, s_region, t_region, s_tokens, t_tokens,
-                                  (self.view_center, self.region_center), cfg.teacher_temp,
-                                  cfg.student_temp, cfg.region_weight)  # fmt: skip
-        if self.training:
-            self._update_centers(t_view, t_region)
-        self.last_terms = {
-            "view": float(view.detach()),
-            "region": float(torch.as_tensor(region).detach()),
-        }
-        return view + cfg.region_weight * region
-
-    @torch.no_grad()
-    def _update_centers(self, t_view: list[torch.Tensor], t_region: list[torch.Tensor]) -> None:
-        m = self.cfg.center_momentum
-        self.view_center.mul_(m).add_((1 - m) * torch.cat(t_view).mean(0))
-        if self.cfg.region_weight > 0:
-            flat = torch.cat([r.flatten(0, 1) for r in t_region])
-            self.region_center.mul_(m).add_((1 - m) * flat.mean(0))
-
-    @torch.no_grad()
-    def update_teacher(self, momentum: float) -> None:
-        """teacher ← momentum · teacher + (1 − momentum) · student (parameters and buffers)."""
-        for t_mod, s_mod in zip(self.teacher_modules(), self.student_modules(), strict=True):
-            for t, s in zip(t_mod.parameters(), s_mod.parameters(), strict=True):
-                t.mul_(momentum).add_(s.detach(), alpha=1 - momentum)
-            for t, s in zip(t_mod.buffers(), s_mod.buffers(), strict=True):
-                t.copy_(s)
+__all__ = ["ESViTConfig", "TeacherMomentum"]
 
 
 class TeacherMomentum(Hook):
@@ -205,7 +45,7 @@ class TeacherMomentum(Hook):
 
     name = "esvit_teacher"
 
-    def __init__(self, learner: ESViTLearner, start: float) -> None:
+    def __init__(self, learner: SelfDistillationLearner, start: float) -> None:
         self.learner, self.start = learner, start
 
     def after_optimizer_step(self, trainer: Any) -> None:
@@ -286,7 +126,12 @@ def apply_esvit(model: nn.Module, data: Any, cfg: ESViTConfig) -> nn.Module:
     (labels unread); returns the teacher backbone (DINO's choice), the classifier as given."""
     with torch.random.fork_rng():  # the heads' initialisation follows the seed
         torch.manual_seed(cfg.seed)
-        learner = ESViTLearner(copy.deepcopy(model), cfg)
+        learner = SelfDistillationLearner(
+            copy.deepcopy(model), out_dim=cfg.out_dim, hidden=cfg.hidden,
+            bottleneck=cfg.bottleneck, global_crops=cfg.global_crops,
+            teacher_temp=cfg.teacher_temp, student_temp=cfg.student_temp,
+            center_momentum=cfg.center_momentum, region_weight=cfg.region_weight,
+        )  # fmt: skip
     views = multicrop_bundle(data, cfg.global_crops, cfg.local_crops)
     train(
         learner, views, hooks=[TeacherMomentum(learner, cfg.teacher_momentum)],
