@@ -101,3 +101,17 @@ def test_reid_metrics_match_sklearn_under_the_camera_protocol():
     assert perfect["rank1"] == 100.0
     with pytest.raises(ConfigError, match="no query has a true match"):
         reid_metrics(q, q_pid, q_cam, g[:2], torch.tensor([0, 0]), torch.tensor([0, 0]))
+
+
+def test_proxy_views_alternate_cameras_and_carry_the_box_stripes():
+    from leanvision.data.reid_proxy import Identity, PersonViews
+
+    image = torch.randint(0, 255, (3, 100, 100), dtype=torch.uint8)
+    views = PersonViews([Identity(image, (20.0, 10.0, 40.0, 90.0))], jitter=0.0, fixed=True)
+    x, t = views[0]
+    assert x.shape == (4, 3, 64, 32) and t["cam"].tolist() == [0, 1, 0, 1]
+    rows = t["masks"][0, :, :, 0]  # without jitter the crop is the box: exact stripes
+    assert rows[0].nonzero().flatten().tolist() == list(range(0, 13))  # top 20 % of 64 rows
+    assert rows[1].sum() == 22 and rows[2].sum() == 29 and bool((rows.sum(0) == 1).all())
+    assert torch.equal(views[0][0], x)  # fixed views: the same every time
+    assert not torch.allclose(x[0], x[1])  # camera 1's style

@@ -94,6 +94,16 @@ class ReID(Task):
         self.margin, self.triplet_weight = margin, triplet_weight
         self.label_smoothing = label_smoothing
 
+    def split_batch(self, batch: Any) -> tuple[Any, Any]:
+        """``(images, targets)``; a batch of identities, (B, V, C, H, W) with targets of
+        (B, V, ...), is flattened to B·V images (P identities × K views, the batch-hard
+        triplet's sampling)."""
+        images, targets = batch
+        if images.dim() == 5:
+            images = images.flatten(0, 1)
+            targets = {k: v.flatten(0, 1) for k, v in targets.items()}
+        return images, targets
+
     def model_args(self, inputs: Any, targets: Any, training: bool) -> tuple[Any, ...]:
         masks = targets.get("masks") if isinstance(targets, dict) else None
         return (inputs,) if masks is None else (inputs, masks)

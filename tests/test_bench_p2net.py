@@ -1,0 +1,28 @@
+"""Smoke test of benchmarks/p2net_proxy.py: both models on both seeds (two steps on a few COCO128
+person identities) and the report (CMC and mAP on the proxy's test identities)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+
+@pytest.fixture()
+def bench(smoke_benchmark):
+    return smoke_benchmark("p2net_proxy")
+
+
+def test_p2net_benchmark_smoke(bench):
+    with pytest.raises(SystemExit, match="run `train --model p2net --seed 0`"):
+        bench.main(["report"])
+    for model in bench.MODELS:
+        for seed in bench.SEEDS:
+            bench.main(["train", "--model", model, "--seed", str(seed)])
+    bench.main(["report"])
+    out = json.loads((bench.OUT / "results.json").read_text())
+    rows = {r["name"]: r for r in out["models"]}
+    assert list(rows) == [f"{m}_s{s}" for m in bench.MODELS for s in bench.SEEDS]
+    assert rows["p2net_s1"]["baseline"] == "global_s1"
+    assert rows["global_s0"]["extra"]["queries"] == 12  # 6 identities x 2 camera-0 views
+    assert "on this COCO128 person proxy" in out["run"]["notes"][1]
