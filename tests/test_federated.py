@@ -22,6 +22,7 @@ from leanvision.methods.federated import (
     Federation,
     FedPUConfig,
     FedPUHook,
+    LocalClient,
     fedpu_risk,
     get_arrays,
     join,
@@ -245,3 +246,29 @@ def test_a_server_and_two_clients_on_localhost(tmp_path):
     history = json.loads((tmp_path / "fed" / "history.json").read_text())
     assert [row["round"] for row in history] == [1, 2]
     assert lv.load(tmp_path / "fed" / "model.pt") is not None
+
+
+class _FailsInRound2(LocalClient):
+    def fit(self, arrays, config):
+        if int(config["round"]) == 2:
+            raise RuntimeError("client lost its data")
+        return super().fit(arrays, config)
+
+
+def test_a_failed_round_is_an_error_and_the_last_good_round_is_kept(digits, tmp_path):
+    from leanvision.methods.federated import simulate
+
+    cfg = FedAvgConfig(num_clients=2, classes_per_client=5, rounds=3, max_steps=1,
+                       out_dir=str(tmp_path), log=False)  # fmt: skip
+    model = _tiny(digits)
+    fed = Federation(model, digits, cfg, "fedavg_positive")
+
+    def client(k):
+        c = make_client(model, digits, cfg, k, fedavg_setup(cfg, digits))
+        return _FailsInRound2(c.model, c.data, c.cfg, c.hooks, k)
+
+    with pytest.raises(LeanVisionError, match=r"round 2: 2 client\(s\) failed.*client lost its "
+                       r"data.*round 1 is kept in .*resume=True"):  # fmt: skip
+        simulate(fed, client)
+    state = torch.load(tmp_path / "global.pt", weights_only=False)
+    assert state["round"] == 1 and len(state["history"]) == 1

@@ -278,9 +278,13 @@ class Federation:
                 if failures:
                     first = failures[0]
                     why = first if isinstance(first, BaseException) else first[1]
+                    reason = " ".join(str(why).split())
+                    reason = reason if len(reason) < 400 else "..." + reason[-400:]
+                    r = outer.start_round + server_round
                     raise LeanVisionError(
-                        f"round {outer.start_round + server_round}: {len(failures)} client(s) "
-                        f"failed; the first: {why!r}"
+                        f"round {r}: {len(failures)} client(s) failed; the first: "
+                        f"{type(why).__name__}: {reason}. The global model of round {r - 1} "
+                        f"is kept in {outer.out_dir / 'global.pt'}; resume=True continues"
                     )
                 return super().aggregate_fit(server_round, results, failures)
 
