@@ -28,6 +28,16 @@ def test_defeat_benchmark_smoke(bench):
     assert rows["defeat_s1"]["baseline"] == "alone_s1"
     assert rows["alone_s0"]["macs"] < rows["teacher"]["macs"]
     assert "DeFeat > foreground-only > alone" in out["run"]["notes"][1]
+    assert not any("Sensitivity" in n for n in out["run"]["notes"])
+    for seed in bench.SEEDS:  # a sensitivity arm joins the report once all its seeds ran
+        bench.main(["student", "--arm", "defeat_bg3", "--seed", str(seed)])
+    bench.main(["report"])
+    out = json.loads((bench.OUT / "defeat_digits" / "results.json").read_text())
+    rows = {r["name"]: r for r in out["models"]}
+    assert rows["defeat_bg3_s1"]["extra"]["weights"] == {"feat_bg_weight": 3.0}
+    assert rows["defeat_bg3_s1"]["method_chain"] == ["defeat"]
+    assert "Sensitivity (not the paper's weights" in out["run"]["notes"][-1]
+    assert [r[0] for r in out["run"]["tables"][0]["rows"]][-2:] == ["defeat_bg3", "teacher"]
 
 
 def test_defeat_benchmark_runs_on_coco128(bench, monkeypatch):
