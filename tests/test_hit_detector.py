@@ -163,3 +163,19 @@ def test_mixed_positions_follow_the_space_keys():
     assert sorted(mixed) == ["head0", "head1", "neck0", "neck1", "neck2"]
     assert len(mixed["head0"]) == 2 and len(mixed["neck0"]) == 1  # two towers share a key
     assert hand_design()["head"] == ["conv3"] * 3
+
+
+def test_the_macs_term_is_linear_or_a_hinge_that_is_zero_within_the_budget():
+    macs = {"a": [30, 20, 0], "b": [30, 20, 0]}
+    linear = _hook("softmax", macs=macs, reference=100.0, cost_weight=1.0)
+    hinge = _hook("softmax", macs=macs, reference=100.0, cost_weight=1.0, cost_form="hinge",
+                  fixed_macs=50.0)  # fmt: skip
+    # uniform softmax: E[MACs] = 2 x (30 + 20 + 0) / 3 = 33.3; with 50 fixed, 83.3 <= 100
+    assert torch.allclose(linear.cost(), torch.tensor(100 / 3 / 100))
+    assert hinge.cost().item() == 0.0
+    with torch.no_grad():  # push both positions to the 30-MAC operation: 50 + 60 = 110
+        for a in hinge.alphas.values():
+            a.copy_(torch.tensor([20.0, 0.0, 0.0]))
+    assert torch.allclose(hinge.cost(), torch.tensor(0.1), atol=1e-4)
+    hinge.cost().backward()
+    assert hinge.alphas["a"].grad is not None and hinge.alphas["a"].grad.abs().sum() > 0

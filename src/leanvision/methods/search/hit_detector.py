@@ -51,7 +51,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from leanvision.checks import check_int, check_real
+from leanvision.checks import check_choice, check_int, check_real
 from leanvision.engine import Hook, StepContext
 from leanvision.errors import ConfigError
 from leanvision.methods.search.common import (
@@ -88,7 +88,8 @@ class ArchHook(Hook):
     def __init__(self, positions: dict[str, list[nn.Module]], mode: str, *, arch_lr: float,
                  sparsity: float = 0.0, macs: dict[str, list[int]] | None = None,
                  reference: float = 1.0, cost_weight: float = 0.0,
-                 warmup_epochs: int = 0, keep: int = 1) -> None:  # fmt: skip
+                 warmup_epochs: int = 0, keep: int = 1, cost_form: str = "linear",
+                 fixed_macs: float = 0.0) -> None:  # fmt: skip
         self.positions, self.mode, self.keep = positions, mode, keep
         self.died: dict[str, int] = {}  # operation -> the proximal step that zeroed its group
         self.steps = 0
@@ -97,6 +98,7 @@ class ArchHook(Hook):
         self.macs = {k: torch.tensor(v, dtype=torch.float32) for k, v in (macs or {}).items()}
         self.arch_lr, self.sparsity = arch_lr, sparsity
         self.reference, self.cost_weight, self.warmup_epochs = reference, cost_weight, warmup_epochs
+        self.cost_form, self.fixed_macs = cost_form, fixed_macs
         params = list(self.alphas.values())
         self.opt = (torch.optim.SGD(params, lr=arch_lr) if mode == "raw"
                     else torch.optim.Adam(params, lr=arch_lr, betas=(0.5, 0.999)))  # fmt: skip
@@ -144,7 +146,14 @@ class ArchHook(Hook):
 
     def on_loss(self, trainer: Any, ctx: StepContext) -> None:
         if self.mode == "softmax" and self.cost_weight > 0:
-            ctx.losses["macs"] = self.cost_weight * self.expected_macs() / self.reference
+            ctx.losses["macs"] = self.cost_weight * self.cost()
+
+    def cost(self) -> torch.Tensor:
+        """The resource term before its weight: E[MACs] / reference (``"linear"``), or
+        max(0, (fixed + E[MACs]) / reference − 1) (``"hinge"``: zero within the budget)."""
+        if self.cost_form == "hinge":
+            return torch.relu((self.fixed_macs + self.expected_macs()) / self.reference - 1)
+        return self.expected_macs() / self.reference
 
     def before_optimizer_step(self, trainer: Any) -> None:
         if self.epoch >= self.warmup_epochs:
@@ -193,7 +202,8 @@ class ArchHook(Hook):
 @dataclass
 class HitDetConfig(SearchConfig):
     """Screening (``screen_epochs`` per component, group ``sparsity``, ``keep`` operations per
-    component), the joint search (``search_epochs``, ``cost_weight``), the warm-up of both
+    component), the joint search (``search_epochs``, ``cost_weight``, ``cost_form``: the MACs
+    term linear in E[MACs] / budget, or a hinge that is zero within the budget), the warm-up of both
     (``arch_warmup_epochs``),
     the architecture weights' ``arch_lr`` (screening, SGD) and ``joint_arch_lr`` (Adam), and the
     found detector's scoring (``epochs``). The network trains with ``opt``/``lr``."""
@@ -207,6 +217,7 @@ class HitDetConfig(SearchConfig):
     arch_lr: float = 0.05
     joint_arch_lr: float = 3e-3
     cost_weight: float = 0.5
+    cost_form: str = "linear"
     arch_warmup_epochs: int = 1
     opt: str = "adamw"
     lr: float = 0.002
@@ -229,6 +240,7 @@ class HitDetConfig(SearchConfig):
         check_real("arch_lr", self.arch_lr, 0.0, lo_open=True)
         check_real("joint_arch_lr", self.joint_arch_lr, 0.0, lo_open=True)
         check_real("cost_weight", self.cost_weight, 0.0)
+        check_choice("cost_form", self.cost_form, ("linear", "hinge"))
 
     def check_inputs(self, data: Any) -> None:
         super().check_inputs(data)
@@ -348,12 +360,13 @@ def run_hit_detector(space: SearchSpace, data: Any, config: HitDetConfig,
         single = {k: v[0] for k, v in options.items() if len(v) == 1}
         net = _supernet(space, mixed_opts, {**fixed, **single}, data)
         macs = op_macs(net, size)
+        fixed_macs = _fixed_macs(space, mixed_opts, {**fixed, **single}, macs, data)
         hook = ArchHook(mixed_positions(net), "softmax", arch_lr=config.joint_arch_lr,
                         macs=macs, reference=reference, cost_weight=config.cost_weight,
-                        warmup_epochs=config.arch_warmup_epochs)  # fmt: skip
+                        warmup_epochs=config.arch_warmup_epochs, cost_form=config.cost_form,
+                        fixed_macs=fixed_macs)  # fmt: skip
         _, record = train_stage(net, data, config, ctx.out_dir / "joint", config.search_epochs,
                                 [hook], ctx)  # fmt: skip
-        fixed_macs = _fixed_macs(space, mixed_opts, {**fixed, **single}, macs, data)
         probs = {k: a.detach().softmax(0).tolist() for k, a in hook.alphas.items()}
         names = {k: mixed_positions(net)[k][0].names for k in probs}
         chosen, total = derive(probs, names, macs, fixed_macs, ctx.budget_macs)
