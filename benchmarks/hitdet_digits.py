@@ -45,6 +45,10 @@ SMOKE = False  # tests set it: a few steps everywhere
 DATA_ARGS = {"n_train": 2000, "n_val": 200, "n_test": 500, "batch_size": 16}
 SEARCH = {"screen_epochs": 3, "search_epochs": 4, "arch_warmup_epochs": 1, "epochs": 1,
           "keep": 4, "sparsity": 0.05, "cost_weight": 0.5}  # fmt: skip
+# Sensitivity variants of the search (not the paper's cost, not part of the claim): run on
+# demand (`search --variant hinge`, then `retrain --model found_hinge`), reported beside the
+# claim when all their seeds ran. "hinge": the MACs term zero within the budget.
+VARIANTS = {"hinge": {"cost_form": "hinge"}}
 SCHEDULE = {"epochs": 12, "lr": 0.002, "opt": "adamw", "weight_decay": 0.05, "warmup_epochs": 1}
 SEEDS = (0, 1)
 TIME_IMAGES = 16
@@ -71,15 +75,19 @@ def _budget(data: Any) -> int:
     return int(count_ops(model, tuple(data.input_size)).macs)
 
 
+def _search_dir(variant: str | None) -> Path:
+    return RUNS / ("search" if not variant else f"search_{variant}")
+
+
 def cmd_search(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     data = _data()
-    hp = dict(SEARCH)
+    hp = {**SEARCH, **VARIANTS.get(args.variant or "", {})}
     if SMOKE:
         hp.update(screen_epochs=2, search_epochs=2, max_steps=1)
     torch.manual_seed(0)
     result = lv.search("hitdet_fcos", data, "hit_detector", budget=_budget(data),
-                       out_dir=RUNS / "search", progress=sys.stderr.isatty(),
+                       out_dir=_search_dir(args.variant), progress=sys.stderr.isatty(),
                        num_threads=args.threads, **hp)  # fmt: skip
     summary = {
         "cpu_hours": result.cpu_hours, "supernet_cpu_hours": result.extra["supernet_cpu_hours"],
@@ -88,16 +96,20 @@ def cmd_search(args: argparse.Namespace) -> None:
         "probs": result.extra["joint"]["probs"], "budget_macs": _budget(data), "settings": hp,
         "threads": args.threads, "git": dataclasses.asdict(git_state()),
     }  # fmt: skip
-    (RUNS / "search" / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+    (_search_dir(args.variant) / "summary.json").write_text(
+        json.dumps(summary, indent=1, default=str)
+    )
     print(f"hit_detector: {result.best.values} in {result.cpu_hours:.2f} CPU-h")
 
 
 def _spec(model: str) -> dict[str, Any]:
     if model == "hand":
         return _hand_spec()
-    path = RUNS / "search" / "summary.json"
+    variant = model.split("_", 1)[1] if "_" in model else None
+    path = _search_dir(variant) / "summary.json"
     if not path.exists():
-        raise SystemExit(f"{path} is missing: run `search` first")
+        flag = f" --variant {variant}" if variant else ""
+        raise SystemExit(f"{path} is missing: run `search{flag}` first")
     return json.loads(path.read_text())["spec"]
 
 
@@ -125,6 +137,12 @@ def cmd_report(args: argparse.Namespace) -> None:
             m, s = n.rsplit("_s", 1)
             raise SystemExit(f"{RUNS / n / 'model.pt'} is missing: run `retrain --model {m} "
                              f"--seed {s}` first")  # fmt: skip
+    variants = [
+        f"found_{v}"
+        for v in VARIANTS
+        if all((RUNS / f"found_{v}_s{s}" / "model.pt").exists() for s in SEEDS)
+    ]
+    names += [f"{m}_s{s}" for m in variants for s in SEEDS]
     torch.set_num_threads(args.threads)
     data = _data()
     search = json.loads((RUNS / "search" / "summary.json").read_text())
@@ -132,7 +150,8 @@ def cmd_report(args: argparse.Namespace) -> None:
     size = tuple(data.input_size)
     images = [x[None] for x, _ in list(data.test_set)[:TIME_IMAGES]]
     with torch.inference_mode():
-        timed = compare({m: OnInputs(models[f"{m}_s0"], images) for m in ("hand", "found")},
+        timed = compare({m: OnInputs(models[f"{m}_s0"], images)
+                         for m in ("hand", "found", *variants)},
                         batch=1, threads=args.threads, warmup=1,
                         repeats=3 if SMOKE else 20)  # fmt: skip
     per_image = {m: t.median_ms / len(images) for m, t in timed.items()}
@@ -147,8 +166,8 @@ def cmd_report(args: argparse.Namespace) -> None:
             "params": sum(p.numel() for p in model.parameters()),
             "latency_ms": timed[m].as_result(), "seed": int(seed),
             "metrics": {k: scores[n][k] for k in ("map", "map50", "map75")},
-            "method_chain": ["search:hit_detector"] if m == "found" else [],
-            **({"baseline": f"hand_s{seed}"} if m == "found" else {}),
+            "method_chain": ["search:hit_detector"] if m != "hand" else [],
+            **({"baseline": f"hand_s{seed}"} if m != "hand" else {}),
             "notes": f"trained {how}; latency: {len(images)} test images one by one per call",
             "extra": {"spec": _spec(m), "n_test": scores[n]["n"]},
         })  # fmt: skip
@@ -172,9 +191,22 @@ def cmd_report(args: argparse.Namespace) -> None:
         "Screening kept: " + "; ".join(f"{p} {', '.join(s['kept'])}"
                                         for p, s in search["screened"].items()) + ".",
     ]  # fmt: skip
-    table = [[m, *(round(scores[f"{m}_s{s}"]["map"], 2) for s in SEEDS), round(mean[m], 2),
+    for m in variants:
+        v = json.loads((_search_dir(m.split("_", 1)[1]) / "summary.json").read_text())
+        got = [scores[f"{m}_s{s}"]["map"] for s in SEEDS]
+        notes.append(
+            f"Sensitivity (not the paper's cost, not part of the claim): {m} "
+            f"({VARIANTS[m.split('_', 1)[1]]}) mAP {statistics.mean(got):.2f} "
+            f"({min(got):.2f}-{max(got):.2f}) at {macs[f'{m}_s0'] / 1e6:.2f} M MACs, "
+            f"{per_image[m]:.2f} ms per image; search {v['cpu_hours']:.2f} CPU-hours."
+        )
+
+    def _mean_map(m: str) -> float:
+        return statistics.mean(scores[f"{m}_s{s}"]["map"] for s in SEEDS)
+
+    table = [[m, *(round(scores[f"{m}_s{s}"]["map"], 2) for s in SEEDS), round(_mean_map(m), 2),
               round(macs[f"{m}_s0"] / 1e6, 2), round(per_image[m], 2)]
-             for m in ("hand", "found")]  # fmt: skip
+             for m in ("hand", "found", *variants)]  # fmt: skip
     run = {
         "name": "Hit-Detector search on digits_det (FCOS, hitdet_fcos space)",
         "description": __doc__.split("\n\n")[2].replace("\n", " "), "command": COMMAND,
@@ -194,9 +226,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--allow-dirty", action="store_true", default=None, help="see write_results")
     p.add_argument("--threads", type=int, default=1)
     sub = p.add_subparsers(dest="cmd", required=True)
-    sub.add_parser("search")
+    se = sub.add_parser("search")
+    se.add_argument(
+        "--variant",
+        choices=list(VARIANTS),
+        default=None,
+        help="a sensitivity variant of the search (not the paper's)",
+    )
     r = sub.add_parser("retrain")
-    r.add_argument("--model", choices=("hand", "found"), required=True)
+    r.add_argument("--model", choices=("hand", "found", *(f"found_{v}" for v in VARIANTS)),
+                   required=True)  # fmt: skip
     r.add_argument("--seed", type=int, choices=list(SEEDS), required=True)
     sub.add_parser("report")
     args = p.parse_args(argv)

@@ -27,3 +27,17 @@ def test_hitdet_benchmark_smoke(bench):
     assert rows["found_s0"]["macs"] <= rows["hand_s0"]["macs"]
     assert rows["found_s1"]["baseline"] == "hand_s1"
     assert "Search cost:" in out["run"]["notes"][2]
+    assert not any("Sensitivity" in n for n in out["run"]["notes"])
+    with pytest.raises(SystemExit, match="run `search --variant hinge` first"):
+        bench.main(["retrain", "--model", "found_hinge", "--seed", "0"])
+    bench.main(["search", "--variant", "hinge"])  # the MACs term zero within the budget
+    summary = json.loads((bench.RUNS / "search_hinge" / "summary.json").read_text())
+    assert summary["settings"]["cost_form"] == "hinge"
+    for seed in bench.SEEDS:
+        bench.main(["retrain", "--model", "found_hinge", "--seed", str(seed)])
+    bench.main(["report"])
+    out = json.loads((bench.OUT / "results.json").read_text())
+    rows = {r["name"]: r for r in out["models"]}
+    assert rows["found_hinge_s1"]["baseline"] == "hand_s1"
+    assert "Sensitivity (not the paper's cost" in out["run"]["notes"][-1]
+    assert [r[0] for r in out["run"]["tables"][0]["rows"]] == ["hand", "found", "found_hinge"]
