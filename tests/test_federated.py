@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 import leanvision as lv
 from leanvision.data.federated import PULabels, client_bundle, pu_partition, unlabelled_priors
-from leanvision.errors import ConfigError, LeanVisionError
+from leanvision.errors import CheckpointError, ConfigError, LeanVisionError
 from leanvision.methods.federated import (
     Federation,
     FedPUConfig,
@@ -200,6 +200,12 @@ def test_a_federation_never_overwrites_nor_resumes_another(digits, tmp_path):
     with pytest.raises(ConfigError, match="holds a 'fedavg_positive' federation"):
         Federation(_tiny(digits), digits, other, "fedpu")
     again = Federation(_tiny(digits), digits, other, "fedavg_positive")
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "global.pt").write_bytes(b"not a checkpoint")
+    broken = FedAvgConfig(num_clients=2, classes_per_client=5, resume=True,
+                          out_dir=str(tmp_path / "broken"))  # fmt: skip
+    with pytest.raises(CheckpointError, match="global.pt"):
+        Federation(_tiny(digits), digits, broken, "fedavg_positive")
     assert again.start_round == 1 and again.remaining == cfg.rounds - 1
     with pytest.raises(LeanVisionError, match="stopped after round 1 of 20"):
         again.result()
@@ -270,5 +276,5 @@ def test_a_failed_round_is_an_error_and_the_last_good_round_is_kept(digits, tmp_
     with pytest.raises(LeanVisionError, match=r"round 2: 2 client\(s\) failed.*client lost its "
                        r"data.*round 1 is kept in .*resume=True"):  # fmt: skip
         simulate(fed, client)
-    state = torch.load(tmp_path / "global.pt", weights_only=False)
+    state = torch.load(tmp_path / "global.pt", weights_only=True)  # plain data and tensors
     assert state["round"] == 1 and len(state["history"]) == 1

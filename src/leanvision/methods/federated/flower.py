@@ -33,9 +33,9 @@ from torch import nn
 
 from leanvision.checks import check_int, check_real
 from leanvision.data.federated import PUClient, client_bundle, dataset_targets, pu_partition
-from leanvision.engine import Hook, evaluate, train
+from leanvision.engine import Hook, evaluate, load_checkpoint, save_checkpoint, train
 from leanvision.errors import ConfigError, LeanVisionError
-from leanvision.fileio import atomic_write, atomic_write_text
+from leanvision.fileio import atomic_write_text
 from leanvision.methods.config import MethodConfig
 
 __all__ = [
@@ -249,7 +249,7 @@ class Federation:
                 f"{ckpt} exists: pass resume=True to continue that federation, or another out_dir"
             )
         if ckpt.exists():
-            state = torch.load(ckpt, map_location="cpu", weights_only=False)
+            state = load_checkpoint(ckpt)
             if state.get("method") != method or state.get("num_clients") != cfg.num_clients:
                 raise ConfigError(
                     f"{ckpt} holds a {state.get('method')!r} federation of "
@@ -332,14 +332,14 @@ class Federation:
             "state_dict": self.model.state_dict(), "history": self.history,
             "config": dataclasses.asdict(self.cfg),
         }  # fmt: skip
-        atomic_write(self.out_dir / "global.pt", lambda f: torch.save(state, f))
+        save_checkpoint(state, self.out_dir / "global.pt")
         atomic_write_text(self.out_dir / "history.json", json.dumps(self.history, indent=1))
 
     def result(self) -> nn.Module:
         """The global model after the last saved round (a round that did not finish is an
         error naming where it stopped)."""
         ckpt = self.out_dir / "global.pt"
-        state = torch.load(ckpt, map_location="cpu", weights_only=False) if ckpt.exists() else {}
+        state = load_checkpoint(ckpt) if ckpt.exists() else {}
         done = int(state.get("round", 0))
         if done < self.cfg.rounds:
             raise LeanVisionError(
