@@ -4,6 +4,7 @@ one step each, in Flower's simulation engine) and the report, on a few CIFAR-10 
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -15,15 +16,17 @@ def bench(smoke_benchmark):
 
 @pytest.mark.timeout(900)
 def test_fedpu_benchmark_smoke(bench):
-    with pytest.raises(SystemExit, match="run `train --arm fedpu`"):
+    bench.SEEDS = (0,)  # one seed is enough for the plumbing
+    with pytest.raises(SystemExit, match="run `train --arm fedpu --seed 0`"):
         bench.main(["report"])
     for arm in bench.ARMS:
-        bench.main(["train", "--arm", arm])
-    bench.main(["train", "--arm", "fedpu"])  # done: resumes, runs no round, same model
+        bench.main(["train", "--arm", arm, "--seed", "0"])
+    bench.main(["train", "--arm", "fedpu", "--seed", "0"])  # done: resumes, no round run
     bench.main(["report"])
     out = json.loads((bench.OUT / "results.json").read_text())
     rows = {r["name"]: r for r in out["models"]}
-    assert list(rows) == list(bench.ARMS)
-    assert rows["fedpu"]["baseline"] == "fedavg_positive"
-    assert rows["fedpu"]["extra"]["rounds"] == 2
+    assert list(rows) == [f"{a}_s0" for a in bench.ARMS]
+    assert rows["fedpu_s0"]["baseline"] == "fedavg_positive_s0"
+    assert rows["fedpu_s0"]["extra"]["rounds"] == 2
     assert "FedPU above FedAvg on the labelled positives" in out["run"]["notes"][1]
+    assert re.search(r"FedPU above at [01] of 1 seeds", out["run"]["notes"][1])
