@@ -50,7 +50,7 @@ BACKBONE = "resnet18"
 SIZE = (64, 32)
 MODELS = {"p2net": {"human": True, "latent": True}, "global": {"human": False, "latent": False}}
 TRAIN = {"epochs": 40, "lr": 3.5e-4, "opt": "adam", "weight_decay": 5e-4, "warmup_epochs": 2}
-SEEDS = (0, 1)
+SEEDS = (0, 1, 2)  # with two, the rank-1 difference was inside the seeds' spread
 COMMAND = " && ".join([f"python benchmarks/p2net_proxy.py train --model {m} --seed {s}"
                        for m in MODELS for s in SEEDS]
                       + ["python benchmarks/p2net_proxy.py report"])  # fmt: skip
@@ -157,7 +157,10 @@ def cmd_report(args: argparse.Namespace) -> None:
             f"{m} rank-1 {v['rank1']:.2f} %, rank-5 {v['rank5']:.2f} %, mAP {v['mAP']:.2f} %"
             for m, v in mean.items()) + f" ({int(score[names[0]]['queries'])} queries).",
         "The claim (the dual part-aligned model above the global feature in rank-1 and mAP) "
-        + ("holds" if holds else "does not hold") + " on this COCO128 person proxy.",
+        + ("holds" if holds else "does not hold") + " on the mean on this COCO128 person proxy; "
+        + "seed by seed, p2net is above in rank-1 at {} and in mAP at {} of {} seeds.".format(
+            *(sum(score[f"p2net_s{s}"][k] > score[f"global_s{s}"][k] for s in SEEDS)
+              for k in ("rank1", "mAP")), len(SEEDS)),
     ]  # fmt: skip
     run = {
         "name": "P2Net on a COCO128 person re-id proxy (not a re-id dataset)",
