@@ -3,6 +3,9 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+# the suite runs in this many pytest-xdist workers (one per core of the 2-core machine); the
+# tests of one file stay on one worker, so module fixtures (kernel builds, Ray) run once
+JOBS   ?= 2
 
 .PHONY: demo test lint format bench-ghost results clean
 
@@ -15,7 +18,7 @@ demo: $(STAMP)
 	$(VENV)/bin/leanvision quickstart
 
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(JOBS) --dist loadfile
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks tools
