@@ -23,6 +23,9 @@ def test_defeat_benchmark_smoke(bench):
     bench.main(["report"])
     out = json.loads((bench.OUT / "defeat_digits" / "results.json").read_text())
     rows = {r["name"]: r for r in out["models"]}
+    # the paper's numbers ride on the method's row, once
+    assert rows["defeat_s0"]["paper"]["source"].startswith("DeFeat paper")
+    assert sum(bool(r.get("paper")) for r in out["models"]) == 1
     assert list(rows) == ["teacher"] + [f"{a}_s{s}" for a in bench.ARMS for s in bench.SEEDS]
     assert all(set(r["metrics"]) == {"map", "map50", "map75"} for r in rows.values())
     assert rows["defeat_s1"]["baseline"] == "alone_s1"

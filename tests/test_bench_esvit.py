@@ -21,6 +21,9 @@ def test_esvit_benchmark_smoke(bench):
     bench.main(["report"])
     out = json.loads((bench.OUT / "results.json").read_text())
     rows = {r["name"]: r for r in out["models"]}
+    # the paper's numbers ride on the method's row, once
+    assert rows["view_region"]["paper"]["source"].startswith("EsViT paper")
+    assert sum(bool(r.get("paper")) for r in out["models"]) == 1
     assert list(rows) == ["random_init", "view_region", "view"]
     assert rows["view_region"]["baseline"] == "view"
     assert rows["view"]["extra"]["region_weight"] == 0.0

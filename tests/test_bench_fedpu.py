@@ -25,6 +25,9 @@ def test_fedpu_benchmark_smoke(bench):
     bench.main(["report"])
     out = json.loads((bench.OUT / "results.json").read_text())
     rows = {r["name"]: r for r in out["models"]}
+    # the paper's numbers ride on the method's row, once
+    assert rows["fedpu_s0"]["paper"]["source"].startswith("FedPU paper")
+    assert sum(bool(r.get("paper")) for r in out["models"]) == 1
     assert list(rows) == [f"{a}_s0" for a in bench.ARMS]
     assert rows["fedpu_s0"]["baseline"] == "fedavg_positive_s0"
     assert rows["fedpu_s0"]["extra"]["rounds"] == 2

@@ -23,6 +23,9 @@ def test_hitdet_benchmark_smoke(bench):
     bench.main(["report"])
     out = json.loads((bench.OUT / "results.json").read_text())
     rows = {r["name"]: r for r in out["models"]}
+    # the paper's numbers ride on the method's row, once
+    assert rows["found_s0"]["paper"]["source"].startswith("Hit-Detector paper")
+    assert sum(bool(r.get("paper")) for r in out["models"]) == 1
     assert list(rows) == [f"{m}_s{s}" for m in ("hand", "found") for s in bench.SEEDS]
     assert rows["found_s0"]["macs"] <= rows["hand_s0"]["macs"]
     assert rows["found_s1"]["baseline"] == "hand_s1"

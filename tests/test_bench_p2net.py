@@ -24,6 +24,9 @@ def test_p2net_benchmark_smoke(bench):
     bench.main(["report"])
     out = json.loads((bench.OUT / "results.json").read_text())
     rows = {r["name"]: r for r in out["models"]}
+    # the paper's numbers ride on the method's row, once
+    assert rows["p2net_s0"]["paper"]["source"].startswith("P2Net paper")
+    assert sum(bool(r.get("paper")) for r in out["models"]) == 1
     assert list(rows) == [f"{m}_s{s}" for m in bench.MODELS for s in bench.SEEDS]
     assert rows["p2net_s1"]["baseline"] == "global_s1"
     assert rows["global_s0"]["extra"]["queries"] == 12  # 6 identities x 2 camera-0 views

@@ -23,6 +23,9 @@ def test_sfda_benchmark_smoke(bench):
     bench.main(["report"])
     out = json.loads((bench.OUT / "results.json").read_text())
     rows = {r["name"]: r for r in out["models"]}
+    # the paper's numbers ride on the method's row, once
+    assert rows["sfda_de_s0"]["paper"]["source"].startswith("SFDA-DE paper")
+    assert sum(bool(r.get("paper")) for r in out["models"]) == 1
     assert list(rows) == ["source"] + [f"{m}_s{s}" for m in bench.METHODS for s in bench.SEEDS]
     assert rows["sfda_de_s1"]["baseline"] == "source" and rows["sfda_de_s1"]["seed"] == 1
     assert "mnist5k_test_top1" in rows["source"]["extra"]

@@ -238,6 +238,16 @@ def test_markdown_table_without_paper_has_no_paper_columns():
     assert "| — |" in markdown_table(models)
 
 
+def test_a_paper_source_without_numbers_goes_to_the_notes_not_to_columns(tmp_path):
+    models = [dict(m, paper=None) for m in _models()]
+    models[1]["paper"] = {"source": "Some paper, ImageNet only"}
+    assert "Paper" not in markdown_table(models)  # no empty paper columns
+    write_results(tmp_path / "run", models, allow_dirty=True)
+    text = build_summary([tmp_path / "run"], tmp_path / "RESULTS.md").read_text()
+    assert "**" + models[1]["name"] + "** paper numbers: Some paper, ImageNet only" in text
+    assert "Paper top-1" not in text
+
+
 def test_rich_table_has_one_row_per_model():
     from rich.console import Console
 
