@@ -19,13 +19,22 @@ wd 5e-4, batch 128, the adaptive learning rate η = 0.2; the AdderNet row of
 and the report says which schedule ran. Each run resumes from
 ``runs/bench_winograd_adder/<variant>/last.pt``. ``speed`` times one 64→64 3×3 layer at 32×32,
 batch 32: nn.Conv2d, the direct adder layer and the Winograd adder layer, side by side in one
-process, and counts ResNet-20's additions; ``report`` adds the trained variants' test top-1.
+process, and counts ResNet-20's additions.
+
+A finished ``train`` tests its network on the 10k test images and writes one *part*,
+``benchmarks/results/winograd_adder_cifar10/parts/<variant>_e<epochs>_n<images>.json`` (``part``
+writes it again from a finished run); ``speed`` writes ``parts/speed.json``. Parts are committed:
+the nine variants at the full schedule take about 20 CPU-hours, more than one machine's life
+here, so they train in different sessions and ``report`` builds the tables from the parts, one
+accuracy table per schedule. At the full schedule the direct AdderNet is ``lowbit_cifar10``'s
+AdderNet row (the same recipe, seed and schedule) unless an ``adder`` part of its own exists.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import datetime
 import json
 import statistics
 import sys
@@ -37,6 +46,7 @@ import torch
 
 import leanvision as lv
 from leanvision.engine import evaluate, load_checkpoint, training_note, training_record
+from leanvision.fileio import atomic_write_text
 from leanvision.layers import AdderConv2d, WinogradAdderConv2d
 from leanvision.layers.winograd_adder import TRANSFORMS, winograd_adder_counts
 from leanvision.methods.lowbit import adderize, winograd_adderize
@@ -62,6 +72,8 @@ ADDER_OPS = (
     "winograd_input_transform",
     "winograd_output_transform",
 )
+FULL = (15, 45000)  # the AdderNet row's schedule (lowbit_cifar10): epochs, training images
+LOWBIT = ROOT / "benchmarks" / "results" / "lowbit_cifar10" / "results.json"
 PAPER = {"top1": 91.84, "source": "AdderNet paper Table 2, ResNet-20 ANN, CIFAR-10 (400 epochs)"}
 
 
@@ -105,6 +117,44 @@ def cmd_train(args: argparse.Namespace) -> None:
         "git": dataclasses.asdict(git_state()),
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    if args.max_steps is None:  # a capped run is not the schedule it names
+        print(f"wrote {write_part(args, args.variant, RUNS)}")
+
+
+def parts_dir() -> Path:
+    """The committed parts (see the module docstring)."""
+    return OUT / "parts"
+
+
+def write_part(args: argparse.Namespace, variant: str, runs: Path) -> Path:
+    """Test a finished run's network and write its part: top-1 on the test images, its op
+    counts, the training record (epochs, time, commits) and the commit that tested it."""
+    summary = json.loads((runs / variant / "summary.json").read_text())
+    ckpt = runs / variant / "last.pt"
+    record = training_record(ckpt)
+    if record["epochs"] != summary["epochs"]:
+        raise SystemExit(f"{variant}: trained {record['epochs']} of {summary['epochs']} epochs")
+    model = build(variant)
+    model.load_state_dict(load_checkpoint(ckpt)["model"])
+    metrics = evaluate(model, load(args, batch_size=256).test)
+    counts = count_ops(model, (3, 32, 32))
+    part = {
+        "variant": variant, "epochs": summary["epochs"], "max_train": summary["max_train"],
+        "test_images": metrics["n"], "top1": round(metrics["top1"], 2),
+        "params": sum(p.numel() for p in model.parameters()), "macs": counts.macs,
+        "adds": counts.adds, "muls": counts.muls,
+        "adder_adds": sum(counts.by_op.get(k, 0) for k in ADDER_OPS),
+        "note": f"{training_note(record, summary['threads'])} on {summary['max_train']} images",
+        "trained_git": summary["git"], "tested_git": dataclasses.asdict(git_state()),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+    }  # fmt: skip
+    name = f"{variant}_e{part['epochs']}_n{part['max_train']}.json"
+    return atomic_write_text(parts_dir() / name, json.dumps(part, indent=2) + "\n")
+
+
+def cmd_part(args: argparse.Namespace) -> None:
+    torch.set_num_threads(args.threads)
+    print(f"wrote {write_part(args, args.variant, Path(args.runs) if args.runs else RUNS)}")
 
 
 class FixedInput:
@@ -224,110 +274,140 @@ INTERPRETATION = [
 ]
 
 
-def _findings(acc_rows: list[list[Any]], schedule: set[tuple[int, int]]) -> list[str]:
-    """What the run measured, in sentences built from its own rows."""
+P_LABEL = {"linear": "2 → 1 (linear, 1 at 60 %)", "none": "1 throughout"}
+
+
+def _findings(acc_rows: list[list[Any]], epochs: int, images: int) -> list[str]:
+    """What one schedule's parts measured, in sentences built from their own rows."""
     by = {r[0]: r[3] for r in acc_rows}
+    direct = by.get("adder", by.get(LOWBIT_ROW))
+    at = f"At {epochs} epochs on {images:,} images"
     notes = []
-    if any(e < 15 or n < 45000 for e, n in schedule):
+    if (epochs, images) == FULL:
+        missing = [v for v in VARIANTS if v != "adder" and v not in by]
         notes.append(
             "Acceptance, accuracy at the AdderNet row's schedule (15 epochs on 45,000 images): "
-            "**not run** — this run's schedule is shorter (see the table's title), the same for "
-            "every variant, the direct adder net retrained with it."
-        )
-    if "adder" in by:
-        for t in TRANSFORMS:
-            parts = [f"{v.split('_')[-1]} {by[v]:.2f} %" for v in (f"{t}_anneal", f"{t}_p1")
-                     if v in by]  # fmt: skip
-            if parts:
-                direct = f" (direct AdderNet {by['adder']:.2f} %)."
-                notes.append(f"{t}: " + ", ".join(parts) + direct)
-    bal = [by[v] for v in ("balanced_a_anneal", "balanced_b_anneal") if v in by]
-    std = by.get("standard_anneal")
-    if bal and std is not None:
-        notes.append(
-            f"The note's expectation, balanced beats standard under annealing: "
-            f"{'confirmed' if min(bal) > std else 'refuted'} ({min(bal):.2f}–{max(bal):.2f} vs "
-            f"{std:.2f} %)."
-        )
+            + ("every Winograd variant trained." if not missing else
+               f"**{len(missing)} of 8 Winograd variants not trained yet** "
+               f"({', '.join(missing)}); each trains in its own session (see the module "
+               "docstring).")
+        )  # fmt: skip
+    for t in TRANSFORMS:
+        parts = [f"{v.split('_')[-1]} {by[v]:.2f} %" for v in (f"{t}_anneal", f"{t}_p1")
+                 if v in by]  # fmt: skip
+        if parts:
+            ref = f" (direct AdderNet {direct:.2f} %)" if direct is not None else ""
+            notes.append(f"{at}, {t}: " + ", ".join(parts) + ref + ".")
+    for p in ("anneal", "p1"):
+        bal = [by[v] for v in (f"balanced_a_{p}", f"balanced_b_{p}") if v in by]
+        std = by.get(f"standard_{p}")
+        if bal and std is not None:
+            notes.append(
+                f"{at}, the note's expectation, balanced beats standard ({p}): "
+                f"{'confirmed' if min(bal) > std else 'refuted'} ({min(bal):.2f}–{max(bal):.2f} "
+                f"vs {std:.2f} %)."
+            )
     return notes
 
 
 def cmd_speed(args: argparse.Namespace) -> None:
-    """Time the layers and write ``runs/.../speed.json`` for the report."""
+    """Time the layers and write ``parts/speed.json`` for the report (a quiet machine)."""
     table = layer_speed(args.threads)
     table["git"] = dataclasses.asdict(git_state())
-    RUNS.mkdir(parents=True, exist_ok=True)
-    (RUNS / "speed.json").write_text(json.dumps(table, indent=2))
+    atomic_write_text(parts_dir() / "speed.json", json.dumps(table, indent=2) + "\n")
     for r in table["rows"]:
         print(r)
 
 
+LOWBIT_ROW = "adder (lowbit_cifar10's row)"
+
+
+def _lowbit_adder() -> dict[str, Any] | None:
+    """``lowbit_cifar10``'s AdderNet row when it was trained at the full schedule."""
+    if not LOWBIT.exists():
+        return None
+    rows = [m for m in json.loads(LOWBIT.read_text())["models"] if m["name"] == "resnet20_adder"]
+    e, n = FULL
+    if rows and rows[0]["notes"].startswith(f"{e} epochs on {n} images"):
+        return rows[0]
+    return None
+
+
+def _read_parts() -> dict[tuple[int, int], dict[str, dict[str, Any]]]:
+    """The parts by schedule (epochs, images), longest first, each by variant."""
+    out: dict[tuple[int, int], dict[str, dict[str, Any]]] = {}
+    for f in sorted(parts_dir().glob("*_e*_n*.json")):
+        part = json.loads(f.read_text())
+        if part["variant"] in VARIANTS:
+            out.setdefault((part["epochs"], part["max_train"]), {})[part["variant"]] = part
+    return dict(sorted(out.items(), reverse=True))
+
+
 def cmd_report(args: argparse.Namespace) -> None:
     check_results_target(OUT, allow_dirty=args.allow_dirty)
-    speed_file = RUNS / "speed.json"
+    speed_file = parts_dir() / "speed.json"
     if not speed_file.exists():
         sys.exit("run `speed` first (on a quiet machine)")
     speed = json.loads(speed_file.read_text())
     med = speed.pop("_medians")
     git = speed.pop("git")
     speed["notes"] += f" Timed at commit {git['commit'][:10]}{' (dirty)' if git['dirty'] else ''}."
-    data = load(args, batch_size=256)
-    rows, acc_rows = [], []
-    schedule = set()
-    for variant in VARIANTS:
-        if not (RUNS / variant / "summary.json").exists():
-            print(f"{variant}: not trained, skipped")
-            continue
-        summary = json.loads((RUNS / variant / "summary.json").read_text())
-        state = load_checkpoint(RUNS / variant / "last.pt")
-        model = build(variant)
-        model.load_state_dict(state["model"])
-        top1 = evaluate(model, data.test)["top1"]
-        counts = count_ops(model, (3, 32, 32))
-        spec = VARIANTS[variant]
-        schedule.add((summary["epochs"], summary["max_train"]))
-        note = training_note(training_record(RUNS / variant / "last.pt"), summary["threads"])
-        name = f"resnet20_{variant}"
-        print(f"{name}: test top-1 {top1:.2f} %")
-        rows.append({
-            "name": name, "method_chain": [spec["method"]], "baseline": "resnet20_adder",
-            "params": sum(p.numel() for p in model.parameters()), "macs": counts.macs,
-            "adds": counts.adds, "muls": counts.muls, "bitops": 0, "dataset": "cifar10",
-            "split": "test", "top1": round(top1, 2),
-            "notes": f"{note} on {summary['max_train']} images",
-            **({"paper": dict(PAPER)} if variant == "adder" else {}),
+    by_schedule = _read_parts()
+    if not by_schedule:
+        sys.exit("no variant trained (no parts)")
+    rows, tables, findings, commands = [], [], [], []
+    for k, ((epochs, images), parts) in enumerate(by_schedule.items()):
+        suffix = "" if k == 0 else f"_{epochs}ep" + ("" if images == 45000 else f"_{images}")
+        acc_rows = []
+        base_name = f"resnet20_adder{suffix}" if "adder" in parts else None
+        for variant in (v for v in VARIANTS if v in parts):
+            part, spec = parts[variant], VARIANTS[variant]
+            name = f"resnet20_{variant}{suffix}"
+            print(f"{name}: test top-1 {part['top1']:.2f} %")
+            rows.append({
+                "name": name, "method_chain": [spec["method"]], "baseline": base_name,
+                "params": part["params"], "macs": part["macs"], "adds": part["adds"],
+                "muls": part["muls"], "bitops": 0, "dataset": "cifar10", "split": "test",
+                "top1": part["top1"], "notes": part["note"] + part.get("source", ""),
+                **({"paper": dict(PAPER)} if variant == "adder" else {}),
+            })  # fmt: skip
+            acc_rows.append([
+                variant, spec.get("transform", "— (direct)"),
+                P_LABEL.get(spec.get("p_schedule", ""), "—"), part["top1"],
+                round(part["adder_adds"] / 1e6, 1),
+            ])  # fmt: skip
+            commands.append(
+                f"python benchmarks/winograd_adder_cifar10.py --threads 1 --max-train {images} "
+                f"train --variant {variant} --epochs {epochs}"
+            )
+        lowbit = _lowbit_adder() if (epochs, images) == FULL and "adder" not in parts else None
+        if lowbit is not None:
+            adds = count_ops(build("adder"), (3, 32, 32)).by_op
+            acc_rows.insert(0, [
+                LOWBIT_ROW, "— (direct)", "—", lowbit["top1"],
+                round(sum(adds.get(op, 0) for op in ADDER_OPS) / 1e6, 1),
+            ])  # fmt: skip
+        base = next((r for r in acc_rows if r[0] in ("adder", LOWBIT_ROW)), None)
+        for r in acc_rows:
+            r.append(round(r[3] - base[3], 2) if base else None)
+        tables.append({
+            "title": f"ResNet-20 on CIFAR-10, {epochs} epochs on {images:,} images: every "
+            "variant from the same init and schedule",
+            "columns": [
+                "variant", "transform", "p", "test top-1 %", "adder-layer additions (M)",
+                "vs direct AdderNet (pts)",
+            ],
+            "rows": acc_rows,
+            **({"notes": f"{LOWBIT_ROW}: lowbit_cifar10's AdderNet, {lowbit['notes']}; the same "
+                "recipe, init seed and data, trained by that benchmark."} if lowbit else {}),
         })  # fmt: skip
-        adder_adds = sum(counts.by_op.get(k, 0) for k in ADDER_OPS)
-        acc_rows.append([
-            variant, spec.get("transform", "— (direct)"),
-            {"linear": "2 → 1 (linear, 1 at 60 %)", "none": "1 throughout"}.get(
-                spec.get("p_schedule", ""), "—"),
-            round(top1, 2), round(adder_adds / 1e6, 1),
-        ])  # fmt: skip
-    if not rows:
-        sys.exit("no variant trained")
-    base = next((r for r in acc_rows if r[0] == "adder"), None)
-    for r in acc_rows:
-        r.append(round(r[3] - base[3], 2) if base else None)
-    sched = ", ".join(f"{e} epochs on {n} images" for e, n in sorted(schedule))
-    acc = {
-        "title": f"ResNet-20 on CIFAR-10, every variant from the same init and schedule ({sched})",
-        "columns": [
-            "variant",
-            "transform",
-            "p",
-            "test top-1 %",
-            "adder-layer additions (M)",
-            "vs direct AdderNet (pts)",
-        ],  # fmt: skip
-        "rows": acc_rows,
-    }
+        findings += _findings(acc_rows, epochs, images)
     ratio = med["winograd_adder"] / med["adder"]
     notes = [
         f"Acceptance, layer speed: the Winograd adder layer took {ratio:.2f}× the direct adder "
         f"layer's time and {med['winograd_adder'] / med['conv']:.2f}× nn.Conv2d's "
         f"({'**met**' if ratio < 1 else '**not met**'}: faster than the direct layer).",
-        *_findings(acc_rows, schedule),
+        *findings,
         *INTERPRETATION,
     ]
     run = {
@@ -339,20 +419,19 @@ def cmd_report(args: argparse.Namespace) -> None:
             "the non-exact window_sum — trained at p = 1 throughout or annealed from p = 2 "
             "(linear, reaching 1 at 60 % of training). The transforms are our derivation, not "
             "the paper's matrices (which could not be read). SGD lr 0.1 cosine, wd 5e-4, "
-            "batch 128, adaptive learning rate η = 0.2; test on all 10,000 test images."
+            "batch 128, adaptive learning rate η = 0.2; test on all 10,000 test images. Each "
+            "variant's row comes from its committed part (one per schedule), written when its "
+            "training finished."
         ),
         "command": "\n".join(
-            ["python benchmarks/winograd_adder_cifar10.py --threads 2 speed"]
-            + [
-                f"python benchmarks/winograd_adder_cifar10.py --threads 1 --max-train {n} train "
-                f"--variant {r[0]} --epochs {e}"
-                for r in acc_rows
-                for e, n in sorted(schedule)
+            [
+                "python benchmarks/winograd_adder_cifar10.py --threads 2 speed",
+                *commands,
+                "python benchmarks/winograd_adder_cifar10.py report",
             ]
-            + ["python benchmarks/winograd_adder_cifar10.py report"]
-        ),
+        ),  # fmt: skip
         "cpu": cpu_info(),
-        "tables": [acc, additions_table(), speed],
+        "tables": [*tables, additions_table(), speed],
         "notes": notes,
     }
     print(f"wrote {write_results(OUT, rows, run_info=run, allow_dirty=args.allow_dirty)}")
@@ -371,10 +450,14 @@ def main(argv: list[str] | None = None) -> None:
     t.add_argument("--variant", choices=list(VARIANTS), required=True)
     t.add_argument("--epochs", type=int, default=15)
     t.add_argument("--max-steps", type=int, default=None)
+    pt = sub.add_parser("part", help="write a finished run's part again")
+    pt.add_argument("--variant", choices=list(VARIANTS), required=True)
+    pt.add_argument("--runs", default=None, help=f"the runs folder (default {RUNS})")
     sub.add_parser("speed")
     sub.add_parser("report")
     args = p.parse_args(argv)
-    {"train": cmd_train, "speed": cmd_speed, "report": cmd_report}[args.cmd](args)
+    cmds = {"train": cmd_train, "part": cmd_part, "speed": cmd_speed, "report": cmd_report}
+    cmds[args.cmd](args)
 
 
 if __name__ == "__main__":
