@@ -36,6 +36,7 @@ import argparse
 import dataclasses
 import datetime
 import json
+import os
 import statistics
 import sys
 import time
@@ -48,7 +49,11 @@ import leanvision as lv
 from leanvision.engine import evaluate, load_checkpoint, training_note, training_record
 from leanvision.fileio import atomic_write_text
 from leanvision.layers import AdderConv2d, WinogradAdderConv2d
-from leanvision.layers.winograd_adder import TRANSFORMS, winograd_adder_counts
+from leanvision.layers.winograd_adder import (
+    TRANSFORMS,
+    cuda_backward_backend,
+    winograd_adder_counts,
+)
 from leanvision.methods.lowbit import adderize, winograd_adderize
 from leanvision.pipeline import cpu_info
 from leanvision.profiling import compare, count_ops
@@ -73,6 +78,7 @@ ADDER_OPS = (
     "winograd_output_transform",
 )
 FULL = (15, 45000)  # the AdderNet row's schedule (lowbit_cifar10): epochs, training images
+TRAINED_AT_ENV = "LV_TRAINED_AT"  # the commit a device run's copied tree (no .git) was made from
 LOWBIT = ROOT / "benchmarks" / "results" / "lowbit_cifar10" / "results.json"
 PAPER = {"top1": 91.84, "source": "AdderNet paper Table 2, ResNet-20 ANN, CIFAR-10 (400 epochs)"}
 
@@ -102,22 +108,29 @@ def cmd_train(args: argparse.Namespace) -> None:
     out = RUNS / args.variant
     common = {
         "seed": 0, "out_dir": str(out), "resume": True, "progress": sys.stderr.isatty(),
-        "max_steps": args.max_steps,
+        "max_steps": args.max_steps, "device": args.device, "amp": False,  # fp32 everywhere
     }  # fmt: skip
     torch.manual_seed(0)
     model = lv.create_model("resnet20_cifar", num_classes=10)
     t0 = time.perf_counter()
     lv.compress(model, method, data, finetune_epochs=args.epochs, **TRAIN, **common, **spec)
+    git = dataclasses.asdict(git_state())
+    if git["commit"] == "unknown" and os.environ.get(TRAINED_AT_ENV):  # a copied tree, no .git
+        git = {"commit": os.environ[TRAINED_AT_ENV], "dirty": None, "declared": True}
     summary = {
         "variant": args.variant,
         "epochs": args.epochs,
         "max_train": args.max_train,
         "wall_s": time.perf_counter() - t0,
         "threads": args.threads,
-        "git": dataclasses.asdict(git_state()),
+        "device": args.device,
+        "git": git,
     }
+    if args.device.startswith("cuda"):
+        summary["device_name"] = torch.cuda.get_device_name(torch.device(args.device))
+        summary["core_backward"] = cuda_backward_backend()
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    if args.max_steps is None:  # a capped run is not the schedule it names
+    if args.max_steps is None and not args.no_part:  # a capped run is not the schedule it names
         print(f"wrote {write_part(args, args.variant, RUNS)}")
 
 
@@ -144,12 +157,27 @@ def write_part(args: argparse.Namespace, variant: str, runs: Path) -> Path:
         "params": sum(p.numel() for p in model.parameters()), "macs": counts.macs,
         "adds": counts.adds, "muls": counts.muls,
         "adder_adds": sum(counts.by_op.get(k, 0) for k in ADDER_OPS),
-        "note": f"{training_note(record, summary['threads'])} on {summary['max_train']} images",
+        "note": _train_note(record, summary),
         "trained_git": summary["git"], "tested_git": dataclasses.asdict(git_state()),
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }  # fmt: skip
     name = f"{variant}_e{part['epochs']}_n{part['max_train']}.json"
     return atomic_write_text(parts_dir() / name, json.dumps(part, indent=2) + "\n")
+
+
+def _train_note(record: dict[str, Any], summary: dict[str, Any]) -> str:
+    """The training sentence of a part: the checkpoint's record on a CPU; on a GPU (trained on a
+    lent machine from a copied tree) its device and the commit the copy was made from."""
+    images = summary["max_train"]
+    if summary.get("device", "cpu") == "cpu":
+        return f"{training_note(record, summary['threads'])} on {images} images"
+    git = summary["git"]
+    how = " (declared by the device run)" if git.get("declared") else ""
+    return (
+        f"{record['epochs']} epochs, {summary['wall_s'] / 60:.0f} min on {summary['device_name']} "
+        f"(fp32; core backward: {summary['core_backward']}), at commit {git['commit'][:10]}{how}"
+        f" on {images} images; tested here, on the CPU"
+    )
 
 
 def cmd_part(args: argparse.Namespace) -> None:
@@ -450,6 +478,11 @@ def main(argv: list[str] | None = None) -> None:
     t.add_argument("--variant", choices=list(VARIANTS), required=True)
     t.add_argument("--epochs", type=int, default=15)
     t.add_argument("--max-steps", type=int, default=None)
+    t.add_argument("--device", default="cpu", help="cpu, or cuda on a lent GPU (fp32)")
+    t.add_argument(
+        "--no-part", action="store_true", help="leave the part to `part` (a device run: the "
+        "test images stay here)",
+    )  # fmt: skip
     pt = sub.add_parser("part", help="write a finished run's part again")
     pt.add_argument("--variant", choices=list(VARIANTS), required=True)
     pt.add_argument("--runs", default=None, help=f"the runs folder (default {RUNS})")

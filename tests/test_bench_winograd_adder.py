@@ -65,3 +65,16 @@ def test_winograd_adder_findings_at_the_full_schedule(bench):
     lowbit = bench._lowbit_adder()
     if lowbit is not None:  # the committed lowbit results hold the full-schedule row
         assert lowbit["notes"].startswith("15 epochs on 45000 images")
+
+
+def test_winograd_adder_part_note_names_a_device_run(bench):
+    """A run trained on a lent GPU (a copied tree without .git) is named as such in its part:
+    the device, the backward that ran, and the commit the device run declared."""
+    record = {"epochs": 15, "stretches": [], "commits": [], "unrecorded_epochs": 0}
+    summary = {"max_train": 45000, "device": "cuda", "device_name": "NVIDIA H100", "wall_s": 300,
+               "core_backward": "torch.compile(inductor)", "threads": 2,
+               "git": {"commit": "0123456789abcdef", "dirty": None, "declared": True}}  # fmt: skip
+    note = bench._train_note(record, summary)
+    assert note.startswith("15 epochs, 5 min on NVIDIA H100 (fp32; core backward: torch.compile")
+    assert "at commit 0123456789 (declared by the device run) on 45000 images" in note
+    assert note.endswith("tested here, on the CPU")

@@ -301,3 +301,35 @@ def test_training_core_kernels_check_their_arguments():
     assert back(gm, v, ut, 1.0)[1].numel() == 0  # p = 1: the caller's matrix product
     with pytest.raises(RuntimeError, match="disagree"):
         back(gm, v, torch.randn(16, 11, 8), 1.5)
+
+
+@pytest.mark.parametrize("p", [1.0, 1.5])
+def test_pairwise_grads_match_the_chunked_backward(p):
+    """The broadcast form of the core's backward (compiled on CUDA; eager here, float64) gives
+    the chunked backward's gradients: the input's at p = 1 (the weight's there are the matrix
+    products of AdderNet's rule), both above."""
+    torch.manual_seed(7)
+    v, u, gm = (torch.randn(16, 37, 5), torch.randn(16, 6, 5), torch.randn(16, 37, 6))
+    v, u, gm = v.double(), u.double(), gm.double()
+    v1, u1 = v.clone().requires_grad_(), u.clone().requires_grad_()
+    wa._Core.apply(v1, u1, p).backward(gm)
+    gv, gu = wa.pairwise_grads(gm, v, u, torch.tensor(p, dtype=torch.float64), p == 1.0)
+    assert torch.allclose(gv, v1.grad)
+    if p != 1.0:
+        assert torch.allclose(gu, u1.grad)
+    gv_only, none = wa.pairwise_grads(gm, v, u, torch.tensor(p), p == 1.0, need_u=False)
+    assert none is None and torch.allclose(gv_only, gv)
+
+
+def test_fused_backward_failing_falls_back_and_says_so(monkeypatch):
+    """A compiled backward that fails on its device is switched off; the caller runs the
+    chunked path and the run record names it."""
+
+    def broken(*args):
+        raise RuntimeError("no triton")
+
+    monkeypatch.setattr(wa, "_FUSED", {"fn": broken, "backend": "torch.compile(inductor)"})
+    v, u, gm = torch.randn(16, 4, 3), torch.randn(16, 2, 3), torch.randn(16, 4, 2)
+    assert wa._run_fused(gm, v, u, 1.5, True, True) is None
+    assert wa.cuda_backward_backend() == "chunked eager (RuntimeError)"
+    assert wa._run_fused(gm, v, u, 1.5, True, True) is None  # stays off

@@ -218,6 +218,65 @@ def _pack_u(u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return packed.reshape(16 * c, op).contiguous(), packed.sum(1).contiguous()
 
 
+def pairwise_grads(
+    gm: torch.Tensor,
+    v: torch.Tensor,
+    u: torch.Tensor,
+    p: torch.Tensor,
+    hardtanh: bool,
+    need_v: bool = True,
+    need_u: bool = True,
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """The core's pairwise gradients as one broadcast expression over (16, L, O, C):
+    ``∂/∂V = Σ_o gm·t`` and ``∂/∂U = −Σ_l gm·t`` with ``t = HardTanh(U − V)`` (AdderNet's input
+    rule, ``hardtanh``) or ``p |U − V|^(p−1) sign(U − V)`` (the true gradient, ``p`` a 0-dim
+    tensor so a moving p needs no new graph). Eager, it materialises the (16, L, O, C) term;
+    compiled (:func:`_fused_pairwise`, on CUDA) the term is fused into the two reductions."""
+    d = u.unsqueeze(1) - v.unsqueeze(2)  # U − V
+    t = d.clamp(-1.0, 1.0) if hardtanh else p * d.abs().pow(p - 1.0) * d.sign()
+    g = gm.unsqueeze(-1)
+    return ((g * t).sum(2) if need_v else None), (-(g * t).sum(1) if need_u else None)
+
+
+_FUSED: dict[str, Any] = {}
+
+
+def _fused_pairwise() -> Any:
+    """:func:`pairwise_grads` under ``torch.compile`` (built once), or None where it cannot be
+    built: then the chunked eager backward runs. Used for CUDA tensors, where the chunked
+    backward is memory-bound (it writes and reads the (16, L, O, C) term several times)."""
+    if "fn" not in _FUSED:
+        try:
+            _FUSED["fn"] = torch.compile(pairwise_grads, dynamic=True)
+            _FUSED["backend"] = "torch.compile(inductor)"
+        except Exception as exc:  # no compiler backend on this install: keep the eager path
+            _FUSED["fn"], _FUSED["backend"] = None, f"chunked eager ({exc.__class__.__name__})"
+    return _FUSED["fn"]
+
+
+def _run_fused(
+    gm: torch.Tensor, v: torch.Tensor, u: torch.Tensor, p: float, need_v: bool, need_u: bool
+) -> tuple[Any, Any] | None:
+    """The fused pairwise gradients, or None (the caller runs the chunked path) where the
+    compiled function is unavailable or fails: it then stays off, and the reason is recorded
+    in :func:`cuda_backward_backend`."""
+    fn = _fused_pairwise()
+    if fn is None:
+        return None
+    try:
+        pt = torch.tensor(p, dtype=v.dtype, device=v.device)
+        return fn(gm, v, u, pt, p == 1.0, need_v, need_u)
+    except Exception as exc:  # a compile error on this device: the eager path is exact
+        _FUSED["fn"], _FUSED["backend"] = None, f"chunked eager ({exc.__class__.__name__})"
+        return None
+
+
+def cuda_backward_backend() -> str:
+    """What runs the core's pairwise backward on CUDA tensors (for run records)."""
+    _fused_pairwise()
+    return str(_FUSED["backend"])
+
+
 class _Core(torch.autograd.Function):
     """M = −Σ_c |U − V|^p over 16 independent positions: V (16, L, C), U (16, O, C) →
     (16, L, O). Backward: AdderNet's rule at p = 1, the true gradient for p > 1. fp32 on
@@ -269,6 +328,10 @@ class _Core(torch.autograd.Function):
                 gm.contiguous(), v.contiguous(), u.contiguous(), p
             )
             return (gv_k if need_v else gv), (gu_k if need_u else gu), None
+        if (need_v or need_u) and v.is_cuda:
+            fused = _run_fused(gm, v, u, p, need_v, need_u)
+            if fused is not None:
+                return (fused[0] if need_v else gv), (fused[1] if need_u else gu), None
         if need_v or need_u:
             gv = torch.zeros_like(v) if need_v else gv
             gu = torch.zeros_like(u) if need_u else gu
