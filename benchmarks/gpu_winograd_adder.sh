@@ -1,20 +1,25 @@
 #!/usr/bin/env bash
 # Train Winograd AdderNet variants of benchmarks/winograd_adder_cifar10.py on a lent CUDA GPU,
 # all at once (one process each, fp32, the core's backward compiled by torch.compile), and
-# pack their runs into $OUT/runs.tgz; their parts are written here, where the test images are.
+# pack each run into $OUT/<variant>.tgz; their parts are written here, where the test images are.
 #
 #   python tools/device_data.py --out .gpu                       # here, once
 #   # device tool, from a clean commit, carry [".gpu"]:
 #   LV_TRAINED_AT=<commit> bash benchmarks/gpu_winograd_adder.sh balanced_a_anneal ...
-#   # here: tar xzf runs.tgz; then per variant
+#   # here: tar xzf each <variant>.tgz; then per variant
 #   python benchmarks/winograd_adder_cifar10.py part --variant V --runs runs/bench_winograd_adder
+# A dry run here: DEVICE=cpu EPOCHS=1 EXTRA="--max-train 256 --max-val 64" OUT=/tmp/x bash ...
 set -u
 data=${CIFAR:-.gpu/cifar10}
 out=${OUT:-/tmp/gpu_out}
+device=${DEVICE:-cuda}
+epochs=${EPOCHS:-15}
+extra=${EXTRA:-}
 mkdir -p "$out"
 export PYTHONPATH=src PYTHONUNBUFFERED=1
+if [ "$device" = cuda ]; then
 python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())"
-# the fused backward against the chunked one on this GPU before anything trains
+# the fused backward against the float64 broadcast form on this GPU before anything trains
 python3 - <<'PY' || exit 1
 import torch
 from leanvision.layers import winograd_adder as wa
@@ -31,10 +36,18 @@ for p in (1.0, 1.5):
             assert err < 1e-5, (p, err)
 print("fused backward:", wa.cuda_backward_backend(), "agrees with float64")
 PY
+fi
 for v in "$@"; do
-  python3 benchmarks/winograd_adder_cifar10.py --data "$data" --threads 2 train --variant "$v" \
-    --epochs 15 --device cuda --no-part > "$out/$v.log" 2>&1 &
+  # shellcheck disable=SC2086
+  python3 benchmarks/winograd_adder_cifar10.py --data "$data" --threads 2 $extra train \
+    --variant "$v" --epochs "$epochs" --device "$device" --no-part > "$out/$v.log" 2>&1 &
 done
 wait
-tail -n 3 "$out"/*.log
-tar czf "$out/runs.tgz" runs/bench_winograd_adder
+# one archive per variant (the device tool returns 8 files of 16 MiB at most): what `part`
+# reads, and the log
+for v in "$@"; do
+  tail -n 3 "$out/$v.log"
+  r=runs/bench_winograd_adder/$v
+  tar czf "$out/$v.tgz" "$r/last.pt" "$r/summary.json" -C "$out" "$v.log" && rm "$out/$v.log"
+done
+ls -la "$out"
