@@ -4,8 +4,8 @@
 # pack each run into $OUT/<variant>.tgz; their parts are written here, where the test images are.
 #
 #   python tools/device_data.py --out .gpu                       # here, once
-#   # device tool, from a clean commit, carry [".gpu"]:
-#   LV_TRAINED_AT=<commit> bash benchmarks/gpu_winograd_adder.sh balanced_a_anneal ...
+#   # device tool, from a clean commit (its hash declared: the copy has no .git), carry .gpu:
+#   LEANVISION_SOURCE_COMMIT=<its hash> bash benchmarks/gpu_winograd_adder.sh balanced_a_anneal ...
 #   # here: tar xzf each <variant>.tgz; then per variant
 #   python benchmarks/winograd_adder_cifar10.py part --variant V --runs runs/bench_winograd_adder
 # A dry run here: DEVICE=cpu EPOCHS=1 EXTRA="--max-train 256 --max-val 64" OUT=/tmp/x bash ...

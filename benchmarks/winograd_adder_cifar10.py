@@ -36,7 +36,6 @@ import argparse
 import dataclasses
 import datetime
 import json
-import os
 import statistics
 import sys
 import time
@@ -78,7 +77,6 @@ ADDER_OPS = (
     "winograd_output_transform",
 )
 FULL = (15, 45000)  # the AdderNet row's schedule (lowbit_cifar10): epochs, training images
-TRAINED_AT_ENV = "LV_TRAINED_AT"  # the commit a device run's copied tree (no .git) was made from
 LOWBIT = ROOT / "benchmarks" / "results" / "lowbit_cifar10" / "results.json"
 PAPER = {"top1": 91.84, "source": "AdderNet paper Table 2, ResNet-20 ANN, CIFAR-10 (400 epochs)"}
 
@@ -114,9 +112,6 @@ def cmd_train(args: argparse.Namespace) -> None:
     model = lv.create_model("resnet20_cifar", num_classes=10)
     t0 = time.perf_counter()
     lv.compress(model, method, data, finetune_epochs=args.epochs, **TRAIN, **common, **spec)
-    git = dataclasses.asdict(git_state())
-    if git["commit"] == "unknown" and os.environ.get(TRAINED_AT_ENV):  # a copied tree, no .git
-        git = {"commit": os.environ[TRAINED_AT_ENV], "dirty": None, "declared": True}
     summary = {
         "variant": args.variant,
         "epochs": args.epochs,
@@ -124,7 +119,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         "wall_s": time.perf_counter() - t0,
         "threads": args.threads,
         "device": args.device,
-        "git": git,
+        "git": dataclasses.asdict(git_state()),  # a device run's copied tree: as declared
     }
     if args.device.startswith("cuda"):
         summary["device_name"] = torch.cuda.get_device_name(torch.device(args.device))
@@ -166,18 +161,14 @@ def write_part(args: argparse.Namespace, variant: str, runs: Path) -> Path:
 
 
 def _train_note(record: dict[str, Any], summary: dict[str, Any]) -> str:
-    """The training sentence of a part: the checkpoint's record on a CPU; on a GPU (trained on a
-    lent machine from a copied tree) its device and the commit the copy was made from."""
-    images = summary["max_train"]
-    if summary.get("device", "cpu") == "cpu":
-        return f"{training_note(record, summary['threads'])} on {images} images"
-    git = summary["git"]
-    how = " (declared by the device run)" if git.get("declared") else ""
-    return (
-        f"{record['epochs']} epochs, {summary['wall_s'] / 60:.0f} min on {summary['device_name']} "
-        f"(fp32; core backward: {summary['core_backward']}), at commit {git['commit'][:10]}{how}"
-        f" on {images} images; tested here, on the CPU"
-    )
+    """The training sentence of a part; a GPU run (on a lent machine) adds the core backward
+    that ran there."""
+    cpu = summary.get("device", "cpu") == "cpu"
+    note = f"{training_note(record, summary['threads'] if cpu else None)} on "
+    note += f"{summary['max_train']} images"
+    if not cpu:
+        note += f" (fp32; core backward: {summary['core_backward']}); tested here, on the CPU"
+    return note
 
 
 def cmd_part(args: argparse.Namespace) -> None:

@@ -68,13 +68,13 @@ def test_winograd_adder_findings_at_the_full_schedule(bench):
 
 
 def test_winograd_adder_part_note_names_a_device_run(bench):
-    """A run trained on a lent GPU (a copied tree without .git) is named as such in its part:
-    the device, the backward that ran, and the commit the device run declared."""
-    record = {"epochs": 15, "stretches": [], "commits": [], "unrecorded_epochs": 0}
-    summary = {"max_train": 45000, "device": "cuda", "device_name": "NVIDIA H100", "wall_s": 300,
-               "core_backward": "torch.compile(inductor)", "threads": 2,
-               "git": {"commit": "0123456789abcdef", "dirty": None, "declared": True}}  # fmt: skip
+    """A run trained on a lent GPU is named as such in its part: the device (from the
+    checkpoint's record) and the core backward that ran there."""
+    record = {"epochs": 15, "wall_s": 300.0, "stretches": [{"device": "NVIDIA H100"}],
+              "commits": [("0123456789abcdef", None)], "devices": ["NVIDIA H100"],
+              "unrecorded_epochs": 0, "unrecorded_train_s": 0.0}  # fmt: skip
+    summary = {"max_train": 45000, "device": "cuda", "threads": 2,
+               "core_backward": "torch.compile(inductor)"}  # fmt: skip
     note = bench._train_note(record, summary)
-    assert note.startswith("15 epochs, 5 min on NVIDIA H100 (fp32; core backward: torch.compile")
-    assert "at commit 0123456789 (declared by the device run) on 45000 images" in note
-    assert note.endswith("tested here, on the CPU")
+    assert note.startswith("15 epochs, 5 min on NVIDIA H100, at commit 0123456789 on 45000")
+    assert note.endswith("(fp32; core backward: torch.compile(inductor)); tested here, on the CPU")

@@ -161,6 +161,7 @@ def test_a_checkpoint_from_before_stretches_says_what_it_leaves_out(mnist_small,
     opts = dict(max_steps=None, out_dir=str(tmp_path), progress=False, log=False, lr=0.05)
     res = lv.train(model, mnist_small, epochs=1, **opts)
     assert [(r["after_epoch"], r["to_epoch"]) for r in res.stretches] == [(0, 1)]
+    assert res.stretches[0]["device"] == "cpu"
     state = load_checkpoint(tmp_path / "last.pt")
     del state["stretches"]  # as an older leanvision wrote it
     state.pop("format")
@@ -330,3 +331,17 @@ def test_lr_scales_give_modules_their_own_learning_rate(mnist_small):
     assert lrs[True] == pytest.approx(0.01 * lrs[False]) and lrs[False] > 0
     with pytest.raises(ConfigError, match="lr_scales"):
         lv.train(model, mnist_small, epochs=1, max_steps=1, lr_scales={"nope": 0.1}, log=False)
+
+
+def test_training_note_names_a_gpu_in_place_of_the_threads():
+    """A run trained on a GPU is named by the GPU, not by CPU threads that did not set its pace."""
+    record = {"epochs": 15, "wall_s": 300.0, "stretches": [{"device": "NVIDIA H100"}],
+              "commits": [("a" * 40, None)], "devices": ["NVIDIA H100"],
+              "unrecorded_epochs": 0, "unrecorded_train_s": 0.0}  # fmt: skip
+    assert (
+        training_note(record, threads=2) == "15 epochs, 5 min on NVIDIA H100, at commit aaaaaaaaaa"
+    )
+    record["devices"] = ["cpu", "NVIDIA H100"]
+    assert "on NVIDIA H100 and the CPU," in training_note(record, threads=2)
+    record["devices"] = ["cpu"]
+    assert "at 2 thread(s)" in training_note(record, threads=2)

@@ -114,6 +114,25 @@ def test_outside_git_is_unknown(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     assert state == provenance.GitState(commit="unknown", dirty=None, diff_sha256=None)
 
 
+def test_outside_git_a_declared_commit_is_taken(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A copied tree (no .git) names the commit its copier declares; dirty stays unknown."""
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path.parent))
+    monkeypatch.setenv(provenance.SOURCE_COMMIT_ENV, "0123ABCD" * 5)
+    assert provenance.git_state(tmp_path) == provenance.GitState(commit="0123abcd" * 5)
+    monkeypatch.setenv(provenance.SOURCE_COMMIT_ENV, "main")
+    with pytest.raises(ConfigError, match="LEANVISION_SOURCE_COMMIT='main' is not a commit"):
+        provenance.git_state(tmp_path)
+
+
+def test_inside_git_a_declared_commit_is_ignored(
+    repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(provenance.SOURCE_COMMIT_ENV, "f" * 40)
+    assert provenance.git_state(repo).commit not in ("f" * 40, "unknown")
+
+
 # -- write_results ------------------------------------------------------------------------------
 
 

@@ -21,6 +21,10 @@ The hash covers ``git diff HEAD --binary`` of those tracked files followed by, f
 untracked file in path order, its path and content; two trees with the same changes on the
 same commit hash alike, and any edit changes it.
 
+Outside git (a tree copied without ``.git``: a container, a lent GPU machine) the commit is
+``"unknown"`` unless whoever copied the tree declares it in ``LEANVISION_SOURCE_COMMIT``
+(:data:`SOURCE_COMMIT_ENV`); the dirty flag then stays None (unknown).
+
 Results meant to be committed (written under ``benchmarks/results`` of the checkout, or marked
 ``committed=True``) are refused from a dirty tree unless ``allow_dirty=True`` or
 ``LEANVISION_ALLOW_DIRTY=1`` (:func:`check_committable`).
@@ -42,6 +46,7 @@ __all__ = [
     "CODE_PATHS",
     "COMMITTED_RESULTS_DIR",
     "OUTPUT_PATHS",
+    "SOURCE_COMMIT_ENV",
     "GitState",
     "allow_dirty_from_env",
     "check_committable",
@@ -51,6 +56,8 @@ __all__ = [
 ]
 
 ALLOW_DIRTY_ENV = "LEANVISION_ALLOW_DIRTY"
+# The commit a copied tree (no .git) was made from, declared by whoever copied it.
+SOURCE_COMMIT_ENV = "LEANVISION_SOURCE_COMMIT"
 # Generated outputs: changes to them never make a tree dirty.
 OUTPUT_PATHS = ("benchmarks/results", "benchmarks/perf", "docs")
 # Folders whose untracked files are code a run may have used.
@@ -130,7 +137,7 @@ def git_state(repo: str | os.PathLike[str] | None = None) -> GitState:
     """
     root = source_repo() if repo is None else Path(repo)
     if root is None:
-        return GitState()
+        return _declared()
     try:
         commit = _git(root, "rev-parse", "--verify", "HEAD").decode().strip()
         top = Path(_git(root, "rev-parse", "--show-toplevel").decode().strip())
@@ -172,13 +179,31 @@ def git_state(repo: str | os.PathLike[str] | None = None) -> GitState:
             data = _file_bytes(top / name)
             digest.update(b"\0untracked\0" + name.encode() + b"\0%d\0" % len(data) + data)
     except (OSError, subprocess.SubprocessError, UnicodeDecodeError):
-        return GitState()
+        return _declared()
     return GitState(
         commit=commit or "unknown",
         dirty=True,
         diff_sha256=digest.hexdigest(),
         dirty_files=tuple(sorted({*changed_names, *untracked_names})),
     )
+
+
+def _declared() -> GitState:
+    """Outside git: the commit ``LEANVISION_SOURCE_COMMIT`` declares (dirty unknown), else
+    ``GitState()``.
+
+    Raises:
+        ConfigError: The variable is set but is not a commit hash (7 to 40 hex digits).
+    """
+    value = os.environ.get(SOURCE_COMMIT_ENV, "").strip().lower()
+    if not value:
+        return GitState()
+    if not 7 <= len(value) <= 40 or any(ch not in "0123456789abcdef" for ch in value):
+        raise ConfigError(
+            f"{SOURCE_COMMIT_ENV}={os.environ[SOURCE_COMMIT_ENV]!r} is not a commit hash "
+            "(7 to 40 hex digits, e.g. the output of `git rev-parse HEAD`)"
+        )
+    return GitState(commit=value)
 
 
 def allow_dirty_from_env() -> bool:

@@ -151,9 +151,11 @@ def training_record(path: str | os.PathLike) -> dict[str, Any]:
         ``epochs`` trained; ``wall_s``, the wall time of the recorded stretches; ``cpu_s``,
         their CPU time (None when a stretch was recorded without it, by an older trainer);
         ``stretches``, their records; ``commits``, the distinct ``(commit, dirty)`` pairs
-        they ran at, oldest first; ``unrecorded_epochs``, epochs trained before stretches
-        were recorded (an older checkpoint), and ``unrecorded_train_s``, their training time
-        from the history (without validation), so a total can say what it leaves out.
+        they ran at, oldest first; ``devices``, the distinct devices they ran on (``"cpu"`` or
+        a GPU's name; none for stretches recorded before devices were); ``unrecorded_epochs``,
+        epochs trained before stretches were recorded (an older checkpoint), and
+        ``unrecorded_train_s``, their training time from the history (without validation), so
+        a total can say what it leaves out.
     """
     state = load_training_checkpoint(path)
     stretches = [dict(r) for r in state.get("stretches", [])]
@@ -175,6 +177,7 @@ def training_record(path: str | os.PathLike) -> dict[str, Any]:
         ),  # fmt: skip
         "stretches": stretches,
         "commits": commits,
+        "devices": list(dict.fromkeys(str(r["device"]) for r in stretches if r.get("device"))),
         "unrecorded_epochs": first,
         "unrecorded_train_s": sum(float(row.get("time_s", 0.0)) for row in early),
     }
@@ -185,12 +188,16 @@ def training_note(
 ) -> str:
     """One sentence from a :func:`training_record`: epochs, time, stretches and commits.
 
-    e.g. ``"10 epochs, 134 min at 1 thread(s) in 2 stretches, at commit 4c02ea1a2b"``; an
+    e.g. ``"10 epochs, 134 min at 1 thread(s) in 2 stretches, at commit 4c02ea1a2b"`` (``"on
+    NVIDIA H100 80GB HBM3"`` in place of the threads for a run trained on a GPU); an
     older checkpoint's unrecorded epochs are named with their history time, apart.
     ``finished_at``: the git state (``commit``, ``dirty``) a caller recorded when the run
     ended, named for such a run (it covers the last stretch only).
     """
     at = f" at {threads} thread(s)" if threads else ""
+    gpus = [d for d in record.get("devices", []) if d != "cpu"]
+    if gpus:  # the CPU threads did not set the pace
+        at = f" on {' and '.join(gpus)}" + (" and the CPU" if "cpu" in record["devices"] else "")
     n = len(record["stretches"])
     text = f"{record['epochs']} epochs"
     if n:

@@ -8,8 +8,8 @@ rich progress bar, an atomic checkpoint every epoch, exact resume after a kill, 
 
 A run that is killed and resumed trains in stretches. The checkpoint keeps one record per
 stretch (:data:`TrainResult.stretches`): the epochs it covered, its wall time (training and
-validation) and the code that ran it (git commit and dirty flag), so a run's total time and
-every commit it trained at survive the resumes.
+validation), the device it ran on and the code that ran it (git commit and dirty flag), so a
+run's total time and every commit and device it trained at survive the resumes.
 """
 
 from __future__ import annotations
@@ -170,6 +170,13 @@ class TrainResult:
     checkpoint: Path | None = None
     steps: int = 0
     stretches: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _device_label(device: torch.device) -> str:
+    """``"cpu"``, or a GPU's name (``"NVIDIA H100 80GB HBM3"``) for the stretch records."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return device.type
 
 
 def _pick_device(name: str | None) -> torch.device:
@@ -341,6 +348,7 @@ class Trainer:
             "after_epoch": self.epoch,
             "started": datetime.now(UTC).isoformat(timespec="seconds"),
             "git": git,
+            "device": _device_label(self.device),
         }
 
     def _saved_stretches(self) -> list[dict[str, Any]]:
