@@ -64,7 +64,8 @@ def cmd_train(args: argparse.Namespace) -> None:
     options = {"lr": SCHEDULE["lr"], "weight_decay": SCHEDULE["weight_decay"],
                "opt": SCHEDULE["opt"], "seed": 0, "out_dir": str(out), "resume": True,
                "num_threads": args.threads, "progress": sys.stderr.isatty(),
-               "max_steps": 2 if SMOKE else None}  # fmt: skip
+               "max_steps": 2 if SMOKE else None, "device": args.device,
+               "amp": False}  # fmt: skip
     epochs = 1 if SMOKE else SCHEDULE["epochs"]
     if args.model == "drnet":
         model = lv.compress(model, "drnet", data=data, finetune_epochs=epochs, **DRNET, **options)
@@ -157,6 +158,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--allow-dirty", action="store_true", default=None, help="see write_results")
     p.add_argument("--data", default=str(DATA))
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument(
+        "--device", default="cpu", help="training device: cpu, or cuda on a lent GPU (fp32; "
+        "the report tests and times here, on the CPU)",
+    )  # fmt: skip
     sub = p.add_subparsers(dest="cmd", required=True)
     t = sub.add_parser("train")
     t.add_argument("--model", choices=list(SIZES), required=True)

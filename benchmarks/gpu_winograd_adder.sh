@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Train Winograd AdderNet variants of benchmarks/winograd_adder_cifar10.py on a lent CUDA GPU,
-# all at once (one process each, fp32, the core's backward compiled by torch.compile), and
-# pack each run into $OUT/<variant>.tgz; their parts are written here, where the test images are.
+# all at once (one process each, fp32, the core's backward compiled by torch.compile), and pack
+# the runs into $OUT (tools/device_pack.py); their parts are written here, where the test
+# images are.
 #
-#   python tools/device_data.py --out .gpu                       # here, once
-#   # device tool, from a clean commit (its hash declared: the copy has no .git), carry .gpu:
-#   LEANVISION_SOURCE_COMMIT=<its hash> bash benchmarks/gpu_winograd_adder.sh balanced_a_anneal ...
-#   # here: tar xzf each <variant>.tgz; then per variant
-#   python benchmarks/winograd_adder_cifar10.py part --variant V --runs runs/bench_winograd_adder
+#   python tools/device_data.py cifar10 --out .gpu                 # here, once
+#   # device tool, from a clean commit (the copy has no .git: declare its hash), carry .gpu:
+#   LEANVISION_SOURCE_COMMIT=<hash> bash benchmarks/gpu_winograd_adder.sh balanced_a_anneal ...
+#   # here, with the files it returned:
+#   python tools/device_pack.py unpack <folder>
+#   python benchmarks/winograd_adder_cifar10.py part --variant V     # each variant
 # A dry run here: DEVICE=cpu EPOCHS=1 EXTRA="--max-train 256 --max-val 64" OUT=/tmp/x bash ...
 set -u
 data=${CIFAR:-.gpu/cifar10}
@@ -15,7 +17,8 @@ out=${OUT:-/tmp/gpu_out}
 device=${DEVICE:-cuda}
 epochs=${EPOCHS:-15}
 extra=${EXTRA:-}
-mkdir -p "$out"
+runs=runs/bench_winograd_adder
+mkdir -p "$out" "$runs"
 export PYTHONPATH=src PYTHONUNBUFFERED=1
 if [ "$device" = cuda ]; then
 python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())"
@@ -40,14 +43,8 @@ fi
 for v in "$@"; do
   # shellcheck disable=SC2086
   python3 benchmarks/winograd_adder_cifar10.py --data "$data" --threads 2 $extra train \
-    --variant "$v" --epochs "$epochs" --device "$device" --no-part > "$out/$v.log" 2>&1 &
+    --variant "$v" --epochs "$epochs" --device "$device" --no-part > "$runs/$v.log" 2>&1 &
 done
 wait
-# one archive per variant (the device tool returns 8 files of 16 MiB at most): what `part`
-# reads, and the log
-for v in "$@"; do
-  tail -n 3 "$out/$v.log"
-  r=runs/bench_winograd_adder/$v
-  tar czf "$out/$v.tgz" "$r/last.pt" "$r/summary.json" -C "$out" "$v.log" && rm "$out/$v.log"
-done
-ls -la "$out"
+for v in "$@"; do tail -n 2 "$runs/$v.log"; done
+python3 tools/device_pack.py pack --out "$out" "$runs"

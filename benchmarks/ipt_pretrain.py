@@ -96,7 +96,8 @@ def _pretrain_data(args: argparse.Namespace) -> Any:
 
 def _options(out: Path, args: argparse.Namespace) -> dict[str, Any]:
     return {"seed": 0, "out_dir": str(out), "resume": True, "num_threads": args.threads,
-            "progress": sys.stderr.isatty(), "max_steps": 2 if SMOKE else None, **OPT}  # fmt: skip
+            "progress": sys.stderr.isatty(), "max_steps": 2 if SMOKE else None,
+            "device": args.device, "amp": False, **OPT}  # fmt: skip
 
 
 def _epochs(n: int) -> int:
@@ -194,6 +195,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--allow-dirty", action="store_true", default=None, help="see write_results")
     p.add_argument("--data", default=str(DATA))
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument(
+        "--device", default="cpu", help="training device: cpu, or cuda on a lent GPU (fp32; "
+        "the report tests and times here, on the CPU)",
+    )  # fmt: skip
     sub = p.add_subparsers(dest="cmd", required=True)
     pre = sub.add_parser("pretrain")
     pre.add_argument("--contrastive", choices=("on", "off"), required=True)
