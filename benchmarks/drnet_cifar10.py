@@ -162,11 +162,15 @@ def main(argv: list[str] | None = None) -> None:
         "--device", default="cpu", help="training device: cpu, or cuda on a lent GPU (fp32; "
         "the report tests and times here, on the CPU)",
     )  # fmt: skip
+    p.add_argument("--smoke", action="store_true", help="a few steps of tiny models: a dry run")
     sub = p.add_subparsers(dest="cmd", required=True)
     t = sub.add_parser("train")
     t.add_argument("--model", choices=list(SIZES), required=True)
     sub.add_parser("report")
     args = p.parse_args(argv)
+    if args.smoke:
+        global SMOKE
+        SMOKE = True
     {"train": cmd_train, "report": cmd_report}[args.cmd](args)
 
 

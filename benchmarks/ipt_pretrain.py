@@ -199,6 +199,7 @@ def main(argv: list[str] | None = None) -> None:
         "--device", default="cpu", help="training device: cpu, or cuda on a lent GPU (fp32; "
         "the report tests and times here, on the CPU)",
     )  # fmt: skip
+    p.add_argument("--smoke", action="store_true", help="a few steps of tiny models: a dry run")
     sub = p.add_subparsers(dest="cmd", required=True)
     pre = sub.add_parser("pretrain")
     pre.add_argument("--contrastive", choices=("on", "off"), required=True)
@@ -209,6 +210,9 @@ def main(argv: list[str] | None = None) -> None:
     sc.add_argument("--target", choices=list(TARGETS), required=True)
     sub.add_parser("report")
     args = p.parse_args(argv)
+    if args.smoke:
+        global SMOKE
+        SMOKE = True
     {"pretrain": cmd_pretrain, "finetune": cmd_finetune, "scratch": cmd_scratch,
      "report": cmd_report}[args.cmd](args)  # fmt: skip
 

@@ -50,8 +50,16 @@ def test_pack_then_unpack_restores_the_runs(tmp_path, monkeypatch):
     pack.main(["unpack", "out", "--dest", "back"])
     assert (Path("back") / run / "last.pt").read_bytes() == b"\1" * 3000
     assert (Path("back") / "a.log").read_text() == "l" * 2000
-    with pytest.raises(SystemExit, match="no runs_"):
+    with pytest.raises(SystemExit, match="no .tgz archives"):
         pack.main(["unpack", "back"])
+    with pytest.raises(SystemExit, match="exists: pack each batch under its own --name"):
+        pack.main(["pack", "a.log", "--out", "out"])
+    pack.main(["pack", "a.log", "--out", "out", "--name", "logs"])
+    assert (Path("out") / "logs_0.tgz").exists()
+    for i in range(5):
+        (Path("out") / f"x{i}").write_text("")  # 8 files there now: nothing more comes back
+    with pytest.raises(SystemExit, match="need 1 archives; 0 come back"):
+        pack.main(["pack", "a.log", "--out", "out", "--name", "more"])
 
 
 def test_token_test_zip_keeps_every_class(tmp_path):

@@ -3,9 +3,11 @@
 The device tool sends the checkout (64 MiB at most; ``tools/device_data.py`` packs one dataset
 to carry) and returns at most 8 files of 16 MiB each from ``$OUT``. ``pack`` puts the files
 under the given paths (run folders, logs) into at most 8 gzip tar archives of at most
-``--max-mib`` each, by path relative to the checkout; ``unpack`` extracts them here, where the
-benchmarks' ``report`` (and the Winograd benchmark's ``part``) test and time the trained
-networks on the CPU. The round trip, e.g. for the super-resolution benchmarks::
+``--max-mib`` each (``<name>_<i>.tgz``; files already in ``--out`` count against the 8), by
+path relative to the checkout; ``unpack`` extracts them here, where the benchmarks' ``report``
+(and the Winograd benchmark's ``part``) test and time the trained networks on the CPU. The
+round trip, e.g. for the super-resolution benchmarks (``benchmarks/gpu_session.sh`` runs
+whole batches)::
 
     python tools/device_data.py sr --out .gpu            # here
     # device tool, from a clean commit, carry .gpu; the copy has no .git, so declare it:
@@ -58,13 +60,16 @@ def plan(sizes: dict[Path, int], max_bytes: int, max_files: int = MAX_FILES) -> 
     return groups
 
 
-def pack(paths: list[Path], out: Path, max_mib: float) -> list[Path]:
+def pack(paths: list[Path], out: Path, max_mib: float, name: str = "runs") -> list[Path]:
     files = _files(paths)
-    groups = plan({f: f.stat().st_size for f in files}, int(max_mib * 2**20))
     out.mkdir(parents=True, exist_ok=True)
+    there = sum(1 for f in out.iterdir() if f.is_file())  # earlier batches count
+    groups = plan({f: f.stat().st_size for f in files}, int(max_mib * 2**20), MAX_FILES - there)
     written = []
     for i, group in enumerate(groups):
-        archive = out / f"runs_{i}.tgz"
+        archive = out / f"{name}_{i}.tgz"
+        if archive.exists():
+            raise SystemExit(f"{archive} exists: pack each batch under its own --name")
         with tarfile.open(archive, "w:gz") as tar:
             for f in group:
                 tar.add(f, arcname=str(f))
@@ -74,9 +79,9 @@ def pack(paths: list[Path], out: Path, max_mib: float) -> list[Path]:
 
 
 def unpack(folder: Path, dest: Path) -> None:
-    archives = sorted(folder.glob("runs_*.tgz"))
+    archives = sorted(folder.glob("*.tgz"))
     if not archives:
-        raise SystemExit(f"no runs_*.tgz in {folder}")
+        raise SystemExit(f"no .tgz archives in {folder}")
     for a in archives:
         with tarfile.open(a) as tar:
             tar.extractall(dest, filter="data")  # relative paths only, no links out
@@ -90,6 +95,7 @@ def main(argv: list[str] | None = None) -> None:
     pk.add_argument("paths", nargs="+", type=Path, help="run folders and files, relative")
     pk.add_argument("--out", type=Path, required=True)
     pk.add_argument("--max-mib", type=float, default=15.0)
+    pk.add_argument("--name", default="runs", help="archive names: <name>_<i>.tgz")
     un = sub.add_parser("unpack")
     un.add_argument("folder", type=Path)
     un.add_argument("--dest", type=Path, default=Path("."))
@@ -97,7 +103,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.cmd == "pack":
         if any(p.is_absolute() for p in args.paths):
             raise SystemExit("give the paths relative to the checkout: they unpack there")
-        pack(args.paths, args.out, args.max_mib)
+        pack(args.paths, args.out, args.max_mib, args.name)
     else:
         unpack(args.folder, args.dest)
 
