@@ -260,3 +260,13 @@ class ViTResSuperNetSpy:
         from leanvision.models.vit_res_supernet import ViTResSuperNet
 
         ViTResSuperNet.forward = original
+
+
+def test_recalibration_sends_batches_to_the_model_device():
+    """A supernet trained on a GPU gets its recalibration batches there, not CPU tensors (the
+    meta device stands in for a GPU)."""
+    net = nn.Sequential(nn.Conv2d(3, 4, 3)).to("meta")
+    seen = []
+    net.register_forward_pre_hook(lambda m, args: seen.append(args[0].device))
+    recalibrate_bn(net, [(torch.randn(2, 3, 8, 8), torch.zeros(2))], batches=1)
+    assert seen == [torch.device("meta")] and not net.training

@@ -11,7 +11,8 @@ from leanvision.shapes import guarded_forward
 from leanvision.tasks import Classification, Task, move_to
 
 
-def _model_device(model: nn.Module) -> torch.device:
+def model_device(model: nn.Module) -> torch.device:
+    """Where ``model``'s first parameter lives (the CPU for a model without parameters)."""
     p = next(model.parameters(), None)
     return p.device if p is not None else torch.device("cpu")
 
@@ -45,7 +46,7 @@ def evaluate(
     """
     if task is None:  # a DataBundle's loader names its task; any other loader: classification
         task = getattr(loader, "lv_task", None) or Classification()
-    device = torch.device(device) if device is not None else _model_device(model)
+    device = torch.device(device) if device is not None else model_device(model)
     was_training = model.training
     model.eval()
     metrics = task.metrics()

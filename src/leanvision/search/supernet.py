@@ -16,10 +16,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from leanvision.engine import Hook, StepContext, evaluate
+from leanvision.engine import Hook, StepContext, evaluate, model_device
 from leanvision.engine.trainer import resolve_task
 from leanvision.errors import ConfigError
 from leanvision.search.space import SearchSpace
+from leanvision.tasks import move_to
 
 __all__ = ["UniformPathHook", "member_outputs", "recalibrate_bn", "score_member"]
 
@@ -88,7 +89,9 @@ def _as_state(value: Any) -> Any:
 def recalibrate_bn(model: nn.Module, loader: Any, batches: int, task: Any = None) -> None:
     """Recompute every batch norm's running statistics over ``batches`` training batches
     (a cumulative average, not a momentum one); the model is left in eval mode. ``task``
-    splits a batch into inputs and targets (default: classification's ``(x, y)``)."""
+    splits a batch into inputs and targets (default: classification's ``(x, y)``); the
+    batches go to the model's device."""
+    device = model_device(model)
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     saved = [m.momentum for m in norms]
     for m in norms:
@@ -100,7 +103,7 @@ def recalibrate_bn(model: nn.Module, loader: Any, batches: int, task: Any = None
             if i >= batches:
                 break
             x = task.split_batch(batch)[0] if task is not None else batch[0]
-            model(x)
+            model(move_to(x, device))
     finally:
         for m, momentum in zip(norms, saved, strict=True):
             m.momentum = momentum
@@ -124,8 +127,8 @@ def member_outputs(
     net: nn.Module, space: SearchSpace, sample: dict[str, Any], data: Any, probe: torch.Tensor,
     bn_batches: int,
 ) -> torch.Tensor:  # fmt: skip
-    """The member's softmax outputs on a fixed probe batch, flattened: what it computes, as a
-    vector (DC-NAS clusters members by it)."""
+    """The member's softmax outputs on a fixed probe batch, flattened, on the CPU: what it
+    computes, as a vector (DC-NAS clusters members by it)."""
     space.activate(net, sample)
     recalibrate_bn(net, data.loader("train"), bn_batches, resolve_task(None, data))
-    return torch.softmax(net(probe), dim=-1).flatten()
+    return torch.softmax(net(move_to(probe, model_device(net))), dim=-1).flatten().cpu()

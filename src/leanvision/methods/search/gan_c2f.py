@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from leanvision.checks import check_int, check_real
-from leanvision.engine import StepContext
+from leanvision.engine import StepContext, model_device
 from leanvision.errors import ConfigError
 from leanvision.methods.distillation.kd import TeacherHook
 from leanvision.methods.saving import load
@@ -98,7 +98,7 @@ class GanC2FConfig(SearchConfig):
         lr, hr = next(iter(data.loader("val", batch_size=1)))
         was = self.teacher.training
         with torch.no_grad():
-            out = self.teacher.eval()(lr)
+            out = self.teacher.eval()(lr.to(model_device(self.teacher))).cpu()
         self.teacher.train(was)
         if not isinstance(out, torch.Tensor) or out.shape != hr.shape:
             got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
