@@ -362,6 +362,12 @@ def _read_parts() -> dict[tuple[int, int], dict[str, dict[str, Any]]]:
     return dict(sorted(out.items(), reverse=True))
 
 
+def _tested_at(part: dict[str, Any]) -> str:
+    """Where a part's test top-1 was measured (the report's own commit is another)."""
+    git = part["tested_git"]
+    return f"; tested at commit {git['commit'][:10]}{' (dirty tree)' if git.get('dirty') else ''}"
+
+
 def cmd_report(args: argparse.Namespace) -> None:
     check_results_target(OUT, allow_dirty=args.allow_dirty)
     speed_file = parts_dir() / "speed.json"
@@ -387,7 +393,7 @@ def cmd_report(args: argparse.Namespace) -> None:
                 "name": name, "method_chain": [spec["method"]], "baseline": base_name,
                 "params": part["params"], "macs": part["macs"], "adds": part["adds"],
                 "muls": part["muls"], "bitops": 0, "dataset": "cifar10", "split": "test",
-                "top1": part["top1"], "notes": part["note"] + part.get("source", ""),
+                "top1": part["top1"], "notes": part["note"] + part.get("source", _tested_at(part)),
                 **({"paper": dict(PAPER)} if variant == "adder" else {}),
             })  # fmt: skip
             acc_rows.append([
