@@ -28,8 +28,13 @@ ViT-Res-Tiny at <= its MACs; here the hand design is ViT-Res-Tiny's pattern at h
 (``VIT_HAND``, CPU-sized), the budget is its MACs, and both are retrained with ``VIT_RETRAIN``.
 The report times every found model and the hand design side by side in one process.
 
-Searches, supernets and trainings resume from ``runs/bench_search/``; every search's study is
-in its folder's ``search.db``.
+Searches, supernets and trainings resume from ``runs/bench_search/`` (every search's study is
+in its folder's ``search.db``). Each finished stage writes one *part*,
+``benchmarks/results/search_cifar10/parts/<stage>.json`` (a search's find and cost, a retrained
+model's test top-1, the DC-NAS members' scores, one member trained alone), and parts are
+committed: a stage whose part exists is not run again, the stages after it read it, and
+``report`` builds the tables from the parts there are, naming the stages still to run. So the
+stages can run in different sessions, on different machines.
 """
 
 from __future__ import annotations
@@ -46,6 +51,7 @@ import torch
 
 import leanvision as lv
 from leanvision.engine import training_note, training_record
+from leanvision.fileio import atomic_write_text
 from leanvision.pipeline import cpu_info
 from leanvision.profiling import count_ops
 from leanvision.provenance import git_state
@@ -146,16 +152,38 @@ def _search(method: str, data: Any, n_trials: int | None = None) -> Any:
     )  # fmt: skip
 
 
-def _write_summary(path: Path, summary: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(summary, indent=1, default=str))
+def parts_dir() -> Path:
+    """The committed stage results (see the module docstring)."""
+    return OUT / "parts"
+
+
+def read_part(name: str) -> dict[str, Any] | None:
+    """A stage's part, or None where the stage has not run."""
+    path = parts_dir() / f"{name}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _need_part(name: str, command: str) -> dict[str, Any]:
+    part = read_part(name)
+    if part is None:
+        raise SystemExit(f"no part {name}.json in {parts_dir()}: run `{command}` first")
+    return part
+
+
+def _write_part(name: str, summary: dict[str, Any]) -> Path:
+    text = json.dumps(summary, indent=1, default=str) + "\n"
+    return atomic_write_text(parts_dir() / f"{name}.json", text)
 
 
 def cmd_search(args: argparse.Namespace) -> None:
+    if read_part(f"search_{args.method}") is not None:
+        print(f"{args.method}: searched already ({parts_dir() / f'search_{args.method}.json'})")
+        return
     torch.set_num_threads(args.threads)
-    data = _data(args, **SEARCH_DATA)
     if args.method == "random":  # equal budget: as many CPU-hours as HourNAS's search
-        target = json.loads((RUNS / "hournas" / "summary.json").read_text())["cpu_hours"]
+        target = _need_part("search_hournas", "search --method hournas")["cpu_hours"]
+    data = _data(args, **SEARCH_DATA)
+    if args.method == "random":
         n = 1
         while True:
             result = _search("random", data, n_trials=n)
@@ -165,7 +193,7 @@ def cmd_search(args: argparse.Namespace) -> None:
     else:
         result = _search(args.method, data)
     best = result.best
-    _write_summary(RUNS / args.method / "summary.json", {
+    _write_part(f"search_{args.method}", {
         "method": args.method, "settings": _smoke(METHODS[args.method]),
         "cpu_hours": result.cpu_hours, "trials": len(result.candidates),
         "distinct": result.distinct(), "best": {"number": best.number, "values": best.values,
@@ -177,11 +205,14 @@ def cmd_search(args: argparse.Namespace) -> None:
           f"best {best.values}")  # fmt: skip
 
 
-def _train_alone(spec: dict[str, Any], out: Path, data: Any, hp: dict[str, Any], threads: int):
-    """Train one spec from scratch (resumes); its test top-1 and how it trained."""
-    summary_path = out / "summary.json"
-    if summary_path.exists():
-        return json.loads(summary_path.read_text())
+def _train_alone(
+    spec: dict[str, Any], out: Path, data: Any, hp: dict[str, Any], threads: int, part: str
+) -> dict[str, Any]:
+    """Train one spec from scratch (resumes) unless its part exists; the part: its test top-1
+    and how it trained."""
+    done = read_part(part)
+    if done is not None:
+        return done
     torch.manual_seed(0)
     model = lv.create_model(spec["name"], **spec["kwargs"], num_classes=data.num_classes)
     res = lv.train(
@@ -193,9 +224,10 @@ def _train_alone(spec: dict[str, Any], out: Path, data: Any, hp: dict[str, Any],
         "spec": spec, "test_top1": lv.evaluate(res.model, data.loader("test"))["top1"],
         "macs": int(count_ops(model.eval(), (3, 32, 32)).macs),
         "params": sum(p.numel() for p in model.parameters()), "schedule": hp,
-        "threads": threads, "git": dataclasses.asdict(git_state()),
+        "threads": threads, "how": training_note(training_record(out / "last.pt"), threads),
+        "git": dataclasses.asdict(git_state()),
     }  # fmt: skip
-    _write_summary(summary_path, summary)
+    _write_part(part, summary)
     return summary
 
 
@@ -206,37 +238,57 @@ def cmd_retrain(args: argparse.Namespace) -> None:
 
         spec = get_space(VIT_SPACE).spec(vit_hand()).as_dict()
     else:
-        spec = json.loads((RUNS / args.method / "summary.json").read_text())["best"]["spec"]
+        found = _need_part(f"search_{args.method}", f"search --method {args.method}")
+        spec = found["best"]["spec"]
     hp = VIT_RETRAIN if args.method.startswith("vit") else RETRAIN
     data = _data(args, max_train=hp["max_train"])
-    s = _train_alone(spec, RUNS / args.method / "retrain", data, hp, args.threads)
+    part = f"retrain_{args.method}"
+    s = _train_alone(spec, RUNS / args.method / "retrain", data, hp, args.threads, part)
     print(f"{args.method}: retrained test top-1 {s['test_top1']:.2f} % at {s['macs'] / 1e6:.1f} M")
 
 
 def cmd_rank(args: argparse.Namespace) -> None:
+    """DC-NAS's scores of ``RANK_MEMBERS`` members (one part), then each member trained alone
+    (a part each: the stage resumes member by member)."""
     torch.set_num_threads(args.threads)
-    data = _data(args, **SEARCH_DATA)
-    hp = _smoke(dict(RANK))
-    hp.pop("method")
-    n = 4 if SMOKE else RANK_MEMBERS
-    result = lv.search(
-        SPACE, data, "dcnas", budget=BUDGET, n_trials=n, out_dir=RUNS / "rank",
-        progress=sys.stderr.isatty(), **hp,
-    )  # fmt: skip
+    ranked = read_part("rank_search")
+    if ranked is None:
+        hp = _smoke(dict(RANK))
+        hp.pop("method")
+        result = lv.search(
+            SPACE, _data(args, **SEARCH_DATA), "dcnas", budget=BUDGET,
+            n_trials=4 if SMOKE else RANK_MEMBERS, out_dir=RUNS / "rank",
+            progress=sys.stderr.isatty(), **hp,
+        )  # fmt: skip
+        members = [
+            {"number": c.number, "cluster": c.metrics["cluster"], "dcnas": c.values["val_top1"],
+             "oneshot": c.metrics["oneshot_val_top1"], "macs": c.values["macs"],
+             "spec": c.spec.as_dict()}
+            for c in sorted(result.candidates, key=lambda c: c.number)
+        ]  # fmt: skip
+        ranked = {"members": members, "cpu_hours": result.cpu_hours, "settings": hp,
+                  "threads": args.threads, "git": dataclasses.asdict(git_state())}  # fmt: skip
+        _write_part("rank_search", ranked)
     alone_data = _data(args, max_train=ALONE["max_train"])
+    for m in ranked["members"]:
+        s = _train_alone(m["spec"], RUNS / "rank" / "alone" / str(m["number"]), alone_data,
+                         ALONE, args.threads, f"rank_alone_{m['number']}")  # fmt: skip
+        print(f"member {m['number']}: alone {s['test_top1']:.2f} %, DC-NAS {m['dcnas']:.2f}, "
+              f"one-shot {m['oneshot']:.2f}")  # fmt: skip
+
+
+def rank_members() -> tuple[list[dict[str, Any]], int]:
+    """The DC-NAS members with their stand-alone top-1 (those trained alone so far) and the
+    number of members scored."""
+    ranked = read_part("rank_search")
+    if ranked is None:
+        return [], 0
     rows = []
-    for c in sorted(result.candidates, key=lambda c: c.number):
-        s = _train_alone(c.spec.as_dict(), RUNS / "rank" / "alone" / str(c.number), alone_data,
-                         ALONE, args.threads)  # fmt: skip
-        rows.append({
-            "number": c.number, "cluster": c.metrics["cluster"], "dcnas": c.values["val_top1"],
-            "oneshot": c.metrics["oneshot_val_top1"], "alone": s["test_top1"],
-            "macs": c.values["macs"],
-        })  # fmt: skip
-    _write_summary(RUNS / "rank" / "summary.json", {
-        "members": rows, "cpu_hours": result.cpu_hours, "settings": hp, "alone": ALONE,
-        "threads": args.threads, "git": dataclasses.asdict(git_state()),
-    })  # fmt: skip
+    for m in ranked["members"]:
+        alone = read_part(f"rank_alone_{m['number']}")
+        if alone is not None:
+            rows.append({k: v for k, v in m.items() if k != "spec"} | {"alone": alone["test_top1"]})
+    return rows, len(ranked["members"])
 
 
 def kendall_with_spread(x: list[float], y: list[float], reps: int = 1000) -> tuple[float, float]:
@@ -254,64 +306,84 @@ def kendall_with_spread(x: list[float], y: list[float], reps: int = 1000) -> tup
     return tau, (sum((t - mean) ** 2 for t in taus) / max(1, len(taus) - 1)) ** 0.5
 
 
+def still_to_run() -> list[str]:
+    """The commands of the stages without a part, in the order they run."""
+    todo = []
+    for method in RETRAINED:
+        if method != "vit_hand" and read_part(f"search_{method}") is None:
+            todo.append(f"search --method {method}")
+        if read_part(f"retrain_{method}") is None:
+            todo.append(f"retrain --method {method}")
+    members, scored = rank_members()
+    if not scored or len(members) < scored:
+        todo.append(f"rank ({len(members)} of {scored or RANK_MEMBERS} members trained alone)")
+    return todo
+
+
 def cmd_report(args: argparse.Namespace) -> None:
+    """The tables from the parts there are; a claim is judged once all its stages have run."""
     check_results_target(OUT, allow_dirty=args.allow_dirty)
     rows, table, vit_table, notes = [], [], [], []
     for method in RETRAINED:
-        path, retrain = RUNS / method / "summary.json", RUNS / method / "retrain" / "summary.json"
-        if (method != "vit_hand" and not path.exists()) or not retrain.exists():
-            raise SystemExit(f"{method}: run `search --method {method}` and `retrain` first")
-        r = json.loads(retrain.read_text())
-        how = training_note(training_record(RUNS / method / "retrain" / "last.pt"), r["threads"])
+        r, s = read_part(f"retrain_{method}"), read_part(f"search_{method}")
+        if r is None:
+            continue
         if method == "vit_hand":
             rows.append({
                 "name": "vit_hand", "dataset": "cifar10", "split": "test", "top1": r["test_top1"],
                 "params": r["params"], "macs": r["macs"], "seed": 0, "method_chain": [],
-                "notes": f"ViT-Res-Tiny's pattern at half width; trained {how}",
+                "notes": f"ViT-Res-Tiny's pattern at half width; trained {r['how']}",
                 "extra": {"spec": r["spec"]},
             })  # fmt: skip
             vit_table.append(["hand design (ViT-Res-Tiny at half width)", "", "",
                               round(r["macs"] / 1e6, 2), round(r["test_top1"], 2)])  # fmt: skip
             continue
-        s = json.loads(path.read_text())
         rows.append({
             "name": f"{method}_found", "dataset": "cifar10", "split": "test",
             "top1": r["test_top1"], "params": r["params"], "macs": r["macs"], "seed": 0,
             "method_chain": [f"search:{method}"],
             **({"baseline": "vit_hand"} if method == "vit_resnas" else {}),
-            "notes": f"search {s['cpu_hours']:.2f} CPU-h, {s['trials']} trials; retrained {how}",
+            "notes": f"search {s['cpu_hours']:.2f} CPU-h, {s['trials']} trials (searched at "
+                     f"{str(s['git']['commit'])[:10]}); retrained {r['how']}",
             "extra": {"spec": s["best"]["spec"], "search": s},
         })  # fmt: skip
         line = [method, round(s["cpu_hours"], 2), s["trials"], round(r["macs"] / 1e6, 2),
                 round(r["test_top1"], 2)]  # fmt: skip
         (vit_table if method == "vit_resnas" else table).append(line)
+    todo = still_to_run()
+    if not rows:
+        raise SystemExit(
+            "no model retrained yet: run `search --method hournas` and `retrain --method hournas` "
+            f"first (still to run: {'; '.join(todo)})"
+        )
     _time_side_by_side(rows, args.threads)
     by = {t[0]: t for t in table}
-    verdict = all(by["hournas"][-1] >= by[m][-1] for m in ("oneshot", "random"))
-    notes.append(
-        f"HourNAS {by['hournas'][-1]:.2f} % vs joint one-shot {by['oneshot'][-1]:.2f} % and "
-        f"random {by['random'][-1]:.2f} % at <= {BUDGET / 1e6:g} M MACs: the claim "
-        + ("holds" if verdict else "does not hold")
-        + " here. Search CPU-hours: "
-        + ", ".join(f"{t[0]} {t[1]}" for t in table)
-        + "."
-    )
-    vit, hand = vit_table
-    notes.append(
-        f"ViT-ResNAS's search {vit[-1]:.2f} % at {vit[3]:g} M MACs vs the hand design "
-        f"{hand[-1]:.2f} % at {hand[3]:g} M MACs (the budget): the claim "
-        + ("holds" if vit[-1] > hand[-1] and vit[3] <= hand[3] else "does not hold")
-        + " here."
-    )
+    if len(by) == 3:
+        verdict = all(by["hournas"][-1] >= by[m][-1] for m in ("oneshot", "random"))
+        notes.append(
+            f"HourNAS {by['hournas'][-1]:.2f} % vs joint one-shot {by['oneshot'][-1]:.2f} % and "
+            f"random {by['random'][-1]:.2f} % at <= {BUDGET / 1e6:g} M MACs: the claim "
+            + ("holds" if verdict else "does not hold")
+            + " here. Search CPU-hours: "
+            + ", ".join(f"{t[0]} {t[1]}" for t in table)
+            + "."
+        )
+    if len(vit_table) == 2:
+        vit, hand = vit_table
+        notes.append(
+            f"ViT-ResNAS's search {vit[-1]:.2f} % at {vit[3]:g} M MACs vs the hand design "
+            f"{hand[-1]:.2f} % at {hand[3]:g} M MACs (the budget): the claim "
+            + ("holds" if vit[-1] > hand[-1] and vit[3] <= hand[3] else "does not hold")
+            + " here."
+        )
     columns = ["search", "search CPU-h", "trials", "MMACs", "test top-1 %"]
     tables = [
         {"title": "Found models, retrained from scratch", "columns": columns, "rows": table},
         {"title": "ViT-ResNAS (vit_res_cifar) against the hand design, same retraining",
          "columns": columns, "rows": vit_table},
     ]  # fmt: skip
-    rank_path = RUNS / "rank" / "summary.json"
-    if rank_path.exists():
-        members = json.loads(rank_path.read_text())["members"]
+    members, scored = rank_members()
+    if scored and len(members) == scored:
         alone = [m["alone"] for m in members]
         t_dc = kendall_with_spread([m["dcnas"] for m in members], alone)
         t_os = kendall_with_spread([m["oneshot"] for m in members], alone)
@@ -327,10 +399,13 @@ def cmd_report(args: argparse.Namespace) -> None:
             + ("closer to" if t_dc[0] > t_os[0] else "not closer to")
             + " the stand-alone one here."
         )
+    if todo:
+        notes.append("Stages still to run (their claims are not judged yet): " + "; ".join(todo)
+                     + ".")  # fmt: skip
     run = {
         "name": "Architecture search on CIFAR-10 (mbv2_cifar, vit_res_cifar)",
         "description": DESCRIPTION, "command": COMMAND,
-        "cpu": cpu_info(), "tables": tables, "notes": notes,
+        "cpu": cpu_info(), "tables": [t for t in tables if t["rows"]], "notes": notes,
     }  # fmt: skip
     print(f"wrote {write_results(OUT, rows, run_info=run, allow_dirty=args.allow_dirty)}")
 
