@@ -195,7 +195,8 @@ def cmd_search(args: argparse.Namespace) -> None:
     best = result.best
     _write_part(f"search_{args.method}", {
         "method": args.method, "settings": _smoke(METHODS[args.method]),
-        "cpu_hours": result.cpu_hours, "trials": len(result.candidates),
+        "cpu_hours": result.cpu_hours, "gpu_hours": result.gpu_hours,
+        "trials": len(result.candidates),
         "distinct": result.distinct(), "best": {"number": best.number, "values": best.values,
         "spec": best.spec.as_dict(), "sample": best.sample},
         "pareto": [c.number for c in result.pareto], "threads": args.threads,
@@ -343,7 +344,9 @@ def cmd_report(args: argparse.Namespace) -> None:
             "top1": r["test_top1"], "params": r["params"], "macs": r["macs"], "seed": 0,
             "method_chain": [f"search:{method}"],
             **({"baseline": "vit_hand"} if method == "vit_resnas" else {}),
-            "notes": f"search {s['cpu_hours']:.2f} CPU-h, {s['trials']} trials (searched at "
+            "notes": f"search {s['cpu_hours']:.2f} CPU-h"
+                     + (f" and {s['gpu_hours']:.2f} GPU-h" if s.get("gpu_hours") else "")
+                     + f", {s['trials']} trials (searched at "
                      f"{str(s['git']['commit'])[:10]}); retrained {r['how']}",
             "extra": {"spec": s["best"]["spec"], "search": s},
         })  # fmt: skip

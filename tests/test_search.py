@@ -182,6 +182,39 @@ def test_search_cost_is_cpu_time_not_wall_time(tmp_path):
     assert result.cpu_hours == pytest.approx(sum(c.cpu_seconds for c in fresh) / 3600)
 
 
+def test_a_trial_on_a_gpu_costs_its_wall_time_in_gpu_hours(tmp_path, monkeypatch):
+    """On a GPU the launching process's CPU time is not the cost: a trial that put work on
+    one records the GPU's name, and its wall time counts as GPU-hours (named apart)."""
+    from leanvision.search import engine
+
+    study, objectives = _toy_study(tmp_path)
+
+    def evaluate(sample, spec, trial):
+        time.sleep(0.05)
+        return {"o0": sample["a"]}
+
+    cpu = run_study(study, toy_space(), objectives, evaluate, n_trials=1, progress=False)
+    assert cpu.gpu_hours == 0 and cpu.candidates[0].gpu is None
+    assert "GPU" not in cpu.cost() and cpu.cost().endswith("CPU-hours")
+    monkeypatch.setattr(engine, "_gpu_used", lambda: "Fake GPU")
+    both = run_study(study, toy_space(), objectives, evaluate, n_trials=3, progress=False)
+    on_gpu = [c for c in both.candidates if c.gpu == "Fake GPU"]
+    fresh = [c for c in both.candidates[1:] if c.duplicate_of is None]  # a copy runs nothing
+    assert on_gpu == fresh and fresh and both.candidates[0].gpu is None
+    assert both.gpu_hours == pytest.approx(sum(c.seconds for c in on_gpu) / 3600)
+    assert "GPU-hours" in both.cost()
+
+
+def test_stage_gpu_hours_count_the_stretches_on_a_gpu():
+    from leanvision.methods.search.common import stage_cpu_hours, stage_gpu_hours
+
+    record = {"wall_s": 5400.0, "cpu_s": 900.0, "stretches": [
+        {"wall_s": 1800.0, "device": "cpu"}, {"wall_s": 3600.0, "device": "NVIDIA H100"},
+        {"wall_s": 0.0}]}  # fmt: skip
+    assert stage_gpu_hours(record) == 1.0 and stage_cpu_hours(record, threads=2) == 0.25
+    assert stage_gpu_hours({"stretches": []}) == 0.0
+
+
 def test_run_study_gives_up_when_the_budget_prunes_everything(tmp_path, capsys):
     from leanvision.search.engine import MAX_ATTEMPTS_PER_TRIAL
 

@@ -124,7 +124,7 @@ def cmd_search(args: argparse.Namespace) -> None:
     values = ", ".join(f"{k} {v:g}" for k, v in best.values.items())
     print(
         f"study {result.study.study_name}: {len(result.candidates)} completed trials "
-        f"({result.distinct()} architectures), {result.cpu_hours:.3f} CPU-hours\n"
+        f"({result.distinct()} architectures), {result.cost()}\n"
         f"best: trial {best.number}: {values}\n"
         f"spec: {best.spec.as_dict()}\n"
         f"Pareto front: trials {[c.number for c in result.pareto]} (timed side by side)\n"

@@ -11,6 +11,10 @@ those metrics by name. An architecture the study already completed is not evalua
 the trial copies the earlier values (``lv_duplicate_of``). A candidate over the budget is
 pruned by ``evaluate`` (``optuna.TrialPruned``) before any training.
 
+A trial's cost is its process CPU time (``lv_cpu_seconds``); a trial that put work on a GPU
+also records the GPU's name (``lv_gpu``), and its wall time counts as GPU time: on a GPU the
+CPU time of the launching process says little about the cost.
+
 ``Ctrl-C`` marks the running trial failed (Optuna does), re-queues its architecture and
 re-raises: running the same command again resumes the study where it stopped.
 """
@@ -43,7 +47,8 @@ WAIT_S = 1.0  # how often a worker with nothing left to start checks the others'
 @dataclass
 class Candidate:
     """One completed trial: the sample, its spec, its objective values and every metric;
-    ``seconds`` its wall time, ``cpu_seconds`` its process CPU time (None if not recorded)."""
+    ``seconds`` its wall time, ``cpu_seconds`` its process CPU time (None if not recorded),
+    ``gpu`` the name of the GPU it ran work on (None: the CPU alone)."""
 
     number: int
     sample: dict[str, Any]
@@ -53,6 +58,7 @@ class Candidate:
     seconds: float = 0.0
     duplicate_of: int | None = None
     cpu_seconds: float | None = None
+    gpu: str | None = None
 
 
 @dataclass
@@ -64,7 +70,8 @@ class SearchResult:
     the best); ``candidates``: every completed trial; ``cpu_hours``: the trials' summed CPU
     time (the worker process's, every thread; a trial recorded before CPU time was, by its
     wall time times its threads), so jobs sharing the cores do not inflate it (supernet
-    training, when a method has one, is added by the method, counted the same way).
+    training, when a method has one, is added by the method, counted the same way);
+    ``gpu_hours``: the wall time of the trials and stages that ran on a GPU (0 on the CPU).
     """
 
     space: SearchSpace
@@ -74,6 +81,15 @@ class SearchResult:
     pareto: list[Candidate]
     cpu_hours: float
     extra: dict[str, Any] = field(default_factory=dict)
+    gpu_hours: float = 0.0
+
+    def cost(self) -> str:
+        """The search's cost in words, e.g. ``"0.412 CPU-hours"`` or ``"0.031 CPU-hours and
+        0.250 GPU-hours (wall time on a GPU)"``."""
+        text = f"{self.cpu_hours:.3f} CPU-hours"
+        if self.gpu_hours:
+            text += f" and {self.gpu_hours:.3f} GPU-hours (wall time on a GPU)"
+        return text
 
     @property
     def best(self) -> Candidate:
@@ -114,6 +130,7 @@ def _candidate(t: Any, space: SearchSpace, objectives: Sequence[Objective]) -> C
         seconds=float(t.user_attrs.get("lv_seconds", 0.0)),
         duplicate_of=t.user_attrs.get("lv_duplicate_of"),
         cpu_seconds=t.user_attrs.get("lv_cpu_seconds"),
+        gpu=t.user_attrs.get("lv_gpu"),
     )
 
 
@@ -128,7 +145,25 @@ def collect(study: Any, space: SearchSpace, objectives: Sequence[Objective]) -> 
     threads = [float(t.user_attrs.get("lv_threads", 1)) for t in done]
     cpu_h = sum(c.seconds * n if c.cpu_seconds is None else c.cpu_seconds
                 for c, n in zip(candidates, threads, strict=True)) / 3600.0  # fmt: skip
-    return SearchResult(space, list(objectives), study, candidates, pareto, cpu_h)
+    gpu_h = sum(c.seconds for c in candidates if c.gpu) / 3600.0
+    return SearchResult(space, list(objectives), study, candidates, pareto, cpu_h, gpu_hours=gpu_h)
+
+
+def _reset_gpu_peak() -> None:
+    """Zero CUDA's peak-memory counter where CUDA is up, so that a trial's GPU use shows."""
+    import torch
+
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.reset_peak_memory_stats()
+
+
+def _gpu_used() -> str | None:
+    """The GPU's name when work was put on it since :func:`_reset_gpu_peak` (or since CUDA
+    started), else None."""
+    import torch
+
+    up = torch.cuda.is_available() and torch.cuda.is_initialized()
+    return str(torch.cuda.get_device_name()) if up and torch.cuda.max_memory_allocated() else None
 
 
 def _counts(study: Any) -> tuple[int, int, int]:
@@ -171,10 +206,14 @@ def run_study(
                 trial.set_user_attr("lv_metrics", t.user_attrs.get("lv_metrics", {}))
                 values = list(t.values)
                 return values if len(values) > 1 else values[0]
+        _reset_gpu_peak()
         start, cpu = time.perf_counter(), time.process_time()
         metrics = evaluate(sample, spec, trial)
         trial.set_user_attr("lv_seconds", time.perf_counter() - start)
         trial.set_user_attr("lv_cpu_seconds", time.process_time() - cpu)
+        gpu = _gpu_used()
+        if gpu is not None:
+            trial.set_user_attr("lv_gpu", gpu)
         trial.set_user_attr("lv_metrics", _jsonable(metrics))
         missing = [o.name for o in objectives if o.name not in metrics]
         if missing:

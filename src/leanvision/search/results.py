@@ -62,9 +62,9 @@ def write_search_results(
     ]  # fmt: skip
     cost = (
         f"{len(result.candidates)} completed trials ({result.distinct()} architectures); "
-        f"search cost {result.cpu_hours:.3f} CPU-hours (trials x threads"
-        + (", supernet training included" if "supernet_cpu_hours" in result.extra else "")
-        + f"); Pareto members timed side by side at batch {batch}."
+        f"search cost {result.cost()}"
+        + (" (supernet training included)" if "supernet_cpu_hours" in result.extra else "")
+        + f"; Pareto members timed side by side at batch {batch}."
     )
     run = {
         "name": f"search {result.study.study_name}",
@@ -75,6 +75,7 @@ def write_search_results(
         "search": {
             "study": result.study.study_name,
             "cpu_hours": result.cpu_hours,
+            "gpu_hours": result.gpu_hours,
             "best": result.best.spec.as_dict(),
         },  # fmt: skip
     }

@@ -19,6 +19,7 @@ __all__ = [
     "objectives_for",
     "seed_for",
     "stage_cpu_hours",
+    "stage_gpu_hours",
     "train_candidate",
     "train_stage",
 ]
@@ -83,6 +84,14 @@ def stage_cpu_hours(record: dict[str, Any], threads: int) -> float:
     if record.get("cpu_s") is not None:
         return float(record["cpu_s"]) / 3600.0
     return float(record["wall_s"]) * threads / 3600.0
+
+
+def stage_gpu_hours(record: dict[str, Any]) -> float:
+    """A training stage's GPU-hours from its :func:`~leanvision.engine.training_record`: the
+    wall time of its stretches that ran on a GPU (0 for a stage on the CPU)."""
+    gpu_s = sum(float(r.get("wall_s", 0.0)) for r in record.get("stretches", [])
+                if r.get("device") not in (None, "cpu"))  # fmt: skip
+    return gpu_s / 3600.0
 
 
 def check_budget(trial: Any, macs: int, ctx: SearchContext) -> None:

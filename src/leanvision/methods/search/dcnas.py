@@ -36,6 +36,7 @@ from leanvision.methods.search.common import (
     method_study,
     objectives_for,
     stage_cpu_hours,
+    stage_gpu_hours,
     train_stage,
 )
 from leanvision.methods.search.oneshot import train_supernet
@@ -175,4 +176,5 @@ def run_dcnas(space: SearchSpace, data: Any, config: DCNASConfig, ctx: SearchCon
         supernet_cpu_hours=supernet_h,
     )  # fmt: skip
     result.cpu_hours += supernet_h
+    result.gpu_hours += sum(stage_gpu_hours(r) for r in stretches)
     return result

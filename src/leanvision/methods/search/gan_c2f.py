@@ -146,4 +146,5 @@ def run_gan_c2f(space: SearchSpace, data: Any, config: GanC2FConfig, ctx: Search
     final = steps[list(space.groups)[-1]]
     final.extra.update(steps=steps, chosen=dict(chosen))
     final.cpu_hours = sum(r.cpu_hours for r in steps.values())
+    final.gpu_hours = sum(r.gpu_hours for r in steps.values())
     return final

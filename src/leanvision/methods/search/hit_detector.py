@@ -58,6 +58,7 @@ from leanvision.methods.search.common import (
     SearchConfig,
     method_study,
     stage_cpu_hours,
+    stage_gpu_hours,
     train_candidate,
     train_stage,
 )
@@ -328,7 +329,7 @@ def run_hit_detector(space: SearchSpace, data: Any, config: HitDetConfig,
     hand = hand_design()
     fixed = {k: hand[part][i] for part, keys in space.groups.items() for i, k in enumerate(keys)}
     ctx.out_dir.mkdir(parents=True, exist_ok=True)
-    hours, screened = 0.0, {}
+    hours, gpu_hours, screened = 0.0, 0.0, {}
     for part, keys in space.groups.items():  # 1. screening, one component at a time
         done = ctx.out_dir / f"screen_{part}.json"
         if not done.exists():
@@ -343,10 +344,12 @@ def run_hit_detector(space: SearchSpace, data: Any, config: HitDetConfig,
             kept = hook.ranking()[: config.keep]
             done.write_text(json.dumps({"norms": hook.groups(), "died": hook.died, "kept": kept,
                                         "ranking": hook.ranking(),
-                                        "cpu_hours": stage_cpu_hours(record, threads)},
+                                        "cpu_hours": stage_cpu_hours(record, threads),
+                                        "gpu_hours": stage_gpu_hours(record)},
                                        indent=1))  # fmt: skip
         screened[part] = json.loads(done.read_text())
         hours += screened[part]["cpu_hours"]
+        gpu_hours += screened[part].get("gpu_hours", 0.0)
     joint_file = ctx.out_dir / "joint.json"
     reference = ctx.budget_macs or float(_hand_macs(space, fixed, data))
     if not joint_file.exists():  # 2. the joint search over the screened sub-spaces
@@ -372,10 +375,12 @@ def run_hit_detector(space: SearchSpace, data: Any, config: HitDetConfig,
         chosen, total = derive(probs, names, macs, fixed_macs, ctx.budget_macs)
         joint = {"options": options, "probs": probs, "names": names, "macs": macs,
                  "fixed_macs": fixed_macs, "chosen": {**single, **chosen}, "expected_macs": total,
-                 "cpu_hours": stage_cpu_hours(record, threads)}  # fmt: skip
+                 "cpu_hours": stage_cpu_hours(record, threads),
+                 "gpu_hours": stage_gpu_hours(record)}  # fmt: skip
         joint_file.write_text(json.dumps(joint, indent=1))
     joint = json.loads(joint_file.read_text())
     hours += joint["cpu_hours"]
+    gpu_hours += joint.get("gpu_hours", 0.0)
     sample = {k: joint["chosen"][k] for k in space.choices}
     sampler = fixed_sampler(sample, make_sampler("random", config.seed))
     study, objectives = method_study(space, data, config, ctx, "hit_detector", sampler=sampler)
@@ -387,6 +392,7 @@ def run_hit_detector(space: SearchSpace, data: Any, config: HitDetConfig,
     result = run_study(study, space, objectives, evaluate, n_trials=1, threads=threads,
                        progress=ctx.progress)  # fmt: skip
     result.cpu_hours += hours
+    result.gpu_hours += gpu_hours
     result.extra.update(screened=screened, joint=joint, supernet_cpu_hours=hours,
                         hand=fixed, reference_macs=reference)  # fmt: skip
     return result

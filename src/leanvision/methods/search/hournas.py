@@ -18,7 +18,8 @@ Departures from the paper (whose training code was never released: the MindSpore
 ships evaluation only): the paper's second stage is a resource-constrained search with a
 space-proxy estimate; ours reuses the supernet's shared weights for it (the same scorer as the
 vital stage), and both stages use Optuna's samplers (NSGA-II by default) rather than the
-paper's own. The search's cost is the two supernet stretches plus the trials, in CPU-hours.
+paper's own. The search's cost is the two supernet stretches plus the trials, in CPU-hours (and
+GPU-hours, wall time, for what ran on a GPU).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from leanvision.methods.search.common import (
     objectives_for,
     seed_for,
     stage_cpu_hours,
+    stage_gpu_hours,
     train_stage,
 )
 from leanvision.search import (
@@ -130,4 +132,6 @@ def run_hournas(space: SearchSpace, data: Any, config: HourNASConfig, ctx: Searc
         supernet_cpu_hours=supernet_h,
     )  # fmt: skip
     result.cpu_hours += supernet_h + vital_result.cpu_hours
+    result.gpu_hours += (stage_gpu_hours(vital_record) + stage_gpu_hours(rest_record)
+                         + vital_result.gpu_hours)  # fmt: skip
     return result

@@ -26,6 +26,7 @@ from leanvision.methods.search.common import (
     method_study,
     seed_for,
     stage_cpu_hours,
+    stage_gpu_hours,
     train_stage,
 )
 from leanvision.search import (
@@ -121,4 +122,5 @@ def oneshot_search(
     supernet_h = stage_cpu_hours(record, threads)
     result.extra.update(supernet=net, supernet_record=record, supernet_cpu_hours=supernet_h)
     result.cpu_hours += supernet_h
+    result.gpu_hours += stage_gpu_hours(record)
     return result
