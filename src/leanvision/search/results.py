@@ -3,7 +3,8 @@
 :func:`write_search_results` writes ``results.json`` (one row per Pareto member, with its
 validation metric, params, MACs and latency timed side by side in one process) and the run's
 report (``report.md`` / ``report.html`` with the accuracy-vs-MACs and accuracy-vs-latency
-plots), plus a table of every completed trial and the search's cost in CPU-hours.
+plots), plus a table of every completed trial and the search's cost in CPU-hours (GPU-hours apart
+for what ran on a GPU).
 """
 
 from __future__ import annotations
