@@ -333,3 +333,85 @@ def test_fused_backward_failing_falls_back_and_says_so(monkeypatch):
     assert wa._run_fused(gm, v, u, 1.5, True, True) is None
     assert wa.cuda_backward_backend() == "chunked eager (RuntimeError)"
     assert wa._run_fused(gm, v, u, 1.5, True, True) is None  # stays off
+
+
+@needs_avx512
+def test_native_input_transform_matches_the_pytorch_path():
+    """winograd_input_transform and its backward against the strided PyTorch path and an
+    unfold-and-einsum reference (float64 autograd for the gradient): odd sizes, a map larger
+    than its tiles need, the transforms' Bᵀ and a random one."""
+    kernels.load("adder", required=True)
+    fwd = torch.ops.leanvision.winograd_input_transform
+    back = torch.ops.leanvision.winograd_input_transform_backward
+    torch.manual_seed(7)
+    for n, hp, wp, c, th, tw in [(1, 4, 4, 1, 1, 1), (2, 11, 9, 5, 4, 3), (3, 18, 18, 33, 8, 8)]:
+        x = torch.randn(n, hp, wp, c)
+        for bt, tol in ((wa.transform_matrices("balanced_b")[0], 0.0), (torch.randn(4, 4), 1e-5)):
+            v = fwd(x, bt, th, tw)
+            ref = wa._bt_rows_cols(x, bt.tolist(), th, tw)
+            assert v.shape == (16, n, th, tw, c)
+            # ±1 entries: the same two-term sums, equal in fp32; others: FMA rounding
+            torch.testing.assert_close(v, ref, rtol=tol, atol=tol)
+            gv = torch.randn_like(v)
+            x64 = x.double().requires_grad_()
+            tiles = x64.unfold(1, 4, 2).unfold(2, 4, 2)[:, :th, :tw]  # (N, th, tw, C, 4, 4)
+            b64 = bt.double()
+            ref64 = torch.einsum("iu,ntwcuv,jv->ijntwc", b64, tiles, b64).reshape(v.shape)
+            torch.testing.assert_close(v.double(), ref64, rtol=1e-5, atol=1e-5)
+            ref64.backward(gv.double())
+            gx = back(gv, bt, hp, wp)
+            assert gx.shape == x.shape
+            torch.testing.assert_close(gx.double(), x64.grad, rtol=1e-5, atol=1e-5)
+    # a channels-first view is read as the same map
+    x = torch.randn(2, 5, 10, 10).permute(0, 2, 3, 1)
+    bt = wa.transform_matrices("standard")[0]
+    torch.testing.assert_close(fwd(x, bt, 4, 4), wa._bt_rows_cols(x, bt.tolist(), 4, 4))
+
+
+@needs_avx512
+def test_native_input_transform_checks_its_arguments():
+    kernels.load("adder", required=True)
+    fwd = torch.ops.leanvision.winograd_input_transform
+    back = torch.ops.leanvision.winograd_input_transform_backward
+    bt = wa.transform_matrices("standard")[0]
+    x = torch.randn(1, 10, 10, 3)
+    with pytest.raises(RuntimeError, match="too small"):
+        fwd(x, bt, 5, 4)  # 5 tiles down need 12 rows
+    with pytest.raises(RuntimeError, match=r"\(N, Hp, Wp, C\)"):
+        fwd(torch.randn(10, 10, 3), bt, 4, 4)
+    with pytest.raises(RuntimeError, match="float32"):
+        fwd(x.double(), bt, 4, 4)
+    with pytest.raises(RuntimeError, match=r"\(4, 4\)"):
+        fwd(x, torch.randn(3, 4), 4, 4)
+    with pytest.raises(RuntimeError, match=r"\(16, N, th, tw, C\)"):
+        back(torch.randn(8, 1, 4, 4, 3), bt, 10, 10)
+    with pytest.raises(RuntimeError, match="too small"):
+        back(torch.randn(16, 1, 4, 4, 3), bt, 9, 10)
+
+
+@needs_avx512
+def test_layer_trains_alike_on_the_native_and_pytorch_input_transforms(monkeypatch):
+    """One layer's output and gradients with the native kernels (the input transform's among
+    them) and with the PyTorch path, at p = 1 and p = 1.5."""
+    torch.manual_seed(8)
+    layer = WinogradAdderConv2d(6, 7, transform="balanced_a")
+    x = torch.randn(2, 6, 9, 11)
+    real = kernels.why_not
+
+    def no_adder_kernel(name, *args, **kw):
+        return "not-built" if name == "adder" else real(name, *args, **kw)
+
+    grads = []
+    for native in (True, False):
+        if not native:
+            monkeypatch.setattr(wa.kernels, "why_not", no_adder_kernel)
+        for p in (1.0, 1.5):
+            layer.set_p(p)
+            layer.zero_grad()
+            xg = x.clone().requires_grad_()
+            y = layer(xg)
+            y.square().sum().backward()
+            grads.append((y.detach(), xg.grad, layer.weight.grad.clone()))
+    for a, b in zip(grads[:2], grads[2:], strict=True):  # the cores' sums in another order
+        for t, r in zip(a, b, strict=True):
+            assert (t - r).abs().max() <= 1e-5 * r.abs().max()

@@ -78,6 +78,8 @@ OPS: dict[str, tuple[str, ...]] = {
         "winograd_adder_forward",
         "winograd_adder_core",
         "winograd_adder_core_backward",
+        "winograd_input_transform",
+        "winograd_input_transform_backward",
     ),
     "adder_int8": ("adder_int8_forward", "adder_int16_forward"),
     "binary": ("binary_pack", "binary_conv2d", "binary_gconv2d", "binary_linear"),

@@ -29,9 +29,11 @@ HardTanh-clipped ``HT(U − V)``), for p > 1 the true gradient of ``−|U − V|
 
 Inference (p = 1, no gradient) on AVX-512 CPUs runs the native kernel
 ``winograd_adder_forward`` (``kernels/csrc/adder.cpp``: the input transform, the core as
-2·Σmin(U, V) − ΣU − ΣV, and the output transform per tile row, no temporaries); training and
-other devices run the PyTorch path (``torch.cdist`` for the core), and a recording profiler is
-told when inference falls back (``kernels.fell_back``).
+2·Σmin(U, V) − ΣU − ΣV, and the output transform per tile row, no temporaries). Training on
+them (fp32) runs the input transform and its backward natively (``winograd_input_transform``:
+each tile read once), and the core and its backward (``winograd_adder_core``); other devices
+and dtypes run the PyTorch path (strided adds for the transforms, ``torch.cdist`` for the
+core), and a recording profiler is told when inference falls back (``kernels.fell_back``).
 """
 
 from __future__ import annotations
@@ -162,15 +164,24 @@ def _bt_rows_cols(x: torch.Tensor, b: list[list[float]], th: int, tw: int) -> to
 class _InputTransform(torch.autograd.Function):
     """V = Bᵀ d B over the padded NHWC map, with a backward that adds B gV Bᵀ of every tile
     into one gradient map (16 strided adds; autograd's slices would zero-fill the whole map
-    once per slice)."""
+    once per slice). fp32 on AVX-512 CPUs runs the native pair
+    (``winograd_input_transform`` and its backward: each tile read once)."""
 
     @staticmethod
     def forward(ctx, xh, bt, th: int, tw: int):  # type: ignore[override]
         ctx.bt, ctx.shape, ctx.th, ctx.tw = bt.tolist(), xh.shape, th, tw
+        ctx.native = kernels.why_not("adder", xh, dtype=torch.float32) is None
+        if ctx.native:
+            ctx.bt_tensor = bt.detach().to("cpu", torch.float32)
+            return torch.ops.leanvision.winograd_input_transform(xh, ctx.bt_tensor, th, tw)
         return _bt_rows_cols(xh, ctx.bt, th, tw)
 
     @staticmethod
     def backward(ctx, gv):  # type: ignore[override]
+        if ctx.native and gv.dtype == torch.float32:
+            hp, wp = ctx.shape[1], ctx.shape[2]
+            gx = torch.ops.leanvision.winograd_input_transform_backward(gv, ctx.bt_tensor, hp, wp)
+            return gx, None, None, None
         b, th, tw = ctx.bt, ctx.th, ctx.tw
         bt_cols = [[b[j][v] for j in range(4)] for v in range(4)]  # B's rows: Bᵀ's columns
         gx = gv.new_zeros(ctx.shape)
@@ -193,6 +204,8 @@ def _input_transform(x: torch.Tensor, bt: torch.Tensor, padding: int):
     xh = xp.permute(0, 2, 3, 1)  # (N, Hp, Wp, C) view
     if torch.is_grad_enabled() and xh.requires_grad:
         v = _InputTransform.apply(xh, bt, th, tw)
+    elif kernels.why_not("adder", xh, dtype=torch.float32) is None:
+        v = torch.ops.leanvision.winograd_input_transform(xh, bt.to("cpu", torch.float32), th, tw)
     else:
         v = _bt_rows_cols(xh, bt.tolist(), th, tw)
     return v.reshape(16, n * th * tw, c), (n, h, w, th, tw)

@@ -797,6 +797,137 @@ std::vector<at::Tensor> winograd_adder_core_backward(const at::Tensor& gm_in,
 #endif
 }
 
+// The Winograd input transform for training, V = Bt d B of every 4x4 tile at stride 2 (the
+// PyTorch path writes it with 16 strided adds per pass, reading and writing the whole map each
+// time; here each tile is read once). x (N, Hp, Wp, C) padded NHWC, bt (4, 4) any values;
+// V (16, N, th, tw, C): V[4i + j] = sum_{u,v} bt[i][u] bt[j][v] d[u][v].
+void check_input_transform(const char* op_name, int64_t n, int64_t hp, int64_t wp, int64_t th,
+                           int64_t tw, const at::Tensor& bt) {
+  TORCH_CHECK(th >= 0 && tw >= 0 && n >= 0, op_name, ": tiles must be >= 0, got ", th, " x ",
+              tw);
+  TORCH_CHECK(hp >= 2 * th + 2 && wp >= 2 * tw + 2, op_name, ": a ", hp, " x ", wp,
+              " padded map is too small for ", th, " x ", tw, " tiles of 4 x 4 at stride 2");
+  TORCH_CHECK(bt.dim() == 2 && bt.size(0) == 4 && bt.size(1) == 4 && bt.device().is_cpu(),
+              op_name, ": bt must be a (4, 4) CPU tensor, got ", bt.sizes());
+}
+
+std::vector<float> bt_values(const at::Tensor& bt) {
+  const at::Tensor b = bt.to(at::kFloat).contiguous();
+  return std::vector<float>(b.data_ptr<float>(), b.data_ptr<float>() + 16);
+}
+
+at::Tensor winograd_input_transform(const at::Tensor& x_in, const at::Tensor& bt_in, int64_t th,
+                                    int64_t tw) {
+#ifndef __AVX512F__
+  no_avx512("winograd_input_transform");
+#else
+  const char* op_name = "winograd_input_transform";
+  TORCH_CHECK(x_in.dim() == 4 && x_in.scalar_type() == at::kFloat && x_in.device().is_cpu(),
+              op_name, ": x must be a float32 CPU (N, Hp, Wp, C) map, got ", x_in.sizes(), " ",
+              x_in.scalar_type());
+  const int64_t n = x_in.size(0), hp = x_in.size(1), wp = x_in.size(2), c = x_in.size(3);
+  check_input_transform(op_name, n, hp, wp, th, tw, bt_in);
+  const std::vector<float> b = bt_values(bt_in);
+  const at::Tensor x = x_in.contiguous();
+  at::Tensor v = at::empty({16, n, th, tw, c}, x.options());
+  if (n == 0 || th == 0 || tw == 0 || c == 0) return v;
+  const float* xd = x.data_ptr<float>();
+  float* vd = v.data_ptr<float>();
+  const int64_t ks = n * th * tw * c;  // floats per position k of V
+  at::parallel_for(0, n * th, 1, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t img = r / th, ty = r % th;
+      for (int64_t tx = 0; tx < tw; ++tx) {
+        const float* d0 = xd + ((img * hp + 2 * ty) * wp + 2 * tx) * c;
+        float* v0 = vd + (r * tw + tx) * c;
+        for (int64_t c0 = 0; c0 < c; c0 += 16) {
+          const __mmask16 msk = tail_mask(c - c0);
+          __m512 d[4][4], e[4][4];
+          for (int u = 0; u < 4; ++u)
+            for (int q = 0; q < 4; ++q)
+              d[u][q] = _mm512_maskz_loadu_ps(msk, d0 + (u * wp + q) * c + c0);
+          for (int i = 0; i < 4; ++i)  // rows: e[i][q] = sum_u bt[i][u] d[u][q]
+            for (int q = 0; q < 4; ++q) {
+              __m512 acc = _mm512_setzero_ps();
+              for (int u = 0; u < 4; ++u)
+                if (b[i * 4 + u] != 0.f)
+                  acc = _mm512_fmadd_ps(_mm512_set1_ps(b[i * 4 + u]), d[u][q], acc);
+              e[i][q] = acc;
+            }
+          for (int i = 0; i < 4; ++i)  // columns: V[4i + j] = sum_q bt[j][q] e[i][q]
+            for (int j = 0; j < 4; ++j) {
+              __m512 acc = _mm512_setzero_ps();
+              for (int q = 0; q < 4; ++q)
+                if (b[j * 4 + q] != 0.f)
+                  acc = _mm512_fmadd_ps(_mm512_set1_ps(b[j * 4 + q]), e[i][q], acc);
+              _mm512_mask_storeu_ps(v0 + (4 * i + j) * ks + c0, msk, acc);
+            }
+        }
+      }
+    }
+  });
+  return v;
+#endif
+}
+
+// Its backward: gv (16, N, th, tw, C) -> gx (N, Hp, Wp, C), every tile adding B gV Bt into the
+// map; the tiles overlap, so one image's tiles stay on one thread.
+at::Tensor winograd_input_transform_backward(const at::Tensor& gv_in, const at::Tensor& bt_in,
+                                             int64_t hp, int64_t wp) {
+#ifndef __AVX512F__
+  no_avx512("winograd_input_transform_backward");
+#else
+  const char* op_name = "winograd_input_transform_backward";
+  TORCH_CHECK(gv_in.dim() == 5 && gv_in.size(0) == 16 && gv_in.scalar_type() == at::kFloat &&
+                  gv_in.device().is_cpu(),
+              op_name, ": gv must be a float32 CPU (16, N, th, tw, C) tensor, got ",
+              gv_in.sizes(), " ", gv_in.scalar_type());
+  const int64_t n = gv_in.size(1), th = gv_in.size(2), tw = gv_in.size(3), c = gv_in.size(4);
+  check_input_transform(op_name, n, hp, wp, th, tw, bt_in);
+  const std::vector<float> b = bt_values(bt_in);
+  const at::Tensor gv = gv_in.contiguous();
+  at::Tensor gx = at::zeros({n, hp, wp, c}, gv.options());
+  if (n == 0 || th == 0 || tw == 0 || c == 0) return gx;
+  const float* gd = gv.data_ptr<float>();
+  float* xd = gx.data_ptr<float>();
+  const int64_t ks = n * th * tw * c;
+  at::parallel_for(0, n, 1, [&](int64_t i0, int64_t i1) {
+    for (int64_t img = i0; img < i1; ++img)
+      for (int64_t ty = 0; ty < th; ++ty)
+        for (int64_t tx = 0; tx < tw; ++tx) {
+          const float* g0 = gd + ((img * th + ty) * tw + tx) * c;
+          float* x0 = xd + ((img * hp + 2 * ty) * wp + 2 * tx) * c;
+          for (int64_t c0 = 0; c0 < c; c0 += 16) {
+            const __mmask16 msk = tail_mask(c - c0);
+            __m512 e[4][4];  // e[i][q] = sum_j bt[j][q] gV[4i + j]
+            for (int i = 0; i < 4; ++i) {
+              __m512 g[4];
+              for (int j = 0; j < 4; ++j)
+                g[j] = _mm512_maskz_loadu_ps(msk, g0 + (4 * i + j) * ks + c0);
+              for (int q = 0; q < 4; ++q) {
+                __m512 acc = _mm512_setzero_ps();
+                for (int j = 0; j < 4; ++j)
+                  if (b[j * 4 + q] != 0.f)
+                    acc = _mm512_fmadd_ps(_mm512_set1_ps(b[j * 4 + q]), g[j], acc);
+                e[i][q] = acc;
+              }
+            }
+            for (int u = 0; u < 4; ++u)  // gd[u][q] = sum_i bt[i][u] e[i][q], added in place
+              for (int q = 0; q < 4; ++q) {
+                float* dst = x0 + (u * wp + q) * c + c0;
+                __m512 acc = _mm512_maskz_loadu_ps(msk, dst);
+                for (int i = 0; i < 4; ++i)
+                  if (b[i * 4 + u] != 0.f)
+                    acc = _mm512_fmadd_ps(_mm512_set1_ps(b[i * 4 + u]), e[i][q], acc);
+                _mm512_mask_storeu_ps(dst, msk, acc);
+              }
+          }
+        }
+  });
+  return gx;
+#endif
+}
+
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(leanvision, m) {
@@ -814,4 +945,9 @@ TORCH_LIBRARY_FRAGMENT(leanvision, m) {
   m.impl("winograd_adder_core", c10::DispatchKey::CPU, &winograd_adder_core);
   m.def("winograd_adder_core_backward(Tensor gm, Tensor v, Tensor u, float p) -> Tensor[]");
   m.impl("winograd_adder_core_backward", c10::DispatchKey::CPU, &winograd_adder_core_backward);
+  m.def("winograd_input_transform(Tensor x, Tensor bt, int th, int tw) -> Tensor");
+  m.impl("winograd_input_transform", c10::DispatchKey::CPU, &winograd_input_transform);
+  m.def("winograd_input_transform_backward(Tensor gv, Tensor bt, int hp, int wp) -> Tensor");
+  m.impl("winograd_input_transform_backward", c10::DispatchKey::CPU,
+         &winograd_input_transform_backward);
 }
