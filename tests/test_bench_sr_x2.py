@@ -29,4 +29,7 @@ def test_sr_x2_benchmark_smoke(bench):
     assert rows["edsr"]["extra"]["expensive_share"]["Set14"] is None
     notes = out["run"]["notes"]
     assert notes[0].startswith("GhostSR") and "FADN on Set14" in notes[1]
+    # half of each replaced conv's outputs come from a real conv, the rest are shifts
+    assert rows["ghostsr"]["extra"]["replaced_macs_share"] == pytest.approx(0.5, abs=0.01)
+    assert "replaced convolutions' MACs" in notes[0]
     assert all(r["latency_ms"]["runs"] == 2 for r in out["models"])
